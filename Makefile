@@ -1,0 +1,40 @@
+# refitd — top-level entry points. The README's two commands are `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+JOBS ?= 2
+
+.PHONY: setup demo test test-native test-asan test-tsan test-python clean
+
+setup:
+	@scripts/setup.sh
+
+# The daemon on the reference backend with the bundled demo model, showing live refits.
+demo: setup
+	$(VENV)/bin/refitd demo
+
+test: setup test-native test-asan test-tsan test-python
+
+# C tests: native, then under ASan+UBSan, then under TSan (each its own build tree).
+test-native:
+	cmake -S native -B build/native -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build build/native -j$(JOBS)
+	ctest --test-dir build/native --output-on-failure
+
+test-asan:
+	cmake -S native -B build/asan -DCMAKE_BUILD_TYPE=Debug -DREFIT_SANITIZE=address,undefined >/dev/null
+	cmake --build build/asan -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build/asan --output-on-failure
+
+test-tsan:
+	cmake -S native -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DREFIT_SANITIZE=thread >/dev/null
+	cmake --build build/tsan -j$(JOBS)
+	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan --output-on-failure
+
+test-python:
+	$(PY) -m pytest -q -m "not edge" tests
+
+clean:
+	rm -rf build dist
+
+# Cross-compilation, bundles and the arm64-root proof live in toolchain/cross.mk.
+-include toolchain/cross.mk

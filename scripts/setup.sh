@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on Debian/Ubuntu: system packages, then a venv with refitd
+# installed editable (which builds librefit through scikit-build-core).
+#   scripts/setup.sh          daemon + tests
+# Honours PYTHON (default python3) and VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+need_apt=()
+for pkg in cmake make gcc mosquitto; do
+  command -v "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "setup: installing ${need_apt[*]}" >&2
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]/mosquitto/mosquitto}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+# Editable install: builds native/ with CMake and puts librefit.so inside the refitd package.
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+# PyTorch is optional (the torch.onnx.export test and .pt packing use it). Only a locally
+# provided wheel is used: never pull several GB of CUDA packages from an index.
+if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q --no-index torch==2.13.0 >/dev/null 2>&1 \
+    && echo "setup: torch installed from a local wheel" >&2 || true
+fi
+echo "setup: ready ($VENV)" >&2
