@@ -1,0 +1,894 @@
+"""refitd configuration: one small dataclass per section, validated all at once.
+
+``load_config(path)`` reads YAML and returns a :class:`Config`, or raises :class:`ConfigError`
+listing *every* problem found, each naming the key path and the cause::
+
+    /etc/refitd/refitd.yaml: 2 problems
+      store.keep: must be an integer >= 1, got "three" (line 14)
+      sourse: unknown key (did you mean "source"?) (line 20)
+
+Sections (see ``config/refitd.yaml`` for the annotated example and docs/daemon.md):
+
+  model     path, backend, options, name_map
+  workers   threads
+  source    type synthetic | npy-dir | socket (a registry: SOURCE_TYPES), plus that type's fields
+  sink      type stdout | jsonl (mqtt reserved), plus that type's fields
+  store     path, keep, max_package_bytes
+  watch     path (or null: no file-drop channel)
+  health    checks (golden | finite | range), window (the post-swap watch window)
+  control   socket, mode
+  log       format text | json, level
+  metrics   listen (loopback "127.0.0.1:PORT", or null)
+  mqtt      reserved (accepted and validated minimally; comes with the MQTT issue)
+  security  reserved (accepted and validated minimally; comes with the security issue)
+
+Relative paths are resolved against the directory of the config file. Every section is optional
+except ``model``; ``demo_config(state_dir)`` builds the configuration ``refitd run`` uses when
+no config file is given.
+
+Python 3.9: no ``match``, no runtime ``X | Y`` unions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+__all__ = [
+    "Config", "ConfigError", "Problem", "load_config", "parse_config", "demo_config",
+    "default_state_dir", "demo_model_path", "config_to_dict", "SOURCE_TYPES", "SINK_TYPES",
+    "CHECK_TYPES", "ModelConfig", "WorkersConfig", "SyntheticSourceConfig",
+    "NpyDirSourceConfig", "SocketSourceConfig", "StdoutSinkConfig", "JsonlSinkConfig",
+    "StoreConfig", "WatchConfig", "HealthConfig", "GoldenCheck", "FiniteCheck", "RangeCheck",
+    "WindowConfig", "ControlConfig", "LogConfig", "MetricsConfig", "MqttConfig",
+    "SecurityConfig", "SOCKET_PATH_MAX",
+]
+
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+SOCKET_PATH_MAX = 107
+BACKENDS_KNOWN = ("reference",)  # others may be registered by librefit; checked at engine open
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# ---- problems --------------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """One config mistake: the dotted key path, the cause, and the YAML line when known."""
+    path: str
+    message: str
+    line: Optional[int] = None
+
+    def __str__(self) -> str:
+        where = " (line %d)" % self.line if self.line else ""
+        if not self.path:
+            return self.message + where
+        return "%s: %s%s" % (self.path, self.message, where)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; ``str()`` is a multi-line report."""
+
+    def __init__(self, problems: List[Problem], origin: Optional[str] = None):
+        # In file order where lines are known (then in discovery order).
+        self.problems = sorted(problems, key=lambda p: p.line if p.line else 1 << 30)
+        self.origin = origin
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        head = self.origin or "config"
+        if len(self.problems) == 1:
+            text = str(self.problems[0])
+            return text if text.startswith(head + ":") else "%s: %s" % (head, text)
+        lines = ["%s: %d problems" % (head, len(self.problems))]
+        lines += ["  %s" % p for p in self.problems]
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    """A value as it appears in an error message: JSON-ish, short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Ctx:
+    """Collects problems while one document is validated."""
+
+    def __init__(self, lines: Optional[Dict[Tuple[str, ...], int]] = None, base_dir: Optional[Path] = None):
+        self.problems: List[Problem] = []
+        self.lines = lines or {}
+        self.base_dir = base_dir
+
+    def add(self, path: Tuple[str, ...], message: str) -> None:
+        line = None
+        p = tuple(path)
+        while p and line is None:  # nearest known line: the key itself or its parent
+            line = self.lines.get(p)
+            p = p[:-1]
+        self.problems.append(Problem(_dotted(path), message, line))
+
+
+def _dotted(path: Tuple[str, ...]) -> str:
+    out = ""
+    for part in path:
+        if part.startswith("["):
+            out += part
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+# ---- field kinds -----------------------------------------------------------------------------
+# Each converter takes (value, path, ctx) and returns the converted value or _BAD (after adding
+# a problem). Converters never raise.
+
+_BAD = object()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def k_int(minimum: Optional[int] = None, maximum: Optional[int] = None) -> Callable:
+    def conv(v, path, ctx):
+        if _is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum):
+            return v
+        if minimum is not None and maximum is not None:
+            want = "an integer from %d to %d" % (minimum, maximum)
+        elif minimum is not None:
+            want = "an integer >= %d" % minimum
+        else:
+            want = "an integer"
+        ctx.add(path, "must be %s, got %s" % (want, _show(v)))
+        return _BAD
+    return conv
+
+
+def k_float(minimum: Optional[float] = None, maximum: Optional[float] = None,
+            exclusive_min: bool = False) -> Callable:
+    def conv(v, path, ctx):
+        ok = (_is_int(v) or isinstance(v, float)) and v == v and v not in (float("inf"), float("-inf"))
+        if ok and minimum is not None:
+            ok = v > minimum if exclusive_min else v >= minimum
+        if ok and maximum is not None:
+            ok = v <= maximum
+        if ok:
+            return float(v)
+        if minimum is not None:
+            want = "a number %s %g" % (">" if exclusive_min else ">=", minimum)
+            if maximum is not None:
+                want += " and <= %g" % maximum
+        else:
+            want = "a number"
+        ctx.add(path, "must be %s, got %s" % (want, _show(v)))
+        return _BAD
+    return conv
+
+
+def k_bool(v, path, ctx):
+    if isinstance(v, bool):
+        return v
+    ctx.add(path, "must be true or false, got %s" % _show(v))
+    return _BAD
+
+
+def k_str(v, path, ctx):
+    if isinstance(v, str) and v.strip():
+        return v
+    ctx.add(path, "must be a non-empty string, got %s" % _show(v))
+    return _BAD
+
+
+def k_choice(*choices: str) -> Callable:
+    def conv(v, path, ctx):
+        if isinstance(v, str) and v in choices:
+            return v
+        hint = _did_you_mean(v, choices) if isinstance(v, str) else ""
+        ctx.add(path, "must be one of %s, got %s%s" % (", ".join(choices), _show(v), hint))
+        return _BAD
+    return conv
+
+
+def k_path(v, path, ctx):
+    """A filesystem path; relative paths resolve against the config file's directory."""
+    if not isinstance(v, str) or not v.strip():
+        ctx.add(path, "must be a path (a non-empty string), got %s" % _show(v))
+        return _BAD
+    if "\0" in v:
+        ctx.add(path, "must not contain a NUL byte")
+        return _BAD
+    p = Path(os.path.expanduser(v))
+    if not p.is_absolute() and ctx.base_dir is not None:
+        p = ctx.base_dir / p
+    return str(p)
+
+
+def k_socket_path(v, path, ctx):
+    p = k_path(v, path, ctx)
+    if p is _BAD:
+        return p
+    if len(os.fsencode(p)) > SOCKET_PATH_MAX:
+        ctx.add(path, "is %d bytes long; Unix socket paths are limited to %d bytes"
+                % (len(os.fsencode(p)), SOCKET_PATH_MAX))
+        return _BAD
+    return p
+
+
+def k_mode(v, path, ctx):
+    """A file mode: an integer (YAML 0o660 / 432) or an octal string "0660"."""
+    if isinstance(v, str) and re.fullmatch(r"0?o?[0-7]{3,4}", v):
+        v = int(v.replace("o", ""), 8)
+    if _is_int(v) and 0 <= v <= 0o7777:
+        return v
+    ctx.add(path, 'must be a file mode such as "0660", got %s' % _show(v))
+    return _BAD
+
+
+def k_listen(v, path, ctx):
+    """A loopback listen address "127.0.0.1:9108" / "[::1]:9108" / "localhost:9108"."""
+    if not isinstance(v, str):
+        ctx.add(path, 'must be a loopback address like "127.0.0.1:9108", got %s' % _show(v))
+        return _BAD
+    m = re.fullmatch(r"(\[::1\]|127(?:\.\d{1,3}){3}|localhost):(\d{1,5})", v)
+    if not m:
+        ctx.add(path, 'must be a loopback address like "127.0.0.1:9108" (metrics are never '
+                      'exposed beyond this host), got %s' % _show(v))
+        return _BAD
+    port = int(m.group(2))
+    if not 0 < port < 65536:
+        ctx.add(path, "port must be from 1 to 65535, got %d" % port)
+        return _BAD
+    host = m.group(1).strip("[]")
+    return (host, port)
+
+
+def k_str_map(v, path, ctx):
+    if not isinstance(v, dict):
+        ctx.add(path, "must be a mapping of names to names, got %s" % _show(v))
+        return _BAD
+    out = {}
+    for key, val in v.items():
+        if not isinstance(key, str) or not key or not isinstance(val, str) or not val:
+            ctx.add(path + (str(key),), "must map a non-empty name to a non-empty name, got %s"
+                    % _show(val))
+            continue
+        out[key] = val
+    return out
+
+
+def k_tensor_spec(v, path, ctx):
+    """A tensor given in config: a number (fills the tensor's shape), a nested list, or a path
+    to a .npy file (relative to the config file)."""
+    if _is_int(v) or isinstance(v, float):
+        return float(v)
+    if isinstance(v, list):
+        return v
+    if isinstance(v, str) and v.endswith(".npy"):
+        return k_path(v, path, ctx)
+    ctx.add(path, "must be a number, a nested list, or a .npy path, got %s" % _show(v))
+    return _BAD
+
+
+def k_tensor_map(v, path, ctx):
+    if not isinstance(v, dict) or not v:
+        ctx.add(path, "must be a non-empty mapping of tensor name to a tensor "
+                      "(number, nested list or .npy path), got %s" % _show(v))
+        return _BAD
+    out = {}
+    for key, val in v.items():
+        if not isinstance(key, str) or not key:
+            ctx.add(path, "tensor names must be non-empty strings, got %s" % _show(key))
+            continue
+        t = k_tensor_spec(val, path + (key,), ctx)
+        if t is not _BAD:
+            out[key] = t
+    return out
+
+
+def k_any_map(v, path, ctx):
+    if isinstance(v, dict):
+        return v
+    ctx.add(path, "must be a mapping, got %s" % _show(v))
+    return _BAD
+
+
+def _did_you_mean(word: Any, options) -> str:
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return ' (did you mean "%s"?)' % close[0] if close else ""
+
+
+def _f(default: Any = dataclasses.MISSING, kind: Optional[Callable] = None, doc: str = "",
+       nullable: bool = False, factory: Optional[Callable] = None):
+    """A config field: its converter, whether null is allowed, and a one-line description."""
+    meta = {"kind": kind, "doc": doc, "nullable": nullable}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _build(cls: Type, raw: Any, path: Tuple[str, ...], ctx: _Ctx, skip: Tuple[str, ...] = ()):
+    """Validate mapping ``raw`` into dataclass ``cls``; collect problems; return an instance or
+    None (if the section is unusable). Unknown keys are problems."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        ctx.add(path, "must be a mapping, got %s" % _show(raw))
+        return None
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key in skip:
+            continue
+        if not isinstance(key, str) or key not in names:
+            ctx.add(path + (str(key),), "unknown key%s" % _did_you_mean(key, names))
+    kwargs = {}
+    ok = True
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        if f.name not in raw:
+            if required:
+                ctx.add(path + (f.name,), "is required (%s)" % meta.get("doc", ""))
+                ok = False
+            continue
+        v = raw[f.name]
+        if v is None:
+            if meta.get("nullable"):
+                kwargs[f.name] = None
+                continue
+            if not required:
+                ctx.add(path + (f.name,), "must not be null (leave the key out for the default)")
+            else:
+                ctx.add(path + (f.name,), "is required (%s), got null" % meta.get("doc", ""))
+            ok = False
+            continue
+        kind = meta.get("kind")
+        conv = kind(v, path + (f.name,), ctx) if kind else v
+        if conv is _BAD:
+            ok = False
+            continue
+        kwargs[f.name] = conv
+    if not ok:
+        return None
+    return cls(**kwargs)
+
+
+def _k_refittable(v, path, ctx):
+    if isinstance(v, str):
+        v = [s.strip() for s in v.split(",") if s.strip()]
+    if isinstance(v, list) and v and all(isinstance(s, str) and s for s in v):
+        return v
+    ctx.add(path, "must be a non-empty list of weight names (or a comma-separated string), got %s" % _show(v))
+    return _BAD
+
+
+def _k_input_shape(v, path, ctx):
+    if isinstance(v, str):  # "x:1x3x224x224;y:1x4"
+        out = {}
+        for part in v.split(";"):
+            name, _, dims = part.partition(":")
+            try:
+                out[name.strip()] = [int(d) for d in dims.split("x")]
+            except ValueError:
+                ctx.add(path, 'must look like "x:1x3x224x224", got %s' % _show(v))
+                return _BAD
+        v = out
+    if not isinstance(v, dict) or not v:
+        ctx.add(path, "must be a mapping of input name to a list of dims, got %s" % _show(v))
+        return _BAD
+    out = {}
+    for name, dims in v.items():
+        if not (isinstance(dims, list) and dims and all(_is_int(d) and d >= 1 for d in dims)):
+            ctx.add(path + (str(name),), "must be a list of integers >= 1, got %s" % _show(dims))
+            return _BAD
+        out[str(name)] = dims
+    return out
+
+
+def _k_fill(v, path, ctx):
+    if v in ("ones", "zeros", "random") or _is_int(v) or isinstance(v, float):
+        return v
+    ctx.add(path, 'must be "ones", "zeros", "random" or a number, got %s%s'
+            % (_show(v), _did_you_mean(v, ("ones", "zeros", "random"))))
+    return _BAD
+
+
+def _k_path_list(v, path, ctx):
+    if not isinstance(v, list):
+        ctx.add(path, "must be a list of paths, got %s" % _show(v))
+        return _BAD
+    out = []
+    for i, item in enumerate(v):
+        p = k_path(item, path + ("[%d]" % i,), ctx)
+        if p is not _BAD:
+            out.append(p)
+    return out
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+@dataclass
+class ModelOptions:
+    """Engine options passed to Engine.open (see docs/design.md)."""
+    refittable: Optional[List[str]] = _f(None, _k_refittable, "names of the refittable weights; default: every float initializer", nullable=True)
+    input_shape: Optional[Dict[str, List[int]]] = _f(None, _k_input_shape, "fixes symbolic input dims, e.g. {x: [1, 3, 224, 224]}", nullable=True)
+    allow_nonfinite: bool = _f(False, k_bool, "accept NaN/Inf in refits")
+    initial_version: int = _f(0, k_int(0), "version number of the weights inside the model file")
+
+    def engine_kwargs(self) -> Dict[str, Any]:
+        kw: Dict[str, Any] = {"allow_nonfinite": self.allow_nonfinite,
+                              "initial_version": self.initial_version}
+        if self.refittable is not None:
+            kw["refittable"] = list(self.refittable)
+        if self.input_shape is not None:
+            kw["input_shape"] = {k: tuple(v) for k, v in self.input_shape.items()}
+        return kw
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f(kind=k_path, doc="the ONNX model file")
+    backend: str = _f("reference", k_str, "librefit backend name")
+    options: ModelOptions = _f(factory=ModelOptions, doc="engine options")
+    name_map: Dict[str, str] = _f(factory=dict, kind=k_str_map,
+                                  doc="package tensor name -> engine weight name")
+
+
+@dataclass
+class WorkersConfig:
+    threads: int = _f(2, k_int(1, 256), "inference worker threads (one engine context each)")
+
+
+# Sources: a registry keyed by `type` (Frigate-style). runner.py registers the implementations
+# under the same keys.
+
+@dataclass
+class SyntheticSourceConfig:
+    fill: Any = _f("ones", _k_fill, 'input values: "ones", "zeros", "random", or a number')
+    rate: float = _f(0.0, k_float(0.0), "inferences per second over all workers; 0 = flat out")
+    seed: Optional[int] = _f(None, k_int(0), "random seed for fill: random", nullable=True)
+    type: str = "synthetic"
+
+
+@dataclass
+class NpyDirSourceConfig:
+    path: str = _f(kind=k_path, doc="folder the .npy (one input) / .npz (named inputs) files arrive in")
+    poll: float = _f(0.2, k_float(0.0, exclusive_min=True), "seconds between scans of the folder")
+    done: str = _f("move", k_choice("move", "delete"), "what happens to a file once inferred: move to done/ or delete")
+    type: str = "npy-dir"
+
+
+@dataclass
+class SocketSourceConfig:
+    path: str = _f(kind=k_socket_path, doc="Unix socket local clients connect to")
+    mode: int = _f(0o660, k_mode, "permissions of the socket file")
+    max_bytes: int = _f(64 << 20, k_int(1), "largest request accepted")
+    type: str = "socket"
+
+
+SOURCE_TYPES: Dict[str, Type] = {
+    "synthetic": SyntheticSourceConfig,
+    "npy-dir": NpyDirSourceConfig,
+    "socket": SocketSourceConfig,
+}
+
+
+@dataclass
+class StdoutSinkConfig:
+    every: float = _f(0.2, k_float(0.0), "print at most one result line per this many seconds; 0 = every result")
+    type: str = "stdout"
+
+
+@dataclass
+class JsonlSinkConfig:
+    path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
+    every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")
+    type: str = "jsonl"
+
+
+SINK_TYPES: Dict[str, Type] = {"stdout": StdoutSinkConfig, "jsonl": JsonlSinkConfig}
+SINK_RESERVED = {"mqtt": "comes with MQTT support (not available yet)"}
+
+
+@dataclass
+class StoreConfig:
+    path: str = _f(kind=k_path, doc="directory of the versioned weight store")
+    keep: int = _f(5, k_int(1), "newest versions kept (pinned versions are kept too)")
+    max_package_bytes: int = _f(1 << 30, k_int(1), "packages larger than this are rejected unread")
+
+
+@dataclass
+class WatchConfig:
+    path: Optional[str] = _f(None, k_path, "file-drop directory; null disables the channel", nullable=True)
+
+
+@dataclass
+class GoldenCheck:
+    inputs: Dict[str, Any] = _f(kind=k_tensor_map, doc="model input name -> tensor")
+    expect: Dict[str, Any] = _f(kind=k_tensor_map, doc="model output name -> expected tensor")
+    atol: float = _f(1e-5, k_float(0.0), "absolute tolerance")
+    rtol: float = _f(1e-4, k_float(0.0), "relative tolerance")
+    type: str = "golden"
+
+
+@dataclass
+class FiniteCheck:
+    inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
+    type: str = "finite"
+
+
+@dataclass
+class RangeCheck:
+    inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
+    min: Optional[float] = _f(None, k_float(), "every output value must be >= this", nullable=True)
+    max: Optional[float] = _f(None, k_float(), "every output value must be <= this", nullable=True)
+    type: str = "range"
+
+
+CHECK_TYPES: Dict[str, Type] = {"golden": GoldenCheck, "finite": FiniteCheck, "range": RangeCheck}
+
+
+@dataclass
+class WindowConfig:
+    """The post-swap watch window: after a swap, results are watched for `seconds`; if the
+    share of results with non-finite outputs (or outside `range_min`/`range_max`) exceeds
+    `max_bad_share`, the update is rolled back automatically (if `rollback`)."""
+    seconds: float = _f(0.0, k_float(0.0), "length of the window after each swap; 0 = off")
+    max_bad_share: float = _f(0.0, k_float(0.0, 1.0), "largest tolerated share of bad results")
+    min_results: int = _f(1, k_int(1), "results needed before the window can judge")
+    range_min: Optional[float] = _f(None, k_float(), "an output value below this is bad", nullable=True)
+    range_max: Optional[float] = _f(None, k_float(), "an output value above this is bad", nullable=True)
+    rollback: bool = _f(True, k_bool, "roll back automatically when the window fails")
+    hook: Optional[str] = _f(None, k_path, "executable run with the version; nonzero exit fails the window", nullable=True)
+
+
+@dataclass
+class HealthConfig:
+    checks: List[Any] = _f(factory=list, doc="shadow checks run on new weights before they serve")
+    window: WindowConfig = _f(factory=WindowConfig, doc="post-swap watch window")
+
+
+@dataclass
+class ControlConfig:
+    socket: str = _f(kind=k_socket_path, doc="control socket path")
+    mode: int = _f(0o660, k_mode, "permissions of the control socket")
+
+
+@dataclass
+class LogConfig:
+    format: str = _f("text", k_choice("text", "json"), "event line format")
+    level: str = _f("info", k_choice(*LOG_LEVELS), "lowest event level written")
+
+
+@dataclass
+class MetricsConfig:
+    listen: Optional[Tuple[str, int]] = _f(None, k_listen, "loopback host:port of the Prometheus endpoint; null = off", nullable=True)
+
+
+@dataclass
+class MqttConfig:
+    """Reserved for the MQTT issue: accepted, checked minimally, not used yet."""
+    enabled: bool = _f(False, k_bool, "reserved: MQTT fleet updates are not available yet")
+    host: Optional[str] = _f(None, k_str, "broker host", nullable=True)
+    port: int = _f(1883, k_int(1, 65535), "broker port")
+    client_id: Optional[str] = _f(None, k_str, "client id", nullable=True)
+    topic_prefix: str = _f("refitd", k_str, "topic prefix")
+    tls: bool = _f(False, k_bool, "use TLS")
+    username: Optional[str] = _f(None, k_str, "user name", nullable=True)
+    password_file: Optional[str] = _f(None, k_path, "file holding the password", nullable=True)
+
+
+@dataclass
+class SecurityConfig:
+    """Reserved for the security issue: accepted, checked minimally, not used yet."""
+    require_signature: bool = _f(False, k_bool, "reserved: signed packages are not enforced yet")
+    trusted_keys: List[str] = _f(factory=list, kind=_k_path_list, doc="public key files")
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    workers: WorkersConfig
+    source: Any  # one of SOURCE_TYPES' classes
+    sink: Any    # one of SINK_TYPES' classes
+    store: StoreConfig
+    watch: WatchConfig
+    health: HealthConfig
+    control: ControlConfig
+    log: LogConfig
+    metrics: MetricsConfig
+    mqtt: MqttConfig
+    security: SecurityConfig
+    origin: Optional[str] = None  # the file it was read from, if any
+
+    def to_dict(self) -> Dict[str, Any]:
+        return config_to_dict(self)
+
+
+SECTIONS = ("model", "workers", "source", "sink", "store", "watch", "health", "control", "log",
+            "metrics", "mqtt", "security")
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+def _build_typed(registry: Dict[str, Type], raw: Any, path: Tuple[str, ...], ctx: _Ctx,
+                 default_type: Optional[str], reserved: Optional[Dict[str, str]] = None):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        ctx.add(path, "must be a mapping, got %s" % _show(raw))
+        return None
+    t = raw.get("type", default_type)
+    if t is None:
+        ctx.add(path + ("type",), "is required (one of %s)" % ", ".join(registry))
+        return None
+    if reserved and t in reserved:
+        ctx.add(path + ("type",), "%s %s; use one of %s" % (_show(t), reserved[t], ", ".join(registry)))
+        return None
+    if t not in registry:
+        ctx.add(path + ("type",), "must be one of %s, got %s%s"
+                % (", ".join(registry), _show(t), _did_you_mean(t, registry)))
+        return None
+    obj = _build(registry[t], raw, path, ctx, skip=("type",))
+    return obj
+
+
+def _build_model(raw, ctx):
+    path = ("model",)
+    if raw is None:
+        ctx.add(path, "is required (the model to serve: path, backend, options)")
+        return None
+    if not isinstance(raw, dict):
+        ctx.add(path, "must be a mapping, got %s" % _show(raw))
+        return None
+    raw = dict(raw)
+    opts_raw = raw.pop("options", None)
+    m = _build(ModelConfig, raw, path, ctx, skip=("options",))
+    opts = _build(ModelOptions, opts_raw, path + ("options",), ctx)
+    if m is None or opts is None:
+        return None
+    m.options = opts
+    return m
+
+
+def _build_health(raw, ctx):
+    path = ("health",)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        ctx.add(path, "must be a mapping, got %s" % _show(raw))
+        return None
+    for key in raw:
+        if key not in ("checks", "window"):
+            ctx.add(path + (str(key),), "unknown key%s" % _did_you_mean(key, ("checks", "window")))
+    checks_raw = raw.get("checks") or []
+    checks = []
+    if not isinstance(checks_raw, list):
+        ctx.add(path + ("checks",), "must be a list of checks, got %s" % _show(checks_raw))
+    else:
+        for i, c in enumerate(checks_raw):
+            cpath = path + ("checks", "[%d]" % i)
+            obj = _build_typed(CHECK_TYPES, c, cpath, ctx, None)
+            if isinstance(obj, RangeCheck) and obj.min is None and obj.max is None:
+                ctx.add(cpath, "a range check needs min, max or both")
+            elif isinstance(obj, RangeCheck) and obj.min is not None and obj.max is not None \
+                    and obj.min > obj.max:
+                ctx.add(cpath + ("min",), "must be <= max (%g > %g)" % (obj.min, obj.max))
+            if obj is not None:
+                checks.append(obj)
+    window = _build(WindowConfig, raw.get("window"), path + ("window",), ctx)
+    if window is None:
+        return None
+    return HealthConfig(checks=checks, window=window)
+
+
+def parse_config(raw: Any, origin: Optional[str] = None,
+                 lines: Optional[Dict[Tuple[str, ...], int]] = None,
+                 base_dir: Optional[str] = None) -> Config:
+    """Validate an already-loaded mapping. Raises ConfigError with every problem."""
+    ctx = _Ctx(lines, Path(base_dir) if base_dir else None)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem("", "the config must be a mapping of sections, got %s" % _show(raw))], origin)
+    for key in raw:
+        if key not in SECTIONS:
+            ctx.add((str(key),), "unknown section%s" % _did_you_mean(key, SECTIONS))
+
+    model = _build_model(raw.get("model"), ctx)
+    workers = _build(WorkersConfig, raw.get("workers"), ("workers",), ctx)
+    source = _build_typed(SOURCE_TYPES, raw.get("source"), ("source",), ctx, "synthetic")
+    sink = _build_typed(SINK_TYPES, raw.get("sink"), ("sink",), ctx, "stdout", SINK_RESERVED)
+    store = None
+    if raw.get("store") is None:
+        ctx.add(("store",), "is required (store.path: where versions are kept)")
+    else:
+        store = _build(StoreConfig, raw.get("store"), ("store",), ctx)
+    watch = _build(WatchConfig, raw.get("watch"), ("watch",), ctx)
+    health = _build_health(raw.get("health"), ctx)
+    control = None
+    if raw.get("control") is None:
+        ctx.add(("control",), "is required (control.socket: the CLI's Unix socket)")
+    else:
+        control = _build(ControlConfig, raw.get("control"), ("control",), ctx)
+    log = _build(LogConfig, raw.get("log"), ("log",), ctx)
+    metrics = _build(MetricsConfig, raw.get("metrics"), ("metrics",), ctx)
+    mqtt = _build(MqttConfig, raw.get("mqtt"), ("mqtt",), ctx)
+    security = _build(SecurityConfig, raw.get("security"), ("security",), ctx)
+
+    # Cross-field rules, checked after each section parsed.
+    if health is not None:
+        w = health.window
+        if w.range_min is not None and w.range_max is not None and w.range_min > w.range_max:
+            ctx.add(("health", "window", "range_min"), "must be <= range_max")
+    if mqtt is not None and mqtt.enabled:
+        ctx.add(("mqtt", "enabled"), "MQTT fleet updates are not available yet (coming with the MQTT issue); set false")
+    if security is not None and security.require_signature:
+        ctx.add(("security", "require_signature"), "signature checks are not available yet (coming with the security issue); set false")
+    paths: Dict[str, str] = {}
+    for key, obj, attr in (("store.path", store, "path"), ("watch.path", watch, "path"),
+                           ("control.socket", control, "socket"),
+                           ("source.path", source, "path"), ("sink.path", sink, "path")):
+        p = getattr(obj, attr, None) if obj is not None else None
+        if p is None:
+            continue
+        p = os.path.normpath(p)
+        if p in paths:
+            ctx.add(tuple(key.split(".")), "is the same path as %s (%s)" % (paths[p], p))
+        else:
+            paths[p] = key
+    if store is not None and watch is not None and watch.path is not None:
+        sp, wp = os.path.normpath(store.path), os.path.normpath(watch.path)
+        if wp.startswith(sp + os.sep) or sp.startswith(wp + os.sep):
+            ctx.add(("watch", "path"), "must not be inside store.path or contain it")
+
+    if ctx.problems:
+        raise ConfigError(ctx.problems, origin)
+    return Config(model=model, workers=workers, source=source, sink=sink, store=store,
+                  watch=watch, health=health, control=control, log=log, metrics=metrics,
+                  mqtt=mqtt, security=security, origin=origin)
+
+
+def _line_map(text: str) -> Dict[Tuple[str, ...], int]:
+    """Key path -> 1-based line, from the YAML node tree (for error messages)."""
+    import yaml
+    out: Dict[Tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return out
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = str(k.value)
+                out[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                out[path + ("[%d]" % i,)] = v.start_mark.line + 1
+                walk(v, path + ("[%d]" % i,))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _load_yaml(text: str, origin: str):
+    """Parse YAML; duplicate keys and syntax errors become ConfigError with file:line."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    dups: List[Problem] = []
+
+    def construct_mapping(loader, node, deep=False):
+        seen = {}
+        for k, _v in node.value:
+            key = loader.construct_object(k, deep=deep)
+            if isinstance(key, (str, int)) and key in seen:
+                dups.append(Problem(str(key), "duplicate key (first at line %d)" % seen[key],
+                                    k.start_mark.line + 1))
+            elif isinstance(key, (str, int)):
+                seen[key] = k.start_mark.line + 1
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        data = yaml.load(text, Loader=Loader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 0
+        cause = (e.problem or str(e)).strip()
+        if e.context:
+            cause = "%s %s" % (e.context, cause)
+        raise ConfigError([Problem("", "%s:%d: malformed YAML: %s" % (origin, line, cause), None)], origin)
+    except yaml.YAMLError as e:
+        raise ConfigError([Problem("", "%s: malformed YAML: %s" % (origin, str(e).splitlines()[0]))], origin)
+    if dups:
+        raise ConfigError(dups, origin)
+    return data
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a YAML config file. Raises ConfigError (every problem at once) or
+    OSError-derived ConfigError if the file cannot be read."""
+    origin = str(path)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([Problem("", "cannot read %s: %s" % (origin, e.strerror or e))], origin)
+    except UnicodeDecodeError as e:
+        raise ConfigError([Problem("", "%s is not UTF-8 text: %s" % (origin, e.reason))], origin)
+    data = _load_yaml(text, origin)
+    base = os.path.dirname(os.path.abspath(path))
+    return parse_config(data, origin=origin, lines=_line_map(text), base_dir=base)
+
+
+# ---- demo config and defaults ----------------------------------------------------------------
+
+def default_state_dir() -> str:
+    """A user-writable state directory: $XDG_STATE_HOME/refitd or ~/.local/state/refitd."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "refitd")
+
+
+def demo_model_path() -> str:
+    return str(Path(__file__).resolve().parent / "demo" / "seed_conv.onnx")
+
+
+def demo_config(state_dir: Optional[str] = None, *, rate: float = 200.0, threads: int = 2,
+                every: float = 0.2) -> Config:
+    """The configuration ``refitd run`` uses without a config file and ``refitd demo`` starts:
+    the bundled seed model on the reference backend, a synthetic source of ones, a stdout sink
+    printing about every ``every`` seconds, state (store, drop folder, socket) under
+    ``state_dir``. A golden-free health check (finite + range) stands in for shadow checks."""
+    state = os.path.abspath(state_dir or default_state_dir())
+    raw = {
+        "model": {"path": demo_model_path(), "backend": "reference",
+                  "options": {"refittable": ["conv.weight"]}},
+        "workers": {"threads": threads},
+        "source": {"type": "synthetic", "fill": "ones", "rate": rate},
+        "sink": {"type": "stdout", "every": every},
+        "store": {"path": os.path.join(state, "store"), "keep": 5},
+        "watch": {"path": os.path.join(state, "incoming")},
+        "health": {"checks": [{"type": "finite"}, {"type": "range", "min": -1000.0, "max": 1000.0}]},
+        "control": {"socket": os.path.join(state, "control.sock")},
+        "log": {"format": "text", "level": "info"},
+        "metrics": {"listen": None},
+    }
+    return parse_config(raw, origin="(demo config)")
+
+
+def config_to_dict(cfg: Config) -> Dict[str, Any]:
+    """A plain mapping that parse_config accepts again (for writing a config file)."""
+    def conv(obj):
+        if dataclasses.is_dataclass(obj):
+            return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, list):
+            return [conv(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: conv(v) for k, v in obj.items()}
+        return obj
+
+    out = {name: conv(getattr(cfg, name)) for name in SECTIONS}
+    if cfg.metrics.listen is not None:
+        host, port = cfg.metrics.listen
+        out["metrics"]["listen"] = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+    for sec, key in (("control", "mode"), ("source", "mode")):
+        if key in out[sec]:
+            out[sec][key] = "0%o" % out[sec][key]
+    return out
