@@ -54,7 +54,7 @@ t_second=$(elapsed "$t2")
 
 t3=$(now)
 chroot "$ROOT" /usr/bin/python3 -c 'import sys, venv, ensurepip; print(sys.version)' >&2
-chroot "$ROOT" /usr/bin/ldd --version | head -1 >&2
+chroot "$ROOT" /usr/bin/ldd --version | sed -n 1p >&2
 t_check=$(elapsed "$t3")
 # apt caches are not needed any more; keep the root small.
 rm -rf "$ROOT"/var/cache/apt/archives/*.deb
