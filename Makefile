@@ -1,9 +1,10 @@
-# refitd — top-level entry points. The README's two commands are `make demo` and `make test`.
+# refitd — top-level entry points. The README's two commands are scripts/demo.sh and scripts/test.sh
+# (they install what make itself needs first); `make demo` / `make test` do the same once set up.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: setup demo test test-native test-asan test-tsan test-python clean
+.PHONY: setup demo test test-all test-native test-asan test-tsan test-python clean
 
 setup:
 	@scripts/setup.sh
@@ -12,7 +13,10 @@ setup:
 demo: setup
 	$(VENV)/bin/refitd demo
 
-test: setup test-native test-asan test-tsan test-python
+test: setup
+	@$(MAKE) --no-print-directory test-all
+
+test-all: test-native test-asan test-tsan test-python
 
 # C tests: native, then under ASan+UBSan, then under TSan (each its own build tree).
 test-native:

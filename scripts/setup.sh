@@ -9,15 +9,17 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 need_apt=()
-for pkg in cmake make gcc mosquitto; do
+for pkg in cmake make gcc; do
   command -v "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# mosquitto lives in /usr/sbin, which a normal user's PATH may lack.
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   echo "setup: installing ${need_apt[*]}" >&2
   $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]/mosquitto/mosquitto}" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
