@@ -1,0 +1,413 @@
+"""The one refit pipeline. Every channel (control socket / CLI, file drop, MQTT later) calls
+``Pipeline.apply(path, source)`` or ``Pipeline.rollback(to, source)``; one lock serialises them.
+
+apply: size cap -> parse -> (signature hook) -> model fingerprint, names, dtypes, shapes ->
+finite values -> version policy -> stage in the engine -> shadow check on the staged set ->
+write to the store (blobs, manifest) -> commit (``current`` moves) -> ``engine.publish`` -> event.
+
+Ordering, and why (docs/store.md has the long form):
+
+* Everything that can reject an input runs before the store is touched, so a rejected package
+  leaves the store byte-for-byte unchanged (and the engine serving what it served).
+* The store commit comes *before* the engine publish. A restarted daemon serves the store's
+  committed ``current``. Committing first means every version that ever produced a result is
+  durable and is what a restart serves: a crash between commit and publish just completes the
+  update on restart (its weights passed every check, shadow check included). The other order
+  would let results carry a version that a crash then silently takes back. If publish itself
+  fails (it cannot, short of a bug: we hold the lock and are the only refitter), the commit is
+  reverted before the failure is reported.
+* The engine stage is built on the serving weights and carries only the tensors whose blob differs
+  from the current manifest (a partial package on an older base brings the base's differing
+  tensors along), so the staged set equals the manifest the store will commit.
+
+``Outcome(ok, version, reason, stage, seconds)``: ``version`` is the version the request was about
+(the package's, or the rollback target; None if it could not be read), ``stage`` the step that
+decided (``done`` on success), ``reason`` one line on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from .health import HealthError, ShadowCheck, WatchWindow, _get
+from .package import (DEFAULT_MAX_PACKAGE_BYTES, Package, PackageError, check_against_model,
+                      check_finite, read_package)
+from .store import Store, StoreError
+
+__all__ = ["Pipeline", "Outcome", "NullEvents"]
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    version: Optional[int]
+    reason: Optional[str]
+    stage: str
+    seconds: float
+    previous: Optional[int] = None  # the version serving before (success) / still serving (failure)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class NullEvents:
+    def emit(self, kind: str, **fields: Any) -> None:
+        pass
+
+
+class _Reject(Exception):
+    def __init__(self, stage: str, reason: str):
+        super().__init__(reason)
+        self.stage, self.reason = stage, reason
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _short(fp: str) -> str:
+    return fp[:23] + "..." if len(fp) > 26 else fp
+
+
+class Pipeline:
+    """``Pipeline(engine, store, config, events)``.
+
+    ``config``: the daemon ``Config`` (uses ``store.max_package_bytes``, ``health.checks``,
+    ``health.window``, ``model.options.allow_nonfinite``), a mapping of the same shape, or None.
+    Keyword arguments override it (so the pipeline works without a config object):
+    ``max_package_bytes``, ``checks`` (health check specs), ``window`` (a ``WatchWindow`` or its
+    config), ``allow_nonfinite``, ``verifier``.
+
+    ``verifier(package, signature_path)``: the hook the security issue fills in; it may raise to
+    refuse a package (stage ``signature``). None (the default) verifies nothing.
+    """
+
+    def __init__(self, engine: Any, store: Store, config: Any = None, events: Any = None, *,
+                 max_package_bytes: Optional[int] = None, checks: Optional[List[Any]] = None,
+                 window: Any = None, allow_nonfinite: Optional[bool] = None,
+                 verifier: Optional[Callable[[Package, Optional[str]], None]] = None,
+                 base_dir: Optional[str] = None):
+        self.engine = engine
+        self.store = store
+        self.events = events if events is not None else NullEvents()
+        store_cfg = _get(config, "store") if config is not None else None
+        health_cfg = _get(config, "health") if config is not None else None
+        model_cfg = _get(config, "model") if config is not None else None
+        if max_package_bytes is None:
+            max_package_bytes = _get(store_cfg, "max_package_bytes") if store_cfg is not None else None
+        self.max_package_bytes = int(max_package_bytes or DEFAULT_MAX_PACKAGE_BYTES)
+        if checks is None and health_cfg is not None:
+            checks = _get(health_cfg, "checks")
+        if base_dir is None and config is not None and _get(config, "origin"):
+            origin = _get(config, "origin")
+            base_dir = os.path.dirname(os.path.abspath(origin)) if os.path.exists(origin) else None
+        self.health = ShadowCheck(checks or [], engine, base_dir)
+        if window is None and health_cfg is not None:
+            window = _get(health_cfg, "window")
+        if isinstance(window, WatchWindow):
+            self.window = window
+            if self.window.on_fail is None:
+                self.window.on_fail = self._window_failed
+        else:
+            self.window = WatchWindow.from_config(window or {}, on_fail=self._window_failed)
+        self._auto_rollback = bool(_get(window, "rollback", True)) if window is not None else True
+        if allow_nonfinite is None:
+            opts = _get(model_cfg, "options") if model_cfg is not None else None
+            allow_nonfinite = bool(_get(opts, "allow_nonfinite", False)) if opts is not None else False
+        self.allow_nonfinite = allow_nonfinite
+        self.verifier = verifier
+        self._lock = threading.Lock()
+        self._names = [w.name for w in engine.weights()]
+        #: the last Outcome of apply/rollback (for ``status``)
+        self.last: Optional[Outcome] = None
+
+    # ---- start-up ------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Makes the engine serve the store's committed ``current`` and returns that version.
+
+        An empty store is seeded with the weights the engine serves (the model file's, as
+        version ``engine.version``). A current version whose blobs do not verify is replaced by
+        the newest older version that does (``store.recovered`` event). Raises ``StoreError`` if
+        the store holds weights for another model, or nothing loadable."""
+        with self._lock:
+            for note in self.store.recovered:
+                self.events.emit("store.recovered", note=note)
+            fp = self.engine.fingerprint
+            cur = self.store.current()
+            if cur is None:
+                v = int(self.engine.version)
+                tensors = {n: self.engine.read_weight(n) for n in self._names}
+                self.store.put(v, tensors, meta={"model": fp, "source": "model",
+                                                 "note": "weights of the model file"})
+                self.store.commit(v, event="initial", source="model")
+                return v
+            model = self.store.manifest(cur).get("model")
+            if model != fp:
+                raise StoreError(
+                    "store %s holds weights for model %s, but the engine serves model %s; "
+                    "point store.path at another directory for this model"
+                    % (self.store.path, _short(str(model)), _short(fp)))
+            candidates = [cur] + [v for v in reversed(self.store.versions()) if v < cur]
+            errors = []
+            for v in candidates:
+                try:
+                    tensors = self.store.load(v)
+                    if self.store.manifest(v).get("model") != fp:
+                        raise StoreError("version %d is for another model" % v)
+                    self.engine.refit(tensors, v)
+                except Exception as e:  # StoreError (corrupt blob), RefitError
+                    errors.append(_one_line(e))
+                    continue
+                if v != cur:
+                    self.store.commit(v, event="recovered", source="start", lost=cur,
+                                      reason=errors[0])
+                    self.events.emit("store.recovered", version=v, lost=cur, reason=errors[0])
+                return v
+            raise StoreError("no stored version can be served: " + "; ".join(errors))
+
+    # ---- apply ---------------------------------------------------------------------------
+
+    def apply(self, path: str, source: str = "cli") -> Outcome:
+        """Runs a package file through every check and, if all pass, makes it serve."""
+        t0 = time.perf_counter()
+        path = os.fspath(path)
+        with self._lock:
+            self.events.emit("update.received", path=path, source=source)
+            self.window.disarm()
+            previous = self.store.current()
+            version: Optional[int] = None
+            try:
+                version, info = self._apply_locked(path, source)
+                out = Outcome(True, version, None, "done", time.perf_counter() - t0, previous)
+                self.events.emit("update.applied", version=version, previous=previous,
+                                 source=source, path=path, seconds=round(out.seconds, 6), **info)
+                self.window.arm(version, previous)
+            except (_Reject, Exception) as r:
+                if not isinstance(r, _Reject):  # a bug must not take the channel down
+                    r = _Reject("internal", "internal error: %s: %s" % (type(r).__name__, _one_line(r)))
+                version = getattr(r, "version", None)
+                out = Outcome(False, version, r.reason, r.stage, time.perf_counter() - t0,
+                              self.store.current())
+                self.events.emit("update.rejected", version=version, source=source, path=path,
+                                 stage=r.stage, reason=r.reason, seconds=round(out.seconds, 6))
+            self.last = out
+            return out
+
+    def _apply_locked(self, path: str, source: str):
+        engine, store = self.engine, self.store
+        # size cap, parse (read_package checks the cap on the open file before reading)
+        try:
+            pkg = read_package(path, self.max_package_bytes)
+        except PackageError as e:
+            raise _Reject(e.stage, e.reason) from None
+        try:
+            return self._apply_package(pkg, source)
+        except _Reject as r:
+            r.version = pkg.version  # type: ignore[attr-defined]
+            raise
+
+    def _apply_package(self, pkg: Package, source: str):
+        engine, store = self.engine, self.store
+        if self.verifier is not None:
+            try:
+                self.verifier(pkg, pkg.signature_path)
+            except Exception as e:
+                raise _Reject("signature", _one_line(e)) from None
+        try:
+            check_against_model(pkg, engine)
+            if not self.allow_nonfinite:
+                check_finite(pkg.tensors)
+        except PackageError as e:
+            raise _Reject(e.stage, e.reason) from None
+        # version policy: strictly newer than every version ever committed
+        cur, high = store.current(), store.highest()
+        if high is not None and pkg.version <= high:
+            if pkg.version == cur:
+                why = "package version %d equals the serving version %d" % (pkg.version, cur)
+            elif high == cur:
+                why = "package version %d is older than the serving version %d" % (pkg.version, cur)
+            else:
+                why = ("package version %d is not newer than version %d, the highest applied "
+                       "(serving %s; use rollback for older versions)" % (pkg.version, high, cur))
+            raise _Reject("version", why)
+        if pkg.base is not None and not store.has(pkg.base):
+            raise _Reject("version", "package base version %d is not in the store (stored: %s)"
+                          % (pkg.base, ", ".join(map(str, store.versions())) or "none"))
+        meta = {"model": pkg.model, "package_sha256": pkg.sha256, "created": pkg.created,
+                "note": pkg.note, "source": source,
+                "package": os.path.basename(pkg.path) if pkg.path else None,
+                "package_base": pkg.base}
+        try:
+            pending = store.prepare(pkg.version, pkg.tensors, base=pkg.base, meta=meta)
+        except StoreError as e:
+            raise _Reject("store", _one_line(e)) from None
+        names = set(pending.manifest["tensors"])
+        if names != set(self._names):
+            missing = sorted(set(self._names) - names)
+            raise _Reject("model", "package leaves weight %s without a value (no base holds it)"
+                          % json.dumps(missing[0]) if missing else "package and model weights differ")
+        delta = self._delta(pending.manifest["tensors"], pkg.tensors)
+        self._stage_check_commit(pkg.version, delta, cur, pending=pending,
+                                 event="applied", fields={"source": source,
+                                                          "package_sha256": pkg.sha256})
+        gc = self._gc()
+        return pkg.version, {"tensors": len(pkg.tensors), "changed": len(pending.changed),
+                             "bytes": pkg.nbytes, "new_blob_bytes": pending.new_bytes,
+                             "pruned": gc}
+
+    def _delta(self, target: Dict[str, Any], given: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The tensors to stage: those whose manifest entry differs from the serving version's.
+        Taken from ``given`` (the package) when it has them, else read (verified) from the store."""
+        cur = self.store.current()
+        serving = self.store.manifest(cur)["tensors"] if cur is not None else {}
+        delta: Dict[str, np.ndarray] = {}
+        for name, entry in target.items():
+            if serving.get(name) == entry:
+                continue
+            if name in given:
+                delta[name] = given[name]
+            else:
+                try:
+                    delta[name] = self.store.read_blob(entry["sha256"], entry["dtype"],
+                                                       entry["shape"], name)
+                except StoreError as e:
+                    raise _Reject("load", _one_line(e)) from None
+        if not delta:
+            # Same weights under a new version: stage one tensor so the version still moves.
+            name = next(iter(given)) if given else next(iter(target))
+            if name in given:
+                delta[name] = given[name]
+            else:
+                e = target[name]
+                delta[name] = self.store.read_blob(e["sha256"], e["dtype"], e["shape"], name)
+        return delta
+
+    def _stage_check_commit(self, version: int, delta: Dict[str, np.ndarray], cur: Optional[int],
+                            pending: Any, event: str, fields: Dict[str, Any]) -> None:
+        engine, store = self.engine, self.store
+        try:
+            staged = engine.stage(delta, version, allow_nonfinite=self.allow_nonfinite)
+        except Exception as e:  # RefitError and friends
+            raise _Reject("stage", _one_line(e)) from None
+        try:
+            try:
+                self.health.run(engine, staged)
+            except HealthError as e:
+                raise _Reject("health", _one_line(e)) from None
+            high = store.highest()
+            if pending is not None:
+                try:
+                    store.write(pending)
+                except StoreError as e:
+                    raise _Reject("store", _one_line(e)) from None
+            try:
+                store.commit(version, event=event, **fields)
+            except (OSError, StoreError) as e:
+                if pending is not None:
+                    self._quiet(store.discard, version)
+                raise _Reject("commit", "cannot commit version %d: %s" % (version, _one_line(e))) from None
+            try:
+                engine.publish(staged)
+            except Exception as e:
+                self._quiet(store.revert, version, cur, high, reason=_one_line(e))
+                raise _Reject("publish", _one_line(e)) from None
+        finally:
+            staged.close()
+
+    def _quiet(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        try:
+            fn(*args, **kw)
+        except Exception as e:
+            self.events.emit("store.error", error=_one_line(e))
+
+    def _gc(self) -> List[int]:
+        try:
+            return self.store.gc()["pruned"]
+        except Exception as e:  # retention failing must not fail an applied update
+            self.events.emit("store.error", error="retention: " + _one_line(e))
+            return []
+
+    # ---- rollback ------------------------------------------------------------------------
+
+    def rollback(self, to: Optional[int] = None, source: str = "cli",
+                 reason: Optional[str] = None, _expect_current: Optional[int] = None) -> Outcome:
+        """Re-applies a stored version (default: the newest stored version older than the
+        current one) through the same checks as ``apply``, except the newer-version rule."""
+        t0 = time.perf_counter()
+        with self._lock:
+            previous = self.store.current()
+            if _expect_current is not None and previous != _expect_current:
+                out = Outcome(False, to, "version %d no longer serves (now %s); rollback skipped"
+                              % (_expect_current, previous), "lookup", time.perf_counter() - t0,
+                              previous)
+                self.events.emit("update.rollback_failed", version=to, source=source,
+                                 stage=out.stage, reason=out.reason)
+                return out
+            self.window.disarm()
+            try:
+                to = self._rollback_locked(to, previous, source, reason)
+                out = Outcome(True, to, None, "done", time.perf_counter() - t0, previous)
+                self.events.emit("update.rolled_back", version=to, previous=previous,
+                                 source=source, reason=reason, seconds=round(out.seconds, 6))
+            except (_Reject, Exception) as r:
+                if not isinstance(r, _Reject):
+                    r = _Reject("internal", "internal error: %s: %s" % (type(r).__name__, _one_line(r)))
+                out = Outcome(False, to, r.reason, r.stage, time.perf_counter() - t0,
+                              self.store.current())
+                self.events.emit("update.rollback_failed", version=to, source=source,
+                                 stage=r.stage, reason=r.reason, seconds=round(out.seconds, 6))
+            self.last = out
+            return out
+
+    def _rollback_locked(self, to: Optional[int], cur: Optional[int], source: str,
+                         reason: Optional[str]) -> int:
+        store = self.store
+        stored = store.versions()
+        if cur is None:
+            raise _Reject("lookup", "the store has no current version to roll back from")
+        if to is None:
+            older = [v for v in stored if v < cur]
+            if not older:
+                raise _Reject("lookup", "no stored version older than %d to roll back to" % cur)
+            to = older[-1]
+        if to == cur:
+            raise _Reject("lookup", "version %d is already serving" % to)
+        if not store.has(to):
+            raise _Reject("lookup", "version %d is not in the store (stored: %s)"
+                          % (to, ", ".join(map(str, stored)) or "none"))
+        man = store.manifest(to)
+        if man.get("model") != self.engine.fingerprint:
+            raise _Reject("model", "stored version %d is for model %s, the engine serves %s"
+                          % (to, _short(str(man.get("model"))), _short(self.engine.fingerprint)))
+        delta = self._delta(man["tensors"], {})
+        if not self.allow_nonfinite:
+            try:
+                check_finite(delta)
+            except PackageError as e:
+                raise _Reject("finite", e.reason) from None
+        fields = {"source": source}
+        if reason:
+            fields["reason"] = reason
+        self._stage_check_commit(to, delta, cur, pending=None, event="rolled_back", fields=fields)
+        return to
+
+    # ---- watch window --------------------------------------------------------------------
+
+    def observe(self, result: Any) -> None:
+        """Runner observer: feeds the post-swap watch window."""
+        self.window.observe(result)
+
+    def _window_failed(self, version: int, previous: Optional[int], reason: str) -> None:
+        self.events.emit("update.watch_failed", version=version, previous=previous, reason=reason)
+        if not self._auto_rollback or previous is None:
+            return
+        self.rollback(to=previous, source="watch", reason=reason, _expect_current=version)
