@@ -1,0 +1,232 @@
+"""The control socket: a local Unix stream socket (mode 0660 by default) speaking JSON lines.
+
+Each request is one line, a JSON object with "cmd"; each gets exactly one response line:
+    -> {"cmd": "status"}
+    <- {"ok": true, "serving": {"version": 3, ...}, ...}
+    -> {"cmd": "rollback", "to": 3}
+    <- {"ok": false, "error": "version 3 is not in the store (have 4, 5, 6)"}
+A connection may carry several requests. Commands (docs/daemon.md has the fields): ping,
+status, versions, apply {path}, rollback {to?}, pin {version}, unpin {version},
+infer {inputs: {name: {dtype, shape, data (base64 of C-order bytes)}}}, reload.
+
+``ControlServer(path, mode, handlers, events)`` serves; ``call(path, request)`` is the client and
+raises ``DaemonUnreachable`` with the one-line message the CLI prints.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import socket
+import threading
+from typing import Any, Callable, Dict, Optional
+
+__all__ = ["ControlServer", "ControlError", "DaemonUnreachable", "AlreadyRunning", "call",
+           "bind_unix_socket", "MAX_LINE"]
+
+MAX_LINE = 256 << 20  # an infer request carries its tensor, base64
+
+
+class ControlError(Exception):
+    """Raised by a handler: becomes {"ok": false, "error": str(e)}."""
+
+
+class DaemonUnreachable(Exception):
+    pass
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+_tmp_counter = itertools.count()
+
+
+def bind_unix_socket(path: str, mode: int) -> socket.socket:
+    """Binds a listening Unix stream socket at ``path`` with permissions ``mode``, atomically:
+    bound under a temporary name, chmod'ed, then renamed over ``path`` (so there is no moment
+    when the socket exists with the wrong mode). A stale socket file (nobody listening) is
+    replaced; a live one raises AlreadyRunning."""
+    if os.path.lexists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+            pass  # stale: replaced below
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+                raise
+        else:
+            raise AlreadyRunning("another process is already listening on %s" % path)
+        finally:
+            probe.close()
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, ".s%d-%d" % (os.getpid(), next(_tmp_counter)))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        s.bind(tmp)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+        s.listen(64)
+    except BaseException:
+        s.close()
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return s
+
+
+Handler = Callable[[Dict[str, Any]], Dict[str, Any]]
+
+
+class ControlServer:
+    def __init__(self, path: str, mode: int, handlers: Dict[str, Handler], events=None):
+        self.path = path
+        self.mode = mode
+        self.handlers = dict(handlers)
+        self.events = events
+        self._sock: Optional[socket.socket] = None
+        self._ino = -1
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._conns: set = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self._sock = bind_unix_socket(self.path, self.mode)
+        self._ino = os.stat(self.path).st_ino
+        self._sock.settimeout(0.5)
+        self._thread = threading.Thread(target=self._accept_loop, name="refitd-control", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            conn.settimeout(None)
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), name="refitd-control-conn",
+                             daemon=True).start()
+
+    def dispatch(self, req: Any) -> Dict[str, Any]:
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": 'a request is a JSON object with "cmd"'}
+        cmd = req["cmd"]
+        fn = self.handlers.get(cmd)
+        if fn is None:
+            return {"ok": False, "error": "unknown command %r (known: %s)" % (cmd, ", ".join(sorted(self.handlers)))}
+        try:
+            out = fn(req)
+        except ControlError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug in a handler must not take the socket down
+            if self.events is not None:
+                self.events.emit("control.error", cmd=cmd, error="%s: %s" % (type(e).__name__, e))
+            return {"ok": False, "error": "internal error in %s: %s: %s" % (cmd, type(e).__name__, e)}
+        resp = {"ok": True}
+        resp.update(out or {})
+        return resp
+
+    def _serve(self, conn: socket.socket) -> None:
+        f = conn.makefile("rb")
+        try:
+            while not self._stop.is_set():
+                line = f.readline(MAX_LINE + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE:
+                    conn.sendall(b'{"ok": false, "error": "request line too long"}\n')
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    req = json.loads(line)
+                except ValueError as e:
+                    resp = {"ok": False, "error": "request is not JSON: %s" % e}
+                else:
+                    resp = self.dispatch(req)
+                conn.sendall(json.dumps(resp, default=str).encode() + b"\n")
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            f.close()
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            # Remove the socket file only if it is still ours (a new daemon may own the path).
+            try:
+                if os.stat(self.path).st_ino == self._ino:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+
+def _reason(e: OSError) -> str:
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (is refitd running?)"
+    if isinstance(e, FileNotFoundError):
+        return "no such socket (is refitd running?)"
+    if isinstance(e, PermissionError):
+        return "permission denied (is your user in the daemon's group?)"
+    if isinstance(e, socket.timeout):
+        return "timed out (the daemon is not answering)"
+    return (e.strerror or str(e)).lower()
+
+
+def call(path: str, request: Dict[str, Any], timeout: float = 30.0) -> Dict[str, Any]:
+    """Sends one request, returns the response object. Raises DaemonUnreachable."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except OSError as e:
+            raise DaemonUnreachable("cannot reach the daemon at %s: %s" % (path, _reason(e))) from None
+        try:
+            s.sendall(json.dumps(request).encode() + b"\n")
+            f = s.makefile("rb")
+            line = f.readline(MAX_LINE + 1)
+        except OSError as e:
+            raise DaemonUnreachable("lost the daemon at %s: %s" % (path, _reason(e))) from None
+        if not line:
+            raise DaemonUnreachable("the daemon at %s closed the connection without answering" % path)
+        try:
+            resp = json.loads(line)
+        except ValueError:
+            raise DaemonUnreachable("the daemon at %s answered something that is not JSON" % path) from None
+        if not isinstance(resp, dict):
+            raise DaemonUnreachable("the daemon at %s answered something that is not an object" % path)
+        return resp
+    finally:
+        s.close()

@@ -1,0 +1,534 @@
+"""The refitd process: start-up, recovery, the main loop, signals, shutdown.
+
+Start-up order (docs/daemon.md):
+  1. events (log), sd_notify (NOTIFY_SOCKET popped from the environment), signal self-pipe
+  2. engine (the model on its backend)
+  3. store (its own crash recovery runs on open: uncommitted versions and temp files go)
+  4. serve the store's committed ``current``: refit it into the engine before any worker starts
+  5. pipeline (+ the post-swap watch window), workers, file-drop watcher, control socket, metrics
+  6. READY=1
+Signals are handled nobodd-style: the handler only writes the signal number to a pipe; the main
+loop selects on it. SIGTERM / SIGINT: stop taking updates, drain the workers, exit 0 (a second
+one forces exit 1). SIGHUP: reload the config where that is safe (log level and format, health
+checks and window, store retention) and report what needs a restart.
+
+Exit codes: 0 clean stop; 1 a start-up failure (model, store, socket in use); 2 a config error.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import config as _config
+from .control import AlreadyRunning, ControlError, ControlServer
+from .log import Events
+from .sdnotify import Notifier
+
+__all__ = ["Daemon", "run", "StartupError"]
+
+
+class StartupError(Exception):
+    """A one-line reason the daemon cannot start."""
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _decode_tensor(spec: Any, name: str) -> np.ndarray:
+    try:
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(int(d) for d in spec["shape"])
+        data = base64.b64decode(spec["data"], validate=True)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ControlError("input %s: needs dtype, shape and base64 data (%s)" % (name, _first_line(e)))
+    if dtype.kind not in "fiu":
+        raise ControlError("input %s: dtype %s not accepted" % (name, dtype))
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if n != len(data):
+        raise ControlError("input %s: %d bytes of data, shape %s %s needs %d" % (name, len(data), list(shape), dtype, n))
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def encode_tensor(a: np.ndarray) -> Dict[str, Any]:
+    a = np.ascontiguousarray(a)
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
+
+
+class Daemon:
+    def __init__(self, cfg: _config.Config, events: Optional[Events] = None,
+                 notifier: Optional[Notifier] = None, config_path: Optional[str] = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.events = events or Events(cfg.log.format, cfg.log.level)
+        self.notifier = notifier or Notifier()
+        self.engine = None
+        self.store = None
+        self.pipeline = None
+        self.runner = None
+        self.watcher = None
+        self.control = None
+        self.metrics = None
+        self.window = None
+        self.updates = None
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self.last_update: Optional[Dict[str, Any]] = None
+        self._last_lock = threading.Lock()
+        self._busy = 0
+        self._busy_cv = threading.Condition()
+        self._stopping = False
+        self._reload_lock = threading.Lock()
+        self._rpipe = self._wpipe = -1
+
+    # ---- start-up ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Steps 2-5 of start-up. Raises StartupError with a one-line reason."""
+        cfg = self.cfg
+        from .engine import Engine, EngineError
+        from .metrics import UpdateCounter
+        from .store import Store, StoreError
+
+        self.updates = UpdateCounter()
+        self.events.subscribe(self.updates)
+        self.events.subscribe(self._remember_update)
+
+        try:
+            self.engine = Engine.open(cfg.model.path, backend=cfg.model.backend,
+                                      **cfg.model.options.engine_kwargs())
+        except EngineError as e:
+            raise StartupError("cannot open the model %s on backend %s: %s"
+                               % (cfg.model.path, cfg.model.backend, _first_line(e)))
+        except OSError as e:  # the native library itself
+            raise StartupError("cannot load librefit: %s" % _first_line(e))
+        try:
+            self.store = Store(cfg.store.path, keep=cfg.store.keep)
+        except (StoreError, OSError) as e:
+            raise StartupError("cannot open the store: %s" % _first_line(e))
+
+        from .pipeline import Pipeline
+        try:
+            self.pipeline = Pipeline(self.engine, self.store, cfg, self.events)
+        except Exception as e:  # a health check that does not fit the model, ...
+            raise StartupError("cannot set up the update pipeline: %s" % _first_line(e))
+        # Serve the store's committed current before any worker starts (the pipeline seeds an
+        # empty store with the model file's weights and falls back past a corrupt version).
+        try:
+            version = self.pipeline.start()
+        except (StoreError, OSError) as e:
+            raise StartupError("cannot serve from the store: %s" % _first_line(e))
+        self.events.emit("store.serving", version=version, current=self.store.current())
+
+        from .runner import Runner
+        self.runner = Runner.from_config(cfg, self.engine, self.events)
+        # Every result feeds the post-swap watch window (health.WatchWindow via the pipeline).
+        self.runner.add_observer(self.pipeline.observe)
+
+    def start_services(self) -> None:
+        cfg = self.cfg
+        self.runner.start()
+        handlers = {
+            "ping": lambda req: {"pid": os.getpid()},
+            "status": lambda req: self.status(),
+            "versions": lambda req: self.versions(),
+            "apply": self._h_apply,
+            "rollback": self._h_rollback,
+            "pin": self._h_pin,
+            "unpin": self._h_unpin,
+            "infer": self._h_infer,
+            "reload": lambda req: self.reload(),
+        }
+        self.control = ControlServer(cfg.control.socket, cfg.control.mode, handlers, self.events)
+        try:
+            self.control.start()
+        except AlreadyRunning as e:
+            self.control = None
+            raise StartupError("%s (is another refitd running?)" % e)
+        except OSError as e:
+            self.control = None
+            raise StartupError("cannot create the control socket %s: %s" % (cfg.control.socket, _first_line(e)))
+        if cfg.watch.path:
+            from .watch import DropWatcher
+            self.watcher = DropWatcher(cfg.watch.path, self.pipeline, self.events,
+                                       on_outcome=lambda name, o: self._record(o, "file", name))
+            try:
+                self.watcher.start()
+            except OSError as e:
+                raise StartupError("cannot watch %s: %s" % (cfg.watch.path, _first_line(e)))
+        if cfg.metrics.listen:
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(cfg.metrics.listen, self.metrics_text)
+            try:
+                self.metrics.start()
+            except OSError as e:
+                raise StartupError("cannot listen on %s:%d for metrics: %s"
+                                   % (cfg.metrics.listen[0], cfg.metrics.listen[1], _first_line(e)))
+
+    # ---- state for status / versions ---------------------------------------------------
+
+    def _remember_update(self, kind: str, fields: Dict[str, Any]) -> None:
+        # Automatic rollbacks by the watch window arrive only as events: remember them too.
+        if kind in ("update.rolled_back",) and fields.get("source") not in ("cli", "file", None):
+            with self._last_lock:
+                self.last_update = {"ok": True, "action": "rollback", "version": fields.get("version"),
+                                    "source": fields.get("source"), "reason": fields.get("reason"),
+                                    "at": time.time()}
+
+    def _record(self, outcome, source: str, detail: Optional[str] = None, action: str = "apply") -> None:
+        with self._last_lock:
+            self.last_update = {"ok": bool(outcome.ok), "action": action, "version": outcome.version,
+                                "source": source, "reason": outcome.reason,
+                                "stage": getattr(outcome, "stage", None),
+                                "seconds": getattr(outcome, "seconds", None),
+                                "file": detail, "at": time.time()}
+
+    def status(self) -> Dict[str, Any]:
+        eng = self.engine
+        out: Dict[str, Any] = {
+            "pid": os.getpid(),
+            "serving": {"version": eng.version, "fingerprint": eng.fingerprint, "backend": eng.backend,
+                        "model": self.cfg.model.path},
+            "uptime": round(time.monotonic() - self.started, 3),
+            "started": self.started_wall,
+            "inference": self.runner.status() if self.runner else None,
+            "last_update": self.last_update,
+            "store": {"path": self.store.path, "current": self.store.current(),
+                      "versions": self.store.versions(), "pinned": self.store.pins(),
+                      "keep": self.store.keep},
+            "watch": self.cfg.watch.path,
+            "config": self.config_path,
+            "updates": self.updates.snapshot() if self.updates else {},
+        }
+        return out
+
+    def versions(self) -> Dict[str, Any]:
+        from .store import StoreError
+        cur = self.store.current()
+        pins = set(self.store.pins())
+        rows = []
+        for v in self.store.versions():
+            try:
+                m = self.store.manifest(v)
+            except StoreError:
+                continue
+            rows.append({
+                "version": v, "current": v == cur, "pinned": v in pins,
+                "base": m.get("base"), "stored": m.get("stored"), "created": m.get("created"),
+                "note": m.get("note"), "source": m.get("source"),
+                "changed": len(m.get("changed") or []), "tensors": len(m.get("tensors") or {}),
+                "bytes": sum(int(t.get("nbytes", 0)) for t in (m.get("tensors") or {}).values()),
+            })
+        return {"current": cur, "serving": self.engine.version, "highest": self.store.highest(),
+                "keep": self.store.keep, "versions": rows}
+
+    def metrics_text(self) -> str:
+        from .metrics import render
+        return render(self.engine.version, self.runner.stats.snapshot(),
+                      self.updates.snapshot(), time.monotonic() - self.started)
+
+    # ---- control handlers --------------------------------------------------------------
+
+    def _enter(self) -> None:
+        with self._busy_cv:
+            if self._stopping:
+                raise ControlError("the daemon is stopping; no new updates")
+            self._busy += 1
+
+    def _leave(self) -> None:
+        with self._busy_cv:
+            self._busy -= 1
+            self._busy_cv.notify_all()
+
+    @staticmethod
+    def _version_arg(req: Dict[str, Any], key: str, required: bool = True) -> Optional[int]:
+        v = req.get(key)
+        if v is None and not required:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ControlError("%s must be a version number (an integer >= 0), got %r" % (key, v))
+        return v
+
+    def _outcome_response(self, o) -> Dict[str, Any]:
+        resp = {"ok": bool(o.ok), "version": o.version, "stage": getattr(o, "stage", None),
+                "seconds": getattr(o, "seconds", None), "serving": self.engine.version}
+        if not o.ok:
+            resp["error"] = o.reason or "update failed"
+        return resp
+
+    def _h_apply(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        path = req.get("path")
+        if not isinstance(path, str) or not path:
+            raise ControlError("apply needs a package path")
+        if not os.path.isabs(path):
+            raise ControlError("apply needs an absolute path (the daemon's working directory is not yours)")
+        self._enter()
+        try:
+            o = self.pipeline.apply(path, source="cli")
+        finally:
+            self._leave()
+        self._record(o, "cli", path)
+        return self._outcome_response(o)
+
+    def _h_rollback(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        to = self._version_arg(req, "to", required=False)
+        self._enter()
+        try:
+            o = self.pipeline.rollback(to=to, source="cli")
+        finally:
+            self._leave()
+        self._record(o, "cli", None, action="rollback")
+        return self._outcome_response(o)
+
+    def _h_pin(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        from .store import StoreError
+        v = self._version_arg(req, "version")
+        try:
+            self.store.pin(v)
+        except StoreError as e:
+            raise ControlError(_first_line(e))
+        self.events.emit("store.pinned", version=v)
+        return {"version": v, "pinned": self.store.pins()}
+
+    def _h_unpin(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        from .store import StoreError
+        v = self._version_arg(req, "version")
+        try:
+            self.store.unpin(v)
+        except StoreError as e:
+            raise ControlError(_first_line(e))
+        self.events.emit("store.unpinned", version=v)
+        return {"version": v, "pinned": self.store.pins()}
+
+    def _h_infer(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        raw = req.get("inputs")
+        specs = self.engine.inputs()
+        if not isinstance(raw, dict) or not raw:
+            raise ControlError("infer needs inputs: {name: {dtype, shape, data}}")
+        if list(raw) == [""] and len(specs) == 1:  # "the only input"
+            raw = {specs[0].name: raw[""]}
+        inputs = {name: _decode_tensor(spec, name) for name, spec in raw.items()}
+        t0 = time.perf_counter()
+        try:
+            outputs, version = self.engine.infer(inputs)
+        except Exception as e:
+            raise ControlError(_first_line(e))
+        return {"version": version, "seconds": round(time.perf_counter() - t0, 6),
+                "outputs": {k: encode_tensor(v) for k, v in outputs.items()}}
+
+    # ---- reload (SIGHUP) ---------------------------------------------------------------
+
+    def reload(self) -> Dict[str, Any]:
+        """Re-reads the config file; applies what is safe to change live, reports the rest."""
+        with self._reload_lock:
+            if not self.config_path:
+                msg = "no config file to reload (running the built-in demo config)"
+                self.events.emit("daemon.reload_partial", reason=msg)
+                raise ControlError(msg)
+            self.notifier.reloading()
+            try:
+                new = _config.load_config(self.config_path)
+            except _config.ConfigError as e:
+                self.events.emit("config.error", detail=e.report().replace("\n", "; "))
+                self.notifier.ready(self._status_line())
+                raise ControlError("config not reloaded: %s" % e.report().replace("\n", "; "))
+            old = self.cfg
+            changed: List[str] = []
+            if new.log.level != old.log.level:
+                self.events.level = new.log.level
+                changed.append("log.level")
+            if new.log.format != old.log.format:
+                self.events.fmt = new.log.format
+                changed.append("log.format")
+            if new.store.keep != old.store.keep:
+                self.store.keep = new.store.keep
+                changed.append("store.keep")
+            if new.store.max_package_bytes != old.store.max_package_bytes:
+                changed.append("store.max_package_bytes")
+            if new.health != old.health:
+                changed.append("health")
+            if self.pipeline is not None and ("health" in changed or "store.max_package_bytes" in changed):
+                try:
+                    self._reconfigure_pipeline(new)
+                except Exception as e:  # e.g. a golden check that does not fit the model
+                    changed = [c for c in changed if c not in ("health", "store.max_package_bytes")]
+                    self.events.emit("config.error", detail="health checks not reloaded: %s" % _first_line(e))
+                    new = dataclasses.replace(new, health=old.health,
+                                              store=dataclasses.replace(new.store, max_package_bytes=old.store.max_package_bytes))
+            self.cfg = dataclasses.replace(old, log=new.log, health=new.health,
+                                           store=dataclasses.replace(old.store, keep=new.store.keep,
+                                                                     max_package_bytes=new.store.max_package_bytes))
+            unchanged = []
+            for section in _config.SECTIONS:
+                if section in ("log", "health"):
+                    continue
+                a, b = getattr(old, section), getattr(new, section)
+                if section == "store":
+                    a = dataclasses.replace(a, keep=0, max_package_bytes=0)
+                    b = dataclasses.replace(b, keep=0, max_package_bytes=0)
+                if a != b:
+                    unchanged.append(section)
+            self.events.emit("daemon.reloaded" if not unchanged else "daemon.reload_partial",
+                             changed=",".join(changed) or "nothing",
+                             needs_restart=",".join(unchanged) or None)
+            self.notifier.ready(self._status_line())
+            return {"changed": changed, "needs_restart": unchanged}
+
+    def _reconfigure_pipeline(self, new: _config.Config) -> None:
+        """Swaps the pipeline's shadow checks, watch window and size cap for the new config's,
+        under the pipeline's lock (between updates). Uses ``Pipeline.reconfigure`` when the
+        pipeline offers one."""
+        reconf = getattr(self.pipeline, "reconfigure", None)
+        if callable(reconf):
+            reconf(new)
+            return
+        from .health import ShadowCheck, WatchWindow
+        p = self.pipeline
+        base_dir = os.path.dirname(os.path.abspath(self.config_path)) if self.config_path else None
+        checks = ShadowCheck(new.health.checks, self.engine, base_dir)  # raises on a bad check
+        with p._lock:
+            p.window.disarm()
+            p.health = checks
+            p.window = WatchWindow.from_config(new.health.window, on_fail=p._window_failed)
+            p._auto_rollback = bool(new.health.window.rollback)
+            p.max_package_bytes = int(new.store.max_package_bytes)
+
+    # ---- shutdown ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._busy_cv:
+            self._stopping = True
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.control is not None:
+            self.control.stop()
+        with self._busy_cv:  # updates already running through the control socket finish
+            deadline = time.monotonic() + 30
+            while self._busy and time.monotonic() < deadline:
+                self._busy_cv.wait(0.5)
+        drained = True
+        if self.runner is not None:
+            drained = self.runner.stop(drain=True)
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.pipeline is not None:
+            closer = getattr(self.pipeline, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:
+                    pass
+        if self.engine is not None and drained and not self._busy:
+            self.engine.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _status_line(self) -> str:
+        try:
+            st = self.runner.stats.snapshot() if self.runner else {}
+            return "serving version %s, %.0f inferences/s" % (self.engine.version, st.get("per_second") or 0.0)
+        except Exception:
+            return "running"
+
+
+# ---- process main ------------------------------------------------------------------------
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run(cfg: _config.Config, config_path: Optional[str] = None) -> int:
+    """Runs the daemon until SIGTERM/SIGINT. Returns the process exit code."""
+    events = Events(cfg.log.format, cfg.log.level)
+    notifier = Notifier.from_env()
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+
+    def on_signal(signum, _frame):
+        try:
+            os.write(wfd, bytes([signum]))
+        except OSError:
+            pass
+
+    old = {s: signal.signal(s, on_signal) for s in _SIGNALS}
+    d = Daemon(cfg, events, notifier, config_path)
+    events.emit("daemon.starting", pid=os.getpid(), config=config_path or "(demo)", model=cfg.model.path,
+                backend=cfg.model.backend)
+    code = 0
+    try:
+        try:
+            d.open()
+            d.start_services()
+        except StartupError as e:
+            events.emit("daemon.failed", reason=str(e))
+            sys.stderr.write("refitd: %s\n" % e)
+            notifier.notify("STATUS=failed: %s" % e, "ERRNO=1")
+            d.close()
+            return 1
+        st = d.status()
+        events.emit("daemon.started", version=st["serving"]["version"], backend=st["serving"]["backend"],
+                    fingerprint=st["serving"]["fingerprint"], threads=cfg.workers.threads,
+                    source=cfg.source.type, sink=cfg.sink.type, control=cfg.control.socket,
+                    watch=cfg.watch.path, metrics=("%s:%d" % cfg.metrics.listen) if cfg.metrics.listen else None)
+        notifier.ready(d._status_line())
+
+        interval = notifier.watchdog_interval
+        tick = min(interval, 5.0) if interval else 5.0
+        next_status = time.monotonic() + 5.0
+        stopping = False
+        while not stopping:
+            try:
+                ready, _, _ = select.select([rfd], [], [], tick)
+            except InterruptedError:
+                ready = []
+            if ready:
+                try:
+                    data = os.read(rfd, 64)
+                except BlockingIOError:
+                    data = b""
+                for signum in data:
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        stopping = True
+                        events.emit("daemon.stopping", signal=signal.Signals(signum).name)
+                    elif signum == signal.SIGHUP and not stopping:
+                        try:
+                            d.reload()
+                        except ControlError:
+                            pass  # already reported as an event
+            if interval:
+                notifier.watchdog_ping()
+            if time.monotonic() >= next_status:
+                notifier.status(d._status_line())
+                next_status = time.monotonic() + 5.0
+
+        notifier.stopping("draining workers")
+
+        # A second SIGTERM/SIGINT while draining forces the exit.
+        def force(signum, _frame):
+            os._exit(1)
+        signal.signal(signal.SIGTERM, force)
+        signal.signal(signal.SIGINT, force)
+        t0 = time.monotonic()
+        served = d.runner.stats.snapshot()["inferences_total"] if d.runner else 0
+        d.close()
+        events.emit("daemon.stopped", seconds=round(time.monotonic() - t0, 3), inferences=served)
+        return code
+    finally:
+        for s, h in old.items():
+            try:
+                signal.signal(s, h)
+            except (ValueError, TypeError):
+                pass
+        os.close(rfd)
+        os.close(wfd)
+        notifier.close()

@@ -1,0 +1,178 @@
+"""The file-drop channel: a watched directory where weight packages arrive.
+
+A file is taken only once it is complete: when the process writing it closes it (inotify
+IN_CLOSE_WRITE) or when it is renamed into the directory (the safe way: write ``x.part`` or
+``.x``, then rename). Names starting with ``.`` and ending in ``.part`` / ``.tmp`` are never
+taken; ``<package>.sig`` files (detached signatures, security issue) travel with their package.
+On start the directory is scanned for files dropped while the daemon was down.
+
+Each taken file goes through ``pipeline.apply(path, source="file")`` (one at a time, in arrival
+order), then is moved to ``applied/`` or ``rejected/`` with ``<name>.reason`` beside it. The
+pipeline checks everything before it writes to the store, so a rejected file never touches it.
+
+Linux (inotify) is the supported platform; watchdog's other observers see renames but may not
+report "closed after writing".
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+__all__ = ["DropWatcher", "takeable"]
+
+APPLIED = "applied"
+REJECTED = "rejected"
+
+
+def takeable(name: str) -> bool:
+    """Whether a file name in the drop directory is a candidate package."""
+    return bool(name) and not (name.startswith(".") or name.endswith((".part", ".tmp", ".sig", ".reason")))
+
+
+def _fs(p: Any) -> str:
+    return os.fsdecode(p)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: "DropWatcher"):
+        super().__init__()
+        self.w = watcher
+
+    def _offer(self, path: Any) -> None:
+        path = _fs(path)
+        if os.path.dirname(path) == self.w.path:
+            self.w.offer(os.path.basename(path))
+
+    def on_closed(self, event) -> None:  # IN_CLOSE_WRITE: the writer is done with it
+        if not event.is_directory:
+            self._offer(event.src_path)
+
+    def on_moved(self, event) -> None:  # renamed into the directory (or within it)
+        if not event.is_directory:
+            self._offer(event.dest_path)
+
+
+class DropWatcher:
+    def __init__(self, path: str, pipeline, events, on_outcome: Optional[Callable] = None):
+        self.path = os.path.abspath(path)
+        self.pipeline = pipeline
+        self.events = events
+        self.on_outcome = on_outcome
+        self._q: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._pending: set = set()
+        self._lock = threading.Lock()
+        self._observer = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self.taken = 0
+
+    def start(self) -> None:
+        for d in (self.path, os.path.join(self.path, APPLIED), os.path.join(self.path, REJECTED)):
+            os.makedirs(d, exist_ok=True)
+        self._observer = Observer()
+        self._observer.schedule(_Handler(self), self.path, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        # Files dropped while we were down (after the observer is up, so nothing falls between).
+        self.scan()
+        self._thread = threading.Thread(target=self._loop, name="refitd-watch", daemon=True)
+        self._thread.start()
+
+    def scan(self) -> int:
+        try:
+            entries = sorted(os.scandir(self.path), key=lambda e: (e.stat().st_mtime, e.name))
+        except OSError as e:
+            self.events.emit("watch.error", path=self.path, error=e.strerror or str(e))
+            return 0
+        n = 0
+        for e in entries:
+            if e.is_file(follow_symlinks=False):
+                n += self.offer(e.name)
+        return n
+
+    def offer(self, name: str) -> int:
+        if not takeable(name):
+            return 0
+        with self._lock:
+            if name in self._pending:
+                return 0
+            self._pending.add(name)
+        self._q.put(name)
+        return 1
+
+    def _loop(self) -> None:
+        while True:
+            name = self._q.get()
+            if name is None or self._stop.is_set():
+                return
+            try:
+                self._take(name)
+            except Exception as e:  # never let one file stop the channel
+                self.events.emit("watch.error", file=name, error="%s: %s" % (type(e).__name__, e))
+            finally:
+                with self._lock:
+                    self._pending.discard(name)
+
+    def _take(self, name: str) -> None:
+        path = os.path.join(self.path, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return  # renamed away or already handled
+        import stat as _stat
+        if not _stat.S_ISREG(st.st_mode):
+            self._finish(path, name, False, "not a regular file")
+            return
+        self.taken += 1
+        t0 = time.monotonic()
+        try:
+            outcome = self.pipeline.apply(path, source="file")
+        except Exception as e:  # a pipeline bug: the file is rejected, the daemon keeps serving
+            self.events.emit("watch.error", file=name, error="pipeline failed: %s: %s" % (type(e).__name__, e))
+            self._finish(path, name, False, "internal error: %s: %s" % (type(e).__name__, e))
+            return
+        if outcome.ok:
+            text = "applied as version %s in %.3f s" % (outcome.version, getattr(outcome, "seconds", time.monotonic() - t0))
+        else:
+            stage = getattr(outcome, "stage", None)
+            text = "rejected%s: %s" % (" at %s" % stage if stage else "", outcome.reason)
+        self._finish(path, name, bool(outcome.ok), text)
+        if self.on_outcome is not None:
+            self.on_outcome(name, outcome)
+
+    def _finish(self, path: str, name: str, ok: bool, text: str) -> None:
+        dest_dir = os.path.join(self.path, APPLIED if ok else REJECTED)
+        os.makedirs(dest_dir, exist_ok=True)
+        dest_name = name
+        i = 1
+        while os.path.lexists(os.path.join(dest_dir, dest_name)):
+            dest_name = "%s.%d" % (name, i)
+            i += 1
+        try:
+            os.replace(path, os.path.join(dest_dir, dest_name))
+        except FileNotFoundError:
+            pass
+        sig = path + ".sig"
+        if os.path.exists(sig):
+            try:
+                os.replace(sig, os.path.join(dest_dir, dest_name + ".sig"))
+            except OSError:
+                pass
+        with open(os.path.join(dest_dir, dest_name + ".reason"), "w", encoding="utf-8") as f:
+            f.write(text.rstrip("\n") + "\n")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(2.0)
+        self._q.put(None)
+        if self._thread is not None:
+            # An apply in progress is allowed to finish (it is serialised by the pipeline lock).
+            self._thread.join(30.0)
