@@ -1,0 +1,149 @@
+/*
+ * cpu.h — internals of the reference CPU backend (kernels shared by plan.c / backend.c).
+ *
+ * Everything here is float32, single-threaded and re-entrant: kernels take all of their scratch
+ * from the caller (the context's arena), keep no state between calls and touch no globals, so any
+ * number of contexts may run the same plan concurrently.
+ */
+#ifndef REFIT_CPU_H
+#define REFIT_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RT_MAX_DIMS_CPU 8 /* == RT_MAX_DIMS (graph.h) */
+
+/* Epilogue applied to every output element of a GEMM / conv as it leaves the micro-kernel:
+ *   y = acc * row_scale[m] + row_bias[m] + col_bias[n];  y += res[m, n];  y = min(max(y, lo), hi)
+ * NULL pointers mean 1 / 0 / 0 / no residual. Conv: m = output channel, n = output pixel;
+ * folded BatchNorm is row_scale/row_bias, a fused residual Add is res, Relu/Clip is lo/hi. */
+typedef struct cpu_epi {
+    const float *row_scale;
+    const float *row_bias;
+    const float *col_bias;
+    const float *res;
+    int64_t ldr;
+    float lo, hi;
+} cpu_epi;
+
+/* Micro-kernel: C[MR x NR] (op)= A_panel(MR x kc) * B_panel(kc x NR), packed layouts
+ * a[k*MR + i], b[k*NR + j]. flags: CPU_UK_LOAD adds to the existing C, CPU_UK_EPI applies the
+ * epilogue (scale/bias arrays have MR / NR entries, never NULL here; res may be NULL). */
+#define CPU_UK_LOAD 1
+#define CPU_UK_EPI 2
+typedef void (*cpu_ukernel_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                               int flags, const float *rs, const float *rb, const float *cb,
+                               const float *res, int64_t ldr, float lo, float hi);
+
+/* Depthwise conv over one channel plane (see conv.c). */
+typedef struct cpu_dw_args {
+    const float *in;      /* H x W plane */
+    int64_t H, W;
+    const float *w;       /* kh x kw */
+    int64_t kh, kw, sh, sw, dh, dw, pt, pl;
+    float *out;           /* OH x OW */
+    int64_t OH, OW;
+    float scale, bias;
+    const float *res;     /* OH x OW or NULL */
+    float lo, hi;
+    float *pad;           /* scratch: (PH x PW) padded plane, see cpu_dw_scratch() */
+} cpu_dw_args;
+typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
+
+typedef struct cpu_isa {
+    const char *name;     /* "avx512f", "avx2+fma", "neon", "generic" */
+    int mr, nr;
+    cpu_ukernel_fn ukernel;
+    cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
+} cpu_isa;
+
+/* Picks the best kernel set the running CPU supports (__builtin_cpu_supports on x86-64). */
+const cpu_isa *cpu_isa_select(void);
+const cpu_isa *cpu_isa_portable(void);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CPU_HAVE_X86 1
+const cpu_isa *cpu_isa_avx2(void);
+const cpu_isa *cpu_isa_avx512(void);
+/* ---- introspection for tests (backend.c) ---------------------------------------------------- */
+int cpu_plan_steps(const void *plan);          /* steps after fusion / aliasing */
+size_t cpu_plan_arena_bytes(const void *plan); /* activation arena of one context */
+const char *cpu_plan_isa(const void *plan);
+
+#endif
+
+/* ---- GEMM: C[M x N] (ldc) = epi(A[M x K] * B[K x N]) ---------------------------------------- */
+
+/* Source of the B operand: a strided matrix, or an implicit im2col view of an NCHW image. */
+typedef struct cpu_bsrc {
+    int is_conv;
+    /* matrix: B[k][n] = b[k*rs + n*cs] */
+    const float *b;
+    int64_t rs, cs;
+    /* conv: one group's channels of one image, C x H x W */
+    const float *img;
+    int64_t C, H, W, kh, kw, sh, sw, dh, dw, pt, pl, OH, OW;
+} cpu_bsrc;
+
+/* Scratch floats needed by cpu_sgemm for these sizes. */
+size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K);
+/* A[i][k] = a[i*ars + k*acs]. scratch: cpu_sgemm_scratch() floats, 64-byte aligned. */
+void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
+               int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
+               float *scratch);
+
+/* y[n] = epi(sum_k x[k] * B[k][n]) for one row x (M == 1: fully connected at batch 1). */
+void cpu_gemv(int64_t N, int64_t K, const float *x, const float *b, int64_t brs, int64_t bcs,
+              float *y, const cpu_epi *epi);
+
+/* Applies an epilogue in place to C[M x N] (used by paths that are not the micro-kernel). */
+void cpu_epi_apply(float *c, int64_t M, int64_t N, int64_t ldc, const cpu_epi *epi);
+
+/* ---- Conv --------------------------------------------------------------------------------- */
+typedef struct cpu_conv_geom {
+    int64_t N, C, H, W;       /* input */
+    int64_t M, OH, OW;        /* output channels, spatial */
+    int64_t kh, kw, sh, sw, dh, dw, pt, pl, group;
+} cpu_conv_geom;
+
+enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2 };
+int cpu_conv_kind(const cpu_conv_geom *g);
+size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
+/* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW. */
+void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
+              float *y, const cpu_epi *epi, float *scratch);
+
+/* ---- Other ops (ops.c) ---------------------------------------------------------------------- */
+enum { CPU_BIN_ADD, CPU_BIN_SUB, CPU_BIN_MUL, CPU_BIN_DIV };
+/* numpy broadcasting: shapes are right-aligned into `nd` dims (a_shape/b_shape already padded
+ * with leading 1s to nd). */
+void cpu_binary(int op, int nd, const int64_t *out_shape, const float *a, const int64_t *a_shape,
+                const float *b, const int64_t *b_shape, float *y);
+void cpu_clamp(const float *x, float *y, size_t n, float lo, float hi);
+void cpu_sigmoid(const float *x, float *y, size_t n);
+void cpu_leakyrelu(const float *x, float *y, size_t n, float alpha);
+/* Per-channel affine on N x C x S data, then clamp. */
+void cpu_channel_affine(const float *x, float *y, int64_t N, int64_t C, int64_t S,
+                        const float *scale, const float *bias, float lo, float hi);
+/* Folds BatchNorm parameters: scale = g / sqrt(v + eps), bias = b - m * scale (+ conv bias
+ * times scale if cbias != NULL). */
+void cpu_bn_fold(int64_t C, const float *g, const float *b, const float *m, const float *v,
+                 float eps, const float *cbias, float *scale, float *bias);
+
+typedef struct cpu_pool_geom {
+    int64_t N, C, H, W, OH, OW;
+    int64_t kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
+    int count_include_pad;
+} cpu_pool_geom;
+void cpu_maxpool(const cpu_pool_geom *g, const float *x, float *y);
+void cpu_avgpool(const cpu_pool_geom *g, const float *x, float *y);
+void cpu_global_avgpool(const float *x, float *y, int64_t NC, int64_t S);
+void cpu_softmax(const float *x, float *y, int64_t outer, int64_t n, int64_t inner);
+void cpu_reduce_mean(const float *x, float *y, int nd, const int64_t *shape, uint32_t mask);
+void cpu_concat(int n_in, const float *const *xs, const int64_t *inner, int64_t outer, float *y);
+
+/* ---- introspection for tests (backend.c) ---------------------------------------------------- */
+int cpu_plan_steps(const void *plan);          /* steps after fusion / aliasing */
+size_t cpu_plan_arena_bytes(const void *plan); /* activation arena of one context */
+const char *cpu_plan_isa(const void *plan);
+
+#endif

@@ -1,0 +1,584 @@
+/*
+ * gemm.c — packed, register-blocked SGEMM for the reference CPU backend.
+ *
+ * C[M x N] = epi(A[M x K] * B[K x N]), C row-major. A (weights for conv, activations for Gemm) is
+ * packed whole into MR-row panels ([tile][k][MR]); B is packed per (NC x KC) block into NR-column
+ * panels ([panel][k][NR]) — for convolution the B packer *is* im2col, reading the NCHW image
+ * directly, so no im2col matrix is ever materialised. The loop order is BLIS's jc / pc / ir / jr:
+ * one A micro-panel (MR x kc) stays in L1 while the B block streams from L2. The micro-kernel
+ * keeps the whole MR x NR tile in registers and applies the epilogue (folded BatchNorm scale and
+ * bias, Gemm bias, residual add, Relu/Clip) before the single store of the tile.
+ *
+ * Micro-kernels: AVX-512 8x32 and AVX2+FMA 6x16 (x86-64, per-function target attributes, chosen
+ * at plan time with __builtin_cpu_supports), NEON 8x8 on aarch64 and a GCC-vector-extension 4x8
+ * everywhere else.
+ */
+#include "cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+#if defined(CPU_HAVE_X86)
+#include <immintrin.h>
+#endif
+
+#define CPU_MAX_MR 16
+#define CPU_MAX_NR 32
+#define KC_MAX 384
+#define B_BLOCK_FLOATS (96 * 1024) /* 384 KB of packed B per block: well inside L2 */
+
+/* ---- portable micro-kernels ---------------------------------------------------------------- */
+
+/* Scalar epilogue over a tile held in t[MR][NR]: shared by the portable kernels. */
+static inline void epi_store(const float *t, int mr, int nr, float *c, int64_t ldc, int flags,
+                             const float *rs, const float *rb, const float *cb, const float *res,
+                             int64_t ldr, float lo, float hi)
+{
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        const float *ti = t + i * nr;
+        if (flags & CPU_UK_LOAD) {
+            for (int j = 0; j < nr; j++) ci[j] += ti[j];
+        } else {
+            for (int j = 0; j < nr; j++) ci[j] = ti[j];
+        }
+        if (flags & CPU_UK_EPI) {
+            const float s = rs[i], b = rb[i];
+            const float *ri = res ? res + i * ldr : NULL;
+            for (int j = 0; j < nr; j++) {
+                float y = ci[j] * s + b + cb[j];
+                if (ri) y += ri[j];
+                y = y < lo ? lo : y;
+                y = y > hi ? hi : y;
+                ci[j] = y;
+            }
+        }
+    }
+}
+
+#if defined(__aarch64__)
+/* NEON 8x8: 16 accumulators of the 32 q registers. */
+#define P_MR 8
+#define P_NR 8
+static void uk_portable(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                        int flags, const float *rs, const float *rb, const float *cb,
+                        const float *res, int64_t ldr, float lo, float hi)
+{
+    float32x4_t acc[P_MR][2];
+    for (int i = 0; i < P_MR; i++) acc[i][0] = acc[i][1] = vdupq_n_f32(0.0f);
+    for (int64_t k = 0; k < kc; k++) {
+        const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
+        const float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
+        acc[0][0] = vfmaq_laneq_f32(acc[0][0], b0, a0, 0);
+        acc[0][1] = vfmaq_laneq_f32(acc[0][1], b1, a0, 0);
+        acc[1][0] = vfmaq_laneq_f32(acc[1][0], b0, a0, 1);
+        acc[1][1] = vfmaq_laneq_f32(acc[1][1], b1, a0, 1);
+        acc[2][0] = vfmaq_laneq_f32(acc[2][0], b0, a0, 2);
+        acc[2][1] = vfmaq_laneq_f32(acc[2][1], b1, a0, 2);
+        acc[3][0] = vfmaq_laneq_f32(acc[3][0], b0, a0, 3);
+        acc[3][1] = vfmaq_laneq_f32(acc[3][1], b1, a0, 3);
+        acc[4][0] = vfmaq_laneq_f32(acc[4][0], b0, a1, 0);
+        acc[4][1] = vfmaq_laneq_f32(acc[4][1], b1, a1, 0);
+        acc[5][0] = vfmaq_laneq_f32(acc[5][0], b0, a1, 1);
+        acc[5][1] = vfmaq_laneq_f32(acc[5][1], b1, a1, 1);
+        acc[6][0] = vfmaq_laneq_f32(acc[6][0], b0, a1, 2);
+        acc[6][1] = vfmaq_laneq_f32(acc[6][1], b1, a1, 2);
+        acc[7][0] = vfmaq_laneq_f32(acc[7][0], b0, a1, 3);
+        acc[7][1] = vfmaq_laneq_f32(acc[7][1], b1, a1, 3);
+        a += P_MR;
+        b += P_NR;
+    }
+    float t[P_MR * P_NR];
+    for (int i = 0; i < P_MR; i++) {
+        vst1q_f32(t + i * P_NR, acc[i][0]);
+        vst1q_f32(t + i * P_NR + 4, acc[i][1]);
+    }
+    epi_store(t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
+#else
+/* GCC vector extensions, 4x8: compiles to SSE on plain x86-64 and to whatever 16-byte vectors
+ * other targets have. */
+#define P_MR 4
+#define P_NR 8
+typedef float v4f __attribute__((vector_size(16)));
+static void uk_portable(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                        int flags, const float *rs, const float *rb, const float *cb,
+                        const float *res, int64_t ldr, float lo, float hi)
+{
+    v4f acc[P_MR][2];
+    for (int i = 0; i < P_MR; i++) acc[i][0] = acc[i][1] = (v4f){0, 0, 0, 0};
+    for (int64_t k = 0; k < kc; k++) {
+        v4f b0, b1;
+        memcpy(&b0, b, sizeof b0);
+        memcpy(&b1, b + 4, sizeof b1);
+        for (int i = 0; i < P_MR; i++) {
+            const v4f ai = (v4f){a[i], a[i], a[i], a[i]};
+            acc[i][0] += ai * b0;
+            acc[i][1] += ai * b1;
+        }
+        a += P_MR;
+        b += P_NR;
+    }
+    float t[P_MR * P_NR];
+    for (int i = 0; i < P_MR; i++) {
+        memcpy(t + i * P_NR, &acc[i][0], sizeof acc[i][0]);
+        memcpy(t + i * P_NR + 4, &acc[i][1], sizeof acc[i][1]);
+    }
+    epi_store(t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
+#endif
+
+/* Depthwise 3x3 stride 1 over a padded plane, written for the auto-vectoriser (one output row at
+ * a time, no reductions); instantiated per ISA below so each copy vectorises to its width. */
+static inline __attribute__((always_inline)) void dw3x3s1_body(const cpu_dw_args *a)
+{
+    const int64_t OH = a->OH, OW = a->OW;
+    const int64_t PW = (OW - 1) + 3;
+    const float w0 = a->w[0], w1 = a->w[1], w2 = a->w[2], w3 = a->w[3], w4 = a->w[4],
+                w5 = a->w[5], w6 = a->w[6], w7 = a->w[7], w8 = a->w[8];
+    const float s = a->scale, bb = a->bias, lo = a->lo, hi = a->hi;
+    for (int64_t oy = 0; oy < OH; oy++) {
+        const float *restrict r0 = a->pad + oy * PW;
+        const float *restrict r1 = r0 + PW;
+        const float *restrict r2 = r1 + PW;
+        float *restrict o = a->out + oy * OW;
+        if (a->res) {
+            const float *restrict rr = a->res + oy * OW;
+            for (int64_t x = 0; x < OW; x++) {
+                float v = w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] +
+                          w4 * r1[x + 1] + w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] +
+                          w8 * r2[x + 2];
+                v = v * s + bb + rr[x];
+                v = v < lo ? lo : v;
+                o[x] = v > hi ? hi : v;
+            }
+        } else {
+            for (int64_t x = 0; x < OW; x++) {
+                float v = w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] +
+                          w4 * r1[x + 1] + w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] +
+                          w8 * r2[x + 2];
+                v = v * s + bb;
+                v = v < lo ? lo : v;
+                o[x] = v > hi ? hi : v;
+            }
+        }
+    }
+}
+
+static void dw3x3s1_portable(const cpu_dw_args *a) { dw3x3s1_body(a); }
+
+static const cpu_isa isa_portable = {
+#if defined(__aarch64__)
+    "neon",
+#else
+    "generic",
+#endif
+    P_MR, P_NR, uk_portable, dw3x3s1_portable};
+
+const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
+
+/* ---- x86-64 micro-kernels ------------------------------------------------------------------ */
+#if defined(CPU_HAVE_X86)
+
+#define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+/* AVX-512 8x32: 16 zmm accumulators, 2 B loads and one broadcast per row and k. */
+__attribute__((target("avx512f"))) static void uk_avx512(int64_t kc, const float *a,
+                                                          const float *b, float *c, int64_t ldc,
+                                                          int flags, const float *rs,
+                                                          const float *rb, const float *cb,
+                                                          const float *res, int64_t ldr, float lo,
+                                                          float hi)
+{
+#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+    ROWS8(DECL)
+#undef DECL
+    for (int64_t k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#define FMA(i)                                                                                     \
+    {                                                                                              \
+        const __m512 ai = _mm512_set1_ps(a[i]);                                                    \
+        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);                                                \
+        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);                                                \
+    }
+        ROWS8(FMA)
+#undef FMA
+        a += 8;
+        b += 32;
+    }
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    const __m512 cb0 = _mm512_loadu_ps(cb), cb1 = _mm512_loadu_ps(cb + 16);
+#define OUT(i)                                                                                     \
+    {                                                                                              \
+        float *ci = c + (i) * ldc;                                                                 \
+        if (flags & CPU_UK_LOAD) {                                                                 \
+            c##i##0 = _mm512_add_ps(c##i##0, _mm512_loadu_ps(ci));                                 \
+            c##i##1 = _mm512_add_ps(c##i##1, _mm512_loadu_ps(ci + 16));                            \
+        }                                                                                          \
+        if (flags & CPU_UK_EPI) {                                                                  \
+            const __m512 s = _mm512_set1_ps(rs[i]), bi = _mm512_set1_ps(rb[i]);                    \
+            c##i##0 = _mm512_add_ps(_mm512_fmadd_ps(c##i##0, s, bi), cb0);                         \
+            c##i##1 = _mm512_add_ps(_mm512_fmadd_ps(c##i##1, s, bi), cb1);                         \
+            if (res) {                                                                             \
+                c##i##0 = _mm512_add_ps(c##i##0, _mm512_loadu_ps(res + (i) * ldr));                \
+                c##i##1 = _mm512_add_ps(c##i##1, _mm512_loadu_ps(res + (i) * ldr + 16));           \
+            }                                                                                      \
+            c##i##0 = _mm512_min_ps(_mm512_max_ps(c##i##0, vlo), vhi);                             \
+            c##i##1 = _mm512_min_ps(_mm512_max_ps(c##i##1, vlo), vhi);                             \
+        }                                                                                          \
+        _mm512_storeu_ps(ci, c##i##0);                                                             \
+        _mm512_storeu_ps(ci + 16, c##i##1);                                                        \
+    }
+    ROWS8(OUT)
+#undef OUT
+}
+
+/* AVX2+FMA 6x16: 12 ymm accumulators. */
+__attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float *a,
+                                                         const float *b, float *c, int64_t ldc,
+                                                         int flags, const float *rs,
+                                                         const float *rb, const float *cb,
+                                                         const float *res, int64_t ldr, float lo,
+                                                         float hi)
+{
+#define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
+    ROWS6(DECL)
+#undef DECL
+    for (int64_t k = 0; k < kc; k++) {
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#define FMA(i)                                                                                     \
+    {                                                                                              \
+        const __m256 ai = _mm256_broadcast_ss(a + i);                                              \
+        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                                \
+        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                                                \
+    }
+        ROWS6(FMA)
+#undef FMA
+        a += 6;
+        b += 16;
+    }
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    const __m256 cb0 = _mm256_loadu_ps(cb), cb1 = _mm256_loadu_ps(cb + 8);
+#define OUT(i)                                                                                     \
+    {                                                                                              \
+        float *ci = c + (i) * ldc;                                                                 \
+        if (flags & CPU_UK_LOAD) {                                                                 \
+            c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(ci));                                 \
+            c##i##1 = _mm256_add_ps(c##i##1, _mm256_loadu_ps(ci + 8));                             \
+        }                                                                                          \
+        if (flags & CPU_UK_EPI) {                                                                  \
+            const __m256 s = _mm256_set1_ps(rs[i]), bi = _mm256_set1_ps(rb[i]);                    \
+            c##i##0 = _mm256_add_ps(_mm256_fmadd_ps(c##i##0, s, bi), cb0);                         \
+            c##i##1 = _mm256_add_ps(_mm256_fmadd_ps(c##i##1, s, bi), cb1);                         \
+            if (res) {                                                                             \
+                c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(res + (i) * ldr));                \
+                c##i##1 = _mm256_add_ps(c##i##1, _mm256_loadu_ps(res + (i) * ldr + 8));            \
+            }                                                                                      \
+            c##i##0 = _mm256_min_ps(_mm256_max_ps(c##i##0, vlo), vhi);                             \
+            c##i##1 = _mm256_min_ps(_mm256_max_ps(c##i##1, vlo), vhi);                             \
+        }                                                                                          \
+        _mm256_storeu_ps(ci, c##i##0);                                                             \
+        _mm256_storeu_ps(ci + 8, c##i##1);                                                         \
+    }
+    ROWS6(OUT)
+#undef OUT
+}
+
+__attribute__((target("avx512f"))) static void dw3x3s1_avx512(const cpu_dw_args *a)
+{
+    dw3x3s1_body(a);
+}
+__attribute__((target("avx2,fma"))) static void dw3x3s1_avx2(const cpu_dw_args *a)
+{
+    dw3x3s1_body(a);
+}
+
+static const cpu_isa isa_avx512 = {"avx512f", 8, 32, uk_avx512, dw3x3s1_avx512};
+static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, dw3x3s1_avx2};
+const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
+const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
+#endif /* CPU_HAVE_X86 */
+
+/* REFIT_CPU_ISA=generic|avx2|avx512 forces a (supported) kernel set: for tests and benchmarks. */
+const cpu_isa *cpu_isa_select(void)
+{
+    const char *force = getenv("REFIT_CPU_ISA");
+    if (force && (!strcmp(force, "generic") || !strcmp(force, "neon"))) return &isa_portable;
+#if defined(CPU_HAVE_X86)
+    __builtin_cpu_init();
+    if (force && !strcmp(force, "avx2") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma"))
+        return &isa_avx2;
+    if (__builtin_cpu_supports("avx512f")) return &isa_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &isa_avx2;
+#endif
+    return &isa_portable;
+}
+
+/* ---- packing --------------------------------------------------------------------------------- */
+
+static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* K is split into equal blocks of at most KC_MAX (multiple of 4). */
+static int64_t pick_kc(int64_t K)
+{
+    if (K <= KC_MAX) return K;
+    int64_t nb = (K + KC_MAX - 1) / KC_MAX;
+    return round_up((K + nb - 1) / nb, 4);
+}
+
+static int64_t pick_nc(int64_t kc, int64_t N, int nr)
+{
+    int64_t nc = B_BLOCK_FLOATS / (kc > 0 ? kc : 1);
+    nc = nc / nr * nr;
+    if (nc < nr) nc = nr;
+    int64_t nfull = round_up(N, nr);
+    return nc < nfull ? nc : nfull;
+}
+
+size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K)
+{
+    int64_t kc = pick_kc(K), nc = pick_nc(kc, N, isa->nr);
+    return (size_t)(round_up(M, isa->mr) * K + kc * nc) + 32;
+}
+
+static void pack_a(const float *a, int64_t ars, int64_t acs, int64_t M, int64_t K, int mr,
+                   float *dst)
+{
+    for (int64_t i0 = 0; i0 < M; i0 += mr) {
+        const int64_t mi = M - i0 < mr ? M - i0 : mr;
+        float *d = dst + i0 * K;
+        if (acs == 1) {
+            for (int64_t i = 0; i < mi; i++) {
+                const float *s = a + (i0 + i) * ars;
+                for (int64_t k = 0; k < K; k++) d[k * mr + i] = s[k];
+            }
+            for (int64_t i = mi; i < mr; i++)
+                for (int64_t k = 0; k < K; k++) d[k * mr + i] = 0.0f;
+        } else {
+            for (int64_t k = 0; k < K; k++) {
+                for (int64_t i = 0; i < mi; i++) d[k * mr + i] = a[(i0 + i) * ars + k * acs];
+                for (int64_t i = mi; i < mr; i++) d[k * mr + i] = 0.0f;
+            }
+        }
+    }
+}
+
+/* One NR panel of a strided matrix: rows k0..k0+kc, columns n0..n0+nw (nw <= nr). */
+static void pack_b_mat(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, int64_t nw, int nr,
+                       float *dst)
+{
+    if (s->cs == 1) {
+        for (int64_t k = 0; k < kc; k++) {
+            const float *src = s->b + (k0 + k) * s->rs + n0;
+            float *d = dst + k * nr;
+            memcpy(d, src, (size_t)nw * sizeof(float));
+            for (int64_t j = nw; j < nr; j++) d[j] = 0.0f;
+        }
+    } else {
+        for (int64_t k = 0; k < kc; k++) {
+            const float *src = s->b + (k0 + k) * s->rs + n0 * s->cs;
+            float *d = dst + k * nr;
+            for (int64_t j = 0; j < nw; j++) d[j] = src[j * s->cs];
+            for (int64_t j = nw; j < nr; j++) d[j] = 0.0f;
+        }
+    }
+}
+
+/* One NR panel of the implicit im2col matrix: row k = (c, ky, kx), column n = (oy, ox). The
+ * panel's columns are split once into runs within one output row; each (k, run) is then a
+ * zero-fill / strided-copy / zero-fill of one input row. */
+static void pack_b_conv(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, int64_t nw, int nr,
+                        float *dst)
+{
+    int64_t seg_oy[CPU_MAX_NR], seg_ox[CPU_MAX_NR], seg_len[CPU_MAX_NR], seg_j[CPU_MAX_NR];
+    int nseg = 0;
+    for (int64_t j = 0, n = n0; j < nw; nseg++) {
+        const int64_t oy = n / s->OW, ox = n % s->OW;
+        const int64_t len = (s->OW - ox) < (nw - j) ? (s->OW - ox) : (nw - j);
+        seg_oy[nseg] = oy;
+        seg_ox[nseg] = ox;
+        seg_len[nseg] = len;
+        seg_j[nseg] = j;
+        j += len;
+        n += len;
+    }
+    const int64_t khw = s->kh * s->kw, H = s->H, W = s->W, sw = s->sw;
+    int64_t c = k0 / khw, r = k0 % khw, ky = r / s->kw, kx = r % s->kw;
+    for (int64_t k = 0; k < kc; k++) {
+        float *d = dst + k * nr;
+        const float *plane = s->img + c * H * W;
+        for (int q = 0; q < nseg; q++) {
+            float *dq = d + seg_j[q];
+            const int64_t len = seg_len[q];
+            const int64_t iy = seg_oy[q] * s->sh - s->pt + ky * s->dh;
+            if (iy < 0 || iy >= H) {
+                for (int64_t t = 0; t < len; t++) dq[t] = 0.0f;
+                continue;
+            }
+            const float *row = plane + iy * W;
+            const int64_t ix0 = seg_ox[q] * sw - s->pl + kx * s->dw;
+            int64_t tlo = ix0 >= 0 ? 0 : (-ix0 + sw - 1) / sw;
+            int64_t thi = (W - 1 - ix0) < 0 ? 0 : (W - 1 - ix0) / sw + 1;
+            if (tlo > len) tlo = len;
+            if (thi > len) thi = len;
+            if (thi < tlo) thi = tlo;
+            for (int64_t t = 0; t < tlo; t++) dq[t] = 0.0f;
+            if (sw == 1) {
+                memcpy(dq + tlo, row + ix0 + tlo, (size_t)(thi - tlo) * sizeof(float));
+            } else {
+                for (int64_t t = tlo; t < thi; t++) dq[t] = row[ix0 + t * sw];
+            }
+            for (int64_t t = thi; t < len; t++) dq[t] = 0.0f;
+        }
+        for (int64_t j = nw; j < nr; j++) d[j] = 0.0f;
+        if (++kx == s->kw) {
+            kx = 0;
+            if (++ky == s->kh) {
+                ky = 0;
+                c++;
+            }
+        }
+    }
+}
+
+/* ---- driver ---------------------------------------------------------------------------------- */
+
+void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
+               int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
+               float *scratch)
+{
+    const int mr = isa->mr, nr = isa->nr;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) c[i * ldc + j] = 0.0f;
+        cpu_epi_apply(c, M, N, ldc, epi);
+        return;
+    }
+    const int64_t kcb = pick_kc(K), ncb = pick_nc(kcb, N, nr);
+    float *pa = scratch;
+    float *pb = pa + round_up(M, mr) * K;
+    pack_a(a, ars, acs, M, K, mr, pa);
+
+    float ones[CPU_MAX_MR], zeros[CPU_MAX_NR];
+    float rs[CPU_MAX_MR], rb[CPU_MAX_MR], cbt[CPU_MAX_NR];
+    float tile[CPU_MAX_MR * CPU_MAX_NR], rtile[CPU_MAX_MR * CPU_MAX_NR];
+    for (int i = 0; i < CPU_MAX_MR; i++) ones[i] = 1.0f;
+    for (int j = 0; j < CPU_MAX_NR; j++) zeros[j] = 0.0f;
+    memset(tile, 0, sizeof tile);
+    const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
+
+    for (int64_t jc = 0; jc < N; jc += ncb) {
+        const int64_t nc = N - jc < ncb ? N - jc : ncb;
+        for (int64_t pc = 0; pc < K; pc += kcb) {
+            const int64_t kc = K - pc < kcb ? K - pc : kcb;
+            for (int64_t p = 0; p * nr < nc; p++) {
+                const int64_t nw = nc - p * nr < nr ? nc - p * nr : nr;
+                if (bsrc->is_conv)
+                    pack_b_conv(bsrc, pc, kc, jc + p * nr, nw, nr, pb + p * kc * nr);
+                else
+                    pack_b_mat(bsrc, pc, kc, jc + p * nr, nw, nr, pb + p * kc * nr);
+            }
+            const int flags = (pc > 0 ? CPU_UK_LOAD : 0) | (pc + kc == K ? CPU_UK_EPI : 0);
+            for (int64_t ir = 0; ir < M; ir += mr) {
+                const int64_t mi = M - ir < mr ? M - ir : mr;
+                const float *ap = pa + ir * K + pc * mr;
+                const float *rsp = ones, *rbp = zeros;
+                if (flags & CPU_UK_EPI) {
+                    for (int i = 0; i < mr; i++) {
+                        rs[i] = (i < mi && epi && epi->row_scale) ? epi->row_scale[ir + i] : 1.0f;
+                        rb[i] = (i < mi && epi && epi->row_bias) ? epi->row_bias[ir + i] : 0.0f;
+                    }
+                    rsp = rs;
+                    rbp = rb;
+                }
+                for (int64_t jr = 0; jr < nc; jr += nr) {
+                    const int64_t n0 = jc + jr;
+                    const int64_t nw = nc - jr < nr ? nc - jr : nr;
+                    const float *bp = pb + (jr / nr) * kc * nr;
+                    const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
+                    const float *cbp = zeros;
+                    float *cp = c + ir * ldc + n0;
+                    if (mi == mr && nw == nr) {
+                        if (epi && epi->col_bias) cbp = epi->col_bias + n0;
+                        isa->ukernel(kc, ap, bp, cp, ldc, flags, rsp, rbp, cbp, res,
+                                     res ? epi->ldr : 0, lo, hi);
+                        continue;
+                    }
+                    /* Edge tile: run the kernel on a full tile in local memory. */
+                    if (epi && epi->col_bias) {
+                        for (int j = 0; j < nr; j++) cbt[j] = j < nw ? epi->col_bias[n0 + j] : 0.0f;
+                        cbp = cbt;
+                    }
+                    if (flags & CPU_UK_LOAD)
+                        for (int64_t i = 0; i < mi; i++)
+                            memcpy(tile + i * nr, cp + i * ldc, (size_t)nw * sizeof(float));
+                    if (res && (flags & CPU_UK_EPI)) {
+                        for (int64_t i = 0; i < mr; i++)
+                            for (int64_t j = 0; j < nr; j++)
+                                rtile[i * nr + j] =
+                                    (i < mi && j < nw) ? res[i * epi->ldr + j] : 0.0f;
+                    }
+                    isa->ukernel(kc, ap, bp, tile, nr, flags, rsp, rbp, cbp,
+                                 res ? rtile : NULL, nr, lo, hi);
+                    for (int64_t i = 0; i < mi; i++)
+                        memcpy(cp + i * ldc, tile + i * nr, (size_t)nw * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+void cpu_epi_apply(float *c, int64_t M, int64_t N, int64_t ldc, const cpu_epi *epi)
+{
+    if (!epi) return;
+    for (int64_t i = 0; i < M; i++) {
+        const float s = epi->row_scale ? epi->row_scale[i] : 1.0f;
+        const float b = epi->row_bias ? epi->row_bias[i] : 0.0f;
+        float *ci = c + i * ldc;
+        const float *ri = epi->res ? epi->res + i * epi->ldr : NULL;
+        for (int64_t j = 0; j < N; j++) {
+            float y = ci[j] * s + b;
+            if (epi->col_bias) y += epi->col_bias[j];
+            if (ri) y += ri[j];
+            y = y < epi->lo ? epi->lo : y;
+            ci[j] = y > epi->hi ? epi->hi : y;
+        }
+    }
+}
+
+void cpu_gemv(int64_t N, int64_t K, const float *x, const float *b, int64_t brs, int64_t bcs,
+              float *y, const cpu_epi *epi)
+{
+    if (brs == 1) {
+        /* B[k][n] = b[n*bcs + k]: one dot product per output, 16 independent lanes. */
+        for (int64_t n = 0; n < N; n++) {
+            const float *w = b + n * bcs;
+            float acc[16] = {0};
+            int64_t k = 0;
+            for (; k + 16 <= K; k += 16)
+                for (int l = 0; l < 16; l++) acc[l] += x[k + l] * w[k + l];
+            float sum = 0.0f;
+            for (; k < K; k++) sum += x[k] * w[k];
+            for (int l = 0; l < 16; l++) sum += acc[l];
+            y[n] = sum;
+        }
+    } else {
+        /* B[k][n] = b[k*brs + n*bcs]: axpy over rows. */
+        for (int64_t n = 0; n < N; n++) y[n] = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float xk = x[k];
+            const float *row = b + k * brs;
+            if (bcs == 1)
+                for (int64_t n = 0; n < N; n++) y[n] += xk * row[n];
+            else
+                for (int64_t n = 0; n < N; n++) y[n] += xk * row[n * bcs];
+        }
+    }
+    cpu_epi_apply(y, 1, N, N, epi);
+}

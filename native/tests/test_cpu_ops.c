@@ -1,0 +1,1224 @@
+/*
+ * test_cpu_ops.c — the reference CPU backend against naive reference implementations.
+ *
+ * Graphs are built by hand (no ONNX loader involved), run through the backend's vtable, and
+ * compared element-wise with straightforward double-precision loops written from the ONNX
+ * operator definitions. Shapes are random with a fixed seed. Every kernel set the machine
+ * supports is exercised (REFIT_CPU_ISA forces one at plan time). Covers every op, the conv paths
+ * (GEMM / 1x1 / depthwise, strides, pads, dilations, groups), the fused epilogues, broadcasting,
+ * the memory plan (buffer reuse), weights changing between runs, concurrent contexts on one plan,
+ * and plan-time refusals.
+ */
+#include "backend.h"
+#include "cpu/cpu.h"
+#include "refit.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int g_pass, g_fail;
+static const char *g_isa = "default";
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            g_pass++;                                                                              \
+        } else {                                                                                   \
+            g_fail++;                                                                              \
+            printf("FAIL [%s] %s:%d: ", g_isa, __FILE__, __LINE__);                                \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* ---- deterministic random numbers ---------------------------------------------------------- */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static int rint_(int lo, int hi) { return lo + (int)(rnd() % (uint32_t)(hi - lo + 1)); }
+static float rfl(void) { return (float)((rnd() % 2000001) / 1000000.0 - 1.0); }
+static void rfill(float *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) p[i] = rfl();
+}
+
+/* ---- tiny graph builder -------------------------------------------------------------------- */
+#define MAXV 64
+#define MAXN 32
+typedef struct tg {
+    rt_graph g;
+    rt_value v[MAXV];
+    rt_node n[MAXN];
+    int inputs[8], outputs[8], weights[32];
+    float *wdata[32];    /* current weight data (test-owned) */
+    float *idata[8];
+    char names[MAXV][16];
+    char nnames[MAXN][16];
+} tg;
+
+static tg *tg_new(void)
+{
+    tg *t = calloc(1, sizeof *t);
+    t->g.values = t->v;
+    t->g.nodes = t->n;
+    t->g.inputs = t->inputs;
+    t->g.outputs = t->outputs;
+    t->g.weights = t->weights;
+    return t;
+}
+
+static void tg_free(tg *t)
+{
+    for (int k = 0; k < t->g.n_weights; k++) free(t->wdata[k]);
+    for (int i = 0; i < t->g.n_inputs; i++) free(t->idata[i]);
+    for (int i = 0; i < t->g.n_values; i++)
+        if (t->v[i].kind == RT_VAL_CONST) free(t->v[i].data);
+    free(t);
+}
+
+static int tg_val(tg *t, rt_value_kind kind, int ndim, const int64_t *d)
+{
+    const int i = t->g.n_values++;
+    rt_value *v = &t->v[i];
+    snprintf(t->names[i], sizeof t->names[i], "v%d", i);
+    v->name = t->names[i];
+    v->kind = kind;
+    v->dtype = RT_F32;
+    v->shape.ndim = ndim;
+    v->numel = 1;
+    for (int k = 0; k < ndim; k++) {
+        v->shape.d[k] = d[k];
+        v->numel *= (size_t)d[k];
+    }
+    v->index = -1;
+    v->output_index = -1;
+    return i;
+}
+
+#define DIMS(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__}
+
+static int tg_input(tg *t, int ndim, const int64_t *d)
+{
+    const int v = tg_val(t, RT_VAL_INPUT, ndim, d);
+    t->v[v].index = t->g.n_inputs;
+    t->inputs[t->g.n_inputs] = v;
+    t->idata[t->g.n_inputs] = malloc(t->v[v].numel * sizeof(float) + 4);
+    rfill(t->idata[t->g.n_inputs], t->v[v].numel);
+    t->g.n_inputs++;
+    return v;
+}
+
+static int tg_weight(tg *t, int ndim, const int64_t *d)
+{
+    const int v = tg_val(t, RT_VAL_WEIGHT, ndim, d);
+    t->v[v].index = t->g.n_weights;
+    t->weights[t->g.n_weights] = v;
+    t->wdata[t->g.n_weights] = malloc(t->v[v].numel * sizeof(float) + 4);
+    rfill(t->wdata[t->g.n_weights], t->v[v].numel);
+    t->g.n_weights++;
+    return v;
+}
+
+static int tg_const(tg *t, int ndim, const int64_t *d)
+{
+    const int v = tg_val(t, RT_VAL_CONST, ndim, d);
+    t->v[v].data = malloc(t->v[v].numel * sizeof(float) + 4);
+    rfill(t->v[v].data, t->v[v].numel);
+    return v;
+}
+
+static float *vdata(tg *t, int v)
+{
+    const rt_value *x = &t->v[v];
+    if (x->kind == RT_VAL_INPUT) return t->idata[x->index];
+    if (x->kind == RT_VAL_WEIGHT) return t->wdata[x->index];
+    return x->data;
+}
+
+static rt_attrs def_attrs(void)
+{
+    rt_attrs a;
+    memset(&a, 0, sizeof a);
+    a.strides[0] = a.strides[1] = 1;
+    a.dilations[0] = a.dilations[1] = 1;
+    a.group = 1;
+    a.alpha = a.beta = 1.0f;
+    a.epsilon = 1e-5f;
+    a.clip_min = -INFINITY;
+    a.clip_max = INFINITY;
+    return a;
+}
+
+static int tg_node(tg *t, rt_op op, int n_in, const int *in, int ndim, const int64_t *d,
+                   const rt_attrs *a)
+{
+    const int out = tg_val(t, RT_VAL_INTERMEDIATE, ndim, d);
+    const int i = t->g.n_nodes++;
+    rt_node *n = &t->n[i];
+    snprintf(t->nnames[i], sizeof t->nnames[i], "n%d", i);
+    n->name = t->nnames[i];
+    n->op = op;
+    n->n_in = n_in;
+    for (int k = 0; k < n_in; k++) n->in[k] = in[k];
+    n->out = out;
+    n->a = a ? *a : def_attrs();
+    return out;
+}
+
+static void tg_output(tg *t, int v)
+{
+    t->v[v].output_index = t->g.n_outputs;
+    t->outputs[t->g.n_outputs++] = v;
+}
+
+/* Plans, creates a context and runs; outputs are malloc'ed into outs[]. Returns status. */
+typedef struct runner {
+    void *plan, *ctx;
+    char err[256];
+} runner;
+
+static int tg_plan(tg *t, runner *r)
+{
+    memset(r, 0, sizeof *r);
+    int rc = rt_cpu_backend.plan_create(&t->g, &r->plan, r->err, sizeof r->err);
+    if (rc) return rc;
+    return rt_cpu_backend.ctx_create(r->plan, &r->ctx, r->err, sizeof r->err);
+}
+
+static int tg_run(tg *t, runner *r, float **outs)
+{
+    const float *w[32], *in[8];
+    float *o[8];
+    for (int k = 0; k < t->g.n_weights; k++) w[k] = t->wdata[k];
+    for (int k = 0; k < t->g.n_inputs; k++) in[k] = t->idata[k];
+    for (int j = 0; j < t->g.n_outputs; j++) {
+        outs[j] = malloc(t->v[t->outputs[j]].numel * sizeof(float) + 4);
+        for (size_t i = 0; i < t->v[t->outputs[j]].numel; i++) outs[j][i] = NAN;
+        o[j] = outs[j];
+    }
+    return rt_cpu_backend.run(r->plan, r->ctx, w, in, o, r->err, sizeof r->err);
+}
+
+static void tg_unplan(runner *r)
+{
+    rt_cpu_backend.ctx_destroy(r->ctx);
+    rt_cpu_backend.plan_destroy(r->plan);
+}
+
+/* max |got - ref| / (atol + rtol |ref|) <= 1 */
+static int close_enough(const float *got, const double *ref, size_t n, double atol, double rtol,
+                        char *why, size_t wl)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double d = fabs((double)got[i] - ref[i]);
+        if (!(d <= atol + rtol * fabs(ref[i]))) {
+            snprintf(why, wl, "element %zu: got %.7g, expected %.7g", i, (double)got[i], ref[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- naive references ---------------------------------------------------------------------- */
+typedef struct conv_p {
+    int N, C, H, W, M, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, group;
+} conv_p;
+
+static int conv_oh(const conv_p *p) { return (p->H + p->pt + p->pb - p->dh * (p->kh - 1) - 1) / p->sh + 1; }
+static int conv_ow(const conv_p *p) { return (p->W + p->pl + p->pr - p->dw * (p->kw - 1) - 1) / p->sw + 1; }
+
+static void ref_conv(const conv_p *p, const float *x, const float *w, const float *b, double *y)
+{
+    const int OH = conv_oh(p), OW = conv_ow(p), Cg = p->C / p->group, Mg = p->M / p->group;
+    for (int n = 0; n < p->N; n++)
+        for (int m = 0; m < p->M; m++) {
+            const int g = m / Mg;
+            for (int oy = 0; oy < OH; oy++)
+                for (int ox = 0; ox < OW; ox++) {
+                    double s = b ? b[m] : 0.0;
+                    for (int c = 0; c < Cg; c++)
+                        for (int ky = 0; ky < p->kh; ky++)
+                            for (int kx = 0; kx < p->kw; kx++) {
+                                const int iy = oy * p->sh - p->pt + ky * p->dh;
+                                const int ix = ox * p->sw - p->pl + kx * p->dw;
+                                if (iy < 0 || iy >= p->H || ix < 0 || ix >= p->W) continue;
+                                s += (double)x[((n * p->C + g * Cg + c) * p->H + iy) * p->W + ix] *
+                                     w[((m * Cg + c) * p->kh + ky) * p->kw + kx];
+                            }
+                    y[((n * p->M + m) * OH + oy) * OW + ox] = s;
+                }
+        }
+}
+
+static void ref_bn(double *y, int N, int C, int S, const float *g, const float *b, const float *m,
+                   const float *v, float eps)
+{
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < S; i++) {
+                double *p = &y[(n * C + c) * S + i];
+                *p = (*p - m[c]) / sqrt((double)v[c] + eps) * g[c] + b[c];
+            }
+}
+
+static void ref_clamp(double *y, size_t n, double lo, double hi)
+{
+    for (size_t i = 0; i < n; i++) y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
+}
+
+/* ---- tests ---------------------------------------------------------------------------------- */
+
+static void fill_bn_params(tg *t, int g, int b, int m, int v)
+{
+    rfill(vdata(t, g), t->v[g].numel);
+    rfill(vdata(t, b), t->v[b].numel);
+    rfill(vdata(t, m), t->v[m].numel);
+    float *vv = vdata(t, v);
+    for (size_t i = 0; i < t->v[v].numel; i++) vv[i] = 0.2f + (float)(rnd() % 1000) / 500.0f;
+}
+
+/* One conv (+ optional BN, residual, clamp) graph vs the reference. fuse: bit 1 BN, bit 2
+ * residual, bit 4 relu, bit 8 clip(0,6). */
+static void test_conv_case(const conv_p *p, int bias, int fuse, const char *label)
+{
+    tg *t = tg_new();
+    const int OH = conv_oh(p), OW = conv_ow(p);
+    const int x = tg_input(t, DIMS(p->N, p->C, p->H, p->W));
+    const int w = tg_weight(t, DIMS(p->M, p->C / p->group, p->kh, p->kw));
+    int ins[5] = {x, w, -1, -1, -1};
+    if (bias) ins[2] = tg_weight(t, DIMS(p->M));
+    rt_attrs a = def_attrs();
+    a.kernel[0] = p->kh;
+    a.kernel[1] = p->kw;
+    a.strides[0] = p->sh;
+    a.strides[1] = p->sw;
+    a.dilations[0] = p->dh;
+    a.dilations[1] = p->dw;
+    a.pads[0] = p->pt;
+    a.pads[1] = p->pl;
+    a.pads[2] = p->pb;
+    a.pads[3] = p->pr;
+    a.group = p->group;
+    int cur = tg_node(t, RT_OP_CONV, bias ? 3 : 2, ins, DIMS(p->N, p->M, OH, OW), &a);
+    int bn[4] = {-1, -1, -1, -1}, res = -1;
+    if (fuse & 1) {
+        for (int k = 0; k < 4; k++) bn[k] = tg_weight(t, DIMS(p->M));
+        fill_bn_params(t, bn[0], bn[1], bn[2], bn[3]);
+        int bi[5] = {cur, bn[0], bn[1], bn[2], bn[3]};
+        rt_attrs ba = def_attrs();
+        ba.epsilon = 1e-3f;
+        cur = tg_node(t, RT_OP_BATCHNORM, 5, bi, DIMS(p->N, p->M, OH, OW), &ba);
+    }
+    if (fuse & 2) {
+        res = tg_input(t, DIMS(p->N, p->M, OH, OW));
+        int ai[2] = {res, cur}; /* residual as the *first* operand */
+        cur = tg_node(t, RT_OP_ADD, 2, ai, DIMS(p->N, p->M, OH, OW), NULL);
+    }
+    if (fuse & 4) cur = tg_node(t, RT_OP_RELU, 1, &cur, DIMS(p->N, p->M, OH, OW), NULL);
+    if (fuse & 8) {
+        rt_attrs ca = def_attrs();
+        ca.clip_min = 0.0f;
+        ca.clip_max = 6.0f;
+        cur = tg_node(t, RT_OP_CLIP, 1, &cur, DIMS(p->N, p->M, OH, OW), &ca);
+    }
+    tg_output(t, cur);
+
+    runner r;
+    int rc = tg_plan(t, &r);
+    CHECK(rc == 0, "%s: plan: %s", label, r.err);
+    if (rc) {
+        tg_unplan(&r);
+        tg_free(t);
+        return;
+    }
+    if (fuse) CHECK(cpu_plan_steps(r.plan) == 1, "%s: expected 1 fused step, got %d", label, cpu_plan_steps(r.plan));
+    const size_t ny = (size_t)p->N * p->M * OH * OW;
+    double *ref = malloc(ny * sizeof(double));
+    /* Two rounds with different weights: nothing derived from weight data may be cached. */
+    for (int round = 0; round < 2; round++) {
+        if (round) {
+            for (int k = 0; k < t->g.n_weights; k++) rfill(t->wdata[k], t->v[t->weights[k]].numel);
+            if (fuse & 1) fill_bn_params(t, bn[0], bn[1], bn[2], bn[3]);
+        }
+        ref_conv(p, vdata(t, x), vdata(t, w), bias ? vdata(t, ins[2]) : NULL, ref);
+        if (fuse & 1)
+            ref_bn(ref, p->N, p->M, OH * OW, vdata(t, bn[0]), vdata(t, bn[1]), vdata(t, bn[2]),
+                   vdata(t, bn[3]), 1e-3f);
+        if (fuse & 2)
+            for (size_t i = 0; i < ny; i++) ref[i] += vdata(t, res)[i];
+        if (fuse & 4) ref_clamp(ref, ny, 0, INFINITY);
+        if (fuse & 8) ref_clamp(ref, ny, 0, 6);
+        float *out[1];
+        rc = tg_run(t, &r, out);
+        char why[160] = "";
+        const double K = (double)(p->C / p->group) * p->kh * p->kw;
+        CHECK(rc == 0 && close_enough(out[0], ref, ny, 1e-5 * sqrt(K) * 4, 1e-4, why, sizeof why),
+              "%s round %d (N%d C%d %dx%d M%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d g%d bias%d): %s",
+              label, round, p->N, p->C, p->H, p->W, p->M, p->kh, p->kw, p->sh, p->sw, p->dh,
+              p->dw, p->pt, p->pl, p->pb, p->pr, p->group, bias, why);
+        free(out[0]);
+    }
+    free(ref);
+    tg_unplan(&r);
+    tg_free(t);
+}
+
+static void test_conv(void)
+{
+    /* Fixed shapes hitting each path: 1x1 GEMM, depthwise 3x3 fast path, im2col GEMM with K
+     * blocking (576 > 384), N blocking and edge tiles. */
+    const conv_p fixed[] = {
+        {1, 8, 9, 11, 13, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},      /* 1x1 direct */
+        {2, 16, 10, 10, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},    /* 1x1, batch 2 */
+        {1, 12, 17, 19, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 12},   /* depthwise fast */
+        {1, 6, 8, 40, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6},       /* depthwise wide rows */
+        {1, 64, 9, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* K = 576: two k blocks */
+        {1, 3, 30, 30, 16, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1},     /* stem-like 7x7/2 */
+        {1, 4, 64, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* many N blocks */
+        {1, 6, 11, 9, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6},       /* depthwise stride 2 */
+        {1, 4, 12, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 4},      /* grouped, dilated */
+        {1, 4, 7, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},        /* depthwise multiplier 2 */
+        {1, 5, 9, 10, 7, 2, 3, 3, 2, 1, 2, 0, 2, 1, 0, 1},       /* asymmetric everything */
+    };
+    char label[32];
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        snprintf(label, sizeof label, "conv fixed %zu", i);
+        test_conv_case(&fixed[i], (int)(i & 1), 0, label);
+    }
+    for (int i = 0; i < 14; i++) {
+        conv_p p;
+        p.N = rint_(1, 2);
+        const int kind = i % 3; /* 0 dense, 1 grouped, 2 depthwise */
+        p.group = kind == 0 ? 1 : (kind == 1 ? rint_(2, 3) : rint_(2, 9));
+        p.C = kind == 2 ? p.group : p.group * rint_(1, 5);
+        p.M = kind == 2 ? p.group * rint_(1, 2) : p.group * rint_(1, 7);
+        p.kh = rint_(1, 5);
+        p.kw = rint_(1, 5);
+        p.sh = rint_(1, 3);
+        p.sw = rint_(1, 3);
+        p.dh = rint_(1, 2);
+        p.dw = rint_(1, 2);
+        p.pt = rint_(0, 2);
+        p.pl = rint_(0, 2);
+        p.pb = rint_(0, 2);
+        p.pr = rint_(0, 2);
+        p.H = p.dh * (p.kh - 1) + 1 + rint_(0, 14);
+        p.W = p.dw * (p.kw - 1) + 1 + rint_(0, 14);
+        snprintf(label, sizeof label, "conv random %d", i);
+        test_conv_case(&p, rint_(0, 1), 0, label);
+    }
+    /* Fused epilogues on each conv path. */
+    const conv_p pw = {1, 16, 10, 12, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1};
+    const conv_p dw = {1, 24, 13, 14, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 24};
+    const conv_p dw2 = {1, 24, 13, 14, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 24};
+    const conv_p c3 = {1, 8, 11, 9, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    test_conv_case(&pw, 0, 1 | 8, "1x1+BN+Clip");
+    test_conv_case(&pw, 1, 1 | 2, "1x1+BN+Add");
+    test_conv_case(&dw, 0, 1 | 8, "dw+BN+Clip");
+    test_conv_case(&dw, 1, 2 | 4, "dw+Add+Relu");
+    test_conv_case(&dw2, 0, 1 | 4, "dw s2+BN+Relu");
+    test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
+    test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");
+    test_conv_case(&c3, 0, 4, "3x3+Relu");
+}
+
+/* Gemm with every transpose / C shape, alpha/beta, M == 1 (GEMV) and M > 1, + fused Relu. */
+static void test_gemm(void)
+{
+    char why[160];
+    for (int i = 0; i < 24; i++) {
+        const int M = (i % 4 == 0) ? 1 : rint_(2, 40), K = rint_(1, 70), N = rint_(1, 50);
+        const int ta = rint_(0, 1), tb = rint_(0, 1), cshape = i % 6, relu = i % 5 == 0;
+        const float alpha = (i % 3 == 0) ? 0.5f : 1.0f, beta = (i % 4 == 1) ? 2.0f : 1.0f;
+        tg *t = tg_new();
+        const int A = ta ? tg_input(t, DIMS(K, M)) : tg_input(t, DIMS(M, K));
+        const int B = tb ? tg_weight(t, DIMS(N, K)) : tg_weight(t, DIMS(K, N));
+        int C = -1;
+        switch (cshape) {
+        case 1: C = tg_weight(t, DIMS(N)); break;
+        case 2: C = tg_weight(t, DIMS(1, N)); break;
+        case 3: C = tg_weight(t, DIMS(M, 1)); break;
+        case 4: C = tg_const(t, DIMS(1)); break;
+        case 5: C = tg_weight(t, DIMS(M, N)); break;
+        default: break;
+        }
+        rt_attrs a = def_attrs();
+        a.trans_a = ta;
+        a.trans_b = tb;
+        a.alpha = alpha;
+        a.beta = beta;
+        int ins[3] = {A, B, C};
+        int y = tg_node(t, RT_OP_GEMM, C >= 0 ? 3 : 2, ins, DIMS(M, N), &a);
+        if (relu) y = tg_node(t, RT_OP_RELU, 1, &y, DIMS(M, N), NULL);
+        tg_output(t, y);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "gemm plan: %s", r.err);
+        if (!rc) {
+            double *ref = malloc((size_t)M * N * sizeof(double));
+            const float *pa = vdata(t, A), *pb = vdata(t, B), *pc = C >= 0 ? vdata(t, C) : NULL;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++)
+                        s += (double)(ta ? pa[k * M + m] : pa[m * K + k]) *
+                             (tb ? pb[n * K + k] : pb[k * N + n]);
+                    s *= alpha;
+                    if (pc) {
+                        double c = cshape == 1 || cshape == 2 ? pc[n]
+                                   : cshape == 3              ? pc[m]
+                                   : cshape == 4              ? pc[0]
+                                                              : pc[m * N + n];
+                        s += beta * c;
+                    }
+                    ref[m * N + n] = relu && s < 0 ? 0 : s;
+                }
+            float *out[1];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, (size_t)M * N, 1e-5 * K, 1e-4, why, sizeof why),
+                  "gemm M%d N%d K%d ta%d tb%d c%d alpha%g beta%g relu%d: %s", M, N, K, ta, tb,
+                  cshape, alpha, beta, relu, why);
+            if (relu) CHECK(cpu_plan_steps(r.plan) == 1, "gemm+relu not fused");
+            free(out[0]);
+            free(ref);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+}
+
+/* Gemm + residual Add fused, and the whole MLP shape (Gemm/Relu/Gemm/Softmax). */
+static void test_mlp(void)
+{
+    char why[160];
+    tg *t = tg_new();
+    const int x = tg_input(t, DIMS(1, 20));
+    const int w1 = tg_weight(t, DIMS(32, 20)), b1 = tg_weight(t, DIMS(32));
+    const int w2 = tg_weight(t, DIMS(32, 32)), b2 = tg_weight(t, DIMS(32));
+    const int w3 = tg_weight(t, DIMS(10, 32)), b3 = tg_weight(t, DIMS(10));
+    rt_attrs a = def_attrs();
+    a.trans_b = 1;
+    int i1[3] = {x, w1, b1};
+    int h = tg_node(t, RT_OP_GEMM, 3, i1, DIMS(1, 32), &a);
+    h = tg_node(t, RT_OP_RELU, 1, &h, DIMS(1, 32), NULL);
+    int i2[3] = {h, w2, b2};
+    int h2 = tg_node(t, RT_OP_GEMM, 3, i2, DIMS(1, 32), &a);
+    int ai[2] = {h2, h};
+    h2 = tg_node(t, RT_OP_ADD, 2, ai, DIMS(1, 32), NULL);
+    int i3[3] = {h2, w3, b3};
+    int z = tg_node(t, RT_OP_GEMM, 3, i3, DIMS(1, 10), &a);
+    rt_attrs sa = def_attrs();
+    sa.axis = 1;
+    int y = tg_node(t, RT_OP_SOFTMAX, 1, &z, DIMS(1, 10), &sa);
+    tg_output(t, y);
+    runner r;
+    int rc = tg_plan(t, &r);
+    CHECK(rc == 0, "mlp plan: %s", r.err);
+    if (!rc) {
+        CHECK(cpu_plan_steps(r.plan) == 4, "mlp: expected 4 steps (gemm+relu, gemm+add, gemm, softmax), got %d",
+              cpu_plan_steps(r.plan));
+        double hh[32], hh2[32], zz[10], ref[10];
+        const float *px = vdata(t, x);
+        for (int n = 0; n < 32; n++) {
+            double s = vdata(t, b1)[n];
+            for (int k = 0; k < 20; k++) s += (double)px[k] * vdata(t, w1)[n * 20 + k];
+            hh[n] = s < 0 ? 0 : s;
+        }
+        for (int n = 0; n < 32; n++) {
+            double s = vdata(t, b2)[n];
+            for (int k = 0; k < 32; k++) s += hh[k] * vdata(t, w2)[n * 32 + k];
+            hh2[n] = s + hh[n];
+        }
+        double mx = -1e300, sum = 0;
+        for (int n = 0; n < 10; n++) {
+            double s = vdata(t, b3)[n];
+            for (int k = 0; k < 32; k++) s += hh2[k] * vdata(t, w3)[n * 32 + k];
+            zz[n] = s;
+            mx = s > mx ? s : mx;
+        }
+        for (int n = 0; n < 10; n++) sum += exp(zz[n] - mx);
+        for (int n = 0; n < 10; n++) ref[n] = exp(zz[n] - mx) / sum;
+        float *out[1];
+        rc = tg_run(t, &r, out);
+        CHECK(rc == 0 && close_enough(out[0], ref, 10, 1e-6, 1e-4, why, sizeof why), "mlp: %s", why);
+        free(out[0]);
+    }
+    tg_unplan(&r);
+    tg_free(t);
+}
+
+static void test_matmul(void)
+{
+    char why[160];
+    struct {
+        int na, nb;
+        int64_t a[4], b[4], y[4];
+        int ny;
+    } cases[] = {
+        {2, 2, {5, 7}, {7, 9}, {5, 9}, 2},
+        {3, 3, {2, 5, 7}, {2, 7, 3}, {2, 5, 3}, 3},
+        {3, 2, {3, 4, 6}, {6, 5}, {3, 4, 5}, 3},
+        {2, 3, {4, 6}, {3, 6, 5}, {3, 4, 5}, 3},
+        {4, 3, {2, 1, 3, 4}, {3, 4, 2}, {2, 3, 3, 2}, 4},
+        {1, 2, {6}, {6, 4}, {4}, 1},
+        {2, 1, {3, 6}, {6}, {3}, 1},
+        {3, 3, {1, 1, 40}, {1, 40, 33}, {1, 1, 33}, 3},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        tg *t = tg_new();
+        const int A = tg_input(t, cases[c].na, cases[c].a);
+        const int B = tg_weight(t, cases[c].nb, cases[c].b);
+        int ins[2] = {A, B};
+        const int y = tg_node(t, RT_OP_MATMUL, 2, ins, cases[c].ny, cases[c].y, NULL);
+        tg_output(t, y);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "matmul %zu plan: %s", c, r.err);
+        if (!rc) {
+            /* Reference: numpy rules written out directly. */
+            const int na = cases[c].na, nb = cases[c].nb;
+            const int64_t M = na >= 2 ? cases[c].a[na - 2] : 1, K = cases[c].a[na - 1];
+            const int64_t N = nb >= 2 ? cases[c].b[nb - 1] : 1;
+            const int bda = na > 2 ? na - 2 : 0, bdb = nb > 2 ? nb - 2 : 0;
+            const int bd = bda > bdb ? bda : bdb;
+            int64_t da[4], db[4], dd[4], total = 1;
+            for (int i = 0; i < bd; i++) {
+                da[i] = i - (bd - bda) >= 0 ? cases[c].a[i - (bd - bda)] : 1;
+                db[i] = i - (bd - bdb) >= 0 ? cases[c].b[i - (bd - bdb)] : 1;
+                dd[i] = da[i] > db[i] ? da[i] : db[i];
+                total *= dd[i];
+            }
+            double *ref = malloc((size_t)(total * M * N) * sizeof(double));
+            for (int64_t bt = 0; bt < total; bt++) {
+                int64_t rem = bt, ia = 0, ib = 0, sa = 1, sb = 1;
+                int64_t idx[4];
+                for (int i = bd - 1; i >= 0; i--) {
+                    idx[i] = rem % dd[i];
+                    rem /= dd[i];
+                }
+                for (int i = bd - 1; i >= 0; i--) {
+                    ia += (da[i] == 1 ? 0 : idx[i]) * sa;
+                    ib += (db[i] == 1 ? 0 : idx[i]) * sb;
+                    sa *= da[i];
+                    sb *= db[i];
+                }
+                const float *pa = vdata(t, A) + ia * M * K, *pb = vdata(t, B) + ib * K * N;
+                for (int64_t m = 0; m < M; m++)
+                    for (int64_t n = 0; n < N; n++) {
+                        double s = 0;
+                        for (int64_t k = 0; k < K; k++) s += (double)pa[m * K + k] * pb[k * N + n];
+                        ref[(bt * M + m) * N + n] = s;
+                    }
+            }
+            float *out[1];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, (size_t)(total * M * N), 1e-5 * K, 1e-4, why, sizeof why),
+                  "matmul case %zu: %s", c, why);
+            free(out[0]);
+            free(ref);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+}
+
+static void test_binary(void)
+{
+    char why[160];
+    const rt_op ops[4] = {RT_OP_ADD, RT_OP_SUB, RT_OP_MUL, RT_OP_DIV};
+    for (int i = 0; i < 24; i++) {
+        const int nd = rint_(1, 4);
+        int64_t ys[4], as[4], bs[4];
+        for (int d = 0; d < nd; d++) {
+            ys[d] = rint_(1, 6);
+            as[d] = rint_(0, 2) ? ys[d] : 1;
+            bs[d] = rint_(0, 2) ? ys[d] : 1;
+        }
+        const int nda = rint_(0, nd), ndb = i % 5 == 0 ? 0 : rint_(1, nd); /* right-aligned ranks */
+        tg *t = tg_new();
+        const int A = tg_input(t, nda, as + (nd - nda));
+        const int B = (i & 1) ? tg_weight(t, ndb, bs + (nd - ndb)) : tg_input(t, ndb, bs + (nd - ndb));
+        const rt_op op = ops[i % 4];
+        if (op == RT_OP_DIV) {
+            float *pb = vdata(t, B);
+            for (size_t k = 0; k < t->v[B].numel; k++) pb[k] = pb[k] >= 0 ? pb[k] + 0.5f : pb[k] - 0.5f;
+        }
+        int ins[2] = {A, B};
+        const int y = tg_node(t, op, 2, ins, nd, ys, NULL);
+        tg_output(t, y);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "binary plan: %s", r.err);
+        if (!rc) {
+            size_t n = t->v[y].numel;
+            double *ref = malloc(n * sizeof(double));
+            for (size_t e = 0; e < n; e++) {
+                size_t rem = e, ia = 0, ib = 0, sa = 1, sb = 1;
+                for (int d = nd - 1; d >= 0; d--) {
+                    const size_t id = rem % (size_t)ys[d];
+                    rem /= (size_t)ys[d];
+                    const int64_t ad = d - (nd - nda) >= 0 ? as[d] : 1, bd = d - (nd - ndb) >= 0 ? bs[d] : 1;
+                    ia += (ad == 1 ? 0 : id) * sa;
+                    ib += (bd == 1 ? 0 : id) * sb;
+                    sa *= (size_t)ad;
+                    sb *= (size_t)bd;
+                }
+                const double xa = vdata(t, A)[ia], xb = vdata(t, B)[ib];
+                ref[e] = op == RT_OP_ADD ? xa + xb : op == RT_OP_SUB ? xa - xb : op == RT_OP_MUL ? xa * xb : xa / xb;
+            }
+            float *out[1];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, n, 1e-6, 1e-5, why, sizeof why), "binary %d nd%d: %s", i, nd, why);
+            free(out[0]);
+            free(ref);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+}
+
+/* Elementwise activations, standalone BN (3-D input) and Clip bounds read from weights. */
+static void test_unary(void)
+{
+    char why[160];
+    for (int kind = 0; kind < 6; kind++) {
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(2, 5, 7));
+        int y;
+        rt_attrs a = def_attrs();
+        int lo_w = -1, hi_w = -1, bn[4];
+        switch (kind) {
+        case 0: y = tg_node(t, RT_OP_RELU, 1, &x, DIMS(2, 5, 7), NULL); break;
+        case 1:
+            a.clip_min = -0.25f;
+            a.clip_max = 0.5f;
+            y = tg_node(t, RT_OP_CLIP, 1, &x, DIMS(2, 5, 7), &a);
+            break;
+        case 2: y = tg_node(t, RT_OP_SIGMOID, 1, &x, DIMS(2, 5, 7), NULL); break;
+        case 3:
+            a.alpha = 0.1f;
+            y = tg_node(t, RT_OP_LEAKYRELU, 1, &x, DIMS(2, 5, 7), &a);
+            break;
+        case 4: {
+            lo_w = tg_weight(t, 0, NULL);
+            hi_w = tg_weight(t, 0, NULL);
+            vdata(t, lo_w)[0] = -0.3f;
+            vdata(t, hi_w)[0] = 0.2f;
+            a.clip_min_from_input = a.clip_max_from_input = 1;
+            int ins[3] = {x, lo_w, hi_w};
+            y = tg_node(t, RT_OP_CLIP, 3, ins, DIMS(2, 5, 7), &a);
+            break;
+        }
+        default: {
+            for (int k = 0; k < 4; k++) bn[k] = tg_weight(t, DIMS(5));
+            fill_bn_params(t, bn[0], bn[1], bn[2], bn[3]);
+            int ins[5] = {x, bn[0], bn[1], bn[2], bn[3]};
+            y = tg_node(t, RT_OP_BATCHNORM, 5, ins, DIMS(2, 5, 7), &a);
+            break;
+        }
+        }
+        tg_output(t, y);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "unary %d plan: %s", kind, r.err);
+        if (!rc) {
+            double ref[70];
+            const float *px = vdata(t, x);
+            for (int i = 0; i < 70; i++) {
+                const double v = px[i];
+                switch (kind) {
+                case 0: ref[i] = v < 0 ? 0 : v; break;
+                case 1: ref[i] = v < -0.25 ? -0.25 : v > 0.5 ? 0.5 : v; break;
+                case 2: ref[i] = 1.0 / (1.0 + exp(-v)); break;
+                case 3: ref[i] = v < 0 ? 0.1 * v : v; break;
+                case 4: ref[i] = v < -0.3f ? -0.3f : v > 0.2f ? 0.2f : v; break;
+                default: ref[i] = v; break;
+                }
+            }
+            if (kind == 5) ref_bn(ref, 2, 5, 7, vdata(t, bn[0]), vdata(t, bn[1]), vdata(t, bn[2]), vdata(t, bn[3]), 1e-5f);
+            float *out[1];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, 70, 1e-6, 1e-5, why, sizeof why), "unary %d: %s", kind, why);
+            if (kind == 4) { /* new bounds on the next run */
+                vdata(t, lo_w)[0] = 0.0f;
+                vdata(t, hi_w)[0] = 0.1f;
+                free(out[0]);
+                for (int i = 0; i < 70; i++) ref[i] = px[i] < 0 ? 0 : px[i] > 0.1f ? 0.1f : px[i];
+                rc = tg_run(t, &r, out);
+                CHECK(rc == 0 && close_enough(out[0], ref, 70, 1e-6, 1e-5, why, sizeof why), "clip from weights, new bounds: %s", why);
+            }
+            free(out[0]);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+}
+
+static void test_pool(void)
+{
+    char why[160];
+    for (int i = 0; i < 16; i++) {
+        const int maxp = i % 2 == 0;
+        const int N = rint_(1, 2), C = rint_(1, 4), kh = rint_(1, 4), kw = rint_(1, 4);
+        const int sh = rint_(1, 3), sw = rint_(1, 3), dh = maxp ? rint_(1, 2) : 1, dw = maxp ? rint_(1, 2) : 1;
+        const int pt = rint_(0, kh - 1), pl = rint_(0, kw - 1), pb = rint_(0, kh - 1), pr = rint_(0, kw - 1);
+        const int H = dh * (kh - 1) + 1 + rint_(0, 9), W = dw * (kw - 1) + 1 + rint_(0, 9);
+        const int cip = (i / 2) % 2, ceil_mode = i % 4 == 3;
+        int OH = (H + pt + pb - dh * (kh - 1) - 1), OW = (W + pl + pr - dw * (kw - 1) - 1);
+        OH = (ceil_mode ? (OH + sh - 1) / sh : OH / sh) + 1;
+        OW = (ceil_mode ? (OW + sw - 1) / sw : OW / sw) + 1;
+        /* ONNX: the last window must start inside the (left-padded) input. */
+        if (ceil_mode && (OH - 1) * sh >= H + pt) OH--;
+        if (ceil_mode && (OW - 1) * sw >= W + pl) OW--;
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(N, C, H, W));
+        rt_attrs a = def_attrs();
+        a.kernel[0] = kh;
+        a.kernel[1] = kw;
+        a.strides[0] = sh;
+        a.strides[1] = sw;
+        a.dilations[0] = dh;
+        a.dilations[1] = dw;
+        a.pads[0] = pt;
+        a.pads[1] = pl;
+        a.pads[2] = pb;
+        a.pads[3] = pr;
+        a.count_include_pad = cip;
+        const int y = tg_node(t, maxp ? RT_OP_MAXPOOL : RT_OP_AVGPOOL, 1, &x, DIMS(N, C, OH, OW), &a);
+        tg_output(t, y);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "pool plan: %s", r.err);
+        if (!rc) {
+            const size_t n = (size_t)N * C * OH * OW;
+            double *ref = malloc(n * sizeof(double));
+            const float *px = vdata(t, x);
+            for (int nc = 0; nc < N * C; nc++)
+                for (int oy = 0; oy < OH; oy++)
+                    for (int ox = 0; ox < OW; ox++) {
+                        double acc = maxp ? -INFINITY : 0;
+                        int cnt = 0;
+                        for (int ky = 0; ky < kh; ky++)
+                            for (int kx = 0; kx < kw; kx++) {
+                                const int iy = oy * sh - pt + ky * dh, ix = ox * sw - pl + kx * dw;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                const double v = px[(nc * H + iy) * W + ix];
+                                if (maxp) acc = v > acc ? v : acc;
+                                else acc += v;
+                                cnt++;
+                            }
+                        if (!maxp) {
+                            /* count_include_pad: window clipped to the padded extent */
+                            const int hs = oy * sh - pt, ws = ox * sw - pl;
+                            const int he = hs + kh < H + pb ? hs + kh : H + pb;
+                            const int we = ws + kw < W + pr ? ws + kw : W + pr;
+                            const int div = cip ? (he - hs) * (we - ws) : cnt;
+                            acc = div ? acc / div : 0;
+                        }
+                        ref[(nc * OH + oy) * OW + ox] = acc;
+                    }
+            float *out[1];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, n, 1e-6, 1e-5, why, sizeof why),
+                  "%s k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d cip%d ceil%d: %s", maxp ? "maxpool" : "avgpool",
+                  kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, cip, ceil_mode, why);
+            free(out[0]);
+            free(ref);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+}
+
+/* GlobalAveragePool -> Flatten (alias) -> Gemm; Reshape as a graph output (copy); Identity;
+ * Concat on two axes; Softmax on a middle axis; ReduceMean with keepdims and without. */
+static void test_shape_ops(void)
+{
+    char why[160];
+    {
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(1, 6, 5, 4));
+        int gp = tg_node(t, RT_OP_GLOBALAVGPOOL, 1, &x, DIMS(1, 6, 1, 1), NULL);
+        rt_attrs fa = def_attrs();
+        fa.axis = 1;
+        int f = tg_node(t, RT_OP_FLATTEN, 1, &gp, DIMS(1, 6), &fa);
+        const int w = tg_weight(t, DIMS(3, 6)), b = tg_weight(t, DIMS(3));
+        rt_attrs ga = def_attrs();
+        ga.trans_b = 1;
+        int gi[3] = {f, w, b};
+        int y = tg_node(t, RT_OP_GEMM, 3, gi, DIMS(1, 3), &ga);
+        tg_output(t, y);
+        int rs = tg_node(t, RT_OP_RESHAPE, 1, &gp, DIMS(2, 3), NULL);
+        tg_output(t, rs);
+        int id = tg_node(t, RT_OP_IDENTITY, 1, &x, DIMS(1, 6, 5, 4), NULL);
+        tg_output(t, id);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "gap/flatten plan: %s", r.err);
+        if (!rc) {
+            double m[6], ref[3], xr[120];
+            for (int c = 0; c < 6; c++) {
+                double s = 0;
+                for (int i = 0; i < 20; i++) s += vdata(t, x)[c * 20 + i];
+                m[c] = s / 20;
+            }
+            for (int n = 0; n < 3; n++) {
+                double s = vdata(t, b)[n];
+                for (int k = 0; k < 6; k++) s += m[k] * vdata(t, w)[n * 6 + k];
+                ref[n] = s;
+            }
+            for (int i = 0; i < 120; i++) xr[i] = vdata(t, x)[i];
+            float *out[3];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, 3, 1e-6, 1e-5, why, sizeof why), "gap->flatten->gemm: %s", why);
+            CHECK(rc == 0 && close_enough(out[1], m, 6, 1e-6, 1e-5, why, sizeof why), "reshape output: %s", why);
+            CHECK(rc == 0 && close_enough(out[2], xr, 120, 0, 0, why, sizeof why), "identity output: %s", why);
+            for (int j = 0; j < 3; j++) free(out[j]);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+    for (int axis = 0; axis < 3; axis++) {
+        tg *t = tg_new();
+        int64_t s1[3] = {2, 3, 4}, s2[3] = {2, 3, 4}, so[3] = {2, 3, 4};
+        s2[axis] = 5;
+        so[axis] = s1[axis] + 5;
+        const int a = tg_input(t, 3, s1), b = tg_weight(t, 3, s2);
+        rt_attrs ca = def_attrs();
+        ca.axis = axis;
+        int ins[2] = {a, b};
+        const int y = tg_node(t, RT_OP_CONCAT, 2, ins, 3, so, &ca);
+        tg_output(t, y);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "concat plan: %s", r.err);
+        if (!rc) {
+            const size_t n = (size_t)(so[0] * so[1] * so[2]);
+            double *ref = malloc(n * sizeof(double));
+            for (int i = 0; i < so[0]; i++)
+                for (int j = 0; j < so[1]; j++)
+                    for (int k = 0; k < so[2]; k++) {
+                        int idx[3] = {i, j, k};
+                        double v;
+                        if (idx[axis] < s1[axis]) {
+                            v = vdata(t, a)[(idx[0] * s1[1] + idx[1]) * s1[2] + idx[2]];
+                        } else {
+                            idx[axis] -= (int)s1[axis];
+                            v = vdata(t, b)[(idx[0] * s2[1] + idx[1]) * s2[2] + idx[2]];
+                        }
+                        ref[(i * so[1] + j) * so[2] + k] = v;
+                    }
+            float *out[1];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, n, 0, 0, why, sizeof why), "concat axis %d: %s", axis, why);
+            free(out[0]);
+            free(ref);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+    for (int axis = 0; axis < 3; axis++) {
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(3, 4, 5));
+        float *px = vdata(t, x);
+        for (int i = 0; i < 60; i++) px[i] *= 8.0f;
+        rt_attrs sa = def_attrs();
+        sa.axis = axis;
+        const int y = tg_node(t, RT_OP_SOFTMAX, 1, &x, DIMS(3, 4, 5), &sa);
+        tg_output(t, y);
+        runner r;
+        int rc = tg_plan(t, &r);
+        CHECK(rc == 0, "softmax plan: %s", r.err);
+        if (!rc) {
+            const int d[3] = {3, 4, 5}, st[3] = {20, 5, 1};
+            double ref[60];
+            for (int e = 0; e < 60; e++) {
+                const int base = e - ((e / st[axis]) % d[axis]) * st[axis];
+                double mx = -1e300, s = 0;
+                for (int k = 0; k < d[axis]; k++) mx = px[base + k * st[axis]] > mx ? px[base + k * st[axis]] : mx;
+                for (int k = 0; k < d[axis]; k++) s += exp(px[base + k * st[axis]] - mx);
+                ref[e] = exp(px[e] - mx) / s;
+            }
+            float *out[1];
+            rc = tg_run(t, &r, out);
+            CHECK(rc == 0 && close_enough(out[0], ref, 60, 1e-7, 1e-5, why, sizeof why), "softmax axis %d: %s", axis, why);
+            free(out[0]);
+        }
+        tg_unplan(&r);
+        tg_free(t);
+    }
+    for (uint32_t mask = 1; mask < 8; mask++) {
+        for (int keep = 0; keep < 2; keep++) {
+            tg *t = tg_new();
+            const int x = tg_input(t, DIMS(3, 4, 5));
+            int64_t os[3];
+            int on = 0;
+            const int64_t d[3] = {3, 4, 5};
+            for (int i = 0; i < 3; i++) {
+                if (mask & (1u << i)) {
+                    if (keep) os[on++] = 1;
+                } else {
+                    os[on++] = d[i];
+                }
+            }
+            rt_attrs ra = def_attrs();
+            ra.reduce_mask = mask;
+            ra.keepdims = keep;
+            const int y = tg_node(t, RT_OP_REDUCEMEAN, 1, &x, on, os, &ra);
+            tg_output(t, y);
+            runner r;
+            int rc = tg_plan(t, &r);
+            CHECK(rc == 0, "reducemean plan: %s", r.err);
+            if (!rc) {
+                double ref[60] = {0};
+                int cnt = 1;
+                for (int i = 0; i < 3; i++)
+                    if (mask & (1u << i)) cnt *= (int)d[i];
+                for (int i = 0; i < 3; i++)
+                    for (int j = 0; j < 4; j++)
+                        for (int k = 0; k < 5; k++) {
+                            const int oi = (mask & 1) ? 0 : i, oj = (mask & 2) ? 0 : j, ok = (mask & 4) ? 0 : k;
+                            const int nj = (mask & 2) ? 1 : 4, nk = (mask & 4) ? 1 : 5;
+                            ref[(oi * nj + oj) * nk + ok] += vdata(t, x)[(i * 4 + j) * 5 + k] / (double)cnt;
+                        }
+                float *out[1];
+                rc = tg_run(t, &r, out);
+                CHECK(rc == 0 && close_enough(out[0], ref, t->v[y].numel, 1e-6, 1e-5, why, sizeof why),
+                      "reducemean mask %u keep %d: %s", mask, keep, why);
+                free(out[0]);
+            }
+            tg_unplan(&r);
+            tg_free(t);
+        }
+    }
+}
+
+/* A 12-op chain: buffers must be reused (arena < sum of intermediates) and results stay right;
+ * the residual operand (produced early) must stay live until the fused Add reads it. */
+static void test_memory_plan(void)
+{
+    char why[160];
+    tg *t = tg_new();
+    const int C = 8, H = 12, W = 12;
+    const int x = tg_input(t, DIMS(1, C, H, W));
+    rt_attrs a = def_attrs();
+    a.kernel[0] = a.kernel[1] = 3;
+    a.pads[0] = a.pads[1] = a.pads[2] = a.pads[3] = 1;
+    int cur = x, skip = -1, ws[12];
+    size_t total = 0;
+    for (int i = 0; i < 12; i++) {
+        ws[i] = tg_weight(t, DIMS(C, C, 3, 3));
+        float *pw = vdata(t, ws[i]);
+        for (int k = 0; k < C * C * 9; k++) pw[k] *= 0.3f;
+        int ins[2] = {cur, ws[i]};
+        cur = tg_node(t, RT_OP_CONV, 2, ins, DIMS(1, C, H, W), &a);
+        total += (size_t)C * H * W * sizeof(float);
+        if (i == 2) skip = cur;
+        if (i == 9) {
+            int ai[2] = {cur, skip};
+            cur = tg_node(t, RT_OP_ADD, 2, ai, DIMS(1, C, H, W), NULL);
+        }
+        if (i % 2) cur = tg_node(t, RT_OP_RELU, 1, &cur, DIMS(1, C, H, W), NULL);
+    }
+    tg_output(t, cur);
+    runner r;
+    int rc = tg_plan(t, &r);
+    CHECK(rc == 0, "chain plan: %s", r.err);
+    if (!rc) {
+        CHECK(cpu_plan_arena_bytes(r.plan) <= 3 * (size_t)C * H * W * sizeof(float) + 256,
+              "arena %zu bytes for a 12-conv chain (sum of intermediates %zu)",
+              cpu_plan_arena_bytes(r.plan), total);
+        const size_t n = (size_t)C * H * W;
+        double *ref = malloc(n * sizeof(double)), *sk = malloc(n * sizeof(double));
+        float *cf = malloc(n * sizeof(float));
+        memcpy(cf, vdata(t, x), n * sizeof(float));
+        conv_p p = {1, C, H, W, C, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        for (int i = 0; i < 12; i++) {
+            ref_conv(&p, cf, vdata(t, ws[i]), NULL, ref);
+            if (i == 2) memcpy(sk, ref, n * sizeof(double));
+            if (i == 9)
+                for (size_t k = 0; k < n; k++) ref[k] += sk[k];
+            if (i % 2) ref_clamp(ref, n, 0, INFINITY);
+            for (size_t k = 0; k < n; k++) cf[k] = (float)ref[k];
+        }
+        float *out[1];
+        rc = tg_run(t, &r, out);
+        CHECK(rc == 0 && close_enough(out[0], ref, n, 1e-4, 1e-3, why, sizeof why), "12-conv chain: %s", why);
+        free(out[0]);
+        free(ref);
+        free(sk);
+        free(cf);
+    }
+    tg_unplan(&r);
+    tg_free(t);
+}
+
+/* Contexts of one plan on two threads, each with its own weights, 20 runs each. */
+typedef struct thr_arg {
+    tg *t;
+    void *plan;
+    float *w;      /* this thread's conv weight */
+    double *ref;   /* expected output */
+    size_t n;
+    int ok;
+} thr_arg;
+
+static void *thr_main(void *p)
+{
+    thr_arg *a = p;
+    void *ctx = NULL;
+    char err[128];
+    a->ok = rt_cpu_backend.ctx_create(a->plan, &ctx, err, sizeof err) == 0;
+    float *out = malloc(a->n * sizeof(float));
+    for (int it = 0; it < 20 && a->ok; it++) {
+        const float *w[1] = {a->w}, *in[1] = {a->t->idata[0]};
+        float *o[1] = {out};
+        if (rt_cpu_backend.run(a->plan, ctx, w, in, o, err, sizeof err)) a->ok = 0;
+        for (size_t i = 0; i < a->n && a->ok; i++)
+            if (fabs(out[i] - a->ref[i]) > 1e-4 + 1e-4 * fabs(a->ref[i])) a->ok = 0;
+    }
+    free(out);
+    rt_cpu_backend.ctx_destroy(ctx);
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    tg *t = tg_new();
+    const conv_p p = {1, 8, 10, 10, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const int x = tg_input(t, DIMS(1, 8, 10, 10));
+    const int w = tg_weight(t, DIMS(8, 8, 3, 3));
+    rt_attrs a = def_attrs();
+    a.pads[0] = a.pads[1] = a.pads[2] = a.pads[3] = 1;
+    int ins[2] = {x, w};
+    int y = tg_node(t, RT_OP_CONV, 2, ins, DIMS(1, 8, 10, 10), &a);
+    y = tg_node(t, RT_OP_RELU, 1, &y, DIMS(1, 8, 10, 10), NULL);
+    tg_output(t, y);
+    void *plan = NULL;
+    char err[128];
+    int rc = rt_cpu_backend.plan_create(&t->g, &plan, err, sizeof err);
+    CHECK(rc == 0, "threads plan: %s", err);
+    if (rc) {
+        tg_free(t);
+        return;
+    }
+    thr_arg args[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        args[k].t = t;
+        args[k].plan = plan;
+        args[k].n = 800;
+        args[k].w = malloc(576 * sizeof(float));
+        rfill(args[k].w, 576);
+        args[k].ref = malloc(800 * sizeof(double));
+        ref_conv(&p, vdata(t, x), args[k].w, NULL, args[k].ref);
+        ref_clamp(args[k].ref, 800, 0, INFINITY);
+    }
+    for (int k = 0; k < 2; k++) pthread_create(&th[k], NULL, thr_main, &args[k]);
+    for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
+    for (int k = 0; k < 2; k++) {
+        CHECK(args[k].ok, "thread %d: wrong output with its own weights on a shared plan", k);
+        free(args[k].w);
+        free(args[k].ref);
+    }
+    rt_cpu_backend.plan_destroy(plan);
+    tg_free(t);
+}
+
+static void test_refusals(void)
+{
+    runner r;
+    {
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(1, 6, 5, 5));
+        const int w = tg_weight(t, DIMS(4, 2, 3, 3));
+        rt_attrs a = def_attrs();
+        a.group = 4; /* does not divide 6 */
+        int ins[2] = {x, w};
+        tg_output(t, tg_node(t, RT_OP_CONV, 2, ins, DIMS(1, 4, 3, 3), &a));
+        const int rc = tg_plan(t, &r);
+        CHECK(rc == REFIT_ERR_MODEL && strstr(r.err, "'n0'") && strstr(r.err, "Conv") && strstr(r.err, "group"),
+              "bad group: rc %d, message '%s'", rc, r.err);
+        tg_unplan(&r);
+        tg_free(t);
+    }
+    {
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(1, 2, 5));
+        const int w = tg_weight(t, DIMS(3, 2, 3));
+        int ins[2] = {x, w};
+        tg_output(t, tg_node(t, RT_OP_CONV, 2, ins, DIMS(1, 3, 3), NULL));
+        const int rc = tg_plan(t, &r);
+        CHECK(rc == REFIT_ERR_UNSUPPORTED && strstr(r.err, "2-D"), "1-D conv: rc %d, '%s'", rc, r.err);
+        tg_unplan(&r);
+        tg_free(t);
+    }
+    {
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(2, 3));
+        t->v[x].dtype = RT_I64;
+        tg_output(t, tg_node(t, RT_OP_RELU, 1, &x, DIMS(2, 3), NULL));
+        const int rc = tg_plan(t, &r);
+        CHECK(rc == REFIT_ERR_UNSUPPORTED && strstr(r.err, "float32"), "int64 input: rc %d, '%s'", rc, r.err);
+        tg_unplan(&r);
+        tg_free(t);
+    }
+}
+
+static void run_all(void)
+{
+    test_conv();
+    test_gemm();
+    test_mlp();
+    test_matmul();
+    test_binary();
+    test_unary();
+    test_pool();
+    test_shape_ops();
+    test_memory_plan();
+    test_threads();
+    test_refusals();
+}
+
+int main(void)
+{
+    /* Every kernel set this machine can run: the portable one always, then the x86 ones. */
+    const char *isas[] = {"generic", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++) {
+        if (setenv("REFIT_CPU_ISA", isas[i], 1) != 0) return 2;
+        /* Skip a set the CPU lacks (the selector falls back; don't count it twice). */
+        void *probe = NULL;
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(1));
+        tg_output(t, tg_node(t, RT_OP_RELU, 1, &x, DIMS(1), NULL));
+        char err[64];
+        if (rt_cpu_backend.plan_create(&t->g, &probe, err, sizeof err) == 0) {
+            g_isa = cpu_plan_isa(probe);
+            const int same = i > 0 && strcmp(isas[i], "avx2") == 0 ? strcmp(g_isa, "avx2+fma") != 0
+                             : i > 0                               ? strcmp(g_isa, "avx512f") != 0
+                                                                   : 0;
+            rt_cpu_backend.plan_destroy(probe);
+            tg_free(t);
+            if (same) continue;
+        } else {
+            tg_free(t);
+            printf("probe plan failed: %s\n", err);
+            return 1;
+        }
+        rng_state = 0x9e3779b97f4a7c15ull;
+        const int before = g_pass;
+        run_all();
+        printf("kernels %-9s: %d checks\n", g_isa, g_pass - before);
+    }
+    unsetenv("REFIT_CPU_ISA");
+    printf("test_cpu_ops: %d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
