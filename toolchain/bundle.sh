@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Build the offline install bundle for one architecture:
+#
+#   toolchain/bundle.sh aarch64|x86_64     ->  dist/refitd-<version>-linux-<arch>.tar.gz
+#
+# Route (see docs/edge.md): pip builds the refitd wheel through scikit-build-core as usual, but
+# CMake is handed toolchain/zig-<arch>.cmake, so librefit inside is built by zig cc for
+# <arch>-linux-gnu.2.17. scikit-build-core still names the wheel after the host, so
+# toolchain/retag_wheel.py checks the library (ELF machine, glibc <= GLIBC_MAX) and retags it
+# py3-none-manylinux_2_17_<arch>.manylinux2014_<arch>. The runtime dependencies are fetched as
+# binary wheels for that platform and each Python in BUNDLE_PYTHONS (pip resolves per version, so
+# e.g. numpy differs between 3.9 and 3.12).
+#
+# Env: VENV (.venv, must have ziglang: make bundle ensures it), GLIBC_MAX (2.17),
+#      BUNDLE_PYTHONS ("3.9 3.10 3.11 3.12"), JOBS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. toolchain/lib.sh
+ARCH=${1:?usage: toolchain/bundle.sh aarch64|x86_64}
+case $ARCH in aarch64|x86_64) ;; *) echo "bundle: ARCH must be aarch64 or x86_64" >&2; exit 2 ;; esac
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+GLIBC_MAX=${GLIBC_MAX:-2.17}
+PYTHONS=${BUNDLE_PYTHONS:-3.9 3.10 3.11 3.12}
+VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -1)
+NAME=refitd-$VERSION-linux-$ARCH
+WORK=build/bundle-$ARCH
+STAGE=$WORK/$NAME
+OUT=dist/$NAME.tar.gz
+export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-2}
+export REFIT_ZIG_PYTHON=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
+
+rm -rf "$STAGE" "$WORK/wheel"
+mkdir -p "$STAGE/wheels" "$WORK/wheel" dist
+
+# 1. the refitd wheel, librefit cross-built by zig (glibc floor GLIBC_MAX)
+t0=$(now)
+echo "bundle: building the refitd wheel ($ARCH, zig cc, glibc $GLIBC_MAX)" >&2
+REFIT_GLIBC=$GLIBC_MAX "$PY" -m pip wheel . --no-deps -q -w "$WORK/wheel" \
+  -C cmake.define.CMAKE_TOOLCHAIN_FILE="$PWD/toolchain/zig-$ARCH.cmake" \
+  -C cmake.define.REFIT_BUILD_TESTS=OFF \
+  -C build-dir="build/wheel-$ARCH"
+host_wheel=$(ls -t "$WORK"/wheel/refitd-"$VERSION"-*.whl | head -1)
+refitd_wheel=$("$PY" toolchain/retag_wheel.py "$host_wheel" --arch "$ARCH" --glibc "$GLIBC_MAX" -o "$STAGE/wheels")
+cp -f "$refitd_wheel" dist/
+t_wheel=$(elapsed "$t0")
+
+# 2. dependency wheels for each Python version (binary only, for this platform and glibc floor)
+t1=$(now)
+floor_minor=${GLIBC_MAX#2.}
+plats=()
+for ((m = floor_minor; m >= 17; m--)); do plats+=(--platform "manylinux_2_${m}_$ARCH"); done
+plats+=(--platform "manylinux2014_$ARCH")
+if [ "$ARCH" = x86_64 ]; then
+  plats+=(--platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 \
+          --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64)
+fi
+for pyv in $PYTHONS; do
+  echo "bundle: dependency wheels for Python $pyv ($ARCH)" >&2
+  "$PY" -m pip download -q --only-binary=:all: "${plats[@]}" \
+    --python-version "$pyv" --implementation cp -d "$STAGE/wheels" "$refitd_wheel" pip
+done
+t_deps=$(elapsed "$t1")
+
+# 3. every shared object in every wheel must load on the glibc floor
+t2=$(now)
+python3 toolchain/check_glibc.py --max "$GLIBC_MAX" "$STAGE"/wheels/*.whl >"$WORK/glibc-check.txt" \
+  || { grep -v ' ok' "$WORK/glibc-check.txt" >&2; exit 1; }
+tail -1 "$WORK/glibc-check.txt" >&2
+t_check=$(elapsed "$t2")
+
+# 4. the rest: installer, unit, config, docs, manifest
+install -m 0755 toolchain/install.sh "$STAGE/install.sh"
+mkdir -p "$STAGE/systemd" "$STAGE/config" "$STAGE/doc"
+install -m 0644 systemd/*.service "$STAGE/systemd/"
+if [ -f config/refitd.yaml ]; then
+  install -m 0644 config/refitd.yaml "$STAGE/config/refitd.yaml"
+else
+  rmdir "$STAGE/config"   # install.sh then writes the daemon's demo config with the box's paths
+fi
+[ -f docs/edge.md ] && install -m 0644 docs/edge.md "$STAGE/doc/"
+{
+  echo "version=$VERSION"
+  echo "arch=$ARCH"
+  echo "pythons=$PYTHONS"
+  echo "glibc_max=$GLIBC_MAX"
+  echo "refitd_wheel=$(basename "$refitd_wheel")"
+  echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} >"$STAGE/BUNDLE"
+(cd "$STAGE" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort | xargs sha256sum >SHA256SUMS)
+
+t3=$(now)
+tar --sort=name --owner=0 --group=0 --numeric-owner -C "$WORK" -czf "$OUT.tmp" "$NAME"
+mv -f "$OUT.tmp" "$OUT"
+t_tar=$(elapsed "$t3")
+nwheels=$(ls "$STAGE"/wheels/*.whl | wc -l)
+size=$(du -m "$OUT" | cut -f1)
+cat >"dist/bundle-$ARCH-timings.json" <<EOF
+{"arch": "$ARCH", "wheel_build_s": $t_wheel, "dependency_download_s": $t_deps,
+ "glibc_check_s": $t_check, "tar_s": $t_tar, "wheels": $nwheels, "size_mb": $size}
+EOF
+echo "bundle: $OUT ($nwheels wheels, ${size} MB; wheel ${t_wheel}s, deps ${t_deps}s)" >&2
