@@ -1,0 +1,259 @@
+"""refitd.package: writing, defensive reading, model checks, pack from training output."""
+import hashlib
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import kernel, write_pkg
+from refitd import package as P
+from refitd.engine import WeightSpec, schema_fingerprint
+from refitd.package import PackageError, read_package
+
+SPECS = [WeightSpec("conv.weight", "float32", (1, 1, 3, 3), 36)]
+FP = schema_fingerprint(SPECS)
+SCHEMA = (FP, SPECS)
+CHAIN_SPECS = [WeightSpec("w%d" % i, "float32", (8,), 32) for i in range(4)]
+CHAIN = (schema_fingerprint(CHAIN_SPECS), CHAIN_SPECS)
+
+
+def test_roundtrip_metadata_and_values(tmp_path):
+    path = write_pkg(tmp_path / "p.safetensors", kernel(2.5), 7, FP, base=3, note="retrained")
+    pkg = read_package(path)
+    assert (pkg.version, pkg.model, pkg.base, pkg.note) == (7, FP, 3, "retrained")
+    assert pkg.created and pkg.created.endswith("Z")
+    assert pkg.names == ["conv.weight"] and pkg.nbytes == 36
+    np.testing.assert_array_equal(pkg.tensors["conv.weight"], np.full((1, 1, 3, 3), 2.5, np.float32))
+    with open(path, "rb") as f:
+        data = f.read()
+    assert pkg.sha256 == hashlib.sha256(data).hexdigest() and pkg.size == len(data)
+    # arrays are read-only views of the bytes that were checked, not copies
+    arr = pkg.tensors["conv.weight"]
+    assert not arr.flags.writeable and not arr.flags.owndata
+    assert pkg.signature_path is None
+
+
+def test_float16_and_several_tensors_zero_copy(tmp_path):
+    t = {"w%d" % i: np.arange(8, dtype=np.float16) + i for i in range(4)}
+    path = write_pkg(tmp_path / "p.safetensors", t, 1, CHAIN[0])
+    pkg = read_package(path)
+    assert set(pkg.tensors) == set(t)
+    for n, a in t.items():
+        assert pkg.tensors[n].dtype == np.float16
+        np.testing.assert_array_equal(pkg.tensors[n], a)
+    def root(a):
+        while isinstance(a, np.ndarray):
+            a = a.base
+        return a
+
+    bases = {id(root(a)) for a in pkg.tensors.values()}
+    assert len(bases) == 1 and isinstance(root(pkg.tensors["w0"]), bytes)  # every tensor views the one buffer that was read and checked
+
+
+def test_reads_files_written_by_the_safetensors_library(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "lib.safetensors")
+    save_file({"conv.weight": np.ones((1, 1, 3, 3), np.float32)}, path,
+              metadata={"refit.version": "4", "refit.model": FP, "other.tool": "kept"})
+    pkg = read_package(path)
+    assert pkg.version == 4 and pkg.metadata["other.tool"] == "kept" and pkg.base is None
+
+
+def test_signature_hook_finds_detached_signature(tmp_path):
+    path = write_pkg(tmp_path / "p.safetensors", kernel(1), 1, FP)
+    assert P.signature_path(path) == path + ".sig"
+    with open(path + ".sig", "wb") as f:
+        f.write(b"sig")
+    assert read_package(path).signature_path == path + ".sig"
+
+
+def test_size_cap_checked_before_reading(tmp_path, monkeypatch):
+    path = write_pkg(tmp_path / "p.safetensors", kernel(1), 1, FP)
+    size = os.path.getsize(path)
+
+    def no_read(*a, **k):
+        raise AssertionError("read an oversized package")
+
+    monkeypatch.setattr(os, "readv", no_read)
+    with pytest.raises(PackageError) as ei:
+        read_package(path, max_bytes=size - 1)
+    assert str(ei.value) == "package too large: %d bytes, limit %d" % (size, size - 1)
+    assert ei.value.stage == "size"
+
+
+def test_header_length_beyond_file_message(tmp_path):
+    p = tmp_path / "short.safetensors"
+    p.write_bytes(struct.pack("<Q", 4096) + b"{" + b" " * 91)
+    with pytest.raises(PackageError, match=r"^package truncated: header says 4096 bytes, file has 92 "
+                                           r"after the length field$"):
+        read_package(str(p))
+
+
+def test_check_against_model_accepts_float16_for_float32_weight(tmp_path):
+    pkg = read_package(write_pkg(tmp_path / "p.safetensors", kernel(1, np.float16), 1, FP))
+    P.check_against_model(pkg, SCHEMA)  # no exception
+
+
+def test_check_finite_names_first_bad_value():
+    t = np.zeros((1, 1, 3, 3), np.float32)
+    t.flat[5] = -np.inf
+    t.flat[7] = np.nan
+    with pytest.raises(PackageError) as ei:
+        P.check_finite({"conv.weight": t})
+    assert str(ei.value) == 'tensor "conv.weight" has 2 non-finite values (first: -Inf at flat index 5)'
+    assert ei.value.stage == "finite"
+
+
+@pytest.mark.parametrize("name, why", [
+    ("", "tensor name is empty"),
+    ("a" * 257, "is 257 bytes, limit 256"),
+    ("../x", "is path-like"),
+    ("/abs", "is path-like"),
+    ("a\\b", "is path-like"),
+    ("a/../b", "is path-like"),
+    ("tab\tname", "control character U+0009"),
+    ("bidi\u202ename", "control character U+202E"),
+])
+def test_tensor_name_rules(name, why):
+    assert why in P.check_tensor_name(name)
+
+
+@pytest.mark.parametrize("name", ["conv.weight", "features.0.weight", "onnx::Conv_24",
+                                  "model/conv2d/kernel:0", "\u00e9t\u00e9.w"])
+def test_tensor_names_accepted(name):
+    assert P.check_tensor_name(name) is None
+
+
+def test_write_package_refuses_what_read_refuses(tmp_path):
+    with pytest.raises(PackageError, match="path-like"):
+        write_pkg(tmp_path / "a.safetensors", {"../w": np.ones(3, np.float32)}, 1, FP)
+    with pytest.raises(PackageError, match="dtype float64 not accepted"):
+        write_pkg(tmp_path / "a.safetensors", {"w": np.ones(3)}, 1, FP)
+    with pytest.raises(PackageError, match="older than version 1"):
+        write_pkg(tmp_path / "a.safetensors", {"w": np.ones(3, np.float32)}, 1, FP, base=1)
+    with pytest.raises(PackageError, match="fingerprint"):
+        write_pkg(tmp_path / "a.safetensors", {"w": np.ones(3, np.float32)}, 1, "md5:x")
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_package_is_atomic_no_temp_left(tmp_path):
+    write_pkg(tmp_path / "p.safetensors", kernel(1), 1, FP)
+    assert os.listdir(tmp_path) == ["p.safetensors"]
+
+
+# ---- pack --------------------------------------------------------------------------------
+
+
+def test_pack_from_npz_with_name_map_and_conversion(tmp_path):
+    src = tmp_path / "train.npz"
+    np.savez(src, **{"features.0.weight": np.full((1, 1, 3, 3), 2.0, np.float64)})
+    pkg = P.pack(SCHEMA, str(src), 3, str(tmp_path / "out.safetensors"),
+                 name_map={"features.0.weight": "conv.weight"}, note="from npz")
+    assert pkg.version == 3 and pkg.model == FP and pkg.note == "from npz"
+    assert pkg.tensors["conv.weight"].dtype == np.float32
+    np.testing.assert_array_equal(pkg.tensors["conv.weight"], np.full((1, 1, 3, 3), 2.0))
+
+
+def test_pack_name_map_file_and_drop(tmp_path):
+    src = tmp_path / "train.npz"
+    np.savez(src, a=np.ones((1, 1, 3, 3), np.float32), num_batches=np.ones(1, np.float32))
+    nm = tmp_path / "map.json"
+    nm.write_text(json.dumps({"a": "conv.weight", "num_batches": None}))
+    pkg = P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"), name_map=str(nm))
+    assert pkg.names == ["conv.weight"]
+
+
+def test_pack_from_safetensors_bf16_source(tmp_path):
+    # bf16 1.5 is 0x3FC0; numpy has no bfloat16, so write the container by hand
+    data = struct.pack("<H", 0x3FC0) * 9
+    header = json.dumps({"conv.weight": {"dtype": "BF16", "shape": [1, 1, 3, 3],
+                                         "data_offsets": [0, 18]}}).encode()
+    header += b" " * (-len(header) % 8)
+    src = tmp_path / "bf16.safetensors"
+    src.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    pkg = P.pack(SCHEMA, str(src), 2, str(tmp_path / "o.safetensors"))
+    np.testing.assert_array_equal(pkg.tensors["conv.weight"], np.full((1, 1, 3, 3), 1.5, np.float32))
+
+
+def test_pack_partial_package_for_multi_weight_model(tmp_path):
+    src = tmp_path / "part.npz"
+    np.savez(src, w2=np.full(8, 3.0, np.float32))
+    pkg = P.pack(CHAIN, str(src), 5, str(tmp_path / "o.safetensors"), base=4)
+    assert pkg.names == ["w2"] and pkg.base == 4
+
+
+def test_pack_unknown_name_suggests_close_match(tmp_path):
+    src = tmp_path / "t.npz"
+    np.savez(src, **{"conv.weights": np.ones((1, 1, 3, 3), np.float32)})
+    with pytest.raises(PackageError) as ei:
+        P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"))
+    assert str(ei.value).startswith('source tensor "conv.weights" is not a refittable weight of '
+                                    'the model (did you mean "conv.weight"?); 1 unknown in all')
+    assert not (tmp_path / "o.safetensors").exists()
+    pkg = P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"),
+                 name_map={"conv.weights": "conv.weight"})
+    assert pkg.names == ["conv.weight"]
+
+
+def test_pack_ignore_unknown(tmp_path):
+    src = tmp_path / "t.npz"
+    np.savez(src, **{"conv.weight": np.ones((1, 1, 3, 3), np.float32), "bn.running_mean": np.ones(3)})
+    pkg = P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"), ignore_unknown=True)
+    assert pkg.names == ["conv.weight"]
+
+
+@pytest.mark.parametrize("arr, msg", [
+    (np.ones((3, 3), np.float32), 'source tensor "conv.weight": shape [3,3], model weight '
+                                  '"conv.weight" wants [1,1,3,3]'),
+    (np.ones((1, 1, 3, 3), np.int64), 'source tensor "conv.weight" is int64, model weight '
+                                      '"conv.weight" is float32'),
+    (np.full((1, 1, 3, 3), np.nan, np.float32), 'tensor "conv.weight" has 9 non-finite values'),
+    (np.full((1, 1, 3, 3), 1e300), 'tensor "conv.weight" has 9 non-finite values (first: +Inf'),
+])
+def test_pack_checks_shapes_dtypes_values(tmp_path, arr, msg):
+    src = tmp_path / "t.npz"
+    np.savez(src, **{"conv.weight": arr})
+    with pytest.raises(PackageError) as ei:
+        P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"))
+    assert str(ei.value).startswith(msg)
+
+
+def test_pack_pt_without_torch_is_a_clear_error(tmp_path):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torch is installed here; the no-torch message cannot be shown")
+    src = tmp_path / "model.pt"
+    src.write_bytes(b"PK\x03\x04")
+    with pytest.raises(PackageError) as ei:
+        P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"))
+    assert str(ei.value) == ("reading model.pt needs PyTorch, which is not installed here; "
+                             "convert the state_dict to .safetensors or .npz")
+
+
+def test_pack_pt_with_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "sd.pt"
+    torch.save({"conv.weight": torch.full((1, 1, 3, 3), 4.0)}, str(src))
+    pkg = P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"))
+    np.testing.assert_array_equal(pkg.tensors["conv.weight"], np.full((1, 1, 3, 3), 4.0))
+
+
+def test_pack_unknown_source_format(tmp_path):
+    src = tmp_path / "w.h5"
+    src.write_bytes(b"x")
+    with pytest.raises(PackageError, match=r"unknown format \(expected .safetensors, .npz or a PyTorch .pt\)"):
+        P.pack(SCHEMA, str(src), 1, str(tmp_path / "o.safetensors"))
+
+
+def test_pack_with_a_real_engine(engine, tmp_path):
+    src = tmp_path / "t.npz"
+    np.savez(src, **{"conv.weight": np.full((1, 1, 3, 3), 2.0, np.float32)})
+    pkg = P.pack(engine, str(src), 2, str(tmp_path / "o.safetensors"))
+    assert pkg.model == engine.fingerprint
+    P.check_against_model(pkg, engine)
