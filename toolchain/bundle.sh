@@ -36,10 +36,16 @@ mkdir -p "$STAGE/wheels" "$WORK/wheel" dist
 # 1. the refitd wheel, librefit cross-built by zig (glibc floor GLIBC_MAX)
 t0=$(now)
 echo "bundle: building the refitd wheel ($ARCH, zig cc, glibc $GLIBC_MAX)" >&2
-REFIT_GLIBC=$GLIBC_MAX "$PY" -m pip wheel . --no-deps -q -w "$WORK/wheel" \
+# From a snapshot of the sources (others may be editing the tree while this runs).
+SRC=$WORK/src
+rm -rf "$SRC" && mkdir -p "$SRC"
+tar -cf - --exclude=./build --exclude=./dist --exclude=./.cache --exclude=./.venv --exclude=./.git \
+  --exclude='__pycache__' --exclude='*.so' . | tar -xf - -C "$SRC"
+[ -f "$SRC/README.md" ] || echo "# refitd" >"$SRC/README.md"   # pyproject's readme, if not written yet
+REFIT_GLIBC=$GLIBC_MAX "$PY" -m pip wheel "$SRC" --no-deps -q -w "$WORK/wheel" \
   -C cmake.define.CMAKE_TOOLCHAIN_FILE="$PWD/toolchain/zig-$ARCH.cmake" \
   -C cmake.define.REFIT_BUILD_TESTS=OFF \
-  -C build-dir="build/wheel-$ARCH"
+  -C build-dir="$PWD/build/wheel-$ARCH"
 host_wheel=$(ls -t "$WORK"/wheel/refitd-"$VERSION"-*.whl | head -1)
 refitd_wheel=$("$PY" toolchain/retag_wheel.py "$host_wheel" --arch "$ARCH" --glibc "$GLIBC_MAX" -o "$STAGE/wheels")
 cp -f "$refitd_wheel" dist/

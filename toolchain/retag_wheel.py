@@ -63,7 +63,8 @@ def retag(wheel: str, arch: str, glibc: str, outdir: str) -> str:
         print(f"retag_wheel: {name}: {arch}, highest GLIBC_{top}", file=sys.stderr)
     distinfo = next(n.split("/")[0] for n in contents if n.split("/")[0].endswith(".dist-info"))
     wheel_meta = contents[f"{distinfo}/WHEEL"].decode()
-    lines = [ln for ln in wheel_meta.splitlines() if not ln.startswith(("Tag:", "Root-Is-Purelib:"))]
+    lines = [ln for ln in wheel_meta.splitlines()
+             if ln.strip() and not ln.startswith(("Tag:", "Root-Is-Purelib:"))]
     lines.append("Root-Is-Purelib: false")
     for p in plat.split("."):
         lines.append(f"Tag: py3-none-{p}")
