@@ -1,0 +1,151 @@
+"""The control socket: JSON lines server + client, socket permissions, stale/live sockets."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+
+import pytest
+
+from daemon_helpers import rmtree, short_dir
+
+from refitd.control import (AlreadyRunning, ControlError, ControlServer, DaemonUnreachable,
+                            bind_unix_socket, call)
+from refitd.log import Events
+
+
+@pytest.fixture
+def sdir():
+    d = short_dir()
+    yield d
+    rmtree(d)
+
+
+def _server(sdir, handlers=None, mode=0o660):
+    path = os.path.join(sdir, "c.sock")
+    h = {"ping": lambda req: {"pong": True},
+         "echo": lambda req: {"got": req.get("x")},
+         "fail": lambda req: (_ for _ in ()).throw(ControlError("version 7 is not in the store")),
+         "bug": lambda req: 1 / 0}
+    h.update(handlers or {})
+    srv = ControlServer(path, mode, h, Events(stream=open(os.devnull, "w")))
+    srv.start()
+    return srv, path
+
+
+def test_request_response_and_mode(sdir):
+    srv, path = _server(sdir)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        assert call(path, {"cmd": "ping"}) == {"ok": True, "pong": True}
+        assert call(path, {"cmd": "echo", "x": [1, "a"]}) == {"ok": True, "got": [1, "a"]}
+    finally:
+        srv.stop()
+    assert not os.path.exists(path)  # removed on stop
+
+
+def test_mode_is_configurable(sdir):
+    srv, path = _server(sdir, mode=0o600)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        srv.stop()
+
+
+def test_errors_are_one_line_responses_and_server_survives(sdir):
+    srv, path = _server(sdir)
+    try:
+        r = call(path, {"cmd": "fail"})
+        assert r == {"ok": False, "error": "version 7 is not in the store"}
+        r = call(path, {"cmd": "bug"})
+        assert r["ok"] is False and r["error"].startswith("internal error in bug: ZeroDivisionError")
+        r = call(path, {"cmd": "nope"})
+        assert r["ok"] is False and "unknown command 'nope'" in r["error"] and "ping" in r["error"]
+        r = call(path, {"x": 1})
+        assert r == {"ok": False, "error": 'a request is a JSON object with "cmd"'}
+        assert call(path, {"cmd": "ping"})["ok"] is True
+    finally:
+        srv.stop()
+
+
+def test_several_requests_on_one_connection_and_bad_json(sdir):
+    srv, path = _server(sdir)
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(path)
+        f = s.makefile("rb")
+        s.sendall(b'{"cmd": "ping"}\n\n{not json}\n{"cmd": "echo", "x": 5}\n')
+        replies = [json.loads(f.readline()) for _ in range(3)]
+        assert replies[0] == {"ok": True, "pong": True}
+        assert replies[1]["ok"] is False and replies[1]["error"].startswith("request is not JSON")
+        assert replies[2] == {"ok": True, "got": 5}
+        s.close()
+    finally:
+        srv.stop()
+
+
+def test_concurrent_clients(sdir):
+    srv, path = _server(sdir)
+    errors = []
+
+    def client(i):
+        try:
+            for j in range(20):
+                assert call(path, {"cmd": "echo", "x": i * 100 + j})["got"] == i * 100 + j
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+
+    try:
+        ts = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert errors == []
+    finally:
+        srv.stop()
+
+
+def test_unreachable_messages(sdir):
+    path = os.path.join(sdir, "c.sock")
+    with pytest.raises(DaemonUnreachable) as ei:
+        call(path, {"cmd": "status"})
+    assert str(ei.value) == "cannot reach the daemon at %s: no such socket (is refitd running?)" % path
+    # a stale socket file: nobody listening
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+    with pytest.raises(DaemonUnreachable) as ei:
+        call(path, {"cmd": "status"})
+    assert str(ei.value) == "cannot reach the daemon at %s: connection refused (is refitd running?)" % path
+
+
+def test_stale_socket_is_replaced_live_one_refused(sdir):
+    path = os.path.join(sdir, "c.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()  # stale file left behind, as after kill -9
+    srv, _ = _server(sdir)
+    try:
+        assert call(path, {"cmd": "ping"})["ok"]
+        with pytest.raises(AlreadyRunning):
+            bind_unix_socket(path, 0o660)
+        assert call(path, {"cmd": "ping"})["ok"]  # the live one is untouched
+    finally:
+        srv.stop()
+
+
+def test_stop_does_not_remove_a_successors_socket(sdir):
+    srv, path = _server(sdir)
+    # simulate a successor that took over the path (the old one was wedged)
+    os.unlink(path)
+    other = bind_unix_socket(path, 0o660)
+    try:
+        srv.stop()
+        assert os.path.exists(path)
+    finally:
+        other.close()
