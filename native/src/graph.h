@@ -42,6 +42,20 @@ typedef struct rt_value {
     int output_index;     /* >= 0 if this value is graph output #output_index, else -1 */
     void *data;           /* CONST: owned data (float for RT_F32, int64_t for RT_I64); else NULL */
 } rt_value;
+/* Loader notes (onnx.c, see docs/onnx-loader.md):
+ * - A WEIGHT is always dtype RT_F32 whatever the initializer's declared type (float16/float64/
+ *   bfloat16 data is converted when loaded; the declared type is not kept). Integer initializers
+ *   are never weights: they are CONST (RT_I64) structure (shapes, axes, indices).
+ * - CONST values are RT_F32 or RT_I64. Nodes that compute at run time only ever read RT_F32 values
+ *   (the loader refuses int data flowing into them), so a backend may treat any input as float.
+ * - 1-D Conv/MaxPool/AveragePool keep their 3-D [N, C, L] shapes (weights [M, C/g, k]); their
+ *   attrs are the 2-D ones with H of size 1: kernel[0] = strides[0] = dilations[0] = 1 and
+ *   pads[0] = pads[2] = 0. A backend treats ndim 3 as [N, C, 1, L].
+ * - RT_OP_RESHAPE / RT_OP_FLATTEN have exactly one input (the data); the output value's shape is
+ *   the target. Squeeze/Unsqueeze of run-time data become RT_OP_RESHAPE; pre-13 Softmax with
+ *   axis < ndim-1 becomes RESHAPE -> SOFTMAX(axis 1 of 2-D) -> RESHAPE.
+ * - Identity(weight) (PyTorch's tied-weight alias) is a separate WEIGHT under the Identity's
+ *   output name, with a copy of the source's initial data. */
 
 typedef enum rt_op {
     RT_OP_CONV,
