@@ -351,6 +351,7 @@ class Pipeline:
                               previous)
                 self.events.emit("update.rollback_failed", version=to, source=source,
                                  stage=out.stage, reason=out.reason)
+                self.last = out
                 return out
             self.window.disarm()
             try:

@@ -500,12 +500,14 @@ class Store:
             if v in self._manifests:
                 raise StoreError("version %d is already in the store" % v)
             written: List[str] = []
+            made: List[str] = []
             try:
                 dirs: Set[str] = set()
                 for sha, arr in pending.new_blobs.items():
                     d = self._p("blobs", sha[:2])
                     if not os.path.isdir(d):
-                        os.makedirs(d, exist_ok=True)
+                        os.mkdir(d)
+                        made.append(d)
                         self._fsync_dir(self._p("blobs"))
                     dest = self._blob_path(sha)
                     self._write_atomic(dest, [_as_bytes_view(arr)], sync_dir=False)
@@ -515,9 +517,15 @@ class Store:
                     self._fsync_dir(d)
                 self._write_json(self._p("versions", "%d.json" % v), pending.manifest)
             except OSError as e:
+                # leave the store as it was: no blob, no manifest, no new directory
                 for p in written:
                     self._unlink(p)
                 self._unlink(self._p("versions", "%d.json" % v))
+                for d in made:
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
                 raise StoreError("cannot write version %d to the store: %s"
                                  % (v, e.strerror or e)) from None
             self._manifests[v] = pending.manifest
