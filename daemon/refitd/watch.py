@@ -22,7 +22,6 @@ import time
 from typing import Any, Callable, Optional
 
 from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
 
 __all__ = ["DropWatcher", "takeable"]
 
@@ -54,8 +53,20 @@ class _Handler(FileSystemEventHandler):
             self._offer(event.src_path)
 
     def on_moved(self, event) -> None:  # renamed into the directory (or within it)
-        if not event.is_directory:
+        if not event.is_directory and event.dest_path:
             self._offer(event.dest_path)
+
+
+def _make_observer():
+    """inotify with "full events": a rename into the directory from elsewhere is reported as a
+    move (with an empty source), not as a creation, so it can be told apart from a file that is
+    still being written (which is taken at IN_CLOSE_WRITE)."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+        return InotifyObserver(generate_full_events=True)
+    except (ImportError, TypeError):  # not Linux, or a watchdog without full events
+        from watchdog.observers import Observer
+        return Observer()
 
 
 class DropWatcher:
@@ -75,7 +86,7 @@ class DropWatcher:
     def start(self) -> None:
         for d in (self.path, os.path.join(self.path, APPLIED), os.path.join(self.path, REJECTED)):
             os.makedirs(d, exist_ok=True)
-        self._observer = Observer()
+        self._observer = _make_observer()
         self._observer.schedule(_Handler(self), self.path, recursive=False)
         self._observer.daemon = True
         self._observer.start()

@@ -1,0 +1,187 @@
+"""The file-drop channel on a real engine, store and pipeline: complete files only, temp names
+ignored, applied/ and rejected/ with reasons, a scan for files dropped while down, and a
+rejected file never touching the store."""
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+
+from daemon_helpers import DEMO_MODEL, seed_package, tree_hash, wait_until
+
+from refitd.engine import Engine
+from refitd.log import Events
+from refitd.pipeline import Pipeline
+from refitd.store import Store
+from refitd.watch import DropWatcher, takeable
+
+
+class Setup:
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.engine = Engine.open(DEMO_MODEL, backend="reference")
+        self.store = Store(str(tmp_path / "store"), keep=5)
+        self.log = io.StringIO()
+        self.events = Events(fmt="json", stream=self.log)
+        self.pipeline = Pipeline(self.engine, self.store, None, self.events)
+        self.pipeline.start()
+        self.fp = self.engine.fingerprint
+        self.drop = str(tmp_path / "in")
+        self.outcomes = []
+        self.watcher = None
+
+    def start(self):
+        self.watcher = DropWatcher(self.drop, self.pipeline, self.events,
+                                   on_outcome=lambda name, o: self.outcomes.append((name, o)))
+        self.watcher.start()
+        return self.watcher
+
+    def y(self):
+        return self.engine.infer({"x": np.ones((1, 1, 3, 3), np.float32)})
+
+    def close(self):
+        if self.watcher:
+            self.watcher.stop()
+        self.store.close()
+        self.engine.close()
+
+
+@pytest.fixture
+def s(tmp_path):
+    st = Setup(tmp_path)
+    yield st
+    st.close()
+
+
+def _files(d):
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def test_takeable_names():
+    assert takeable("w.safetensors") and takeable("v3")
+    for name in (".w.safetensors", "w.safetensors.part", "w.tmp", "w.safetensors.sig", "w.reason", ""):
+        assert not takeable(name), name
+
+
+def test_rename_in_is_applied(s, tmp_path):
+    s.start()
+    outside = str(tmp_path / "pkg.safetensors")
+    seed_package(outside, 2, 1, s.fp)
+    os.rename(outside, os.path.join(s.drop, "v1.safetensors"))
+    wait_until(lambda: "v1.safetensors" in _files(os.path.join(s.drop, "applied")), what="applied")
+    outs, v = s.y()
+    assert v == 1 and outs["y"].item() == 18.0
+    reason = open(os.path.join(s.drop, "applied", "v1.safetensors.reason")).read()
+    assert reason.startswith("applied as version 1 in ")
+    assert s.store.current() == 1
+    assert _files(s.drop) == ["applied", "rejected"]
+
+
+def test_file_taken_only_when_closed(s, tmp_path):
+    s.start()
+    src = str(tmp_path / "pkg.safetensors")
+    seed_package(src, 3, 1, s.fp)
+    data = open(src, "rb").read()
+    dest = os.path.join(s.drop, "slow.safetensors")
+    with open(dest, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(0.6)  # a slow writer: half a package sits there, open
+        assert s.outcomes == [] and os.path.exists(dest)
+        assert s.store.current() == 0
+        f.write(data[len(data) // 2:])
+    wait_until(lambda: s.outcomes, what="outcome")
+    name, o = s.outcomes[0]
+    assert name == "slow.safetensors" and o.ok, o
+    assert s.y()[1] == 1
+
+
+def test_temp_and_hidden_names_ignored_until_renamed(s, tmp_path):
+    s.start()
+    part = os.path.join(s.drop, "v1.safetensors.part")
+    hidden = os.path.join(s.drop, ".v2.safetensors")
+    seed_package(str(tmp_path / "a"), 1, 1, s.fp)
+    seed_package(str(tmp_path / "b"), 2, 2, s.fp)
+    os.rename(str(tmp_path / "a"), part)
+    os.rename(str(tmp_path / "b"), hidden)
+    time.sleep(0.5)
+    assert s.outcomes == [] and os.path.exists(part) and os.path.exists(hidden)
+    os.rename(part, os.path.join(s.drop, "v1.safetensors"))
+    wait_until(lambda: len(s.outcomes) == 1, what="v1")
+    os.rename(hidden, os.path.join(s.drop, "v2.safetensors"))
+    wait_until(lambda: len(s.outcomes) == 2, what="v2")
+    assert [o.ok for _, o in s.outcomes] == [True, True]
+    assert s.y()[1] == 2
+
+
+def test_rejected_file_never_touches_the_store(s, tmp_path):
+    seed_package(str(tmp_path / "good"), 1, 1, s.fp)
+    os.rename(str(tmp_path / "good"), os.path.join(tmp_path, "good.safetensors"))
+    s.start()
+    before = tree_hash(s.store.path)
+    bad = {
+        "garbage.safetensors": b"this is not a safetensors file",
+        "empty.safetensors": b"",
+        "truncated.safetensors": open(str(tmp_path / "good.safetensors"), "rb").read()[:40],
+    }
+    for name, data in bad.items():
+        tmp = os.path.join(s.drop, "." + name)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, os.path.join(s.drop, name))
+    # wrong model fingerprint, NaN weights, and a version that is not newer
+    seed_package(os.path.join(s.drop, "wrongmodel.safetensors"), 1, 5, "sha256:" + "0" * 64)
+    from refitd.package import write_package
+    write_package(os.path.join(s.drop, "nan.safetensors"),
+                  {"conv.weight": np.full((1, 1, 3, 3), np.nan, np.float32)}, version=6, model=s.fp)
+    seed_package(os.path.join(s.drop, "old.safetensors"), 1, 0, s.fp)
+    wait_until(lambda: len(s.outcomes) == 6, timeout=20, what="6 outcomes")
+    assert all(not o.ok for _, o in s.outcomes), s.outcomes
+    assert tree_hash(s.store.path) == before
+    rej = os.path.join(s.drop, "rejected")
+    reasons = {}
+    for name in list(bad) + ["wrongmodel.safetensors", "nan.safetensors", "old.safetensors"]:
+        assert os.path.exists(os.path.join(rej, name)), name
+        reasons[name] = open(os.path.join(rej, name + ".reason")).read().strip()
+        assert reasons[name].startswith("rejected at "), reasons[name]
+    assert len(set(reasons.values())) == len(reasons)  # each its own specific reason
+    assert s.y()[1] == 0 and s.store.current() == 0
+
+
+def test_scan_on_start_takes_files_dropped_while_down(s):
+    os.makedirs(s.drop)
+    seed_package(os.path.join(s.drop, "a.safetensors"), 1, 1, s.fp)
+    seed_package(os.path.join(s.drop, "b.safetensors"), 2, 2, s.fp)
+    with open(os.path.join(s.drop, "c.part"), "wb") as f:
+        f.write(b"half")
+    s.start()
+    wait_until(lambda: len(s.outcomes) == 2, what="2 outcomes")
+    assert all(o.ok for _, o in s.outcomes)
+    assert s.y()[1] == 2
+    assert os.path.exists(os.path.join(s.drop, "c.part"))
+
+
+def test_same_name_twice_keeps_both_in_applied(s, tmp_path):
+    s.start()
+    for v in (1, 2):
+        seed_package(str(tmp_path / "p"), v, v, s.fp)
+        os.rename(str(tmp_path / "p"), os.path.join(s.drop, "weights.safetensors"))
+        wait_until(lambda v=v: len(s.outcomes) == v, what="outcome %d" % v)
+    applied = _files(os.path.join(s.drop, "applied"))
+    assert "weights.safetensors" in applied and "weights.safetensors.1" in applied
+    assert s.y()[1] == 2
+
+
+def test_signature_travels_with_its_package(s, tmp_path):
+    s.start()
+    sig = os.path.join(s.drop, "v1.safetensors.sig")
+    with open(sig, "wb") as f:
+        f.write(b"signature bytes")
+    seed_package(str(tmp_path / "p"), 1, 1, s.fp)
+    os.rename(str(tmp_path / "p"), os.path.join(s.drop, "v1.safetensors"))
+    wait_until(lambda: s.outcomes, what="outcome")
+    assert os.path.exists(os.path.join(s.drop, "applied", "v1.safetensors.sig"))
+    assert not os.path.exists(sig)
