@@ -71,7 +71,7 @@ MAX_HEADER_BYTES = 16 << 20  # safetensors' own reader caps the header at 100 MB
 MAX_NAME_BYTES = 256
 MAX_NDIM = 8
 MAX_NOTE_BYTES = 4096
-MAX_META_VALUE_BYTES = 4096
+MAX_META_VALUE_BYTES = 16384
 MAX_VERSION = (1 << 63) - 1
 SIGNATURE_SUFFIX = ".sig"
 
@@ -219,8 +219,9 @@ def _int(value: Any) -> bool:
 
 def _parse_container(
     data: bytes, dtypes: Mapping[str, np.dtype], what: str = "package"
-) -> Tuple[Dict[str, str], Dict[str, np.ndarray]]:
-    """Parses safetensors bytes without trusting them. Returns (metadata, tensors)."""
+) -> Tuple[Optional[Dict[str, str]], Dict[str, np.ndarray]]:
+    """Parses safetensors bytes without trusting them. Returns (metadata or None if the header
+    has no ``__metadata__``, tensors)."""
     size = len(data)
     if size == 0:
         raise PackageError("%s is empty (0 bytes)" % what)
@@ -229,9 +230,9 @@ def _parse_container(
             "%s truncated: %d bytes, shorter than the 8-byte header length" % (what, size)
         )
     (hlen,) = struct.unpack_from("<Q", data, 0)
-    first = data[8:9]
-    if size > 8 and first != b"{" and not (first in (b" ", b"\t", b"\n", b"\r") and
-                               bytes(data[8 : 8 + min(hlen, 64)]).lstrip()[:1] == b"{"):
+    # A JSON header starts with '{' (or, malformed but still JSON, '['), maybe after spaces.
+    lead = bytes(data[8 : 8 + max(1, min(hlen, 64))]).lstrip(b" \t\r\n")[:1]
+    if size > 8 and lead not in (b"{", b"["):
         raise PackageError(
             "%s is not safetensors: no JSON header after the 8-byte length%s"
             % (what, _sniff(data))
@@ -271,8 +272,9 @@ def _parse_container(
         raise PackageError("%s header names tensor %s twice" % (what, _show(dup)))
 
     meta_raw = header.pop("__metadata__", None)
-    metadata: Dict[str, str] = {}
+    metadata: Optional[Dict[str, str]] = None
     if meta_raw is not None:
+        metadata = {}
         if not isinstance(meta_raw, dict):
             raise PackageError(
                 "%s __metadata__ is a JSON %s, not an object" % (what, type(meta_raw).__name__)
@@ -438,6 +440,8 @@ def _meta_int(metadata: Mapping[str, str], key: str, required: bool) -> Optional
 def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
     """Parses and checks a package held in memory (see the module docstring)."""
     metadata, tensors = _parse_container(data, _PACKAGE_DTYPES)
+    if metadata is None:
+        raise PackageError("package has no __metadata__ (refit.version and refit.model are required)")
     version = _meta_int(metadata, "refit.version", True)
     base = _meta_int(metadata, "refit.base", False)
     model = metadata.get("refit.model")
