@@ -48,9 +48,11 @@ typedef struct rt_value {
  *   are never weights: they are CONST (RT_I64) structure (shapes, axes, indices).
  * - CONST values are RT_F32 or RT_I64. Nodes that compute at run time only ever read RT_F32 values
  *   (the loader refuses int data flowing into them), so a backend may treat any input as float.
- * - 1-D Conv/MaxPool/AveragePool keep their 3-D [N, C, L] shapes (weights [M, C/g, k]); their
- *   attrs are the 2-D ones with H of size 1: kernel[0] = strides[0] = dilations[0] = 1 and
- *   pads[0] = pads[2] = 0. A backend treats ndim 3 as [N, C, 1, L].
+ * - 1-D Conv/MaxPool/AveragePool are promoted to 2-D: the loader reshapes the input [N, C, L]
+ *   (and a Conv weight [M, C/g, k]) to [N, C, 1, L] ([M, C/g, 1, k]) with RT_OP_RESHAPE nodes,
+ *   runs the op on 4-D values (kernel[0] = strides[0] = dilations[0] = 1, pads[0] = pads[2] = 0)
+ *   and reshapes its output back; the weight value itself keeps its 3-D shape for refit. So
+ *   backends only ever see 4-D Conv/pool nodes.
  * - RT_OP_RESHAPE / RT_OP_FLATTEN have exactly one input (the data); the output value's shape is
  *   the target. Squeeze/Unsqueeze of run-time data become RT_OP_RESHAPE; pre-13 Softmax with
  *   axis < ndim-1 becomes RESHAPE -> SOFTMAX(axis 1 of 2-D) -> RESHAPE.

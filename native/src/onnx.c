@@ -2000,6 +2000,50 @@ static int spatial_geom(loader *L, const ox_node *n, const rt_shape *x, const in
     return 0;
 }
 
+/* 1-D Conv/pools are promoted to 2-D for the backends: the input [N, C, L] and the weight
+ * [M, C/g, k] go through an RT_OP_RESHAPE to [N, C, 1, L] / [M, C/g, 1, k] (folded for a CONST;
+ * backends alias reshapes, so this costs no copy), the op runs 4-D, and a final RT_OP_RESHAPE
+ * gives the model's 3-D output value. The weight keeps its 3-D shape for refit. */
+static int to_4d(loader *L, const ox_node *n, int src, const char *tag, int *out)
+{
+    rt_shape s = L->vals[src].shape;
+    s.ndim = 4;
+    s.d[3] = s.d[2];
+    s.d[2] = 1;
+    size_t ln = strlen(n->name) + strlen(tag) + 16;
+    char *vn = aalloc(L, ln), *nn = aalloc(L, ln);
+    if (!vn || !nn)
+        return NOMEM(L);
+    snprintf(vn, ln, "%s::refit_%s4d", n->name, tag);
+    snprintf(nn, ln, "%s::reshape_%s", n->name, tag);
+    int rc = is_kind(L, src, RT_VAL_CONST) ? const_copy(L, n, src, &s, vn)
+                                            : emit_named(L, n, nn, RT_OP_RESHAPE, &src, 1, &s, NULL, vn);
+    *out = L->n_vals - 1;
+    return rc;
+}
+
+/* Emits `op` 4-D for a 1-D node (see to_4d): ins[0] (and ins[1] for Conv) are reshaped first. */
+static int emit_1d_as_2d(loader *L, const ox_node *n, rt_op op, const int *ins, int nin,
+                         const rt_shape *o3, const rt_attrs *a)
+{
+    int v[3] = {ins[0], nin > 1 ? ins[1] : -1, nin > 2 ? ins[2] : -1}, rc;
+    if ((rc = to_4d(L, n, ins[0], "x", &v[0])))
+        return rc;
+    if (op == RT_OP_CONV && (rc = to_4d(L, n, ins[1], "w", &v[1])))
+        return rc;
+    rt_shape o4 = {4, {o3->d[0], o3->d[1], 1, o3->d[2]}};
+    size_t ln = strlen(n->out[0]) + 16, lnn = strlen(n->name) + 24;
+    char *vn = aalloc(L, ln), *nn = aalloc(L, lnn);
+    if (!vn || !nn)
+        return NOMEM(L);
+    snprintf(vn, ln, "%s::refit_4d", n->out[0]);
+    if ((rc = emit_named(L, n, n->name, op, v, nin, &o4, a, vn)))
+        return rc;
+    int y4 = L->n_vals - 1;
+    snprintf(nn, lnn, "%s::reshape_out", n->name);
+    return emit_named(L, n, nn, RT_OP_RESHAPE, &y4, 1, o3, NULL, n->out[0]);
+}
+
 static int op_conv(loader *L, const ox_node *n, const int *vin, int nin)
 {
     int rc;
@@ -2037,6 +2081,8 @@ static int op_conv(loader *L, const ox_node *n, const int *vin, int nin)
     o.d[0] = x->d[0];
     o.d[1] = M;
     int ins[3] = {vin[0], vin[1], has_b ? vin[2] : -1};
+    if (x->ndim == 3)
+        return emit_1d_as_2d(L, n, RT_OP_CONV, ins, has_b ? 3 : 2, &o, &a);
     return emit(L, n, RT_OP_CONV, ins, has_b ? 3 : 2, &o, &a);
 }
 
@@ -2063,6 +2109,8 @@ static int op_pool(loader *L, const ox_node *n, const int *vin, int nin, rt_op o
         return rc;
     o.d[0] = x->d[0];
     o.d[1] = x->d[1];
+    if (x->ndim == 3)
+        return emit_1d_as_2d(L, n, op, vin, 1, &o, &a);
     return emit(L, n, op, vin, 1, &o, &a);
 }
 

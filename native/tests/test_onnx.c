@@ -544,12 +544,24 @@ static void test_shapes(void)
     if (g) {
         CHECK(validate(g) == 0, "invariants");
         const rt_node *a = nfind(g, "c1d"), *b = nfind(g, "c1d_dil"), *p = nfind(g, "p1d");
-        CHECK(a && a->a.group == 2 && a->a.kernel[0] == 1 && a->a.kernel[1] == 3 && a->a.strides[0] == 1 &&
-                  a->a.strides[1] == 2 && a->a.pads[0] == 0 && a->a.pads[1] == 1 && a->a.pads[3] == 1 &&
-                  SHAPE(&g->values[a->out].shape, 3, D(1), D(6), D(5)), "1-D conv promoted (SAME_UPPER)");
+        CHECK(a && a->op == RT_OP_CONV && a->a.group == 2 && a->a.kernel[0] == 1 && a->a.kernel[1] == 3 &&
+                  a->a.strides[0] == 1 && a->a.strides[1] == 2 && a->a.pads[0] == 0 && a->a.pads[1] == 1 &&
+                  a->a.pads[3] == 1 && SHAPE(&g->values[a->out].shape, 4, D(1), D(6), D(1), D(5)),
+              "1-D conv promoted to 2-D (SAME_UPPER)");
+        CHECK(a && SHAPE(&g->values[a->in[0]].shape, 4, D(1), D(4), D(1), D(9)) &&
+                  SHAPE(&g->values[a->in[1]].shape, 4, D(6), D(2), D(1), D(3)), "4-D views of x and w");
+        int w = vfind(g, "w");
+        CHECK(w >= 0 && g->values[w].kind == RT_VAL_WEIGHT && SHAPE(&g->values[w].shape, 3, D(6), D(2), D(3)),
+              "the weight keeps its 3-D shape");
+        const rt_node *rw = nfind(g, "c1d::reshape_w");
+        CHECK(rw && rw->op == RT_OP_RESHAPE && rw->in[0] == w && a && rw->out == a->in[1], "weight reshape node");
+        const rt_node *ro = nfind(g, "c1d::reshape_out");
+        CHECK(ro && a && ro->in[0] == a->out && !strcmp(g->values[ro->out].name, "y") &&
+                  SHAPE(&g->values[ro->out].shape, 3, D(1), D(6), D(5)), "output reshaped back to 3-D");
         CHECK(b && b->a.dilations[1] == 2 && b->a.dilations[0] == 1 && b->a.pads[1] == 2 && b->a.pads[3] == 1 &&
-                  SHAPE(&g->values[b->out].shape, 3, D(1), D(3), D(4)) && b->n_in == 3, "dilated 1-D conv");
-        CHECK(p && SHAPE(&g->values[p->out].shape, 3, D(1), D(3), D(2)), "1-D pool");
+                  SHAPE(&g->values[b->out].shape, 4, D(1), D(3), D(1), D(4)) && b->n_in == 3, "dilated 1-D conv");
+        CHECK(p && p->op == RT_OP_MAXPOOL && SHAPE(&g->values[p->out].shape, 4, D(1), D(3), D(1), D(2)) &&
+                  SHAPE(&g->values[g->outputs[0]].shape, 3, D(1), D(3), D(2)), "1-D pool");
         rt_graph_destroy(g);
     }
     g = load("concat_leaky");
