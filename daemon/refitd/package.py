@@ -406,6 +406,7 @@ def _parse_container(
     for begin, end, name, dt, shape in sorted(entries, key=lambda e: e[2]):
         arr = np.frombuffer(data, dtype=dtypes[dt], count=(end - begin) // dtypes[dt].itemsize,
                             offset=data_start + begin)
+        arr.flags.writeable = False  # views of the checked bytes (a bytearray when read from disk)
         tensors[name] = arr.reshape(shape)
     return metadata, tensors
 
@@ -472,7 +473,7 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
     )
 
 
-def _read_capped(path: str, max_bytes: int, what: str = "package") -> bytes:
+def _read_capped(path: str, max_bytes: int, what: str = "package") -> bytearray:
     try:
         fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -502,7 +503,7 @@ def _read_capped(path: str, max_bytes: int, what: str = "package") -> bytes:
                 stage="size",
             )
         del buf[got:]
-        return bytes(buf)
+        return buf  # no second copy; the arrays built over it are made read-only
     except OSError as e:
         raise PackageError("cannot read %s %s: %s" % (what, path, e.strerror), stage="size") from None
     finally:

@@ -1,0 +1,103 @@
+"""Apply latency, package file -> serving, for 1, 16 and 64 MB packages, next to the time of
+sha256 + memcpy of the same bytes (the floor any verified copy pays).
+
+Model: y = x + w with one float32 weight w of the package's size. Each sample writes a full
+package for the next version (not timed), then times ``Pipeline.apply(path)``: read under the
+size cap, parse and check, finite check, sha256, engine stage (copy), a shadow check (finite),
+store write (blob + manifest, fsync each, renames, directory fsyncs), commit, publish. The page
+cache holds the package (as it does right after a file drop). Prints one JSON object.
+
+    python bench/pipeline.py [--sizes 1,16,64] [--repeat 5]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "daemon"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def baseline(data: bytes, repeat: int) -> dict:
+    """sha256 of the bytes, and a memcpy of them into a preallocated buffer."""
+    src = np.frombuffer(data, dtype=np.uint8)
+    dst = np.empty_like(src)
+    sha, cp = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        hashlib.sha256(data).digest()
+        sha.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        cp.append(time.perf_counter() - t)
+    return {"sha256_ms": 1e3 * statistics.median(sha), "memcpy_ms": 1e3 * statistics.median(cp)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1,16,64", help="package sizes in MiB")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--store-dir", default=None, help="where the store lives (default: a temp dir)")
+    args = ap.parse_args()
+
+    from conftest import add_chain_model
+    from refitd.engine import Engine
+    from refitd.package import write_package
+    from refitd.pipeline import Pipeline
+    from refitd.store import Store
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="refitd-bench-pipe-", dir=args.store_dir) as tmp:
+        for mib in (float(s) for s in args.sizes.split(",")):
+            n = int(mib * (1 << 20)) // 4
+            model = add_chain_model(os.path.join(tmp, "m%g.onnx" % mib), n=1, size=n)
+            rng = np.random.default_rng(1)
+            with Engine.open(str(model)) as eng, \
+                    Store(os.path.join(tmp, "store%g" % mib), keep=2) as st:
+                p = Pipeline(eng, st, None, None, checks=[{"type": "finite"}],
+                             max_package_bytes=int(mib * (1 << 20)) + (1 << 20))
+                p.start()
+                times, pkg_bytes = [], 0
+                for v in range(1, args.repeat + 1):
+                    w = rng.standard_normal(n).astype(np.float32)
+                    path = write_package(os.path.join(tmp, "p.safetensors"), {"w0": w}, v,
+                                         eng.fingerprint)
+                    pkg_bytes = os.path.getsize(path)
+                    t = time.perf_counter()
+                    out = p.apply(path)
+                    dt = time.perf_counter() - t
+                    assert out.ok, out
+                    got, version = eng.infer({"x": np.zeros(n, np.float32)})
+                    assert version == v and np.array_equal(got["y"], w)
+                    times.append(dt)
+                with open(path, "rb") as f:
+                    data = f.read()
+                base = baseline(data, args.repeat)
+            results.append({
+                "package_mib": mib,
+                "package_bytes": pkg_bytes,
+                "apply_ms_median": round(1e3 * statistics.median(times), 2),
+                "apply_ms_min": round(1e3 * min(times), 2),
+                "apply_ms_max": round(1e3 * max(times), 2),
+                "sha256_ms": round(base["sha256_ms"], 2),
+                "memcpy_ms": round(base["memcpy_ms"], 2),
+                "sha256_plus_memcpy_ms": round(base["sha256_ms"] + base["memcpy_ms"], 2),
+                "apply_over_sha256_memcpy": round(
+                    statistics.median(times) * 1e3 / (base["sha256_ms"] + base["memcpy_ms"]), 2),
+            })
+    print(json.dumps({"bench": "pipeline-apply", "repeat": args.repeat,
+                      "durable_store": True, "shadow_check": "finite",
+                      "sizes": results}))
+
+
+if __name__ == "__main__":
+    main()
