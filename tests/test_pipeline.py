@@ -560,3 +560,17 @@ def test_kill_9_during_apply_restarts_on_a_committed_verified_version(conv_model
                 assert not [f for f in files if f.startswith(".tmp-")]
             served.append(v)
     assert served == sorted(served) and served[-1] > 0
+
+
+def test_reconfigure_swaps_checks_cap_and_window(engine, store, tmp_path):
+    p = Pipeline(engine, store, None, None)
+    p.start()
+    with pytest.raises(HealthError):
+        p.reconfigure({"health": {"checks": [{"type": "range"}]}})  # bad: nothing changes
+    assert len(p.health) == 0
+    p.reconfigure({"store": {"max_package_bytes": 1 << 20}, "health": {
+        "checks": GOLDEN, "window": {"seconds": 1.0, "rollback": False}}})
+    assert len(p.health) == 1 and p.window.enabled and not p._auto_rollback
+    assert p.max_package_bytes == 1 << 20
+    out = p.apply(pkg(tmp_path, engine, 20, 1))
+    assert (out.ok, out.stage) == (False, "health")

@@ -129,6 +129,29 @@ class Pipeline:
         #: the last Outcome of apply/rollback (for ``status``)
         self.last: Optional[Outcome] = None
 
+    def reconfigure(self, config: Any, base_dir: Optional[str] = None) -> None:
+        """Takes the new config's shadow checks, watch window, size cap and non-finite policy
+        (SIGHUP), between updates. The checks are built first: a bad one raises
+        ``HealthError`` and nothing changes."""
+        store_cfg = _get(config, "store")
+        health_cfg = _get(config, "health")
+        model_cfg = _get(config, "model")
+        if base_dir is None and _get(config, "origin") and os.path.exists(_get(config, "origin")):
+            base_dir = os.path.dirname(os.path.abspath(_get(config, "origin")))
+        health = ShadowCheck((_get(health_cfg, "checks") if health_cfg is not None else None) or [],
+                             self.engine, base_dir)
+        wcfg = _get(health_cfg, "window") if health_cfg is not None else None
+        window = WatchWindow.from_config(wcfg or {}, on_fail=self._window_failed)
+        with self._lock:
+            self.window.disarm()
+            self.health = health
+            self.window = window
+            self._auto_rollback = bool(_get(wcfg, "rollback", True)) if wcfg is not None else True
+            cap = _get(store_cfg, "max_package_bytes") if store_cfg is not None else None
+            self.max_package_bytes = int(cap or DEFAULT_MAX_PACKAGE_BYTES)
+            opts = _get(model_cfg, "options") if model_cfg is not None else None
+            self.allow_nonfinite = bool(_get(opts, "allow_nonfinite", False)) if opts is not None else False
+
     # ---- start-up ------------------------------------------------------------------------
 
     def start(self) -> int:
