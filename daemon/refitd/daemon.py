@@ -149,15 +149,6 @@ class Daemon:
             "infer": self._h_infer,
             "reload": lambda req: self.reload(),
         }
-        self.control = ControlServer(cfg.control.socket, cfg.control.mode, handlers, self.events)
-        try:
-            self.control.start()
-        except AlreadyRunning as e:
-            self.control = None
-            raise StartupError("%s (is another refitd running?)" % e)
-        except OSError as e:
-            self.control = None
-            raise StartupError("cannot create the control socket %s: %s" % (cfg.control.socket, _first_line(e)))
         if cfg.watch.path:
             from .watch import DropWatcher
             self.watcher = DropWatcher(cfg.watch.path, self.pipeline, self.events,
@@ -174,6 +165,16 @@ class Daemon:
             except OSError as e:
                 raise StartupError("cannot listen on %s:%d for metrics: %s"
                                    % (cfg.metrics.listen[0], cfg.metrics.listen[1], _first_line(e)))
+        # The control socket comes up last: once the CLI can reach the daemon, everything runs.
+        self.control = ControlServer(cfg.control.socket, cfg.control.mode, handlers, self.events)
+        try:
+            self.control.start()
+        except AlreadyRunning as e:
+            self.control = None
+            raise StartupError("%s (is another refitd running?)" % e)
+        except OSError as e:
+            self.control = None
+            raise StartupError("cannot create the control socket %s: %s" % (cfg.control.socket, _first_line(e)))
 
     # ---- state for status / versions ---------------------------------------------------
 
