@@ -574,3 +574,16 @@ def test_reconfigure_swaps_checks_cap_and_window(engine, store, tmp_path):
     assert p.max_package_bytes == 1 << 20
     out = p.apply(pkg(tmp_path, engine, 20, 1))
     assert (out.ok, out.stage) == (False, "health")
+
+
+def test_after_a_rollback_versions_still_only_go_up(pipeline, engine, store, tmp_path):
+    for k in (1, 2, 3):
+        assert pipeline.apply(pkg(tmp_path, engine, k, k)).ok
+    assert pipeline.rollback(to=1).ok
+    before = store_digest(store.path)
+    out = pipeline.apply(pkg(tmp_path, engine, 5, 2))
+    assert (out.ok, out.stage) == (False, "version")
+    assert out.reason == ("package version 2 is not newer than version 3, the highest applied "
+                          "(serving 1; use rollback for older versions)")
+    assert store_digest(store.path) == before and y_of(engine) == (9.0, 1)
+    assert pipeline.apply(pkg(tmp_path, engine, 4, 4)).ok and y_of(engine) == (36.0, 4)
