@@ -19,7 +19,18 @@ int cpu_conv_kind(const cpu_conv_geom *g)
         g->pl == 0 && g->OH == g->H && g->OW == g->W)
         return CPU_CONV_1X1;
     if (g->group > 1 && g->group == g->C && g->M == g->C) return CPU_CONV_DW;
+    /* Stride 1: the "wide" GEMM over a zero-padded copy computes (kw-1)*dw junk columns per
+     * output row; worth it while they are at most a quarter of the row. */
+    if (g->sh == 1 && g->sw == 1 && 4 * (g->kw - 1) * g->dw <= g->OW) return CPU_CONV_WIDE;
     return CPU_CONV_GEMM;
+}
+
+static int64_t a16(int64_t x) { return (x + 15) / 16 * 16; }
+
+static void wide_dims(const cpu_conv_geom *g, int64_t *PH, int64_t *PW)
+{
+    *PH = g->OH + (g->kh - 1) * g->dh + 1; /* + one slack row for the junk columns' reads */
+    *PW = g->OW + (g->kw - 1) * g->dw;
 }
 
 static void dw_pad_dims(const cpu_conv_geom *g, int64_t *PH, int64_t *PW)
@@ -33,6 +44,13 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
     switch (cpu_conv_kind(g)) {
     case CPU_CONV_1X1:
         return cpu_sgemm_scratch(isa, g->M, g->H * g->W, g->C);
+    case CPU_CONV_WIDE: {
+        int64_t PH, PW;
+        wide_dims(g, &PH, &PW);
+        const int64_t Cg = g->C / g->group, Mg = g->M / g->group;
+        return (size_t)(a16(Cg * PH * PW) + a16(Mg * g->OH * PW)) +
+               cpu_sgemm_scratch(isa, Mg, g->OH * PW, Cg * g->kh * g->kw);
+    }
     case CPU_CONV_DW: {
         int64_t PH, PW;
         dw_pad_dims(g, &PH, &PW);
@@ -124,12 +142,87 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     }
 }
 
+/* Stride-1 conv as one GEMM over a zero-padded copy of the image whose rows keep their padded
+ * width PW: output (oy, ox) is column oy*PW + ox, and B row (c, ky, kx) is the padded image
+ * shifted by ky*dh*PW + kx*dw, so packing B is contiguous copies (no im2col index math). The
+ * PW - OW junk columns per row are dropped when the result is copied out; a residual and the
+ * clamp after it are applied in that copy. */
+static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
+                      float *y, const cpu_epi *epi, float *scratch)
+{
+    int64_t PH, PW;
+    wide_dims(g, &PH, &PW);
+    const int64_t Cg = g->C / g->group, Mg = g->M / g->group, Kg = Cg * g->kh * g->kw;
+    const int64_t HW = g->H * g->W, OHW = g->OH * g->OW, NW = g->OH * PW;
+    float *xp = scratch, *cw = xp + a16(Cg * PH * PW), *gs = cw + a16(Mg * NW);
+    memset(xp, 0, (size_t)(Cg * PH * PW) * sizeof(float)); /* borders: same for every group */
+    const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
+    const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
+    cpu_epi e;
+    memset(&e, 0, sizeof e);
+    if (epi) {
+        e.row_scale = epi->row_scale;
+        e.row_bias = epi->row_bias;
+    }
+    const int late = epi && epi->res; /* residual, then clamp, in the copy-out */
+    e.lo = late ? -__builtin_inff() : lo;
+    e.hi = late ? __builtin_inff() : hi;
+    cpu_bsrc b;
+    memset(&b, 0, sizeof b);
+    b.is_conv = 2;
+    b.img = xp;
+    b.H = PH;
+    b.W = PW;
+    b.kh = g->kh;
+    b.kw = g->kw;
+    b.dh = g->dh;
+    b.dw = g->dw;
+    for (int64_t n = 0; n < g->N; n++) {
+        for (int64_t gi = 0; gi < g->group; gi++) {
+            const float *xg = x + (n * g->C + gi * Cg) * HW;
+            if (px1 > px0)
+                for (int64_t c = 0; c < Cg; c++)
+                    for (int64_t iy = 0; iy < g->H; iy++) {
+                        const int64_t py = iy + g->pt;
+                        if (py >= PH - 1) break;
+                        memcpy(xp + (c * PH + py) * PW + px0, xg + c * HW + iy * g->W,
+                               (size_t)(px1 - px0) * sizeof(float));
+                    }
+            cpu_epi eg = e;
+            if (e.row_scale) eg.row_scale = e.row_scale + gi * Mg;
+            if (e.row_bias) eg.row_bias = e.row_bias + gi * Mg;
+            cpu_sgemm(isa, Mg, NW, Kg, w + gi * Mg * Kg, Kg, 1, &b, cw, NW, &eg, gs);
+            float *yg = y + (n * g->M + gi * Mg) * OHW;
+            const float *rg = late ? epi->res + (n * g->M + gi * Mg) * OHW : NULL;
+            for (int64_t m = 0; m < Mg; m++)
+                for (int64_t oy = 0; oy < g->OH; oy++) {
+                    const float *src = cw + m * NW + oy * PW;
+                    float *dst = yg + m * OHW + oy * g->OW;
+                    if (rg) {
+                        const float *r = rg + m * OHW + oy * g->OW;
+                        for (int64_t ox = 0; ox < g->OW; ox++) {
+                            float v = src[ox] + r[ox];
+                            v = v < lo ? lo : v;
+                            dst[ox] = v > hi ? hi : v;
+                        }
+                    } else {
+                        memcpy(dst, src, (size_t)g->OW * sizeof(float));
+                    }
+                }
+        }
+    }
+}
+
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
               float *y, const cpu_epi *epi, float *scratch)
 {
     const int kind = cpu_conv_kind(g);
     if (kind == CPU_CONV_DW) {
         conv_dw(isa, g, x, w, y, epi, scratch);
+        return;
+    }
+    if (kind == CPU_CONV_WIDE) {
+        conv_wide(isa, g, x, w, y, epi, scratch);
         return;
     }
     const int64_t HW = g->H * g->W, OHW = g->OH * g->OW;

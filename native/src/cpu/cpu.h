@@ -50,10 +50,16 @@ typedef struct cpu_dw_args {
 } cpu_dw_args;
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
 
+struct cpu_bsrc;
+typedef void (*cpu_sgemm_fn)(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
+                             int64_t acs, const struct cpu_bsrc *bsrc, float *c, int64_t ldc,
+                             const cpu_epi *epi, float *scratch);
+
 typedef struct cpu_isa {
     const char *name;     /* "avx512f", "avx2+fma", "neon", "generic" */
     int mr, nr;
     cpu_ukernel_fn ukernel;
+    cpu_sgemm_fn sgemm;   /* the GEMM driver compiled for this ISA (see cpu_sgemm) */
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
 } cpu_isa;
 
@@ -73,7 +79,9 @@ const char *cpu_plan_isa(const void *plan);
 
 /* ---- GEMM: C[M x N] (ldc) = epi(A[M x K] * B[K x N]) ---------------------------------------- */
 
-/* Source of the B operand: a strided matrix, or an implicit im2col view of an NCHW image. */
+/* Source of the B operand: a strided matrix (is_conv 0), an implicit im2col view of an NCHW image
+ * (1), or the "wide" view of a zero-padded image for stride-1 convs (2: H, W are the padded
+ * plane's, columns run over OH x W). */
 typedef struct cpu_bsrc {
     int is_conv;
     /* matrix: B[k][n] = b[k*rs + n*cs] */
@@ -105,7 +113,7 @@ typedef struct cpu_conv_geom {
     int64_t kh, kw, sh, sw, dh, dw, pt, pl, group;
 } cpu_conv_geom;
 
-enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2 };
+enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2, CPU_CONV_WIDE = 3 };
 int cpu_conv_kind(const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
 /* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW. */
@@ -134,7 +142,8 @@ typedef struct cpu_pool_geom {
     int64_t kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
     int count_include_pad;
 } cpu_pool_geom;
-void cpu_maxpool(const cpu_pool_geom *g, const float *x, float *y);
+size_t cpu_maxpool_scratch(const cpu_pool_geom *g);
+void cpu_maxpool(const cpu_pool_geom *g, const float *x, float *y, float *scratch);
 void cpu_avgpool(const cpu_pool_geom *g, const float *x, float *y);
 void cpu_global_avgpool(const float *x, float *y, int64_t NC, int64_t S);
 void cpu_softmax(const float *x, float *y, int64_t outer, int64_t n, int64_t inner);

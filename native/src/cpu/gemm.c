@@ -171,15 +171,6 @@ static inline __attribute__((always_inline)) void dw3x3s1_body(const cpu_dw_args
 
 static void dw3x3s1_portable(const cpu_dw_args *a) { dw3x3s1_body(a); }
 
-static const cpu_isa isa_portable = {
-#if defined(__aarch64__)
-    "neon",
-#else
-    "generic",
-#endif
-    P_MR, P_NR, uk_portable, dw3x3s1_portable};
-
-const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
 
 /* ---- x86-64 micro-kernels ------------------------------------------------------------------ */
 #if defined(CPU_HAVE_X86)
@@ -297,50 +288,7 @@ __attribute__((target("avx2,fma"))) static void dw3x3s1_avx2(const cpu_dw_args *
 {
     dw3x3s1_body(a);
 }
-
-static const cpu_isa isa_avx512 = {"avx512f", 8, 32, uk_avx512, dw3x3s1_avx512};
-static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, dw3x3s1_avx2};
-const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
-const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
 #endif /* CPU_HAVE_X86 */
-
-#if defined(CPU_HAVE_X86)
-/* cpuid + xgetbv: the ground truth, for toolchains whose __builtin_cpu_supports runtime does not
- * know the CPU (zig's compiler-rt reports nothing on some recent AMD parts). */
-static int x86_has(int want_avx512)
-{
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
-    if (!fma || !osxsave || !avx) return 0;
-    unsigned xlo, xhi;
-    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    (void)xhi;
-    if ((xlo & 6u) != 6u) return 0; /* XMM and YMM state enabled by the OS */
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    if (want_avx512) return ((b >> 16) & 1) && (xlo & 0xe0u) == 0xe0u; /* avx512f + ZMM state */
-    return (b >> 5) & 1; /* avx2 */
-}
-static int has_avx512(void) { return __builtin_cpu_supports("avx512f") || x86_has(1); }
-static int has_avx2(void)
-{
-    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) || x86_has(0);
-}
-#endif
-
-/* REFIT_CPU_ISA=generic|avx2|avx512 forces a (supported) kernel set: for tests and benchmarks. */
-const cpu_isa *cpu_isa_select(void)
-{
-    const char *force = getenv("REFIT_CPU_ISA");
-    if (force && (!strcmp(force, "generic") || !strcmp(force, "neon"))) return &isa_portable;
-#if defined(CPU_HAVE_X86)
-    __builtin_cpu_init();
-    if (force && !strcmp(force, "avx2") && has_avx2()) return &isa_avx2;
-    if (has_avx512()) return &isa_avx512;
-    if (has_avx2()) return &isa_avx2;
-#endif
-    return &isa_portable;
-}
 
 /* ---- packing --------------------------------------------------------------------------------- */
 
@@ -369,7 +317,7 @@ size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K)
     return (size_t)(round_up(M, isa->mr) * K + kc * nc) + 32;
 }
 
-static void pack_a(const float *a, int64_t ars, int64_t acs, int64_t M, int64_t K, int mr,
+static inline __attribute__((always_inline)) void pack_a(const float *a, int64_t ars, int64_t acs, int64_t M, int64_t K, int mr,
                    float *dst)
 {
     for (int64_t i0 = 0; i0 < M; i0 += mr) {
@@ -392,15 +340,19 @@ static void pack_a(const float *a, int64_t ars, int64_t acs, int64_t M, int64_t 
 }
 
 /* One NR panel of a strided matrix: rows k0..k0+kc, columns n0..n0+nw (nw <= nr). */
-static void pack_b_mat(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, int64_t nw, int nr,
+static inline __attribute__((always_inline)) void pack_b_mat(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, int64_t nw, int nr,
                        float *dst)
 {
     if (s->cs == 1) {
         for (int64_t k = 0; k < kc; k++) {
             const float *src = s->b + (k0 + k) * s->rs + n0;
             float *d = dst + k * nr;
-            memcpy(d, src, (size_t)nw * sizeof(float));
-            for (int64_t j = nw; j < nr; j++) d[j] = 0.0f;
+            if (nw == nr) {
+                for (int j = 0; j < nr; j++) d[j] = src[j];
+            } else {
+                for (int64_t j = 0; j < nw; j++) d[j] = src[j];
+                for (int64_t j = nw; j < nr; j++) d[j] = 0.0f;
+            }
         }
     } else {
         for (int64_t k = 0; k < kc; k++) {
@@ -415,7 +367,7 @@ static void pack_b_mat(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, in
 /* One NR panel of the implicit im2col matrix: row k = (c, ky, kx), column n = (oy, ox). The
  * panel's columns are split once into runs within one output row; each (k, run) is then a
  * zero-fill / strided-copy / zero-fill of one input row. */
-static void pack_b_conv(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, int64_t nw, int nr,
+static inline __attribute__((always_inline)) void pack_b_conv(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, int64_t nw, int nr,
                         float *dst)
 {
     int64_t seg_oy[CPU_MAX_NR], seg_ox[CPU_MAX_NR], seg_len[CPU_MAX_NR], seg_j[CPU_MAX_NR];
@@ -445,14 +397,26 @@ static void pack_b_conv(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, i
             }
             const float *row = plane + iy * W;
             const int64_t ix0 = seg_ox[q] * sw - s->pl + kx * s->dw;
-            int64_t tlo = ix0 >= 0 ? 0 : (-ix0 + sw - 1) / sw;
-            int64_t thi = (W - 1 - ix0) < 0 ? 0 : (W - 1 - ix0) / sw + 1;
+            int64_t tlo, thi;
+            if (sw == 1) {
+                tlo = ix0 >= 0 ? 0 : -ix0;
+                thi = W - ix0;
+            } else if (sw == 2) {
+                tlo = ix0 >= 0 ? 0 : (1 - ix0) >> 1;
+                thi = (W - 1 - ix0) < 0 ? 0 : ((W - 1 - ix0) >> 1) + 1;
+            } else {
+                tlo = ix0 >= 0 ? 0 : (-ix0 + sw - 1) / sw;
+                thi = (W - 1 - ix0) < 0 ? 0 : (W - 1 - ix0) / sw + 1;
+            }
             if (tlo > len) tlo = len;
             if (thi > len) thi = len;
             if (thi < tlo) thi = tlo;
             for (int64_t t = 0; t < tlo; t++) dq[t] = 0.0f;
             if (sw == 1) {
-                memcpy(dq + tlo, row + ix0 + tlo, (size_t)(thi - tlo) * sizeof(float));
+                for (int64_t t = tlo; t < thi; t++) dq[t] = row[ix0 + t];
+            } else if (sw == 2) {
+                const float *r2 = row + ix0;
+                for (int64_t t = tlo; t < thi; t++) dq[t] = r2[2 * t];
             } else {
                 for (int64_t t = tlo; t < thi; t++) dq[t] = row[ix0 + t * sw];
             }
@@ -469,13 +433,43 @@ static void pack_b_conv(const cpu_bsrc *s, int64_t k0, int64_t kc, int64_t n0, i
     }
 }
 
+/* One NR panel of the "wide" stride-1 conv matrix: B[k][n] = pad[boff(k) + n] over a zero-padded
+ * image whose rows are PW wide (n runs over OH x PW, columns >= OW are discarded later), so every
+ * (k, panel) is one contiguous copy. boff(k) = c*PH*PW + ky*dh*PW + kx*dw. */
+static inline __attribute__((always_inline)) void pack_b_wide(const cpu_bsrc *s, int64_t k0,
+                                                              int64_t kc, int64_t n0, int64_t nw,
+                                                              int nr, float *dst)
+{
+    const int64_t khw = s->kh * s->kw, plane = s->H * s->W; /* H, W: the padded plane */
+    int64_t c = k0 / khw, r = k0 % khw, ky = r / s->kw, kx = r % s->kw;
+    for (int64_t k = 0; k < kc; k++) {
+        const float *src = s->img + c * plane + ky * s->dh * s->W + kx * s->dw + n0;
+        float *d = dst + k * nr;
+        if (nw == nr) {
+            for (int j = 0; j < nr; j++) d[j] = src[j];
+        } else {
+            for (int64_t j = 0; j < nw; j++) d[j] = src[j];
+            for (int64_t j = nw; j < nr; j++) d[j] = 0.0f;
+        }
+        if (++kx == s->kw) {
+            kx = 0;
+            if (++ky == s->kh) {
+                ky = 0;
+                c++;
+            }
+        }
+    }
+}
+
 /* ---- driver ---------------------------------------------------------------------------------- */
 
-void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
-               int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
-               float *scratch)
+/* The driver body, inlined into one function per ISA so the packers vectorise to its width and
+ * the micro-kernel call is direct. */
+static inline __attribute__((always_inline)) void
+sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t acs,
+           const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch,
+           const int mr, const int nr, cpu_ukernel_fn ukernel)
 {
-    const int mr = isa->mr, nr = isa->nr;
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         for (int64_t i = 0; i < M; i++)
@@ -502,7 +496,9 @@ void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float 
             const int64_t kc = K - pc < kcb ? K - pc : kcb;
             for (int64_t p = 0; p * nr < nc; p++) {
                 const int64_t nw = nc - p * nr < nr ? nc - p * nr : nr;
-                if (bsrc->is_conv)
+                if (bsrc->is_conv == 2)
+                    pack_b_wide(bsrc, pc, kc, jc + p * nr, nw, nr, pb + p * kc * nr);
+                else if (bsrc->is_conv)
                     pack_b_conv(bsrc, pc, kc, jc + p * nr, nw, nr, pb + p * kc * nr);
                 else
                     pack_b_mat(bsrc, pc, kc, jc + p * nr, nw, nr, pb + p * kc * nr);
@@ -529,7 +525,7 @@ void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float 
                     float *cp = c + ir * ldc + n0;
                     if (mi == mr && nw == nr) {
                         if (epi && epi->col_bias) cbp = epi->col_bias + n0;
-                        isa->ukernel(kc, ap, bp, cp, ldc, flags, rsp, rbp, cbp, res,
+                        ukernel(kc, ap, bp, cp, ldc, flags, rsp, rbp, cbp, res,
                                      res ? epi->ldr : 0, lo, hi);
                         continue;
                     }
@@ -540,21 +536,45 @@ void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float 
                     }
                     if (flags & CPU_UK_LOAD)
                         for (int64_t i = 0; i < mi; i++)
-                            memcpy(tile + i * nr, cp + i * ldc, (size_t)nw * sizeof(float));
+                            for (int64_t j = 0; j < nw; j++) tile[i * nr + j] = cp[i * ldc + j];
                     if (res && (flags & CPU_UK_EPI)) {
                         for (int64_t i = 0; i < mr; i++)
                             for (int64_t j = 0; j < nr; j++)
                                 rtile[i * nr + j] =
                                     (i < mi && j < nw) ? res[i * epi->ldr + j] : 0.0f;
                     }
-                    isa->ukernel(kc, ap, bp, tile, nr, flags, rsp, rbp, cbp,
+                    ukernel(kc, ap, bp, tile, nr, flags, rsp, rbp, cbp,
                                  res ? rtile : NULL, nr, lo, hi);
                     for (int64_t i = 0; i < mi; i++)
-                        memcpy(cp + i * ldc, tile + i * nr, (size_t)nw * sizeof(float));
+                        for (int64_t j = 0; j < nw; j++) cp[i * ldc + j] = tile[i * nr + j];
                 }
             }
         }
     }
+}
+
+#define SGEMM_ARGS                                                                                 \
+    int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t acs,                     \
+        const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch
+#define SGEMM_PASS M, N, K, a, ars, acs, bsrc, c, ldc, epi, scratch
+
+static void sgemm_portable(SGEMM_ARGS) { sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable); }
+#if defined(CPU_HAVE_X86)
+__attribute__((target("avx512f"))) static void sgemm_avx512(SGEMM_ARGS)
+{
+    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512);
+}
+__attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
+{
+    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2);
+}
+#endif
+
+void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
+               int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
+               float *scratch)
+{
+    isa->sgemm(SGEMM_PASS);
 }
 
 void cpu_epi_apply(float *c, int64_t M, int64_t N, int64_t ldc, const cpu_epi *epi)
@@ -605,3 +625,60 @@ void cpu_gemv(int64_t N, int64_t K, const float *x, const float *b, int64_t brs,
     }
     cpu_epi_apply(y, 1, N, N, epi);
 }
+
+/* ---- kernel sets ------------------------------------------------------------------------------ */
+
+static const cpu_isa isa_portable = {
+#if defined(__aarch64__)
+    "neon",
+#else
+    "generic",
+#endif
+    P_MR, P_NR, uk_portable, sgemm_portable, dw3x3s1_portable};
+const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
+
+#if defined(CPU_HAVE_X86)
+static const cpu_isa isa_avx512 = {"avx512f", 8, 32, uk_avx512, sgemm_avx512, dw3x3s1_avx512};
+static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, sgemm_avx2, dw3x3s1_avx2};
+const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
+const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
+#endif
+
+#if defined(CPU_HAVE_X86)
+/* cpuid + xgetbv: the ground truth, for toolchains whose __builtin_cpu_supports runtime does not
+ * know the CPU (zig's compiler-rt reports nothing on some recent AMD parts). */
+static int x86_has(int want_avx512)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!fma || !osxsave || !avx) return 0;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo & 6u) != 6u) return 0; /* XMM and YMM state enabled by the OS */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (want_avx512) return ((b >> 16) & 1) && (xlo & 0xe0u) == 0xe0u; /* avx512f + ZMM state */
+    return (b >> 5) & 1; /* avx2 */
+}
+static int has_avx512(void) { return __builtin_cpu_supports("avx512f") || x86_has(1); }
+static int has_avx2(void)
+{
+    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) || x86_has(0);
+}
+#endif
+
+/* REFIT_CPU_ISA=generic|avx2|avx512 forces a (supported) kernel set: for tests and benchmarks. */
+const cpu_isa *cpu_isa_select(void)
+{
+    const char *force = getenv("REFIT_CPU_ISA");
+    if (force && (!strcmp(force, "generic") || !strcmp(force, "neon"))) return &isa_portable;
+#if defined(CPU_HAVE_X86)
+    __builtin_cpu_init();
+    if (force && !strcmp(force, "avx2") && has_avx2()) return &isa_avx2;
+    if (has_avx512()) return &isa_avx512;
+    if (has_avx2()) return &isa_avx2;
+#endif
+    return &isa_portable;
+}
+

@@ -153,25 +153,51 @@ void cpu_bn_fold(int64_t C, const float *g, const float *b, const float *m, cons
 
 /* ---- pooling --------------------------------------------------------------------------------- */
 
-void cpu_maxpool(const cpu_pool_geom *g, const float *x, float *y)
+/* Over a copy of the plane padded with -FLT_MAX (onnxruntime ignores padding; an all-padding
+ * window yields the lowest float as there): first the max over the kh window rows for each
+ * output row, then the max over kw along it. */
+static void pool_pad_dims(const cpu_pool_geom *g, int64_t *PH, int64_t *PW)
 {
+    *PH = (g->OH - 1) * g->sh + (g->kh - 1) * g->dh + 1;
+    *PW = (g->OW - 1) * g->sw + (g->kw - 1) * g->dw + 1;
+}
+
+size_t cpu_maxpool_scratch(const cpu_pool_geom *g)
+{
+    int64_t PH, PW;
+    pool_pad_dims(g, &PH, &PW);
+    return (size_t)(PH * PW + PW) + 16;
+}
+
+void cpu_maxpool(const cpu_pool_geom *g, const float *x, float *y, float *scratch)
+{
+    int64_t PH, PW;
+    pool_pad_dims(g, &PH, &PW);
+    float *pad = scratch, *rowm = scratch + PH * PW;
+    for (int64_t i = 0; i < PH * PW; i++) pad[i] = -FLT_MAX;
+    const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
     for (int64_t nc = 0; nc < g->N * g->C; nc++) {
         const float *p = x + nc * g->H * g->W;
         float *o = y + nc * g->OH * g->OW;
+        if (px1 > px0)
+            for (int64_t iy = 0; iy < g->H; iy++) {
+                const int64_t py = iy + g->pt;
+                if (py >= PH) break;
+                memcpy(pad + py * PW + px0, p + iy * g->W, (size_t)(px1 - px0) * sizeof(float));
+            }
         for (int64_t oy = 0; oy < g->OH; oy++) {
+            const float *r0 = pad + oy * g->sh * PW;
+            for (int64_t px = 0; px < PW; px++) rowm[px] = r0[px];
+            for (int64_t ky = 1; ky < g->kh; ky++) {
+                const float *r = r0 + ky * g->dh * PW;
+                for (int64_t px = 0; px < PW; px++) rowm[px] = r[px] > rowm[px] ? r[px] : rowm[px];
+            }
+            float *orow = o + oy * g->OW;
             for (int64_t ox = 0; ox < g->OW; ox++) {
-                float mx = -FLT_MAX;
-                for (int64_t ky = 0; ky < g->kh; ky++) {
-                    const int64_t iy = oy * g->sh - g->pt + ky * g->dh;
-                    if (iy < 0 || iy >= g->H) continue;
-                    const float *row = p + iy * g->W;
-                    for (int64_t kx = 0; kx < g->kw; kx++) {
-                        const int64_t ix = ox * g->sw - g->pl + kx * g->dw;
-                        if (ix < 0 || ix >= g->W) continue;
-                        mx = row[ix] > mx ? row[ix] : mx;
-                    }
-                }
-                o[oy * g->OW + ox] = mx;
+                const float *q = rowm + ox * g->sw;
+                float mx = q[0];
+                for (int64_t kx = 1; kx < g->kw; kx++) mx = q[kx * g->dw] > mx ? q[kx * g->dw] : mx;
+                orow[ox] = mx;
             }
         }
     }
