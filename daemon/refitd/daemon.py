@@ -391,7 +391,8 @@ class Daemon:
         pipeline offers one."""
         reconf = getattr(self.pipeline, "reconfigure", None)
         if callable(reconf):
-            reconf(new)
+            # model.* needs a restart: the pipeline keeps the running model's settings.
+            reconf(dataclasses.replace(new, model=self.cfg.model))
             return
         from .health import ShadowCheck, WatchWindow
         p = self.pipeline

@@ -29,6 +29,8 @@ LEVELS: Dict[str, str] = {
     "update.rejected": "warning",
     "update.rollback_failed": "error",
     "update.watch_failed": "warning",
+    "store.error": "error",
+    "store.recovered": "warning",
     "watch.error": "error",
     "runner.error": "warning",
     "control.error": "warning",
