@@ -663,10 +663,10 @@ static int parse_attr(loader *L, const uint8_t *data, size_t len, ox_attr *a)
     }
     pb_iter_init(&it, data, len);
     while (pb_next(&it, &f) == 1) {
-        if (f.num == 7)
+        if (f.num == 7 && a->floats)
             a->nfloats += (size_t)pb_get_floats(&f, a->floats + a->nfloats);
-        else if (f.num == 8)
-            a->ints ? (void)(a->nints += (size_t)pb_get_varints(&f, a->ints + a->nints)) : (void)0;
+        else if (f.num == 8 && a->ints)
+            a->nints += (size_t)pb_get_varints(&f, a->ints + a->nints);
     }
     if (!type) { /* very old files omit the type: infer it from what is set */
         type = seen_t ? AT_TENSOR : seen_g ? AT_GRAPH : seen_s ? AT_STRING : nf ? AT_FLOATS
@@ -990,8 +990,9 @@ static const int64_t *attr_ints(const ox_node *n, const char *name, int *cnt)
     *cnt = 0;
     if (!a || a->type != AT_INTS)
         return NULL;
+    static const int64_t none[1] = {0};
     *cnt = a->nints > 64 ? 64 : (int)a->nints;
-    return a->ints ? a->ints : (const int64_t *)"";
+    return a->ints ? a->ints : none;
 }
 
 static int reserve_vals(loader *L, int extra)
@@ -1685,6 +1686,28 @@ static int fold_transpose(loader *L, const ox_node *n, int src)
         }
         memcpy((char *)d + k * es, (const char *)x->data + off * es, es);
     }
+    return make_const(L, n, n->out[0], x->dtype, &s, d);
+}
+
+static int fold_expand(loader *L, const ox_node *n, const int *vin)
+{
+    int64_t dims[RT_MAX_DIMS];
+    int cnt, rc;
+    if ((rc = const_ints(L, n, vin[1], "shape", dims, RT_MAX_DIMS, &cnt)))
+        return rc;
+    const rt_value *x = &L->vals[vin[0]];
+    rt_shape t = {cnt, {0}}, s;
+    for (int i = 0; i < cnt; i++)
+        t.d[i] = dims[i];
+    const rt_shape *sh[2] = {&x->shape, &t};
+    if (dims_numel(t.d, t.ndim) < 0 || bcast_shapes(sh, 2, &s))
+        return nfail(L, n, REFIT_ERR_MODEL, "shape does not broadcast with the input");
+    void *d;
+    if ((rc = alloc_const(L, n, x->dtype, &s, &d)))
+        return rc;
+    size_t numel = rt_shape_numel(&s), es = esize(x->dtype);
+    for (size_t k = 0; k < numel; k++)
+        memcpy((char *)d + k * es, (const char *)x->data + bcast_off(&x->shape, &s, k) * es, es);
     return make_const(L, n, n->out[0], x->dtype, &s, d);
 }
 
@@ -2444,7 +2467,7 @@ static int is_fold_op(const char *op)
     static const char *const ops[] = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice",
                                       "ConstantOfShape", "Add", "Sub", "Mul", "Div", "Range",
                                       "Reshape", "Flatten", "Transpose", "Neg", "Equal", "Where",
-                                      "Size", NULL};
+                                      "Size", "Expand", NULL};
     for (int i = 0; ops[i]; i++)
         if (!strcmp(op, ops[i]))
             return 1;
@@ -2556,6 +2579,10 @@ static int build_node(loader *L, const ox_node *n)
             return fold_transpose(L, n, vin[0]);
         if (IS("Neg"))
             return fold_neg(L, n, vin[0]);
+        if (IS("Expand")) {
+            NEED(1);
+            return fold_expand(L, n, vin);
+        }
         /* Unsqueeze / Squeeze / Concat / Reshape / Flatten: handled below, folding on CONST data */
     }
     if (IS("Reshape")) {

@@ -609,6 +609,74 @@ static void test_dtypes_and_folding(void)
     }
 }
 
+static void test_weights_never_folded(void)
+{
+    rt_graph *g = load("weight_reshape");
+    if (g) {
+        CHECK(validate(g) == 0, "invariants");
+        int b = vfind(g, "b"), w = vfind(g, "w");
+        const rt_node *rs = nfind(g, "bias_reshape"), *add = nfind(g, "add_bias");
+        CHECK(rs && rs->op == RT_OP_RESHAPE && rs->in[0] == b && g->values[b].kind == RT_VAL_WEIGHT &&
+                  SHAPE(&g->values[rs->out].shape, 4, D(1), D(4), D(1), D(1)),
+              "Reshape of a weight stays a run-time node reading the weight");
+        CHECK(add && rs && add->in[1] == rs->out, "add reads the reshaped weight");
+        int wo = vfind(g, "w_out"), xo = vfind(g, "x_out"), x = vfind(g, "x");
+        CHECK(wo >= 0 && g->values[wo].kind == RT_VAL_WEIGHT && g->values[wo].output_index == 1 &&
+                  w >= 0 && g->weight_init[g->values[wo].index] != g->weight_init[g->values[w].index],
+              "Identity(weight) as a graph output is an alias weight");
+        const rt_node *xi = nfind(g, "x_as_output");
+        CHECK(xi && xi->op == RT_OP_IDENTITY && xi->in[0] == x && xi->out == xo &&
+                  g->values[xo].output_index == 2, "Identity(input) as a graph output is a copy node");
+        CHECK(x >= 0 && g->values[x].kind == RT_VAL_INPUT && g->values[x].output_index == 3 &&
+                  g->outputs[3] == x, "a graph input can be a graph output");
+        rt_graph_destroy(g);
+    }
+    rt_graph *g2;
+    int rc = load_opts("weight_reshape", "w", NULL, &g2);
+    CHECK(rc == 0 && g2, "rc=%d %s", rc, errbuf);
+    if (g2) {
+        CHECK(validate(g2) == 0, "invariants");
+        const rt_node *add = nfind(g2, "add_bias");
+        CHECK(nfind(g2, "bias_reshape") == NULL && add && g2->values[add->in[1]].kind == RT_VAL_CONST &&
+                  SHAPE(&g2->values[add->in[1]].shape, 4, D(1), D(4), D(1), D(1)),
+              "a non-refittable bias is folded into a constant");
+        CHECK(g2->n_weights == 1 && vfind(g2, "w_out") >= 0 &&
+                  g2->values[vfind(g2, "w_out")].kind == RT_VAL_CONST, "alias not named: constant");
+        rt_graph_destroy(g2);
+    }
+}
+
+static void test_more_folding(void)
+{
+    rt_graph *g = load("fold_more");
+    if (g) {
+        CHECK(validate(g) == 0, "invariants");
+        CHECK(g->n_nodes == 3 && g->nodes[0].op == RT_OP_RESHAPE && g->nodes[1].op == RT_OP_MATMUL &&
+                  g->nodes[2].op == RT_OP_ADD, "Equal/Where/Neg/Expand/Size/Cast folded: %d nodes", g->n_nodes);
+        const rt_node *add = nfind(g, "add"), *mm = nfind(g, "mm");
+        if (add && mm) {
+            const rt_value *e = &g->values[add->in[1]];
+            int all12 = e->kind == RT_VAL_CONST && e->dtype == RT_F32 && SHAPE(&e->shape, 2, D(2), D(3));
+            for (size_t i = 0; all12 && i < 6; i++)
+                all12 = ((float *)e->data)[i] == 12.0f;
+            CHECK(all12, "Expand * Size folded to 12s");
+            CHECK(SHAPE(&g->values[mm->out].shape, 2, D(2), D(3)), "reshape via Where/Equal, then matmul");
+            const rt_value *kt = &g->values[mm->in[1]];
+            CHECK(kt->kind == RT_VAL_CONST && SHAPE(&kt->shape, 2, D(6), D(3)) && vfind(g, "k") < 0,
+                  "Transpose of a constant folded");
+        }
+        CHECK(g->n_weights == 0, "no float initializers: no weights");
+        rt_graph_destroy(g);
+    }
+    g = load("gemm_bcast");
+    if (g) {
+        const rt_node *n = nfind(g, "gemm");
+        CHECK(n && n->a.trans_a == 1 && n->a.alpha == 2.0f && n->a.beta == 0.5f &&
+                  SHAPE(&g->values[n->out].shape, 2, D(2), D(4)), "gemm transA + C [M, 1]");
+        rt_graph_destroy(g);
+    }
+}
+
 static void expect_err(const char *model, int code, const char *a, const char *b)
 {
     rt_graph *g;
@@ -632,6 +700,15 @@ static void test_errors(void)
     expect_err("err_external", REFIT_ERR_UNSUPPORTED, "external data", "'w'");
     expect_err("err_runtime_gather", REFIT_ERR_UNSUPPORTED, "node 'g' (Gather)", NULL);
     expect_err("err_bn_stats_used", REFIT_ERR_UNSUPPORTED, "node 'bn' (BatchNormalization)", NULL);
+    expect_err("err_int_input", REFIT_ERR_UNSUPPORTED, "'x'", "int64");
+    expect_err("err_no_shape", REFIT_ERR_MODEL, "'x' has no shape", "input_shape");
+    expect_err("err_opset6", REFIT_ERR_UNSUPPORTED, "opset 6", NULL);
+    expect_err("err_dup_output", REFIT_ERR_MODEL, "'y'", "already defined");
+    expect_err("err_dropout_mask", REFIT_ERR_UNSUPPORTED, "node 'cast' (Cast)", "'mask'");
+    expect_err("err_shape_not_const", REFIT_ERR_UNSUPPORTED, "node 'rs' (Reshape)", "constant");
+    expect_err("err_concat9", REFIT_ERR_UNSUPPORTED, "node 'cat9' (Concat)", "9 inputs");
+    expect_err("err_transpose_weight", REFIT_ERR_UNSUPPORTED, "node 'tw' (Transpose)", NULL);
+    expect_err("err_bcast", REFIT_ERR_MODEL, "node 'add' (Add)", "do not broadcast");
 
     rt_graph *g = (rt_graph *)&g;
     char err[128];
@@ -732,6 +809,8 @@ int main(void)
     test_opset_variants();
     test_shapes();
     test_dtypes_and_folding();
+    test_weights_never_folded();
+    test_more_folding();
     test_errors();
     fuzz_model("cnn", 3000);
     fuzz_model("torch_like", 3000);

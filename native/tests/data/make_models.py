@@ -234,6 +234,45 @@ save("fold_misc", [
     init("k2", np.array([1], np.int64)), init("rs", np.array([1, 3, 1], np.int64))],
    reverse=True)
 
+# weights are never folded: the bias is reshaped at run time (a refit must reach it)
+save("weight_reshape", [
+    helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+    helper.make_node("Constant", [], ["s"], name="shape_c",
+                     value=helper.make_tensor("v", I64, [4], [1, -1, 1, 1])),
+    helper.make_node("Reshape", ["b", "s"], ["b4"], name="bias_reshape"),
+    helper.make_node("Add", ["c", "b4"], ["y"], name="add_bias"),
+    helper.make_node("Identity", ["w"], ["w_out"], name="w_as_output"),
+    helper.make_node("Identity", ["x"], ["x_out"], name="x_as_output")],
+    [vi("x", [1, 2, 3, 3])], [vi("y", [1, 4, 1, 1]), vi("w_out", [4, 2, 3, 3]),
+                              vi("x_out", [1, 2, 3, 3]), vi("x", [1, 2, 3, 3])],
+    [init("w", rnd(4, 2, 3, 3)), init("b", rnd(4))])
+# more load-time evaluation: Transpose, Equal/Where (torch's reshape-with-(-1) pattern), Expand,
+# Neg, Size; float Constant nodes folded through Transpose and Expand and a float Mul
+save("fold_more", [
+    helper.make_node("Shape", ["x"], ["s"], name="shape"),                    # [2, 6]
+    helper.make_node("Equal", ["s", "two"], ["eq"], name="eq"),               # [1, 0]
+    helper.make_node("Where", ["eq", "mone", "s"], ["s2"], name="where"),     # [-1, 6]
+    helper.make_node("Neg", ["s2"], ["s3"], name="neg"),                      # [1, -6]
+    helper.make_node("Mul", ["s3", "mone"], ["s4"], name="imul"),             # [-1, 6]
+    helper.make_node("Reshape", ["x", "s4"], ["r"], name="reshape"),          # [2, 6]
+    helper.make_node("Constant", [], ["k"], name="kconst", value=numpy_helper.from_array(rnd(3, 6))),
+    helper.make_node("Transpose", ["k"], ["kt"], name="transpose", perm=[1, 0]),  # [6, 3]
+    helper.make_node("Constant", [], ["one3"], name="one3c", value=numpy_helper.from_array(
+        np.ones((1, 3), np.float32))),
+    helper.make_node("Expand", ["one3", "s5"], ["e"], name="expand"),         # [2, 3]
+    helper.make_node("Size", ["x"], ["n"], name="size"),                      # 12
+    helper.make_node("Cast", ["n"], ["nf"], name="castn", to=F),
+    helper.make_node("Mul", ["e", "nf"], ["e12"], name="fmul"),               # 12s
+    helper.make_node("MatMul", ["r", "kt"], ["m"], name="mm"),
+    helper.make_node("Add", ["m", "e12"], ["y"], name="add")],
+    [vi("x", [2, 6])], [vi("y", [2, 3])],
+    [init("two", np.array([2, 2], np.int64)), init("mone", np.array(-1, np.int64)),
+     init("s5", np.array([2, 1], np.int64))])
+# Gemm with a broadcast C of shape [M, 1], transA, alpha, beta
+save("gemm_bcast", [
+    helper.make_node("Gemm", ["a", "b", "c"], ["y"], name="gemm", transA=1, alpha=2.0, beta=0.5)],
+    [vi("a", [3, 2])], [vi("y", [2, 4])], [init("b", rnd(3, 4)), init("c", rnd(2, 1))])
+
 # ---- invalid / unsupported models -------------------------------------------------------
 save("err_unsupported_op", [helper.make_node("Tanh", ["x"], ["y"], name="my_tanh")],
      [vi("x", [1, 4])], [vi("y", [1, 4])])
@@ -270,4 +309,29 @@ save("err_bn_stats_used", [
                      name="bn", training_mode=1)],
     [vi("x", [1, 2, 2])], [vi("y", None), vi("rm", None), vi("rv", None)],
     [init(k, np.ones(2, np.float32)) for k in "sbmv"], opset=15, check=False)
+save("err_int_input", [helper.make_node("Identity", ["x"], ["y"], name="id")],
+     [vi("x", [2], I64)], [vi("y", [2], I64)])
+save("err_no_shape", [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+     [helper.make_value_info("x", helper.make_tensor_type_proto(F, None))], [vi("y", None)],
+     check=False)
+save("err_opset6", [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+     [vi("x", [2])], [vi("y", [2])], opset=6, check=False)
+save("err_dup_output", [helper.make_node("Relu", ["x"], ["y"], name="r1"),
+                        helper.make_node("Relu", ["x"], ["y"], name="r2")],
+     [vi("x", [2])], [vi("y", [2])], check=False)
+save("err_dropout_mask", [
+    helper.make_node("Dropout", ["x"], ["d", "mask"], name="drop"),
+    helper.make_node("Cast", ["mask"], ["mf"], name="cast", to=F),
+    helper.make_node("Add", ["d", "mf"], ["y"], name="add")],
+    [vi("x", [2])], [vi("y", [2])])
+save("err_shape_not_const", [helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")],
+     [vi("x", [2, 3]), vi("s", [2])], [vi("y", None)], check=False)
+save("err_concat9", [helper.make_node("Concat", ["x"] * 9, ["y"], name="cat9", axis=0)],
+     [vi("x", [1, 2])], [vi("y", [9, 2])])
+save("err_transpose_weight", [
+    helper.make_node("Transpose", ["w"], ["wt"], name="tw", perm=[1, 0]),
+    helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")],
+    [vi("x", [1, 3])], [vi("y", [1, 2])], [init("w", rnd(2, 3))])
+save("err_bcast", [helper.make_node("Add", ["x", "w"], ["y"], name="add")],
+     [vi("x", [2, 3])], [vi("y", None)], [init("w", rnd(4))], check=False)
 print("wrote models to", HERE)
