@@ -311,13 +311,17 @@ def test_bad_input_rejected_and_nothing_changes(base, tmp_path, case_id, build, 
     _check_unchanged(base, before)
 
 
-@pytest.mark.parametrize("case_id", ["directory", "missing-file"])
+@pytest.mark.parametrize("case_id", ["directory", "fifo", "missing-file"])
 def test_bad_paths(base, tmp_path, case_id):
     before = store_digest(base["store"].path)
-    path = str(tmp_path) if case_id == "directory" else str(tmp_path / "nope.safetensors")
+    path = str(tmp_path / "nope.safetensors")
+    if case_id == "directory":
+        path = str(tmp_path)
+    elif case_id == "fifo":  # opening a FIFO without a writer must not block the pipeline
+        os.mkfifo(path)
     out = base["pipeline"].apply(path)
-    want = ("package is not a regular file: %s" % path if case_id == "directory"
-            else "package not found: %s" % path)
+    want = ("package not found: %s" % path if case_id == "missing-file"
+            else "package is not a regular file: %s" % path)
     assert (out.ok, out.stage, out.reason) == (False, "size", want)
     _check_unchanged(base, before)
 

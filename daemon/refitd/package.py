@@ -475,7 +475,8 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
 
 def _read_capped(path: str, max_bytes: int, what: str = "package") -> bytearray:
     try:
-        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO dropped where a package belongs must not hang the pipeline
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise PackageError("%s not found: %s" % (what, path), stage="size") from None
     except OSError as e:
