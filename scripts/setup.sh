@@ -27,7 +27,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 # Editable install: builds native/ with CMake and puts librefit.so inside the refitd package.
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -e ".[test]" 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; } >&2
 # PyTorch is optional (the torch.onnx.export test and .pt packing use it). Only a locally
 # provided wheel is used: never pull several GB of CUDA packages from an index.
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
