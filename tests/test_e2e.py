@@ -345,3 +345,49 @@ def test_kill9_during_apply_long(state):
     assert stats["mid_apply"] >= 10, stats
     print("kill -9 trials: %(trials)d, old version kept %(old)d, new version committed %(new)d, "
           "killed between update.received and update.applied %(mid_apply)d" % stats)
+
+
+def test_demo_command_runs_the_real_daemon(state):
+    """`refitd demo`: outputs climb to 81 through file drops, the rollback brings 27 back, the
+    daemon exits cleanly."""
+    r = run_cli("demo", "--state-dir", os.path.join(state, "demo"), "--interval", "0.7", timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    for k in range(0, 10):
+        assert "v%d y=%d " % (k, 9 * k) in out, k
+    after = out[out.index("$ refitd rollback --to 3"):]
+    assert "rolled back to version 3" in after and "v3 y=27 " in after
+    assert "current,pinned" in after  # `refitd versions`: 3 kept by its pin although keep is 5
+    assert "serving      version 3" in after  # `refitd status`
+    assert "demo: daemon exited with status 0" in out
+    # every result line is consistent: y == 9 * version (no torn or mislabelled result)
+    import re
+    for m in re.finditer(r"^v(\d+) y=(\S+) ", out, re.M):
+        assert float(m.group(2)) == 9.0 * int(m.group(1)), m.group(0)
+    applied = os.listdir(os.path.join(state, "demo", "incoming", "applied"))
+    assert len([a for a in applied if a.endswith(".safetensors")]) == 9
+
+
+def test_run_without_config_uses_the_demo_config(state):
+    import subprocess, sys
+    e = env()
+    e["XDG_STATE_HOME"] = state
+    e["HOME"] = state  # no /etc/refitd on a test box; the CLI falls back to the demo socket
+    log = open(os.path.join(state, "log"), "wb")
+    p = subprocess.Popen([sys.executable, "-m", "refitd", "run"], env=e, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        sock = os.path.join(state, "refitd", "control.sock")
+        wait_until(lambda: os.path.exists(sock), timeout=60, what="demo control socket")
+        r = subprocess.run([sys.executable, "-m", "refitd", "status", "--json"], env=e, capture_output=True,
+                           text=True, timeout=60)
+        if os.path.exists("/etc/refitd/refitd.yaml"):
+            pytest.skip("/etc/refitd/refitd.yaml exists here: the CLI would use it")
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["serving"]["model"].endswith("seed_conv.onnx") and st["config"] is None
+        assert st["store"]["path"] == os.path.join(state, "refitd", "store")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+        log.close()
+    assert "running the built-in demo configuration" in open(os.path.join(state, "log")).read()
