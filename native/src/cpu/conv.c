@@ -19,18 +19,19 @@ int cpu_conv_kind(const cpu_conv_geom *g)
         g->pl == 0 && g->OH == g->H && g->OW == g->W)
         return CPU_CONV_1X1;
     if (g->group > 1 && g->group == g->C && g->M == g->C) return CPU_CONV_DW;
-    /* Stride 1: the "wide" GEMM over a zero-padded copy computes (kw-1)*dw junk columns per
-     * output row; worth it while they are at most a quarter of the row. */
-    if (g->sh == 1 && g->sw == 1 && 4 * (g->kw - 1) * g->dw <= g->OW) return CPU_CONV_WIDE;
+    /* The "wide" GEMM computes ((kw-1)*dw)/sw junk columns per output row; worth it while they
+     * are at most a quarter of the row. */
+    if (4 * (((g->kw - 1) * g->dw) / g->sw) <= g->OW) return CPU_CONV_WIDE;
     return CPU_CONV_GEMM;
 }
 
 static int64_t a16(int64_t x) { return (x + 15) / 16 * 16; }
 
+/* Phase planes of the wide path: sh*sw planes per channel, PH x PW each (see conv_wide). */
 static void wide_dims(const cpu_conv_geom *g, int64_t *PH, int64_t *PW)
 {
-    *PH = g->OH + (g->kh - 1) * g->dh + 1; /* + one slack row for the junk columns' reads */
-    *PW = g->OW + (g->kw - 1) * g->dw;
+    *PH = g->OH + ((g->kh - 1) * g->dh) / g->sh + 1; /* + one slack row for junk-column reads */
+    *PW = g->OW + ((g->kw - 1) * g->dw) / g->sw;
 }
 
 static void dw_pad_dims(const cpu_conv_geom *g, int64_t *PH, int64_t *PW)
@@ -48,17 +49,21 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
         int64_t PH, PW;
         wide_dims(g, &PH, &PW);
         const int64_t Cg = g->C / g->group, Mg = g->M / g->group;
-        return (size_t)(a16(Cg * PH * PW) + a16(Mg * g->OH * PW)) +
-               cpu_sgemm_scratch(isa, Mg, g->OH * PW, Cg * g->kh * g->kw);
+        const int64_t Kg = Cg * g->kh * g->kw;
+        return (size_t)(a16(g->sh * g->sw * Cg * PH * PW) + a16(Mg * g->OH * PW) + a16(2 * Kg)) +
+               cpu_sgemm_scratch(isa, Mg, g->OH * PW, Kg);
     }
     case CPU_CONV_DW: {
         int64_t PH, PW;
         dw_pad_dims(g, &PH, &PW);
         return (size_t)(PH * PW) + 16;
     }
-    default:
-        return cpu_sgemm_scratch(isa, g->M / g->group, g->OH * g->OW,
-                                 (g->C / g->group) * g->kh * g->kw);
+    default: {
+        const int64_t Wp = (g->W + g->sw - 1) / g->sw;
+        const size_t ph = g->sw > 1 ? (size_t)a16((g->C / g->group) * g->H * g->sw * Wp) : 0;
+        return ph + cpu_sgemm_scratch(isa, g->M / g->group, g->OH * g->OW,
+                                      (g->C / g->group) * g->kh * g->kw);
+    }
     }
 }
 
@@ -142,21 +147,36 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     }
 }
 
-/* Stride-1 conv as one GEMM over a zero-padded copy of the image whose rows keep their padded
- * width PW: output (oy, ox) is column oy*PW + ox, and B row (c, ky, kx) is the padded image
- * shifted by ky*dh*PW + kx*dw, so packing B is contiguous copies (no im2col index math). The
- * PW - OW junk columns per row are dropped when the result is copied out; a residual and the
- * clamp after it are applied in that copy. */
+/* Conv as one GEMM over "wide" rows, with no im2col index math in the packer.
+ * The zero-padded image is split into sh x sw phase planes, P[py][px][c][i][j] =
+ * Xpad[c][i*sh + py][j*sw + px], each PH x PW. Output (oy, ox) becomes column oy*PW + ox, and B row
+ * k = (c, ky, kx) is phase plane ((ky*dh) % sh, (kx*dw) % sw) of channel c shifted by
+ * ((ky*dh)/sh)*PW + (kx*dw)/sw: one contiguous run per (k, NR panel). A stride-1 conv has a single
+ * phase (the padded image itself). The PW - OW junk columns per row are dropped when the result is
+ * copied out; a residual and the clamp after it are applied in that copy. */
 static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
                       float *y, const cpu_epi *epi, float *scratch)
 {
     int64_t PH, PW;
     wide_dims(g, &PH, &PW);
+    const int64_t sh = g->sh, sw = g->sw, nph = sh * sw;
     const int64_t Cg = g->C / g->group, Mg = g->M / g->group, Kg = Cg * g->kh * g->kw;
-    const int64_t HW = g->H * g->W, OHW = g->OH * g->OW, NW = g->OH * PW;
-    float *xp = scratch, *cw = xp + a16(Cg * PH * PW), *gs = cw + a16(Mg * NW);
-    memset(xp, 0, (size_t)(Cg * PH * PW) * sizeof(float)); /* borders: same for every group */
-    const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
+    const int64_t HW = g->H * g->W, OHW = g->OH * g->OW, NW = g->OH * PW, PP = PH * PW;
+    float *xp = scratch, *cw = xp + a16(nph * Cg * PP);
+    int64_t *boff = (int64_t *)(void *)(cw + a16(Mg * NW));
+    float *gs = cw + a16(Mg * NW) + a16(2 * Kg);
+    /* Row offsets of B: (phase, channel, shift) per k. Geometry only, a few divisions per call. */
+    for (int64_t ky = 0, k = 0; ky < g->kh; ky++) {
+        const int64_t ry = ky * g->dh;
+        for (int64_t kx = 0; kx < g->kw; kx++, k++) {
+            const int64_t rx = kx * g->dw;
+            boff[k] = ((ry % sh) * sw + rx % sw) * Cg * PP + (ry / sh) * PW + rx / sw;
+        }
+    }
+    const int64_t khw = g->kh * g->kw;
+    for (int64_t c = 1; c < Cg; c++)
+        for (int64_t k = 0; k < khw; k++) boff[c * khw + k] = boff[k] + c * PP;
+    memset(xp, 0, (size_t)(nph * Cg * PP) * sizeof(float)); /* borders: same for every group */
     const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
     cpu_epi e;
     memset(&e, 0, sizeof e);
@@ -171,23 +191,34 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
     memset(&b, 0, sizeof b);
     b.is_conv = 2;
     b.img = xp;
-    b.H = PH;
-    b.W = PW;
-    b.kh = g->kh;
-    b.kw = g->kw;
-    b.dh = g->dh;
-    b.dw = g->dw;
+    b.boff = boff;
     for (int64_t n = 0; n < g->N; n++) {
         for (int64_t gi = 0; gi < g->group; gi++) {
             const float *xg = x + (n * g->C + gi * Cg) * HW;
-            if (px1 > px0)
-                for (int64_t c = 0; c < Cg; c++)
-                    for (int64_t iy = 0; iy < g->H; iy++) {
-                        const int64_t py = iy + g->pt;
-                        if (py >= PH - 1) break;
-                        memcpy(xp + (c * PH + py) * PW + px0, xg + c * HW + iy * g->W,
-                               (size_t)(px1 - px0) * sizeof(float));
+            for (int64_t py = 0; py < sh; py++)
+                for (int64_t px = 0; px < sw; px++) {
+                    /* plane column j holds input column j*sw + px - pl: valid j in [j0, j1) */
+                    int64_t j0 = 0;
+                    while (j0 < PW && j0 * sw + px - g->pl < 0) j0++;
+                    int64_t j1 = j0;
+                    while (j1 < PW && j1 * sw + px - g->pl < g->W) j1++;
+                    if (j1 <= j0) continue;
+                    const int64_t ix0 = j0 * sw + px - g->pl;
+                    for (int64_t c = 0; c < Cg; c++) {
+                        float *plane = xp + ((py * sw + px) * Cg + c) * PP;
+                        for (int64_t i = 0; i < PH - 1; i++) {
+                            const int64_t iy = i * sh + py - g->pt;
+                            if (iy < 0) continue;
+                            if (iy >= g->H) break;
+                            const float *src = xg + c * HW + iy * g->W + ix0;
+                            float *dst = plane + i * PW + j0;
+                            if (sw == 1)
+                                memcpy(dst, src, (size_t)(j1 - j0) * sizeof(float));
+                            else
+                                for (int64_t j = 0; j < j1 - j0; j++) dst[j] = src[j * sw];
+                        }
                     }
+                }
             cpu_epi eg = e;
             if (e.row_scale) eg.row_scale = e.row_scale + gi * Mg;
             if (e.row_bias) eg.row_bias = e.row_bias + gi * Mg;
@@ -269,12 +300,29 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
             b.pl = g->pl;
             b.OH = g->OH;
             b.OW = g->OW;
+            float *gs = scratch;
+            if (g->sw > 1) {
+                /* Split the columns into sw phases once (C*H*W copies) so the packer's strided
+                 * reads become contiguous runs. */
+                const int64_t sw = g->sw, Wp = (g->W + sw - 1) / sw;
+                float *ph = scratch;
+                for (int64_t p = 0; p < sw; p++)
+                    for (int64_t cy = 0; cy < Cg * g->H; cy++) {
+                        const float *src = b.img + cy * g->W + p;
+                        float *dst = ph + (p * Cg * g->H + cy) * Wp;
+                        const int64_t n = (g->W - p + sw - 1) / sw;
+                        for (int64_t j = 0; j < n; j++) dst[j] = src[j * sw];
+                    }
+                b.phase = ph;
+                b.Wp = Wp;
+                gs = scratch + a16(Cg * g->H * sw * Wp);
+            }
             cpu_epi eg = e;
             if (epi && epi->row_scale) eg.row_scale = epi->row_scale + gi * Mg;
             if (epi && epi->row_bias) eg.row_bias = epi->row_bias + gi * Mg;
             eg.res = resn ? resn + gi * Mg * OHW : NULL;
             cpu_sgemm(isa, Mg, OHW, Kg, w + gi * Mg * Kg, Kg, 1, &b, yn + gi * Mg * OHW, OHW, &eg,
-                      scratch);
+                      gs);
         }
     }
 }

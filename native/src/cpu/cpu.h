@@ -80,8 +80,7 @@ const char *cpu_plan_isa(const void *plan);
 /* ---- GEMM: C[M x N] (ldc) = epi(A[M x K] * B[K x N]) ---------------------------------------- */
 
 /* Source of the B operand: a strided matrix (is_conv 0), an implicit im2col view of an NCHW image
- * (1), or the "wide" view of a zero-padded image for stride-1 convs (2: H, W are the padded
- * plane's, columns run over OH x W). */
+ * (1), or the "wide" view of zero-padded phase planes (2: row k at img + boff[k], see conv.c). */
 typedef struct cpu_bsrc {
     int is_conv;
     /* matrix: B[k][n] = b[k*rs + n*cs] */
@@ -89,6 +88,10 @@ typedef struct cpu_bsrc {
     int64_t rs, cs;
     /* conv: one group's channels of one image, C x H x W */
     const float *img;
+    const float *phase; /* conv with sw > 1: img split into sw column phases, sw x C x H x Wp, so
+                           phase[(p*C + c)*H + y][j] = img[c][y][j*sw + p]; NULL: gather */
+    int64_t Wp;
+    const int64_t *boff; /* wide conv: B row k starts at img + boff[k] */
     int64_t C, H, W, kh, kw, sh, sw, dh, dw, pt, pl, OH, OW;
 } cpu_bsrc;
 

@@ -28,8 +28,8 @@
 
 #define CPU_MAX_MR 16
 #define CPU_MAX_NR 32
-#define KC_MAX 384
-#define B_BLOCK_FLOATS (96 * 1024) /* 384 KB of packed B per block: well inside L2 */
+#define KC_MAX 640
+#define B_BLOCK_FLOATS (128 * 1024) /* 512 KB of packed B per block: half of L2 */
 
 /* ---- portable micro-kernels ---------------------------------------------------------------- */
 
@@ -414,9 +414,18 @@ static inline __attribute__((always_inline)) void pack_b_conv(const cpu_bsrc *s,
             for (int64_t t = 0; t < tlo; t++) dq[t] = 0.0f;
             if (sw == 1) {
                 for (int64_t t = tlo; t < thi; t++) dq[t] = row[ix0 + t];
-            } else if (sw == 2) {
-                const float *r2 = row + ix0;
-                for (int64_t t = tlo; t < thi; t++) dq[t] = r2[2 * t];
+            } else if (s->phase && thi > tlo) {
+                /* columns ix0 + t*sw are contiguous in phase (ix0 mod sw) */
+                int64_t ph, j0;
+                if (sw == 2) { /* no division in this loop: it runs per (k, run) */
+                    ph = ix0 & 1;
+                    j0 = (ix0 - ph) / 2;
+                } else {
+                    ph = ((ix0 % sw) + sw) % sw;
+                    j0 = (ix0 - ph) / sw;
+                }
+                const float *rp = s->phase + ((ph * s->C + c) * H + iy) * s->Wp + j0;
+                for (int64_t t = tlo; t < thi; t++) dq[t] = rp[t];
             } else {
                 for (int64_t t = tlo; t < thi; t++) dq[t] = row[ix0 + t * sw];
             }
@@ -433,30 +442,20 @@ static inline __attribute__((always_inline)) void pack_b_conv(const cpu_bsrc *s,
     }
 }
 
-/* One NR panel of the "wide" stride-1 conv matrix: B[k][n] = pad[boff(k) + n] over a zero-padded
- * image whose rows are PW wide (n runs over OH x PW, columns >= OW are discarded later), so every
- * (k, panel) is one contiguous copy. boff(k) = c*PH*PW + ky*dh*PW + kx*dw. */
+/* One NR panel of the "wide" conv matrix (conv.c: conv_wide): B[k][n] = img[boff[k] + n], one
+ * contiguous copy per (k, panel). */
 static inline __attribute__((always_inline)) void pack_b_wide(const cpu_bsrc *s, int64_t k0,
                                                               int64_t kc, int64_t n0, int64_t nw,
                                                               int nr, float *dst)
 {
-    const int64_t khw = s->kh * s->kw, plane = s->H * s->W; /* H, W: the padded plane */
-    int64_t c = k0 / khw, r = k0 % khw, ky = r / s->kw, kx = r % s->kw;
     for (int64_t k = 0; k < kc; k++) {
-        const float *src = s->img + c * plane + ky * s->dh * s->W + kx * s->dw + n0;
+        const float *src = s->img + s->boff[k0 + k] + n0;
         float *d = dst + k * nr;
         if (nw == nr) {
             for (int j = 0; j < nr; j++) d[j] = src[j];
         } else {
             for (int64_t j = 0; j < nw; j++) d[j] = src[j];
             for (int64_t j = nw; j < nr; j++) d[j] = 0.0f;
-        }
-        if (++kx == s->kw) {
-            kx = 0;
-            if (++ky == s->kh) {
-                ky = 0;
-                c++;
-            }
         }
     }
 }
