@@ -240,7 +240,7 @@ def _fake_bundle(tmp_path, version, lib, dep_wheels):
     _fake_refitd_wheel(b / "wheels", version, lib)
     shutil.copy(TOOLCHAIN / "install.sh", b / "install.sh")
     shutil.copy(ROOT / "systemd" / "refitd.service", b / "systemd")
-    (b / "config" / "refitd.yaml").write_text(f"# default config of {version}\nstore: {{path: @STATEDIR@/store}}\n")
+    (b / "config" / "refitd.yaml").write_text(f"# default config of {version}\nstore: {{path: /var/lib/refitd/store}}\n")
     import platform
     pyv = "%d.%d" % sys.version_info[:2]
     (b / "BUNDLE").write_text(f"version={version}\narch={platform.machine()}\npythons=3.9 {pyv}\n")

@@ -66,6 +66,6 @@ edge-root:
 	@EDGE_SUITE=$(EDGE_SUITE) toolchain/edge_root.sh $(EDGE_ROOT)
 
 # The full proof: bundle -> offline install in the arm64 root -> engine tests, seed demo, pack/apply.
-edge-test: edge-root
+edge-test: edge-root cross
 	$(MAKE) bundle ARCH=aarch64
 	EDGE_ROOT=$(EDGE_ROOT) VENV=$(VENV) toolchain/edge_test.sh dist/refitd-$(REFIT_VERSION)-linux-aarch64.tar.gz

@@ -148,7 +148,7 @@ conf="$CONFDIR/refitd.yaml"
 new_conf=$(mktemp)
 trap 'rm -f "$new_conf"' EXIT
 if [ -f "$here/config/refitd.yaml" ]; then
-  sed -e "s|@STATEDIR@|$STATEDIR|g" -e "s|@RUNDIR@|/run/refitd|g" "$here/config/refitd.yaml" >"$new_conf"
+  sed -e "s|/var/lib/refitd|$STATEDIR|g" "$here/config/refitd.yaml" >"$new_conf"
 else
   # No shipped default: the daemon's own demo configuration with the box's paths.
   "$PREFIX/bin/python" - "$STATEDIR" >"$new_conf" <<'EOF'
@@ -167,6 +167,17 @@ elif ! cmp -s "$new_conf" "$conf"; then
   say "kept $conf; the bundle's default is in $conf.new"
 fi
 [ "$DO_USER" = 1 ] && chown "root:$SVC_GROUP" "$conf" "$conf.new" 2>/dev/null || true
+
+# The shipped config serves $STATEDIR/model.onnx: until the operator puts a model there, the
+# bundled demo model (the seeds' 3x3 conv) stands in, so the service starts on a fresh box.
+if [ ! -e "$STATEDIR/model.onnx" ]; then
+  demo=$("$PREFIX/bin/python" -c 'import refitd, pathlib; print(pathlib.Path(refitd.__file__).parent / "demo" / "seed_conv.onnx")')
+  if [ -f "$demo" ]; then
+    install -m 0640 "$demo" "$STATEDIR/model.onnx"
+    [ "$DO_USER" = 1 ] && chown "$SVC_USER:$SVC_GROUP" "$STATEDIR/model.onnx"
+    say "no model yet: installed the demo model as $STATEDIR/model.onnx (replace it with yours)"
+  fi
+fi
 
 # ---- systemd ---------------------------------------------------------------------------------
 if [ "$DO_SYSTEMD" = 1 ]; then
