@@ -223,3 +223,30 @@ def test_observer_and_sink_failures_do_not_stop_workers(tmp_path, engine):
     # rate-limited: the first error at once, not one line per inference
     assert 1 <= len(errs) <= 3 and errs[0]["event"] == "runner.error"
     assert "observer failed" in errs[0]["error"]
+
+
+def test_stalled_worker_is_detected(tmp_path, engine, events):
+    """A worker that does not come round its loop (here: held inside an observer, as it would
+    be inside a hung inference) is reported by stalled(); an idle source is not a stall."""
+    cfg = _cfg(str(tmp_path), workers={"threads": 1}, source={"type": "synthetic", "fill": "ones", "rate": 1.0})
+    r = Runner.from_config(cfg, engine, events)
+    hold = threading.Event()
+    release = threading.Event()
+
+    def observer(res):
+        if hold.is_set():
+            release.wait(10)
+    r.add_observer(observer)
+    r.start()
+    try:
+        time.sleep(1.5)  # mostly idle at 1/s: waiting in get() is not a stall
+        assert r.stalled(0.5) == []
+        hold.set()
+        time.sleep(2.5)
+        assert r.stalled(0.5) == [0]
+        release.set()
+        time.sleep(0.5)
+        assert r.stalled(0.5) == []
+    finally:
+        release.set()
+        r.stop()

@@ -488,6 +488,7 @@ def run(cfg: _config.Config, config_path: Optional[str] = None) -> int:
         tick = min(interval, 5.0) if interval else 5.0
         next_status = time.monotonic() + 5.0
         stopping = False
+        reported_stall = False
         while not stopping:
             try:
                 ready, _, _ = select.select([rfd], [], [], tick)
@@ -508,7 +509,16 @@ def run(cfg: _config.Config, config_path: Optional[str] = None) -> int:
                         except ControlError:
                             pass  # already reported as an event
             if interval:
-                notifier.watchdog_ping()
+                # Ping only while every worker comes round its loop: a worker stuck in an
+                # inference for a whole watchdog period means a wedged process, and systemd
+                # should restart it.
+                stuck = d.runner.stalled(interval * 2) if d.runner else []
+                if not stuck:
+                    notifier.watchdog_ping()
+                    reported_stall = False
+                elif not reported_stall:
+                    events.emit("runner.stalled", workers=stuck, seconds=round(interval * 2, 3))
+                    reported_stall = True
             if time.monotonic() >= next_status:
                 notifier.status(d._status_line())
                 next_status = time.monotonic() + 5.0

@@ -33,6 +33,7 @@ LEVELS: Dict[str, str] = {
     "store.recovered": "warning",
     "watch.error": "error",
     "runner.error": "warning",
+    "runner.stalled": "error",
     "control.error": "warning",
     "config.error": "error",
     "daemon.failed": "error",

@@ -215,7 +215,12 @@ class SyntheticSource(Source):
                 now = time.monotonic()
                 # Never bank more than one period of credit (no bursts after a stall).
                 slot = max(self._next, now - self._period)
-                self._next = slot + self._period
+                claim = slot - now <= timeout
+                if claim:
+                    self._next = slot + self._period
+            if not claim:  # the next slot is further off than `timeout`: come back later
+                self._stop.wait(timeout)
+                return None
             wait = slot - time.monotonic()
             if wait > 0 and self._stop.wait(wait):  # wakes at once on stop()
                 return None
@@ -644,6 +649,7 @@ class Runner:
         self.stats = stats or Stats()
         self._observers: List[Observer] = []
         self._workers: List[threading.Thread] = []
+        self._beats: List[float] = [time.monotonic()] * threads  # last loop turn per worker
         self._halt = threading.Event()
         self._err_lock = threading.Lock()
         self._last_err_report = 0.0
@@ -682,7 +688,9 @@ class Runner:
 
     def _work(self, index: int) -> None:
         engine, source, sink, stats = self.engine, self.source, self.sink, self.stats
+        beats = self._beats
         while not self._halt.is_set():
+            beats[index] = time.monotonic()
             item = source.get(0.2)
             if item is None:
                 if source.drained():
@@ -713,6 +721,15 @@ class Runner:
                 sink.put(res)
             except Exception as e:
                 self._report_error(index, "sink failed: %s" % e)
+
+    def stalled(self, max_age: float) -> List[int]:
+        """Workers that have not come round their loop for ``max_age`` seconds (stuck inside an
+        inference). The daemon stops its systemd watchdog pings while any is stalled, so
+        systemd restarts a wedged process. An idle source does not count: ``get`` returns
+        every 0.2 s."""
+        now = time.monotonic()
+        return [i for i, (t, b) in enumerate(zip(self._workers, self._beats))
+                if t.is_alive() and now - b > max_age]
 
     def stop(self, drain: bool = True, timeout: float = 10.0) -> bool:
         """Returns True if every worker finished within ``timeout``."""

@@ -15,6 +15,7 @@ report "closed after writing".
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -22,6 +23,13 @@ import time
 from typing import Any, Callable, Optional
 
 from watchdog.events import FileSystemEventHandler
+
+# watchdog logs through `logging`; refitd reports through its own event lines. Without a handler
+# Python would print its shutdown chatter ("queue_events() called when the thread is inactive")
+# on stderr.
+_wd_log = logging.getLogger("watchdog")
+_wd_log.addHandler(logging.NullHandler())
+_wd_log.propagate = False
 
 __all__ = ["DropWatcher", "takeable"]
 

@@ -45,6 +45,17 @@ def _env() -> dict:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the daemon child: SIGTERM it if the demo process dies (Linux prctl), so an
+    interrupted demo never leaves a daemon behind."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _cli(args: List[str], sock: str) -> int:
     """Runs the real ``refitd`` command as a child process, showing the command line."""
     shown = "refitd " + " ".join(args)
@@ -87,7 +98,8 @@ def run_demo(args) -> int:
     _say("model %s: y = conv3x3(x = ones, kernel = all k) = 9k; "
          "%d worker threads infer continuously" % (os.path.basename(cfg.model.path), args.threads))
     _say("state in %s; starting: refitd run --config %s" % (state, cfg_path))
-    proc = subprocess.Popen([sys.executable, "-m", "refitd", "run", "--config", cfg_path], env=_env())
+    proc = subprocess.Popen([sys.executable, "-m", "refitd", "run", "--config", cfg_path], env=_env(),
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     code = 1
     try:
         st = _wait_for(sock, proc, lambda s: True, 30.0)
