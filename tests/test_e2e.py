@@ -171,6 +171,12 @@ def test_startup_failures(state):
     r = run_cli("run", "--config", path, timeout=60)
     assert r.returncode == 1
     assert "refitd: cannot open the model %s" % cfg["model"]["path"] in r.stderr
+    # a sink that cannot be opened: exit 1, one line naming it
+    cfg = base_config(state, sink={"type": "jsonl", "path": "/proc/refitd-no-such-dir/r.jsonl"})
+    path = write_config(state, cfg, "nosink.yaml")
+    r = run_cli("run", "--config", path, timeout=60)
+    assert r.returncode == 1
+    assert "refitd: cannot open the jsonl sink: " in r.stderr, r.stderr
     # a second daemon on the same store/socket refuses to start, the first keeps serving
     d, cfg = _start(state)
     try:

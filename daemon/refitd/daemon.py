@@ -131,13 +131,21 @@ class Daemon:
         self.events.emit("store.serving", version=version, current=self.store.current())
 
         from .runner import Runner
-        self.runner = Runner.from_config(cfg, self.engine, self.events)
+        try:
+            self.runner = Runner.from_config(cfg, self.engine, self.events)
+        except OSError as e:  # the jsonl sink's file, ...
+            raise StartupError("cannot open the %s sink: %s" % (cfg.sink.type, _first_line(e)))
         # Every result feeds the post-swap watch window (health.WatchWindow via the pipeline).
         self.runner.add_observer(self.pipeline.observe)
 
     def start_services(self) -> None:
         cfg = self.cfg
-        self.runner.start()
+        try:
+            self.runner.start()
+        except AlreadyRunning as e:
+            raise StartupError("cannot start the %s source: %s" % (cfg.source.type, e))
+        except OSError as e:  # the inference socket or the npy-dir folder
+            raise StartupError("cannot start the %s source: %s" % (cfg.source.type, _first_line(e)))
         handlers = {
             "ping": lambda req: {"pid": os.getpid()},
             "status": lambda req: self.status(),
