@@ -318,3 +318,34 @@ def test_history_is_append_only(tmp_path):
         after = (root / "history.jsonl").read_bytes()
     assert after.startswith(first)
     assert [json.loads(l)["event"] for l in after.splitlines()] == ["applied", "pinned", "note"]
+
+
+def test_commit_failure_before_the_rename_changes_nothing(tmp_path, monkeypatch):
+    with Store(tmp_path / "s") as s:
+        commit(s, 1, {"w": np.zeros(2, np.float32)})
+        s.write(s.prepare(2, {"w": np.ones(2, np.float32)}))
+        real = os.replace
+
+        def no_space(src, dst):
+            if dst.endswith("current"):
+                raise OSError(28, "No space left on device")
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", no_space)
+        with pytest.raises(StoreError, match="^cannot move current to version 2: No space left on device$"):
+            s.commit(2)
+        monkeypatch.undo()
+        assert s.current() == 1 and s.highest() == 1
+        s.discard(2)
+        assert s.versions() == [1]
+
+
+def test_history_failure_after_the_commit_point_does_not_undo_it(tmp_path, monkeypatch):
+    with Store(tmp_path / "s") as s:
+        commit(s, 1, {"w": np.zeros(2, np.float32)})
+        s.write(s.prepare(2, {"w": np.ones(2, np.float32)}))
+        monkeypatch.setattr(s, "_append_history", lambda rec: (_ for _ in ()).throw(OSError(5, "I/O error")))
+        s.commit(2)
+        assert s.current() == 2 and s.warnings == ["history line for version 2 not written: I/O error"]
+    with Store(tmp_path / "s") as s:
+        assert s.current() == 2

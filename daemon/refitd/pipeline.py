@@ -338,6 +338,9 @@ class Pipeline:
                 if pending is not None:
                     self._quiet(store.discard, version)
                 raise _Reject("commit", "cannot commit version %d: %s" % (version, _one_line(e))) from None
+            warnings = getattr(store, "warnings", None)
+            while warnings:
+                self.events.emit("store.warning", warning=warnings.pop(0))
             try:
                 engine.publish(staged)
             except Exception as e:

@@ -111,6 +111,8 @@ class Store:
         self._pins: Set[int] = set()
         #: one line per thing ``open`` discarded or repaired (the daemon logs them)
         self.recovered: List[str] = []
+        #: problems after a commit point that did not undo it (history line lost, ...)
+        self.warnings: List[str] = []
         try:
             for d in (self.path, self._p("blobs"), self._p("versions")):
                 os.makedirs(d, exist_ok=True)
@@ -540,12 +542,30 @@ class Store:
                                  % (version, self._list_str()))
             previous = self._current
             highest = version if self._highest is None else max(self._highest, version)
-            self._write_json(self._p("current"), {"format": FORMAT, "version": version,
-                                                  "highest": highest})
+            try:
+                self._write_json(self._p("current"), {"format": FORMAT, "version": version,
+                                                      "highest": highest})
+            except OSError as e:
+                # Failed before the rename: nothing changed, the caller may discard the version.
+                # Failed after it (the directory fsync): the new pointer is what a restart reads,
+                # so the version *is* committed -- say so rather than pretend otherwise.
+                try:
+                    on_disk = self._read_current()
+                except StoreError:
+                    on_disk = None
+                if on_disk is None or on_disk[0] != version:
+                    raise StoreError("cannot move current to version %d: %s"
+                                     % (version, e.strerror or e)) from None
+                self.warnings.append("current moved to version %d but its directory could "
+                                     "not be synced: %s" % (version, e.strerror or e))
             self._current, self._highest = version, highest
             rec = {"event": event, "version": version, "previous": previous}
             rec.update(fields)
-            self._append_history(rec)
+            try:
+                self._append_history(rec)
+            except OSError as e:  # the commit point is passed; a lost log line must not undo it
+                self.warnings.append("history line for version %d not written: %s"
+                                     % (version, e.strerror or e))
 
     def set_current(self, version: int, event: str = "applied", **fields: Any) -> None:
         """Alias of ``commit`` (the name docs/design.md uses)."""
