@@ -258,6 +258,14 @@ typedef struct loader {
     strmap graph_outs;  /* graph output names */
 } loader;
 
+/* Messages are one line: names from the file may hold control characters, shown as '?'. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 static int fail(loader *L, int code, const char *fmt, ...)
 {
     if (L->err && L->errlen) {
@@ -265,6 +273,7 @@ static int fail(loader *L, int code, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(L->err, L->errlen, fmt, ap);
         va_end(ap);
+        one_line(L->err);
     }
     return code;
 }
@@ -279,6 +288,7 @@ static int nfail(loader *L, const ox_node *n, int code, const char *fmt, ...)
             vsnprintf(L->err + w, L->errlen - (size_t)w, fmt, ap);
             va_end(ap);
         }
+        one_line(L->err);
     }
     return code;
 }
@@ -475,6 +485,16 @@ static float bits_to_float(uint32_t bits)
     return v;
 }
 
+/* double -> float without the undefined behaviour of an out-of-range conversion. */
+static float d2f(double d)
+{
+    if (d > FLT_MAX)
+        return INFINITY;
+    if (d < -FLT_MAX)
+        return -INFINITY;
+    return (float)d;
+}
+
 /* Element k of a raw little-endian buffer of `dtype`, as double (floats) or int64. */
 static double raw_get_d(const uint8_t *p, int dtype, size_t k)
 {
@@ -529,7 +549,7 @@ static int tensor_decode(loader *L, const ox_tensor *t, void **out)
     if (t->has_raw) {
         for (size_t k = 0; k < n; k++) {
             if (isf)
-                fo[k] = (float)raw_get_d(t->raw, t->dtype, k);
+                fo[k] = d2f(raw_get_d(t->raw, t->dtype, k));
             else
                 io[k] = raw_get_i(t->raw, t->dtype, k);
         }
@@ -559,7 +579,7 @@ static int tensor_decode(loader *L, const ox_tensor *t, void **out)
             }
             pb_get_doubles(&f, tmp);
             for (long j = 0; j < c; j++)
-                fo[pos++] = (float)tmp[j];
+                fo[pos++] = d2f(tmp[j]);
             free(tmp);
         } else if ((f.num == 5 && t->dtype != RT_F32 && t->dtype != RT_I64 && t->dtype != RT_F64 &&
                     t->dtype != OX_U32 && t->dtype != OX_U64) ||
@@ -1166,7 +1186,7 @@ static int64_t cget_i(const rt_value *v, size_t k)
 static void cset(int dtype, void *data, size_t k, double d, int64_t i, int use_int)
 {
     if (dtype == RT_F32)
-        ((float *)data)[k] = use_int ? (float)i : (float)d;
+        ((float *)data)[k] = use_int ? (float)i : d2f(d);
     else
         ((int64_t *)data)[k] = use_int ? i : d2i(d);
 }
@@ -1480,7 +1500,7 @@ static int fold_cast(loader *L, const ox_node *n, int src)
         return rc;
     for (size_t k = 0; k < x->numel; k++) {
         if (dt == RT_F32) {
-            ((float *)d)[k] = (float)cget_d(x, k);
+            ((float *)d)[k] = d2f(cget_d(x, k));
         } else {
             int64_t v = to == OX_BOOL ? (cget_d(x, k) != 0) : cget_i(x, k);
             if (to != RT_I64 && to != OX_U64 && to != OX_BOOL)
@@ -1638,9 +1658,9 @@ static int fold_range(loader *L, const ox_node *n, const int *vin, int nin)
         return rc;
     for (int64_t k = 0; k < s.d[0]; k++) {
         if (dt == RT_F32)
-            ((float *)d)[k] = (float)(start + (double)k * delta);
+            ((float *)d)[k] = d2f(start + (double)k * delta);
         else
-            ((int64_t *)d)[k] = cget_i(a, 0) + k * cget_i(c, 0);
+            ((int64_t *)d)[k] = (int64_t)((uint64_t)cget_i(a, 0) + (uint64_t)k * (uint64_t)cget_i(c, 0));
     }
     return make_const(L, n, n->out[0], dt, &s, d);
 }
@@ -2403,7 +2423,7 @@ static int clip_bound(loader *L, const ox_node *n, const int *vin, int nin, int 
     if (v->numel != 1)
         return nfail(L, n, REFIT_ERR_MODEL, "bound '%s' is not a scalar", v->name);
     if (v->kind == RT_VAL_CONST) {
-        *val = (float)cget_d(v, 0);
+        *val = d2f(cget_d(v, 0));
         return 0;
     }
     if (v->kind == RT_VAL_WEIGHT) {

@@ -798,8 +798,107 @@ static void fuzz_model(const char *name, int mutations)
            ok_loads, errors);
 }
 
+/* Structure-aware mutations: every varint in the file (found by walking every LEN field that
+ * parses as a message) is a candidate; a few are rewritten in place with other values of the same
+ * encoded length (0, 1, 2, 127, random bits; for 10-byte varints also negatives), so the file
+ * stays well-formed protobuf and the mutations reach shape inference, attribute resolution and
+ * folding instead of stopping at the parser. */
+typedef struct vpos {
+    size_t off, len;
+} vpos;
+
+static void collect_varints(const uint8_t *base, const uint8_t *p, size_t n, int depth, vpos *out,
+                            size_t *cnt, size_t cap)
+{
+    pb_iter it;
+    pb_field f;
+    pb_iter_init(&it, p, n);
+    /* first check the whole range parses as a message */
+    int r;
+    while ((r = pb_next(&it, &f)) == 1)
+        ;
+    if (r < 0 || depth > 12)
+        return;
+    pb_iter_init(&it, p, n);
+    const uint8_t *before = it.p;
+    while (pb_next(&it, &f) == 1) {
+        if (f.wire == PB_VARINT && *cnt < cap) {
+            /* the value's bytes end where the iterator is now */
+            uint64_t key;
+            const uint8_t *q = before;
+            pb_read_varint(&q, it.end, &key);
+            out[*cnt].off = (size_t)(q - base);
+            out[*cnt].len = (size_t)(it.p - q);
+            (*cnt)++;
+        } else if (f.wire == PB_LEN && f.len > 0) {
+            collect_varints(base, f.data, f.len, depth + 1, out, cnt, cap);
+        }
+        before = it.p;
+    }
+}
+
+static void fuzz_structured(const char *name, int mutations)
+{
+    char path[256];
+    snprintf(path, sizeof path, "data/%s.onnx", name);
+    size_t size = 0;
+    unsigned char *data = read_file(path, &size);
+    if (!data) {
+        CHECK(0, "cannot read %s", path);
+        return;
+    }
+    size_t cap = 4096, cnt = 0;
+    vpos *pos = malloc(cap * sizeof *pos);
+    collect_varints(data, data, size, 0, pos, &cnt, cap);
+    CHECK(cnt >= 5, "%s: %zu varints found", name, cnt);
+    unsigned char *copy = malloc(size);
+    int ok_loads = 0, errors = 0, bad = 0, nomsg = 0;
+    char err[256];
+    static const int64_t interesting[] = {0, 1, 2, 3, 4, 7, 8, 9, 127, -1, -2, -3, INT64_MAX, INT64_MIN,
+                                          (int64_t)1 << 31, (int64_t)1 << 40, 1000000};
+    for (int m = 0; m < mutations && cnt; m++) {
+        memcpy(copy, data, size);
+        int k = 1 + (int)(rnd64() % 3);
+        for (int j = 0; j < k; j++) {
+            const vpos *v = &pos[rnd64() % cnt];
+            uint64_t val = rnd64() % 2 ? (uint64_t)interesting[rnd64() % (sizeof interesting / sizeof interesting[0])]
+                                       : rnd64() >> (rnd64() % 64);
+            if (v->len < 10)
+                val &= ((uint64_t)1 << (7 * v->len)) - 1;
+            for (size_t b = 0; b < v->len; b++)
+                copy[v->off + b] = (unsigned char)(((val >> (7 * b)) & 0x7f) | (b + 1 < v->len ? 0x80 : 0));
+        }
+        rt_graph *g = NULL;
+        err[0] = 0;
+        int rc = rt_graph_from_onnx(copy, size, NULL, &g, err, sizeof err);
+        if (rc == 0) {
+            ok_loads++;
+            bad += validate(g) != 0;
+        } else {
+            errors++;
+            if (err[0] == 0 || g != NULL || strchr(err, '\n') != NULL) {
+                nomsg++;
+                fprintf(stderr, "%s: rc=%d bad message '%s'\n", name, rc, err);
+            }
+        }
+        rt_graph_destroy(g);
+    }
+    CHECK(bad == 0 && nomsg == 0, "%s structured fuzz: %d loads (%d invalid), %d errors (%d bad messages)",
+          name, ok_loads, bad, errors, nomsg);
+    printf("fuzz %s: %zu varints, %d structured mutations: %d loaded, %d refused\n", name, cnt,
+           mutations, ok_loads, errors);
+    free(copy);
+    free(pos);
+    free(data);
+}
+
 int main(void)
 {
+    /* TEST_ONNX_FUZZ_SCALE=N multiplies the mutation counts (a longer soak; default 1) */
+    const char *scale_env = getenv("TEST_ONNX_FUZZ_SCALE");
+    int scale = scale_env ? atoi(scale_env) : 1;
+    if (scale < 1)
+        scale = 1;
     test_pb();
     test_graph_helpers();
     test_seed_conv();
@@ -812,9 +911,17 @@ int main(void)
     test_weights_never_folded();
     test_more_folding();
     test_errors();
-    fuzz_model("cnn", 3000);
-    fuzz_model("torch_like", 3000);
-    fuzz_model("fold_misc", 1000);
+    fuzz_model("cnn", 3000 * scale);
+    fuzz_model("torch_like", 3000 * scale);
+    fuzz_model("fold_misc", 1000 * scale);
+    fuzz_model("fold_more", 1000 * scale);
+    fuzz_model("dtypes", 500 * scale);
+    fuzz_model("conv1d", 500 * scale);
+    const char *structured[] = {"cnn", "torch_like", "torch13", "fold_misc", "fold_more", "pools",
+                                "conv1d", "softmax11", "matmul", "reducemean18", "squeeze13",
+                                "reshape_zero", "clip13", "weight_reshape", "concat_leaky"};
+    for (size_t i = 0; i < sizeof structured / sizeof structured[0]; i++)
+        fuzz_structured(structured[i], 600 * scale);
     printf("test_onnx: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
