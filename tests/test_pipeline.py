@@ -591,3 +591,23 @@ def test_after_a_rollback_versions_still_only_go_up(pipeline, engine, store, tmp
                           "(serving 1; use rollback for older versions)")
     assert store_digest(store.path) == before and y_of(engine) == (9.0, 1)
     assert pipeline.apply(pkg(tmp_path, engine, 4, 4)).ok and y_of(engine) == (36.0, 4)
+
+
+def test_commit_failure_leaves_store_and_engine_unchanged(pipeline, engine, store, tmp_path, monkeypatch):
+    assert pipeline.apply(pkg(tmp_path, engine, 1, 1)).ok
+    before = store_digest(store.path)
+    real = os.replace
+
+    def no_space(src, dst):
+        if dst.endswith("current"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", no_space)
+    out = pipeline.apply(pkg(tmp_path, engine, 2, 2))
+    monkeypatch.undo()
+    assert (out.ok, out.stage) == (False, "commit")
+    assert out.reason == "cannot commit version 2: cannot move current to version 2: No space left on device"
+    assert store_digest(store.path) == before and store.versions() == [0, 1]
+    assert y_of(engine) == (9.0, 1)
+    assert pipeline.apply(pkg(tmp_path, engine, 2, 2)).ok

@@ -679,6 +679,7 @@ class Store:
     def _collect_blobs(self) -> Tuple[int, int]:
         referenced = {t["sha256"] for m in self._manifests.values() for t in m["tensors"].values()}
         n = freed = 0
+        emptied = False
         for d in self._blob_dirs():
             removed = False
             for name in os.listdir(d):
@@ -692,5 +693,11 @@ class Store:
                     n += 1
                     removed = True
             if removed:
-                self._fsync_dir(d)
+                if not os.listdir(d):  # an empty fan-out directory goes too
+                    os.rmdir(d)
+                    emptied = True
+                else:
+                    self._fsync_dir(d)
+        if emptied:
+            self._fsync_dir(self._p("blobs"))
         return n, freed
