@@ -251,7 +251,7 @@ class Daemon:
     def _enter(self) -> None:
         with self._busy_cv:
             if self._stopping:
-                raise ControlError("the daemon is stopping; no new updates")
+                raise ControlError("the daemon is stopping")
             self._busy += 1
 
     def _leave(self) -> None:
@@ -327,11 +327,14 @@ class Daemon:
         if list(raw) == [""] and len(specs) == 1:  # "the only input"
             raw = {specs[0].name: raw[""]}
         inputs = {name: _decode_tensor(spec, name) for name, spec in raw.items()}
+        self._enter()  # shutdown waits for it before the engine closes
         t0 = time.perf_counter()
         try:
             outputs, version = self.engine.infer(inputs)
         except Exception as e:
             raise ControlError(_first_line(e))
+        finally:
+            self._leave()
         return {"version": version, "seconds": round(time.perf_counter() - t0, 6),
                 "outputs": {k: encode_tensor(v) for k, v in outputs.items()}}
 
