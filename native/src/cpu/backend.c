@@ -974,7 +974,7 @@ static void run_step(const run_env *e, const cpu_step *s, float *scratch)
                     vptr(e, nd->in[4]), nd->a.epsilon, NULL, params, params + s->M);
         cpu_channel_affine(x, y, s->N, s->M, s->K, params, params + s->M, lo, hi);
         break;
-    case ST_MAXPOOL: cpu_maxpool(&s->pool, x, y, work); break;
+    case ST_MAXPOOL: cpu_maxpool(isa, &s->pool, x, y, work); break;
     case ST_AVGPOOL: cpu_avgpool(&s->pool, x, y); break;
     case ST_GAP: cpu_global_avgpool(x, y, s->M, s->K); break;
     case ST_COPY:

@@ -44,7 +44,7 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
 {
     switch (cpu_conv_kind(g)) {
     case CPU_CONV_1X1:
-        return cpu_sgemm_scratch(isa, g->M, g->H * g->W, g->C);
+        return (size_t)a16(2 * g->C) + cpu_sgemm_scratch(isa, g->M, g->H * g->W, g->C);
     case CPU_CONV_WIDE: {
         int64_t PH, PW;
         wide_dims(g, &PH, &PW);
@@ -273,13 +273,16 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
         float *yn = y + n * g->M * OHW;
         const float *resn = (epi && epi->res) ? epi->res + n * g->M * OHW : NULL;
         if (kind == CPU_CONV_1X1) {
+            /* The image is B (C x HW); row k at xn + k*HW, read in place where the ISA can. */
+            int64_t *boff = (int64_t *)(void *)scratch;
+            for (int64_t k = 0; k < g->C; k++) boff[k] = k * HW;
             cpu_bsrc b;
             memset(&b, 0, sizeof b);
-            b.b = xn;
-            b.rs = HW;
-            b.cs = 1;
+            b.is_conv = 2;
+            b.img = xn;
+            b.boff = boff;
             e.res = resn;
-            cpu_sgemm(isa, g->M, HW, g->C, w, g->C, 1, &b, yn, HW, &e, scratch);
+            cpu_sgemm(isa, g->M, HW, g->C, w, g->C, 1, &b, yn, HW, &e, scratch + a16(2 * g->C));
             continue;
         }
         for (int64_t gi = 0; gi < g->group; gi++) {

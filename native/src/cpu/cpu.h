@@ -29,6 +29,10 @@ typedef struct cpu_epi {
 /* Micro-kernel: C[MR x NR] (op)= A_panel(MR x kc) * B_panel(kc x NR), packed layouts
  * a[k*MR + i], b[k*NR + j]. flags: CPU_UK_LOAD adds to the existing C, CPU_UK_EPI applies the
  * epilogue (scale/bias arrays have MR / NR entries, never NULL here; res may be NULL). */
+/* The same with B read in place: row k at b + boff[k] (wide conv; no packed panel). */
+typedef void (*cpu_ukind_fn)(int64_t kc, const float *a, const float *b, const int64_t *boff,
+                             float *c, int64_t ldc, int flags, const float *rs, const float *rb,
+                             const float *cb, const float *res, int64_t ldr, float lo, float hi);
 #define CPU_UK_LOAD 1
 #define CPU_UK_EPI 2
 typedef void (*cpu_ukernel_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
@@ -146,7 +150,8 @@ typedef struct cpu_pool_geom {
     int count_include_pad;
 } cpu_pool_geom;
 size_t cpu_maxpool_scratch(const cpu_pool_geom *g);
-void cpu_maxpool(const cpu_pool_geom *g, const float *x, float *y, float *scratch);
+void cpu_maxpool(const cpu_isa *isa, const cpu_pool_geom *g, const float *x, float *y,
+                 float *scratch);
 void cpu_avgpool(const cpu_pool_geom *g, const float *x, float *y);
 void cpu_global_avgpool(const float *x, float *y, int64_t NC, int64_t S);
 void cpu_softmax(const float *x, float *y, int64_t outer, int64_t n, int64_t inner);

@@ -26,6 +26,9 @@
 #include <immintrin.h>
 #endif
 
+#ifndef REFIT_WIDE_DIRECT
+#define REFIT_WIDE_DIRECT uk_avx512_ind
+#endif
 #define CPU_MAX_MR 16
 #define CPU_MAX_NR 32
 #define KC_MAX 640
@@ -178,19 +181,19 @@ static void dw3x3s1_portable(const cpu_dw_args *a) { dw3x3s1_body(a); }
 #define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
 
-/* AVX-512 8x32: 16 zmm accumulators, 2 B loads and one broadcast per row and k. */
-__attribute__((target("avx512f"))) static void uk_avx512(int64_t kc, const float *a,
-                                                          const float *b, float *c, int64_t ldc,
-                                                          int flags, const float *rs,
-                                                          const float *rb, const float *cb,
-                                                          const float *res, int64_t ldr, float lo,
-                                                          float hi)
+/* AVX-512 8x32: 16 zmm accumulators, 2 B loads and one broadcast per row and k. With boff, B row
+ * k is read in place at b + boff[k] (the wide conv's image) instead of from a packed panel. */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+uk_avx512_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, float *c,
+               int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
+               const float *res, int64_t ldr, float lo, float hi)
 {
 #define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
     ROWS8(DECL)
 #undef DECL
     for (int64_t k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        const float *bk = boff ? b + boff[k] : b + 32 * k;
+        const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
 #define FMA(i)                                                                                     \
     {                                                                                              \
         const __m512 ai = _mm512_set1_ps(a[i]);                                                    \
@@ -200,7 +203,6 @@ __attribute__((target("avx512f"))) static void uk_avx512(int64_t kc, const float
         ROWS8(FMA)
 #undef FMA
         a += 8;
-        b += 32;
     }
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     const __m512 cb0 = _mm512_loadu_ps(cb), cb1 = _mm512_loadu_ps(cb + 16);
@@ -227,6 +229,25 @@ __attribute__((target("avx512f"))) static void uk_avx512(int64_t kc, const float
     }
     ROWS8(OUT)
 #undef OUT
+}
+
+__attribute__((target("avx512f"))) static void uk_avx512(int64_t kc, const float *a,
+                                                          const float *b, float *c, int64_t ldc,
+                                                          int flags, const float *rs,
+                                                          const float *rb, const float *cb,
+                                                          const float *res, int64_t ldr, float lo,
+                                                          float hi)
+{
+    uk_avx512_impl(kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
+__attribute__((target("avx512f"))) static void uk_avx512_ind(int64_t kc, const float *a,
+                                                              const float *b, const int64_t *boff,
+                                                              float *c, int64_t ldc, int flags,
+                                                              const float *rs, const float *rb,
+                                                              const float *cb, const float *res,
+                                                              int64_t ldr, float lo, float hi)
+{
+    uk_avx512_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 
 /* AVX2+FMA 6x16: 12 ymm accumulators. */
@@ -467,7 +488,7 @@ static inline __attribute__((always_inline)) void pack_b_wide(const cpu_bsrc *s,
 static inline __attribute__((always_inline)) void
 sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t acs,
            const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch,
-           const int mr, const int nr, cpu_ukernel_fn ukernel)
+           const int mr, const int nr, cpu_ukernel_fn ukernel, cpu_ukind_fn ukind)
 {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -480,6 +501,7 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
     float *pa = scratch;
     float *pb = pa + round_up(M, mr) * K;
     pack_a(a, ars, acs, M, K, mr, pa);
+    const int direct = ukind && bsrc->is_conv == 2;
 
     float ones[CPU_MAX_MR], zeros[CPU_MAX_NR];
     float rs[CPU_MAX_MR], rb[CPU_MAX_MR], cbt[CPU_MAX_NR];
@@ -489,6 +511,65 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
     memset(tile, 0, sizeof tile);
     const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
 
+    if (direct) {
+        /* B read in place: per panel of NR columns, every M tile while the panel's rows are in
+         * L1. A last partial panel is packed instead, so nothing is read past column N-1. */
+        for (int64_t pc = 0; pc < K; pc += kcb) {
+            const int64_t kc = K - pc < kcb ? K - pc : kcb;
+            const int flags = (pc > 0 ? CPU_UK_LOAD : 0) | (pc + kc == K ? CPU_UK_EPI : 0);
+            const int64_t *boff = bsrc->boff + pc;
+            for (int64_t n0 = 0; n0 < N; n0 += nr) {
+                const int64_t nw = N - n0 < nr ? N - n0 : nr;
+                const float *bp = bsrc->img + n0;
+                int packed = 0; /* this panel packed into pb (for edge tiles) */
+                const float *cbp = zeros;
+                if (epi && epi->col_bias) {
+                    for (int j = 0; j < nr; j++) cbt[j] = j < nw ? epi->col_bias[n0 + j] : 0.0f;
+                    cbp = cbt;
+                }
+                for (int64_t ir = 0; ir < M; ir += mr) {
+                    const int64_t mi = M - ir < mr ? M - ir : mr;
+                    const float *ap = pa + ir * K + pc * mr;
+                    const float *rsp = ones, *rbp = zeros;
+                    if (flags & CPU_UK_EPI) {
+                        for (int i = 0; i < mr; i++) {
+                            rs[i] = (i < mi && epi && epi->row_scale) ? epi->row_scale[ir + i] : 1.0f;
+                            rb[i] = (i < mi && epi && epi->row_bias) ? epi->row_bias[ir + i] : 0.0f;
+                        }
+                        rsp = rs;
+                        rbp = rb;
+                    }
+                    const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
+                    float *cp = c + ir * ldc + n0;
+                    if (mi == mr && nw == nr) {
+                        ukind(kc, ap, bp, boff, cp, ldc, flags, rsp, rbp, cbp, res,
+                              res ? epi->ldr : 0, lo, hi);
+                        continue;
+                    }
+                    /* Edge: pack this panel (no reads past the last column) and use the packed
+                     * kernel on a local tile. */
+                    if (!packed) {
+                        pack_b_wide(bsrc, pc, kc, n0, nw, nr, pb);
+                        packed = 1;
+                    }
+                    if (flags & CPU_UK_LOAD)
+                        for (int64_t i = 0; i < mi; i++)
+                            for (int64_t j = 0; j < nw; j++) tile[i * nr + j] = cp[i * ldc + j];
+                    if (res && (flags & CPU_UK_EPI)) {
+                        for (int64_t i = 0; i < mr; i++)
+                            for (int64_t j = 0; j < nr; j++)
+                                rtile[i * nr + j] =
+                                    (i < mi && j < nw) ? res[i * epi->ldr + j] : 0.0f;
+                    }
+                    ukernel(kc, ap, pb, tile, nr, flags, rsp, rbp, cbp, res ? rtile : NULL, nr, lo,
+                            hi);
+                    for (int64_t i = 0; i < mi; i++)
+                        for (int64_t j = 0; j < nw; j++) cp[i * ldc + j] = tile[i * nr + j];
+                }
+            }
+        }
+        return;
+    }
     for (int64_t jc = 0; jc < N; jc += ncb) {
         const int64_t nc = N - jc < ncb ? N - jc : ncb;
         for (int64_t pc = 0; pc < K; pc += kcb) {
@@ -557,15 +638,15 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
         const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch
 #define SGEMM_PASS M, N, K, a, ars, acs, bsrc, c, ldc, epi, scratch
 
-static void sgemm_portable(SGEMM_ARGS) { sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable); }
+static void sgemm_portable(SGEMM_ARGS) { sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, NULL); }
 #if defined(CPU_HAVE_X86)
 __attribute__((target("avx512f"))) static void sgemm_avx512(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512);
+    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, REFIT_WIDE_DIRECT);
 }
 __attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2);
+    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, NULL);
 }
 #endif
 

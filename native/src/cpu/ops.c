@@ -153,54 +153,105 @@ void cpu_bn_fold(int64_t C, const float *g, const float *b, const float *m, cons
 
 /* ---- pooling --------------------------------------------------------------------------------- */
 
-/* Over a copy of the plane padded with -FLT_MAX (onnxruntime ignores padding; an all-padding
- * window yields the lowest float as there): first the max over the kh window rows for each
- * output row, then the max over kw along it. */
-static void pool_pad_dims(const cpu_pool_geom *g, int64_t *PH, int64_t *PW)
+/* Padding counts as -FLT_MAX (onnxruntime ignores it; an all-padding window yields the lowest
+ * float as there). Per output row: the max over the kh input rows into a row buffer of the padded
+ * width, then the max over kw along it. Compiled once per ISA so both passes vectorise. */
+static void pool_row_dims(const cpu_pool_geom *g, int64_t *PW)
 {
-    *PH = (g->OH - 1) * g->sh + (g->kh - 1) * g->dh + 1;
     *PW = (g->OW - 1) * g->sw + (g->kw - 1) * g->dw + 1;
 }
 
 size_t cpu_maxpool_scratch(const cpu_pool_geom *g)
 {
-    int64_t PH, PW;
-    pool_pad_dims(g, &PH, &PW);
-    return (size_t)(PH * PW + PW) + 16;
+    int64_t PW;
+    pool_row_dims(g, &PW);
+    return (size_t)PW + 16;
 }
 
-void cpu_maxpool(const cpu_pool_geom *g, const float *x, float *y, float *scratch)
+static inline __attribute__((always_inline)) void maxpool_body(const cpu_pool_geom *g,
+                                                               const float *x, float *y,
+                                                               float *rowm)
 {
-    int64_t PH, PW;
-    pool_pad_dims(g, &PH, &PW);
-    float *pad = scratch, *rowm = scratch + PH * PW;
-    for (int64_t i = 0; i < PH * PW; i++) pad[i] = -FLT_MAX;
-    const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
+    int64_t PW;
+    pool_row_dims(g, &PW);
+    const int64_t px0 = g->pl < PW ? g->pl : PW;
+    const int64_t px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
+    const int64_t nin = px1 > px0 ? px1 - px0 : 0;
+    const int s2k3 = g->sw == 2 && g->kw == 3 && g->dw == 1;
+    for (int64_t px = 0; px < px0; px++) rowm[px] = -FLT_MAX;
+    for (int64_t px = px0 + nin; px < PW; px++) rowm[px] = -FLT_MAX;
+    float *restrict rm = rowm + px0;
     for (int64_t nc = 0; nc < g->N * g->C; nc++) {
         const float *p = x + nc * g->H * g->W;
         float *o = y + nc * g->OH * g->OW;
-        if (px1 > px0)
-            for (int64_t iy = 0; iy < g->H; iy++) {
-                const int64_t py = iy + g->pt;
-                if (py >= PH) break;
-                memcpy(pad + py * PW + px0, p + iy * g->W, (size_t)(px1 - px0) * sizeof(float));
-            }
         for (int64_t oy = 0; oy < g->OH; oy++) {
-            const float *r0 = pad + oy * g->sh * PW;
-            for (int64_t px = 0; px < PW; px++) rowm[px] = r0[px];
-            for (int64_t ky = 1; ky < g->kh; ky++) {
-                const float *r = r0 + ky * g->dh * PW;
-                for (int64_t px = 0; px < PW; px++) rowm[px] = r[px] > rowm[px] ? r[px] : rowm[px];
+            int first = 1;
+            for (int64_t ky = 0; ky < g->kh; ky++) {
+                const int64_t iy = oy * g->sh - g->pt + ky * g->dh;
+                if (iy < 0 || iy >= g->H) continue;
+                const float *restrict r = p + iy * g->W + (px0 - g->pl);
+                if (first) {
+                    for (int64_t t = 0; t < nin; t++) rm[t] = r[t];
+                    first = 0;
+                } else {
+                    for (int64_t t = 0; t < nin; t++) rm[t] = r[t] > rm[t] ? r[t] : rm[t];
+                }
             }
-            float *orow = o + oy * g->OW;
-            for (int64_t ox = 0; ox < g->OW; ox++) {
-                const float *q = rowm + ox * g->sw;
-                float mx = q[0];
-                for (int64_t kx = 1; kx < g->kw; kx++) mx = q[kx * g->dw] > mx ? q[kx * g->dw] : mx;
-                orow[ox] = mx;
+            if (first)
+                for (int64_t t = 0; t < nin; t++) rm[t] = -FLT_MAX;
+            float *restrict orow = o + oy * g->OW;
+            const float *restrict q = rowm;
+            if (s2k3) {
+                for (int64_t ox = 0; ox < g->OW; ox++) {
+                    const float a = q[2 * ox], b = q[2 * ox + 1], c = q[2 * ox + 2];
+                    const float m = a > b ? a : b;
+                    orow[ox] = c > m ? c : m;
+                }
+            } else {
+                for (int64_t ox = 0; ox < g->OW; ox++) {
+                    const float *qq = q + ox * g->sw;
+                    float mx = qq[0];
+                    for (int64_t kx = 1; kx < g->kw; kx++)
+                        mx = qq[kx * g->dw] > mx ? qq[kx * g->dw] : mx;
+                    orow[ox] = mx;
+                }
             }
         }
     }
+}
+
+static void maxpool_portable(const cpu_pool_geom *g, const float *x, float *y, float *s)
+{
+    maxpool_body(g, x, y, s);
+}
+#if defined(CPU_HAVE_X86)
+__attribute__((target("avx512f"))) static void
+maxpool_avx512(const cpu_pool_geom *g, const float *x, float *y, float *s)
+{
+    maxpool_body(g, x, y, s);
+}
+__attribute__((target("avx2,fma"))) static void maxpool_avx2(const cpu_pool_geom *g,
+                                                              const float *x, float *y, float *s)
+{
+    maxpool_body(g, x, y, s);
+}
+#endif
+
+void cpu_maxpool(const cpu_isa *isa, const cpu_pool_geom *g, const float *x, float *y,
+                 float *scratch)
+{
+#if defined(CPU_HAVE_X86)
+    if (isa == cpu_isa_avx512()) {
+        maxpool_avx512(g, x, y, scratch);
+        return;
+    }
+    if (isa == cpu_isa_avx2()) {
+        maxpool_avx2(g, x, y, scratch);
+        return;
+    }
+#endif
+    (void)isa;
+    maxpool_portable(g, x, y, scratch);
 }
 
 /* onnxruntime's rule: with count_include_pad the divisor counts the padded window, clipped to the
