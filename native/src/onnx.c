@@ -546,6 +546,12 @@ static int tensor_decode(loader *L, const ox_tensor *t, void **out)
         return NOMEM(L);
     float *fo = buf;
     int64_t *io = buf;
+    if (t->has_raw && (t->dtype == RT_F32 || t->dtype == RT_I64)) {
+        if (n)
+            memcpy(buf, t->raw, n * 4 * (size_t)(t->dtype == RT_I64 ? 2 : 1)); /* little-endian host */
+        *out = buf;
+        return 0;
+    }
     if (t->has_raw) {
         for (size_t k = 0; k < n; k++) {
             if (isf)

@@ -273,6 +273,17 @@ save("gemm_bcast", [
     helper.make_node("Gemm", ["a", "b", "c"], ["y"], name="gemm", transA=1, alpha=2.0, beta=0.5)],
     [vi("a", [3, 2])], [vi("y", [2, 4])], [init("b", rnd(3, 4)), init("c", rnd(2, 1))])
 
+# scalars as torch exports them: a 0-d Constant, a 0-d weight, a [1] constant
+save("scalar_ops", [
+    helper.make_node("Constant", [], ["one"], name="c_one", value=numpy_helper.from_array(
+        np.array(1.0, np.float32))),
+    helper.make_node("Add", ["x", "one"], ["a"], name="add_scalar"),
+    helper.make_node("Mul", ["a", "scale"], ["m"], name="mul_weight_scalar"),
+    helper.make_node("Constant", [], ["two"], name="c_two", value=numpy_helper.from_array(
+        np.array([2.0], np.float32))),
+    helper.make_node("Div", ["m", "two"], ["y"], name="div_1")],
+    [vi("x", [2, 3])], [vi("y", [2, 3])], [init("scale", np.array(0.5, np.float32))])
+
 # ---- invalid / unsupported models -------------------------------------------------------
 save("err_unsupported_op", [helper.make_node("Tanh", ["x"], ["y"], name="my_tanh")],
      [vi("x", [1, 4])], [vi("y", [1, 4])])
