@@ -22,7 +22,8 @@ Ordering, and why (docs/store.md has the long form):
 
 ``Outcome(ok, version, reason, stage, seconds)``: ``version`` is the version the request was about
 (the package's, or the rollback target; None if it could not be read), ``stage`` the step that
-decided (``done`` on success), ``reason`` one line on failure.
+decided (``done`` on success), ``reason`` one line on failure, ``seconds`` from the call to the
+new weights serving (success; retention runs after that) or to the rejection.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Pipeline:
         self.allow_nonfinite = allow_nonfinite
         self.verifier = verifier
         self._lock = threading.Lock()
+        self._served_at = 0.0
         self._names = [w.name for w in engine.weights()]
         #: the last Outcome of apply/rollback (for ``status``)
         self.last: Optional[Outcome] = None
@@ -210,9 +212,11 @@ class Pipeline:
             version: Optional[int] = None
             try:
                 version, info = self._apply_locked(path, source)
-                out = Outcome(True, version, None, "done", time.perf_counter() - t0, previous)
+                # seconds: file -> serving (publish returned); retention ran after that
+                out = Outcome(True, version, None, "done", self._served_at - t0, previous)
                 self.events.emit("update.applied", version=version, previous=previous,
-                                 source=source, path=path, seconds=round(out.seconds, 6), **info)
+                                 source=source, path=path, seconds=round(out.seconds, 6),
+                                 total_seconds=round(time.perf_counter() - t0, 6), **info)
                 self.window.arm(version, previous)
             except (_Reject, Exception) as r:
                 if not isinstance(r, _Reject):  # a bug must not take the channel down
@@ -346,6 +350,7 @@ class Pipeline:
             except Exception as e:
                 self._quiet(store.revert, version, cur, high, reason=_one_line(e))
                 raise _Reject("publish", _one_line(e)) from None
+            self._served_at = time.perf_counter()
         finally:
             staged.close()
 
