@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import ONES, kernel, store_digest, write_pkg, y_of
+from conftest import kernel, store_digest, write_pkg, y_of
 from refitd.engine import Engine
 from refitd.pipeline import Pipeline
 from refitd.store import Store
@@ -64,7 +64,6 @@ def one(fp, name="conv.weight", dtype="F32", shape=(1, 1, 3, 3), offs=(0, 36), d
 
 
 def good_pkg(fp, tensors=None, version=10, base=None, note=None):
-    import io
     from safetensors.numpy import save
 
     m = {"refit.version": str(version), "refit.model": fp}

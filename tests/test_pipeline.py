@@ -1,6 +1,5 @@
 """refitd.pipeline on a real engine: apply, partial packages, rollback, restart, the shadow
 check under concurrent inference, the watch window, failure paths and kill -9 during apply."""
-import json
 import os
 import random
 import signal

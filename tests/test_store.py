@@ -1,7 +1,6 @@
 """refitd.store: manifests, dedup, retention, verification, crash safety and recovery."""
 import json
 import os
-import signal
 
 import numpy as np
 import pytest

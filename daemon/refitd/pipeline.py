@@ -230,7 +230,6 @@ class Pipeline:
             return out
 
     def _apply_locked(self, path: str, source: str):
-        engine, store = self.engine, self.store
         # size cap, parse (read_package checks the cap on the open file before reading)
         try:
             pkg = read_package(path, self.max_package_bytes)
