@@ -380,7 +380,8 @@ def test_run_without_config_uses_the_demo_config(state):
     e["XDG_STATE_HOME"] = state
     e["HOME"] = state  # no /etc/refitd on a test box; the CLI falls back to the demo socket
     log = open(os.path.join(state, "log"), "wb")
-    p = subprocess.Popen([sys.executable, "-m", "refitd", "run"], env=e, stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([sys.executable, "-m", "refitd", "run", "--log-format", "json"], env=e, stdout=log,
+                         stderr=subprocess.STDOUT)
     try:
         sock = os.path.join(state, "refitd", "control.sock")
         wait_until(lambda: os.path.exists(sock), timeout=60, what="demo control socket")
@@ -396,4 +397,8 @@ def test_run_without_config_uses_the_demo_config(state):
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 0
         log.close()
-    assert "running the built-in demo configuration" in open(os.path.join(state, "log")).read()
+    text = open(os.path.join(state, "log")).read()
+    assert "running the built-in demo configuration" in text
+    started = [json.loads(line) for line in text.splitlines() if line.startswith('{"ts"')]
+    assert [e["event"] for e in started if e["event"].startswith("daemon.")] == \
+        ["daemon.starting", "daemon.started", "daemon.stopping", "daemon.stopped"]
