@@ -256,6 +256,11 @@ typedef struct loader {
     strmap names;       /* value name -> value index */
     strmap dropped;     /* secondary node outputs we do not produce -> node index */
     strmap graph_outs;  /* graph output names */
+    /* Transpose (2-D, perm [1, 0]) of a value that is not a constant, typically a weight: the
+     * dynamo exporter writes nn.Linear as MatMul(x, Transpose(weight)). No value is made; the
+     * name maps to the source, and MatMul/Gemm read it as a transposed operand. */
+    strmap tviews;      /* Transpose output name -> source value index */
+    int cur_tr[2];      /* node being built: input 0 / 1 is a transposed view */
 } loader;
 
 /* Messages are one line: names from the file may hold control characters, shown as '?'. */
@@ -2177,8 +2182,8 @@ static int op_gemm(loader *L, const ox_node *n, const int *vin, int nin)
     memset(&a, 0, sizeof a);
     a.alpha = attr_f(n, "alpha", 1.0f);
     a.beta = attr_f(n, "beta", 1.0f);
-    a.trans_a = attr_i(n, "transA", 0) != 0;
-    a.trans_b = attr_i(n, "transB", 0) != 0;
+    a.trans_a = (attr_i(n, "transA", 0) != 0) ^ L->cur_tr[0];
+    a.trans_b = (attr_i(n, "transB", 0) != 0) ^ L->cur_tr[1];
     if (A->ndim != 2 || B->ndim != 2)
         return nfail(L, n, REFIT_ERR_MODEL, "A %s and B %s must be 2-D", shp(A, b1, sizeof b1),
                      shp(B, b2, sizeof b2));
@@ -2204,12 +2209,57 @@ static int op_gemm(loader *L, const ox_node *n, const int *vin, int nin)
     return emit(L, n, RT_OP_GEMM, ins, has_c ? 3 : 2, &o, &a);
 }
 
+/* MatMul(A, Transpose(W)) with W [N, K]: Gemm(A2, W, transB=1) where A2 is A viewed as
+ * [prod(A.shape[:-1]), K], and the result viewed back as A.shape[:-1] + [N]. */
+static int matmul_transposed_b(loader *L, const ox_node *n, const int *vin)
+{
+    char b1[96], b2[96];
+    const rt_shape A = L->vals[vin[0]].shape, W = L->vals[vin[1]].shape;
+    if (W.ndim != 2 || A.ndim < 1 || A.d[A.ndim - 1] != W.d[1])
+        return nfail(L, n, REFIT_ERR_MODEL, "inner dims differ: %s x %s^T", shp(&A, b1, sizeof b1),
+                     shp(&W, b2, sizeof b2));
+    rt_attrs a;
+    memset(&a, 0, sizeof a);
+    a.alpha = 1.0f;
+    a.beta = 1.0f;
+    a.trans_b = 1;
+    int64_t K = W.d[1], N = W.d[0], M = prod_dims(&A, 0, A.ndim - 1);
+    rt_shape o = A;
+    o.d[o.ndim - 1] = N;
+    rt_shape g2 = {2, {M, N}};
+    if (A.ndim == 2) {
+        int ins[2] = {vin[0], vin[1]};
+        return emit(L, n, RT_OP_GEMM, ins, 2, &o, &a);
+    }
+    size_t ln = strlen(n->name) + strlen(n->out[0]) + 32;
+    char *nn = aalloc(L, ln), *vn = aalloc(L, ln);
+    if (!nn || !vn)
+        return NOMEM(L);
+    rt_shape a2 = {2, {M, K}};
+    int rc, ins[2] = {vin[0], vin[1]};
+    snprintf(nn, ln, "%s::reshape_a", n->name);
+    snprintf(vn, ln, "%s::refit_a2d", n->out[0]);
+    if ((rc = emit_named(L, n, nn, RT_OP_RESHAPE, &vin[0], 1, &a2, NULL, vn)))
+        return rc;
+    ins[0] = L->n_vals - 1;
+    snprintf(vn, ln, "%s::refit_2d", n->out[0]);
+    if ((rc = emit_named(L, n, n->name, RT_OP_GEMM, ins, 2, &g2, &a, vn)))
+        return rc;
+    int y = L->n_vals - 1;
+    snprintf(nn, ln, "%s::reshape_out", n->name);
+    return emit_named(L, n, nn, RT_OP_RESHAPE, &y, 1, &o, NULL, n->out[0]);
+}
+
 static int op_matmul(loader *L, const ox_node *n, const int *vin, int nin)
 {
     int rc;
     char b1[96], b2[96];
     if ((rc = need_f32(L, n, vin, nin, 0)) || (rc = need_f32(L, n, vin, nin, 1)))
         return rc;
+    if (L->cur_tr[0])
+        return nfail(L, n, REFIT_ERR_UNSUPPORTED, "a run-time Transpose as the first operand is not supported");
+    if (L->cur_tr[1])
+        return matmul_transposed_b(L, n, vin);
     const rt_shape *A = &L->vals[vin[0]].shape, *B = &L->vals[vin[1]].shape;
     if (A->ndim < 1 || B->ndim < 1)
         return nfail(L, n, REFIT_ERR_MODEL, "MatMul of a scalar");
@@ -2517,12 +2567,23 @@ static int build_node(loader *L, const ox_node *n)
     if (!vin)
         return NOMEM(L);
     int all_const = nin > 0;
+    L->cur_tr[0] = L->cur_tr[1] = 0;
     for (int i = 0; i < nin; i++) {
         if (!n->in[i][0]) {
             vin[i] = -1;
             continue;
         }
         vin[i] = strmap_get(&L->names, n->in[i]);
+        if (vin[i] < 0 && (vin[i] = strmap_get(&L->tviews, n->in[i])) >= 0) {
+            int ok = (!strcmp(n->op, "Gemm") && i < 2) || (!strcmp(n->op, "MatMul") && i == 1);
+            if (!ok)
+                return nfail(L, n, REFIT_ERR_UNSUPPORTED,
+                             "input '%s' is a Transpose of '%s' at run time, supported only as a "
+                             "MatMul second operand or a Gemm operand", n->in[i], L->vals[vin[i]].name);
+            L->cur_tr[i] = 1;
+            all_const = 0;
+            continue;
+        }
         if (vin[i] < 0) {
             if (strmap_get(&L->dropped, n->in[i]) >= 0)
                 return nfail(L, n, REFIT_ERR_UNSUPPORTED,
@@ -2587,6 +2648,33 @@ static int build_node(loader *L, const ox_node *n)
             return NOMEM(L);
         *d = (int64_t)L->vals[vin[0]].numel;
         return make_const(L, n, n->out[0], RT_I64, &s, d);
+    }
+    if (IS("Transpose") && !all_const) {
+        NEED(0);
+        const rt_value *x = &L->vals[vin[0]];
+        int c;
+        const int64_t *perm = attr_ints(n, "perm", &c);
+        int r = x->shape.ndim, identity = 1;
+        if (perm) {
+            int seen[RT_MAX_DIMS] = {0};
+            if (c != r)
+                return nfail(L, n, REFIT_ERR_MODEL, "perm has %d entries for rank %d", c, r);
+            for (int i = 0; i < r; i++)
+                if (perm[i] < 0 || perm[i] >= r || seen[perm[i]]++)
+                    return nfail(L, n, REFIT_ERR_MODEL, "perm is not a permutation");
+        }
+        for (int i = 0; i < r; i++)
+            identity &= (perm ? perm[i] : r - 1 - i) == i;
+        if (identity)
+            return passthrough(L, n, vin[0]);
+        int swap2 = r == 2; /* the only non-identity permutation of 2 dims */
+        if (!swap2)
+            return nfail(L, n, REFIT_ERR_UNSUPPORTED,
+                         "Transpose of run-time data or a weight is supported only for 2-D perm [1, 0] "
+                         "feeding MatMul/Gemm");
+        if (strmap_get(&L->graph_outs, n->out[0]) >= 0)
+            return nfail(L, n, REFIT_ERR_UNSUPPORTED, "a run-time Transpose as a graph output is not supported");
+        return strmap_put(&L->tviews, n->out[0], vin[0]) ? NOMEM(L) : 0;
     }
     if (all_const && is_fold_op(op)) {
         if (IS("Gather")) {
@@ -3097,6 +3185,7 @@ static void loader_free(loader *L)
     strmap_free(&L->names);
     strmap_free(&L->dropped);
     strmap_free(&L->graph_outs);
+    strmap_free(&L->tviews);
     arena_free(L->arena);
 }
 

@@ -677,6 +677,35 @@ static void test_more_folding(void)
     }
 }
 
+static void test_dynamo_linear(void)
+{
+    rt_graph *g = load("dynamo_linear");
+    if (!g)
+        return;
+    CHECK(validate(g) == 0, "invariants");
+    const char *wn[] = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight"};
+    int ok = g->n_weights == 5;
+    for (int k = 0; ok && k < 5; k++)
+        ok = !strcmp(g->values[g->weights[k]].name, wn[k]);
+    CHECK(ok, "weight names kept through Transpose");
+    const rt_node *m1 = nfind(g, "node_MatMul_1"), *m4 = nfind(g, "node_MatMul_4"), *g7 = nfind(g, "node_Gemm_7");
+    CHECK(m1 && m1->op == RT_OP_GEMM && m1->a.trans_b == 1 && m1->in[1] == vfind(g, "fc1.weight") &&
+              m1->a.alpha == 1.0f && m1->n_in == 2 && SHAPE(&g->values[m1->out].shape, 2, D(2), D(4)),
+          "MatMul(x, Transpose(W)) is Gemm(x, W, transB=1)");
+    CHECK(m4 && m4->op == RT_OP_GEMM && m4->a.trans_b == 1 && m4->in[1] == vfind(g, "fc2.weight") &&
+              SHAPE(&g->values[m4->in[0]].shape, 2, D(8), D(3)) && SHAPE(&g->values[m4->out].shape, 2, D(8), D(6)),
+          "3-D input viewed as 2-D");
+    const rt_node *r4 = nfind(g, "node_MatMul_4::reshape_out");
+    CHECK(r4 && m4 && r4->in[0] == m4->out && SHAPE(&g->values[r4->out].shape, 3, D(2), D(4), D(6)) &&
+              !strcmp(g->values[r4->out].name, "val_4"), "and reshaped back");
+    CHECK(g7 && g7->a.trans_b == 1 && g7->in[1] == vfind(g, "fc3.weight") &&
+              SHAPE(&g->values[g7->out].shape, 2, D(2), D(5)), "Gemm of a Transpose flips transB");
+    const rt_node *t8 = nfind(g, "node_Transpose_8");
+    CHECK(t8 && t8->op == RT_OP_IDENTITY && g7 && t8->in[0] == g7->out, "identity Transpose to an output");
+    CHECK(vfind(g, "val_0") < 0 && vfind(g, "val_3") < 0, "no value for the transposed views");
+    rt_graph_destroy(g);
+}
+
 static void expect_err(const char *model, int code, const char *a, const char *b)
 {
     rt_graph *g;
@@ -707,7 +736,8 @@ static void test_errors(void)
     expect_err("err_dropout_mask", REFIT_ERR_UNSUPPORTED, "node 'cast' (Cast)", "'mask'");
     expect_err("err_shape_not_const", REFIT_ERR_UNSUPPORTED, "node 'rs' (Reshape)", "constant");
     expect_err("err_concat9", REFIT_ERR_UNSUPPORTED, "node 'cat9' (Concat)", "9 inputs");
-    expect_err("err_transpose_weight", REFIT_ERR_UNSUPPORTED, "node 'tw' (Transpose)", NULL);
+    expect_err("err_transpose_weight", REFIT_ERR_UNSUPPORTED, "node 'add' (Add)", "Transpose of 'w'");
+    expect_err("err_transpose_3d", REFIT_ERR_UNSUPPORTED, "node 't3' (Transpose)", NULL);
     expect_err("err_bcast", REFIT_ERR_MODEL, "node 'add' (Add)", "do not broadcast");
 
     rt_graph *g = (rt_graph *)&g;
@@ -910,6 +940,7 @@ int main(void)
     test_dtypes_and_folding();
     test_weights_never_folded();
     test_more_folding();
+    test_dynamo_linear();
     test_errors();
     fuzz_model("cnn", 3000 * scale);
     fuzz_model("torch_like", 3000 * scale);
@@ -919,7 +950,8 @@ int main(void)
     fuzz_model("conv1d", 500 * scale);
     const char *structured[] = {"cnn", "torch_like", "torch13", "fold_misc", "fold_more", "pools",
                                 "conv1d", "softmax11", "matmul", "reducemean18", "squeeze13",
-                                "reshape_zero", "clip13", "weight_reshape", "concat_leaky"};
+                                "reshape_zero", "clip13", "weight_reshape", "concat_leaky",
+                                "dynamo_linear"};
     for (size_t i = 0; i < sizeof structured / sizeof structured[0]; i++)
         fuzz_structured(structured[i], 600 * scale);
     printf("test_onnx: %d passed, %d failed\n", passed, failed);

@@ -284,6 +284,23 @@ save("scalar_ops", [
     helper.make_node("Div", ["m", "two"], ["y"], name="div_1")],
     [vi("x", [2, 3])], [vi("y", [2, 3])], [init("scale", np.array(0.5, np.float32))])
 
+# what the dynamo exporter (torch.onnx.export(..., dynamo=True)) writes for nn.Linear:
+# MatMul(x, Transpose(weight)) + Add(bias), for 2-D and 3-D inputs; also Gemm of a Transpose
+# and an identity Transpose
+save("dynamo_linear", [
+    helper.make_node("Transpose", ["fc1.weight"], ["val_0"], name="node_Transpose_0", perm=[1, 0]),
+    helper.make_node("MatMul", ["x", "val_0"], ["val_1"], name="node_MatMul_1"),
+    helper.make_node("Add", ["val_1", "fc1.bias"], ["h"], name="node_Add_2"),
+    helper.make_node("Transpose", ["fc2.weight"], ["val_3"], name="node_Transpose_3"),
+    helper.make_node("MatMul", ["x3", "val_3"], ["val_4"], name="node_MatMul_4"),
+    helper.make_node("Add", ["val_4", "fc2.bias"], ["h3"], name="node_Add_5"),
+    helper.make_node("Transpose", ["fc3.weight"], ["val_6"], name="node_Transpose_6", perm=[1, 0]),
+    helper.make_node("Gemm", ["h", "val_6"], ["g"], name="node_Gemm_7", transB=0),
+    helper.make_node("Transpose", ["g"], ["gi"], name="node_Transpose_8", perm=[0, 1])],
+    [vi("x", [2, 3]), vi("x3", [2, 4, 3])], [vi("gi", [2, 5]), vi("h3", [2, 4, 6])],
+    [init("fc1.weight", rnd(4, 3)), init("fc1.bias", rnd(4)), init("fc2.weight", rnd(6, 3)),
+     init("fc2.bias", rnd(6)), init("fc3.weight", rnd(5, 4))])
+
 # ---- invalid / unsupported models -------------------------------------------------------
 save("err_unsupported_op", [helper.make_node("Tanh", ["x"], ["y"], name="my_tanh")],
      [vi("x", [1, 4])], [vi("y", [1, 4])])
@@ -341,8 +358,11 @@ save("err_concat9", [helper.make_node("Concat", ["x"] * 9, ["y"], name="cat9", a
      [vi("x", [1, 2])], [vi("y", [9, 2])])
 save("err_transpose_weight", [
     helper.make_node("Transpose", ["w"], ["wt"], name="tw", perm=[1, 0]),
-    helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")],
-    [vi("x", [1, 3])], [vi("y", [1, 2])], [init("w", rnd(2, 3))])
+    helper.make_node("Add", ["x", "wt"], ["y"], name="add")],
+    [vi("x", [3, 2])], [vi("y", [3, 2])], [init("w", rnd(2, 3))])
+save("err_transpose_3d", [
+    helper.make_node("Transpose", ["x"], ["y"], name="t3", perm=[0, 2, 1])],
+    [vi("x", [1, 2, 3])], [vi("y", [1, 3, 2])])
 save("err_bcast", [helper.make_node("Add", ["x", "w"], ["y"], name="add")],
      [vi("x", [2, 3])], [vi("y", None)], [init("w", rnd(4))], check=False)
 print("wrote models to", HERE)
