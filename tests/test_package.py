@@ -254,3 +254,44 @@ def test_pack_with_a_real_engine(engine, tmp_path):
     pkg = P.pack(engine, str(src), 2, str(tmp_path / "o.safetensors"))
     assert pkg.model == engine.fingerprint
     P.check_against_model(pkg, engine)
+
+
+def test_fuzzed_packages_raise_only_package_error(tmp_path):
+    """Seeded mutations of a valid two-tensor package (byte flips in header and data, truncation,
+    insertion, header-length edits): each either parses into consistent tensors or raises
+    PackageError -- never another exception."""
+    import random
+
+    path = write_pkg(tmp_path / "p.safetensors",
+                     {"w0": np.arange(8, dtype=np.float32), "w1": np.ones(8, np.float16)},
+                     3, CHAIN[0], note="fuzz")
+    good = open(path, "rb").read()
+    (hlen,) = struct.unpack_from("<Q", good, 0)
+    rng = random.Random(20261121)
+    parsed = rejected = 0
+    for i in range(3000):
+        b = bytearray(good)
+        op = i % 5
+        if op == 0:  # flip bytes in the header
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(8, 8 + hlen)] = rng.randrange(256)
+        elif op == 1:  # truncate anywhere
+            del b[rng.randrange(len(b)):]
+        elif op == 2:  # insert junk anywhere
+            pos = rng.randrange(len(b))
+            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        elif op == 3:  # a different header length
+            struct.pack_into("<Q", b, 0, max(0, hlen + rng.randint(-40, 40)))
+        else:  # flip data bytes (may make NaN/Inf: still a valid container)
+            b[rng.randrange(8 + hlen, len(b))] = rng.randrange(256)
+        try:
+            pkg = P.parse_package_bytes(bytes(b))
+        except PackageError as e:
+            assert "\n" not in str(e) and str(e)
+            rejected += 1
+            continue
+        parsed += 1
+        for name, arr in pkg.tensors.items():
+            assert P.check_tensor_name(name) is None and arr.dtype in (np.float32, np.float16)
+        assert sum(a.nbytes for a in pkg.tensors.values()) == len(b) - 8 - struct.unpack_from("<Q", b)[0]
+    assert parsed > 100 and rejected > 1000
