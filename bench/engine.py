@@ -1,0 +1,258 @@
+"""Engine benchmark: the reference CPU backend next to onnxruntime, refit cost next to memcpy, and
+inference latency with and without a concurrent refit loop. Prints ONE JSON object.
+
+    python bench/engine.py            # full run (~1.5 min)
+    python bench/engine.py --quick    # short run (~20 s)
+
+1. Throughput (inferences/s, single thread, batch 1) of the reference backend and of onnxruntime
+   (CPUExecutionProvider, intra_op_num_threads=1, inter_op_num_threads=1, default graph
+   optimisations) on the MobileNetV2-style block (1x32x56x56) and the ResNet-style block
+   (1x3x112x112) from tests/models.py. Both run in this process, interleaved in short windows
+   (ref, ort, ref, ort, ...), so a load spike from other processes hits both; we report the best
+   window (the least disturbed) and the median window of each, and the ratio of each.
+2. Refit of all weights of a Gemm stack of ~16 MB and ~128 MB (``Engine.refit``: validation incl.
+   the finite check, copy, publish, reclaim of the old set) next to numpy copies of the same bytes
+   into a fresh buffer (``arr.copy()``, pays page faults like a new weight set does) and into a
+   preallocated one (``np.copyto``). Medians over repeats.
+3. Inference latency p50/p99 (ms) of the MobileNetV2 block on one thread, without and with another
+   thread refitting the full weight set every 50 ms. The two phases alternate in short slices so
+   that background load is shared evenly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "daemon"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+import models  # noqa: E402
+from refitd.engine import Engine  # noqa: E402
+
+
+def _feeds(model, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for vi in model.graph.input:
+        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        out[vi.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def _ort_session(path):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _window_rate(fn, seconds):
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        fn()
+        n += 1
+        t = time.perf_counter()
+        if t >= end:
+            return n / (t - t0)
+
+
+def throughput(name, builder, tmp, windows, window_s):
+    model = builder()
+    path = os.path.join(tmp, f"{name}.onnx")
+    onnx.save(model, path)
+    feeds = _feeds(model)
+    sess = _ort_session(path)
+    eng = Engine.open(path)
+    try:
+        ref_out, _ = eng.infer(feeds)
+        ort_out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        max_diff = max(float(np.abs(ref_out[k] - ort_out[k]).max()) for k in ort_out)
+        run_ref = lambda: eng.infer(feeds)  # noqa: E731
+        run_ort = lambda: sess.run(None, feeds)  # noqa: E731
+        for _ in range(20):  # warm-up: caches, page faults, ORT's first-run work
+            run_ref()
+            run_ort()
+        ref, orr = [], []
+        for _ in range(windows):
+            ref.append(_window_rate(run_ref, window_s))
+            orr.append(_window_rate(run_ort, window_s))
+    finally:
+        eng.close()
+    return {
+        "reference_per_s": {"best": round(max(ref), 1), "median": round(statistics.median(ref), 1)},
+        "onnxruntime_per_s": {"best": round(max(orr), 1), "median": round(statistics.median(orr), 1)},
+        "ratio_best": round(max(ref) / max(orr), 3),
+        "ratio_median": round(statistics.median(ref) / statistics.median(orr), 3),
+        "windows": windows,
+        "window_s": window_s,
+        "max_abs_diff_vs_onnxruntime": max_diff,
+    }
+
+
+def refit_cost(total_mb, tmp, repeat):
+    model = models.gemm_stack(total_mb << 20)
+    path = os.path.join(tmp, f"stack{total_mb}.onnx")
+    onnx.save(model, path)
+    eng = Engine.open(path)
+    try:
+        specs = eng.weights()
+        nbytes = sum(s.nbytes for s in specs)
+        sets = [models.random_weights(model, seed) for seed in (1, 2)]
+        times = []
+        for i in range(repeat + 1):
+            new = sets[i % 2]
+            t = time.perf_counter()
+            eng.refit(new, i + 1)
+            dt = time.perf_counter() - t
+            if i:  # first refit: warm-up
+                times.append(dt)
+        # The same bytes as one buffer: a fresh copy and a copy into a preallocated buffer.
+        flat = np.concatenate([a.ravel() for a in sets[0].values()])
+        dst = np.empty_like(flat)
+        fresh, pre = [], []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            c = flat.copy()
+            fresh.append(time.perf_counter() - t)
+            del c
+            t = time.perf_counter()
+            np.copyto(dst, flat)
+            pre.append(time.perf_counter() - t)
+    finally:
+        eng.close()
+    r, f, p = statistics.median(times), statistics.median(fresh), statistics.median(pre)
+    return {
+        "weight_bytes": nbytes,
+        "tensors": len(specs),
+        "refit_ms": round(r * 1e3, 2),
+        "memcpy_fresh_ms": round(f * 1e3, 2),
+        "memcpy_prealloc_ms": round(p * 1e3, 2),
+        "refit_over_memcpy_fresh": round(r / f, 3),
+        "refit_over_memcpy_prealloc": round(r / p, 3),
+        "repeat": repeat,
+    }
+
+
+def latency(tmp, slices, slice_s, period_s=0.05):
+    model = models.mobilenetv2_block()
+    path = os.path.join(tmp, "latency.onnx")
+    onnx.save(model, path)
+    feeds = _feeds(model)
+    eng = Engine.open(path)
+    sets = [models.random_weights(model, seed) for seed in (3, 4)]
+    state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": []}
+    cond = threading.Condition()
+
+    def refitter():
+        nxt = time.perf_counter()
+        while True:
+            with cond:
+                while not state["on"] and not state["stop"]:
+                    cond.wait()
+                if state["stop"]:
+                    return
+            now = time.perf_counter()
+            if now < nxt:
+                time.sleep(nxt - now)
+                continue
+            nxt = max(nxt + period_s, now)
+            state["version"] += 1
+            t = time.perf_counter()
+            eng.refit(sets[state["version"] % 2], state["version"])
+            state["refit_s"].append(time.perf_counter() - t)
+            state["refits"] += 1
+
+    th = threading.Thread(target=refitter, daemon=True)
+    th.start()
+    quiet, busy = [], []
+    versions_seen = set()
+    try:
+        for _ in range(50):
+            eng.infer(feeds)
+        for s in range(2 * slices):
+            with_refits = s % 2 == 1
+            with cond:
+                state["on"] = with_refits
+                cond.notify_all()
+            out = busy if with_refits else quiet
+            end = time.perf_counter() + slice_s
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                _, v = eng.infer(feeds)
+                out.append(time.perf_counter() - t)
+                versions_seen.add(v)
+        with cond:
+            state["on"] = False
+            state["stop"] = True
+            cond.notify_all()
+        th.join()
+    finally:
+        eng.close()
+
+    def pct(xs, q):
+        return round(float(np.percentile(np.array(xs) * 1e3, q)), 4)
+
+    res = {
+        "model": "mobilenetv2_block",
+        "refit_period_ms": period_s * 1e3,
+        "refits_done": state["refits"],
+        "refit_median_ms": round(statistics.median(state["refit_s"]) * 1e3, 3) if state["refit_s"] else None,
+        "versions_seen": len(versions_seen),
+        "without_refits": {"n": len(quiet), "p50_ms": pct(quiet, 50), "p99_ms": pct(quiet, 99)},
+        "with_refits": {"n": len(busy), "p50_ms": pct(busy, 50), "p99_ms": pct(busy, 99)},
+    }
+    res["p99_ratio"] = round(res["with_refits"]["p99_ms"] / res["without_refits"]["p99_ms"], 3)
+    res["p50_ratio"] = round(res["with_refits"]["p50_ms"] / res["without_refits"]["p50_ms"], 3)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short run (noisier numbers)")
+    args = ap.parse_args()
+    q = args.quick
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = {
+            "bench": "engine",
+            "command": "python bench/engine.py" + (" --quick" if q else ""),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "loadavg_1min_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "onnxruntime": ort.__version__,
+            "goals": {"ratio": ">= 0.8", "refit_over_memcpy": "<= 1.2", "p99_ratio": "<= 1.1"},
+            "throughput": {
+                "mobilenetv2_block": throughput("mobilenetv2_block", models.mobilenetv2_block, tmp,
+                                                6 if q else 20, 0.25 if q else 0.5),
+                "resnet_block": throughput("resnet_block", models.resnet_block, tmp,
+                                           6 if q else 20, 0.25 if q else 0.5),
+            },
+            "refit": {
+                "16MB": refit_cost(16, tmp, 3 if q else 9),
+                "128MB": refit_cost(128, tmp, 2 if q else 5),
+            },
+            "latency": latency(tmp, 4 if q else 10, 0.5 if q else 1.5),
+        }
+    result["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    result["seconds"] = round(time.time() - started, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
