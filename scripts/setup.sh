@@ -25,13 +25,17 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1
 # Editable install: builds native/ with CMake and puts librefit.so inside the refitd package.
 "$VENV/bin/python" -m pip install -q -e ".[test]" 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; } >&2
 # PyTorch is optional (the torch.onnx.export test and .pt packing use it). Only a locally
 # provided wheel is used: never pull several GB of CUDA packages from an index.
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-  "$VENV/bin/python" -m pip install -q --no-index torch==2.13.0 >/dev/null 2>&1 \
-    && echo "setup: torch installed from a local wheel" >&2 || true
+  wheel_dir=$(mktemp -d)
+  if "$VENV/bin/python" -m pip download -q --no-deps --no-index -d "$wheel_dir" torch==2.13.0 >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install -q "$wheel_dir"/torch-*.whl 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; } >&2 \
+      && echo "setup: torch installed from a local wheel" >&2
+  fi
+  rm -rf "$wheel_dir"
 fi
 echo "setup: ready ($VENV)" >&2

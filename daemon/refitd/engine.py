@@ -213,7 +213,9 @@ def _tensor_array(tensors: Dict[str, np.ndarray], keep: list):
     arr = ffi.new("refit_tensor[]", max(len(tensors), 1))
     keep.append(arr)
     for i, (name, value) in enumerate(tensors.items()):
-        a = np.ascontiguousarray(value)
+        a = np.asarray(value)
+        if not a.flags.c_contiguous:  # (ascontiguousarray would also turn a 0-d array into 1-d)
+            a = np.ascontiguousarray(a)
         code = _DTYPE_CODES.get(a.dtype.name)
         if code is None:
             raise DtypeError(f"weight '{name}': dtype {a.dtype.name} not accepted (float32 or float16 "
