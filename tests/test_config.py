@@ -1,7 +1,6 @@
 """Config validation: every mistake is reported with its key path and cause, all at once."""
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest

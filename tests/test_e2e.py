@@ -270,6 +270,7 @@ def _kill_trials(state: str, trials: int, seed: int) -> dict:
     fp = fingerprint(model)
     stats = {"old": 0, "new": 0, "trials": 0, "mid_apply": 0}
     prev_committed = None
+    pending_version = None  # the version the previous (killed) trial was applying
     durations = [0.1]  # how long applies take here: the kill delays are drawn to cover them
     for trial in range(trials + 1):
         if prev_committed is not None or os.path.exists(os.path.join(store, "current")):

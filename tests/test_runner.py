@@ -16,8 +16,7 @@ from daemon_helpers import DEMO_MODEL, base_config, rmtree, short_dir
 from refitd import config as C
 from refitd.engine import Engine
 from refitd.log import Events
-from refitd.runner import (LATENCY_BUCKETS, JsonlSink, Runner, Stats, StdoutSink, encode_frame,
-                           socket_infer)
+from refitd.runner import LATENCY_BUCKETS, Runner, Stats, StdoutSink, socket_infer
 
 
 @pytest.fixture
