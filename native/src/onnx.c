@@ -2032,7 +2032,7 @@ static int spatial_geom(loader *L, const ox_node *n, const rt_shape *x, const in
                 return nfail(L, n, REFIT_ERR_MODEL,
                              "kernel (%lld, dilated %lld) larger than the padded input (%lld)",
                              (long long)k[i], (long long)ek, (long long)(in[i] + pb[i] + pe[i]));
-            if (ceil_mode && mode == 0) {
+            if (ceil_mode) { /* NOTSET or VALID (no pads); onnxruntime and PyTorch agree */
                 out[i] = (num + s[i] - 1) / s[i] + 1;
                 /* the last window must start inside the input or its left padding */
                 if ((out[i] - 1) * s[i] >= in[i] + pb[i])

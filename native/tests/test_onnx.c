@@ -538,6 +538,9 @@ static void test_shapes(void)
               "VALID");
         CHECK(e && SHAPE(&g->values[e->out].shape, 4, D(1), D(2), D(5), D(6)) && e->a.dilations[0] == 2,
               "dilated pool");
+        const rt_node *f = nfind(g, "ap_valid_ceil");
+        CHECK(f && SHAPE(&g->values[f->out].shape, 4, D(1), D(2), D(3), D(3)) && f->a.pads[3] == 0,
+              "VALID with ceil_mode (as onnxruntime): %s", f ? sstr(&g->values[f->out].shape) : "-");
         rt_graph_destroy(g);
     }
     g = load("conv1d");

@@ -188,8 +188,10 @@ save("pools", [
     helper.make_node("AveragePool", ["x"], ["y4"], name="ap_valid", kernel_shape=[3, 3],
                      strides=[3, 2], auto_pad="VALID"),
     helper.make_node("MaxPool", ["x"], ["y5"], name="mp_dil", kernel_shape=[2, 2],
-                     dilations=[2, 2], strides=[1, 1])],
-    [vi("x", [1, 2, 7, 8])], [vi(f"y{i}", None) for i in range(1, 6)], opset=12)
+                     dilations=[2, 2], strides=[1, 1]),
+    helper.make_node("AveragePool", ["x"], ["y6"], name="ap_valid_ceil", kernel_shape=[1, 3],
+                     strides=[3, 3], auto_pad="VALID", ceil_mode=1)],
+    [vi("x", [1, 2, 7, 8])], [vi(f"y{i}", None) for i in range(1, 7)], opset=12)
 save("conv1d", [
     helper.make_node("Conv", ["x", "w"], ["y"], name="c1d", auto_pad="SAME_UPPER", strides=[2],
                      group=2),
