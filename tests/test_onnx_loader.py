@@ -349,3 +349,111 @@ def test_geometry_matches_onnxruntime(tmp_path, case):
         assert eng.outputs()[0].shape == ref.shape, (op, size, attrs)
         out, _ = eng.infer(feeds)
         np.testing.assert_allclose(out["y"], ref, rtol=RTOL, atol=ATOL, err_msg=f"{op} {size} {attrs}")
+
+
+# ---- op sweep: broadcasting, MatMul ranks, Gemm flags, axes, opsets vs onnxruntime -----------
+
+
+def _shape(rng, ndim, lo=1, hi=4):
+    return [int(v) for v in rng.integers(lo, hi + 1, ndim)]
+
+
+def _op_case(i):
+    """One small random single-op model: (nodes, inputs {name: shape}, inits, opset)."""
+    rng = np.random.default_rng(1000 + i)
+    kind = ["binary", "matmul", "gemm", "softmax", "reducemean", "flatten", "concat",
+            "squeeze", "reshape", "clip"][i % 10]
+    opset = int(rng.choice([11, 13, 18]))
+    w = lambda shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    if kind == "binary":
+        a = _shape(rng, int(rng.integers(1, 5)))
+        b = [d if rng.random() < 0.5 else 1 for d in a][int(rng.integers(0, len(a))):]
+        if rng.random() < 0.5:
+            a, b = b, a
+        op = str(rng.choice(["Add", "Sub", "Mul", "Div"]))
+        bv = w(b) if op != "Div" else (np.abs(w(b)) + 0.5)
+        return [helper.make_node(op, ["x", "b"], ["y"], name="op")], {"x": a}, {"b": bv}, opset
+    if kind == "matmul":
+        ra, rb = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        K = int(rng.integers(1, 5))
+        batch = _shape(rng, max(ra, rb) - 2) if max(ra, rb) > 2 else []
+        a = (batch[len(batch) - (ra - 2):] if ra > 2 else []) + ([int(rng.integers(1, 4))] if ra > 1 else []) + [K]
+        b = (batch[len(batch) - (rb - 2):] if rb > 2 else []) + [K] + ([int(rng.integers(1, 4))] if rb > 1 else [])
+        if rng.random() < 0.5:  # weight as the second operand
+            return [helper.make_node("MatMul", ["x", "b"], ["y"], name="op")], {"x": a}, {"b": w(b)}, opset
+        return [helper.make_node("MatMul", ["b", "x"], ["y"], name="op")], {"x": b}, {"b": w(a)}, opset
+    if kind == "gemm":
+        M, K, N = (int(v) for v in rng.integers(1, 5, 3))
+        ta, tb = int(rng.integers(0, 2)), int(rng.integers(0, 2))
+        c = [[], [N], [1], [M, N], [M, 1], [1, N]][int(rng.integers(0, 6))]
+        attrs = dict(transA=ta, transB=tb, alpha=float(rng.uniform(0.5, 2)), beta=float(rng.uniform(0.5, 2)))
+        return ([helper.make_node("Gemm", ["x", "b", "c"], ["y"], name="op", **attrs)],
+                {"x": [K, M] if ta else [M, K]}, {"b": w([N, K] if tb else [K, N]), "c": w(c)}, opset)
+    if kind == "softmax":
+        s = _shape(rng, int(rng.integers(1, 5)))
+        axis = int(rng.integers(-len(s), len(s)))
+        return [helper.make_node("Softmax", ["x"], ["y"], name="op", axis=axis)], {"x": s}, {}, opset
+    if kind == "reducemean":
+        s = _shape(rng, int(rng.integers(1, 5)))
+        dims = rng.choice(len(s), size=int(rng.integers(1, len(s) + 1)), replace=False)
+        axes = [int(d) - len(s) if rng.random() < 0.5 else int(d) for d in sorted(dims)]
+        keep = int(rng.integers(0, 2))
+        if opset >= 18:
+            return ([helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="op", keepdims=keep)],
+                    {"x": s}, {"axes": np.array(axes, np.int64)}, opset)
+        return ([helper.make_node("ReduceMean", ["x"], ["y"], name="op", keepdims=keep, axes=axes)],
+                {"x": s}, {}, opset)
+    if kind == "flatten":
+        s = _shape(rng, int(rng.integers(1, 5)))
+        axis = int(rng.integers(-len(s), len(s) + 1))
+        return [helper.make_node("Flatten", ["x"], ["y"], name="op", axis=axis)], {"x": s}, {}, opset
+    if kind == "concat":
+        s = _shape(rng, int(rng.integers(1, 4)))
+        axis = int(rng.integers(-len(s), len(s)))
+        s2 = list(s)
+        s2[axis] = int(rng.integers(1, 4))
+        return ([helper.make_node("Concat", ["x", "b", "x"], ["y"], name="op", axis=axis)],
+                {"x": s}, {"b": w(s2)}, opset)
+    if kind == "squeeze":
+        s = _shape(rng, int(rng.integers(1, 4)), 1, 3)
+        s.insert(int(rng.integers(0, len(s) + 1)), 1)
+        ones = [i for i, d in enumerate(s) if d == 1]
+        ax = [int(rng.choice(ones))]
+        if opset >= 13:
+            nodes = [helper.make_node("Squeeze", ["x", "a1"], ["s"], name="sq"),
+                     helper.make_node("Unsqueeze", ["s", "a1"], ["u"], name="usq"),
+                     helper.make_node("Relu", ["u"], ["y"], name="op")]
+            return nodes, {"x": s}, {"a1": np.array(ax, np.int64)}, opset
+        nodes = [helper.make_node("Squeeze", ["x"], ["s"], name="sq", axes=ax),
+                 helper.make_node("Unsqueeze", ["s"], ["u"], name="usq", axes=ax),
+                 helper.make_node("Relu", ["u"], ["y"], name="op")]
+        return nodes, {"x": s}, {}, opset
+    if kind == "reshape":
+        s = _shape(rng, 3)
+        n = int(np.prod(s))
+        target = [[0, -1], [-1], [s[0], 0, -1], [n, 1], [1, -1, 1]][int(rng.integers(0, 5))]
+        return ([helper.make_node("Reshape", ["x", "t"], ["r"], name="rs"),
+                 helper.make_node("Sigmoid", ["r"], ["y"], name="op")],
+                {"x": s}, {"t": np.array(target, np.int64)}, opset)
+    s = _shape(rng, 2)
+    lo, hi = sorted(float(v) for v in rng.uniform(-1, 1, 2))
+    if opset < 11:
+        return [helper.make_node("Clip", ["x"], ["y"], name="op", min=lo, max=hi)], {"x": s}, {}, opset
+    return ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="op")], {"x": s},
+            {"lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}, opset)
+
+
+@pytest.mark.parametrize("case", range(80))
+def test_op_sweep_matches_onnxruntime(tmp_path, case):
+    nodes, inputs, inits, opset = _op_case(case)
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, F, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("y", F, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(case)
+    with Engine.open(path) as eng:
+        _assert_matches(eng, model, rng)
