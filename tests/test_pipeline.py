@@ -610,3 +610,10 @@ def test_commit_failure_leaves_store_and_engine_unchanged(pipeline, engine, stor
     assert store_digest(store.path) == before and store.versions() == [0, 1]
     assert y_of(engine) == (9.0, 1)
     assert pipeline.apply(pkg(tmp_path, engine, 2, 2)).ok
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("REFITD_LONG"), reason="long mode: set REFITD_LONG=1")
+def test_kill_9_during_apply_long(conv_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFITD_KILL_TRIALS", "200")
+    test_kill_9_during_apply_restarts_on_a_committed_verified_version(conv_model_path, tmp_path)
