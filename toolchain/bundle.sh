@@ -68,11 +68,15 @@ for pyv in $PYTHONS; do
 done
 t_deps=$(elapsed "$t1")
 
-# 3. every shared object in every wheel must load on the glibc floor
+# 3. every shared object in every wheel must load on the glibc floor ...
 t2=$(now)
 python3 toolchain/check_glibc.py --max "$GLIBC_MAX" "$STAGE"/wheels/*.whl >"$WORK/glibc-check.txt" \
   || { grep -v ' ok' "$WORK/glibc-check.txt" >&2; exit 1; }
 tail -1 "$WORK/glibc-check.txt" >&2
+# ... and refitd's dependency tree must resolve from wheels/ alone on every target Python
+# (markers and Requires-Python evaluated for the target, not for the Python running pip).
+"$PY" toolchain/check_bundle.py "$STAGE/wheels" --arch "$ARCH" --pythons "$PYTHONS" >"$WORK/deps-check.txt"
+cat "$WORK/deps-check.txt" >&2
 t_check=$(elapsed "$t2")
 
 # 4. the rest: installer, unit, config, docs, manifest
