@@ -214,8 +214,6 @@ class Store:
             self._current, self._highest = cur
         self._pins = self._read_pins()
         # 4. manifests: drop uncommitted ones and ones whose blobs are missing
-        committed_before = [e.get("version") for e in self.history
-                            if e.get("event") in ("applied", "rolled_back", "initial", "recovered")]
         for name in sorted(os.listdir(self._p("versions"))):
             m = _VERSION_FILE.match(name)
             path = self._p("versions", name)
@@ -249,6 +247,8 @@ class Store:
         #    its manifest; it can if blobs were deleted or corrupted behind our back)
         if self._current is not None and self._current not in self._manifests:
             lost = self._current
+            committed_before = [e.get("version") for e in self.history if e.get("event") in
+                                ("applied", "rolled_back", "initial", "recovered")]
             fallback = [v for v in committed_before if v in self._manifests]
             new = fallback[-1] if fallback else (max(self._manifests) if self._manifests else None)
             if new is None:
