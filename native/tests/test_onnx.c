@@ -596,6 +596,33 @@ static void test_dtypes_and_folding(void)
         }
         rt_graph_destroy(g);
     }
+    g = load("dtypes2");
+    if (g) {
+        CHECK(validate(g) == 0, "invariants");
+        int d2 = vfind(g, "d2"), h2 = vfind(g, "h2"), bf = vfind(g, "bf");
+        CHECK(g->n_weights == 3 && d2 >= 0 && h2 >= 0 && bf >= 0, "typed float initializers are weights");
+        if (g->n_weights == 3 && d2 >= 0 && h2 >= 0 && bf >= 0) {
+            const float *dv = g->weight_init[g->values[d2].index], *hv = g->weight_init[g->values[h2].index],
+                        *bv = g->weight_init[g->values[bf].index];
+            CHECK(dv[0] == 0.5f && dv[1] == -1.5f && dv[2] == 1e-3f && dv[3] == 4.0f, "double_data");
+            CHECK(hv[0] == 1.5f && hv[1] == -2.0f && hv[2] == 0.25f && hv[3] == 3.0f, "float16 in int32_data");
+            CHECK(bv[0] == 1.0f && bv[1] == -0.5f && bv[2] == 2.0f && bv[3] == 8.0f, "bfloat16 in int32_data");
+        }
+        const rt_node *a = nfind(g, "add_i32"), *s8 = nfind(g, "sub_u8"), *a8 = nfind(g, "add_i8");
+        if (a && s8 && a8) {
+            const rt_value *ci = &g->values[a->in[1]], *cu = &g->values[s8->in[1]], *c8 = &g->values[a8->in[1]];
+            CHECK(ci->kind == RT_VAL_CONST && ci->dtype == RT_F32 && ((float *)ci->data)[1] == -2.0f &&
+                      ((float *)ci->data)[3] == 100000.0f, "int32_data cast folded");
+            CHECK(cu->kind == RT_VAL_CONST && ((float *)cu->data)[2] == 200.0f && ((float *)cu->data)[3] == 255.0f,
+                  "raw uint8 cast folded");
+            CHECK(c8->kind == RT_VAL_CONST && ((float *)c8->data)[0] == -128.0f && ((float *)c8->data)[3] == 127.0f,
+                  "int8 cast folded");
+        } else {
+            CHECK(0, "dtypes2 nodes missing");
+        }
+        CHECK(vfind(g, "i32") < 0 && vfind(g, "u8") < 0, "integer initializers folded away");
+        rt_graph_destroy(g);
+    }
     g = load("fold_misc");
     if (g) {
         CHECK(validate(g) == 0, "invariants (nodes stored in reverse order)");
@@ -950,6 +977,7 @@ int main(void)
     fuzz_model("fold_misc", 1000 * scale);
     fuzz_model("fold_more", 1000 * scale);
     fuzz_model("dtypes", 500 * scale);
+    fuzz_model("dtypes2", 500 * scale);
     fuzz_model("conv1d", 500 * scale);
     const char *structured[] = {"cnn", "torch_like", "torch13", "fold_misc", "fold_more", "pools",
                                 "conv1d", "softmax11", "matmul", "reducemean18", "squeeze13",

@@ -216,6 +216,28 @@ save("dtypes", [
     helper.make_node("Mul", ["a", "df"], ["m"], name="mul1"),
     helper.make_node("Sub", ["m", "t"], ["y"], name="sub1")],
     [vi("x", [4])], [vi("y", None)], [fp16, fp64, f32_typed])
+# the typed (non-raw) TensorProto fields: double_data, float16 bits in int32_data, int32_data,
+# bfloat16 bits in int32_data; raw uint8 and typed int8; integer ones are constants cast to float
+save("dtypes2", [
+    helper.make_node("Cast", ["d2"], ["d2f"], name="cast_d2", to=F),
+    helper.make_node("Cast", ["h2"], ["h2f"], name="cast_h2", to=F),
+    helper.make_node("Cast", ["bf"], ["bff"], name="cast_bf", to=F),
+    helper.make_node("Cast", ["i32"], ["i32f"], name="cast_i32", to=F),
+    helper.make_node("Cast", ["u8"], ["u8f"], name="cast_u8", to=F),
+    helper.make_node("Cast", ["i8"], ["i8f"], name="cast_i8", to=F),
+    helper.make_node("Add", ["x", "d2f"], ["a1"], name="add_d2"),
+    helper.make_node("Mul", ["a1", "h2f"], ["a2"], name="mul_h2"),
+    helper.make_node("Add", ["a2", "bff"], ["a3"], name="add_bf"),
+    helper.make_node("Add", ["a3", "i32f"], ["a4"], name="add_i32"),
+    helper.make_node("Sub", ["a4", "u8f"], ["a5"], name="sub_u8"),
+    helper.make_node("Add", ["a5", "i8f"], ["y"], name="add_i8")],
+    [vi("x", [4])], [vi("y", [4])],
+    [helper.make_tensor("d2", TensorProto.DOUBLE, [4], [0.5, -1.5, 1e-3, 4.0]),
+     helper.make_tensor("h2", TensorProto.FLOAT16, [4], np.array([1.5, -2.0, 0.25, 3.0], np.float16)),
+     helper.make_tensor("bf", TensorProto.BFLOAT16, [4], [1.0, -0.5, 2.0, 8.0]),
+     helper.make_tensor("i32", TensorProto.INT32, [4], [1, -2, 3, 100000]),
+     numpy_helper.from_array(np.array([0, 1, 200, 255], np.uint8), "u8"),
+     helper.make_tensor("i8", TensorProto.INT8, [4], [-128, -1, 0, 127])])
 # Constant-of-shape / Range / Slice / Where subgraph feeding a Reshape
 save("fold_misc", [
     helper.make_node("Shape", ["x"], ["s"], name="shape"),
