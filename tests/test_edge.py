@@ -210,6 +210,34 @@ def test_retag_wheel_sets_platform_and_checks_library(tmp_path):
             retag_wheel.retag(str(whl), other, "2.99", str(tmp_path / "out3"))
 
 
+def _meta_wheel(d: Path, name, version, tag="py3-none-any", requires=(), requires_python=None):
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    if requires_python:
+        meta += f"Requires-Python: {requires_python}\n"
+    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(d / f"{name}-{version}-{tag}.whl", "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", meta)
+
+
+def test_check_bundle_evaluates_markers_for_the_target_python(tmp_path):
+    d = tmp_path / "wheels"
+    d.mkdir()
+    _meta_wheel(d, "refitd", "1.0", "py3-none-manylinux2014_aarch64",
+                requires=['backport; python_version < "3.11"', "lib>=2"])
+    _meta_wheel(d, "lib", "3.0", "cp312-cp312-manylinux2014_aarch64", requires_python=">=3.12")
+    _meta_wheel(d, "lib", "2.5", "cp38-abi3-manylinux_2_17_aarch64")
+    check = [sys.executable, TOOLCHAIN / "check_bundle.py", d, "--arch", "aarch64"]
+    # 3.12 needs no backport and takes lib 3.0; 3.9 needs the backport, which is missing.
+    ok = _run([*check, "--pythons", "3.12"])
+    assert ok.returncode == 0 and "lib 3.0" in ok.stdout, ok.stdout + ok.stderr
+    bad = _run([*check, "--pythons", "3.9 3.12"])
+    assert bad.returncode == 1 and "Python 3.9: nothing in" in bad.stderr and "backport" in bad.stderr
+    _meta_wheel(d, "backport", "1.0")
+    ok = _run([*check, "--pythons", "3.9 3.12"])
+    assert ok.returncode == 0 and "Python 3.9 (aarch64): backport 1.0, lib 2.5, refitd 1.0" in ok.stdout
+    assert _run([*check, "--pythons", "3.9", "--arch", "x86_64"]).returncode == 1  # wrong platform
+
+
 # ---- install.sh: offline, idempotent, keeps state and config -------------------------------
 
 def _fake_refitd_wheel(dest: Path, version: str, lib: Path) -> Path:
