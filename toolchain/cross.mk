@@ -26,7 +26,7 @@ CROSS_TOOLCHAIN_linaro := $(CURDIR)/toolchain/aarch64-linaro.cmake
 CROSS_BUILD := build/cross-aarch64$(if $(filter-out zig,$(CROSS_TC)),-$(CROSS_TC))
 ENSURE := toolchain/ensure_tools.sh
 
-.PHONY: cross cross-test glibc-check release-lib bundle bundle-all edge-root edge-test edge-test-quick cross-tools
+.PHONY: cross cross-test glibc-check release-lib bundle bundle-all edge-root edge-test cross-tools
 
 # Tools for qemu runs (qemu + the aarch64 loader/libc for -L) and the chosen compiler.
 cross-tools:
@@ -36,7 +36,7 @@ cross: cross-tools
 	cmake -S native -B $(CROSS_BUILD) --toolchain $(CROSS_TOOLCHAIN_$(CROSS_TC)) \
 	  -DCMAKE_BUILD_TYPE=Release -DREFIT_BUILD_TESTS=ON >/dev/null
 	cmake --build $(CROSS_BUILD) -j$(JOBS)
-	@file -L $(CROSS_BUILD)/librefit.so
+	@file -L $(CROSS_BUILD)/librefit.so $(CROSS_BUILD)/test_refit_stress
 
 cross-test: cross
 	ctest --test-dir $(CROSS_BUILD) --output-on-failure

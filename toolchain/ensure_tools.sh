@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . toolchain/lib.sh
 VENV=${VENV:-.venv}
-apt_items=()
+apt_items=(cmake:cmake file:file)   # every target configures with CMake; make cross runs file
 for what in "$@"; do
   case $what in
     qemu)
@@ -18,7 +18,10 @@ for what in "$@"; do
     debootstrap) apt_items+=(debootstrap:debootstrap) ;;
     zig)
       if ! "$VENV/bin/python" -c 'import ziglang' 2>/dev/null; then
-        [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
+        if [ ! -x "$VENV/bin/python" ]; then
+          "${PYTHON:-python3}" -c 'import venv, ensurepip' 2>/dev/null || ensure_apt /nonexistent-venv:python3-venv
+          "${PYTHON:-python3}" -m venv "$VENV"
+        fi
         echo "toolchain: pip install ziglang into $VENV" >&2
         "$VENV/bin/python" -m pip install -q ziglang
       fi
@@ -32,5 +35,5 @@ for what in "$@"; do
     *) echo "ensure_tools: unknown tool '$what'" >&2; exit 2 ;;
   esac
 done
-((${#apt_items[@]})) && ensure_apt "${apt_items[@]}"
+ensure_apt "${apt_items[@]}"
 exit 0
