@@ -2877,22 +2877,61 @@ static int parse_input_shape(loader *L, const char *spec)
     return 0;
 }
 
-/* Orders nodes so every input is defined before use (ONNX requires it; we check). */
+/* Orders nodes so every input is defined before use (ONNX requires it; we check): Kahn's
+ * algorithm taking the ready node of lowest file index first, so a graph that is already sorted
+ * keeps its order. O((nodes + edges) log nodes) whatever the file's order. */
+static void heap_push(int *h, int *n, int v)
+{
+    int i = (*n)++;
+    while (i > 0 && h[(i - 1) / 2] > v) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = v;
+}
+
+static int heap_pop(int *h, int *n)
+{
+    int top = h[0], v = h[--(*n)], i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && h[c + 1] < h[c])
+            c++;
+        if (h[c] >= v)
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n > 0)
+        h[i] = v;
+    return top;
+}
+
 static int topo_order(loader *L, int *order)
 {
     const ox_graph *g = &L->g;
+    int nn = g->n_nodes, rc = 0, n_done = 0, hn = 0;
     strmap avail = {0}, producer = {0};
-    char *done = calloc((size_t)g->n_nodes + 1, 1);
-    int rc = 0, n_done = 0;
-    if (!done)
-        return NOMEM(L);
+    size_t n_edges = 0;
+    for (int i = 0; i < nn; i++)
+        n_edges += (size_t)g->nodes[i].n_in;
+    int *pending = calloc((size_t)nn + 1, sizeof *pending);
+    int *first = calloc((size_t)nn + 2, sizeof *first); /* CSR: edges of producer p */
+    int *edge = malloc((n_edges + 1) * sizeof *edge);
+    int *heap = malloc(((size_t)nn + 1) * sizeof *heap);
+    if (!pending || !first || !edge || !heap) {
+        rc = NOMEM(L);
+        goto done;
+    }
     for (int i = 0; i < g->n_inits && !rc; i++)
         if (strmap_put(&avail, g->inits[i].name, 1))
             rc = NOMEM(L);
     for (int i = 0; i < g->n_inputs && !rc; i++)
         if (strmap_put(&avail, g->inputs[i].name, 1))
             rc = NOMEM(L);
-    for (int i = 0; i < g->n_nodes && !rc; i++) {
+    for (int i = 0; i < nn && !rc; i++) {
         const ox_node *n = &g->nodes[i];
         for (int k = 0; k < n->n_out && !rc; k++) {
             const char *o = n->out[k];
@@ -2904,49 +2943,69 @@ static int topo_order(loader *L, int *order)
                 rc = NOMEM(L);
         }
     }
-    while (!rc && n_done < g->n_nodes) {
-        int progress = 0;
-        for (int i = 0; i < g->n_nodes && !rc; i++) {
-            if (done[i])
-                continue;
+    /* edges producer -> consumer, counted then filled (CSR) */
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        for (int i = 0; i < nn && !rc; i++) {
             const ox_node *n = &g->nodes[i];
-            int ready = 1;
-            for (int k = 0; k < n->n_in && ready; k++)
-                ready = !n->in[k][0] || strmap_get(&avail, n->in[k]) >= 0;
-            if (!ready)
-                continue;
-            done[i] = 1;
-            order[n_done++] = i;
-            progress = 1;
-            for (int k = 0; k < n->n_out && !rc; k++)
-                if (n->out[k][0] && strmap_put(&avail, n->out[k], 1))
-                    rc = NOMEM(L);
-        }
-        if (!rc && !progress) {
-            for (int i = 0; i < g->n_nodes; i++) {
-                if (done[i])
+            for (int k = 0; k < n->n_in; k++) {
+                const char *in = n->in[k];
+                if (!in[0] || strmap_get(&avail, in) >= 0)
                     continue;
-                const ox_node *n = &g->nodes[i];
-                for (int k = 0; k < n->n_in; k++) {
-                    const char *in = n->in[k];
-                    if (!in[0] || strmap_get(&avail, in) >= 0)
-                        continue;
-                    if (strmap_get(&producer, in) < 0)
-                        rc = nfail(L, n, REFIT_ERR_MODEL,
-                                   "input '%s' is not produced by any node, initializer or graph input", in);
-                    else
-                        rc = nfail(L, n, REFIT_ERR_MODEL, "cycle in the graph through input '%s'", in);
+                int p = strmap_get(&producer, in);
+                if (p < 0) {
+                    rc = nfail(L, n, REFIT_ERR_MODEL,
+                               "input '%s' is not produced by any node, initializer or graph input", in);
                     break;
                 }
-                break;
+                if (pass == 0) {
+                    first[p + 1]++;
+                    pending[i]++;
+                } else {
+                    edge[first[p]++] = i;
+                }
             }
-            if (!rc)
-                rc = fail(L, REFIT_ERR_MODEL, "cannot order the graph");
+        }
+        if (pass == 0) {
+            for (int p = 0; p < nn; p++)
+                first[p + 1] += first[p];
+        } else {
+            for (int p = nn; p > 0; p--) /* first[p] advanced to the end of p's edges: shift back */
+                first[p] = first[p - 1];
+            first[0] = 0;
         }
     }
+    for (int i = 0; i < nn && !rc; i++)
+        if (pending[i] == 0)
+            heap_push(heap, &hn, i);
+    while (!rc && hn > 0) {
+        int i = heap_pop(heap, &hn);
+        order[n_done++] = i;
+        for (int e = first[i]; e < first[i + 1]; e++)
+            if (--pending[edge[e]] == 0)
+                heap_push(heap, &hn, edge[e]);
+    }
+    if (!rc && n_done < nn) {
+        for (int i = 0; i < nn && !rc; i++) {
+            if (pending[i] == 0)
+                continue;
+            const ox_node *n = &g->nodes[i];
+            for (int k = 0; k < n->n_in && !rc; k++) {
+                const char *in = n->in[k];
+                int p = in[0] && strmap_get(&avail, in) < 0 ? strmap_get(&producer, in) : -1;
+                if (p >= 0 && pending[p] > 0)
+                    rc = nfail(L, n, REFIT_ERR_MODEL, "cycle in the graph through input '%s'", in);
+            }
+        }
+        if (!rc)
+            rc = fail(L, REFIT_ERR_MODEL, "cannot order the graph");
+    }
+done:
     strmap_free(&avail);
     strmap_free(&producer);
-    free(done);
+    free(pending);
+    free(first);
+    free(edge);
+    free(heap);
     return rc;
 }
 
