@@ -115,6 +115,7 @@ assert str(lib).startswith("/opt/refitd/"), lib
 EOF
   inroot /usr/bin/ldd --version | sed -n 1p
   inroot /bin/uname -m
+  inroot /opt/refitd/bin/python -m pip list --format=freeze --disable-pip-version-check
 }
 
 install_rerun() {
