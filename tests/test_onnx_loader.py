@@ -250,8 +250,13 @@ def test_truncated_file_is_a_model_error(tmp_path):
 
 
 @pytest.mark.parametrize("fold", [True, False])
-def test_real_torch_export(tmp_path, fold):
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_real_torch_export(tmp_path, fold, dynamo):
     torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")  # the dynamo exporter needs it
+    import inspect
+
     nn = torch.nn
 
     class Net(nn.Module):
@@ -271,17 +276,30 @@ def test_real_torch_export(tmp_path, fold):
     net = Net().eval()
     x = torch.randn(2, 3, 8, 8)
     path = tmp_path / "net.onnx"
-    torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"],
-                      do_constant_folding=fold, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-                      opset_version=17)
+    kwargs = dict(input_names=["x"], output_names=["y"], do_constant_folding=fold,
+                  dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = dynamo
+    elif dynamo:
+        pytest.skip("this torch has no dynamo exporter")
+    torch.onnx.export(net, (x,), str(path), **kwargs)
     with Engine.open(path, input_shape={"x": (2, 3, 8, 8)}) as eng:
         names = {s.name for s in eng.weights()}
-        assert {n for n, _ in net.named_parameters()} <= names
+        assert {n for n, _ in net.named_parameters()} <= names, sorted(names)
         out, _ = eng.infer({"x": x.numpy()})
         with torch.no_grad():
             ref = net(x).numpy()
         np.testing.assert_allclose(out["y"], ref, rtol=RTOL, atol=1e-4)
         assert out["y"].shape == (2, 5)
+        # refit fc1 through its ONNX name; torch with the same weight must agree
+        w = torch.randn(16, 64) * 0.1
+        eng.refit({"fc1.weight": w.numpy()}, version=2)
+        with torch.no_grad():
+            net.fc1.weight.copy_(w)
+            ref = net(x).numpy()
+        out, version = eng.infer({"x": x.numpy()})
+        assert version == 2
+        np.testing.assert_allclose(out["y"], ref, rtol=RTOL, atol=1e-4)
 
 
 # ---- geometry sweep: Conv / MaxPool / AveragePool shapes and values vs onnxruntime -------------
