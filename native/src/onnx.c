@@ -1207,6 +1207,10 @@ static int const_ints(loader *L, const ox_node *n, int v, const char *what, int6
                       int *cnt)
 {
     const rt_value *x = &L->vals[v];
+    if (x->kind == RT_VAL_WEIGHT)
+        return nfail(L, n, REFIT_ERR_UNSUPPORTED,
+                     "%s ('%s') must be a constant known at load, but it is a refittable weight "
+                     "(leave it out of the 'refittable' option to fold it)", what, x->name);
     if (x->kind != RT_VAL_CONST)
         return nfail(L, n, REFIT_ERR_UNSUPPORTED, "%s ('%s') must be a constant known at load",
                      what, x->name);
@@ -2637,8 +2641,10 @@ static int build_node(loader *L, const ox_node *n)
             return fold_cast(L, n, vin[0]);
         if (attr_i(n, "to", 0) == RT_F32 && L->vals[vin[0]].dtype == RT_F32)
             return passthrough(L, n, vin[0]);
-        return nfail(L, n, REFIT_ERR_UNSUPPORTED, "Cast to %s on run-time data not supported",
-                     ox_dtype_name((int)attr_i(n, "to", 0)));
+        if (L->vals[vin[0]].kind != RT_VAL_WEIGHT)
+            return nfail(L, n, REFIT_ERR_UNSUPPORTED, "Cast to %s on run-time data not supported",
+                         ox_dtype_name((int)attr_i(n, "to", 0)));
+        /* a weight cast to another type: the generic refusal below explains how to fold it */
     }
     if (IS("Size")) {
         NEED(0);
@@ -2771,10 +2777,17 @@ static int build_node(loader *L, const ox_node *n)
         return op_softmax(L, n, vin, nin);
     if (IS("ReduceMean"))
         return op_reducemean(L, n, vin, nin);
-    if (is_fold_op(op))
+    if (is_fold_op(op) || IS("Cast")) {
+        for (int i = 0; i < nin; i++)
+            if (vin[i] >= 0 && L->vals[vin[i]].kind == RT_VAL_WEIGHT)
+                return nfail(L, n, REFIT_ERR_UNSUPPORTED,
+                             "unsupported op on a refittable weight ('%s'); it is evaluated at load "
+                             "only when all its inputs are constants (leave '%s' out of the "
+                             "'refittable' option to fold it)", L->vals[vin[i]].name, L->vals[vin[i]].name);
         return nfail(L, n, REFIT_ERR_UNSUPPORTED,
                      "unsupported op on run-time data (only evaluated at load when all its inputs "
                      "are constants)");
+    }
     return nfail(L, n, REFIT_ERR_UNSUPPORTED, "unsupported op");
 #undef IS
 #undef NEED

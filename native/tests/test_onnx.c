@@ -768,6 +768,18 @@ static void test_errors(void)
     expect_err("err_shape_not_const", REFIT_ERR_UNSUPPORTED, "node 'rs' (Reshape)", "constant");
     expect_err("err_concat9", REFIT_ERR_UNSUPPORTED, "node 'cat9' (Concat)", "9 inputs");
     expect_err("err_transpose_weight", REFIT_ERR_UNSUPPORTED, "node 'add' (Add)", "Transpose of 'w'");
+    expect_err("err_gather_weight", REFIT_ERR_UNSUPPORTED, "node 'emb' (Gather)", "refittable");
+    rt_graph *gw;
+    int rcw = load_opts("err_gather_weight", "", NULL, &gw);
+    CHECK(rcw == 0 && gw && gw->n_nodes == 1 && gw->nodes[0].op == RT_OP_ADD &&
+              gw->values[gw->nodes[0].in[1]].kind == RT_VAL_CONST,
+          "the same Gather folds once the table is not refittable: rc=%d %s", rcw, errbuf);
+    if (gw) {
+        const rt_value *c = &gw->values[gw->nodes[0].in[1]];
+        CHECK(SHAPE(&c->shape, 2, D(2), D(3)) && ((float *)c->data)[0] == 3.0f && ((float *)c->data)[3] == 12.0f,
+              "gathered rows 1 and 4");
+    }
+    rt_graph_destroy(gw);
     expect_err("err_transpose_3d", REFIT_ERR_UNSUPPORTED, "node 't3' (Transpose)", NULL);
     expect_err("err_bcast", REFIT_ERR_MODEL, "node 'add' (Add)", "do not broadcast");
 

@@ -387,6 +387,12 @@ save("err_transpose_weight", [
 save("err_transpose_3d", [
     helper.make_node("Transpose", ["x"], ["y"], name="t3", perm=[0, 2, 1])],
     [vi("x", [1, 2, 3])], [vi("y", [1, 3, 2])])
+save("err_gather_weight", [
+    helper.make_node("Gather", ["table", "idx"], ["rows"], name="emb", axis=0),
+    helper.make_node("Add", ["x", "rows"], ["y"], name="add")],
+    [vi("x", [2, 3])], [vi("y", [2, 3])],
+    [init("table", np.arange(15, dtype=np.float32).reshape(5, 3)),
+     init("idx", np.array([1, 4], np.int64))])
 save("err_bcast", [helper.make_node("Add", ["x", "w"], ["y"], name="add")],
      [vi("x", [2, 3])], [vi("y", None)], [init("w", rnd(4))], check=False)
 print("wrote models to", HERE)
