@@ -23,6 +23,7 @@ Socket protocol (the local inference API; ``socket_infer()`` is a client):
 """
 from __future__ import annotations
 
+import abc
 import bisect
 import collections
 import json
@@ -163,7 +164,7 @@ def _fill_tensor(fill: Any, shape, dtype, rng) -> np.ndarray:
     return np.full(shape, float(fill), dtype=dtype)
 
 
-class Source:
+class Source(abc.ABC):
     """Base: ``get(timeout)`` returns the next Item or None (nothing yet, or stopped)."""
     kind = "?"
 
@@ -176,8 +177,9 @@ class Source:
     def start(self) -> None:
         pass
 
+    @abc.abstractmethod
     def get(self, timeout: float) -> Optional[Item]:
-        raise NotImplementedError
+        """The next item, or None."""
 
     def stop(self) -> None:
         """Stop producing new items; ``get`` still hands out items already accepted."""
@@ -549,7 +551,7 @@ def _jsonable(outputs: Dict[str, np.ndarray]) -> Dict[str, Any]:
     return {k: v.tolist() for k, v in outputs.items()}
 
 
-class Sink:
+class Sink(abc.ABC):
     kind = "?"
 
     def __init__(self, cfg, events):
@@ -557,19 +559,23 @@ class Sink:
         self.events = events
         self._lock = threading.Lock()
         self._last = 0.0
+        self._last_version = None
 
     def _due(self, res: Result) -> bool:
         every = getattr(self.cfg, "every", 0.0)
         if not every or res.tag is not None:  # tagged results (files, clients) always go out
             return True
         with self._lock:
-            if res.t - self._last >= every:
-                self._last = res.t
+            # The first result of every weight version goes out, so a throttled sink still shows
+            # each version that served.
+            if res.t - self._last >= every or res.version != self._last_version:
+                self._last, self._last_version = res.t, res.version
                 return True
         return False
 
+    @abc.abstractmethod
     def put(self, res: Result) -> None:
-        raise NotImplementedError
+        """Delivers one result."""
 
     def close(self) -> None:
         pass
