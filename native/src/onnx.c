@@ -1065,6 +1065,7 @@ static int reserve_nodes(loader *L, int extra)
 static int add_value(loader *L, const char *name, rt_value_kind kind, int dtype, const rt_shape *s,
                      void *data, float *winit, int *idx)
 {
+    const rt_shape shape = *s; /* s may point into L->vals, which reserve_vals may move */
     if (reserve_vals(L, 1)) {
         free(data);
         free(winit);
@@ -1080,8 +1081,8 @@ static int add_value(loader *L, const char *name, rt_value_kind kind, int dtype,
     }
     v->kind = kind;
     v->dtype = dtype;
-    v->shape = *s;
-    v->numel = rt_shape_numel(s);
+    v->shape = shape;
+    v->numel = rt_shape_numel(&shape);
     v->index = -1;
     v->output_index = -1;
     v->data = data;
