@@ -59,6 +59,19 @@ def test_outputs_walk_0_9_to_81_like_the_seed_demo(pipeline, engine, tmp_path):
     assert seen == [(9.0 * k, k) for k in range(1, 10)]
 
 
+def test_the_serving_package_delivered_again_is_already_applied(pipeline, engine, store, tmp_path):
+    """A file re-taken after a crash between commit and moving it (or a QoS 1 duplicate) is a
+    no-op success; a different package with the serving version number is still refused."""
+    path = pkg(tmp_path, engine, 1, 1)
+    assert pipeline.apply(path).ok
+    before = store_digest(store.path)
+    again = pipeline.apply(path)
+    assert (again.ok, again.version, again.reason) == (True, 1, None)
+    assert store_digest(store.path) == before and y_of(engine) == (9.0, 1)
+    other = pipeline.apply(pkg(tmp_path, engine, 2, 1))
+    assert not other.ok and other.reason == "package version 1 equals the serving version 1"
+
+
 def test_float16_package_serves(pipeline, engine, store, tmp_path):
     path = write_pkg(tmp_path / "h.safetensors", kernel(0.5, np.float16), 1, engine.fingerprint)
     assert pipeline.apply(path).ok

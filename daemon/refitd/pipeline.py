@@ -256,6 +256,11 @@ class Pipeline:
             raise _Reject(e.stage, e.reason) from None
         # version policy: strictly newer than every version ever committed
         cur, high = store.current(), store.highest()
+        if pkg.version == cur and store.manifest(cur).get("package_sha256") == pkg.sha256:
+            # The very package already serving, delivered again (a file re-taken after a crash
+            # between commit and moving it to applied/, a QoS 1 duplicate): nothing to do.
+            self._served_at = time.perf_counter()
+            return pkg.version, {"already_applied": True, "tensors": len(pkg.tensors)}
         if high is not None and pkg.version <= high:
             if pkg.version == cur:
                 why = "package version %d equals the serving version %d" % (pkg.version, cur)
