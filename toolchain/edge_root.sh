@@ -5,7 +5,7 @@
 #   toolchain/edge_root.sh [ROOT]        default .cache/edge-root/bullseye-arm64
 #
 # Env: EDGE_SUITE (bullseye), EDGE_MIRROR (http://deb.debian.org/debian),
-#      EDGE_TIMINGS (file to write step timings to, JSON; default ROOT/../root-timings.json)
+#      EDGE_TIMINGS (file to write step timings to, JSON; default ROOT.timings.json)
 #
 # Steps: debootstrap --foreign (host side, downloads the .debs), copy qemu-aarch64-static in,
 # chroot ROOT /debootstrap/debootstrap --second-stage (runs arm64 binaries through binfmt/qemu).
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 SUITE=${EDGE_SUITE:-bullseye}
 MIRROR=${EDGE_MIRROR:-http://deb.debian.org/debian}
 ROOT=${1:-${EDGE_ROOT:-.cache/edge-root/$SUITE-arm64}}
-TIMINGS=${EDGE_TIMINGS:-$(dirname "$ROOT")/root-timings.json}
+TIMINGS=${EDGE_TIMINGS:-$ROOT.timings.json}
 MARK="$ROOT/.refitd-edge-root-complete"
 
 if [ -f "$MARK" ]; then

@@ -227,9 +227,9 @@ total=$(elapsed "$t_all")
 
 # ---- timings + results ------------------------------------------------------------------
 steps_json=$(for k in "${!T[@]}"; do printf '"%s_s": %s\n' "$k" "${T[$k]}"; done | paste -sd, -)
-python3 - "$TIMINGS" "$LOGDIR" "$total" "${#failed[@]}" "$steps_json" "${results[*]}" "$BUNDLE" <<'EOF'
+python3 - "$TIMINGS" "$LOGDIR" "$total" "${#failed[@]}" "$steps_json" "${results[*]}" "$BUNDLE" "$ROOT" <<'EOF'
 import json, os, re, sys, platform, datetime
-out, logdir, total, nfail, steps, results, bundle = sys.argv[1:8]
+out, logdir, total, nfail, steps, results, bundle, root = sys.argv[1:9]
 def load(p):
     try:
         with open(p) as f:
@@ -245,7 +245,8 @@ doc = {
     "results": dict(r.split(":") for r in results.split()),
     "edge_test_total_s": float(total),
     "test_wheels": load(os.path.join(logdir, "pre.json")),
-    "edge_root": load(".cache/edge-root/root-timings.json"),
+    "edge_root": dict(load(root + ".timings.json") or {}, path=os.path.relpath(root),
+                      os=open(os.path.join(root, "etc/debian_version")).read().strip()),
     "bundle_build": load("dist/bundle-aarch64-timings.json"),
 }
 try:
