@@ -1011,7 +1011,7 @@ static float attr_f(const ox_node *n, const char *name, float def)
 static const char *attr_s(const ox_node *n, const char *name, const char *def)
 {
     const ox_attr *a = attr_get(n, name);
-    return a && a->type == AT_STRING ? a->s : def;
+    return a && a->type == AT_STRING && a->s ? a->s : def;
 }
 
 /* INTS attribute: returns the array (NULL if absent) and its length in *cnt. */
@@ -1400,14 +1400,17 @@ static int fold_binary(loader *L, const ox_node *n, const int *vin, int nin)
         return nfail(L, n, REFIT_ERR_MODEL, "shapes %s and %s do not broadcast",
                      shp(sh[need - 2], b1, sizeof b1), shp(sh[need - 1], b2, sizeof b2));
     }
+    int cmp = !strcmp(op, "Equal") || !strcmp(op, "Less") || !strcmp(op, "Greater");
     int dt;
-    if (!strcmp(op, "Equal"))
+    if (cmp)
         dt = RT_I64;
     else if (is_where)
         dt = (x[1]->dtype == RT_F32 || x[2]->dtype == RT_F32) ? RT_F32 : RT_I64;
     else
         dt = (x[0]->dtype == RT_F32 || x[1]->dtype == RT_F32) ? RT_F32 : RT_I64;
     int isint = x[need - 2]->dtype == RT_I64 && x[need - 1]->dtype == RT_I64;
+    if (!strcmp(op, "Pow")) /* Pow's result has the base's type */
+        dt = x[0]->dtype;
     void *d;
     int rc = alloc_const(L, n, dt, &s, &d);
     if (rc)
@@ -1433,7 +1436,17 @@ static int fold_binary(loader *L, const ox_node *n, const int *vin, int nin)
                 r = (int64_t)(a * b);
             else if (!strcmp(op, "Equal"))
                 r = a == b;
-            else { /* Div: integer division truncates toward zero */
+            else if (!strcmp(op, "Less"))
+                r = (int64_t)a < (int64_t)b;
+            else if (!strcmp(op, "Greater"))
+                r = (int64_t)a > (int64_t)b;
+            else if (!strcmp(op, "Min"))
+                r = (int64_t)a < (int64_t)b ? (int64_t)a : (int64_t)b;
+            else if (!strcmp(op, "Max"))
+                r = (int64_t)a > (int64_t)b ? (int64_t)a : (int64_t)b;
+            else if (!strcmp(op, "Pow")) {
+                r = d2i(pow((double)(int64_t)a, (double)(int64_t)b));
+            } else { /* Div: integer division truncates toward zero */
                 if (b == 0) {
                     free(d);
                     return nfail(L, n, REFIT_ERR_MODEL, "integer division by zero");
@@ -1451,6 +1464,16 @@ static int fold_binary(loader *L, const ox_node *n, const int *vin, int nin)
                 r = a * b;
             else if (!strcmp(op, "Equal"))
                 r = a == b;
+            else if (!strcmp(op, "Less"))
+                r = a < b;
+            else if (!strcmp(op, "Greater"))
+                r = a > b;
+            else if (!strcmp(op, "Min"))
+                r = a < b ? a : b;
+            else if (!strcmp(op, "Max"))
+                r = a > b ? a : b;
+            else if (!strcmp(op, "Pow"))
+                r = pow(a, b);
             else
                 r = a / b;
             cset(dt, d, k, r, 0, 0);
@@ -1723,6 +1746,54 @@ static int fold_transpose(loader *L, const ox_node *n, int src)
         memcpy((char *)d + k * es, (const char *)x->data + off * es, es);
     }
     return make_const(L, n, n->out[0], x->dtype, &s, d);
+}
+
+/* Elementwise unary ops on a constant (float math in double; integer input keeps its type). */
+static int fold_unary(loader *L, const ox_node *n, int src)
+{
+    const rt_value *x = &L->vals[src];
+    const char *op = n->op;
+    float alpha = attr_f(n, "alpha", 0.01f);
+    void *d;
+    int rc = alloc_const(L, n, x->dtype, &x->shape, &d);
+    if (rc)
+        return rc;
+    for (size_t k = 0; k < x->numel; k++) {
+        double v = cget_d(x, k), r;
+        if (!strcmp(op, "Relu"))
+            r = v > 0 ? v : 0;
+        else if (!strcmp(op, "LeakyRelu"))
+            r = v >= 0 ? v : v * alpha;
+        else if (!strcmp(op, "Sigmoid"))
+            r = 1.0 / (1.0 + exp(-v));
+        else if (!strcmp(op, "Tanh"))
+            r = tanh(v);
+        else if (!strcmp(op, "Abs"))
+            r = fabs(v);
+        else if (!strcmp(op, "Sqrt"))
+            r = sqrt(v);
+        else if (!strcmp(op, "Exp"))
+            r = exp(v);
+        else if (!strcmp(op, "Log"))
+            r = log(v);
+        else if (!strcmp(op, "Floor"))
+            r = floor(v);
+        else if (!strcmp(op, "Ceil"))
+            r = ceil(v);
+        else if (!strcmp(op, "Reciprocal"))
+            r = 1.0 / v;
+        else /* Not */
+            r = v == 0;
+        if (x->dtype == RT_I64 && (!strcmp(op, "Relu") || !strcmp(op, "Abs") || !strcmp(op, "Floor") ||
+                                   !strcmp(op, "Ceil")))
+            ((int64_t *)d)[k] = !strcmp(op, "Abs") ? (int64_t)(cget_i(x, k) < 0 ? 0 - (uint64_t)cget_i(x, k)
+                                                                                : (uint64_t)cget_i(x, k))
+                              : !strcmp(op, "Relu") ? (cget_i(x, k) > 0 ? cget_i(x, k) : 0)
+                                                    : cget_i(x, k);
+        else
+            cset(x->dtype, d, k, r, 0, 0);
+    }
+    return make_const(L, n, n->out[0], x->dtype, &x->shape, d);
 }
 
 static int fold_expand(loader *L, const ox_node *n, const int *vin)
@@ -2548,7 +2619,9 @@ static int is_fold_op(const char *op)
     static const char *const ops[] = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice",
                                       "ConstantOfShape", "Add", "Sub", "Mul", "Div", "Range",
                                       "Reshape", "Flatten", "Transpose", "Neg", "Equal", "Where",
-                                      "Size", "Expand", NULL};
+                                      "Size", "Expand", "Less", "Greater", "Min", "Max",
+                                      "Pow", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Abs", "Sqrt",
+                                      "Exp", "Log", "Floor", "Ceil", "Reciprocal", "Not", NULL};
     for (int i = 0; ops[i]; i++)
         if (!strcmp(op, ops[i]))
             return 1;
@@ -2692,8 +2765,16 @@ static int build_node(loader *L, const ox_node *n)
             return fold_slice(L, n, vin, nin);
         if (IS("ConstantOfShape"))
             return fold_constant_of_shape(L, n, vin[0]);
-        if (IS("Add") || IS("Sub") || IS("Mul") || IS("Div") || IS("Equal") || IS("Where"))
+        if (IS("Add") || IS("Sub") || IS("Mul") || IS("Div") || IS("Equal") || IS("Where") ||
+            IS("Less") || IS("Greater") || IS("Pow") || ((IS("Min") || IS("Max")) && nin == 2)) {
+            for (int i = 0; i < nin; i++)
+                if (vin[i] < 0)
+                    return nfail(L, n, REFIT_ERR_MODEL, "missing input #%d", i);
             return fold_binary(L, n, vin, nin);
+        }
+        if (IS("Relu") || IS("LeakyRelu") || IS("Sigmoid") || IS("Tanh") || IS("Abs") || IS("Sqrt") ||
+            IS("Exp") || IS("Log") || IS("Floor") || IS("Ceil") || IS("Reciprocal") || IS("Not"))
+            return fold_unary(L, n, vin[0]);
         if (IS("Range"))
             return fold_range(L, n, vin, nin);
         if (IS("Transpose"))

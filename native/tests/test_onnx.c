@@ -699,6 +699,27 @@ static void test_more_folding(void)
         CHECK(g->n_weights == 0, "no float initializers: no weights");
         rt_graph_destroy(g);
     }
+    rt_graph *gm;
+    int rcm = load_opts("fold_math", NULL, NULL, &gm);
+    CHECK(rcm == 0 && gm, "fold_math: %d %s", rcm, errbuf);
+    if (gm) {
+        CHECK(validate(gm) == 0, "invariants");
+        CHECK(gm->n_nodes == 2 && gm->nodes[0].op == RT_OP_MUL && gm->nodes[1].op == RT_OP_ADD,
+              "Sqrt/Reciprocal/Relu/Pow/Max/Min/Less/Where/Floor/Sigmoid of constants folded (%d nodes)",
+              gm->n_nodes);
+        if (gm->n_nodes == 2) {
+            const rt_value *sc = &gm->values[gm->nodes[0].in[1]], *c8 = &gm->values[gm->nodes[1].in[1]];
+            CHECK(sc->kind == RT_VAL_CONST && fabsf(((float *)sc->data)[0] - 0.5f) < 1e-7f, "1/sqrt(4)");
+            /* c = [-2, -0.5, 0.5, 3]: c5 = [4, 0.25, 0.5, 3] -> floor [4, 0, 0, 3], + sigmoid(c) */
+            float want[4] = {4.0f + 1.0f / (1.0f + expf(2.0f)), 0.0f + 1.0f / (1.0f + expf(0.5f)),
+                             0.0f + 1.0f / (1.0f + expf(-0.5f)), 3.0f + 1.0f / (1.0f + expf(-3.0f))};
+            int ok = c8->kind == RT_VAL_CONST && c8->numel == 4;
+            for (int i = 0; ok && i < 4; i++)
+                ok = fabsf(((float *)c8->data)[i] - want[i]) < 1e-6f;
+            CHECK(ok, "folded constant values");
+        }
+        rt_graph_destroy(gm);
+    }
     g = load("gemm_bcast");
     if (g) {
         const rt_node *n = nfind(g, "gemm");
@@ -1078,6 +1099,10 @@ int main(void)
     int scale = scale_env ? atoi(scale_env) : 1;
     if (scale < 1)
         scale = 1;
+    /* TEST_ONNX_FUZZ_SEED=N picks another mutation stream (default: the fixed one) */
+    const char *seed_env = getenv("TEST_ONNX_FUZZ_SEED");
+    if (seed_env && atoll(seed_env))
+        rng_state = ((uint64_t)atoll(seed_env) * 0x9e3779b97f4a7c15ull) | 1;
     test_pb();
     test_graph_helpers();
     test_seed_conv();

@@ -292,6 +292,32 @@ save("fold_more", [
     [vi("x", [2, 6])], [vi("y", [2, 3])],
     [init("two", np.array([2, 2], np.int64)), init("mone", np.array(-1, np.int64)),
      init("s5", np.array([2, 1], np.int64))])
+# float math on constants, as attention-style scale computations export it:
+# x * (1 / sqrt(x.shape[-1])) + relu/pow/min/max/less/floor/... of constants
+save("fold_math", [
+    helper.make_node("Shape", ["x"], ["s"], name="shape"),
+    helper.make_node("Gather", ["s", "last"], ["d"], name="gather", axis=0),
+    helper.make_node("Cast", ["d"], ["df"], name="cast", to=F),
+    helper.make_node("Sqrt", ["df"], ["sq"], name="sqrt"),
+    helper.make_node("Reciprocal", ["sq"], ["scale"], name="recip"),
+    helper.make_node("Mul", ["x", "scale"], ["xs"], name="mul_scale"),
+    helper.make_node("Constant", [], ["c"], name="c", value=numpy_helper.from_array(
+        np.array([-2.0, -0.5, 0.5, 3.0], np.float32))),
+    helper.make_node("Constant", [], ["two"], name="c2v", value_float=2.0),
+    helper.make_node("Constant", [], ["zero"], name="c0v", value_float=0.0),
+    helper.make_node("Relu", ["c"], ["c1"], name="relu_c"),
+    helper.make_node("Pow", ["c", "two"], ["c2"], name="pow_c"),
+    helper.make_node("Max", ["c1", "c2"], ["c3"], name="max_c"),
+    helper.make_node("Min", ["c3", "c"], ["c4"], name="min_c"),
+    helper.make_node("Less", ["c", "zero"], ["neg"], name="less_c"),
+    helper.make_node("Where", ["neg", "c2", "c4"], ["c5"], name="where_c"),
+    helper.make_node("Floor", ["c5"], ["c6"], name="floor_c"),
+    helper.make_node("Sigmoid", ["c"], ["c7"], name="sig_c"),
+    helper.make_node("Add", ["c6", "c7"], ["c8"], name="add_c"),
+    helper.make_node("Add", ["xs", "c8"], ["y"], name="add_y")],
+    [vi("x", [2, 4])], [vi("y", [2, 4])],
+    [init("last", np.array(-1, np.int64))])
+
 # Gemm with a broadcast C of shape [M, 1], transA, alpha, beta
 save("gemm_bcast", [
     helper.make_node("Gemm", ["a", "b", "c"], ["y"], name="gemm", transA=1, alpha=2.0, beta=0.5)],
