@@ -7,7 +7,8 @@
 #   make bundle ARCH=aarch64|x86_64   dist/refitd-<version>-linux-<arch>.tar.gz (offline install)
 #   make edge-root      Debian 11 arm64 root under .cache/edge-root/ (built once, then reused)
 #   make edge-test      install the aarch64 bundle into that root offline and prove it works there
-#   make edge-ci        cross-test + glibc-check + both bundles + edge-test (the CI step)
+#   make bundle-smoke   the host-arch (x86_64) bundle installed offline in build/bundle-smoke + seed demo
+#   make edge-ci        cross-test + glibc-check + bundle-smoke + edge-test (the CI step)
 #
 # Knobs: CROSS_TC=zig|gcc|linaro (toolchain for make cross; linaro needs TOOLCHAIN_ROOT),
 #        GLIBC_MAX=2.17, BUNDLE_PYTHONS="3.9 3.10 3.11 3.12", EDGE_SUITE=bullseye.
@@ -28,7 +29,7 @@ CROSS_TOOLCHAIN_linaro := $(CURDIR)/toolchain/aarch64-linaro.cmake
 CROSS_BUILD := build/cross-aarch64$(if $(filter-out zig,$(CROSS_TC)),-$(CROSS_TC))
 ENSURE := toolchain/ensure_tools.sh
 
-.PHONY: cross cross-test glibc-check release-lib bundle bundle-all edge-root edge-test edge-ci cross-tools
+.PHONY: cross cross-test glibc-check release-lib bundle bundle-all edge-root edge-test edge-ci bundle-smoke cross-tools
 
 # Tools for qemu runs (qemu + the aarch64 loader/libc for -L) and the chosen compiler.
 cross-tools:
@@ -75,6 +76,11 @@ edge-test: edge-root cross
 
 # For CI (needs root and the Debian + PyPI registries): everything this file proves, in one go.
 # Cold ~8-12 min on 2 cores (arm64 root 3-7 min, zig caches ~1 min); ~3 min with .cache/ kept.
-edge-ci: cross-test glibc-check
-	$(MAKE) bundle ARCH=x86_64
+edge-ci: cross-test glibc-check bundle-smoke
 	$(MAKE) edge-test
+
+# The host-architecture bundle, installed offline into build/bundle-smoke and run (seed demo).
+HOST_ARCH := $(shell uname -m)
+bundle-smoke:
+	$(MAKE) bundle ARCH=$(HOST_ARCH)
+	toolchain/bundle_smoke.sh dist/refitd-$(REFIT_VERSION)-linux-$(HOST_ARCH).tar.gz
