@@ -96,7 +96,7 @@ fi
   echo "glibc_max=$GLIBC_MAX"
   echo "refitd_wheel=$(basename "$refitd_wheel")"
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "commit=$(git describe --always --dirty 2>/dev/null || echo unknown)"   # -dirty: built from uncommitted edits
 } >"$STAGE/BUNDLE"
 (cd "$STAGE" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort | xargs sha256sum >SHA256SUMS)
 
