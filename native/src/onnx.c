@@ -1676,7 +1676,7 @@ static int fold_constant_of_shape(loader *L, const ox_node *n, int src)
 
 static int fold_range(loader *L, const ox_node *n, const int *vin, int nin)
 {
-    if (nin < 3)
+    if (nin < 3 || vin[0] < 0 || vin[1] < 0 || vin[2] < 0)
         return nfail(L, n, REFIT_ERR_MODEL, "needs 3 inputs");
     const rt_value *a = &L->vals[vin[0]], *b = &L->vals[vin[1]], *c = &L->vals[vin[2]];
     if (a->numel != 1 || b->numel != 1 || c->numel != 1)
@@ -2757,6 +2757,7 @@ static int build_node(loader *L, const ox_node *n)
         return strmap_put(&L->tviews, n->out[0], vin[0]) ? NOMEM(L) : 0;
     }
     if (all_const && is_fold_op(op)) {
+        NEED(0); /* every fold op reads input 0; an omitted one must not reach them */
         if (IS("Gather")) {
             NEED(1);
             return fold_gather(L, n, vin);
