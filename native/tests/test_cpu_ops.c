@@ -387,6 +387,9 @@ static void test_conv(void)
         {1, 4, 12, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 4},      /* grouped, dilated */
         {1, 4, 7, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},        /* depthwise multiplier 2 */
         {1, 5, 9, 10, 7, 2, 3, 3, 2, 1, 2, 0, 2, 1, 0, 1},       /* asymmetric everything */
+        {1, 16, 10, 12, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},    /* Winograd, even output */
+        {2, 24, 7, 11, 17, 3, 3, 1, 1, 1, 1, 0, 1, 2, 1, 1},     /* Winograd, odd, asym pads */
+        {1, 20, 6, 6, 32, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 1},      /* Winograd, no padding */
     };
     char label[32];
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
@@ -428,6 +431,9 @@ static void test_conv(void)
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
     test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");
     test_conv_case(&c3, 0, 4, "3x3+Relu");
+    const conv_p wg = {1, 16, 14, 13, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    test_conv_case(&wg, 0, 1 | 2 | 4, "winograd+BN+Add+Relu");
+    test_conv_case(&wg, 1, 1 | 8, "winograd+BN+Clip");
 }
 
 /* Gemm with every transpose / C shape, alpha/beta, M == 1 (GEMV) and M > 1, + fused Relu. */

@@ -19,6 +19,7 @@ int cpu_conv_kind(const cpu_conv_geom *g)
         g->pl == 0 && g->OH == g->H && g->OW == g->W)
         return CPU_CONV_1X1;
     if (g->group > 1 && g->group == g->C && g->M == g->C) return CPU_CONV_DW;
+    if (cpu_wino_ok(g)) return CPU_CONV_WINO;
     /* The "wide" GEMM computes ((kw-1)*dw)/sw junk columns per output row; worth it while they
      * are at most a quarter of the row. */
     if (4 * (((g->kw - 1) * g->dw) / g->sw) <= g->OW) return CPU_CONV_WIDE;
@@ -45,6 +46,8 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
     switch (cpu_conv_kind(g)) {
     case CPU_CONV_1X1:
         return (size_t)a16(2 * g->C) + cpu_sgemm_scratch(isa, g->M, g->H * g->W, g->C);
+    case CPU_CONV_WINO:
+        return cpu_wino_scratch(isa, g);
     case CPU_CONV_WIDE: {
         int64_t PH, PW;
         wide_dims(g, &PH, &PW);
@@ -250,6 +253,10 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
     const int kind = cpu_conv_kind(g);
     if (kind == CPU_CONV_DW) {
         conv_dw(isa, g, x, w, y, epi, scratch);
+        return;
+    }
+    if (kind == CPU_CONV_WINO) {
+        cpu_conv_wino(isa, g, x, w, y, epi, scratch);
         return;
     }
     if (kind == CPU_CONV_WIDE) {

@@ -120,7 +120,12 @@ typedef struct cpu_conv_geom {
     int64_t kh, kw, sh, sw, dh, dw, pt, pl, group;
 } cpu_conv_geom;
 
-enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2, CPU_CONV_WIDE = 3 };
+enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2, CPU_CONV_WIDE = 3, CPU_CONV_WINO = 4 };
+/* Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, no dilation, group 1, >= 16 channels. */
+int cpu_wino_ok(const cpu_conv_geom *g);
+size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
+void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
+                   float *y, const cpu_epi *epi, float *scratch);
 int cpu_conv_kind(const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
 /* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW. */

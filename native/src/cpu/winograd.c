@@ -1,0 +1,328 @@
+/*
+ * winograd.c — 3x3 stride-1 convolution as Winograd F(2x2, 3x3) for the reference CPU backend.
+ *
+ * Each 2x2 output tile comes from a 4x4 input tile: Y = A^T [ (G g G^T) . (B^T d B) ] A, so the
+ * 9 multiply-adds per output pixel and input channel become 16 per 4 pixels (2.25x fewer). The
+ * products summed over channels are 16 GEMMs, U[e] (M x C) x V[e] (C x tiles), on the packed
+ * SGEMM (B read in place where the ISA's kernel can). The weight transform U = G g G^T is redone
+ * on every run (the weights may have changed; it costs ~40 flops per (m, c) against the conv's
+ * 9 per pixel). The transforms only add, subtract and halve, so results stay within float
+ * rounding of the direct conv (the tests hold it to the same tolerance).
+ *
+ * Layout: tiles are numbered t = ty*TWp + tx with TWp = TW + 1 (one junk tile per tile row), and
+ * the padded input is split into 2x2 polyphase planes P[rp][cp][i][j] = Xpad[2i+rp][2j+cp] with
+ * rows TWp long. Then input (r, k) of tile t is P[r&1][k&1][t + (r>>1)*TWp + (k>>1)]: every
+ * transform is element-wise over contiguous arrays of tiles and vectorises fully. Transforms are
+ * compiled per ISA.
+ */
+#include "cpu.h"
+
+#include <string.h>
+
+static int64_t a16(int64_t x) { return (x + 15) / 16 * 16; }
+
+typedef struct wgeo {
+    int64_t TH, TW, TWp, Tp; /* tiles; Tp = TH * TWp (with the junk column of tiles) */
+    int64_t PP;              /* floats per polyphase plane: (TH + 1) * TWp, + slack */
+    int64_t es_u, es_v, es_m; /* element strides of U[e], V[e], Mo[e] (padded: 16 streams a power
+                                  of two apart would conflict in the cache sets) */
+} wgeo;
+
+static wgeo wino_geo(const cpu_conv_geom *g)
+{
+    wgeo o;
+    o.TH = (g->OH + 1) / 2;
+    o.TW = (g->OW + 1) / 2;
+    o.TWp = o.TW + 1;
+    o.Tp = o.TH * o.TWp;
+    o.PP = a16((o.TH + 1) * o.TWp + 1);
+    o.es_u = a16(g->M * g->C) + 16;
+    o.es_v = a16(g->C * o.Tp) + 16;
+    o.es_m = a16(g->M * o.Tp) + 16;
+    return o;
+}
+
+int cpu_wino_ok(const cpu_conv_geom *g)
+{
+    return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->dh == 1 && g->dw == 1 &&
+           g->group == 1 && g->C >= 16 && g->M >= 16 && g->OH >= 4 && g->OW >= 4;
+}
+
+size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
+{
+    const wgeo o = wino_geo(g);
+    return (size_t)(16 * o.es_u + 16 * o.es_v + 16 * o.es_m + 4 * o.PP +
+                    a16(9 * g->C) + 4 * a16(o.Tp) + a16(2 * g->C)) +
+           cpu_sgemm_scratch(isa, g->M, o.Tp, g->C);
+}
+
+/* U[e][m][c] for one m from wt[j][c] (the m's 3x3 kernels, transposed), G = [[1,0,0],
+ * [.5,.5,.5],[.5,-.5,.5],[0,0,1]]: U = G g G^T. */
+static inline __attribute__((always_inline)) void wt_xform_body(const float *wt, int64_t C,
+                                                                float *U, int64_t es, int64_t m)
+{
+    float *u[16];
+    for (int e = 0; e < 16; e++) u[e] = U + e * es + m * C;
+    float *restrict u0 = u[0], *restrict u1 = u[1], *restrict u2 = u[2], *restrict u3 = u[3],
+                    *restrict u4 = u[4], *restrict u5 = u[5], *restrict u6 = u[6],
+                    *restrict u7 = u[7], *restrict u8 = u[8], *restrict u9 = u[9],
+                    *restrict u10 = u[10], *restrict u11 = u[11], *restrict u12 = u[12],
+                    *restrict u13 = u[13], *restrict u14 = u[14], *restrict u15 = u[15];
+    const float *restrict k0 = wt, *restrict k1 = wt + C, *restrict k2 = wt + 2 * C,
+                          *restrict k3 = wt + 3 * C, *restrict k4 = wt + 4 * C,
+                          *restrict k5 = wt + 5 * C, *restrict k6 = wt + 6 * C,
+                          *restrict k7 = wt + 7 * C, *restrict k8 = wt + 8 * C;
+    for (int64_t c = 0; c < C; c++) {
+        /* G g: rows a (= g row 0), b, c, d (= g row 2), 3 columns each */
+        const float a0 = k0[c], a1 = k1[c], a2 = k2[c];
+        const float b0 = 0.5f * (k0[c] + k3[c] + k6[c]), b1 = 0.5f * (k1[c] + k4[c] + k7[c]),
+                    b2 = 0.5f * (k2[c] + k5[c] + k8[c]);
+        const float c0 = 0.5f * (k0[c] - k3[c] + k6[c]), c1 = 0.5f * (k1[c] - k4[c] + k7[c]),
+                    c2 = 0.5f * (k2[c] - k5[c] + k8[c]);
+        const float d0 = k6[c], d1 = k7[c], d2 = k8[c];
+        /* (.) G^T per row: [x0, (x0+x1+x2)/2, (x0-x1+x2)/2, x2] */
+        u0[c] = a0;
+        u1[c] = 0.5f * (a0 + a1 + a2);
+        u2[c] = 0.5f * (a0 - a1 + a2);
+        u3[c] = a2;
+        u4[c] = b0;
+        u5[c] = 0.5f * (b0 + b1 + b2);
+        u6[c] = 0.5f * (b0 - b1 + b2);
+        u7[c] = b2;
+        u8[c] = c0;
+        u9[c] = 0.5f * (c0 + c1 + c2);
+        u10[c] = 0.5f * (c0 - c1 + c2);
+        u11[c] = c2;
+        u12[c] = d0;
+        u13[c] = 0.5f * (d0 + d1 + d2);
+        u14[c] = 0.5f * (d0 - d1 + d2);
+        u15[c] = d2;
+    }
+}
+
+/* V[e][c][t] = (B^T d B)[e] for all tiles of channel c, from its polyphase planes P. Written once
+ * over a type VT (a GCC vector or plain float: the same operators, memcpy loads and stores), so
+ * each ISA gets full-width vectors plus a scalar tail; 32 pointer streams are too many for the
+ * auto-vectoriser's alias checks. */
+#define LDV(x, p) memcpy(&(x), (p), sizeof(x))
+#define STV(p, x) memcpy((p), &(x), sizeof(x))
+#define IN_XFORM_STEP(VT, t)                                                                       \
+    do {                                                                                           \
+        VT d[4][4], x[4][4], r;                                                                    \
+        for (int rr = 0; rr < 4; rr++)                                                             \
+            for (int kk = 0; kk < 4; kk++)                                                         \
+                LDV(d[rr][kk], P + ((rr & 1) * 2 + (kk & 1)) * PP + (rr >> 1) * TWp + (kk >> 1) +  \
+                                   (t));                                                           \
+        for (int kk = 0; kk < 4; kk++) {                                                           \
+            x[0][kk] = d[0][kk] - d[2][kk];                                                        \
+            x[1][kk] = d[1][kk] + d[2][kk];                                                        \
+            x[2][kk] = d[2][kk] - d[1][kk];                                                        \
+            x[3][kk] = d[1][kk] - d[3][kk];                                                        \
+        }                                                                                          \
+        for (int ii = 0; ii < 4; ii++) {                                                           \
+            r = x[ii][0] - x[ii][2];                                                               \
+            STV(V + (4 * ii + 0) * es + cT + (t), r);                                              \
+            r = x[ii][1] + x[ii][2];                                                               \
+            STV(V + (4 * ii + 1) * es + cT + (t), r);                                              \
+            r = x[ii][2] - x[ii][1];                                                               \
+            STV(V + (4 * ii + 2) * es + cT + (t), r);                                              \
+            r = x[ii][1] - x[ii][3];                                                               \
+            STV(V + (4 * ii + 3) * es + cT + (t), r);                                              \
+        }                                                                                          \
+    } while (0)
+
+#define DEF_IN_XFORM(NAME, ATTR, VT)                                                               \
+    ATTR static void NAME(const float *P, const wgeo *o, float *V, int64_t c)                      \
+    {                                                                                              \
+        const int64_t TWp = o->TWp, Tp = o->Tp, PP = o->PP, es = o->es_v, cT = c * Tp;             \
+        const int64_t VL = (int64_t)(sizeof(VT) / sizeof(float));                                  \
+        int64_t t = 0;                                                                             \
+        for (; t + VL <= Tp; t += VL) IN_XFORM_STEP(VT, t);                                        \
+        for (; t < Tp; t++) IN_XFORM_STEP(float, t);                                               \
+    }
+
+/* Output transform, first half: A^T Mo A with scale/bias for every tile of channel m into
+ * yb[2r + c][t] (rows a16(Tp) apart). */
+#define OUT_XFORM_STEP(VT, t)                                                                      \
+    do {                                                                                           \
+        VT q[16], sv[4], dv[4], r;                                                                 \
+        for (int e = 0; e < 16; e++) LDV(q[e], Mo + e * es + mT + (t));                            \
+        for (int jj = 0; jj < 4; jj++) {                                                           \
+            sv[jj] = q[jj] + q[4 + jj] + q[8 + jj];                                                \
+            dv[jj] = q[4 + jj] - q[8 + jj] - q[12 + jj];                                           \
+        }                                                                                          \
+        r = (sv[0] + sv[1] + sv[2]) * s + b;                                                       \
+        STV(yb + (t), r);                                                                          \
+        r = (sv[1] - sv[2] - sv[3]) * s + b;                                                       \
+        STV(yb + ys + (t), r);                                                                     \
+        r = (dv[0] + dv[1] + dv[2]) * s + b;                                                       \
+        STV(yb + 2 * ys + (t), r);                                                                 \
+        r = (dv[1] - dv[2] - dv[3]) * s + b;                                                       \
+        STV(yb + 3 * ys + (t), r);                                                                 \
+    } while (0)
+
+#define DEF_OUT_XFORM(NAME, ATTR, VT)                                                              \
+    ATTR static void NAME(const float *Mo, const wgeo *o, int64_t m, float s, float b, float *yb)  \
+    {                                                                                              \
+        const int64_t Tp = o->Tp, es = o->es_m, mT = m * Tp, ys = a16(Tp);                         \
+        const int64_t VL = (int64_t)(sizeof(VT) / sizeof(float));                                  \
+        int64_t t = 0;                                                                             \
+        for (; t + VL <= Tp; t += VL) OUT_XFORM_STEP(VT, t);                                       \
+        for (; t < Tp; t++) OUT_XFORM_STEP(float, t);                                              \
+    }
+
+/* Output transform, second half: interleave yb's four tile planes into the output rows of
+ * channel m, adding the residual and clamping. */
+static inline __attribute__((always_inline)) void out_store_body(const wgeo *o, float *y,
+                                                                 int64_t OH, int64_t OW,
+                                                                 const float *res, float lo,
+                                                                 float hi, const float *yb)
+{
+    const int64_t TWp = o->TWp, ys = a16(o->Tp);
+    const float *y00 = yb, *y01 = yb + ys, *y10 = yb + 2 * ys, *y11 = yb + 3 * ys;
+    const int64_t full = OW / 2;
+    for (int64_t oy = 0; oy < OH; oy++) {
+        const int64_t ty = oy >> 1;
+        const float *restrict ya = ((oy & 1) ? y10 : y00) + ty * TWp;
+        const float *restrict yc = ((oy & 1) ? y11 : y01) + ty * TWp;
+        float *restrict orow = y + oy * OW;
+        const float *restrict rr = res ? res + oy * OW : NULL;
+        if (rr) {
+            for (int64_t tx = 0; tx < full; tx++) {
+                float u = ya[tx] + rr[2 * tx], v = yc[tx] + rr[2 * tx + 1];
+                u = u < lo ? lo : u;
+                v = v < lo ? lo : v;
+                orow[2 * tx] = u > hi ? hi : u;
+                orow[2 * tx + 1] = v > hi ? hi : v;
+            }
+        } else {
+            for (int64_t tx = 0; tx < full; tx++) {
+                float u = ya[tx], v = yc[tx];
+                u = u < lo ? lo : u;
+                v = v < lo ? lo : v;
+                orow[2 * tx] = u > hi ? hi : u;
+                orow[2 * tx + 1] = v > hi ? hi : v;
+            }
+        }
+        if (OW & 1) {
+            float u = ya[full] + (rr ? rr[2 * full] : 0.0f);
+            u = u < lo ? lo : u;
+            orow[2 * full] = u > hi ? hi : u;
+        }
+    }
+}
+
+#define WT_ARGS const float *wt, int64_t C, float *U, int64_t es, int64_t m
+#define WT_PASS wt, C, U, es, m
+#define OUT_ARGS                                                                                   \
+    const wgeo *o, float *y, int64_t OH, int64_t OW, const float *res, float lo, float hi,         \
+        const float *yb
+#define OUT_PASS o, y, OH, OW, res, lo, hi, yb
+
+typedef float wv4 __attribute__((vector_size(16)));
+static void wt_xform_portable(WT_ARGS) { wt_xform_body(WT_PASS); }
+DEF_IN_XFORM(in_xform_portable, , wv4)
+DEF_OUT_XFORM(out_xform_portable, , wv4)
+static void out_store_portable(OUT_ARGS) { out_store_body(OUT_PASS); }
+#if defined(CPU_HAVE_X86)
+typedef float wv8 __attribute__((vector_size(32)));
+typedef float wv16 __attribute__((vector_size(64)));
+__attribute__((target("avx512f"))) static void wt_xform_avx512(WT_ARGS) { wt_xform_body(WT_PASS); }
+DEF_IN_XFORM(in_xform_avx512, __attribute__((target("avx512f"))), wv16)
+DEF_OUT_XFORM(out_xform_avx512, __attribute__((target("avx512f"))), wv16)
+__attribute__((target("avx512f"))) static void out_store_avx512(OUT_ARGS)
+{
+    out_store_body(OUT_PASS);
+}
+__attribute__((target("avx2,fma"))) static void wt_xform_avx2(WT_ARGS) { wt_xform_body(WT_PASS); }
+DEF_IN_XFORM(in_xform_avx2, __attribute__((target("avx2,fma"))), wv8)
+DEF_OUT_XFORM(out_xform_avx2, __attribute__((target("avx2,fma"))), wv8)
+__attribute__((target("avx2,fma"))) static void out_store_avx2(OUT_ARGS)
+{
+    out_store_body(OUT_PASS);
+}
+#endif
+
+void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
+                   float *y, const cpu_epi *epi, float *scratch)
+{
+    void (*wt_x)(WT_ARGS) = wt_xform_portable;
+    void (*in_x)(const float *, const wgeo *, float *, int64_t) = in_xform_portable;
+    void (*out_x)(const float *, const wgeo *, int64_t, float, float, float *) = out_xform_portable;
+    void (*out_st)(OUT_ARGS) = out_store_portable;
+#if defined(CPU_HAVE_X86)
+    if (isa == cpu_isa_avx512()) {
+        wt_x = wt_xform_avx512;
+        in_x = in_xform_avx512;
+        out_x = out_xform_avx512;
+        out_st = out_store_avx512;
+    } else if (isa == cpu_isa_avx2()) {
+        wt_x = wt_xform_avx2;
+        in_x = in_xform_avx2;
+        out_x = out_xform_avx2;
+        out_st = out_store_avx2;
+    }
+#endif
+    const wgeo o = wino_geo(g);
+    const int64_t C = g->C, M = g->M, Tp = o.Tp, TWp = o.TWp, PP = o.PP;
+    float *U = scratch;
+    float *V = U + 16 * o.es_u;
+    float *Mo = V + 16 * o.es_v;
+    float *P = Mo + 16 * o.es_m;
+    float *wt = P + 4 * PP;
+    float *yb = wt + a16(9 * C);
+    int64_t *boff = (int64_t *)(void *)(yb + 4 * a16(Tp));
+    float *gs = yb + 4 * a16(Tp) + a16(2 * C);
+
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t c = 0; c < C; c++)
+            for (int j = 0; j < 9; j++) wt[j * C + c] = w[(m * C + c) * 9 + j];
+        wt_x(wt, C, U, o.es_u, m);
+    }
+    for (int64_t k = 0; k < C; k++) boff[k] = k * Tp;
+
+    const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
+    const int64_t HW = g->H * g->W, OHW = g->OH * g->OW;
+    memset(P, 0, (size_t)(4 * PP) * sizeof(float));
+    for (int64_t n = 0; n < g->N; n++) {
+        const float *xn = x + n * C * HW;
+        for (int64_t c = 0; c < C; c++) {
+            /* polyphase planes of the zero-padded channel: rows i < TH + 1, cols j < TWp */
+            const float *xc = xn + c * HW;
+            for (int rp = 0; rp < 2; rp++)
+                for (int cp = 0; cp < 2; cp++) {
+                    float *pl = P + (rp * 2 + cp) * PP;
+                    for (int64_t i = 0; i <= o.TH; i++) {
+                        const int64_t iy = 2 * i + rp - g->pt;
+                        float *row = pl + i * TWp;
+                        if (iy < 0 || iy >= g->H) {
+                            for (int64_t j = 0; j < TWp; j++) row[j] = 0.0f;
+                            continue;
+                        }
+                        const float *src = xc + iy * g->W;
+                        for (int64_t j = 0; j < TWp; j++) {
+                            const int64_t ix = 2 * j + cp - g->pl;
+                            row[j] = (ix >= 0 && ix < g->W) ? src[ix] : 0.0f;
+                        }
+                    }
+                }
+            in_x(P, &o, V, c);
+        }
+        for (int e = 0; e < 16; e++) {
+            cpu_bsrc b;
+            memset(&b, 0, sizeof b);
+            b.is_conv = 2; /* row k of V[e] at V[e] + k*Tp: read in place where possible */
+            b.img = V + e * o.es_v;
+            b.boff = boff;
+            cpu_sgemm(isa, M, Tp, C, U + e * o.es_u, C, 1, &b, Mo + e * o.es_m, Tp, NULL, gs);
+        }
+        float *yn = y + n * M * OHW;
+        const float *resn = (epi && epi->res) ? epi->res + n * M * OHW : NULL;
+        for (int64_t m = 0; m < M; m++) {
+            const float s = (epi && epi->row_scale) ? epi->row_scale[m] : 1.0f;
+            const float bb = (epi && epi->row_bias) ? epi->row_bias[m] : 0.0f;
+            out_x(Mo, &o, m, s, bb, yb);
+            out_st(&o, yn + m * OHW, g->OH, g->OW, resn ? resn + m * OHW : NULL, lo, hi, yb);
+        }
+    }
+}
