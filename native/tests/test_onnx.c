@@ -1092,6 +1092,234 @@ static void fuzz_structured(const char *name, int mutations)
     free(data);
 }
 
+/* Tree mutations: the model is parsed into a tree of fields (knowing which fields of ModelProto,
+ * GraphProto, NodeProto, AttributeProto, ValueInfoProto... are submessages), then fields are
+ * deleted, duplicated, reordered, renamed to another name found in the file (rewiring the graph:
+ * wrong types and shapes reach ops, inputs go missing, cycles appear) or given other varint
+ * values, and the tree is written back with correct lengths. */
+enum { K_LEAF, K_MODEL, K_GRAPH, K_NODE, K_ATTR, K_TENSOR, K_VI, K_TYPE, K_TTYPE, K_SHAPE, K_DIM, K_OPSET };
+
+static int child_kind(int kind, uint32_t field)
+{
+    switch (kind) {
+    case K_MODEL: return field == 7 ? K_GRAPH : field == 8 ? K_OPSET : K_LEAF;
+    case K_GRAPH: return field == 1 ? K_NODE : field == 5 ? K_TENSOR : (field >= 11 && field <= 13) ? K_VI : K_LEAF;
+    case K_NODE: return field == 5 ? K_ATTR : K_LEAF;
+    case K_ATTR: return field == 5 ? K_TENSOR : K_LEAF;
+    case K_VI: return field == 2 ? K_TYPE : K_LEAF;
+    case K_TYPE: return field == 1 ? K_TTYPE : K_LEAF;
+    case K_TTYPE: return field == 2 ? K_SHAPE : K_LEAF;
+    case K_SHAPE: return field == 1 ? K_DIM : K_LEAF;
+    default: return K_LEAF;
+    }
+}
+
+typedef struct tnode {
+    uint32_t num;
+    int wire, kind;
+    uint64_t u;
+    const uint8_t *data; /* LEN leaf bytes */
+    size_t len;
+    struct tnode *kids;
+    int nkids;
+} tnode;
+
+static int tree_parse(const uint8_t *p, size_t n, int kind, tnode *t)
+{
+    pb_iter it;
+    pb_field f;
+    int r, cnt = 0;
+    pb_iter_init(&it, p, n);
+    while ((r = pb_next(&it, &f)) == 1)
+        cnt++;
+    if (r < 0)
+        return -1;
+    t->kind = kind;
+    t->kids = calloc((size_t)cnt + 1, sizeof *t->kids);
+    t->nkids = 0;
+    pb_iter_init(&it, p, n);
+    while (pb_next(&it, &f) == 1) {
+        tnode *k = &t->kids[t->nkids++];
+        memset(k, 0, sizeof *k);
+        k->num = f.num;
+        k->wire = f.wire;
+        k->u = f.u;
+        k->data = f.data;
+        k->len = f.len;
+        int ck = f.wire == PB_LEN ? child_kind(kind, f.num) : K_LEAF;
+        if (ck != K_LEAF && tree_parse(f.data, f.len, ck, k) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void tree_free(tnode *t)
+{
+    for (int i = 0; i < t->nkids; i++)
+        if (t->kids[i].kind != K_LEAF)
+            tree_free(&t->kids[i]);
+    free(t->kids);
+}
+
+static void tree_write(const tnode *t, wbuf *b)
+{
+    for (int i = 0; i < t->nkids; i++) {
+        const tnode *k = &t->kids[i];
+        if (k->kind != K_LEAF) {
+            wbuf sub = {0};
+            tree_write(k, &sub);
+            wb_len(b, k->num, sub.p ? sub.p : (const unsigned char *)"", sub.n);
+            free(sub.p);
+            continue;
+        }
+        wb_varint(b, (uint64_t)k->num << 3 | (uint64_t)k->wire);
+        if (k->wire == PB_VARINT) {
+            wb_varint(b, k->u);
+        } else if (k->wire == PB_LEN) {
+            wb_varint(b, k->len);
+            wb_bytes(b, k->data, k->len);
+        } else {
+            unsigned char le[8];
+            int w = k->wire == PB_I64 ? 8 : 4;
+            for (int j = 0; j < w; j++)
+                le[j] = (unsigned char)(k->u >> (8 * j));
+            wb_bytes(b, le, (size_t)w);
+        }
+    }
+}
+
+/* Every message node of the tree, for picking mutation targets. */
+static void tree_collect(tnode *t, tnode **msgs, int *n, int cap)
+{
+    if (*n < cap)
+        msgs[(*n)++] = t;
+    for (int i = 0; i < t->nkids; i++)
+        if (t->kids[i].kind != K_LEAF)
+            tree_collect(&t->kids[i], msgs, n, cap);
+}
+
+static int is_name_field(int kind, uint32_t num)
+{
+    return (kind == K_NODE && (num == 1 || num == 2)) || (kind == K_VI && num == 1) ||
+           (kind == K_TENSOR && num == 8);
+}
+
+static void fuzz_tree(const char *name, int mutations)
+{
+    char path[256];
+    snprintf(path, sizeof path, "data/%s.onnx", name);
+    size_t size = 0;
+    unsigned char *data = read_file(path, &size);
+    if (!data) {
+        CHECK(0, "cannot read %s", path);
+        return;
+    }
+    /* pool of names in the file */
+    tnode root0;
+    memset(&root0, 0, sizeof root0);
+    if (tree_parse(data, size, K_MODEL, &root0) != 0) {
+        CHECK(0, "%s does not parse as a tree", name);
+        free(data);
+        return;
+    }
+    tnode *msgs[4096];
+    int nmsgs = 0;
+    tree_collect(&root0, msgs, &nmsgs, 4096);
+    struct {
+        const uint8_t *data;
+        size_t len;
+    } pool[4096];
+    int npool = 0;
+    for (int i = 0; i < nmsgs; i++)
+        for (int k = 0; k < msgs[i]->nkids && npool < 4096; k++)
+            if (msgs[i]->kids[k].kind == K_LEAF && is_name_field(msgs[i]->kind, msgs[i]->kids[k].num)) {
+                pool[npool].data = msgs[i]->kids[k].data; /* points into `data` */
+                pool[npool++].len = msgs[i]->kids[k].len;
+            }
+    tree_free(&root0);
+    int ok_loads = 0, errors = 0, bad = 0, nomsg = 0;
+    char err[256];
+    for (int m = 0; m < mutations; m++) {
+        tnode root;
+        memset(&root, 0, sizeof root);
+        tree_parse(data, size, K_MODEL, &root);
+        nmsgs = 0;
+        tree_collect(&root, msgs, &nmsgs, 4096);
+        int steps = 1 + (int)(rnd64() % 3);
+        for (int st = 0; st < steps; st++) {
+            tnode *t = msgs[rnd64() % (uint64_t)nmsgs];
+            if (t->nkids == 0)
+                continue;
+            int i = (int)(rnd64() % (uint64_t)t->nkids);
+            tnode *k = &t->kids[i];
+            switch (rnd64() % 5) {
+            case 0: /* delete (children stay owned by the tree: move them to the end, hidden) */
+                if (k->kind == K_LEAF) {
+                    memmove(k, k + 1, (size_t)(t->nkids - i - 1) * sizeof *k);
+                    t->nkids--;
+                }
+                break;
+            case 1: /* reorder */ {
+                int j = (int)(rnd64() % (uint64_t)t->nkids);
+                tnode tmp = t->kids[i];
+                t->kids[i] = t->kids[j];
+                t->kids[j] = tmp;
+                break;
+            }
+            case 2: /* duplicate a leaf in place of another leaf of the same message */ {
+                int j = (int)(rnd64() % (uint64_t)t->nkids);
+                if (k->kind == K_LEAF && t->kids[j].kind == K_LEAF)
+                    t->kids[j] = *k;
+                break;
+            }
+            case 3: /* rename to another name of the file, or to "" */
+                if (k->kind == K_LEAF && k->wire == PB_LEN && is_name_field(t->kind, k->num) && npool) {
+                    if (rnd64() % 8 == 0) {
+                        k->len = 0;
+                    } else {
+                        int pi = (int)(rnd64() % (uint64_t)npool);
+                        k->data = pool[pi].data;
+                        k->len = pool[pi].len;
+                    }
+                }
+                break;
+            default: /* another varint value */
+                if (k->kind == K_LEAF && k->wire == PB_VARINT) {
+                    static const int64_t vals[] = {0, 1, 2, 3, -1, 7, 8, 11, 16, 100, INT64_MAX};
+                    k->u = (uint64_t)vals[rnd64() % (sizeof vals / sizeof vals[0])];
+                }
+                break;
+            }
+        }
+        wbuf out = {0};
+        tree_write(&root, &out);
+        tree_free(&root);
+        unsigned char *copy = malloc(out.n ? out.n : 1);
+        memcpy(copy, out.p ? out.p : (unsigned char *)"", out.n);
+        free(out.p);
+        rt_graph *g = NULL;
+        err[0] = 0;
+        int rc = rt_graph_from_onnx(copy, out.n, NULL, &g, err, sizeof err);
+        if (rc == 0) {
+            ok_loads++;
+            bad += validate(g) != 0;
+        } else {
+            errors++;
+            if (err[0] == 0 || g != NULL || strchr(err, '\n') != NULL) {
+                nomsg++;
+                fprintf(stderr, "%s: rc=%d bad message '%s'\n", name, rc, err);
+            }
+        }
+        rt_graph_destroy(g);
+        free(copy);
+    }
+    CHECK(bad == 0 && nomsg == 0, "%s tree fuzz: %d loads (%d invalid), %d errors (%d bad messages)",
+          name, ok_loads, bad, errors, nomsg);
+    CHECK(ok_loads > 0 && errors > 0, "%s tree fuzz reaches both outcomes", name);
+    printf("fuzz %s: %d tree mutations: %d loaded, %d refused\n", name, mutations, ok_loads, errors);
+    free(data);
+}
+
 int main(void)
 {
     /* TEST_ONNX_FUZZ_SCALE=N multiplies the mutation counts (a longer soak; default 1) */
@@ -1130,6 +1358,8 @@ int main(void)
                                 "dynamo_linear"};
     for (size_t i = 0; i < sizeof structured / sizeof structured[0]; i++)
         fuzz_structured(structured[i], 600 * scale);
+    for (size_t i = 0; i < sizeof structured / sizeof structured[0]; i++)
+        fuzz_tree(structured[i], 300 * scale);
     printf("test_onnx: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
