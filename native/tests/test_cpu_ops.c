@@ -390,6 +390,7 @@ static void test_conv(void)
         {1, 16, 10, 12, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},    /* Winograd, even output */
         {2, 24, 7, 11, 17, 3, 3, 1, 1, 1, 1, 0, 1, 2, 1, 1},     /* Winograd, odd, asym pads */
         {1, 20, 6, 6, 32, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 1},      /* Winograd, no padding */
+        {1, 16, 71, 64, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},    /* Winograd in 2 bands */
     };
     char label[32];
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {

@@ -28,10 +28,21 @@ typedef struct wgeo {
                                   of two apart would conflict in the cache sets) */
 } wgeo;
 
+/* Tile rows per band: V and Mo of one band stay within ~2 MB (large images are done in bands of
+ * tile rows, so scratch does not grow with the image). */
+static int64_t wino_band_rows(const cpu_conv_geom *g)
+{
+    const int64_t TH = (g->OH + 1) / 2, TWp = (g->OW + 1) / 2 + 1;
+    int64_t tb = (512 * 1024) / (16 * (g->C + g->M) * TWp);
+    if (tb < 1) tb = 1;
+    return tb < TH ? tb : TH;
+}
+
+/* Geometry of a band of th tile rows (strides sized for the largest band). */
 static wgeo wino_geo(const cpu_conv_geom *g)
 {
     wgeo o;
-    o.TH = (g->OH + 1) / 2;
+    o.TH = wino_band_rows(g);
     o.TW = (g->OW + 1) / 2;
     o.TWp = o.TW + 1;
     o.Tp = o.TH * o.TWp;
@@ -264,65 +275,77 @@ void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, c
     }
 #endif
     const wgeo o = wino_geo(g);
-    const int64_t C = g->C, M = g->M, Tp = o.Tp, TWp = o.TWp, PP = o.PP;
+    const int64_t C = g->C, M = g->M, TWp = o.TWp, PP = o.PP;
     float *U = scratch;
     float *V = U + 16 * o.es_u;
     float *Mo = V + 16 * o.es_v;
     float *P = Mo + 16 * o.es_m;
     float *wt = P + 4 * PP;
     float *yb = wt + a16(9 * C);
-    int64_t *boff = (int64_t *)(void *)(yb + 4 * a16(Tp));
-    float *gs = yb + 4 * a16(Tp) + a16(2 * C);
+    int64_t *boff = (int64_t *)(void *)(yb + 4 * a16(o.Tp));
+    float *gs = yb + 4 * a16(o.Tp) + a16(2 * C);
 
     for (int64_t m = 0; m < M; m++) {
         for (int64_t c = 0; c < C; c++)
             for (int j = 0; j < 9; j++) wt[j * C + c] = w[(m * C + c) * 9 + j];
         wt_x(wt, C, U, o.es_u, m);
     }
-    for (int64_t k = 0; k < C; k++) boff[k] = k * Tp;
-
     const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
-    const int64_t HW = g->H * g->W, OHW = g->OH * g->OW;
+    const int64_t HW = g->H * g->W, OHW = g->OH * g->OW, THall = (g->OH + 1) / 2;
     memset(P, 0, (size_t)(4 * PP) * sizeof(float));
     for (int64_t n = 0; n < g->N; n++) {
         const float *xn = x + n * C * HW;
-        for (int64_t c = 0; c < C; c++) {
-            /* polyphase planes of the zero-padded channel: rows i < TH + 1, cols j < TWp */
-            const float *xc = xn + c * HW;
-            for (int rp = 0; rp < 2; rp++)
-                for (int cp = 0; cp < 2; cp++) {
-                    float *pl = P + (rp * 2 + cp) * PP;
-                    for (int64_t i = 0; i <= o.TH; i++) {
-                        const int64_t iy = 2 * i + rp - g->pt;
-                        float *row = pl + i * TWp;
-                        if (iy < 0 || iy >= g->H) {
-                            for (int64_t j = 0; j < TWp; j++) row[j] = 0.0f;
-                            continue;
-                        }
-                        const float *src = xc + iy * g->W;
-                        for (int64_t j = 0; j < TWp; j++) {
-                            const int64_t ix = 2 * j + cp - g->pl;
-                            row[j] = (ix >= 0 && ix < g->W) ? src[ix] : 0.0f;
-                        }
-                    }
-                }
-            in_x(P, &o, V, c);
-        }
-        for (int e = 0; e < 16; e++) {
-            cpu_bsrc b;
-            memset(&b, 0, sizeof b);
-            b.is_conv = 2; /* row k of V[e] at V[e] + k*Tp: read in place where possible */
-            b.img = V + e * o.es_v;
-            b.boff = boff;
-            cpu_sgemm(isa, M, Tp, C, U + e * o.es_u, C, 1, &b, Mo + e * o.es_m, Tp, NULL, gs);
-        }
         float *yn = y + n * M * OHW;
         const float *resn = (epi && epi->res) ? epi->res + n * M * OHW : NULL;
-        for (int64_t m = 0; m < M; m++) {
-            const float s = (epi && epi->row_scale) ? epi->row_scale[m] : 1.0f;
-            const float bb = (epi && epi->row_bias) ? epi->row_bias[m] : 0.0f;
-            out_x(Mo, &o, m, s, bb, yb);
-            out_st(&o, yn + m * OHW, g->OH, g->OW, resn ? resn + m * OHW : NULL, lo, hi, yb);
+        for (int64_t ty0 = 0; ty0 < THall; ty0 += o.TH) {
+            wgeo ob = o; /* this band: tile rows ty0 .. ty0 + ob.TH - 1 */
+            ob.TH = THall - ty0 < o.TH ? THall - ty0 : o.TH;
+            ob.Tp = ob.TH * TWp;
+            const int64_t Tp = ob.Tp, pt = g->pt - 2 * ty0;
+            const int64_t OHb = g->OH - 2 * ty0 < 2 * ob.TH ? g->OH - 2 * ty0 : 2 * ob.TH;
+            for (int64_t k = 0; k < C; k++) boff[k] = k * Tp;
+            for (int64_t c = 0; c < C; c++) {
+                /* polyphase planes of the zero-padded channel: rows i <= TH, cols j < TWp */
+                const float *xc = xn + c * HW;
+                for (int rp = 0; rp < 2; rp++)
+                    for (int cp = 0; cp < 2; cp++) {
+                        float *pl = P + (rp * 2 + cp) * PP;
+                        /* input column 2j + cp - pl is inside for j in [j0, j1) */
+                        int64_t j0 = (g->pl - cp + 1) / 2, j1 = (g->W - 1 - cp + g->pl) / 2 + 1;
+                        if (g->W - 1 - cp + g->pl < 0) j1 = 0;
+                        if (j0 < 0) j0 = 0;
+                        if (j1 > TWp) j1 = TWp;
+                        if (j1 < j0) j1 = j0;
+                        for (int64_t i = 0; i <= ob.TH; i++) {
+                            const int64_t iy = 2 * i + rp - pt;
+                            float *row = pl + i * TWp;
+                            if (iy < 0 || iy >= g->H) {
+                                for (int64_t j = 0; j < TWp; j++) row[j] = 0.0f;
+                                continue;
+                            }
+                            const float *src = xc + iy * g->W + cp - g->pl;
+                            for (int64_t j = 0; j < j0; j++) row[j] = 0.0f;
+                            for (int64_t j = j0; j < j1; j++) row[j] = src[2 * j];
+                            for (int64_t j = j1; j < TWp; j++) row[j] = 0.0f;
+                        }
+                    }
+                in_x(P, &ob, V, c);
+            }
+            for (int e = 0; e < 16; e++) {
+                cpu_bsrc b;
+                memset(&b, 0, sizeof b);
+                b.is_conv = 2; /* row k of V[e] at V[e] + k*Tp: read in place where possible */
+                b.img = V + e * ob.es_v;
+                b.boff = boff;
+                cpu_sgemm(isa, M, Tp, C, U + e * ob.es_u, C, 1, &b, Mo + e * ob.es_m, Tp, NULL, gs);
+            }
+            for (int64_t m = 0; m < M; m++) {
+                const float s = (epi && epi->row_scale) ? epi->row_scale[m] : 1.0f;
+                const float bb = (epi && epi->row_bias) ? epi->row_bias[m] : 0.0f;
+                const int64_t off = m * OHW + 2 * ty0 * g->OW;
+                out_x(Mo, &ob, m, s, bb, yb);
+                out_st(&ob, yn + off, OHb, g->OW, resn ? resn + off : NULL, lo, hi, yb);
+            }
         }
     }
 }
