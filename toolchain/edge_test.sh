@@ -56,6 +56,15 @@ mount -t tmpfs tmpfs "$ROOT/tmp"
 trap 'if [ -f "$LOGDIR/daemon.pid" ]; then kill "$(cat "$LOGDIR/daemon.pid")" 2>/dev/null || true; rm -f "$LOGDIR/daemon.pid"; fi' EXIT
 inroot() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
 
+reap_daemon() {
+  local pid i
+  [ -f "$LOGDIR/daemon.pid" ] || return 0
+  pid=$(cat "$LOGDIR/daemon.pid"); rm -f "$LOGDIR/daemon.pid"
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
 declare -A T
 results=()
 failed=()
@@ -68,6 +77,7 @@ step() {  # step NAME CMD... : time it, log it, keep going on failure
   ( set -e; "$@" ) >"$LOGDIR/$name.log" 2>&1   # not in an `if`: set -e stays on inside
   rc=$?
   set -e
+  reap_daemon   # a step that failed half-way must not leave its daemon to the next one
   if [ $rc = 0 ]; then
     T[$name]=$(elapsed "$t0"); results+=("$name:pass")
     echo "edge-test: [$name] ok (${T[$name]}s)" >&2
