@@ -206,6 +206,7 @@ np.savez('$W/w.npz', **{'conv.weight': np.ones((1, 1, 3, 3), np.float32)})
 np.save('$W/x.npy', np.ones((1, 1, 3, 3), np.float32))"
   inroot /opt/refitd/bin/refitd pack --model /var/lib/refitd/model.onnx --from "$W/w.npz" --version 1 \
     -o "$W/v1.safetensors" --note "edge-test"
+  echo "package mode: $(stat -c '%a %U' "$ROOT$W/v1.safetensors") (the daemon runs as refitd and must read it)"
   inroot /opt/refitd/bin/refitd apply "$W/v1.safetensors" --json | tee "$LOGDIR/apply.json"
   inroot /opt/refitd/bin/refitd status --json >"$LOGDIR/status.json"
   inroot /opt/refitd/bin/refitd infer "$W/x.npy" --json | tee "$LOGDIR/infer.json"
