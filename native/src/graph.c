@@ -74,7 +74,7 @@ const char *rt_op_name(rt_op op)
 size_t rt_shape_numel(const rt_shape *s)
 {
     size_t n = 1;
-    for (int i = 0; i < s->ndim; i++)
+    for (int i = 0; i < s->ndim && i < RT_MAX_DIMS; i++)
         n *= (size_t)(s->d[i] < 0 ? 0 : s->d[i]);
     return n;
 }
@@ -86,7 +86,7 @@ const char *rt_shape_str(const rt_shape *s, char *buf, size_t len)
     size_t used = 0;
     int w = snprintf(buf, len, "[");
     used = w > 0 ? (size_t)w : 0;
-    for (int i = 0; i < s->ndim && used < len; i++) {
+    for (int i = 0; i < s->ndim && i < RT_MAX_DIMS && used < len; i++) {
         w = snprintf(buf + used, len - used, "%s%lld", i ? ", " : "", (long long)s->d[i]);
         if (w < 0)
             break;
