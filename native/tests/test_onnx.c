@@ -508,6 +508,24 @@ static void test_opset_variants(void)
     }
 }
 
+static void test_opset7(void)
+{
+    rt_graph *g = load("opset7");
+    if (!g)
+        return;
+    CHECK(validate(g) == 0, "invariants");
+    CHECK(g->n_inputs == 1 && g->n_weights == 8, "IR 3: initializers listed as inputs are not inputs (%d, %d)",
+          g->n_inputs, g->n_weights);
+    const rt_node *bn = nfind(g, "bn"), *cl = nfind(g, "relu6"), *sm = nfind(g, "softmax");
+    CHECK(bn && fabsf(bn->a.epsilon - 1e-4f) < 1e-10f, "BN epsilon (spatial=1 accepted)");
+    CHECK(cl && cl->a.clip_min == 0.0f && cl->a.clip_max == 6.0f, "Clip-6 attributes");
+    CHECK(sm && sm->a.axis == 1 && SHAPE(&g->values[sm->out].shape, 2, D(2), D(5)) &&
+              nfind(g, "softmax::reshape_in") && nfind(g, "softmax::reshape_out"),
+          "Softmax-1 default axis 1 of [2, 1, 5] coerced to [2, 5]");
+    CHECK(nfind(g, "drop") == NULL && SHAPE(&g->values[g->outputs[0]].shape, 2, D(2), D(5)), "dropout gone");
+    rt_graph_destroy(g);
+}
+
 static void test_shapes(void)
 {
     rt_graph *g = load("matmul");
@@ -1339,6 +1357,7 @@ int main(void)
     test_torch13();
     test_opset_variants();
     test_shapes();
+    test_opset7();
     test_dtypes_and_folding();
     test_weights_never_folded();
     test_more_folding();
@@ -1355,7 +1374,7 @@ int main(void)
     const char *structured[] = {"cnn", "torch_like", "torch13", "fold_misc", "fold_more", "pools",
                                 "conv1d", "softmax11", "matmul", "reducemean18", "squeeze13",
                                 "reshape_zero", "clip13", "weight_reshape", "concat_leaky",
-                                "dynamo_linear"};
+                                "dynamo_linear", "opset7", "fold_math", "dtypes2"};
     for (size_t i = 0; i < sizeof structured / sizeof structured[0]; i++)
         fuzz_structured(structured[i], 600 * scale);
     for (size_t i = 0; i < sizeof structured / sizeof structured[0]; i++)

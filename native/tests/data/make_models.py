@@ -351,6 +351,28 @@ save("dynamo_linear", [
     [init("fc1.weight", rnd(4, 3)), init("fc1.bias", rnd(4)), init("fc2.weight", rnd(6, 3)),
      init("fc2.bias", rnd(6)), init("fc3.weight", rnd(5, 4))])
 
+OPSET7_INITS = [init("w", rnd(4, 3, 3, 3) * 0.3), init("b", rnd(4)), init("s", rnd(4)),
+                init("bb", rnd(4)), init("m", rnd(4)), init("v", np.abs(rnd(4)) + 0.5),
+                init("shape", np.array([2, 16], np.int64)), init("fw", rnd(5, 16) * 0.3),
+                init("fb", rnd(5))]
+# an opset-7 model (model-zoo era, IR 3: initializers are also graph inputs): BatchNormalization with 'spatial', Dropout with 'ratio',
+# Clip with attributes, Unsqueeze/Squeeze with attribute axes, Softmax with the default axis 1,
+# Reshape with a shape initializer
+save("opset7", [
+    helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
+    helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["bn"], name="bn",
+                     epsilon=1e-4, momentum=0.9, spatial=1),
+    helper.make_node("Clip", ["bn"], ["cl"], name="relu6", min=0.0, max=6.0),
+    helper.make_node("MaxPool", ["cl"], ["mp"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+    helper.make_node("Reshape", ["mp", "shape"], ["fl"], name="flatten"),
+    helper.make_node("Dropout", ["fl"], ["dr"], name="drop", ratio=0.3),
+    helper.make_node("Gemm", ["dr", "fw", "fb"], ["g"], name="fc", transB=1),
+    helper.make_node("Unsqueeze", ["g"], ["g3"], name="unsq", axes=[1]),
+    helper.make_node("Softmax", ["g3"], ["sm"], name="softmax"),
+    helper.make_node("Squeeze", ["sm"], ["y"], name="sq", axes=[1])],
+    [vi("x", [2, 3, 8, 8])] + [vi(t.name, list(t.dims), t.data_type) for t in OPSET7_INITS],
+    [vi("y", [2, 5])], OPSET7_INITS, opset=7, ir=3)
+
 # ---- invalid / unsupported models -------------------------------------------------------
 save("err_unsupported_op", [helper.make_node("Tanh", ["x"], ["y"], name="my_tanh")],
      [vi("x", [1, 4])], [vi("y", [1, 4])])
