@@ -98,7 +98,7 @@ check_offline() {
 
 fresh_state() {
   # A fresh box: no previous install (the root itself is cached and reused).
-  rm -rf "$ROOT/opt/refitd" "$ROOT/etc/refitd" "$ROOT/var/lib/refitd" \
+  rm -rf "$ROOT/opt/refitd" "$ROOT/etc/refitd" "$ROOT/var/lib/refitd" "$ROOT/usr/local/bin/refitd" \
          "$ROOT/etc/systemd/system/refitd.service" "$ROOT/etc/systemd/system/multi-user.target.wants/refitd.service"
   mkdir -p "$ROOT$W/src"
   tar -xzf "$BUNDLE" -C "$ROOT$W"
@@ -123,6 +123,7 @@ print("refitd from", refitd.__file__)
 print("librefit", lib, hashlib.sha256(lib.read_bytes()).hexdigest()[:16], "version", e.library_version(), "backends", e.backends())
 assert str(lib).startswith("/opt/refitd/"), lib
 EOF
+  inroot /usr/local/bin/refitd --help | sed -n 1p
   inroot /usr/bin/ldd --version | sed -n 1p
   inroot /bin/uname -m
   inroot /opt/refitd/bin/python -m pip list --format=freeze --disable-pip-version-check

@@ -6,7 +6,8 @@
 # It makes a venv at /opt/refitd from the box's own python3 (3.9-3.12), installs the bundled wheels
 # with `pip --no-index` (never touches the network), creates the `refitd` system user,
 # /etc/refitd (config) and /var/lib/refitd (weight store), installs the systemd unit, enables it,
-# and (re)starts the service when systemd is running. Re-running it (same or newer bundle)
+# and (re)starts the service when systemd is running; /usr/local/bin/refitd links to the CLI.
+# Re-running it (same or newer bundle)
 # upgrades the code in place and keeps the weight store and the config: a changed default config is
 # written beside the live one as refitd.yaml.new.
 #
@@ -140,6 +141,10 @@ assert libs, "no librefit shared library inside the refitd package"
 cffi.FFI().dlopen(str(libs[0]))  # loads: right architecture, glibc new enough
 print("install.sh: refitd %s installed, %s loads" % (got, libs[0].name), file=sys.stderr)
 EOF
+# The CLI on PATH for operators (real installs only; scratch installs leave /usr/local alone).
+if [ "$DO_USER" = 1 ] && [ -d /usr/local/bin ]; then
+  ln -sfn "$PREFIX/bin/refitd" /usr/local/bin/refitd
+fi
 mkdir -p "$PREFIX/share/doc/refitd"
 for f in "$here"/doc/*; do [ -f "$f" ] && install -m 0644 "$f" "$PREFIX/share/doc/refitd/"; done
 
