@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "native" / "tests" / "data"
 RTOL, ATOL = 1e-4, 1e-5
 F = TensorProto.FLOAT
-I64 = TensorProto.INT64
 
 
 def _ort_run(model, feeds):
