@@ -57,7 +57,9 @@ typedef struct rt_value {
  *   the target. Squeeze/Unsqueeze of run-time data become RT_OP_RESHAPE; pre-13 Softmax with
  *   axis < ndim-1 becomes RESHAPE -> SOFTMAX(axis 1 of 2-D) -> RESHAPE.
  * - Identity(weight) (PyTorch's tied-weight alias) is a separate WEIGHT under the Identity's
- *   output name, with a copy of the source's initial data. */
+ *   output name, with a copy of the source's initial data.
+ * - MatMul(x, Transpose(W)) (the dynamo exporter's nn.Linear) becomes RT_OP_GEMM reading W with
+ *   trans_b = 1 (x of rank > 2 is reshaped to 2-D and back), so W keeps its name and shape. */
 
 typedef enum rt_op {
     RT_OP_CONV,
