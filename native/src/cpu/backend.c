@@ -11,10 +11,10 @@
  *  - graph outputs are written straight into the caller's buffers;
  *  - every other intermediate gets an offset in one activation arena: liveness intervals over
  *    steps, first-fit placement, so buffers whose lifetimes do not overlap share memory;
- *  - one scratch area per context, sized for the hungriest step (packed GEMM panels, the
- *    depthwise padded plane, and the per-run folded BatchNorm scale/bias).
+ *  - one scratch area per context, sized for the hungriest step (packed GEMM panels, padded /
+ *    polyphase planes, Winograd buffers, the per-run folded BatchNorm scale/bias).
  * Nothing derived from weight *data* is kept in the plan: weights arrive with every run, and BN
- * folding / panel packing happen inside the run.
+ * folding, Winograd weight transforms and panel packing happen inside the run.
  */
 #include "../backend.h"
 #include "cpu.h"

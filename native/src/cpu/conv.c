@@ -1,10 +1,12 @@
 /*
  * conv.c — 2-D convolution for the reference CPU backend (NCHW, float32).
  *
- * Three paths, chosen at plan time from the geometry alone:
+ * Paths, chosen at plan time from the geometry alone (cpu_conv_kind):
  *   1x1, stride 1, no padding, group 1  -> one GEMM per image, the image *is* the B matrix;
  *   depthwise (group == C == M)         -> direct kernel per channel over a zero-padded copy of
  *                                          the plane (3x3/s1/d1 has a vectorised kernel per ISA);
+ *   3x3 stride 1, >= 16 channels        -> Winograd F(2x2, 3x3) (winograd.c);
+ *   junk columns <= 1/4 of a row        -> "wide" GEMM over polyphase planes (conv_wide);
  *   everything else                     -> implicit-im2col GEMM per group (the B packer reads the
  *                                          image directly, see gemm.c).
  * All paths apply the same epilogue (folded BatchNorm, residual, Relu/Clip) on the way out.

@@ -1,5 +1,5 @@
 /*
- * cpu.h — internals of the reference CPU backend (kernels shared by plan.c / backend.c).
+ * cpu.h — internals of the reference CPU backend (shared by backend.c and the kernel files).
  *
  * Everything here is float32, single-threaded and re-entrant: kernels take all of their scratch
  * from the caller (the context's arena), keep no state between calls and touch no globals, so any
@@ -29,15 +29,16 @@ typedef struct cpu_epi {
 /* Micro-kernel: C[MR x NR] (op)= A_panel(MR x kc) * B_panel(kc x NR), packed layouts
  * a[k*MR + i], b[k*NR + j]. flags: CPU_UK_LOAD adds to the existing C, CPU_UK_EPI applies the
  * epilogue (scale/bias arrays have MR / NR entries, never NULL here; res may be NULL). */
-/* The same with B read in place: row k at b + boff[k] (wide conv; no packed panel). */
-typedef void (*cpu_ukind_fn)(int64_t kc, const float *a, const float *b, const int64_t *boff,
-                             float *c, int64_t ldc, int flags, const float *rs, const float *rb,
-                             const float *cb, const float *res, int64_t ldr, float lo, float hi);
 #define CPU_UK_LOAD 1
 #define CPU_UK_EPI 2
 typedef void (*cpu_ukernel_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
                                int flags, const float *rs, const float *rb, const float *cb,
                                const float *res, int64_t ldr, float lo, float hi);
+/* The same with B read in place: row k at b + boff[k] (wide conv, 1x1 conv, Winograd; no
+ * packed panel). AVX-512 only; other ISAs pack those rows. */
+typedef void (*cpu_ukind_fn)(int64_t kc, const float *a, const float *b, const int64_t *boff,
+                             float *c, int64_t ldc, int flags, const float *rs, const float *rb,
+                             const float *cb, const float *res, int64_t ldr, float lo, float hi);
 
 /* Depthwise conv over one channel plane (see conv.c). */
 typedef struct cpu_dw_args {
@@ -50,7 +51,7 @@ typedef struct cpu_dw_args {
     float scale, bias;
     const float *res;     /* OH x OW or NULL */
     float lo, hi;
-    float *pad;           /* scratch: (PH x PW) padded plane, see cpu_dw_scratch() */
+    float *pad;           /* zero-padded plane, (OH-1)*sh+(kh-1)*dh+1 rows of (OW-1)*sw+(kw-1)*dw+1 */
 } cpu_dw_args;
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
 
@@ -67,18 +68,14 @@ typedef struct cpu_isa {
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
 } cpu_isa;
 
-/* Picks the best kernel set the running CPU supports (__builtin_cpu_supports on x86-64). */
+/* Picks the best kernel set the running CPU supports (x86-64: __builtin_cpu_supports, or cpuid +
+ * xgetbv); REFIT_CPU_ISA=generic|avx2|avx512 forces one (tests, benchmarks). */
 const cpu_isa *cpu_isa_select(void);
 const cpu_isa *cpu_isa_portable(void);
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define CPU_HAVE_X86 1
 const cpu_isa *cpu_isa_avx2(void);
 const cpu_isa *cpu_isa_avx512(void);
-/* ---- introspection for tests (backend.c) ---------------------------------------------------- */
-int cpu_plan_steps(const void *plan);          /* steps after fusion / aliasing */
-size_t cpu_plan_arena_bytes(const void *plan); /* activation arena of one context */
-const char *cpu_plan_isa(const void *plan);
-
 #endif
 
 /* ---- GEMM: C[M x N] (ldc) = epi(A[M x K] * B[K x N]) ---------------------------------------- */

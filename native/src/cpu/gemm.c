@@ -2,16 +2,18 @@
  * gemm.c — packed, register-blocked SGEMM for the reference CPU backend.
  *
  * C[M x N] = epi(A[M x K] * B[K x N]), C row-major. A (weights for conv, activations for Gemm) is
- * packed whole into MR-row panels ([tile][k][MR]); B is packed per (NC x KC) block into NR-column
- * panels ([panel][k][NR]) — for convolution the B packer *is* im2col, reading the NCHW image
- * directly, so no im2col matrix is ever materialised. The loop order is BLIS's jc / pc / ir / jr:
- * one A micro-panel (MR x kc) stays in L1 while the B block streams from L2. The micro-kernel
- * keeps the whole MR x NR tile in registers and applies the epilogue (folded BatchNorm scale and
- * bias, Gemm bias, residual add, Relu/Clip) before the single store of the tile.
+ * packed whole into MR-row panels ([tile][k][MR]) on every call (weights may have changed). B
+ * comes from a strided matrix, an implicit im2col view of an image (the packer *is* im2col, no
+ * im2col matrix is materialised), or rows at img + boff[k] (wide conv, 1x1 conv, Winograd) which
+ * the AVX-512 kernel reads in place without packing. Packed-B loop order is BLIS's jc / pc / ir /
+ * jr: one A micro-panel (MR x kc) stays in L1 while the B block streams from L2; in-place B runs
+ * every M tile over one NR panel while its rows are in L1. The micro-kernel keeps the MR x NR tile
+ * in registers and applies the epilogue (folded BatchNorm scale and bias, Gemm bias, residual,
+ * Relu/Clip) before the single store of the tile.
  *
  * Micro-kernels: AVX-512 8x32 and AVX2+FMA 6x16 (x86-64, per-function target attributes, chosen
- * at plan time with __builtin_cpu_supports), NEON 8x8 on aarch64 and a GCC-vector-extension 4x8
- * everywhere else.
+ * at plan time), NEON 8x8 on aarch64 and a GCC-vector-extension 4x8 everywhere else. The driver
+ * is instantiated once per ISA so its packers vectorise to that width.
  */
 #include "cpu.h"
 
