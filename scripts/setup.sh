@@ -38,4 +38,8 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   fi
   rm -rf "$wheel_dir"
 fi
+# torch's default (dynamo) ONNX exporter needs onnxscript.
+if "$VENV/bin/python" -c 'import torch' 2>/dev/null && ! "$VENV/bin/python" -c 'import onnxscript' 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q onnxscript 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; } >&2
+fi
 echo "setup: ready ($VENV)" >&2

@@ -144,6 +144,17 @@ def test_write_package_is_atomic_no_temp_left(tmp_path):
     assert os.listdir(tmp_path) == ["p.safetensors"]
 
 
+def test_written_package_mode_follows_the_umask(tmp_path):
+    """A package packed by root must stay readable by the daemon's user (safetensors >= 0.8
+    alone would leave it 0600)."""
+    old = os.umask(0o022)
+    try:
+        path = write_pkg(tmp_path / "p.safetensors", kernel(1), 1, FP)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
 # ---- pack --------------------------------------------------------------------------------
 
 

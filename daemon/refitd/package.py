@@ -647,6 +647,11 @@ def write_package(
     tmp = os.path.join(d, ".%s.%d.part" % (os.path.basename(path), os.getpid()))
     try:
         save_file(out, tmp, metadata=meta)
+        # safetensors >= 0.8 creates the file 0600 whatever the umask; a package made by root
+        # must stay readable by the daemon's own user, as any file written here would be.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
