@@ -16,7 +16,9 @@ demo: setup
 test: setup
 	@$(MAKE) --no-print-directory test-all
 
-test-all: test-native test-asan test-tsan test-python
+# Order matters: cross-test/glibc-check install ziglang into the venv that test_edge.py uses.
+# edge-ci ends with the full arm64-root proof (cached under .cache/edge-root after its first run).
+test-all: test-native test-asan test-tsan cross-test glibc-check test-python edge-ci
 
 # C tests: native, then under ASan+UBSan, then under TSan (each its own build tree).
 test-native:
