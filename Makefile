@@ -37,7 +37,7 @@ test-tsan:
 	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan --output-on-failure
 
 test-python:
-	$(PY) -m pytest -q -m "not edge" tests
+	$(PY) -m pytest -q -m "not edge and not slow" tests
 
 clean:
 	rm -rf build dist
