@@ -28,9 +28,6 @@
 #include <immintrin.h>
 #endif
 
-#ifndef REFIT_WIDE_DIRECT
-#define REFIT_WIDE_DIRECT uk_avx512_ind
-#endif
 #define CPU_MAX_MR 16
 #define CPU_MAX_NR 32
 #define KC_MAX 640
@@ -66,49 +63,58 @@ static inline void epi_store(const float *t, int mr, int nr, float *c, int64_t l
 }
 
 #if defined(__aarch64__)
-/* NEON 8x8: 16 accumulators of the 32 q registers. */
+/* NEON 8x8: 16 accumulators of the 32 q registers (named, so none lives in memory). */
 #define P_MR 8
 #define P_NR 8
+static inline __attribute__((always_inline)) void
+uk_neon_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, float *c,
+             int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
+             const float *res, int64_t ldr, float lo, float hi)
+{
+#define NROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define NDECL(i) float32x4_t c##i##0 = vdupq_n_f32(0.0f), c##i##1 = vdupq_n_f32(0.0f);
+    NROWS8(NDECL)
+#undef NDECL
+    for (int64_t k = 0; k < kc; k++) {
+        const float *bk = boff ? b + boff[k] : b + P_NR * k;
+        const float32x4_t b0 = vld1q_f32(bk), b1 = vld1q_f32(bk + 4);
+        const float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
+#define NFMA(i, av, lane)                                                                          \
+    c##i##0 = vfmaq_laneq_f32(c##i##0, b0, av, lane);                                              \
+    c##i##1 = vfmaq_laneq_f32(c##i##1, b1, av, lane);
+        NFMA(0, a0, 0) NFMA(1, a0, 1) NFMA(2, a0, 2) NFMA(3, a0, 3)
+        NFMA(4, a1, 0) NFMA(5, a1, 1) NFMA(6, a1, 2) NFMA(7, a1, 3)
+#undef NFMA
+        a += P_MR;
+    }
+    float t[P_MR * P_NR];
+#define NST(i)                                                                                     \
+    vst1q_f32(t + (i) * P_NR, c##i##0);                                                            \
+    vst1q_f32(t + (i) * P_NR + 4, c##i##1);
+    NROWS8(NST)
+#undef NST
+#undef NROWS8
+    epi_store(t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
 static void uk_portable(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
                         int flags, const float *rs, const float *rb, const float *cb,
                         const float *res, int64_t ldr, float lo, float hi)
 {
-    float32x4_t acc[P_MR][2];
-    for (int i = 0; i < P_MR; i++) acc[i][0] = acc[i][1] = vdupq_n_f32(0.0f);
-    for (int64_t k = 0; k < kc; k++) {
-        const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
-        const float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
-        acc[0][0] = vfmaq_laneq_f32(acc[0][0], b0, a0, 0);
-        acc[0][1] = vfmaq_laneq_f32(acc[0][1], b1, a0, 0);
-        acc[1][0] = vfmaq_laneq_f32(acc[1][0], b0, a0, 1);
-        acc[1][1] = vfmaq_laneq_f32(acc[1][1], b1, a0, 1);
-        acc[2][0] = vfmaq_laneq_f32(acc[2][0], b0, a0, 2);
-        acc[2][1] = vfmaq_laneq_f32(acc[2][1], b1, a0, 2);
-        acc[3][0] = vfmaq_laneq_f32(acc[3][0], b0, a0, 3);
-        acc[3][1] = vfmaq_laneq_f32(acc[3][1], b1, a0, 3);
-        acc[4][0] = vfmaq_laneq_f32(acc[4][0], b0, a1, 0);
-        acc[4][1] = vfmaq_laneq_f32(acc[4][1], b1, a1, 0);
-        acc[5][0] = vfmaq_laneq_f32(acc[5][0], b0, a1, 1);
-        acc[5][1] = vfmaq_laneq_f32(acc[5][1], b1, a1, 1);
-        acc[6][0] = vfmaq_laneq_f32(acc[6][0], b0, a1, 2);
-        acc[6][1] = vfmaq_laneq_f32(acc[6][1], b1, a1, 2);
-        acc[7][0] = vfmaq_laneq_f32(acc[7][0], b0, a1, 3);
-        acc[7][1] = vfmaq_laneq_f32(acc[7][1], b1, a1, 3);
-        a += P_MR;
-        b += P_NR;
-    }
-    float t[P_MR * P_NR];
-    for (int i = 0; i < P_MR; i++) {
-        vst1q_f32(t + i * P_NR, acc[i][0]);
-        vst1q_f32(t + i * P_NR + 4, acc[i][1]);
-    }
-    epi_store(t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+    uk_neon_impl(kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
+static void uk_portable_ind(int64_t kc, const float *a, const float *b, const int64_t *boff,
+                            float *c, int64_t ldc, int flags, const float *rs, const float *rb,
+                            const float *cb, const float *res, int64_t ldr, float lo, float hi)
+{
+    uk_neon_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
+#define UK_PORTABLE_IND uk_portable_ind
 #else
 /* GCC vector extensions, 4x8: compiles to SSE on plain x86-64 and to whatever 16-byte vectors
  * other targets have. */
 #define P_MR 4
 #define P_NR 8
+#define UK_PORTABLE_IND NULL
 typedef float v4f __attribute__((vector_size(16)));
 static void uk_portable(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
                         int flags, const float *rs, const float *rb, const float *cb,
@@ -253,18 +259,22 @@ __attribute__((target("avx512f"))) static void uk_avx512_ind(int64_t kc, const f
 }
 
 /* AVX2+FMA 6x16: 12 ymm accumulators. */
-__attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float *a,
-                                                         const float *b, float *c, int64_t ldc,
-                                                         int flags, const float *rs,
-                                                         const float *rb, const float *cb,
-                                                         const float *res, int64_t ldr, float lo,
-                                                         float hi)
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
+uk_avx2_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, float *c,
+             int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
+             const float *res, int64_t ldr, float lo, float hi)
 {
+    /* lo/hi go through memory: kept in xmm registers across the loop they would push one of the
+     * 12 accumulators onto the stack (16 ymm registers: 12 + 2 B + 1 broadcast). */
+    volatile float lohi[2];
+    lohi[0] = lo;
+    lohi[1] = hi;
 #define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
     ROWS6(DECL)
 #undef DECL
     for (int64_t k = 0; k < kc; k++) {
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        const float *bk = boff ? b + boff[k] : b + 16 * k;
+        const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
 #define FMA(i)                                                                                     \
     {                                                                                              \
         const __m256 ai = _mm256_broadcast_ss(a + i);                                              \
@@ -274,9 +284,8 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float 
         ROWS6(FMA)
 #undef FMA
         a += 6;
-        b += 16;
     }
-    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    const __m256 vlo = _mm256_set1_ps(lohi[0]), vhi = _mm256_set1_ps(lohi[1]);
     const __m256 cb0 = _mm256_loadu_ps(cb), cb1 = _mm256_loadu_ps(cb + 8);
 #define OUT(i)                                                                                     \
     {                                                                                              \
@@ -301,6 +310,24 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float 
     }
     ROWS6(OUT)
 #undef OUT
+}
+__attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float *a,
+                                                         const float *b, float *c, int64_t ldc,
+                                                         int flags, const float *rs,
+                                                         const float *rb, const float *cb,
+                                                         const float *res, int64_t ldr, float lo,
+                                                         float hi)
+{
+    uk_avx2_impl(kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
+__attribute__((target("avx2,fma"))) static void uk_avx2_ind(int64_t kc, const float *a,
+                                                             const float *b, const int64_t *boff,
+                                                             float *c, int64_t ldc, int flags,
+                                                             const float *rs, const float *rb,
+                                                             const float *cb, const float *res,
+                                                             int64_t ldr, float lo, float hi)
+{
+    uk_avx2_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 
 /* AVX-512 depthwise 3x3 stride 1, two output rows per pass (four input rows loaded once for
@@ -704,15 +731,18 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
         const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch
 #define SGEMM_PASS M, N, K, a, ars, acs, bsrc, c, ldc, epi, scratch
 
-static void sgemm_portable(SGEMM_ARGS) { sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, NULL); }
+static void sgemm_portable(SGEMM_ARGS)
+{
+    sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, UK_PORTABLE_IND);
+}
 #if defined(CPU_HAVE_X86)
 __attribute__((target("avx512f"))) static void sgemm_avx512(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, REFIT_WIDE_DIRECT);
+    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, uk_avx512_ind);
 }
 __attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, NULL);
+    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, uk_avx2_ind);
 }
 #endif
 
