@@ -3,6 +3,7 @@ inference latency with and without a concurrent refit loop. Prints ONE JSON obje
 
     python bench/engine.py            # full run (~1.5 min)
     python bench/engine.py --quick    # short run (~20 s)
+    python bench/engine.py --isa avx2 # force the reference backend's kernel set (x86-64)
 
 1. Throughput (inferences/s, single thread, batch 1) of the reference backend and of onnxruntime
    (CPUExecutionProvider, intra_op_num_threads=1, inter_op_num_threads=1, default graph
@@ -225,13 +226,19 @@ def latency(tmp, slices, slice_s, period_s=0.05):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run (noisier numbers)")
+    ap.add_argument("--isa", choices=["avx512", "avx2", "generic"],
+                    help="force the reference backend's kernel set (REFIT_CPU_ISA), x86-64 only")
     args = ap.parse_args()
+    if args.isa:
+        os.environ["REFIT_CPU_ISA"] = args.isa  # read when an engine's plan is made
     q = args.quick
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         result = {
             "bench": "engine",
-            "command": "python bench/engine.py" + (" --quick" if q else ""),
+            "command": "python bench/engine.py" + (" --quick" if q else "")
+            + (f" --isa {args.isa}" if args.isa else ""),
+            "reference_kernels": args.isa or "auto",
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "loadavg_1min_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
