@@ -578,6 +578,8 @@ static void test_matmul(void)
         {1, 2, {6}, {6, 4}, {4}, 1},
         {2, 1, {3, 6}, {6}, {3}, 1},
         {3, 3, {1, 1, 40}, {1, 40, 33}, {1, 1, 33}, 3},
+        {3, 3, {70, 2, 3}, {70, 3, 4}, {70, 2, 4}, 3},   /* > 64 batches: offsets on the heap */
+        {4, 2, {5, 14, 3, 6}, {6, 2}, {5, 14, 3, 2}, 4},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         tg *t = tg_new();
