@@ -67,56 +67,47 @@ size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
            cpu_sgemm_scratch(isa, g->M, o.Tp, g->C);
 }
 
+#define LDV(x, p) memcpy(&(x), (p), sizeof(x))
+#define STV(p, x) memcpy((p), &(x), sizeof(x))
+
 /* U[e][m][c] for one m from wt[j][c] (the m's 3x3 kernels, transposed), G = [[1,0,0],
- * [.5,.5,.5],[.5,-.5,.5],[0,0,1]]: U = G g G^T. */
-static inline __attribute__((always_inline)) void wt_xform_body(const float *wt, int64_t C,
-                                                                float *U, int64_t es, int64_t m)
-{
-    float *u[16];
-    for (int e = 0; e < 16; e++) u[e] = U + e * es + m * C;
-    float *restrict u0 = u[0], *restrict u1 = u[1], *restrict u2 = u[2], *restrict u3 = u[3],
-                    *restrict u4 = u[4], *restrict u5 = u[5], *restrict u6 = u[6],
-                    *restrict u7 = u[7], *restrict u8 = u[8], *restrict u9 = u[9],
-                    *restrict u10 = u[10], *restrict u11 = u[11], *restrict u12 = u[12],
-                    *restrict u13 = u[13], *restrict u14 = u[14], *restrict u15 = u[15];
-    const float *restrict k0 = wt, *restrict k1 = wt + C, *restrict k2 = wt + 2 * C,
-                          *restrict k3 = wt + 3 * C, *restrict k4 = wt + 4 * C,
-                          *restrict k5 = wt + 5 * C, *restrict k6 = wt + 6 * C,
-                          *restrict k7 = wt + 7 * C, *restrict k8 = wt + 8 * C;
-    for (int64_t c = 0; c < C; c++) {
-        /* G g: rows a (= g row 0), b, c, d (= g row 2), 3 columns each */
-        const float a0 = k0[c], a1 = k1[c], a2 = k2[c];
-        const float b0 = 0.5f * (k0[c] + k3[c] + k6[c]), b1 = 0.5f * (k1[c] + k4[c] + k7[c]),
-                    b2 = 0.5f * (k2[c] + k5[c] + k8[c]);
-        const float c0 = 0.5f * (k0[c] - k3[c] + k6[c]), c1 = 0.5f * (k1[c] - k4[c] + k7[c]),
-                    c2 = 0.5f * (k2[c] - k5[c] + k8[c]);
-        const float d0 = k6[c], d1 = k7[c], d2 = k8[c];
-        /* (.) G^T per row: [x0, (x0+x1+x2)/2, (x0-x1+x2)/2, x2] */
-        u0[c] = a0;
-        u1[c] = 0.5f * (a0 + a1 + a2);
-        u2[c] = 0.5f * (a0 - a1 + a2);
-        u3[c] = a2;
-        u4[c] = b0;
-        u5[c] = 0.5f * (b0 + b1 + b2);
-        u6[c] = 0.5f * (b0 - b1 + b2);
-        u7[c] = b2;
-        u8[c] = c0;
-        u9[c] = 0.5f * (c0 + c1 + c2);
-        u10[c] = 0.5f * (c0 - c1 + c2);
-        u11[c] = c2;
-        u12[c] = d0;
-        u13[c] = 0.5f * (d0 + d1 + d2);
-        u14[c] = 0.5f * (d0 - d1 + d2);
-        u15[c] = d2;
+ * [.5,.5,.5],[.5,-.5,.5],[0,0,1]]: U = G g G^T. Vectorised over c like the transforms below. */
+#define WT_XFORM_STEP(VT, c)                                                                       \
+    do {                                                                                           \
+        VT k[9], r;                                                                                \
+        for (int jj = 0; jj < 9; jj++) LDV(k[jj], wt + jj * C + (c));                              \
+        VT g[4][3];                                                                                \
+        for (int jj = 0; jj < 3; jj++) {                                                           \
+            g[0][jj] = k[jj];                                                                      \
+            g[1][jj] = (k[jj] + k[3 + jj] + k[6 + jj]) * 0.5f;                                     \
+            g[2][jj] = (k[jj] - k[3 + jj] + k[6 + jj]) * 0.5f;                                     \
+            g[3][jj] = k[6 + jj];                                                                  \
+        }                                                                                          \
+        for (int ii = 0; ii < 4; ii++) {                                                           \
+            r = g[ii][0];                                                                          \
+            STV(U + (4 * ii + 0) * es + mC + (c), r);                                              \
+            r = (g[ii][0] + g[ii][1] + g[ii][2]) * 0.5f;                                           \
+            STV(U + (4 * ii + 1) * es + mC + (c), r);                                              \
+            r = (g[ii][0] - g[ii][1] + g[ii][2]) * 0.5f;                                           \
+            STV(U + (4 * ii + 2) * es + mC + (c), r);                                              \
+            r = g[ii][2];                                                                          \
+            STV(U + (4 * ii + 3) * es + mC + (c), r);                                              \
+        }                                                                                          \
+    } while (0)
+
+#define DEF_WT_XFORM(NAME, ATTR, VT)                                                               \
+    ATTR static void NAME(const float *wt, int64_t C, float *U, int64_t es, int64_t m)            \
+    {                                                                                              \
+        const int64_t VL = (int64_t)(sizeof(VT) / sizeof(float)), mC = m * C;                      \
+        int64_t c = 0;                                                                             \
+        for (; c + VL <= C; c += VL) WT_XFORM_STEP(VT, c);                                         \
+        for (; c < C; c++) WT_XFORM_STEP(float, c);                                                \
     }
-}
 
 /* V[e][c][t] = (B^T d B)[e] for all tiles of channel c, from its polyphase planes P. Written once
  * over a type VT (a GCC vector or plain float: the same operators, memcpy loads and stores), so
  * each ISA gets full-width vectors plus a scalar tail; 32 pointer streams are too many for the
  * auto-vectoriser's alias checks. */
-#define LDV(x, p) memcpy(&(x), (p), sizeof(x))
-#define STV(p, x) memcpy((p), &(x), sizeof(x))
 #define IN_XFORM_STEP(VT, t)                                                                       \
     do {                                                                                           \
         VT d[4][4], x[4][4], r;                                                                    \
@@ -224,28 +215,27 @@ static inline __attribute__((always_inline)) void out_store_body(const wgeo *o, 
 }
 
 #define WT_ARGS const float *wt, int64_t C, float *U, int64_t es, int64_t m
-#define WT_PASS wt, C, U, es, m
 #define OUT_ARGS                                                                                   \
     const wgeo *o, float *y, int64_t OH, int64_t OW, const float *res, float lo, float hi,         \
         const float *yb
 #define OUT_PASS o, y, OH, OW, res, lo, hi, yb
 
 typedef float wv4 __attribute__((vector_size(16)));
-static void wt_xform_portable(WT_ARGS) { wt_xform_body(WT_PASS); }
+DEF_WT_XFORM(wt_xform_portable, , wv4)
 DEF_IN_XFORM(in_xform_portable, , wv4)
 DEF_OUT_XFORM(out_xform_portable, , wv4)
 static void out_store_portable(OUT_ARGS) { out_store_body(OUT_PASS); }
 #if defined(CPU_HAVE_X86)
 typedef float wv8 __attribute__((vector_size(32)));
 typedef float wv16 __attribute__((vector_size(64)));
-__attribute__((target("avx512f"))) static void wt_xform_avx512(WT_ARGS) { wt_xform_body(WT_PASS); }
+DEF_WT_XFORM(wt_xform_avx512, __attribute__((target("avx512f"))), wv16)
 DEF_IN_XFORM(in_xform_avx512, __attribute__((target("avx512f"))), wv16)
 DEF_OUT_XFORM(out_xform_avx512, __attribute__((target("avx512f"))), wv16)
 __attribute__((target("avx512f"))) static void out_store_avx512(OUT_ARGS)
 {
     out_store_body(OUT_PASS);
 }
-__attribute__((target("avx2,fma"))) static void wt_xform_avx2(WT_ARGS) { wt_xform_body(WT_PASS); }
+DEF_WT_XFORM(wt_xform_avx2, __attribute__((target("avx2,fma"))), wv8)
 DEF_IN_XFORM(in_xform_avx2, __attribute__((target("avx2,fma"))), wv8)
 DEF_OUT_XFORM(out_xform_avx2, __attribute__((target("avx2,fma"))), wv8)
 __attribute__((target("avx2,fma"))) static void out_store_avx2(OUT_ARGS)
