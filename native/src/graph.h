@@ -132,7 +132,8 @@ typedef struct rt_graph {
     int n_outputs;
     int *weights;          /* value index of refittable weight k (order = refit ABI order) */
     int n_weights;
-    void **weight_init;    /* initial data of weight k, float32, numel of its value (owned) */
+    void **weight_init;    /* initial data of weight k, float32, numel of its value (owned; the
+                              core takes it into the first weight set and leaves NULL behind) */
 } rt_graph;
 
 /* Loader options (from refit_engine_open's key/value pairs; the core parses them). */
