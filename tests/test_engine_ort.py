@@ -7,6 +7,8 @@ after the refit too, and the engine must report the refit's version with the res
 """
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 
@@ -47,8 +49,17 @@ def _assert_match(got, want, what):
             f"{float(np.abs(out - ref).max()):.3g} (|ref| max {float(np.abs(ref).max()):.3g})")
 
 
+# The reference backend picks its kernels when an engine is opened; REFIT_CPU_ISA forces a set
+# (the selector falls back to what the CPU has), so the x86-64 AVX2 and portable kernels are
+# checked against onnxruntime too, not only the best set of this machine.
+ISAS = [None] + (["avx2", "generic"] if platform.machine() in ("x86_64", "AMD64") else [])
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=lambda v: v or "auto")
 @pytest.mark.parametrize("name", list(models.ALL))
-def test_matches_onnxruntime_before_and_after_refit(name, tmp_path):
+def test_matches_onnxruntime_before_and_after_refit(name, isa, tmp_path, monkeypatch):
+    if isa:
+        monkeypatch.setenv("REFIT_CPU_ISA", isa)
     model = models.ALL[name]()
     path = tmp_path / f"{name}.onnx"
     onnx.save(model, str(path))
