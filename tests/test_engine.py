@@ -222,3 +222,22 @@ def test_examples_reproduce_seeds(script, expect):
     assert expect in proc.stdout
     if script == "seed_multithread.py":
         assert "torn 0, out of order 0" in proc.stdout
+
+
+def test_unclosed_engine_with_live_contexts_exits_cleanly(tmp_path):
+    """An engine never closed, with contexts on several threads and an unpublished staged set,
+    must be torn down in a safe order by the garbage collector at interpreter exit."""
+    model = _seed_model(tmp_path / "seed.onnx")
+    script = f"""
+import threading, numpy as np
+from refitd.engine import Engine
+eng = Engine.open({str(model)!r})
+x = {{"x": np.ones((1, 1, 3, 3), np.float32)}}
+eng.infer(x)
+threads = [threading.Thread(target=eng.infer, args=(x,)) for _ in range(3)]
+[t.start() for t in threads]; [t.join() for t in threads]
+staged = eng.stage({{"conv.weight": np.ones((1, 1, 3, 3), np.float32)}}, 1)
+print("done")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", (proc.returncode, proc.stderr[-2000:])

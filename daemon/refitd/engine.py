@@ -254,14 +254,19 @@ class Staged:
 
 
 class Context:
-    """One native execution context; used by one thread at a time."""
+    """One native execution context; used by one thread at a time.
+
+    It keeps what it needs of its engine but not the Engine object: the engine holds its
+    contexts (per thread), and a reference back would make a cycle, which the garbage collector
+    may tear down in any order — destroying the engine before its contexts."""
 
     def __init__(self, engine: "Engine"):
-        lib = engine._lib
+        lib = self._lib = engine._lib
         out = ffi.new("refit_context **")
         _check(lib.refit_context_create(engine._handle, out))
+        # The destructor holds the engine's handle, so the engine outlives every context.
         self._handle = ffi.gc(out[0], _keepref(lib, lib.refit_context_destroy, engine._handle))
-        self._engine = engine
+        self._inputs, self._outputs, self._input_index = engine._inputs, engine._outputs, engine._input_index
         n_in, n_out = len(engine._inputs), len(engine._outputs)
         self._in_ptrs = ffi.new("void *[]", max(n_in, 1))
         self._out_ptrs = ffi.new("void *[]", max(n_out, 1))
@@ -275,17 +280,16 @@ class Context:
             self._handle = None
 
     def _bind(self, inputs: Dict[str, np.ndarray]):
-        engine = self._engine
         if self._handle is None:
             raise EngineError("inference on a closed engine", "REFIT_ERR_INVALID_ARG")
         if not isinstance(inputs, dict):
             raise EngineError("inputs must be a dict of name -> array", "REFIT_ERR_INVALID_ARG")
-        unknown = set(inputs) - set(engine._input_index)
+        unknown = set(inputs) - set(self._input_index)
         if unknown:
             raise EngineError(f"input '{sorted(unknown)[0]}': not an input of this model (inputs: "
-                              f"{', '.join(engine._input_index)})", "REFIT_ERR_NOT_FOUND", sorted(unknown)[0])
+                              f"{', '.join(self._input_index)})", "REFIT_ERR_NOT_FOUND", sorted(unknown)[0])
         keep = []
-        for i, spec in enumerate(engine._inputs):
+        for i, spec in enumerate(self._inputs):
             if spec.name not in inputs:
                 raise EngineError(f"input '{spec.name}': missing", "REFIT_ERR_INVALID_ARG", spec.name)
             a = np.ascontiguousarray(inputs[spec.name], dtype=np.float32)
@@ -295,7 +299,7 @@ class Context:
             keep.append(a)
             self._in_ptrs[i] = ffi.from_buffer(a)
         outputs = {}
-        for j, spec in enumerate(engine._outputs):
+        for j, spec in enumerate(self._outputs):
             o = np.empty(spec.shape, dtype=np.float32)
             outputs[spec.name] = o
             self._out_ptrs[j] = ffi.from_buffer(o, require_writable=True)
@@ -303,8 +307,8 @@ class Context:
 
     def infer(self, inputs: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], int]:
         keep, outputs = self._bind(inputs)
-        lib = self._engine._lib
-        _check(lib.refit_context_run(self._handle, self._in_ptrs, self._in_sizes, len(self._engine._inputs),
+        lib = self._lib
+        _check(lib.refit_context_run(self._handle, self._in_ptrs, self._in_sizes, len(self._inputs),
                                      self._out_ptrs, self._out_sizes, len(outputs), self._version))
         del keep
         return outputs, int(self._version[0])
@@ -313,9 +317,9 @@ class Context:
         if staged._handle is None:
             raise EngineError("the staged weight set is closed or published", "REFIT_ERR_INVALID_ARG")
         keep, outputs = self._bind(inputs)
-        lib = self._engine._lib
+        lib = self._lib
         _check(lib.refit_context_run_staged(self._handle, staged._handle, self._in_ptrs, self._in_sizes,
-                                            len(self._engine._inputs), self._out_ptrs, self._out_sizes,
+                                            len(self._inputs), self._out_ptrs, self._out_sizes,
                                             len(outputs)))
         del keep
         return outputs
