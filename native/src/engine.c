@@ -84,7 +84,7 @@ const char *refit_backend_name(size_t index)
 
 /* ---- weight sets -------------------------------------------------------------------------- */
 
-enum { HUGE_PAGE = 2u << 20, HUGE_BLOB = 4u << 20 };
+enum { HUGE_PAGE = 2u << 20 };
 
 typedef struct blob {
     atomic_size_t refs;
@@ -105,19 +105,21 @@ static blob *blob_new(size_t nbytes)
     blob *b = malloc(sizeof *b);
     if (!b)
         return NULL;
-    /* Large blobs: 2 MiB-aligned and marked for transparent huge pages (as numpy does for its
-     * large arrays), so filling them costs one fault per 2 MiB instead of one per 4 KiB; with
-     * THP in its common "madvise" mode this halves the time of a large refit. */
-    size_t align = nbytes >= HUGE_BLOB ? HUGE_PAGE : 64;
-    size_t padded = (nbytes + align - 1) & ~(align - 1);
-    b->data = aligned_alloc(align, padded ? padded : align);
-    if (!b->data) {
+    /* Blobs of 2 MiB and more start on a 2 MiB boundary and their whole 2 MiB pages are advised
+     * for transparent huge pages (numpy does the same for its large arrays), so filling them costs
+     * one fault per 2 MiB instead of one per 4 KiB: with THP in its common "madvise" mode this
+     * halves a large refit. The tail stays on small pages, so no physical memory is wasted. */
+    size_t align = nbytes >= HUGE_PAGE ? HUGE_PAGE : 64;
+    size_t padded = (nbytes + 63) & ~(size_t)63;
+    void *data = NULL;
+    if (posix_memalign(&data, align, padded ? padded : 64)) {
         free(b);
         return NULL;
     }
+    b->data = data;
 #ifdef MADV_HUGEPAGE
-    if (align == HUGE_PAGE)
-        (void)madvise(b->data, padded, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+    if (align == HUGE_PAGE) /* advice only: failure changes nothing */
+        (void)madvise(data, nbytes & ~(size_t)(HUGE_PAGE - 1), MADV_HUGEPAGE);
 #endif
     atomic_init(&b->refs, 1);
     b->nbytes = nbytes;
