@@ -1,4 +1,5 @@
 """refitd.engine on the seeds' model: demos, refused refits, staging, threads, lifetime."""
+import re
 import subprocess
 import sys
 import threading
@@ -241,3 +242,27 @@ print("done")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "done", (proc.returncode, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize("index, value, word", [(0, np.nan, "NaN"), (16383, np.inf, "+Inf"),
+                                                (16384, -np.inf, "-Inf"), (39999, np.nan, "NaN")])
+def test_nonfinite_found_at_any_position(tmp_path, index, value, word):
+    """The copy checks finiteness chunk by chunk: a bad value at a chunk edge or at the very end
+    is found and named by its element index, and nothing changes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((200, 200), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 200])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 200])], [w])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with Engine.open(path) as eng:
+        good = np.ones((200, 200), np.float32)
+        eng.refit({"w": good}, version=1)
+        bad = good.copy()
+        bad.flat[index] = value
+        with pytest.raises(E.NonFiniteError, match=f"'w': {re.escape(word)} at element {index} "):
+            eng.refit({"w": bad}, version=2)
+        assert eng.version == 1
+        np.testing.assert_array_equal(eng.read_weight("w"), good)

@@ -511,23 +511,68 @@ static long first_nonfinite_f32(const float *src, size_t n)
     return -1;
 }
 
-/* Copies n float32 values, checking finiteness chunk by chunk while the chunk is hot in cache:
- * one pass over the source, as close to memcpy as the check allows. Returns the index of the
- * first non-finite value (-1 if none, or if check is 0). */
+/* One chunk of copy_checked_f32: copies and ORs a "non-finite" mask in the same pass, so each
+ * element is read once (the exponent bits all set <=> the magnitude bits exceed FLT_MAX's). */
+#define COPY_CHECK_BODY                                                                          \
+    int32_t bad = 0;                                                                           \
+    for (size_t i = 0; i < len; i++) {                                                         \
+        uint32_t v = src[i];                                                                   \
+        dst[i] = v;                                                                            \
+        bad |= (int32_t)(v & 0x7fffffffu) > 0x7f7fffff;                                        \
+    }                                                                                          \
+    return bad;
+
+static int copy_check_chunk(uint32_t *restrict dst, const uint32_t *restrict src, size_t len)
+{
+    COPY_CHECK_BODY
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) static int copy_check_chunk_avx2(uint32_t *restrict dst,
+                                                                  const uint32_t *restrict src,
+                                                                  size_t len)
+{
+    COPY_CHECK_BODY
+}
+
+static int cpu_has_avx2(void)
+{
+    static int cached = -1; /* racy but idempotent: every thread computes the same value */
+    if (cached < 0) {
+        unsigned a, b, c, d, xcr0_lo, xcr0_hi;
+        __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+        int osxsave = (c >> 27) & 1;
+        __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+        int avx2 = (b >> 5) & 1, ymm = 0;
+        if (osxsave) {
+            __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+            ymm = (xcr0_lo & 6) == 6;
+        }
+        cached = avx2 && ymm;
+    }
+    return cached;
+}
+#endif
+#undef COPY_CHECK_BODY
+
+/* Copies n float32 values, checking finiteness in the same pass (as close to memcpy as the check
+ * allows). Returns the index of the first non-finite value (-1 if none, or if check is 0). */
 static long copy_checked_f32(float *dst, const float *src, size_t n, int check)
 {
-    enum { CHUNK = 4096 };
-    const uint32_t *u = (const uint32_t *)(const void *)src;
+    if (!check) {
+        memcpy(dst, src, n * sizeof *dst);
+        return -1;
+    }
+    enum { CHUNK = 16384 };
+    int (*chunk)(uint32_t *restrict, const uint32_t *restrict, size_t) = copy_check_chunk;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (cpu_has_avx2())
+        chunk = copy_check_chunk_avx2;
+#endif
     for (size_t off = 0; off < n; off += CHUNK) {
         size_t len = n - off < CHUNK ? n - off : CHUNK;
-        if (check) {
-            uint32_t bad = 0;
-            for (size_t i = 0; i < len; i++)
-                bad |= (u[off + i] & 0x7f800000u) == 0x7f800000u;
-            if (bad)
-                return (long)off + first_nonfinite_f32(src + off, len);
-        }
-        memcpy(dst + off, src + off, len * sizeof *dst);
+        if (chunk((uint32_t *)(void *)(dst + off), (const uint32_t *)(const void *)(src + off), len))
+            return (long)off + first_nonfinite_f32(src + off, len);
     }
     return -1;
 }
