@@ -153,6 +153,9 @@ REFIT_API const char *refit_backend_name(size_t index);
  *   "input_shape"     "name:1x3x224x224[;name2:...]" fixes symbolic input dims (default 1)
  *   "allow_nonfinite" "1" to accept NaN/Inf in refits by default
  *   "initial_version" integer version of the weights in the model file (default 0)
+ *   "spare_weights"   "1" (default): keep each weight's last retired buffer for its next refit
+ *                     (A/B buffers: a refit writes into memory already faulted in; the memory
+ *                     stays at the peak a refit needs anyway). "0" releases it after each refit.
  * On success *out owns a new engine (free with refit_engine_destroy); on failure *out is NULL.
  * Returns REFIT_ERR_IO, REFIT_ERR_MODEL, REFIT_ERR_UNSUPPORTED, REFIT_ERR_NOT_FOUND,
  * REFIT_ERR_INVALID_ARG or REFIT_ERR_NOMEM. */

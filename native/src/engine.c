@@ -126,12 +126,16 @@ static blob *blob_new(size_t nbytes)
     return b;
 }
 
+static void blob_destroy(blob *b)
+{
+    free(b->data);
+    free(b);
+}
+
 static void blob_release(blob *b)
 {
-    if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
-        free(b->data);
-        free(b);
-    }
+    if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1)
+        blob_destroy(b);
 }
 
 static wset *wset_alloc(size_t n)
@@ -187,6 +191,10 @@ struct refit_engine {
     refit_tensor_info *info[3]; /* by refit_tensor_kind */
     size_t count[3];
     int allow_nonfinite;
+    /* A/B buffers: spare[k] is weight k's last retired blob, reused by its next refit so a refit
+     * writes into memory that is already faulted in. At most one per weight (the memory a refit
+     * needs anyway); guarded by refit_lock. NULL array when the option spare_weights=0. */
+    blob **spare;
     /* weight-name lookup: open addressing over weight indices */
     int *name_table;
     size_t name_table_size;
@@ -273,7 +281,8 @@ static int parse_u64(const char *s, uint64_t *out)
 }
 
 static refit_status parse_options(const char *const *keys, const char *const *values, size_t n,
-                                  rt_load_options *lo, int *allow_nonfinite, uint64_t *version)
+                                  rt_load_options *lo, int *allow_nonfinite, uint64_t *version,
+                                  int *spare)
 {
     for (size_t i = 0; i < n; i++) {
         const char *k = keys ? keys[i] : NULL, *v = values ? values[i] : NULL;
@@ -287,6 +296,10 @@ static refit_status parse_options(const char *const *keys, const char *const *va
             if (strcmp(v, "0") && strcmp(v, "1"))
                 return fail(REFIT_ERR_INVALID_ARG, "option allow_nonfinite: must be 0 or 1, got '%s'", v);
             *allow_nonfinite = v[0] == '1';
+        } else if (strcmp(k, "spare_weights") == 0) {
+            if (strcmp(v, "0") && strcmp(v, "1"))
+                return fail(REFIT_ERR_INVALID_ARG, "option spare_weights: must be 0 or 1, got '%s'", v);
+            *spare = v[0] == '1';
         } else if (strcmp(k, "initial_version") == 0) {
             if (parse_u64(v, version))
                 return fail(REFIT_ERR_INVALID_ARG,
@@ -294,7 +307,7 @@ static refit_status parse_options(const char *const *keys, const char *const *va
         } else {
             return fail(REFIT_ERR_INVALID_ARG,
                         "unknown option '%s' (known: refittable, input_shape, allow_nonfinite, "
-                        "initial_version)", k);
+                        "initial_version, spare_weights)", k);
         }
     }
     return REFIT_OK;
@@ -311,6 +324,11 @@ void refit_engine_destroy(refit_engine *e)
     for (int k = 0; k < 3; k++)
         free(e->info[k]);
     free(e->name_table);
+    if (e->spare)
+        for (size_t k = 0; k < e->count[REFIT_KIND_WEIGHT]; k++)
+            if (e->spare[k])
+                blob_destroy(e->spare[k]); /* spares hold no references */
+    free(e->spare);
     pthread_mutex_destroy(&e->refit_lock);
     pthread_mutex_destroy(&e->ctx_lock);
     free(e);
@@ -334,9 +352,9 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
                     be->name, be->api_version, RT_BACKEND_API_VERSION);
 
     rt_load_options lo = {0};
-    int allow_nonfinite = 0;
+    int allow_nonfinite = 0, spare = 1;
     uint64_t version = 0;
-    refit_status st = parse_options(keys, values, num_options, &lo, &allow_nonfinite, &version);
+    refit_status st = parse_options(keys, values, num_options, &lo, &allow_nonfinite, &version, &spare);
     if (st)
         return st;
 
@@ -356,7 +374,8 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
     rt_graph *g = e->graph;
     if (fill_info(e, REFIT_KIND_INPUT, g->inputs, g->n_inputs) ||
         fill_info(e, REFIT_KIND_OUTPUT, g->outputs, g->n_outputs) ||
-        fill_info(e, REFIT_KIND_WEIGHT, g->weights, g->n_weights) || build_name_table(e)) {
+        fill_info(e, REFIT_KIND_WEIGHT, g->weights, g->n_weights) || build_name_table(e) ||
+        (spare && !(e->spare = calloc((size_t)g->n_weights + 1, sizeof *e->spare)))) {
         refit_engine_destroy(e);
         return fail(REFIT_ERR_NOMEM, "out of memory opening the engine");
     }
@@ -618,6 +637,35 @@ static refit_status check_tensor(const refit_engine *e, const refit_tensor *t, i
     return REFIT_OK;
 }
 
+/* Weight k's spare blob (refcount 1), or NULL. Caller holds refit_lock. */
+static blob *take_spare(refit_engine *e, int k)
+{
+    if (!e->spare || !e->spare[k])
+        return NULL;
+    blob *b = e->spare[k];
+    e->spare[k] = NULL;
+    atomic_store_explicit(&b->refs, 1, memory_order_relaxed);
+    return b;
+}
+
+/* Frees a set that no reader uses any more; a blob it held last becomes its weight's spare
+ * (if that slot is free) instead of going back to the allocator. Caller holds refit_lock. */
+static void wset_retire(refit_engine *e, wset *s)
+{
+    for (size_t k = 0; k < s->n; k++) {
+        blob *b = s->blobs[k];
+        if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
+            continue; /* still shared with the new set */
+        if (e->spare && !e->spare[k])
+            e->spare[k] = b; /* weight k's next refit writes here */
+        else
+            blob_destroy(b);
+    }
+    free(s->blobs);
+    free(s->data);
+    free(s);
+}
+
 /* Builds (unpublished) a set on top of `base`: validates every tensor first, then copies the
  * named tensors into new blobs and shares the rest. Caller holds refit_lock. */
 static refit_status build_set(refit_engine *e, const wset *base, const refit_tensor *tensors,
@@ -665,7 +713,9 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
     for (size_t i = 0; i < count && !st; i++) {
         const refit_tensor *t = &tensors[i];
         size_t nbytes = e->info[REFIT_KIND_WEIGHT][index[i]].nbytes;
-        blob *b = blob_new(nbytes);
+        blob *b = take_spare(e, index[i]);
+        if (!b)
+            b = blob_new(nbytes);
         if (!b) {
             st = fail(REFIT_ERR_NOMEM, "weight '%s': out of memory for %zu bytes", t->name, nbytes);
             break;
@@ -725,7 +775,7 @@ static void publish_locked(refit_engine *e, wset *s)
     wset *old = atomic_exchange_explicit(&e->current, s, memory_order_seq_cst);
     atomic_store_explicit(&e->version, s->version, memory_order_release);
     wait_for_readers(e, old);
-    wset_free(old);
+    wset_retire(e, old);
 }
 
 refit_status refit_engine_refit(refit_engine *e, const refit_tensor *tensors, size_t count,

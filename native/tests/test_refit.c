@@ -166,6 +166,22 @@ static void test_options(void)
           "initial_version");
     refit_engine_destroy(e);
     e = NULL;
+    const char *k3[1] = {"spare_weights"}, *v3[1] = {"2"}, *v4[1] = {"0"};
+    CHECK(refit_engine_open_memory(bytes, size, "reference", k3, v3, 1, &e) == REFIT_ERR_INVALID_ARG &&
+              strstr(refit_last_error(), "spare_weights"),
+          "bad spare_weights");
+    CHECK(refit_engine_open_memory(bytes, size, "reference", k3, v4, 1, &e) == REFIT_OK, "spare_weights=0");
+    if (e) { /* without spares every refit allocates afresh; results are the same */
+        refit_context *c = NULL;
+        CHECK(refit_context_create(e, &c) == REFIT_OK, "context");
+        uint64_t v = 0;
+        for (int k = 1; k <= 3; k++)
+            CHECK(refit_all(e, (float)k, (uint64_t)k) == REFIT_OK && infer(c, &v) == 9.0f * k && v == (uint64_t)k,
+                  "refit %d without spares", k);
+        refit_context_destroy(c);
+    }
+    refit_engine_destroy(e);
+    e = NULL;
     CHECK(refit_engine_open_memory(bytes, size, "warp-drive", NULL, NULL, 0, &e) == REFIT_ERR_NOT_FOUND &&
               strstr(refit_last_error(), "warp-drive"),
           "unknown backend");
