@@ -10,6 +10,7 @@
  * and plan-time refusals.
  */
 #include "backend.h"
+#include "check.h"
 #include "cpu/cpu.h"
 #include "refit.h"
 
@@ -19,20 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int g_pass, g_fail;
 static const char *g_isa = "default";
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            g_pass++;                                                                              \
-        } else {                                                                                   \
-            g_fail++;                                                                              \
-            printf("FAIL [%s] %s:%d: ", g_isa, __FILE__, __LINE__);                                \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-        }                                                                                          \
-    } while (0)
 
 /* ---- deterministic random numbers ---------------------------------------------------------- */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -1211,6 +1200,9 @@ int main(void)
         char err[64];
         if (rt_cpu_backend.plan_create(&t->g, &probe, err, sizeof err) == 0) {
             g_isa = cpu_plan_isa(probe);
+            static char label[48];
+            snprintf(label, sizeof label, "[%s] ", g_isa);
+            check_label = label;
             const int same = i > 0 && strcmp(isas[i], "avx2") == 0 ? strcmp(g_isa, "avx2+fma") != 0
                              : i > 0                               ? strcmp(g_isa, "avx512f") != 0
                                                                    : 0;
@@ -1223,11 +1215,10 @@ int main(void)
             return 1;
         }
         rng_state = 0x9e3779b97f4a7c15ull;
-        const int before = g_pass;
+        const int before = check_passed;
         run_all();
-        printf("kernels %-9s: %d checks\n", g_isa, g_pass - before);
+        printf("kernels %-9s: %d checks\n", g_isa, check_passed - before);
     }
     unsetenv("REFIT_CPU_ISA");
-    printf("test_cpu_ops: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return CHECK_SUMMARY("test_cpu_ops");
 }

@@ -7,6 +7,7 @@
  */
 #include "graph.h"
 #include "pb.h"
+#include "check.h"
 #include "refit.h"
 
 #include <math.h>
@@ -16,19 +17,6 @@
 #include <string.h>
 #include <time.h>
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                             \
-    do {                                                                             \
-        if (cond) {                                                                  \
-            passed++;                                                                \
-        } else {                                                                     \
-            failed++;                                                                \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);          \
-            fprintf(stderr, __VA_ARGS__);                                            \
-            fputc('\n', stderr);                                                     \
-        }                                                                            \
-    } while (0)
 
 static unsigned char *read_file(const char *path, size_t *size)
 {
@@ -60,7 +48,7 @@ static int load_opts(const char *name, const char *refittable, const char *input
     *g = NULL;
     if (!data) {
         snprintf(errbuf, sizeof errbuf, "cannot read %s", path);
-        failed++;
+        check_failed++;
         fprintf(stderr, "FAIL: cannot read %s (run from native/tests)\n", path);
         return -1;
     }
@@ -1379,6 +1367,5 @@ int main(void)
         fuzz_structured(structured[i], 600 * scale);
     for (size_t i = 0; i < sizeof structured / sizeof structured[0]; i++)
         fuzz_tree(structured[i], 300 * scale);
-    printf("test_onnx: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return CHECK_SUMMARY("test_onnx");
 }

@@ -5,22 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "refit.h"
 #include "seed_model.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                                       \
-    do {                                                                                       \
-        if (cond) {                                                                            \
-            passed++;                                                                          \
-        } else {                                                                               \
-            failed++;                                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                    \
-            fprintf(stderr, __VA_ARGS__);                                                      \
-            fprintf(stderr, " [last error: %s]\n", refit_last_error());                        \
-        }                                                                                      \
-    } while (0)
 
 static const int64_t KSHAPE[4] = {1, 1, 3, 3};
 
@@ -292,6 +280,5 @@ int main(void)
     test_stage_publish();
     test_float16();
     test_thread_errors();
-    printf("test_refit: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return CHECK_SUMMARY("test_refit");
 }
