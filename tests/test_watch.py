@@ -185,3 +185,20 @@ def test_signature_travels_with_its_package(s, tmp_path):
     wait_until(lambda: s.outcomes, what="outcome")
     assert os.path.exists(os.path.join(s.drop, "applied", "v1.safetensors.sig"))
     assert not os.path.exists(sig)
+
+
+def test_back_to_back_drops_are_taken_at_once(s, tmp_path):
+    """Moving a taken file into applied/ must not hold back the next drop (an unmatched inotify
+    move-out makes watchdog wait 0.5 s for its pair): each drop serves within 0.25 s."""
+    s.start()
+    delays = []
+    for v in range(1, 6):
+        outside = str(tmp_path / ("p%d.safetensors" % v))
+        seed_package(outside, v, v, s.fp)
+        t0 = time.monotonic()
+        os.rename(outside, os.path.join(s.drop, "v%d.safetensors" % v))
+        wait_until(lambda: s.engine.version == v, what="version %d serving" % v)
+        delays.append(time.monotonic() - t0)
+    assert max(delays) < 0.25, ["%.3f" % d for d in delays]
+    assert _files(os.path.join(s.drop, "applied")) == sorted(
+        n for v in range(1, 6) for n in ("v%d.safetensors" % v, "v%d.safetensors.reason" % v))

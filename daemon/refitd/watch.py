@@ -95,7 +95,11 @@ class DropWatcher:
         for d in (self.path, os.path.join(self.path, APPLIED), os.path.join(self.path, REJECTED)):
             os.makedirs(d, exist_ok=True)
         self._observer = _make_observer()
-        self._observer.schedule(_Handler(self), self.path, recursive=False)
+        # Recursive, although only top-level files are taken: moving a taken file into applied/
+        # or rejected/ must be seen as a move *within* the watched tree. Watched non-recursively
+        # it is an unmatched "moved out", which watchdog holds back 0.5 s waiting for its pair —
+        # and every drop queued behind it waits too.
+        self._observer.schedule(_Handler(self), self.path, recursive=True)
         self._observer.daemon = True
         self._observer.start()
         # Files dropped while we were down (after the observer is up, so nothing falls between).
@@ -183,8 +187,11 @@ class DropWatcher:
                 os.replace(sig, os.path.join(dest_dir, dest_name + ".sig"))
             except OSError:
                 pass
-        with open(os.path.join(dest_dir, dest_name + ".reason"), "w", encoding="utf-8") as f:
+        reason = os.path.join(dest_dir, dest_name + ".reason")
+        tmp = os.path.join(dest_dir, "." + dest_name + ".reason.part")
+        with open(tmp, "w", encoding="utf-8") as f:  # whole or absent, never half-written
             f.write(text.rstrip("\n") + "\n")
+        os.replace(tmp, reason)
 
     def stop(self) -> None:
         self._stop.set()
