@@ -53,14 +53,6 @@ def _feeds(model, seed=0):
     return out
 
 
-def _ort_session(path):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
 def _window_rate(fn, seconds):
     n = 0
     t0 = time.perf_counter()
@@ -78,7 +70,7 @@ def throughput(name, builder, tmp, windows, window_s):
     path = os.path.join(tmp, f"{name}.onnx")
     onnx.save(model, path)
     feeds = _feeds(model)
-    sess = _ort_session(path)
+    sess = models.ort_session(path, threads=1)
     eng = Engine.open(path)
     try:
         ref_out, _ = eng.infer(feeds)

@@ -5,9 +5,9 @@ Every builder returns an ``onnx.ModelProto`` with deterministic random weights (
 Clip bounds are ``Constant`` nodes (folded at load, so they are not refittable weights); every
 initializer is a float32 weight.
 
-Also: ``random_weights`` (new values for every initializer, keeping BatchNorm variances positive)
-and ``with_initializers`` (the same model with replaced initializers: how the tests "refit"
-onnxruntime).
+Also: ``random_weights`` (new values for every initializer, keeping BatchNorm variances positive),
+``with_initializers`` (the same model with replaced initializers: how the tests "refit"
+onnxruntime) and ``ort_session`` (the onnxruntime session the tests and the benchmark compare with).
 """
 from __future__ import annotations
 
@@ -199,6 +199,24 @@ def with_initializers(model: onnx.ModelProto, new: dict) -> onnx.ModelProto:
         if t.name in new:
             m.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.asarray(new[t.name], np.float32), t.name))
     return m
+
+
+
+def ort_session(model, threads: int = 1):
+    """An onnxruntime CPU session for ``model`` (a ModelProto, serialized bytes or a path) on
+    ``threads`` intra-op threads, one inter-op thread, sequential execution, default graph
+    optimisations. onnxruntime is imported here: building models does not need it."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        model = str(model)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 ALL = {

@@ -22,9 +22,7 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def _ort_run(model, feeds):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = models.ort_session(model, threads=1)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, feeds)))
 

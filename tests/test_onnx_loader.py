@@ -248,9 +248,47 @@ def test_truncated_file_is_a_model_error(tmp_path):
 # ---- a real torch.onnx.export ----------------------------------------------------------------
 
 
+def _with_weights(model, new):
+    """``model`` with the weights ``new`` (name -> array) as its initializers: how onnxruntime is
+    "refitted". A name that is not an initializer must be the output of an Identity node (PyTorch
+    aliases identical tensors as Identity(initializer), which the loader makes a weight of its
+    own): that node is replaced by an initializer of that name."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    index = {t.name: i for i, t in enumerate(m.graph.initializer)}
+    for name, arr in new.items():
+        t = numpy_helper.from_array(np.asarray(arr, np.float32), name)
+        if name in index:
+            m.graph.initializer[index[name]].CopyFrom(t)
+            continue
+        aliases = [n for n in m.graph.node if n.op_type == "Identity" and list(n.output) == [name]]
+        assert len(aliases) == 1, f"weight {name!r} is neither an initializer nor an Identity output"
+        m.graph.node.remove(aliases[0])
+        m.graph.initializer.append(t)
+    return m
+
+
+def _ort_single_thread(model, feeds):
+    from models import ort_session  # tests/ is on sys.path under pytest
+
+    sess = ort_session(model, threads=1)
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def _assert_outputs_match(got, want, what):
+    assert set(got) == set(want), f"{what}: outputs {sorted(got)} != {sorted(want)}"
+    for name, ref in want.items():
+        assert got[name].shape == ref.shape, f"{what}: {name} shape {got[name].shape} != {ref.shape}"
+        np.testing.assert_allclose(got[name], ref, rtol=RTOL, atol=ATOL, err_msg=f"{what}: {name}")
+
+
 @pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_real_torch_export(tmp_path, fold, dynamo):
+    """A model exported by torch.onnx.export matches onnxruntime running the same file (rtol 1e-4,
+    atol 1e-5) with its own weights and after the same random new values for every refittable
+    weight are refitted into the engine and written into onnxruntime's initializers; torch agrees
+    too (atol 1e-4), with the new weights loaded by name."""
     torch = pytest.importorskip("torch")
     if dynamo:
         pytest.importorskip("onnxscript")  # the dynamo exporter needs it
@@ -284,23 +322,39 @@ def test_real_torch_export(tmp_path, fold, dynamo):
     elif dynamo:
         pytest.skip("this torch has no dynamo exporter")
     torch.onnx.export(net, (x,), str(path), **kwargs)
+    model = onnx.load(str(path))
+    feeds = {"x": x.numpy()}
     with Engine.open(path, input_shape={"x": (2, 3, 8, 8)}) as eng:
-        names = {s.name for s in eng.weights()}
-        assert {n for n, _ in net.named_parameters()} <= names, sorted(names)
-        out, _ = eng.infer({"x": x.numpy()})
+        specs = {s.name: s for s in eng.weights()}
+        params = {n for n, _ in net.named_parameters()}
+        assert params <= set(specs), sorted(specs)
+
+        # original weights: onnxruntime on the same file, and torch
+        out, version = eng.infer(feeds)
+        assert version == 0 and out["y"].shape == (2, 5)
+        _assert_outputs_match(out, _ort_single_thread(model, feeds), "original weights vs onnxruntime")
         with torch.no_grad():
             ref = net(x).numpy()
         np.testing.assert_allclose(out["y"], ref, rtol=RTOL, atol=1e-4)
-        assert out["y"].shape == (2, 5)
-        # refit fc1 through its ONNX name; torch with the same weight must agree
-        w = torch.randn(16, 64) * 0.1
-        eng.refit({"fc1.weight": w.numpy()}, version=2)
-        with torch.no_grad():
-            net.fc1.weight.copy_(w)
-            ref = net(x).numpy()
-        out, version = eng.infer({"x": x.numpy()})
+
+        # new random values for every refittable weight, into the engine and into onnxruntime
+        rng = np.random.default_rng(1234)
+        new = {n: (0.1 * rng.standard_normal(s.shape)).astype(np.float32) for n, s in specs.items()}
+        eng.refit(new, version=2)
+        out2, version = eng.infer(feeds)
         assert version == 2
-        np.testing.assert_allclose(out["y"], ref, rtol=RTOL, atol=1e-4)
+        assert not np.allclose(out2["y"], out["y"]), "the refit changed nothing"
+        _assert_outputs_match(out2, _ort_single_thread(_with_weights(model, new), feeds),
+                              "refitted weights vs onnxruntime")
+        for n, arr in new.items():
+            np.testing.assert_array_equal(eng.read_weight(n), arr)
+
+        # torch with the same weights, where the engine's weights are exactly its parameters
+        if set(specs) == params:
+            with torch.no_grad():
+                net.load_state_dict({n: torch.from_numpy(a) for n, a in new.items()}, strict=True)
+                ref = net(x).numpy()
+            np.testing.assert_allclose(out2["y"], ref, rtol=RTOL, atol=1e-4)
 
 
 # ---- geometry sweep: Conv / MaxPool / AveragePool shapes and values vs onnxruntime -------------
