@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "cpuinfo.h"
 #include "refit.h"
 
 #ifndef REFIT_VERSION_STRING
@@ -554,23 +555,6 @@ __attribute__((target("avx2"))) static int copy_check_chunk_avx2(uint32_t *restr
     COPY_CHECK_BODY
 }
 
-static int cpu_has_avx2(void)
-{
-    static int cached = -1; /* racy but idempotent: every thread computes the same value */
-    if (cached < 0) {
-        unsigned a, b, c, d, xcr0_lo, xcr0_hi;
-        __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
-        int osxsave = (c >> 27) & 1;
-        __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-        int avx2 = (b >> 5) & 1, ymm = 0;
-        if (osxsave) {
-            __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-            ymm = (xcr0_lo & 6) == 6;
-        }
-        cached = avx2 && ymm;
-    }
-    return cached;
-}
 #endif
 #undef COPY_CHECK_BODY
 
@@ -585,7 +569,7 @@ static long copy_checked_f32(float *dst, const float *src, size_t n, int check)
     enum { CHUNK = 16384 };
     int (*chunk)(uint32_t *restrict, const uint32_t *restrict, size_t) = copy_check_chunk;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (cpu_has_avx2())
+    if (rt_cpu_features() & RT_CPU_AVX2)
         chunk = copy_check_chunk_avx2;
 #endif
     for (size_t off = 0; off < n; off += CHUNK) {

@@ -68,8 +68,8 @@ typedef struct cpu_isa {
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
 } cpu_isa;
 
-/* Picks the best kernel set the running CPU supports (x86-64: __builtin_cpu_supports, or cpuid +
- * xgetbv); REFIT_CPU_ISA=generic|avx2|avx512 forces one (tests, benchmarks). */
+/* Picks the best kernel set the running CPU supports (rt_cpu_features, cpuinfo.h);
+ * REFIT_CPU_ISA=generic|avx2 forces a smaller one (tests, benchmarks). */
 const cpu_isa *cpu_isa_select(void);
 const cpu_isa *cpu_isa_portable(void);
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

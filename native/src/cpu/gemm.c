@@ -16,6 +16,7 @@
  * is instantiated once per ISA so its packers vectorise to that width.
  */
 #include "cpu.h"
+#include "cpuinfo.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -820,40 +821,13 @@ const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
 const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
 #endif
 
-#if defined(CPU_HAVE_X86)
-/* cpuid + xgetbv: the ground truth, for toolchains whose __builtin_cpu_supports runtime does not
- * know the CPU (zig's compiler-rt reports nothing on some recent AMD parts). */
-static int x86_has(int want_avx512)
-{
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
-    if (!fma || !osxsave || !avx) return 0;
-    unsigned xlo, xhi;
-    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    (void)xhi;
-    if ((xlo & 6u) != 6u) return 0; /* XMM and YMM state enabled by the OS */
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    if (want_avx512) return ((b >> 16) & 1) && (xlo & 0xe0u) == 0xe0u; /* avx512f + ZMM state */
-    return (b >> 5) & 1; /* avx2 */
-}
-static int has_avx512(void) { return __builtin_cpu_supports("avx512f") || x86_has(1); }
-static int has_avx2(void)
-{
-    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) || x86_has(0);
-}
-#endif
-
-/* REFIT_CPU_ISA=generic|avx2|avx512 forces a (supported) kernel set: for tests and benchmarks. */
+/* The kernel set for this CPU (cpuinfo.c; REFIT_CPU_ISA=generic|avx2 forces a smaller one). */
 const cpu_isa *cpu_isa_select(void)
 {
-    const char *force = getenv("REFIT_CPU_ISA");
-    if (force && (!strcmp(force, "generic") || !strcmp(force, "neon"))) return &isa_portable;
 #if defined(CPU_HAVE_X86)
-    __builtin_cpu_init();
-    if (force && !strcmp(force, "avx2") && has_avx2()) return &isa_avx2;
-    if (has_avx512()) return &isa_avx512;
-    if (has_avx2()) return &isa_avx2;
+    const int f = rt_cpu_features();
+    if (f & RT_CPU_AVX512) return &isa_avx512;
+    if (f & RT_CPU_AVX2) return &isa_avx2;
 #endif
     return &isa_portable;
 }
