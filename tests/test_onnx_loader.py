@@ -530,3 +530,82 @@ def test_op_sweep_matches_onnxruntime(tmp_path, case):
     rng = np.random.default_rng(case)
     with Engine.open(path) as eng:
         _assert_matches(eng, model, rng)
+
+
+# ---- attribute names ---------------------------------------------------------------------------
+
+
+def _one_node(tmp_path, op, opset, **attrs):
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"], name="n", **attrs)], "g",
+        [helper.make_tensor_value_info("x", F, [2, 3])], [helper.make_tensor_value_info("y", F, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(model, str(path))
+    return model, path
+
+
+@pytest.mark.parametrize("op,opset,attrs,words", [
+    ("Softmax", 13, dict(foo=3), ["node 'n' (Softmax): unknown attribute 'foo'"]),
+    ("LeakyRelu", 13, dict(beta=0.5), ["node 'n' (LeakyRelu): unknown attribute 'beta'"]),
+    ("LeakyRelu", 13, dict(alpha=0.2, beta=0.5), ["node 'n' (LeakyRelu): unknown attribute 'beta'"]),
+    ("Relu", 13, dict(alpha=0.2), ["node 'n' (Relu): unknown attribute 'alpha'"]),
+    # a name ONNX defines for the op, but not at the model's opset
+    ("Clip", 13, dict(min=-0.5, max=0.5), ["node 'n' (Clip): unknown attribute", "opsets 7 to 10"]),
+    ("Softmax", 7, dict(axis=1, foo=3), ["node 'n' (Softmax): unknown attribute 'foo'"]),
+])
+def test_unknown_attribute_is_refused(tmp_path, op, opset, attrs, words):
+    model, path = _one_node(tmp_path, op, opset, **attrs)
+    with pytest.raises(UnsupportedError) as info:
+        Engine.open(path)
+    message = str(info.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message
+    assert info.value.status == "REFIT_ERR_UNSUPPORTED"
+    with pytest.raises(Exception):  # onnxruntime refuses the same graph
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("op,opset,attrs", [
+    ("Softmax", 13, dict(axis=0)),
+    ("Softmax", 7, dict(axis=1)),
+    ("LeakyRelu", 13, dict(alpha=0.2)),
+    ("Clip", 10, dict(min=-0.5, max=0.5)),
+    ("Relu", 13, {}),
+])
+def test_known_attributes_still_load(tmp_path, op, opset, attrs):
+    model, path = _one_node(tmp_path, op, opset, **attrs)
+    with Engine.open(path) as eng:
+        _assert_matches(eng, model, np.random.default_rng(1))
+
+
+def test_attribute_table_matches_onnx_schemas():
+    """The table in onnx.c (op -> attribute names, with the opsets that define each) is what
+    onnx.defs says for every op in it, for opsets 7..the table's (or the installed onnx's) newest."""
+    import re
+    src = (ROOT / "native" / "src" / "onnx.c").read_text()
+    table_opset = int(re.search(r"#define OX_ATTR_TABLE_OPSET (\d+)", src).group(1))
+    body = " ".join(src.split("op_attr_table[] = {", 1)[1].split("\n};", 1)[0].split())
+    table = {}
+    for m in re.finditer(r'\{"(\w+)", \{((?:\{[^{}]*\},? ?)*)\}\}', body):
+        table[m.group(1)] = {a: (int(lo), int(hi)) for a, lo, hi in
+                             re.findall(r'\{"(\w+)", (\d+), (\d+)\}', m.group(2))}
+    assert list(table) == sorted(table), "op_attr_table must stay sorted for bsearch"
+    assert len(table) == len(re.findall(r'\{"\w+", \{\{', body)) > 40  # every row was read
+    # every op build_node dispatches (IS("Op")) or folds (is_fold_op) has a row
+    dispatched = set(re.findall(r'IS\("(\w+)"\)', src))
+    dispatched |= set(re.findall(r'"(\w+)"', src.split("static int is_fold_op(", 1)[1].split("NULL};", 1)[0]))
+    assert dispatched == set(table)
+    top = min(table_opset, onnx.defs.onnx_opset_version())
+    for op, attrs in table.items():
+        for opset in range(7, top + 1):
+            try:
+                schema = onnx.defs.get_schema(op, opset)
+            except onnx.defs.SchemaError:
+                want = set()
+            else:
+                want = set(schema.attributes)
+            have = {a for a, (lo, hi) in attrs.items() if lo <= opset and (hi == 0 or opset <= hi)}
+            assert have == want, (op, opset)

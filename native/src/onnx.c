@@ -2628,12 +2628,127 @@ static int is_fold_op(const char *op)
     return 0;
 }
 
+/* The attributes ONNX defines for each op the loader accepts (run-time and load-time-folded ops),
+ * with the opsets that define them: `since` is the first opset with the attribute, `until` the
+ * last (0: still defined). Generated from onnx.defs.get_schema(op, opset).attributes for opsets
+ * 7..OX_ATTR_TABLE_OPSET (tests/test_onnx_loader.py checks it against the installed onnx
+ * package). A node's attribute outside this set is refused, as onnxruntime does: the loader
+ * would otherwise ignore it and compute something else than the model means. Sorted by op
+ * (strcmp order) for bsearch. */
+#define OX_ATTR_TABLE_OPSET 28
+#define OX_MAX_OP_ATTRS 9 /* Constant has 8; the last entry is always {NULL} */
+typedef struct ox_attr_spec {
+    const char *name;
+    int since, until;
+} ox_attr_spec;
+typedef struct ox_op_attrs {
+    const char *op;
+    ox_attr_spec a[OX_MAX_OP_ATTRS];
+} ox_op_attrs;
+static const ox_op_attrs op_attr_table[] = {
+    {"Abs", {{0}}},
+    {"Add", {{0}}},
+    {"AveragePool",
+     {{"auto_pad", 7, 0}, {"count_include_pad", 7, 0}, {"kernel_shape", 7, 0}, {"pads", 7, 0},
+      {"strides", 7, 0}, {"ceil_mode", 10, 0}, {"dilations", 19, 0}}},
+    {"BatchNormalization",
+     {{"epsilon", 7, 0}, {"momentum", 7, 0}, {"spatial", 7, 8}, {"training_mode", 14, 0}}},
+    {"Cast", {{"to", 7, 0}, {"saturate", 19, 0}, {"round_mode", 24, 0}}},
+    {"Ceil", {{0}}},
+    {"Clip", {{"max", 7, 10}, {"min", 7, 10}}},
+    {"Concat", {{"axis", 7, 0}}},
+    {"Constant",
+     {{"value", 7, 0}, {"sparse_value", 11, 0}, {"value_float", 12, 0}, {"value_floats", 12, 0},
+      {"value_int", 12, 0}, {"value_ints", 12, 0}, {"value_string", 12, 0},
+      {"value_strings", 12, 0}}},
+    {"ConstantOfShape", {{"value", 9, 0}}},
+    {"Conv",
+     {{"auto_pad", 7, 0}, {"dilations", 7, 0}, {"group", 7, 0}, {"kernel_shape", 7, 0},
+      {"pads", 7, 0}, {"strides", 7, 0}}},
+    {"Div", {{0}}},
+    {"Dropout", {{"ratio", 7, 11}, {"seed", 12, 0}}},
+    {"Equal", {{0}}},
+    {"Exp", {{0}}},
+    {"Expand", {{0}}},
+    {"Flatten", {{"axis", 7, 0}}},
+    {"Floor", {{0}}},
+    {"Gather", {{"axis", 7, 0}}},
+    {"Gemm", {{"alpha", 7, 0}, {"beta", 7, 0}, {"transA", 7, 0}, {"transB", 7, 0}}},
+    {"GlobalAveragePool", {{0}}},
+    {"Greater", {{0}}},
+    {"Identity", {{0}}},
+    {"LeakyRelu", {{"alpha", 7, 0}}},
+    {"Less", {{0}}},
+    {"Log", {{0}}},
+    {"MatMul", {{0}}},
+    {"Max", {{0}}},
+    {"MaxPool",
+     {{"auto_pad", 7, 0}, {"kernel_shape", 7, 0}, {"pads", 7, 0}, {"strides", 7, 0},
+      {"storage_order", 8, 0}, {"ceil_mode", 10, 0}, {"dilations", 10, 0}}},
+    {"Min", {{0}}},
+    {"Mul", {{0}}},
+    {"Neg", {{0}}},
+    {"Not", {{0}}},
+    {"Pow", {{0}}},
+    {"Range", {{"stash_type", 27, 0}}},
+    {"Reciprocal", {{0}}},
+    {"ReduceMean", {{"axes", 7, 17}, {"keepdims", 7, 0}, {"noop_with_empty_axes", 18, 0}}},
+    {"Relu", {{0}}},
+    {"Reshape", {{"allowzero", 14, 0}}},
+    {"Shape", {{"end", 15, 0}, {"start", 15, 0}}},
+    {"Sigmoid", {{0}}},
+    {"Size", {{0}}},
+    {"Slice", {{"axes", 7, 9}, {"ends", 7, 9}, {"starts", 7, 9}}},
+    {"Softmax", {{"axis", 7, 0}}},
+    {"Sqrt", {{0}}},
+    {"Squeeze", {{"axes", 7, 12}}},
+    {"Sub", {{0}}},
+    {"Tanh", {{0}}},
+    {"Transpose", {{"perm", 7, 0}}},
+    {"Unsqueeze", {{"axes", 7, 12}}},
+    {"Where", {{0}}},
+};
+
+static int op_attrs_cmp(const void *key, const void *ent)
+{
+    return strcmp((const char *)key, ((const ox_op_attrs *)ent)->op);
+}
+
+/* Every attribute name of a node whose op is in op_attr_table must be one ONNX defines for that
+ * op at the model's opset. Ops not in the table are refused later as unsupported. */
+static int check_attr_names(loader *L, const ox_node *n)
+{
+    const ox_op_attrs *t = bsearch(n->op, op_attr_table, sizeof op_attr_table / sizeof op_attr_table[0],
+                                   sizeof op_attr_table[0], op_attrs_cmp);
+    if (!t)
+        return 0;
+    for (int i = 0; i < n->n_attrs; i++) {
+        const char *name = n->attrs[i].name;
+        const ox_attr_spec *s = t->a;
+        while (s->name && strcmp(s->name, name) != 0)
+            s++;
+        if (!s->name)
+            return nfail(L, n, REFIT_ERR_UNSUPPORTED, "unknown attribute '%.80s'", name);
+        if (L->opset < s->since)
+            return nfail(L, n, REFIT_ERR_UNSUPPORTED,
+                         "unknown attribute '%s' (%s defines it from opset %d; the model imports "
+                         "opset %lld)", name, t->op, s->since, (long long)L->opset);
+        if (s->until && L->opset > s->until)
+            return nfail(L, n, REFIT_ERR_UNSUPPORTED,
+                         "unknown attribute '%s' (%s defines it in opsets %d to %d; the model "
+                         "imports opset %lld)", name, t->op, s->since, s->until, (long long)L->opset);
+    }
+    return 0;
+}
+
 static int build_node(loader *L, const ox_node *n)
 {
     const char *op = n->op;
     int rc;
     if (n->domain[0] && strcmp(n->domain, "ai.onnx") != 0)
         return nfail(L, n, REFIT_ERR_UNSUPPORTED, "domain '%.60s' not supported", n->domain);
+    if ((rc = check_attr_names(L, n)))
+        return rc;
     if (n->n_out < 1 || !n->out[0][0])
         return nfail(L, n, REFIT_ERR_MODEL, "no output");
     if ((rc = reserve_vals(L, 8)) || (rc = reserve_nodes(L, 4)))

@@ -930,6 +930,96 @@ static void test_large_unsorted_graph(void)
     free(data);
 }
 
+/* x[4] -> op (named `name`, with one attribute `attr`: an INT, or a FLOAT if is_float) -> y, at
+ * `opset`. attr NULL: no attribute. */
+static unsigned char *one_node_model(const char *op, const char *name, const char *attr, int is_float,
+                                     double val, int opset, size_t *size)
+{
+    wbuf graph = {0}, model = {0}, opsetid = {0}, node = {0}, a = {0};
+    wb_str(&node, 1, "x");
+    wb_str(&node, 2, "y");
+    wb_str(&node, 3, name);
+    wb_str(&node, 4, op);
+    if (attr) {
+        wb_str(&a, 1, attr);
+        if (is_float) {
+            float f = (float)val;
+            uint32_t bits;
+            memcpy(&bits, &f, sizeof bits);
+            unsigned char le[4] = {(unsigned char)bits, (unsigned char)(bits >> 8),
+                                   (unsigned char)(bits >> 16), (unsigned char)(bits >> 24)};
+            wb_varint(&a, 2 << 3 | 5);
+            wb_bytes(&a, le, 4);
+            wb_varint(&a, 20 << 3);
+            wb_varint(&a, 1); /* FLOAT */
+        } else {
+            wb_varint(&a, 3 << 3);
+            wb_varint(&a, (uint64_t)(int64_t)val);
+            wb_varint(&a, 20 << 3);
+            wb_varint(&a, 2); /* INT */
+        }
+        wb_msg(&node, 5, &a);
+    }
+    wb_msg(&graph, 1, &node);
+    wb_value_info(&graph, 11, "x", 4);
+    wb_value_info(&graph, 12, "y", 4);
+    wb_varint(&model, 1 << 3);
+    wb_varint(&model, 8);
+    wb_varint(&opsetid, 2 << 3);
+    wb_varint(&opsetid, (uint64_t)opset);
+    wb_msg(&model, 8, &opsetid);
+    wb_msg(&model, 7, &graph);
+    *size = model.n;
+    return model.p;
+}
+
+/* Loads the one-node model; want == 0: it must load, else it must be refused with `want` and a
+ * one-line message containing msg (and msg2 if given). */
+static void attr_case(const char *op, const char *attr, int is_float, double val, int opset, int want,
+                      const char *msg, const char *msg2)
+{
+    size_t size;
+    unsigned char *data = one_node_model(op, "n", attr, is_float, val, opset, &size);
+    rt_graph *g = NULL;
+    char err[256] = "";
+    int rc = rt_graph_from_onnx(data, size, NULL, &g, err, sizeof err);
+    if (!want)
+        CHECK(rc == 0 && g && validate(g) == 0, "%s with '%s' at opset %d loads: rc=%d %s", op,
+              attr ? attr : "(none)", opset, rc, err);
+    else
+        CHECK(rc == want && !g && strstr(err, msg) && (!msg2 || strstr(err, msg2)) && !strchr(err, '\n'),
+              "%s with '%s' at opset %d: rc=%d (want %d) msg='%s'", op, attr, opset, rc, want, err);
+    rt_graph_destroy(g);
+    free(data);
+}
+
+/* Attribute names are checked against what ONNX defines for the op at the model's opset. */
+static void test_unknown_attributes(void)
+{
+    const int U = REFIT_ERR_UNSUPPORTED;
+    attr_case("Softmax", "foo", 0, 3, 13, U, "node 'n' (Softmax): unknown attribute 'foo'", NULL);
+    attr_case("Softmax", "axis", 0, -1, 13, 0, NULL, NULL);
+    attr_case("LeakyRelu", "beta", 1, 0.5, 13, U, "node 'n' (LeakyRelu): unknown attribute 'beta'", NULL);
+    attr_case("LeakyRelu", "alpha", 1, 0.2, 13, 0, NULL, NULL);
+    attr_case("Relu", "alpha", 1, 0.2, 13, U, "node 'n' (Relu): unknown attribute 'alpha'", NULL);
+    attr_case("Relu", NULL, 0, 0, 13, 0, NULL, NULL);
+    /* names of another opset of the op: Clip's bounds are attributes only before 11 */
+    attr_case("Clip", "min", 1, -1, 10, 0, NULL, NULL);
+    attr_case("Clip", "min", 1, -1, 13, U, "node 'n' (Clip): unknown attribute 'min'", "opsets 7 to 10");
+    attr_case("Squeeze", "axes", 0, 0, 13, U, "node 'n' (Squeeze): unknown attribute 'axes'", "opset 13");
+    attr_case("MaxPool", "dilations", 0, 1, 8, U, "node 'n' (MaxPool): unknown attribute 'dilations'",
+              "from opset 10");
+    attr_case("BatchNormalization", "is_test", 0, 1, 7, U, "unknown attribute 'is_test'", NULL);
+    attr_case("Gemm", "broadcast", 0, 1, 7, U, "node 'n' (Gemm): unknown attribute 'broadcast'", NULL);
+    /* the check comes before every other refusal of an op the loader knows ... */
+    attr_case("Gather", "foo", 0, 0, 13, U, "node 'n' (Gather): unknown attribute 'foo'", NULL);
+    attr_case("Dropout", "ratio", 1, 0.5, 13, U, "node 'n' (Dropout): unknown attribute 'ratio'", NULL);
+    attr_case("Dropout", "seed", 0, 1, 13, 0, NULL, NULL);
+    /* ... and an op it does not know is refused as such, whatever its attributes */
+    attr_case("Erf", "foo", 0, 1, 13, U, "node 'n' (Erf): unsupported op", NULL);
+    attr_case("Softmax", "", 0, 1, 13, U, "node 'n' (Softmax): unknown attribute ''", NULL);
+}
+
 /* Feeds every truncation and seeded random mutations of a model to the loader: each must
  * return an error with a message, or a graph that passes validate(). */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -1352,6 +1442,7 @@ int main(void)
     test_dynamo_linear();
     test_large_unsorted_graph();
     test_errors();
+    test_unknown_attributes();
     fuzz_model("cnn", 3000 * scale);
     fuzz_model("torch_like", 3000 * scale);
     fuzz_model("fold_misc", 1000 * scale);
