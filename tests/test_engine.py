@@ -266,3 +266,10 @@ def test_nonfinite_found_at_any_position(tmp_path, index, value, word):
             eng.refit({"w": bad}, version=2)
         assert eng.version == 1
         np.testing.assert_array_equal(eng.read_weight("w"), good)
+
+
+@pytest.mark.parametrize("version", [-1, 1.5, "3", True, 2**64])
+def test_bad_version_numbers_are_refused_not_truncated(seed, version):
+    with pytest.raises(E.EngineError, match="version must be an integer"):
+        seed.refit({"conv.weight": np.ones((1, 1, 3, 3), np.float32)}, version=version)
+    assert seed.version == 0

@@ -66,7 +66,7 @@ def test_the_serving_package_delivered_again_is_already_applied(pipeline, engine
     assert pipeline.apply(path).ok
     before = store_digest(store.path)
     again = pipeline.apply(path)
-    assert (again.ok, again.version, again.reason) == (True, 1, None)
+    assert (again.ok, again.version, again.reason, again.stage) == (True, 1, None, "already-applied")
     assert store_digest(store.path) == before and y_of(engine) == (9.0, 1)
     other = pipeline.apply(pkg(tmp_path, engine, 2, 1))
     assert not other.ok and other.reason == "package version 1 equals the serving version 1"

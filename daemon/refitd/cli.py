@@ -216,7 +216,9 @@ def _report_outcome(args, resp: Dict[str, Any], verb: str) -> int:
     if not resp.get("ok"):
         stage = resp.get("stage")
         raise CliError("%s failed%s: %s" % (verb, " at " + stage if stage else "", resp.get("error")))
-    if not args.json:
+    if not args.json and resp.get("stage") == "already-applied":
+        print("version %s is this very package and already serving; nothing to do" % resp.get("version"))
+    elif not args.json:
         secs = resp.get("seconds")
         print("%s version %s%s; serving version %s" % (
             "applied" if verb == "apply" else "rolled back to", resp.get("version"),

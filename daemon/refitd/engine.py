@@ -205,6 +205,14 @@ def _option_string(key: str, value) -> str:
     return str(value)
 
 
+def _version(version) -> int:
+    """A weight version is an integer in [0, 2**64): anything else is refused, not truncated."""
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 0 <= version < 2**64:
+        raise EngineError(f"version must be an integer from 0 to 2**64-1, got {version!r}",
+                          "REFIT_ERR_INVALID_ARG")
+    return int(version)
+
+
 def _tensor_array(tensors: Dict[str, np.ndarray], keep: list):
     """Builds a refit_tensor[] for `tensors`; `keep` holds what C points into."""
     if not isinstance(tensors, dict):
@@ -418,18 +426,20 @@ class Engine:
 
     def refit(self, tensors: Dict[str, np.ndarray], version: int, allow_nonfinite: Optional[bool] = None) -> None:
         """Applies `tensors` as weight `version`, all or nothing; raises a RefitError naming the tensor."""
+        version = _version(version)
         keep: list = []
         arr = _tensor_array(tensors, keep)
-        _check(self._lib.refit_engine_refit(self._live(), arr, len(tensors), int(version),
+        _check(self._lib.refit_engine_refit(self._live(), arr, len(tensors), version,
                                             self._flags(allow_nonfinite)))
 
     def stage(self, tensors: Dict[str, np.ndarray], version: int, allow_nonfinite: Optional[bool] = None) -> Staged:
+        version = _version(version)
         keep: list = []
         arr = _tensor_array(tensors, keep)
         out = ffi.new("refit_staged **")
-        _check(self._lib.refit_engine_stage(self._live(), arr, len(tensors), int(version),
+        _check(self._lib.refit_engine_stage(self._live(), arr, len(tensors), version,
                                             self._flags(allow_nonfinite), out))
-        return Staged(self, ffi.gc(out[0], _keepref(self._lib, self._lib.refit_staged_destroy)), int(version))
+        return Staged(self, ffi.gc(out[0], _keepref(self._lib, self._lib.refit_staged_destroy)), version)
 
     def publish(self, staged: Staged) -> None:
         if staged._handle is None:

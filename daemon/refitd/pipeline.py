@@ -212,6 +212,11 @@ class Pipeline:
             version: Optional[int] = None
             try:
                 version, info = self._apply_locked(path, source)
+                if info.get("already_applied"):  # the serving package again: nothing changed
+                    out = Outcome(True, version, None, "already-applied", time.perf_counter() - t0, previous)
+                    self.events.emit("update.already_applied", version=version, source=source, path=path)
+                    self.last = out
+                    return out
                 # seconds: file -> serving (publish returned); retention ran after that
                 out = Outcome(True, version, None, "done", self._served_at - t0, previous)
                 self.events.emit("update.applied", version=version, previous=previous,
@@ -259,8 +264,7 @@ class Pipeline:
         if pkg.version == cur and store.manifest(cur).get("package_sha256") == pkg.sha256:
             # The very package already serving, delivered again (a file re-taken after a crash
             # between commit and moving it to applied/, a QoS 1 duplicate): nothing to do.
-            self._served_at = time.perf_counter()
-            return pkg.version, {"already_applied": True, "tensors": len(pkg.tensors)}
+            return pkg.version, {"already_applied": True}
         if high is not None and pkg.version <= high:
             if pkg.version == cur:
                 why = "package version %d equals the serving version %d" % (pkg.version, cur)

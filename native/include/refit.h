@@ -30,15 +30,16 @@
  *       return 1;
  *   }
  *   refit_context *ctx = NULL;
- *   refit_context_create(eng, &ctx);
+ *   if (refit_context_create(eng, &ctx) != REFIT_OK) { ... }
  *   const void *in[1] = {input};      size_t in_bytes[1] = {sizeof input};
  *   void *out[1] = {output};          size_t out_bytes[1] = {sizeof output};
  *   uint64_t version = 0;
- *   refit_context_run(ctx, in, in_bytes, 1, out, out_bytes, 1, &version);
+ *   if (refit_context_run(ctx, in, in_bytes, 1, out, out_bytes, 1, &version) != REFIT_OK) { ... }
  *
  *   int64_t kshape[4] = {1, 1, 3, 3};
  *   refit_tensor t = {"conv.weight", REFIT_DTYPE_FLOAT32, 4, kshape, ones, sizeof ones};
- *   refit_engine_refit(eng, &t, 1, 2, 0);   // version 2, all-or-nothing
+ *   if (refit_engine_refit(eng, &t, 1, 2, 0) != REFIT_OK)   // version 2, all-or-nothing
+ *       fprintf(stderr, "refit refused: %s\n", refit_last_error());   // still serving version 0
  *
  *   refit_context_destroy(ctx);
  *   refit_engine_destroy(eng);
@@ -195,7 +196,8 @@ REFIT_API REFIT_NODISCARD refit_status refit_engine_read_weight(refit_engine *en
 
 /* Refits `count` tensors as weight version `version`: validates every name, dtype, shape, byte
  * length and (unless REFIT_ALLOW_NONFINITE) every value first, then publishes the new set
- * atomically. Tensors not named keep their current data (shared, not copied). On any error
+ * atomically. The caller keeps ownership of `tensors` and their data, copied before return.
+ * Tensors not named keep their current data (shared, not copied). On any error
  * nothing changes and the message names the tensor and the cause. Inference continues
  * throughout; the call returns once the new set is published and the old set is freed (which
  * waits only for inferences already running on it). */
@@ -203,9 +205,12 @@ REFIT_API REFIT_NODISCARD refit_status refit_engine_refit(refit_engine *engine,
                                                           const refit_tensor *tensors, size_t count,
                                                           uint64_t version, uint32_t flags);
 
-/* Stage: the validation and copy half of refit, without publishing. *out owns a weight set
- * built on the currently published one; run inference on it with refit_context_run_staged
- * (a shadow check), then refit_engine_publish it or refit_staged_destroy it. */
+/* Stage: the validation and copy half of refit, without publishing. As with refit, the caller
+ * keeps ownership of `tensors` and their data (copied before return). *out owns a weight set
+ * built on the currently published one (free with refit_staged_destroy); run inference on it
+ * with refit_context_run_staged (a shadow check), then refit_engine_publish it or destroy it.
+ * A staged handle belongs to one thread at a time: do not run it on one thread while another
+ * publishes or destroys it. */
 REFIT_API REFIT_NODISCARD refit_status refit_engine_stage(refit_engine *engine,
                                                           const refit_tensor *tensors, size_t count,
                                                           uint64_t version, uint32_t flags,
