@@ -85,22 +85,10 @@ def seed_package(path: str, k: float, version: int, fp: str, base: Optional[int]
 
 
 def chain_model(path: str, n: int = 4, size: int = 1 << 18) -> str:
-    """y = x + w0 + ... + w{n-1}; every w float32[size] (zeros): n MiB-sized weights, so an
-    apply takes long enough for a SIGKILL to land inside it."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits = [numpy_helper.from_array(np.zeros((size,), np.float32), "w%d" % i) for i in range(n)]
-    nodes, prev = [], "x"
-    for i in range(n):
-        out = "y" if i == n - 1 else "s%d" % i
-        nodes.append(helper.make_node("Add", [prev, "w%d" % i], [out], name="add%d" % i))
-        prev = out
-    graph = helper.make_graph(nodes, "chain",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
+    """conftest's chain model with MiB-sized weights by default, so an apply takes long enough
+    for a SIGKILL to land inside it."""
+    from conftest import add_chain_model
+    return str(add_chain_model(path, n, size))
 
 
 def chain_package(path: str, version: int, fp: str, n: int = 4, size: int = 1 << 18) -> str:
