@@ -8,6 +8,7 @@
 #include "graph.h"
 #include "pb.h"
 #include "check.h"
+#include "pbwrite.h"
 #include "refit.h"
 
 #include <math.h>
@@ -825,48 +826,6 @@ static void test_errors(void)
 }
 
 /* ---- a protobuf writer for synthetic models ---------------------------------------------- */
-
-typedef struct wbuf {
-    unsigned char *p;
-    size_t n, cap;
-} wbuf;
-
-static void wb_bytes(wbuf *b, const void *d, size_t n)
-{
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-
-static void wb_varint(wbuf *b, uint64_t v)
-{
-    unsigned char t[10];
-    int n = 0;
-    do {
-        t[n++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-        v >>= 7;
-    } while (v);
-    wb_bytes(b, t, (size_t)n);
-}
-
-static void wb_len(wbuf *b, unsigned field, const void *d, size_t n)
-{
-    wb_varint(b, (uint64_t)field << 3 | 2);
-    wb_varint(b, n);
-    wb_bytes(b, d, n);
-}
-
-static void wb_str(wbuf *b, unsigned field, const char *s) { wb_len(b, field, s, strlen(s)); }
-
-static void wb_msg(wbuf *b, unsigned field, wbuf *m)
-{
-    wb_len(b, field, m->p, m->n);
-    free(m->p);
-    memset(m, 0, sizeof *m);
-}
 
 /* ValueInfoProto: float tensor of shape [dim] */
 static void wb_value_info(wbuf *b, unsigned field, const char *name, int64_t dim)
