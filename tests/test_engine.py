@@ -244,28 +244,35 @@ print("done")
     assert proc.returncode == 0 and proc.stdout.strip() == "done", (proc.returncode, proc.stderr[-2000:])
 
 
-@pytest.mark.parametrize("index, value, word", [(0, np.nan, "NaN"), (16383, np.inf, "+Inf"),
-                                                (16384, -np.inf, "-Inf"), (39999, np.nan, "NaN")])
-def test_nonfinite_found_at_any_position(tmp_path, index, value, word):
-    """The copy checks finiteness chunk by chunk: a bad value at a chunk edge or at the very end
-    is found and named by its element index, and nothing changes."""
+@pytest.mark.parametrize("n, index, value, word", [
+    (40000, 0, np.nan, "NaN"), (40000, 16383, np.inf, "+Inf"), (40000, 16384, -np.inf, "-Inf"),
+    (40000, 39999, np.nan, "NaN"),
+    # >= 1 MiB: the streaming (AVX2) copy; 262147 floats leave a 3-element scalar tail
+    (262147, 7, np.nan, "NaN"), (262147, 16384 * 5 + 3, np.inf, "+Inf"), (262147, 262146, -np.inf, "-Inf"),
+])
+def test_nonfinite_found_at_any_position(tmp_path, n, index, value, word):
+    """The copy checks finiteness chunk by chunk: a bad value at a chunk edge, in a vector tail or
+    at the very end is found and named by its element index, and nothing changes."""
     from onnx import TensorProto, helper, numpy_helper
 
-    w = numpy_helper.from_array(np.zeros((200, 200), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 200])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 200])], [w])
-    path = tmp_path / "mm.onnx"
+    w = numpy_helper.from_array(np.zeros((n,), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "add",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])], [w])
+    path = tmp_path / "add.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     with Engine.open(path) as eng:
-        good = np.ones((200, 200), np.float32)
+        good = np.arange(n, dtype=np.float32)
         eng.refit({"w": good}, version=1)
+        np.testing.assert_array_equal(eng.read_weight("w"), good)
         bad = good.copy()
-        bad.flat[index] = value
+        bad[index] = value
         with pytest.raises(E.NonFiniteError, match=f"'w': {re.escape(word)} at element {index} "):
             eng.refit({"w": bad}, version=2)
         assert eng.version == 1
         np.testing.assert_array_equal(eng.read_weight("w"), good)
+        out, v = eng.infer({"x": np.ones(n, np.float32)})
+        assert v == 1 and np.array_equal(out["y"], good + 1)
 
 
 @pytest.mark.parametrize("version", [-1, 1.5, "3", True, 2**64])

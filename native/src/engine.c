@@ -24,6 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 #include <time.h>
 
 #include "backend.h"
@@ -533,30 +536,42 @@ static long first_nonfinite_f32(const float *src, size_t n)
 
 /* One chunk of copy_checked_f32: copies and ORs a "non-finite" mask in the same pass, so each
  * element is read once (the exponent bits all set <=> the magnitude bits exceed FLT_MAX's). */
-#define COPY_CHECK_BODY                                                                          \
-    int32_t bad = 0;                                                                           \
-    for (size_t i = 0; i < len; i++) {                                                         \
-        uint32_t v = src[i];                                                                   \
-        dst[i] = v;                                                                            \
-        bad |= (int32_t)(v & 0x7fffffffu) > 0x7f7fffff;                                        \
-    }                                                                                          \
-    return bad;
-
 static int copy_check_chunk(uint32_t *restrict dst, const uint32_t *restrict src, size_t len)
 {
-    COPY_CHECK_BODY
+    int32_t bad = 0;
+    for (size_t i = 0; i < len; i++) {
+        uint32_t v = src[i];
+        dst[i] = v;
+        bad |= (int32_t)(v & 0x7fffffffu) > 0x7f7fffff;
+    }
+    return bad;
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* AVX2 with streaming stores: a large weight does not fit the caches anyway, and streaming
+ * spares the read-for-ownership of every destination line (what glibc's memcpy does for large
+ * copies). dst is 32-byte aligned: blobs are 64-byte aligned and chunks start at multiples of
+ * 64 KiB. The caller fences before the set is published. */
 __attribute__((target("avx2"))) static int copy_check_chunk_avx2(uint32_t *restrict dst,
                                                                   const uint32_t *restrict src,
                                                                   size_t len)
 {
-    COPY_CHECK_BODY
+    const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), finite_max = _mm256_set1_epi32(0x7f7fffff);
+    __m256i bad = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(src + i));
+        _mm256_stream_si256((__m256i *)(void *)(dst + i), v);
+        bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(_mm256_and_si256(v, magnitude), finite_max));
+    }
+    int tail = 0;
+    for (; i < len; i++) {
+        dst[i] = src[i];
+        tail |= (int32_t)(src[i] & 0x7fffffffu) > 0x7f7fffff;
+    }
+    return tail || !_mm256_testz_si256(bad, bad);
 }
-
 #endif
-#undef COPY_CHECK_BODY
 
 /* Copies n float32 values, checking finiteness in the same pass (as close to memcpy as the check
  * allows). Returns the index of the first non-finite value (-1 if none, or if check is 0). */
@@ -566,18 +581,23 @@ static long copy_checked_f32(float *dst, const float *src, size_t n, int check)
         memcpy(dst, src, n * sizeof *dst);
         return -1;
     }
-    enum { CHUNK = 16384 };
+    enum { CHUNK = 16384, STREAM_BYTES = 1 << 20 }; /* smaller weights stay cache-hot */
     int (*chunk)(uint32_t *restrict, const uint32_t *restrict, size_t) = copy_check_chunk;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (rt_cpu_features() & RT_CPU_AVX2)
+    if (n * sizeof *dst >= STREAM_BYTES && (rt_cpu_features() & RT_CPU_AVX2))
         chunk = copy_check_chunk_avx2;
 #endif
-    for (size_t off = 0; off < n; off += CHUNK) {
+    long bad = -1;
+    for (size_t off = 0; off < n && bad < 0; off += CHUNK) {
         size_t len = n - off < CHUNK ? n - off : CHUNK;
         if (chunk((uint32_t *)(void *)(dst + off), (const uint32_t *)(const void *)(src + off), len))
-            return (long)off + first_nonfinite_f32(src + off, len);
+            bad = (long)off + first_nonfinite_f32(src + off, len);
     }
-    return -1;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (chunk == copy_check_chunk_avx2)
+        _mm_sfence(); /* streaming stores are weakly ordered: complete them before publishing */
+#endif
+    return bad;
 }
 
 static long copy_checked_f16(float *dst, const uint16_t *src, size_t n, int check)
