@@ -44,15 +44,6 @@ import models  # noqa: E402
 from refitd.engine import Engine  # noqa: E402
 
 
-def _feeds(model, seed=0):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for vi in model.graph.input:
-        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        out[vi.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
-
-
 def _window_rate(fn, seconds):
     n = 0
     t0 = time.perf_counter()
@@ -69,7 +60,7 @@ def throughput(name, builder, tmp, windows, window_s):
     model = builder()
     path = os.path.join(tmp, f"{name}.onnx")
     onnx.save(model, path)
-    feeds = _feeds(model)
+    feeds = models.random_inputs(model)
     sess = models.ort_session(path, threads=1)
     eng = Engine.open(path)
     try:
@@ -146,7 +137,7 @@ def latency(tmp, slices, slice_s, period_s=0.05):
     model = models.mobilenetv2_block()
     path = os.path.join(tmp, "latency.onnx")
     onnx.save(model, path)
-    feeds = _feeds(model)
+    feeds = models.random_inputs(model)
     eng = Engine.open(path)
     sets = [models.random_weights(model, seed) for seed in (3, 4)]
     state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": []}

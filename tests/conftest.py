@@ -162,3 +162,18 @@ def write_pkg(path, tensors, version: int, model: str, base: Optional[int] = Non
 def y_of(eng) -> Tuple[float, int]:
     out, version = eng.infer(ONES)
     return float(out["y"].ravel()[0]), version
+
+
+def fail_replace(monkeypatch, suffix: str) -> list:
+    """Makes os.replace fail with ENOSPC for destinations ending in `suffix` (a disk that fills
+    at that step); returns the list of every destination os.replace was asked for."""
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if str(dst).endswith(suffix):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return calls

@@ -226,3 +226,10 @@ ALL = {
     "mobilenetv2_block": mobilenetv2_block,
     "resnet_block": resnet_block,
 }
+
+
+def random_inputs(model, seed=0):
+    """Standard-normal float32 feeds for every graph input of `model`, from `seed`."""
+    rng = np.random.default_rng(seed)
+    return {vi.name: rng.standard_normal([d.dim_value for d in vi.type.tensor_type.shape.dim])
+            .astype(np.float32) for vi in model.graph.input}

@@ -27,15 +27,6 @@ def _ort_run(model, feeds):
     return dict(zip(names, sess.run(None, feeds)))
 
 
-def _inputs(model, seed):
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for vi in model.graph.input:
-        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
-
-
 def _assert_match(got, want, what):
     assert set(got) == set(want), f"{what}: outputs {sorted(got)} != {sorted(want)}"
     for name, ref in want.items():
@@ -71,19 +62,19 @@ def test_matches_onnxruntime_before_and_after_refit(name, isa, tmp_path, monkeyp
             assert specs[n].shape == arr.shape and specs[n].dtype == "float32"
 
         for seed in (10, 11):
-            feeds = _inputs(model, seed)
+            feeds = models.random_inputs(model, seed)
             outs, version = eng.infer(feeds)
             assert version == 0
             _assert_match(outs, _ort_run(model, feeds), f"{name} original weights, input {seed}")
 
         new = models.random_weights(model, seed=99)
         # Sanity: the new weights really change the result (a refit that did nothing would fail).
-        feeds = _inputs(model, 12)
+        feeds = models.random_inputs(model, 12)
         before, _ = eng.infer(feeds)
         eng.refit(new, 7)
         refitted = models.with_initializers(model, new)
         for seed in (12, 13):
-            feeds = _inputs(model, seed)
+            feeds = models.random_inputs(model, seed)
             outs, version = eng.infer(feeds)
             assert version == 7
             _assert_match(outs, _ort_run(refitted, feeds), f"{name} refitted weights, input {seed}")
@@ -105,7 +96,7 @@ def test_partial_refit_matches_onnxruntime(tmp_path):
         new = models.random_weights(model, seed=5)
         part = {k: v for k, v in new.items() if k in ("stem.weight", "fc.weight", "fc.bias")}
         eng.refit(part, 3)
-        feeds = _inputs(model, 21)
+        feeds = models.random_inputs(model, 21)
         outs, version = eng.infer(feeds)
         assert version == 3
         _assert_match(outs, _ort_run(models.with_initializers(model, part), feeds), "resnet partial refit")

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ONES, ROOT, RecordingEvents, kernel, store_digest, write_pkg, y_of
+from conftest import ONES, ROOT, RecordingEvents, fail_replace, kernel, store_digest, write_pkg, y_of
 from refitd.engine import Engine
 from refitd.health import HealthError, ShadowCheck, WatchWindow
 from refitd.pipeline import Outcome, Pipeline
@@ -445,16 +445,7 @@ def test_publish_failure_reverts_the_commit(pipeline, engine, store, events, tmp
 def test_store_write_failure_leaves_store_unchanged(pipeline, engine, store, tmp_path, monkeypatch):
     assert pipeline.apply(pkg(tmp_path, engine, 1, 1)).ok
     before = store_digest(store.path)
-    real = os.replace
-    calls = []
-
-    def failing_replace(src, dst):
-        calls.append(dst)
-        if dst.endswith(".json"):
-            raise OSError(28, "No space left on device")
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
+    calls = fail_replace(monkeypatch, ".json")
     out = pipeline.apply(pkg(tmp_path, engine, 2, 2))
     monkeypatch.undo()
     assert (out.ok, out.stage) == (False, "store")
@@ -608,14 +599,7 @@ def test_after_a_rollback_versions_still_only_go_up(pipeline, engine, store, tmp
 def test_commit_failure_leaves_store_and_engine_unchanged(pipeline, engine, store, tmp_path, monkeypatch):
     assert pipeline.apply(pkg(tmp_path, engine, 1, 1)).ok
     before = store_digest(store.path)
-    real = os.replace
-
-    def no_space(src, dst):
-        if dst.endswith("current"):
-            raise OSError(28, "No space left on device")
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", no_space)
+    fail_replace(monkeypatch, "current")
     out = pipeline.apply(pkg(tmp_path, engine, 2, 2))
     monkeypatch.undo()
     assert (out.ok, out.stage) == (False, "commit")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import store_digest
+from conftest import fail_replace, store_digest
 from refitd.store import Store, StoreError, tensor_sha256
 
 
@@ -323,14 +323,7 @@ def test_commit_failure_before_the_rename_changes_nothing(tmp_path, monkeypatch)
     with Store(tmp_path / "s") as s:
         commit(s, 1, {"w": np.zeros(2, np.float32)})
         s.write(s.prepare(2, {"w": np.ones(2, np.float32)}))
-        real = os.replace
-
-        def no_space(src, dst):
-            if dst.endswith("current"):
-                raise OSError(28, "No space left on device")
-            return real(src, dst)
-
-        monkeypatch.setattr(os, "replace", no_space)
+        fail_replace(monkeypatch, "current")
         with pytest.raises(StoreError, match="^cannot move current to version 2: No space left on device$"):
             s.commit(2)
         monkeypatch.undo()

@@ -59,4 +59,21 @@ static inline void wb_msg(wbuf *b, unsigned field, wbuf *m)
     memset(m, 0, sizeof *m);
 }
 
+/* A ValueInfoProto (field `field` of a GraphProto): float tensor `name` of shape dims[ndim]. */
+static inline void wb_value_info(wbuf *b, unsigned field, const char *name, const int64_t *dims, int ndim)
+{
+    wbuf shape = {0}, tensor = {0}, type = {0}, vi = {0};
+    for (int i = 0; i < ndim; i++) {
+        wbuf dim = {0};
+        wb_int(&dim, 1, (uint64_t)dims[i]);
+        wb_msg(&shape, 1, &dim);
+    }
+    wb_int(&tensor, 1, 1); /* elem_type FLOAT */
+    wb_msg(&tensor, 2, &shape);
+    wb_msg(&type, 1, &tensor);
+    wb_str(&vi, 1, name);
+    wb_msg(&vi, 2, &type);
+    wb_msg(b, field, &vi);
+}
+
 #endif

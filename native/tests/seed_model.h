@@ -10,23 +10,6 @@
 
 #include "pbwrite.h"
 
-/* ValueInfoProto for a float tensor of shape dims[ndim]. */
-static void seed_value_info(wbuf *graph, int field, const char *name, const int64_t *dims, int ndim)
-{
-    wbuf shape = {0}, tensor = {0}, type = {0}, vi = {0};
-    for (int i = 0; i < ndim; i++) {
-        wbuf dim = {0};
-        wb_int(&dim, 1, (uint64_t)dims[i]);
-        wb_msg(&shape, 1, &dim);
-    }
-    wb_int(&tensor, 1, 1); /* elem_type FLOAT */
-    wb_msg(&tensor, 2, &shape);
-    wb_msg(&type, 1, &tensor);
-    wb_str(&vi, 1, name);
-    wb_msg(&vi, 2, &type);
-    wb_msg(graph, field, &vi);
-}
-
 /* Returns malloc'd ONNX bytes of the seed model with the kernel all `k`; *size gets the length. */
 static unsigned char *seed_model(float k, size_t *size)
 {
@@ -50,8 +33,8 @@ static unsigned char *seed_model(float k, size_t *size)
     wb_msg(&graph, 1, &node);
     wb_str(&graph, 2, "seed");
     wb_msg(&graph, 5, &init);
-    seed_value_info(&graph, 11, "x", xdims, 4);
-    seed_value_info(&graph, 12, "y", ydims, 4);
+    wb_value_info(&graph, 11, "x", xdims, 4);
+    wb_value_info(&graph, 12, "y", ydims, 4);
 
     wb_int(&model, 1, 8); /* ir_version */
     wb_str(&opset, 1, "");

@@ -827,22 +827,6 @@ static void test_errors(void)
 
 /* ---- a protobuf writer for synthetic models ---------------------------------------------- */
 
-/* ValueInfoProto: float tensor of shape [dim] */
-static void wb_value_info(wbuf *b, unsigned field, const char *name, int64_t dim)
-{
-    wbuf vi = {0}, type = {0}, tensor = {0}, shape = {0}, d = {0};
-    wb_varint(&d, 1 << 3);
-    wb_varint(&d, (uint64_t)dim);
-    wb_msg(&shape, 1, &d);
-    wb_varint(&tensor, 1 << 3);
-    wb_varint(&tensor, 1);
-    wb_msg(&tensor, 2, &shape);
-    wb_msg(&type, 1, &tensor);
-    wb_str(&vi, 1, name);
-    wb_msg(&vi, 2, &type);
-    wb_msg(b, field, &vi);
-}
-
 /* x -> Relu -> v1 -> Relu -> ... -> y, n nodes, written to the file in reverse order. */
 static unsigned char *reversed_chain(int n, size_t *size)
 {
@@ -857,8 +841,8 @@ static unsigned char *reversed_chain(int n, size_t *size)
         wb_str(&node, 4, "Relu");
         wb_msg(&graph, 1, &node);
     }
-    wb_value_info(&graph, 11, "x", 4);
-    wb_value_info(&graph, 12, "y", 4);
+    wb_value_info(&graph, 11, "x", (const int64_t[]){4}, 1);
+    wb_value_info(&graph, 12, "y", (const int64_t[]){4}, 1);
     wb_varint(&model, 1 << 3);
     wb_varint(&model, 8);
     wb_varint(&opset, 2 << 3);
@@ -920,8 +904,8 @@ static unsigned char *one_node_model(const char *op, const char *name, const cha
         wb_msg(&node, 5, &a);
     }
     wb_msg(&graph, 1, &node);
-    wb_value_info(&graph, 11, "x", 4);
-    wb_value_info(&graph, 12, "y", 4);
+    wb_value_info(&graph, 11, "x", (const int64_t[]){4}, 1);
+    wb_value_info(&graph, 12, "y", (const int64_t[]){4}, 1);
     wb_varint(&model, 1 << 3);
     wb_varint(&model, 8);
     wb_varint(&opsetid, 2 << 3);
