@@ -130,12 +130,16 @@ def test_npy_dir_source(tmp_path, engine, events):
     r = Runner.from_config(cfg, engine, events)
     r.start()
     try:
-        np.save(str(inputs / "a.npy"), np.full((1, 1, 3, 3), 2.0, np.float32))
-        np.savez(str(inputs / "b.npz"), x=np.full((1, 1, 3, 3), 3.0, np.float32))
+        def drop(name, write):  # the documented contract: write a temp name, rename in
+            with open(str(inputs / (name + ".part")), "wb") as f:
+                write(f)
+            os.replace(str(inputs / (name + ".part")), str(inputs / name))
+        drop("a.npy", lambda f: np.save(f, np.full((1, 1, 3, 3), 2.0, np.float32)))
+        drop("b.npz", lambda f: np.savez(f, x=np.full((1, 1, 3, 3), 3.0, np.float32)))
         with open(str(inputs / "c.npy.part"), "wb") as f:  # a temp name: never taken
             np.save(f, np.ones((1, 1, 3, 3), np.float32))
-        (inputs / "bad.npy").write_bytes(b"not numpy")
-        np.save(str(inputs / "shape.npy"), np.ones((2, 2), np.float32))  # wrong shape
+        drop("bad.npy", lambda f: f.write(b"not numpy"))
+        drop("shape.npy", lambda f: np.save(f, np.ones((2, 2), np.float32)))  # wrong shape
 
         def done():
             d = inputs / "done"
@@ -153,6 +157,36 @@ def test_npy_dir_source(tmp_path, engine, events):
     assert (inputs / "c.npy.part").exists()  # temp names are never taken
     assert (inputs / "failed" / "bad.npy").exists()
     assert "cannot read bad.npy" in (inputs / "failed" / "bad.npy.reason").read_text()
+
+
+def test_npy_dir_waits_for_a_writer_that_does_not_rename(tmp_path, engine, events):
+    """np.save straight into the folder writes the header and the data separately; a scan
+    between the two must not take the half-written file (it would land in failed/)."""
+    engine.refit({"conv.weight": np.ones((1, 1, 3, 3), np.float32)}, 4)
+    inputs = tmp_path / "inputs"
+    cfg = _cfg(str(tmp_path), source={"type": "npy-dir", "path": str(inputs), "poll": 0.3},
+               sink={"type": "jsonl", "path": str(tmp_path / "r.jsonl")})
+    r = Runner.from_config(cfg, engine, events)
+    r.start()
+    try:
+        arr = np.full((1, 1, 3, 3), 2.0, np.float32)
+        with open(str(inputs / "slow.npy"), "wb") as f:
+            np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+            f.flush()
+            deadline = time.monotonic() + 10  # until a scan has seen the header alone
+            while "slow.npy" not in r.source._settling and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert "slow.npy" in r.source._settling
+            f.write(arr.tobytes())
+        deadline = time.monotonic() + 10
+        while not (inputs / "done" / "slow.npy").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        r.stop()
+    assert (inputs / "done" / "slow.npy").exists()
+    assert not (inputs / "failed").exists()
+    rows = {row["tag"]: row for row in _jsonl(tmp_path / "r.jsonl")}
+    assert rows["slow.npy"]["outputs"]["y"][0][0][0][0] == 18.0
 
 
 def test_socket_source_round_trip_errors_and_drain(engine, events):

@@ -244,13 +244,16 @@ def _complete_name(name: str) -> bool:
 class NpyDirSource(Source):
     """Polls a folder for ``*.npy`` / ``*.npz`` (temp names ``*.part``, ``.*`` ignored; write
     then rename in). Each file is inferred once, then moved to ``done/`` (or deleted); a file
-    that cannot be read is moved to ``failed/`` with a ``.reason`` beside it."""
+    that cannot be read is moved to ``failed/`` with a ``.reason`` beside it. A file is taken
+    only once two scans in a row see the same size and mtime, so a writer that does not
+    rename (``np.save`` straight into the folder) is not caught half-written."""
 
     def __init__(self, cfg, engine, events):
         super().__init__(cfg, engine, events)
         self._q: "queue.Queue[Item]" = queue.Queue(maxsize=256)
         self._seen: set = set()
         self._seen_lock = threading.Lock()
+        self._settling: Dict[str, tuple] = {}  # name -> (size, mtime_ns) at the last scan
         self._thread: Optional[threading.Thread] = None
         self._specs = engine.inputs()
 
@@ -288,18 +291,34 @@ class NpyDirSource(Source):
             raise ValueError("the model has %d inputs: use a .npz with named arrays" % len(self._specs))
         return {self._specs[0].name: arr}
 
+    def _settled(self, entries) -> list:
+        """The candidate files whose size and mtime did not change since the last scan."""
+        ready, now = [], {}
+        for e in entries:
+            if not e.is_file() or not _complete_name(e.name) or not e.name.endswith((".npy", ".npz")):
+                continue
+            try:
+                st = e.stat()
+            except OSError:  # gone between scandir and stat
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            if self._settling.get(e.name) == sig:
+                ready.append((st.st_mtime_ns, e))
+            else:
+                now[e.name] = sig
+        self._settling = now
+        return [e for _, e in sorted(ready, key=lambda t: t[0])]
+
     def _scan_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                entries = sorted(os.scandir(self.cfg.path), key=lambda e: e.stat().st_mtime)
+                entries = self._settled(os.scandir(self.cfg.path))
             except OSError:
                 entries = []
             for e in entries:
                 if self._stop.is_set():
                     break
                 name = e.name
-                if not e.is_file() or not _complete_name(name) or not name.endswith((".npy", ".npz")):
-                    continue
                 with self._seen_lock:
                     if name in self._seen:
                         continue
