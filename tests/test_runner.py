@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon_helpers import DEMO_MODEL, base_config, rmtree, short_dir
+from daemon_helpers import DEMO_MODEL, base_config, rmtree, short_dir, wait_until
 
 from refitd import config as C
 from refitd.engine import Engine
@@ -50,10 +50,11 @@ def test_synthetic_flat_out_with_concurrent_refits_never_torn(tmp_path, engine, 
     seen = []
     r.add_observer(lambda res: seen.append((res.version, float(res.outputs["y"].reshape(-1)[0]))))
     r.start()
+    wait_until(lambda: seen, what="a result at version 0")
     for k in range(1, 10):
         time.sleep(0.03)
         engine.refit({"conv.weight": np.full((1, 1, 3, 3), float(k), np.float32)}, k)
-    time.sleep(0.05)
+    wait_until(lambda: any(v == 9 for v, _ in seen[-50:]), what="a result at version 9")
     assert r.stop(drain=True)
     assert len(seen) > 100
     torn = [(v, y) for v, y in seen if y != 9.0 * v]
@@ -89,7 +90,7 @@ def test_random_fill_and_seed(tmp_path, engine, events):
     ys = []
     r.add_observer(lambda res: ys.append(res.outputs["y"].item()))
     r.start()
-    time.sleep(0.2)
+    wait_until(lambda: len(ys) > 50, what="50 results")
     r.stop()
     assert len(set(ys)) > 10  # fresh random inputs each time
 
@@ -249,9 +250,9 @@ def test_observer_and_sink_failures_do_not_stop_workers(tmp_path, engine):
     r = Runner.from_config(cfg, engine, events)
     r.add_observer(lambda res: 1 / 0)
     r.start()
-    time.sleep(0.3)
+    wait_until(lambda: r.stats.snapshot()["inferences_total"] > 10, what="10 inferences")
+    time.sleep(0.2)
     assert r.stop()
-    assert r.stats.snapshot()["inferences_total"] > 10
     errs = [json.loads(line) for line in buf.getvalue().splitlines()]
     # rate-limited: the first error at once, not one line per inference
     assert 1 <= len(errs) <= 3 and errs[0]["event"] == "runner.error"
