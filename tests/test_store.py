@@ -319,6 +319,23 @@ def test_history_is_append_only(tmp_path):
     assert [json.loads(l)["event"] for l in after.splitlines()] == ["applied", "pinned", "note"]
 
 
+def test_history_is_rotated_at_its_cap_keeping_one_older_generation(tmp_path, monkeypatch):
+    """An unattended box must not fill its disk with the log: at HISTORY_MAX the live file
+    becomes history.1.jsonl (replacing the older one) and reading spans both."""
+    monkeypatch.setattr(Store, "HISTORY_MAX", 600)
+    root = tmp_path / "s"
+    with Store(root) as s:
+        for i in range(40):
+            s.record("note", n=i)
+        live = (root / "history.jsonl").stat().st_size
+        old = (root / "history.1.jsonl").stat().st_size
+        assert live < 600 + 100 and 600 <= old < 600 + 100
+        ns = [e["n"] for e in s.history]
+        assert ns == list(range(40 - len(ns), 40)) and 0 not in ns  # oldest dropped, order kept
+        assert len(ns) >= 600 // 60
+    assert sorted(os.listdir(root)) == ["blobs", "history.1.jsonl", "history.jsonl", "lock", "versions"]
+
+
 def test_commit_failure_before_the_rename_changes_nothing(tmp_path, monkeypatch):
     with Store(tmp_path / "s") as s:
         commit(s, 1, {"w": np.zeros(2, np.float32)})

@@ -9,7 +9,8 @@ argument)::
     current                 {"version": v, "highest": h} -- the commit point
     pins.json               pinned versions (kept by retention)
     history.jsonl           append-only log of what changed the store (applied, rolled_back,
-                            pinned, unpinned, pruned, recovered)
+                            pinned, unpinned, pruned, recovered); at HISTORY_MAX bytes it
+                            becomes history.1.jsonl (one older generation is kept)
     lock                    flock'ed by the one process that owns the store
 
 Every file is written the same way: a ``.tmp-*`` file in the destination directory, write, fsync,
@@ -96,6 +97,10 @@ class Pending:
 class Store:
     """A versioned weight store in directory ``path`` keeping the newest ``keep`` versions
     (plus pinned ones and the current one). Thread-safe; one process at a time (flock)."""
+
+    #: history.jsonl is rotated at this size: an unattended box applying an update an hour
+    #: writes ~2 MiB a year, and its disk must not fill up with the log of it
+    HISTORY_MAX = 1 << 20
 
     def __init__(self, path: str, keep: int = 5, durable: bool = True, lock: bool = True):
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
@@ -413,12 +418,15 @@ class Store:
 
     @property
     def history(self) -> List[Dict[str, Any]]:
-        """The history log, oldest first (a torn last line is ignored)."""
-        try:
-            with open(self._p("history.jsonl"), "rb") as f:
-                lines = f.read().split(b"\n")
-        except FileNotFoundError:
-            return []
+        """The history log (the rotated generation, then the live one), oldest first (a torn
+        last line is ignored)."""
+        lines: List[bytes] = []
+        for name in ("history.1.jsonl", "history.jsonl"):
+            try:
+                with open(self._p(name), "rb") as f:
+                    lines += f.read().split(b"\n")
+            except FileNotFoundError:
+                pass
         out = []
         for line in lines:
             if line.strip():
@@ -638,6 +646,7 @@ class Store:
         line = dict(ts=_now())
         line.update(rec)
         data = (json.dumps(line, sort_keys=True, default=str) + "\n").encode("utf-8")
+        self._rotate_history()
         fd = os.open(self._p("history.jsonl"),
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
@@ -646,6 +655,16 @@ class Store:
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _rotate_history(self) -> None:
+        """Keeps the log bounded: at HISTORY_MAX the live file replaces the older generation."""
+        try:
+            if os.stat(self._p("history.jsonl")).st_size < self.HISTORY_MAX:
+                return
+        except FileNotFoundError:
+            return
+        os.replace(self._p("history.jsonl"), self._p("history.1.jsonl"))
+        self._fsync_dir(self.path)
 
     # ---- retention ----------------------------------------------------------------------
 
