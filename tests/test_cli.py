@@ -120,6 +120,32 @@ def test_failures_are_one_line_and_exit_1(daemon):
     assert daemon.status()["serving"]["version"] == cur  # nothing changed
 
 
+def test_apply_reads_the_file_the_cli_opened_not_the_path(daemon):
+    """Under systemd the daemon's view has no ~/ (ProtectHome=) and its own /tmp (PrivateTmp=):
+    the CLI opens the package as the caller and passes the descriptor. Here the path is gone
+    (unlinked after opening), so only the descriptor can deliver the package."""
+    from refitd.control import call
+    v = daemon.status()["serving"]["version"] + 1
+    p = _pkg(daemon, "gone.safetensors", 3, v)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.unlink(p)
+        r = call(daemon.socket, {"cmd": "apply", "path": p}, fds=(fd,))
+    finally:
+        os.close(fd)
+    assert r["ok"] and r["version"] == v, r
+    assert daemon.status()["serving"]["version"] == v
+    # a descriptor that is not a regular file is refused in one line, nothing changes
+    rd, wr = os.pipe()
+    try:
+        r = call(daemon.socket, {"cmd": "apply", "path": "/x/pipe.safetensors"}, fds=(rd,))
+    finally:
+        os.close(rd)
+        os.close(wr)
+    assert not r["ok"] and r["error"] == "package is not a regular file: /x/pipe.safetensors", r
+    assert daemon.status()["serving"]["version"] == v
+
+
 def test_infer_json_and_output_file(daemon):
     outp = os.path.join(daemon.state, "y.npy")
     r = daemon.cli("infer", _npy(daemon), "--json", "-o", outp)

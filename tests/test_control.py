@@ -88,6 +88,41 @@ def test_several_requests_on_one_connection_and_bad_json(sdir):
         srv.stop()
 
 
+def test_descriptors_travel_with_their_request_and_are_closed_after(sdir):
+    """A request may carry open files (how ``refitd apply`` hands over a package the daemon's
+    sandbox cannot see); only descriptors that really came along reach the handler, never
+    numbers named in the JSON, and the server closes its copies once the handler is done."""
+    def peek(req):
+        return {"n": len(req.fds), "head": [os.pread(fd, 5, 0).decode() for fd in req.fds]}
+    srv, path = _server(sdir, {"peek": peek})
+    try:
+        f = os.path.join(sdir, "pkg")
+        with open(f, "w") as fh:
+            fh.write("hello world")
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            assert call(path, {"cmd": "peek"}, fds=(fd,)) == {"ok": True, "n": 1, "head": ["hello"]}
+            assert os.pread(fd, 5, 6) == b"world"  # the caller's descriptor is still the caller's
+        finally:
+            os.close(fd)
+        # numbers in the JSON are only data: the handler sees no descriptors
+        assert call(path, {"cmd": "peek", "fds": [0, 1], "_fds": [2]}) == {"ok": True, "n": 0, "head": []}
+        # the server's copy is closed after the handler: the pipe's reader then sees EOF
+        r, w = os.pipe()
+        try:
+            assert call(path, {"cmd": "ping"}, fds=(w,))["ok"]
+            os.close(w)
+            w = -1
+            os.set_blocking(r, False)
+            assert os.read(r, 1) == b""  # EOF: no writer left open anywhere
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+    finally:
+        srv.stop()
+
+
 def test_concurrent_clients(sdir):
     srv, path = _server(sdir)
     errors = []

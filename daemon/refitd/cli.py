@@ -61,10 +61,10 @@ def find_socket(args) -> str:
     return os.path.join(_config.default_state_dir(), "control.sock")
 
 
-def request(args, req: Dict[str, Any], timeout: float = 30.0) -> Dict[str, Any]:
+def request(args, req: Dict[str, Any], timeout: float = 30.0, fds: tuple = ()) -> Dict[str, Any]:
     path = find_socket(args)
     try:
-        return call(path, req, timeout=timeout)
+        return call(path, req, timeout=timeout, fds=fds)
     except DaemonUnreachable as e:
         raise CliError(str(e))
 
@@ -228,9 +228,19 @@ def _report_outcome(args, resp: Dict[str, Any], verb: str) -> int:
 
 def cmd_apply(args) -> int:
     path = os.path.abspath(args.package)
-    if not os.path.exists(path):
-        raise CliError("no such file: %s" % args.package)
-    resp = request(args, {"cmd": "apply", "path": path}, timeout=args.timeout)
+    # Opened here, as the caller, and passed over the socket: the daemon's sandbox
+    # (ProtectHome=, PrivateTmp=) cannot see ~/ or this shell's /tmp. O_NONBLOCK: a FIFO
+    # must not hang the CLI (the daemon refuses what is not a regular file).
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CliError("no such file: %s" % args.package) from None
+    except OSError as e:
+        raise CliError("cannot open %s: %s" % (args.package, e.strerror)) from None
+    try:
+        resp = request(args, {"cmd": "apply", "path": path}, timeout=args.timeout, fds=(fd,))
+    finally:
+        os.close(fd)
     return _report_outcome(args, resp, "apply")
 
 

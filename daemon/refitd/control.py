@@ -9,6 +9,12 @@ A connection may carry several requests. Commands (docs/daemon.md has the fields
 status, versions, apply {path}, rollback {to?}, pin {version}, unpin {version},
 infer {inputs: {name: {dtype, shape, data (base64 of C-order bytes)}}}, reload.
 
+A request may carry open file descriptors (SCM_RIGHTS, at most MAX_FDS) sent with its first
+bytes: ``refitd apply`` opens the package as the calling user and passes it, because the
+daemon's sandbox (ProtectHome=, PrivateTmp=) cannot see the caller's paths. Handlers find them
+on ``req.fds`` (never in the JSON, so a client cannot name the daemon's own descriptors); the
+server closes them after the handler returns.
+
 ``ControlServer(path, mode, handlers, events)`` serves; ``call(path, request)`` is the client and
 raises ``DaemonUnreachable`` with the one-line message the CLI prints.
 """
@@ -22,10 +28,11 @@ import socket
 import threading
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["ControlServer", "ControlError", "DaemonUnreachable", "AlreadyRunning", "call",
-           "bind_unix_socket", "MAX_LINE"]
+__all__ = ["ControlServer", "ControlError", "DaemonUnreachable", "AlreadyRunning", "Request",
+           "call", "bind_unix_socket", "MAX_LINE", "MAX_FDS"]
 
 MAX_LINE = 256 << 20  # an infer request carries its tensor, base64
+MAX_FDS = 4  # a package and its detached signature, with room to spare; the kernel closes extras
 
 
 class ControlError(Exception):
@@ -84,7 +91,57 @@ def bind_unix_socket(path: str, mode: int) -> socket.socket:
     return s
 
 
+class Request(dict):
+    """A decoded request; ``fds`` are the descriptors that came with it (owned by the server)."""
+    fds: tuple = ()
+
+
 Handler = Callable[[Dict[str, Any]], Dict[str, Any]]
+
+
+class _Reader:
+    """Request lines from a connection, and the descriptors that arrived with them."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.buf = bytearray()
+        self.scanned = 0  # no newline before this offset: a long line is searched once
+        self.fds: list = []
+
+    def readline(self, limit: int) -> bytes:
+        """One line with its newline; at most ``limit + 1`` bytes (the caller checks); the rest
+        of the stream at end of file (b"" when nothing is left)."""
+        while True:
+            i = self.buf.find(b"\n", self.scanned)
+            if i >= 0:
+                return self._cut(i + 1)
+            self.scanned = len(self.buf)
+            if len(self.buf) > limit:
+                return self._cut(limit + 1)
+            data, fds, _flags, _addr = socket.recv_fds(self.conn, 1 << 16, MAX_FDS,
+                                                       getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+            self.fds.extend(fds)
+            if not data:
+                return self._cut(len(self.buf))
+            self.buf += data
+
+    def _cut(self, n: int) -> bytes:
+        line = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.scanned = 0
+        return line
+
+    def take_fds(self) -> tuple:
+        fds, self.fds = tuple(self.fds), []
+        return fds
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class ControlServer:
@@ -122,9 +179,11 @@ class ControlServer:
             threading.Thread(target=self._serve, args=(conn,), name="refitd-control-conn",
                              daemon=True).start()
 
-    def dispatch(self, req: Any) -> Dict[str, Any]:
+    def dispatch(self, req: Any, fds: tuple = ()) -> Dict[str, Any]:
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "error": 'a request is a JSON object with "cmd"'}
+        req = Request(req)
+        req.fds = fds
         cmd = req["cmd"]
         fn = self.handlers.get(cmd)
         if fn is None:
@@ -142,30 +201,34 @@ class ControlServer:
         return resp
 
     def _serve(self, conn: socket.socket) -> None:
-        f = conn.makefile("rb")
+        r = _Reader(conn)
         try:
             while not self._stop.is_set():
-                line = f.readline(MAX_LINE + 1)
+                line = r.readline(MAX_LINE)
                 if not line:
                     return
                 if len(line) > MAX_LINE:
                     conn.sendall(b'{"ok": false, "error": "request line too long"}\n')
                     return
-                if not line.strip():
-                    continue
+                fds = r.take_fds()  # the ones that came with this line, whatever it holds
                 try:
-                    req = json.loads(line)
-                except ValueError as e:
-                    resp = {"ok": False, "error": "request is not JSON: %s" % e}
-                else:
-                    resp = self.dispatch(req)
+                    if not line.strip():
+                        continue
+                    try:
+                        req = json.loads(line)
+                    except ValueError as e:
+                        resp = {"ok": False, "error": "request is not JSON: %s" % e}
+                    else:
+                        resp = self.dispatch(req, fds)
+                finally:
+                    _close_all(fds)
                 conn.sendall(json.dumps(resp, default=str).encode() + b"\n")
         except OSError:
             return
         finally:
             with self._lock:
                 self._conns.discard(conn)
-            f.close()
+            _close_all(r.take_fds())
             conn.close()
 
     def stop(self) -> None:
@@ -204,8 +267,9 @@ def _reason(e: OSError) -> str:
     return (e.strerror or str(e)).lower()
 
 
-def call(path: str, request: Dict[str, Any], timeout: float = 30.0) -> Dict[str, Any]:
-    """Sends one request, returns the response object. Raises DaemonUnreachable."""
+def call(path: str, request: Dict[str, Any], timeout: float = 30.0, fds: tuple = ()) -> Dict[str, Any]:
+    """Sends one request (with open descriptors ``fds``, which stay the caller's), returns the
+    response object. Raises DaemonUnreachable."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -214,7 +278,9 @@ def call(path: str, request: Dict[str, Any], timeout: float = 30.0) -> Dict[str,
         except OSError as e:
             raise DaemonUnreachable("cannot reach the daemon at %s: %s" % (path, _reason(e))) from None
         try:
-            s.sendall(json.dumps(request).encode() + b"\n")
+            payload = json.dumps(request).encode() + b"\n"
+            sent = socket.send_fds(s, [payload], list(fds)) if fds else 0
+            s.sendall(payload[sent:])
             f = s.makefile("rb")
             line = f.readline(MAX_LINE + 1)
         except OSError as e:

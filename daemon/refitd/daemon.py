@@ -279,11 +279,15 @@ class Daemon:
         path = req.get("path")
         if not isinstance(path, str) or not path:
             raise ControlError("apply needs a package path")
-        if not os.path.isabs(path):
+        # The CLI passes the open file (control.py): the daemon's sandbox may not see the path.
+        fds = getattr(req, "fds", ())
+        if len(fds) > 1:
+            raise ControlError("apply takes one open package file, got %d descriptors" % len(fds))
+        if not fds and not os.path.isabs(path):
             raise ControlError("apply needs an absolute path (the daemon's working directory is not yours)")
         self._enter()
         try:
-            o = self.pipeline.apply(path, source="cli")
+            o = self.pipeline.apply(path, source="cli", fd=fds[0] if fds else None)
         finally:
             self._leave()
         self._record(o, "cli", path)

@@ -473,14 +473,19 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
     )
 
 
-def _read_capped(path: str, max_bytes: int, what: str = "package") -> bytearray:
-    try:
-        # O_NONBLOCK: a FIFO dropped where a package belongs must not hang the pipeline
-        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise PackageError("%s not found: %s" % (what, path), stage="size") from None
-    except OSError as e:
-        raise PackageError("cannot open %s %s: %s" % (what, path, e.strerror), stage="size") from None
+def _read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None) -> bytearray:
+    """Reads the file at ``path`` whole, refusing more than ``max_bytes`` before reading any.
+    With ``fd`` (an open descriptor the caller keeps owning, e.g. one the CLI passed over the
+    control socket) that file is read from its start and ``path`` only names it in errors."""
+    own = fd is None
+    if own:
+        try:
+            # O_NONBLOCK: a FIFO dropped where a package belongs must not hang the pipeline
+            fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise PackageError("%s not found: %s" % (what, path), stage="size") from None
+        except OSError as e:
+            raise PackageError("cannot open %s %s: %s" % (what, path, e.strerror), stage="size") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -493,7 +498,7 @@ def _read_capped(path: str, max_bytes: int, what: str = "package") -> bytearray:
         view = memoryview(buf)
         got = 0
         while got < len(buf):
-            n = os.readv(fd, [view[got:]])
+            n = os.preadv(fd, [view[got:]], got)  # positioned: a passed fd's offset is not ours
             if n == 0:
                 break
             got += n
@@ -508,16 +513,18 @@ def _read_capped(path: str, max_bytes: int, what: str = "package") -> bytearray:
     except OSError as e:
         raise PackageError("cannot read %s %s: %s" % (what, path, e.strerror), stage="size") from None
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
 
 
-def read_package(path: str, max_bytes: int = DEFAULT_MAX_PACKAGE_BYTES) -> Package:
-    """Reads and checks the package at ``path``. Raises ``PackageError`` (one line).
+def read_package(path: str, max_bytes: int = DEFAULT_MAX_PACKAGE_BYTES, fd: Optional[int] = None) -> Package:
+    """Reads and checks the package at ``path`` (or, given ``fd``, the open file it names).
+    Raises ``PackageError`` (one line).
 
     The size cap is checked on the open descriptor before anything is read; the file is then read
     once, and the arrays of the returned ``Package`` are read-only views of those bytes.
     """
-    data = _read_capped(path, max_bytes)
+    data = _read_capped(path, max_bytes, fd=fd)
     return parse_package_bytes(data, path=os.fspath(path))
 
 

@@ -201,8 +201,11 @@ class Pipeline:
 
     # ---- apply ---------------------------------------------------------------------------
 
-    def apply(self, path: str, source: str = "cli") -> Outcome:
-        """Runs a package file through every check and, if all pass, makes it serve."""
+    def apply(self, path: str, source: str = "cli", fd: Optional[int] = None) -> Outcome:
+        """Runs a package file through every check and, if all pass, makes it serve. With
+        ``fd`` the package is read from that open descriptor (the caller keeps owning it) and
+        ``path`` only names it: how ``refitd apply`` hands over a file the daemon's sandbox
+        (ProtectHome=, PrivateTmp=) cannot see."""
         t0 = time.perf_counter()
         path = os.fspath(path)
         with self._lock:
@@ -211,7 +214,7 @@ class Pipeline:
             previous = self.store.current()
             version: Optional[int] = None
             try:
-                version, info = self._apply_locked(path, source)
+                version, info = self._apply_locked(path, source, fd)
                 if info.get("already_applied"):  # the serving package again: nothing changed
                     out = Outcome(True, version, None, "already-applied", time.perf_counter() - t0, previous)
                     self.events.emit("update.already_applied", version=version, source=source, path=path)
@@ -234,10 +237,10 @@ class Pipeline:
             self.last = out
             return out
 
-    def _apply_locked(self, path: str, source: str):
+    def _apply_locked(self, path: str, source: str, fd: Optional[int]):
         # size cap, parse (read_package checks the cap on the open file before reading)
         try:
-            pkg = read_package(path, self.max_package_bytes)
+            pkg = read_package(path, self.max_package_bytes, fd=fd)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
         try:
