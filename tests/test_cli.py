@@ -191,9 +191,13 @@ def test_usage_errors_exit_2():
     r = run_cli()
     assert r.returncode == 2
     r = run_cli("rollback", "--to", "three")
-    assert r.returncode == 2 and "invalid int value" in r.stderr
+    assert r.returncode == 2 and r.stderr == ("refitd rollback: error: argument --to: invalid int "
+                                              "value: 'three' (see refitd rollback --help)\n")
     r = run_cli("frobnicate")
-    assert r.returncode == 2
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "invalid choice" in r.stderr
+    r = run_cli("apply")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "refitd apply: error: the following arguments are required: package (see refitd apply --help)"]
 
 
 def test_pack_then_apply(daemon, tmp_path):

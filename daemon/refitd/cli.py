@@ -339,8 +339,16 @@ def cmd_demo(args) -> int:
 
 # ---- parser ----------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other refitd error (argparse prints the usage
+    block first, which buries the cause in a script's log); exit code 2 as argparse's."""
+
+    def error(self, message: str):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refitd", description="Hot-swap neural network weights without reloading the model.")
+    p = _Parser(prog="refitd", description="Hot-swap neural network weights without reloading the model.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def client(name, help_, **kw):
