@@ -123,13 +123,19 @@ def test_stats_percentiles_and_histogram():
     assert s.by_version == {3: 100}
 
 
-def test_npy_dir_source(tmp_path, engine, events):
+def _npy_dir_runner(tmp_path, engine, events, poll):
+    """A started runner on an npy-dir source in tmp_path/inputs (kernel all ones, version 4)."""
     engine.refit({"conv.weight": np.ones((1, 1, 3, 3), np.float32)}, 4)
     inputs = tmp_path / "inputs"
-    cfg = _cfg(str(tmp_path), source={"type": "npy-dir", "path": str(inputs), "poll": 0.05},
+    cfg = _cfg(str(tmp_path), source={"type": "npy-dir", "path": str(inputs), "poll": poll},
                sink={"type": "jsonl", "path": str(tmp_path / "r.jsonl")})
     r = Runner.from_config(cfg, engine, events)
     r.start()
+    return r, inputs
+
+
+def test_npy_dir_source(tmp_path, engine, events):
+    r, inputs = _npy_dir_runner(tmp_path, engine, events, poll=0.05)
     try:
         def drop(name, write):  # the documented contract: write a temp name, rename in
             with open(str(inputs / (name + ".part")), "wb") as f:
@@ -145,10 +151,7 @@ def test_npy_dir_source(tmp_path, engine, events):
         def done():
             d = inputs / "done"
             return d.exists() and {"a.npy", "b.npz", "shape.npy"} <= set(os.listdir(d))
-        deadline = time.monotonic() + 10
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert done()
+        wait_until(done, what="a.npy, b.npz and shape.npy in done/")
     finally:
         r.stop()
     rows = {row["tag"]: row for row in _jsonl(tmp_path / "r.jsonl")}
@@ -163,28 +166,18 @@ def test_npy_dir_source(tmp_path, engine, events):
 def test_npy_dir_waits_for_a_writer_that_does_not_rename(tmp_path, engine, events):
     """np.save straight into the folder writes the header and the data separately; a scan
     between the two must not take the half-written file (it would land in failed/)."""
-    engine.refit({"conv.weight": np.ones((1, 1, 3, 3), np.float32)}, 4)
-    inputs = tmp_path / "inputs"
-    cfg = _cfg(str(tmp_path), source={"type": "npy-dir", "path": str(inputs), "poll": 0.3},
-               sink={"type": "jsonl", "path": str(tmp_path / "r.jsonl")})
-    r = Runner.from_config(cfg, engine, events)
-    r.start()
+    r, inputs = _npy_dir_runner(tmp_path, engine, events, poll=0.3)
     try:
         arr = np.full((1, 1, 3, 3), 2.0, np.float32)
         with open(str(inputs / "slow.npy"), "wb") as f:
             np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
             f.flush()
-            deadline = time.monotonic() + 10  # until a scan has seen the header alone
-            while "slow.npy" not in r.source._settling and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert "slow.npy" in r.source._settling
+            wait_until(lambda: "slow.npy" in r.source._settling, interval=0.01,
+                       what="a scan that sees the header alone")
             f.write(arr.tobytes())
-        deadline = time.monotonic() + 10
-        while not (inputs / "done" / "slow.npy").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until((inputs / "done" / "slow.npy").exists, what="slow.npy in done/")
     finally:
         r.stop()
-    assert (inputs / "done" / "slow.npy").exists()
     assert not (inputs / "failed").exists()
     rows = {row["tag"]: row for row in _jsonl(tmp_path / "r.jsonl")}
     assert rows["slow.npy"]["outputs"]["y"][0][0][0][0] == 18.0
