@@ -146,6 +146,28 @@ def test_apply_reads_the_file_the_cli_opened_not_the_path(daemon):
     assert daemon.status()["serving"]["version"] == v
 
 
+def test_cli_apply_sends_the_file_it_opened(daemon):
+    """The real CLI, given /dev/fd/N (a file only the CLI's process has open): the same name in
+    the daemon's process is one of the daemon's own descriptors, so this applies only if the
+    CLI passed the file it opened rather than the path."""
+    import subprocess
+    import sys
+    from daemon_helpers import env
+    v = daemon.status()["serving"]["version"] + 1
+    p = _pkg(daemon, "mine.safetensors", 4, v)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.unlink(p)
+        r = subprocess.run([sys.executable, "-m", "refitd", "apply", "--socket", daemon.socket,
+                            "/dev/fd/%d" % fd], capture_output=True, text=True, env=env(),
+                           timeout=120, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("applied version %d in " % v)
+    assert daemon.status()["serving"]["version"] == v
+
+
 def test_infer_json_and_output_file(daemon):
     outp = os.path.join(daemon.state, "y.npy")
     r = daemon.cli("infer", _npy(daemon), "--json", "-o", outp)

@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 import threading
+import time
 
 import pytest
 
@@ -121,6 +122,119 @@ def test_descriptors_travel_with_their_request_and_are_closed_after(sdir):
                 os.close(w)
     finally:
         srv.stop()
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_descriptor_flood_is_refused_and_leaves_nothing_open(sdir):
+    """MAX_FDS bounds a request, however many receives bring its descriptors: a client dribbling
+    one byte with 4 descriptors at a time gets one error line, its connection closed, and the
+    server (this process) holds none of them afterwards."""
+    srv, path = _server(sdir)
+    try:
+        before = _open_fds()
+        r, w = os.pipe()
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(10)
+        c.connect(path)
+        try:
+            for ch in b'{"cmd": "ping"':  # no newline: one line that never ends
+                try:
+                    socket.send_fds(c, [bytes([ch])], [r, w, r, w])
+                except OSError:  # the server hung up already
+                    break
+            resp = c.makefile("rb").readline()
+        finally:
+            c.close()
+            os.close(r)
+            os.close(w)
+        assert json.loads(resp) == {"ok": False, "error": "a request carries at most 4 descriptors"}
+        deadline = time.monotonic() + 10
+        while _open_fds() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _open_fds() <= before
+        assert call(path, {"cmd": "ping"}) == {"ok": True, "pong": True}  # still serving
+    finally:
+        srv.stop()
+
+
+def test_pipelined_requests_keep_their_own_descriptors_which_are_cloexec(sdir):
+    """Two requests written back to back, only the second with a descriptor: it reaches the
+    second handler call, not the first; and it is close-on-exec in the daemon."""
+    import fcntl
+    seen = []
+
+    def peek(req):
+        seen.append([(os.pread(fd, 5, 0), bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+                     for fd in req.fds])
+        return {}
+    srv, path = _server(sdir, {"peek": peek})
+    try:
+        f = os.path.join(sdir, "pkg")
+        with open(f, "w") as fh:
+            fh.write("hello")
+        fd = os.open(f, os.O_RDONLY)
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(10)
+        c.connect(path)
+        try:
+            c.sendall(b'{"cmd": "peek"}\n')
+            socket.send_fds(c, [b'{"cmd": "peek"}\n'], [fd])
+            rf = c.makefile("rb")
+            assert json.loads(rf.readline())["ok"] and json.loads(rf.readline())["ok"]
+        finally:
+            c.close()
+            os.close(fd)
+        assert seen == [[], [(b"hello", True)]]
+    finally:
+        srv.stop()
+
+
+def test_accept_survives_running_out_of_descriptors(sdir):
+    """EMFILE on accept must not end the accept loop: once descriptors are free again, the
+    socket serves (a real server in a child process with RLIMIT_NOFILE at 64)."""
+    import subprocess
+    import sys
+    path = os.path.join(sdir, "c.sock")
+    code = (
+        "import resource, sys, time\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "from refitd.control import ControlServer\n"
+        "srv = ControlServer(sys.argv[1], 0o600, {'ping': lambda r: {'pong': True}})\n"
+        "srv.start()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "srv.stop()\n")
+    from daemon_helpers import env
+    p = subprocess.Popen([sys.executable, "-c", code, path], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=env())
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        conns = []
+        for _ in range(80):  # more than the child's limit: its accept() hits EMFILE
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(path)  # the kernel queues them (backlog) even when accept fails
+            conns.append(c)
+            if len(conns) % 10 == 0:
+                time.sleep(0.05)
+        time.sleep(0.5)
+        for c in conns:
+            c.close()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert call(path, {"cmd": "ping"}, timeout=5) == {"ok": True, "pong": True}
+                break
+            except DaemonUnreachable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        p.stdin.write("\n")
+        p.stdin.flush()
+        p.wait(10)
 
 
 def test_concurrent_clients(sdir):

@@ -68,6 +68,13 @@ def test_signature_hook_finds_detached_signature(tmp_path):
     with open(path + ".sig", "wb") as f:
         f.write(b"sig")
     assert read_package(path).signature_path == path + ".sig"
+    # read from a passed descriptor, the path is the client's: no .sig is looked up by it
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pkg = read_package(path, fd=fd)
+    finally:
+        os.close(fd)
+    assert pkg.version == 1 and pkg.signature_path is None
 
 
 def test_size_cap_checked_before_reading(tmp_path, monkeypatch):

@@ -9,24 +9,25 @@ A connection may carry several requests. Commands (docs/daemon.md has the fields
 status, versions, apply {path}, rollback {to?}, pin {version}, unpin {version},
 infer {inputs: {name: {dtype, shape, data (base64 of C-order bytes)}}}, reload.
 
-A request may carry open file descriptors (SCM_RIGHTS, at most MAX_FDS) sent with its first
-bytes: ``refitd apply`` opens the package as the calling user and passes it, because the
+A request may carry open file descriptors (SCM_RIGHTS, at most MAX_FDS; more closes the
+connection): ``refitd apply`` opens the package as the calling user and passes it, because the
 daemon's sandbox (ProtectHome=, PrivateTmp=) cannot see the caller's paths. Handlers find them
-on ``req.fds`` (never in the JSON, so a client cannot name the daemon's own descriptors); the
-server closes them after the handler returns.
+on ``req.fds`` (never in the JSON, so a client cannot name the daemon's own descriptors); they
+are close-on-exec, and the server closes them after the handler returns.
 
 ``ControlServer(path, mode, handlers, events)`` serves; ``call(path, request)`` is the client and
 raises ``DaemonUnreachable`` with the one-line message the CLI prints.
 """
 from __future__ import annotations
 
+import array
 import errno
 import itertools
 import json
 import os
 import socket
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["ControlServer", "ControlError", "DaemonUnreachable", "AlreadyRunning", "Request",
            "call", "bind_unix_socket", "MAX_LINE", "MAX_FDS"]
@@ -98,19 +99,34 @@ class Request(dict):
 
 Handler = Callable[[Dict[str, Any]], Dict[str, Any]]
 
+_TRANSIENT_ACCEPT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class TooManyDescriptors(Exception):
+    pass
+
 
 class _Reader:
-    """Request lines from a connection, and the descriptors that arrived with them."""
+    """Request lines from a connection, each with the descriptors that came with it.
+
+    Linux never reads past a message that carries descriptors (af_unix stops there), so the
+    descriptors of one receive belong to its last byte: to the line that byte is in. A line
+    that gathers more than MAX_FDS (however many receives bring them) raises
+    TooManyDescriptors, after closing them all, so a client cannot pile up the daemon's
+    descriptors."""
+
+    _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
     def __init__(self, conn: socket.socket):
         self.conn = conn
         self.buf = bytearray()
+        self.pos = 0  # stream offset of buf[0]
         self.scanned = 0  # no newline before this offset: a long line is searched once
-        self.fds: list = []
+        self.pending: List[tuple] = []  # (stream offset of the receive's last byte, fd)
 
-    def readline(self, limit: int) -> bytes:
-        """One line with its newline; at most ``limit + 1`` bytes (the caller checks); the rest
-        of the stream at end of file (b"" when nothing is left)."""
+    def readline(self, limit: int) -> Tuple[bytes, tuple]:
+        """(one line with its newline, its descriptors); at most ``limit + 1`` bytes (the
+        caller checks); the rest of the stream at end of file (b"" when nothing is left)."""
         while True:
             i = self.buf.find(b"\n", self.scanned)
             if i >= 0:
@@ -118,22 +134,38 @@ class _Reader:
             self.scanned = len(self.buf)
             if len(self.buf) > limit:
                 return self._cut(limit + 1)
-            data, fds, _flags, _addr = socket.recv_fds(self.conn, 1 << 16, MAX_FDS,
-                                                       getattr(socket, "MSG_CMSG_CLOEXEC", 0))
-            self.fds.extend(fds)
+            data, fds, truncated = self._recv()
+            self.buf += data
+            self.pending += [(self.pos + len(self.buf) - 1, fd) for fd in fds]
+            if truncated or len(self.pending) > MAX_FDS:
+                self.close()
+                raise TooManyDescriptors("a request carries at most %d descriptors" % MAX_FDS)
             if not data:
                 return self._cut(len(self.buf))
-            self.buf += data
 
-    def _cut(self, n: int) -> bytes:
+    def _recv(self) -> Tuple[bytes, List[int], bool]:
+        # recvmsg itself, not socket.recv_fds: before 3.12 that drops its flags argument, and
+        # the descriptors must be close-on-exec from the start.
+        data, anc, flags, _ = self.conn.recvmsg(1 << 16, self._CMSG_SPACE,
+                                                getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+        fds = array.array("i")
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        return data, list(fds), bool(flags & socket.MSG_CTRUNC)
+
+    def _cut(self, n: int) -> Tuple[bytes, tuple]:
         line = bytes(self.buf[:n])
         del self.buf[:n]
+        self.pos += n
         self.scanned = 0
-        return line
+        mine = tuple(fd for end, fd in self.pending if end < self.pos)
+        self.pending = [(end, fd) for end, fd in self.pending if end >= self.pos]
+        return line, mine
 
-    def take_fds(self) -> tuple:
-        fds, self.fds = tuple(self.fds), []
-        return fds
+    def close(self) -> None:
+        _close_all(fd for _, fd in self.pending)
+        self.pending = []
 
 
 def _close_all(fds) -> None:
@@ -171,7 +203,13 @@ class ControlServer:
                 conn, _ = self._sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as e:
+                if e.errno in _TRANSIENT_ACCEPT and not self._stop.is_set():
+                    # out of descriptors or memory: the socket must outlive it, not stop serving
+                    if self.events is not None:
+                        self.events.emit("control.error", error="accept: %s" % e.strerror)
+                    self._stop.wait(0.2)
+                    continue
                 break
             conn.settimeout(None)
             with self._lock:
@@ -204,14 +242,18 @@ class ControlServer:
         r = _Reader(conn)
         try:
             while not self._stop.is_set():
-                line = r.readline(MAX_LINE)
-                if not line:
+                try:
+                    line, fds = r.readline(MAX_LINE)
+                except TooManyDescriptors as e:
+                    conn.sendall(json.dumps({"ok": False, "error": str(e)}).encode() + b"\n")
                     return
                 if len(line) > MAX_LINE:
+                    _close_all(fds)
                     conn.sendall(b'{"ok": false, "error": "request line too long"}\n')
                     return
-                fds = r.take_fds()  # the ones that came with this line, whatever it holds
                 try:
+                    if not line:
+                        return
                     if not line.strip():
                         continue
                     try:
@@ -228,7 +270,7 @@ class ControlServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-            _close_all(r.take_fds())
+            r.close()
             conn.close()
 
     def stop(self) -> None:

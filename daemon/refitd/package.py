@@ -121,6 +121,10 @@ class Package:
     note: Optional[str] = None
     metadata: Dict[str, str] = field(default_factory=dict)
     path: Optional[str] = None
+    #: False when the bytes came from a descriptor a client passed: ``path`` is then the
+    #: client's name for the file, and a ``.sig`` beside it in the daemon's view is not its
+    #: signature (the security issue passes the signature as a second descriptor)
+    beside_path: bool = True
 
     @property
     def names(self) -> List[str]:
@@ -133,7 +137,7 @@ class Package:
     @property
     def signature_path(self) -> Optional[str]:
         """``<package>.sig`` if it exists beside the package (not verified here)."""
-        if self.path is None:
+        if self.path is None or not self.beside_path:
             return None
         sig = signature_path(self.path)
         return sig if os.path.exists(sig) else None
@@ -525,7 +529,9 @@ def read_package(path: str, max_bytes: int = DEFAULT_MAX_PACKAGE_BYTES, fd: Opti
     once, and the arrays of the returned ``Package`` are read-only views of those bytes.
     """
     data = _read_capped(path, max_bytes, fd=fd)
-    return parse_package_bytes(data, path=os.fspath(path))
+    pkg = parse_package_bytes(data, path=os.fspath(path))
+    pkg.beside_path = fd is None
+    return pkg
 
 
 # ---- checks against a model ----------------------------------------------------------------

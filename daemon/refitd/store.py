@@ -421,12 +421,13 @@ class Store:
         """The history log (the rotated generation, then the live one), oldest first (a torn
         last line is ignored)."""
         lines: List[bytes] = []
-        for name in ("history.1.jsonl", "history.jsonl"):
-            try:
-                with open(self._p(name), "rb") as f:
-                    lines += f.read().split(b"\n")
-            except FileNotFoundError:
-                pass
+        with self._mu:  # not between the two reads of a rotation
+            for name in ("history.1.jsonl", "history.jsonl"):
+                try:
+                    with open(self._p(name), "rb") as f:
+                        lines += f.read().split(b"\n")
+                except FileNotFoundError:
+                    pass
         out = []
         for line in lines:
             if line.strip():
