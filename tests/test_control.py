@@ -89,6 +89,14 @@ def test_several_requests_on_one_connection_and_bad_json(sdir):
         srv.stop()
 
 
+def _file_fd(sdir, data: bytes) -> int:
+    """A read-only descriptor of a new file holding ``data`` (the caller closes it)."""
+    f = os.path.join(sdir, "pkg")
+    with open(f, "wb") as fh:
+        fh.write(data)
+    return os.open(f, os.O_RDONLY)
+
+
 def test_descriptors_travel_with_their_request_and_are_closed_after(sdir):
     """A request may carry open files (how ``refitd apply`` hands over a package the daemon's
     sandbox cannot see); only descriptors that really came along reach the handler, never
@@ -97,10 +105,7 @@ def test_descriptors_travel_with_their_request_and_are_closed_after(sdir):
         return {"n": len(req.fds), "head": [os.pread(fd, 5, 0).decode() for fd in req.fds]}
     srv, path = _server(sdir, {"peek": peek})
     try:
-        f = os.path.join(sdir, "pkg")
-        with open(f, "w") as fh:
-            fh.write("hello world")
-        fd = os.open(f, os.O_RDONLY)
+        fd = _file_fd(sdir, b"hello world")
         try:
             assert call(path, {"cmd": "peek"}, fds=(fd,)) == {"ok": True, "n": 1, "head": ["hello"]}
             assert os.pread(fd, 5, 6) == b"world"  # the caller's descriptor is still the caller's
@@ -172,10 +177,7 @@ def test_pipelined_requests_keep_their_own_descriptors_which_are_cloexec(sdir):
         return {}
     srv, path = _server(sdir, {"peek": peek})
     try:
-        f = os.path.join(sdir, "pkg")
-        with open(f, "w") as fh:
-            fh.write("hello")
-        fd = os.open(f, os.O_RDONLY)
+        fd = _file_fd(sdir, b"hello")
         c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         c.settimeout(10)
         c.connect(path)
