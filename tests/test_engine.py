@@ -180,34 +180,58 @@ def test_threads_never_see_a_torn_result(seed):
     assert sum(counts) > 1000 and min(counts) > 0
 
 
-def test_gil_released_during_compute(tmp_path):
-    """Two threads must overlap inside C: a big conv takes measurably less wall time on 2 threads."""
+def _conv_chain(path, n: int):
+    """``n`` 64-channel 3x3 convs on 1x64x64x64, one weight shared (compute, no memory)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "big",
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((64, 64, 3, 3)) * 0.02).astype(np.float32), "w")
+    names = ["x"] + ["h%d" % i for i in range(1, n)] + ["y"]
+    nodes = [helper.make_node("Conv", [names[i], "w"], [names[i + 1]], pads=[1, 1, 1, 1]) for i in range(n)]
+    graph = helper.make_graph(nodes, "chain",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 64, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 64, 64])], [w])
-    path = tmp_path / "big.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    x = {"x": np.ones((1, 64, 64, 64), np.float32)}
-    with Engine.open(path) as eng:
-        eng.infer(x)
-        holder = []
+    return path
 
-        def spin():
+
+def test_gil_released_during_compute(tmp_path):
+    """While one thread is inside C, another must run Python. Held, the GIL would let the main
+    thread run only just before the call enters C (one switch interval, 5 ms) and just after it
+    returns; released, the main thread runs in the middle of a long call too. So: one infer of
+    >= 100 ms, and a main-thread timestamp more than 25 ms from both of its ends. Load on the
+    machine only delays when the main thread runs, never makes a held GIL look released."""
+    x = {"x": np.ones((1, 64, 64, 64), np.float32)}
+    with Engine.open(_conv_chain(tmp_path / "one.onnx", 1)) as eng:  # size the chain to the machine
+        eng.infer(x)
+        one = 1.0
+        for _ in range(3):  # the fastest: a chain sized on it runs at least as long as planned
             t0 = time.perf_counter()
             eng.infer(x)
-            holder.append(time.perf_counter() - t0)
+            one = min(one, time.perf_counter() - t0)
+    n = max(2, min(128, int(0.3 / max(one, 1e-4)) + 1))
+    with Engine.open(_conv_chain(tmp_path / "chain.onnx", n)) as eng:
+        eng.infer(x)
+        span = []
 
-        # While one thread computes in C, the main thread must keep running Python.
-        t = threading.Thread(target=spin)
-        ticks = 0
+        def work():
+            t0 = time.perf_counter()
+            eng.infer(x)
+            span.append((t0, time.perf_counter()))
+
+        t = threading.Thread(target=work)
+        stamps = []
         t.start()
         while t.is_alive():
-            ticks += 1
+            now = time.perf_counter()
+            if not stamps or now - stamps[-1] > 0.001:
+                stamps.append(now)
         t.join()
-        assert ticks > 1000, "the main thread was starved: the GIL was held during compute"
+    (start, end), margin = span[0], 0.025
+    assert end - start >= 0.1, "the call took %.3f s (%d convs): too short to judge" % (end - start, n)
+    inside = [s for s in stamps if start + margin < s < end - margin]
+    assert inside, "the main thread was starved: the GIL was held during compute (%d stamps, none " \
+        "inside the %.3f s call)" % (len(stamps), end - start)
 
 
 @pytest.mark.parametrize("script, expect", [
