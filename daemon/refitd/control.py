@@ -30,7 +30,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["ControlServer", "ControlError", "DaemonUnreachable", "AlreadyRunning", "Request",
-           "call", "bind_unix_socket", "MAX_LINE", "MAX_FDS"]
+           "call", "accept_loop", "bind_unix_socket", "MAX_LINE", "MAX_FDS"]
 
 MAX_LINE = 256 << 20  # an infer request carries its tensor, base64
 MAX_FDS = 4  # a package and its detached signature, with room to spare; the kernel closes extras
@@ -176,6 +176,27 @@ def _close_all(fds) -> None:
             pass
 
 
+def accept_loop(sock: socket.socket, stop: threading.Event, adopt: Callable[[socket.socket], None],
+                events, event: str) -> None:
+    """Accepts on ``sock`` (with a timeout set) until ``stop``, handing each blocking connection
+    to ``adopt``. Running out of descriptors or memory is waited out, not the end: the socket
+    must outlive it (a client can exhaust descriptors; the box can run short of memory)."""
+    while not stop.is_set():
+        try:
+            conn, _ = sock.accept()
+        except socket.timeout:
+            continue
+        except OSError as e:
+            if e.errno in _TRANSIENT_ACCEPT and not stop.is_set():
+                if events is not None:
+                    events.emit(event, error="accept: %s" % e.strerror)
+                stop.wait(0.2)
+                continue
+            break
+        conn.settimeout(None)
+        adopt(conn)
+
+
 class ControlServer:
     def __init__(self, path: str, mode: int, handlers: Dict[str, Handler], events=None):
         self.path = path
@@ -198,24 +219,13 @@ class ControlServer:
         self._thread.start()
 
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError as e:
-                if e.errno in _TRANSIENT_ACCEPT and not self._stop.is_set():
-                    # out of descriptors or memory: the socket must outlive it, not stop serving
-                    if self.events is not None:
-                        self.events.emit("control.error", error="accept: %s" % e.strerror)
-                    self._stop.wait(0.2)
-                    continue
-                break
-            conn.settimeout(None)
-            with self._lock:
-                self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="refitd-control-conn",
-                             daemon=True).start()
+        accept_loop(self._sock, self._stop, self._adopt, self.events, "control.error")
+
+    def _adopt(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._conns.add(conn)
+        threading.Thread(target=self._serve, args=(conn,), name="refitd-control-conn",
+                         daemon=True).start()
 
     def dispatch(self, req: Any, fds: tuple = ()) -> Dict[str, Any]:
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):

@@ -193,6 +193,23 @@ class Source(abc.ABC):
         return {"type": self.kind}
 
 
+class QueuedSource(Source):
+    """A source whose items are produced by its own thread(s) into a bounded queue."""
+
+    def __init__(self, cfg, engine, events, maxsize: int):
+        super().__init__(cfg, engine, events)
+        self._q: "queue.Queue[Item]" = queue.Queue(maxsize=maxsize)
+
+    def get(self, timeout: float) -> Optional[Item]:
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def drained(self) -> bool:
+        return self._stop.is_set() and self._q.empty()
+
+
 @register_source("synthetic")
 class SyntheticSource(Source):
     """The same tensors every time (ones / zeros / a number) or fresh random ones, paced to
@@ -241,7 +258,7 @@ def _complete_name(name: str) -> bool:
 
 
 @register_source("npy-dir")
-class NpyDirSource(Source):
+class NpyDirSource(QueuedSource):
     """Polls a folder for ``*.npy`` / ``*.npz`` (temp names ``*.part``, ``.*`` ignored; write
     then rename in). Each file is inferred once, then moved to ``done/`` (or deleted); a file
     that cannot be read is moved to ``failed/`` with a ``.reason`` beside it. A file is taken
@@ -249,8 +266,7 @@ class NpyDirSource(Source):
     rename (``np.save`` straight into the folder) is not caught half-written."""
 
     def __init__(self, cfg, engine, events):
-        super().__init__(cfg, engine, events)
-        self._q: "queue.Queue[Item]" = queue.Queue(maxsize=256)
+        super().__init__(cfg, engine, events, maxsize=256)
         self._seen: set = set()
         self._seen_lock = threading.Lock()
         self._settling: Dict[str, tuple] = {}  # name -> (size, mtime_ns) at the last scan
@@ -346,14 +362,7 @@ class NpyDirSource(Source):
                         self._seen.discard(name)
             self._stop.wait(self.cfg.poll)
 
-    def get(self, timeout: float) -> Optional[Item]:
-        try:
-            return self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
 
-    def drained(self) -> bool:
-        return self._stop.is_set() and self._q.empty()
 
     def describe(self):
         return {"type": self.kind, "path": self.cfg.path}
@@ -446,13 +455,12 @@ def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0
 
 
 @register_source("socket")
-class SocketSource(Source):
+class SocketSource(QueuedSource):
     """The local inference API: a Unix socket (mode from config) where each connection sends
     requests and gets replies in order (see the module docstring for the frame format)."""
 
     def __init__(self, cfg, engine, events):
-        super().__init__(cfg, engine, events)
-        self._q: "queue.Queue[Item]" = queue.Queue(maxsize=1024)
+        super().__init__(cfg, engine, events, maxsize=1024)
         self._server: Optional[socket.socket] = None
         self._conns: set = set()
         self._conns_lock = threading.Lock()
@@ -468,17 +476,13 @@ class SocketSource(Source):
         self._accept_thread.start()
 
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            conn.settimeout(None)
-            with self._conns_lock:
-                self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="refitd-infer-conn", daemon=True).start()
+        from .control import accept_loop  # shared: survives running out of descriptors
+        accept_loop(self._server, self._stop, self._adopt, self.events, "runner.error")
+
+    def _adopt(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.add(conn)
+        threading.Thread(target=self._serve, args=(conn,), name="refitd-infer-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -527,11 +531,6 @@ class SocketSource(Source):
                 self._conns.discard(conn)
             conn.close()
 
-    def get(self, timeout: float) -> Optional[Item]:
-        try:
-            return self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
 
     def stop(self) -> None:
         super().stop()
@@ -545,8 +544,6 @@ class SocketSource(Source):
             except OSError:
                 pass
 
-    def drained(self) -> bool:
-        return self._stop.is_set() and self._q.empty()
 
     def describe(self):
         return {"type": self.kind, "path": self.cfg.path}
