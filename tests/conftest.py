@@ -38,6 +38,24 @@ def seed_conv_model(path, k: float = 0.0):
     return Path(path)
 
 
+def clip_scalar_model(path):
+    """y = Clip(x * w, lo, hi) with x, w float32 [4] and the bounds 0-d initializers (lo 0,
+    hi 6): refittable scalar weights, as a Clip's bounds or a scale are in exported models."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((4,), np.float32), "w"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["m"], name="scale"),
+         helper.make_node("Clip", ["m", "lo", "hi"], ["y"], name="clip")], "clip_scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return Path(path)
+
+
 def add_chain_model(path, n: int = 10, size: int = 16):
     """y = x + w0 + w1 + ... + w{n-1}, every w a float32 vector of `size` (initially zeros):
     n equally sized weights, so a version that changes one of them changes 1/n of the bytes."""

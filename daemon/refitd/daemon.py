@@ -61,7 +61,7 @@ def _decode_tensor(spec: Any, name: str) -> np.ndarray:
 
 
 def encode_tensor(a: np.ndarray) -> Dict[str, Any]:
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d output 1-d)
     return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
 
 

@@ -300,7 +300,7 @@ class Context:
         for i, spec in enumerate(self._inputs):
             if spec.name not in inputs:
                 raise EngineError(f"input '{spec.name}': missing", "REFIT_ERR_INVALID_ARG", spec.name)
-            a = np.ascontiguousarray(inputs[spec.name], dtype=np.float32)
+            a = np.asarray(inputs[spec.name], dtype=np.float32, order="C")  # 0-d stays 0-d
             if a.shape != spec.shape:
                 raise ShapeError(f"input '{spec.name}': shape {list(a.shape)} does not match the "
                                  f"model's {list(spec.shape)}", "REFIT_ERR_SHAPE", spec.name)
