@@ -195,3 +195,42 @@ def fail_replace(monkeypatch, suffix: str) -> list:
 
     monkeypatch.setattr(os, "replace", replace)
     return calls
+
+
+# ---- no silent skips ----------------------------------------------------------------------
+# A skip is not a pass: a fresh machine that lacks a tool would otherwise go green without
+# running the tests that need it. Long runs (marked slow) are deselected unless REFITD_LONG=1,
+# so they never count as skipped; any other skip fails the run (REFITD_ALLOW_SKIPS=1 allows
+# them for a run by hand, e.g. on a machine that cannot have a tool).
+
+_SKIPPED: List[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("REFITD_LONG"):
+        return
+    slow = [it for it in items if it.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [it for it in items if not it.get_closest_marker("slow")]
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append("%s: %s" % (report.nodeid, reason))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _SKIPPED and not os.environ.get("REFITD_ALLOW_SKIPS"):
+        terminalreporter.write_line(
+            "refitd: %d test%s skipped, and a skip is not a pass: install what they need "
+            "(or set REFITD_ALLOW_SKIPS=1 for a run by hand)" % (len(_SKIPPED), "" if len(_SKIPPED) == 1 else "s"),
+            red=True)
+        for line in _SKIPPED:
+            terminalreporter.write_line("  " + line)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SKIPPED and not os.environ.get("REFITD_ALLOW_SKIPS") and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
