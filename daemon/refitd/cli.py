@@ -211,13 +211,14 @@ def cmd_versions(args) -> int:
 
 
 def _report_outcome(args, resp: Dict[str, Any], verb: str) -> int:
+    from .watch import ALREADY_SERVING_STAGE, already_serving_text  # the file drop's wording
     if args.json:
         _print_json(resp)
     if not resp.get("ok"):
         stage = resp.get("stage")
         raise CliError("%s failed%s: %s" % (verb, " at " + stage if stage else "", resp.get("error")))
-    if not args.json and resp.get("stage") == "already-applied":
-        print("version %s is this very package and already serving; nothing to do" % resp.get("version"))
+    if not args.json and resp.get("stage") == ALREADY_SERVING_STAGE:
+        print(already_serving_text(resp.get("version")))
     elif not args.json:
         secs = resp.get("seconds")
         print("%s version %s%s; serving version %s" % (
