@@ -249,3 +249,14 @@ def test_metrics_endpoint(daemon):
     assert 'refitd_updates_total{outcome="applied"}' in body
     total = [line for line in body.splitlines() if line.startswith("refitd_inferences_total ")][0]
     assert int(total.split()[1]) > 0
+
+
+def test_status_after_a_package_that_failed_to_parse(daemon):
+    bad = os.path.join(daemon.state, "garbage.safetensors")
+    with open(bad, "wb") as f:
+        f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    r = daemon.cli("apply", bad)
+    assert r.returncode == 1 and "apply failed at parse" in r.stderr
+    line = [l for l in daemon.cli("status").stdout.splitlines() if l.startswith("last update")][0]
+    assert "None" not in line, line
+    assert line.startswith("last update  apply of garbage.safetensors via cli at ") and ": FAILED at parse: " in line, line

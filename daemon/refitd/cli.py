@@ -102,6 +102,14 @@ def _when(t: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _update_target(lu: Dict[str, Any]) -> str:
+    """What an update was of: its version, or (a package that failed before its version was
+    read) its file name."""
+    if lu.get("version") is not None:
+        return "version %s" % lu["version"]
+    return os.path.basename(lu["file"]) if lu.get("file") else "a package of unknown version"
+
+
 def format_status(st: Dict[str, Any]) -> str:
     sv = st["serving"]
     inf = st.get("inference") or {}
@@ -117,7 +125,7 @@ def format_status(st: Dict[str, Any]) -> str:
     ]
     lu = st.get("last_update")
     if lu:
-        what = "%s of version %s" % (lu.get("action", "apply"), lu.get("version"))
+        what = "%s of %s" % (lu.get("action", "apply"), _update_target(lu))
         via = " via %s" % lu["source"] if lu.get("source") else ""
         if lu.get("ok"):
             res = "ok"
