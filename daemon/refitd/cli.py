@@ -325,20 +325,43 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def _problem_dicts(problems) -> List[Dict[str, Any]]:
+    return [{"key": p.path, "message": p.message, "line": p.line} for p in problems]
+
+
 def cmd_check_config(args) -> int:
+    from . import preflight
     try:
         cfg = _config.load_config(args.file)
     except _config.ConfigError as e:
-        sys.stderr.write("refitd: %s\n" % e.report())
+        if args.json:
+            _print_json({"file": args.file, "ok": False, "problems": _problem_dicts(e.problems)})
+        else:
+            sys.stderr.write("refitd: %s\n" % e.report())
         return 2
     if args.print:
         import yaml
         sys.stdout.write(yaml.safe_dump(_config.config_to_dict(cfg), sort_keys=False))
+        return 0
+    problems, model, user = [], None, None
+    if not args.file_only:  # the config against this machine, as the daemon's user
+        try:
+            user = preflight.lookup_user(args.user or preflight.default_user())
+        except KeyError:
+            raise CliError("no such user: %s" % args.user, 2)
+        problems, model = preflight.check_machine(cfg, user)
+    info = preflight.summary(cfg, user)
+    if args.json:
+        _print_json({"file": args.file, "ok": not problems, "config": info, "model": model,
+                     "problems": _problem_dicts(problems)})
+    elif problems:
+        sys.stderr.write("refitd: %s\n" % _config.ConfigError(problems, args.file).report())
     else:
-        print("%s: OK (model %s on %s, %d workers, %s source, %s sink, store %s keep %d, watch %s, control %s)" % (
-            args.file, cfg.model.path, cfg.model.backend, cfg.workers.threads, cfg.source.type,
+        checked = "file only" if args.file_only else "checked as user %s" % info["user"]
+        print("%s: OK (%s; model %s on %s, %d workers, %s source, %s sink, store %s keep %d, watch %s, control %s)" % (
+            args.file, checked, cfg.model.path, cfg.model.backend, cfg.workers.threads, cfg.source.type,
             cfg.sink.type, cfg.store.path, cfg.store.keep, cfg.watch.path or "off", cfg.control.socket))
-    return 0
+    return 2 if problems else 0
 
 
 def cmd_demo(args) -> int:
@@ -418,9 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ignore-unknown", action="store_true", help="drop tensors the model does not have")
     sp.set_defaults(fn=cmd_pack)
 
-    sp = sub.add_parser("check-config", help="validate a config file; every problem at once")
-    sp.add_argument("file")
+    sp = sub.add_parser("check-config", help="validate a config file and check it against this machine; every problem at once",
+                        description="Validate a config file (keys, types, values), then check it against this "
+                                    "machine: the model exists and opens in the engine, the health checks and "
+                                    "name map fit it, directories exist or can be created and are writable by "
+                                    "the daemon's user, files it reads are readable. One line per problem; "
+                                    "exit 2 if there is any.")
+    sp.add_argument("file", help="the YAML config file")
     sp.add_argument("--print", action="store_true", help="print the config with every default filled in")
+    sp.add_argument("--user", help="check permissions as this user (default: refitd when run as root and "
+                                   "that user exists, else the current user)")
+    sp.add_argument("--file-only", action="store_true",
+                    help="only validate the file, not this machine (e.g. a config for another box)")
+    sp.add_argument("--json", action="store_true", help="the report as JSON (ok, problems, model, config)")
     sp.set_defaults(fn=cmd_check_config)
 
     sp = sub.add_parser("demo", help="the seeds' demo on a real daemon: file drops, outputs 0..81, rollback")
