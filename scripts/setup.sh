@@ -50,7 +50,7 @@ fi
 # Editable install: builds native/ with CMake and puts librefit.so inside the refitd package.
 echo "setup: pip install -e .[test] into $VENV (builds librefit; ~30-60 s)" >&2
 pip_log="$VENV/setup-pip.log"
-with_progress "setup: pip install" "$pip_log" "$VENV/bin/python" -m pip install -q -e ".[test]" \
+PROGRESS_IGNORE="^WARNING: Location .* is ignored" with_progress "setup: pip install" "$pip_log" "$VENV/bin/python" -m pip install -q -e ".[test]" \
   || { cat "$pip_log" >&2; exit 1; }
 { grep -v "^WARNING: Location .* is ignored" "$pip_log" || true; } >&2
 # PyTorch is optional (the torch.onnx.export test and .pt packing use it). Only a locally

@@ -49,6 +49,7 @@ ensure_binfmt_aarch64() {
 # with_progress WHAT LOG CMD... — runs CMD with its stdout+stderr in LOG and, every
 # ${PROGRESS_EVERY:-20} s, prints "WHAT: N s so far; <LOG's last line>" on stderr, so a long
 # step (debootstrap's second stage under qemu, a pip install) never sits silent. CMD's status.
+# Log lines matching the regex $PROGRESS_IGNORE are not shown as the last line.
 with_progress() {
   local what=$1 log=$2 t0 ticker rc=0
   shift 2
@@ -56,7 +57,7 @@ with_progress() {
   : >"$log"
   (
     while sleep "${PROGRESS_EVERY:-20}"; do
-      last=$(tail -n 1 "$log" 2>/dev/null | tr -d '\r' | cut -c1-100)
+      last=$(grep -Ev "${PROGRESS_IGNORE:-^\$}" "$log" 2>/dev/null | tail -n 1 | tr -d '\r' | cut -c1-100)
       echo "$what: $(($(date +%s) - t0)) s so far${last:+; $last}" >&2
     done
   ) &
