@@ -267,8 +267,13 @@ def cmd_pin(args) -> int:
         resp.pop("ok", None)
         _print_json(resp)
     else:
-        print("%s version %d (pinned: %s)" % ("pinned" if args.command == "pin" else "unpinned",
-                                             args.version, ", ".join(map(str, resp.get("pinned") or [])) or "none"))
+        pinned = ", ".join(map(str, resp.get("pinned") or [])) or "none"
+        if resp.get("changed", True):
+            done = "pinned" if args.command == "pin" else "unpinned"
+            print("%s version %d (pinned: %s)" % (done, args.version, pinned))
+        else:  # idempotent both ways: the second pin/unpin changes nothing, and says so
+            was = "already pinned" if args.command == "pin" else "not pinned"
+            print("version %d was %s; nothing changed (pinned: %s)" % (args.version, was, pinned))
     return 0
 
 

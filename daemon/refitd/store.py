@@ -615,26 +615,33 @@ class Store:
         """``prepare`` + ``write``: stores a version (not yet current). Returns its manifest."""
         return self.write(self.prepare(version, tensors, base, meta))
 
-    def pin(self, version: int) -> None:
-        """Keeps ``version`` through retention until unpinned."""
+    def pin(self, version: int) -> bool:
+        """Keeps ``version`` through retention until unpinned. Idempotent, as ``unpin`` is:
+        False when it was pinned already. A version not in the store is an error."""
         with self._mu:
             if version not in self._manifests:
                 raise StoreError("version %d is not in the store (stored: %s)"
                                  % (version, self._list_str()))
             if version in self._pins:
-                return
+                return False
             self._write_json(self._p("pins.json"), sorted(self._pins | {version}))
             self._pins.add(version)
             self._append_history({"event": "pinned", "version": version})
+            return True
 
-    def unpin(self, version: int) -> None:
+    def unpin(self, version: int) -> bool:
+        """Lets retention remove ``version`` again. False when it was not pinned; a version
+        not in the store is an error (as for ``pin``: a typo must not pass silently)."""
         with self._mu:
             if version not in self._pins:
-                raise StoreError("version %d is not pinned (pinned: %s)"
-                                 % (version, ", ".join(map(str, sorted(self._pins))) or "none"))
+                if version not in self._manifests:
+                    raise StoreError("version %d is not in the store (stored: %s)"
+                                     % (version, self._list_str()))
+                return False
             self._write_json(self._p("pins.json"), sorted(self._pins - {version}))
             self._pins.discard(version)
             self._append_history({"event": "unpinned", "version": version})
+            return True
 
     def record(self, event: str, **fields: Any) -> None:
         """Appends an event to history.jsonl (O_APPEND, fsync)."""
