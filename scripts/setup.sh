@@ -46,26 +46,33 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 . toolchain/lib.sh  # with_progress
+
+# pip_install WHAT ARGS... — pip install -q ARGS with a progress line every 20 s (a pip step can
+# sit silent for minutes), its output filtered of the index-location warnings.
+pip_install() {
+  local what=$1 log="$VENV/setup-pip.log"
+  shift
+  echo "setup: $what" >&2
+  PROGRESS_IGNORE="^WARNING: Location .* is ignored" with_progress "setup: pip ${what%% (*}" "$log" \
+    "$VENV/bin/python" -m pip install -q "$@" || { cat "$log" >&2; return 1; }
+  { grep -v "^WARNING: Location .* is ignored" "$log" || true; } >&2
+}
+
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1
 # Editable install: builds native/ with CMake and puts librefit.so inside the refitd package.
-echo "setup: pip install -e .[test] into $VENV (builds librefit; ~30-60 s)" >&2
-pip_log="$VENV/setup-pip.log"
-PROGRESS_IGNORE="^WARNING: Location .* is ignored" with_progress "setup: pip install" "$pip_log" "$VENV/bin/python" -m pip install -q -e ".[test]" \
-  || { cat "$pip_log" >&2; exit 1; }
-{ grep -v "^WARNING: Location .* is ignored" "$pip_log" || true; } >&2
+pip_install "pip install -e .[test] into $VENV (builds librefit; ~30-90 s)" -e ".[test]"
 # PyTorch is optional (the torch.onnx.export test and .pt packing use it). Only a locally
 # provided wheel is used: never pull several GB of CUDA packages from an index.
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   wheel_dir=$(mktemp -d)
   if "$VENV/bin/python" -m pip download -q --no-deps --no-index -d "$wheel_dir" torch==2.13.0 >/dev/null 2>&1; then
-    "$VENV/bin/python" -m pip install -q "$wheel_dir"/torch-*.whl 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; } >&2 \
-      && echo "setup: torch installed from a local wheel" >&2
+    pip_install "torch from a local wheel (~1-2 min)" "$wheel_dir"/torch-*.whl
   fi
   rm -rf "$wheel_dir"
 fi
 # torch's default (dynamo) ONNX exporter needs onnxscript.
 if "$VENV/bin/python" -c 'import torch' 2>/dev/null && ! "$VENV/bin/python" -c 'import onnxscript' 2>/dev/null; then
-  "$VENV/bin/python" -m pip install -q onnxscript 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; } >&2
+  pip_install "onnxscript (torch's ONNX exporter needs it)" onnxscript
 fi
 echo "$want_stamp" >"$STAMP"
 echo "setup: ready ($VENV). The CLI is $VENV/bin/refitd: put it on PATH with" >&2
