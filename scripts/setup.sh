@@ -53,7 +53,7 @@ pip_install() {
   local what=$1 log="$VENV/setup-pip.log"
   shift
   echo "setup: $what" >&2
-  PROGRESS_IGNORE="^WARNING: Location .* is ignored" with_progress "setup: pip ${what%% (*}" "$log" \
+  PROGRESS_IGNORE="^WARNING: Location .* is ignored" with_progress "setup: ${what%% (*}" "$log" \
     "$VENV/bin/python" -m pip install -q "$@" || { cat "$log" >&2; return 1; }
   { grep -v "^WARNING: Location .* is ignored" "$log" || true; } >&2
 }
