@@ -369,3 +369,26 @@ def test_check_config_ok_json(tmp_path):
     assert rep["ok"] is True and rep["problems"] == [] and rep["model"]["fingerprint"].startswith("sha256:")
     r = run_cli("check-config", "--json", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and json.loads(r.stdout)["ok"] is False
+
+
+def test_check_config_counts_the_units_own_directories_as_creatable(tmp_path):
+    """/run/refitd and /var/lib/refitd do not exist before the service starts (systemd's
+    RuntimeDirectory=/StateDirectory= make them for its user): not a problem for that user."""
+    import tempfile
+    from refitd import preflight
+    base = tempfile.mkdtemp(prefix="rfd-unit", dir="/tmp")
+    try:
+        os.chmod(base, 0o755 if os.geteuid() == 0 else 0o555)
+        run_dir = os.path.join(base, "run-refitd")
+        raw = base_config(str(tmp_path))
+        raw["control"]["socket"] = os.path.join(run_dir, "control.sock")
+        cfg = C.parse_config(raw)
+        user = preflight.lookup_user("nobody" if os.geteuid() == 0 else preflight.default_user())
+        problems, _ = preflight.check_machine(cfg, user, unit_dirs=())
+        assert [(p.path, p.message.split(" (")[0]) for p in problems if p.path == "control.socket"] == [
+            ("control.socket", "user %s cannot create %s" % (user.name, run_dir))]
+        problems, _ = preflight.check_machine(cfg, user, unit_dirs=(run_dir,))
+        assert [p for p in problems if p.path == "control.socket"] == []
+    finally:
+        os.chmod(base, 0o755)
+        os.rmdir(base)

@@ -13,11 +13,14 @@ import grp
 import os
 import pwd
 import stat
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from .config import Config, Problem
 
 DAEMON_USER = "refitd"  # the user install.sh creates and systemd/refitd.service runs as
+# What systemd/refitd.service's StateDirectory= and RuntimeDirectory= make (owned by the
+# service's user) when the service starts: for that user they count as writable though absent.
+UNIT_DIRS = ("/var/lib/refitd", "/run/refitd")
 
 R, W, X = 4, 2, 1
 
@@ -78,8 +81,9 @@ def _mode_word(want: int) -> str:
 
 
 class _Checker:
-    def __init__(self, user: User):
+    def __init__(self, user: User, unit_dirs: Sequence[str] = ()):
         self.user = user
+        self.unit_dirs = tuple(os.path.abspath(d) for d in unit_dirs)
         self.problems: List[Problem] = []
 
     def add(self, key: str, message: str) -> None:
@@ -118,6 +122,8 @@ class _Checker:
             return
         probe = path
         while not os.path.lexists(probe):
+            if probe in self.unit_dirs:
+                return  # systemd creates it for the service's user at start
             parent = os.path.dirname(probe)
             if parent == probe:
                 break
@@ -192,10 +198,14 @@ def _check_model(c: _Checker, cfg: Config) -> Optional[dict]:
                 "outputs": len(eng.outputs()), "weights": len(weights)}
 
 
-def check_machine(cfg: Config, user: User) -> Tuple[List[Problem], Optional[dict]]:
+def check_machine(cfg: Config, user: User, unit_dirs: Optional[Sequence[str]] = None
+                  ) -> Tuple[List[Problem], Optional[dict]]:
     """Every problem of ``cfg`` on this machine for the daemon running as ``user``, and the
-    model summary (None when the model did not open)."""
-    c = _Checker(user)
+    model summary (None when the model did not open). ``unit_dirs``: directories the service
+    manager creates for the user (default: the shipped unit's, when ``user`` is its user)."""
+    if unit_dirs is None:
+        unit_dirs = UNIT_DIRS if user.name == DAEMON_USER else ()
+    c = _Checker(user, unit_dirs)
     model = _check_model(c, cfg)
     c.writable_dir("store.path", cfg.store.path)
     if cfg.watch.path:
