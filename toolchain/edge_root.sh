@@ -48,9 +48,10 @@ t_first=$(elapsed "$t1")
 
 install -m 0755 "$(command -v qemu-aarch64-static)" "$ROOT/usr/bin/qemu-aarch64-static"
 t2=$(now)
-# Every arm64 binary of the install runs under qemu: 5-12 min on 2 shared cores. The ticker
-# says how long so far and what debootstrap is at (its log's last line).
-echo "edge-root: second stage (unpacks and configures every package, arm64 under qemu; 5-12 min)" >&2
+# Every arm64 binary of the install runs under qemu: ~2.5 min on 2 quiet cores, 6 min and more
+# on busy ones (docs/edge.md). The ticker says how long so far and what debootstrap is at (its
+# log's last line).
+echo "edge-root: second stage (unpacks and configures every package, arm64 under qemu; ~2.5 min on 2 quiet cores, 6+ busy)" >&2
 with_progress "edge-root: second stage" "$ROOT.debootstrap2.log" \
   chroot "$ROOT" /debootstrap/debootstrap --second-stage \
   || { tail -20 "$ROOT.debootstrap2.log" >&2; tail -30 "$ROOT/debootstrap/debootstrap.log" >&2 || true; exit 1; }
