@@ -392,3 +392,32 @@ def test_check_config_counts_the_units_own_directories_as_creatable(tmp_path):
     finally:
         os.chmod(base, 0o755)
         os.rmdir(base)
+
+
+def test_check_config_store_of_another_model(tmp_path):
+    """The box's path: install.sh serves the demo model, the service makes a store for it, the
+    operator puts their own model in place. The daemon would refuse the old store at start;
+    check-config says so first."""
+    from conftest import clip_scalar_model
+    from refitd.store import committed_model
+    state = str(tmp_path)
+    raw = base_config(state)
+    raw["store"]["path"] = os.path.join(state, "store")
+    path = write_config(state, raw)
+    assert committed_model(raw["store"]["path"]) is None
+    from daemon_helpers import DaemonProc
+    d = DaemonProc(path, raw["control"]["socket"]).start()  # makes the store for the demo model
+    d.stop()
+    assert committed_model(raw["store"]["path"]) == (0, fingerprint_of(C.demo_model_path()))
+    assert run_cli("check-config", path).returncode == 0
+    raw["model"]["path"] = str(clip_scalar_model(tmp_path / "mine.onnx"))
+    path = write_config(state, raw)
+    r = run_cli("check-config", path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("refitd: %s: store.path: %s holds version 0 of another model (sha256:" % (
+        path, raw["store"]["path"])) and "point store.path at a fresh directory" in r.stderr, r.stderr
+
+
+def fingerprint_of(model):
+    from daemon_helpers import fingerprint
+    return fingerprint(model)

@@ -198,6 +198,16 @@ def _check_model(c: _Checker, cfg: Config) -> Optional[dict]:
                 "outputs": len(eng.outputs()), "weights": len(weights)}
 
 
+def _check_store_model(c: _Checker, path: str, fingerprint: str) -> None:
+    """A store holds one model's versions: a new model file over an old store (the demo model
+    install.sh puts in place, then yours) does not start."""
+    from .store import committed_model
+    got = committed_model(path)
+    if got is not None and got[1] != fingerprint:
+        c.add("store.path", "%s holds version %d of another model (%s), the model file is %s: point "
+              "store.path at a fresh directory, or move that store away" % (path, got[0], got[1][:23], fingerprint[:23]))
+
+
 def check_machine(cfg: Config, user: User, unit_dirs: Optional[Sequence[str]] = None
                   ) -> Tuple[List[Problem], Optional[dict]]:
     """Every problem of ``cfg`` on this machine for the daemon running as ``user``, and the
@@ -208,6 +218,8 @@ def check_machine(cfg: Config, user: User, unit_dirs: Optional[Sequence[str]] = 
     c = _Checker(user, unit_dirs)
     model = _check_model(c, cfg)
     c.writable_dir("store.path", cfg.store.path)
+    if model is not None:
+        _check_store_model(c, cfg.store.path, model["fingerprint"])
     if cfg.watch.path:
         c.writable_dir("watch.path", cfg.watch.path)
     c.writable_file("control.socket", cfg.control.socket)

@@ -76,6 +76,20 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+def committed_model(path: str) -> Optional[Tuple[int, str]]:
+    """(current version, its model fingerprint) of the store at ``path``, read without opening
+    or locking it (for `refitd check-config`, while a daemon may hold the store); None when
+    there is no committed version or it cannot be read (opening the store then says why)."""
+    try:
+        with open(os.path.join(path, "current"), "rb") as f:
+            v = int(json.loads(f.read())["version"])
+        with open(os.path.join(path, "versions", "%d.json" % v), "rb") as f:
+            model = json.loads(f.read()).get("model")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (v, model) if isinstance(model, str) else None
+
+
 @dataclass
 class Pending:
     """A version computed in memory by ``Store.prepare``; nothing is on disk yet.
