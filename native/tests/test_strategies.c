@@ -10,6 +10,7 @@
 #include "check.h"
 #include "refit.h"
 #include "seed_model.h"
+#include "seed_run.h"
 
 static const int64_t KSHAPE[4] = {1, 1, 3, 3};
 static const char *const STRATEGIES[] = {"swap", "quiesce", "ab"};
@@ -23,19 +24,6 @@ static refit_status open_seed(const char *backend, const char *strategy, const c
     refit_status st = refit_engine_open_memory(bytes, size, backend, keys, vals, key ? 2 : 1, e);
     free(bytes);
     return st;
-}
-
-static float infer(refit_context *c, uint64_t *version)
-{
-    float x[9], y = -1;
-    for (int i = 0; i < 9; i++)
-        x[i] = 1;
-    const void *in[1] = {x};
-    void *out[1] = {&y};
-    size_t in_n[1] = {sizeof x}, out_n[1] = {sizeof y};
-    refit_status st = refit_context_run(c, in, in_n, 1, out, out_n, 1, version);
-    CHECK(st == REFIT_OK, "run: %s", refit_status_string(st));
-    return y;
 }
 
 static refit_tensor kernel_of(float *w, float k)
