@@ -160,7 +160,7 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
     feeds = models.random_inputs(model)
     eng = Engine.open(path, strategy=strategy)
     sets = [models.random_weights(model, seed) for seed in (3, 4)]
-    state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": []}
+    state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": [], "pauses": []}
     cond = threading.Condition()
 
     def refitter():
@@ -180,6 +180,8 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
             t = time.perf_counter()
             eng.refit(sets[state["version"] % 2], state["version"])
             state["refit_s"].append(time.perf_counter() - t)
+            if strategy == "quiesce":
+                state["pauses"].append(eng.stats()["last_pause_ns"] / 1e6)
             state["refits"] += 1
 
     th = threading.Thread(target=refitter, daemon=True)
@@ -217,6 +219,7 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
         "model": "mobilenetv2_block",
         "strategy": strategy,
         "longest_pause_ms": round(stats["max_pause_ns"] / 1e6, 3) if strategy == "quiesce" else None,
+        "median_pause_ms": round(statistics.median(state["pauses"]), 3) if state["pauses"] else None,
         "refit_period_ms": period_s * 1e3,
         "refits_done": state["refits"],
         "refit_median_ms": round(statistics.median(state["refit_s"]) * 1e3, 3) if state["refit_s"] else None,

@@ -62,11 +62,14 @@ def test_strategy_refits_and_refusals(seed, plugins, backend, strategy):
         assert stats["refits"] == 2 and stats["failed_refits"] == 1
 
 
-@pytest.mark.parametrize("strategy, nth", [("quiesce", 2), ("ab", 3)])
-@pytest.mark.parametrize("fault, words", [("fail_refit", "injected failure"), ("corrupt_refit", "non-finite")])
-def test_failing_inplace_refit_keeps_serving_version(seed, plugins, strategy, nth, fault, words):
-    """The plugin's in-place refit fails part-way (or silently writes NaN): the serving version and
-    its output must be exactly as before, and the next refit must serve."""
+@pytest.mark.parametrize("strategy, nth, fault, words", [
+    ("swap", 3, "fail_prepare", "injected failure"),
+    ("quiesce", 2, "fail_refit", "injected failure"), ("quiesce", 2, "corrupt_refit", "non-finite"),
+    ("ab", 3, "fail_refit", "injected failure"), ("ab", 3, "corrupt_refit", "non-finite")])
+def test_failing_refit_keeps_serving_version(seed, plugins, strategy, nth, fault, words):
+    """The plugin's backend write for the second refit fails (swap: its prepare; quiesce, ab: the
+    in-place refit, part-way or silently writing NaN): the serving version and its output must be
+    exactly as before, and the next refit must serve."""
     with Engine.open(seed, backend="testplug", strategy=strategy, backend_options={fault: nth}) as eng:
         eng.refit(_kernel(1), version=1)
         with pytest.raises(E.BackendError, match=words):
