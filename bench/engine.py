@@ -23,7 +23,8 @@ inference latency with and without a concurrent refit loop. Prints ONE JSON obje
    - publish latency of a staged set of ~1 MB and ~128 MB (the core's pointer flip + waiting out
      the old set's readers, from Engine.stats(); the Python call around it reported too);
    - stage time / (memcpy of the same bytes into a preallocated buffer + the backend's own
-     transform, Engine.stats()["last_prepare_ns"]), on the 128 MB Gemm stack and the ResNet block;
+     transform, Engine.stats()["last_prepare_ns"]), on the 128 MB Gemm stack and the ResNet block,
+     in stage+publish cycles;
    - inference throughput with prepared weights next to the per-run path (backend.prepare=0: BN
      folding, panel packing and Winograd transforms on every inference, as before API v2) on the
      MobileNetV2 and ResNet blocks, interleaved windows as in 1.
@@ -234,7 +235,7 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
 
 def publish_latency(total_mb, tmp, repeat):
     """Stage a full new set, then publish it: the core's flip + reader wait (stats) and the call."""
-    model = models.gemm_stack(total_mb << 20)
+    model = models.gemm_stack(total_mb << 20, width=512 if total_mb < 4 else 1024)
     path = os.path.join(tmp, f"publish{total_mb}.onnx")
     onnx.save(model, path)
     sets = [models.random_weights(model, seed) for seed in (1, 2)]
@@ -255,7 +256,8 @@ def publish_latency(total_mb, tmp, repeat):
 
 
 def stage_cost(name, model, tmp, repeat):
-    """stage() next to memcpy of the same bytes + the backend's own transform of them."""
+    """stage() next to memcpy of the same bytes + the backend's own transform of them, in the
+    daemon's cycle (stage, shadow run, publish), so stages write into the retired set's buffers."""
     path = os.path.join(tmp, f"stage_{name}.onnx")
     onnx.save(model, path)
     sets = [models.random_weights(model, seed) for seed in (1, 2)]
@@ -268,7 +270,7 @@ def stage_cost(name, model, tmp, repeat):
             staged = eng.stage(sets[i % 2], i + 1)
             dt = time.perf_counter() - t
             prep = eng.stats()["last_prepare_ns"] / 1e9
-            staged.close()
+            eng.publish(staged)
             t = time.perf_counter()
             np.copyto(dst, flat)
             dc = time.perf_counter() - t
