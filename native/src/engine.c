@@ -1199,6 +1199,13 @@ static refit_status commit(refit_engine *e, wset *s, int check_finite)
         else if (!(st = ab_stage(e, s, check_finite)))
             ab_flip(e, s);
     }
+    if (st && st != REFIT_ERR_CONFLICT && e->strategy != STRAT_QUIESCE) { /* quiesce says more */
+        char why[sizeof tl_error];
+        memcpy(why, tl_error, sizeof why);
+        fail(st, "refit to version %llu failed (%s); version %llu still serves, unchanged",
+             (unsigned long long)s->version, why,
+             (unsigned long long)atomic_load(&e->current)->version);
+    }
     if (st) {
         wset_retire(e, s);
         e->stats.failed_refits++;
