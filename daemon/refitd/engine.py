@@ -204,7 +204,9 @@ def _check(status: int) -> None:
 
 def _keepref(lib, destroy, *owners):
     """A destructor that keeps `lib` (and `owners`, e.g. the engine a context belongs to) alive
-    until the handle is destroyed, whatever order the garbage collector picks (cairocffi's idiom)."""
+    until the handle is destroyed (cairocffi's idiom). The C side does not depend on it: contexts
+    and staged sets hold a reference on their engine in librefit, so any destroy order is safe,
+    the garbage collector's at interpreter exit included."""
     def release(pointer, _keepalive=(lib, owners)):
         destroy(pointer)
 
