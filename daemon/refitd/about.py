@@ -17,7 +17,7 @@ def package_version() -> str:
 
 
 def _backend_names() -> List[str]:
-    # engine.backends() lists names today; point this at engine-v2's fuller listing when it lands.
+    # the backends that load here (a refused plugin is listed by `refitd backends` with its reason)
     from . import engine
     return engine.backends()
 

@@ -403,6 +403,19 @@ def cmd_check_config(args) -> int:
     return 2 if problems else 0
 
 
+def cmd_backends(args) -> int:
+    """The backends librefit sees: built in, or plugin files on its search path (loaded to check)."""
+    from .engine import backend_infos
+    infos = backend_infos()
+    if args.json:
+        _print_json([{"name": b.name, "ok": not b.error, "location": b.location, "error": b.error}
+                     for b in infos])
+        return 0
+    for b in infos:
+        print("%-16s %-9s %s" % (b.name, "ok" if not b.error else "refused", b.error or b.location))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -521,6 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only validate the file, not this machine (e.g. a config for another box)")
     sp.add_argument("--json", action="store_true", help="the report as JSON (ok, problems, model, config)")
     sp.set_defaults(fn=cmd_check_config)
+
+    sp = command("backends", "list the engine backends available here (built in and plugins)",
+                 "List the engine backends librefit sees: the built-in reference backend and the "
+                 "plugin files (librefit_backend_<name>.so) on its search path, each loaded to "
+                 "check its api_version; a refused plugin is shown with the reason.")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
+    sp.set_defaults(fn=cmd_backends)
 
     sp = command("demo", "the seeds' demo on a real daemon: file drops, outputs 0..81, rollback")
     sp.add_argument("--state-dir", help="where the demo daemon keeps its state (default: a fresh temp dir)")
