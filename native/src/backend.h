@@ -37,6 +37,12 @@ typedef struct rt_backend {
      * concurrently on different contexts of the same plan. Returns 0 or a refit_status code. */
     int (*run)(void *plan, void *ctx, const float *const *weights, const float *const *inputs,
                float *const *outputs, char *err, size_t errlen);
+
+    /* Optional (NULL: the backend takes no options). An engine option "backend.<key>" reaches
+     * the backend as set_option(plan, "<key>", value) right after plan_create, before any
+     * context exists. Returns 0, or a refit_status code with a one-line message in err naming
+     * the key (unknown keys are refused). */
+    int (*set_option)(void *plan, const char *key, const char *value, char *err, size_t errlen);
 } rt_backend;
 
 /* Registry (backends.c). */

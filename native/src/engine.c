@@ -308,11 +308,28 @@ static refit_status parse_options(const char *const *keys, const char *const *va
             if (parse_u64(v, version))
                 return fail(REFIT_ERR_INVALID_ARG,
                             "option initial_version: must be a non-negative integer, got '%s'", v);
-        } else {
+        } else if (strncmp(k, "backend.", 8) != 0) { /* backend.*: set_backend_options */
             return fail(REFIT_ERR_INVALID_ARG,
                         "unknown option '%s' (known: refittable, input_shape, allow_nonfinite, "
-                        "initial_version, spare_weights)", k);
+                        "initial_version, spare_weights, backend.*)", k);
         }
+    }
+    return REFIT_OK;
+}
+
+/* Hands every "backend.<key>" option to the backend's set_option (parse_options let them by). */
+static refit_status set_backend_options(const rt_backend *be, void *plan, const char *const *keys,
+                                        const char *const *values, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(keys[i], "backend.", 8) != 0)
+            continue;
+        if (!be->set_option)
+            return fail(REFIT_ERR_INVALID_ARG, "option '%s': backend '%s' takes no options", keys[i],
+                        be->name);
+        int rc = be->set_option(plan, keys[i] + 8, values[i], tl_error, sizeof tl_error);
+        if (rc)
+            return (refit_status)rc;
     }
     return REFIT_OK;
 }
@@ -388,6 +405,11 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
         e->plan = NULL;
         refit_engine_destroy(e);
         return (refit_status)rc;
+    }
+    st = set_backend_options(be, e->plan, keys, values, num_options);
+    if (st) {
+        refit_engine_destroy(e);
+        return st;
     }
 
     /* The first weight set: the model file's own initial values. */
