@@ -100,6 +100,27 @@ static void dw_generic(const cpu_dw_args *a)
     }
 }
 
+/* Stride-2 3x3 depthwise input: the padded plane (PH x PW, PW = 2*OW + 1) as its even columns
+ * (PH rows of OW + 1) followed by its odd columns (PH rows of OW), see dw3x3s2_body. Only image
+ * cells are written: the zero border, set once, is the same for every channel. */
+static void dw_split_s2(const cpu_conv_geom *g, const float *plane, int64_t PH, int64_t PW,
+                        float *pad)
+{
+    const int64_t PE = (PW + 1) / 2, PO = PW / 2;
+    float *E = pad, *O = pad + PH * PE;
+    for (int64_t iy = 0; iy < g->H; iy++) {
+        const int64_t py = iy + g->pt;
+        if (py >= PH) break;
+        const float *src = plane + iy * g->W;
+        float *e = E + py * PE, *o = O + py * PO;
+        /* padded column p = ix + pl: even p -> e[p / 2], odd p -> o[p / 2]; j ranges keep
+         * 0 <= ix < W and p < PW, with no branch in the (stride-2, vectorisable) loops. */
+        const int64_t pend = g->W + g->pl < PW ? g->W + g->pl : PW;
+        for (int64_t j = (g->pl + 1) / 2; 2 * j < pend; j++) e[j] = src[2 * j - g->pl];
+        for (int64_t j = g->pl / 2; 2 * j + 1 < pend; j++) o[j] = src[2 * j + 1 - g->pl];
+    }
+}
+
 static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
                     float *y, const cpu_epi *epi, float *pad)
 {
@@ -108,8 +129,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     /* The border of the padded plane is the same for every channel: zero it once. */
     memset(pad, 0, (size_t)(PH * PW) * sizeof(float));
     const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
-    const int fast = g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->dh == 1 &&
-                     g->dw == 1;
+    const int k3 = g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1;
+    const int fast = k3 && g->sh == 1 && g->sw == 1, s2 = k3 && g->sh == 2 && g->sw == 2;
     const int64_t OHW = g->OH * g->OW;
     cpu_dw_args a;
     a.H = g->H;
@@ -130,7 +151,9 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     for (int64_t n = 0; n < g->N; n++) {
         for (int64_t c = 0; c < g->C; c++) {
             const float *plane = x + (n * g->C + c) * g->H * g->W;
-            if (px1 > px0) {
+            if (s2) {
+                dw_split_s2(g, plane, PH, PW, pad);
+            } else if (px1 > px0) {
                 for (int64_t iy = 0; iy < g->H; iy++) {
                     const int64_t py = iy + g->pt;
                     if (py >= PH) break;
@@ -146,6 +169,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
             a.res = (epi && epi->res) ? epi->res + (n * g->M + c) * OHW : NULL;
             if (fast)
                 isa->dw3x3s1(&a);
+            else if (s2)
+                isa->dw3x3s2(&a);
             else
                 dw_generic(&a);
         }

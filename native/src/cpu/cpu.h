@@ -66,6 +66,7 @@ typedef struct cpu_isa {
     cpu_ukernel_fn ukernel;
     cpu_sgemm_fn sgemm;   /* the GEMM driver compiled for this ISA (see cpu_sgemm) */
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
+    cpu_dw_fn dw3x3s2;    /* 3x3, stride 2, dilation 1, over even/odd column planes (conv.c) */
 } cpu_isa;
 
 /* Picks the best kernel set the running CPU supports (rt_cpu_features, cpuinfo.h);

@@ -183,6 +183,44 @@ static inline __attribute__((always_inline)) void dw3x3s1_body(const cpu_dw_args
 
 static void dw3x3s1_portable(const cpu_dw_args *a) { dw3x3s1_body(a); }
 
+/* Depthwise 3x3 stride 2 over the padded plane split into its even and odd columns (conv.c:
+ * E[r][j] = Xpad[r][2j], OW + 1 per row, then O[r][j] = Xpad[r][2j+1], OW per row, for all
+ * 2*OH + 1 rows), so output x reads E[x], O[x], E[x+1]: unit-stride loads, which the
+ * auto-vectoriser turns into full-width FMAs (a stride-2 gather does not vectorise). */
+static inline __attribute__((always_inline)) void dw3x3s2_body(const cpu_dw_args *a)
+{
+    const int64_t OH = a->OH, OW = a->OW, PE = OW + 1, PO = OW;
+    const float *E = a->pad, *O = a->pad + (2 * OH + 1) * PE;
+    const float w0 = a->w[0], w1 = a->w[1], w2 = a->w[2], w3 = a->w[3], w4 = a->w[4],
+                w5 = a->w[5], w6 = a->w[6], w7 = a->w[7], w8 = a->w[8];
+    const float s = a->scale, bb = a->bias, lo = a->lo, hi = a->hi;
+    for (int64_t oy = 0; oy < OH; oy++) {
+        const float *restrict e0 = E + 2 * oy * PE, *restrict e1 = e0 + PE, *restrict e2 = e1 + PE;
+        const float *restrict o0 = O + 2 * oy * PO, *restrict o1 = o0 + PO, *restrict o2 = o1 + PO;
+        const float *restrict rr = a->res ? a->res + oy * OW : NULL;
+        float *restrict o = a->out + oy * OW;
+#define DW_S2_SUM                                                                                  \
+    (w0 * e0[x] + w1 * o0[x] + w2 * e0[x + 1] + w3 * e1[x] + w4 * o1[x] + w5 * e1[x + 1] +        \
+     w6 * e2[x] + w7 * o2[x] + w8 * e2[x + 1])
+        if (rr) {
+            for (int64_t x = 0; x < OW; x++) {
+                float v = DW_S2_SUM * s + bb + rr[x];
+                v = v < lo ? lo : v;
+                o[x] = v > hi ? hi : v;
+            }
+        } else {
+            for (int64_t x = 0; x < OW; x++) {
+                float v = DW_S2_SUM * s + bb;
+                v = v < lo ? lo : v;
+                o[x] = v > hi ? hi : v;
+            }
+        }
+#undef DW_S2_SUM
+    }
+}
+
+static void dw3x3s2_portable(const cpu_dw_args *a) { dw3x3s2_body(a); }
+
 
 /* ---- x86-64 micro-kernels ------------------------------------------------------------------ */
 #if defined(CPU_HAVE_X86)
@@ -403,6 +441,14 @@ __attribute__((target("avx2,fma"))) static void dw3x3s1_avx2(const cpu_dw_args *
 {
     dw3x3s1_body(a);
 }
+__attribute__((target("avx2,fma"))) static void dw3x3s2_avx2(const cpu_dw_args *a)
+{
+    dw3x3s2_body(a);
+}
+__attribute__((target("avx512f"))) static void dw3x3s2_avx512(const cpu_dw_args *a)
+{
+    dw3x3s2_body(a);
+}
 #endif /* CPU_HAVE_X86 */
 
 /* ---- packing --------------------------------------------------------------------------------- */
@@ -429,7 +475,7 @@ static int64_t pick_nc(int64_t kc, int64_t N, int nr)
 size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K)
 {
     int64_t kc = pick_kc(K), nc = pick_nc(kc, N, isa->nr);
-    return (size_t)(round_up(M, isa->mr) * K + kc * nc) + 32;
+    return (size_t)(round_up(M, isa->mr) * K + kc * nc + 2 * round_up(M, isa->mr)) + 32;
 }
 
 static inline __attribute__((always_inline)) void pack_a(const float *a, int64_t ars, int64_t acs, int64_t M, int64_t K, int mr,
@@ -596,9 +642,15 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
     float *pb = pa + round_up(M, mr) * K;
     pack_a(a, ars, acs, M, K, mr, pa);
     const int direct = ukind && bsrc->is_conv == 2;
+    /* Row scale / bias padded to whole M tiles, once per call rather than once per tile. */
+    float *rs_all = pb + kcb * ncb, *rb_all = rs_all + round_up(M, mr);
+    for (int64_t i = 0; i < round_up(M, mr); i++) {
+        rs_all[i] = (i < M && epi && epi->row_scale) ? epi->row_scale[i] : 1.0f;
+        rb_all[i] = (i < M && epi && epi->row_bias) ? epi->row_bias[i] : 0.0f;
+    }
 
     float ones[CPU_MAX_MR], zeros[CPU_MAX_NR];
-    float rs[CPU_MAX_MR], rb[CPU_MAX_MR], cbt[CPU_MAX_NR];
+    float cbt[CPU_MAX_NR];
     float tile[CPU_MAX_MR * CPU_MAX_NR], rtile[CPU_MAX_MR * CPU_MAX_NR];
     for (int i = 0; i < CPU_MAX_MR; i++) ones[i] = 1.0f;
     for (int j = 0; j < CPU_MAX_NR; j++) zeros[j] = 0.0f;
@@ -624,15 +676,8 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                 for (int64_t ir = 0; ir < M; ir += mr) {
                     const int64_t mi = M - ir < mr ? M - ir : mr;
                     const float *ap = pa + ir * K + pc * mr;
-                    const float *rsp = ones, *rbp = zeros;
-                    if (flags & CPU_UK_EPI) {
-                        for (int i = 0; i < mr; i++) {
-                            rs[i] = (i < mi && epi && epi->row_scale) ? epi->row_scale[ir + i] : 1.0f;
-                            rb[i] = (i < mi && epi && epi->row_bias) ? epi->row_bias[ir + i] : 0.0f;
-                        }
-                        rsp = rs;
-                        rbp = rb;
-                    }
+                    const int epi_now = flags & CPU_UK_EPI;
+                    const float *rsp = epi_now ? rs_all + ir : ones, *rbp = epi_now ? rb_all + ir : zeros;
                     const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
                     float *cp = c + ir * ldc + n0;
                     if (mi == mr && nw == nr) {
@@ -640,9 +685,9 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                               res ? epi->ldr : 0, lo, hi);
                         continue;
                     }
-                    /* Edge: pack this panel (no reads past the last column) and use the packed
-                     * kernel on a local tile. */
-                    if (!packed) {
+                    /* Edge: a local tile; the last partial panel is packed first (no reads past
+                     * the last column), a full panel with fewer rows is still read in place. */
+                    if (nw < nr && !packed) {
                         pack_b_wide(bsrc, pc, kc, n0, nw, nr, pb);
                         packed = 1;
                     }
@@ -655,8 +700,12 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                                 rtile[i * nr + j] =
                                     (i < mi && j < nw) ? res[i * epi->ldr + j] : 0.0f;
                     }
-                    ukernel(kc, ap, pb, tile, nr, flags, rsp, rbp, cbp, res ? rtile : NULL, nr, lo,
-                            hi);
+                    if (nw == nr)
+                        ukind(kc, ap, bp, boff, tile, nr, flags, rsp, rbp, cbp, res ? rtile : NULL,
+                              nr, lo, hi);
+                    else
+                        ukernel(kc, ap, pb, tile, nr, flags, rsp, rbp, cbp, res ? rtile : NULL, nr,
+                                lo, hi);
                     for (int64_t i = 0; i < mi; i++)
                         for (int64_t j = 0; j < nw; j++) cp[i * ldc + j] = tile[i * nr + j];
                 }
@@ -681,15 +730,8 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
             for (int64_t ir = 0; ir < M; ir += mr) {
                 const int64_t mi = M - ir < mr ? M - ir : mr;
                 const float *ap = pa + ir * K + pc * mr;
-                const float *rsp = ones, *rbp = zeros;
-                if (flags & CPU_UK_EPI) {
-                    for (int i = 0; i < mr; i++) {
-                        rs[i] = (i < mi && epi && epi->row_scale) ? epi->row_scale[ir + i] : 1.0f;
-                        rb[i] = (i < mi && epi && epi->row_bias) ? epi->row_bias[ir + i] : 0.0f;
-                    }
-                    rsp = rs;
-                    rbp = rb;
-                }
+                const int epi_now = flags & CPU_UK_EPI;
+                const float *rsp = epi_now ? rs_all + ir : ones, *rbp = epi_now ? rb_all + ir : zeros;
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     const int64_t n0 = jc + jr;
                     const int64_t nw = nc - jr < nr ? nc - jr : nr;
@@ -811,12 +853,13 @@ static const cpu_isa isa_portable = {
 #else
     "generic",
 #endif
-    P_MR, P_NR, uk_portable, sgemm_portable, dw3x3s1_portable};
+    P_MR, P_NR, uk_portable, sgemm_portable, dw3x3s1_portable, dw3x3s2_portable};
 const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
 
 #if defined(CPU_HAVE_X86)
-static const cpu_isa isa_avx512 = {"avx512f", 8, 32, uk_avx512, sgemm_avx512, dw3x3s1_avx512};
-static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, sgemm_avx2, dw3x3s1_avx2};
+static const cpu_isa isa_avx512 = {"avx512f", 8, 32, uk_avx512, sgemm_avx512, dw3x3s1_avx512,
+                                   dw3x3s2_avx512};
+static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, sgemm_avx2, dw3x3s1_avx2, dw3x3s2_avx2};
 const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
 const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
 #endif
