@@ -100,6 +100,18 @@ static void dw_generic(const cpu_dw_args *a)
     }
 }
 
+/* dst[j] = src[j * stride], j < n. Strides 1 and 2 (the common convs) get loops with a constant
+ * stride, which vectorise; a runtime stride would copy one float at a time. */
+static void copy_strided(float *restrict dst, const float *restrict src, int64_t n, int64_t stride)
+{
+    if (stride == 1)
+        for (int64_t j = 0; j < n; j++) dst[j] = src[j];
+    else if (stride == 2)
+        for (int64_t j = 0; j < n; j++) dst[j] = src[2 * j];
+    else
+        for (int64_t j = 0; j < n; j++) dst[j] = src[j * stride];
+}
+
 /* Stride-2 3x3 depthwise input: the padded plane (PH x PW, PW = 2*OW + 1) as its even columns
  * (PH rows of OW + 1) followed by its odd columns (PH rows of OW), see dw3x3s2_body. Only image
  * cells are written: the zero border, set once, is the same for every channel. */
@@ -116,8 +128,9 @@ static void dw_split_s2(const cpu_conv_geom *g, const float *plane, int64_t PH, 
         /* padded column p = ix + pl: even p -> e[p / 2], odd p -> o[p / 2]; j ranges keep
          * 0 <= ix < W and p < PW, with no branch in the (stride-2, vectorisable) loops. */
         const int64_t pend = g->W + g->pl < PW ? g->W + g->pl : PW;
-        for (int64_t j = (g->pl + 1) / 2; 2 * j < pend; j++) e[j] = src[2 * j - g->pl];
-        for (int64_t j = g->pl / 2; 2 * j + 1 < pend; j++) o[j] = src[2 * j + 1 - g->pl];
+        const int64_t je = (g->pl + 1) / 2, jo = g->pl / 2;
+        copy_strided(e + je, src + 2 * je - g->pl, (pend + 1) / 2 - je, 2);
+        copy_strided(o + jo, src + 2 * jo + 1 - g->pl, pend / 2 - jo, 2);
     }
 }
 
@@ -154,11 +167,14 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
             if (s2) {
                 dw_split_s2(g, plane, PH, PW, pad);
             } else if (px1 > px0) {
+                /* An inline loop, not memcpy: rows of small planes (24 floats) cost more in
+                 * the call than in the copy. */
                 for (int64_t iy = 0; iy < g->H; iy++) {
                     const int64_t py = iy + g->pt;
                     if (py >= PH) break;
-                    memcpy(pad + py * PW + px0, plane + iy * g->W,
-                           (size_t)(px1 - px0) * sizeof(float));
+                    float *restrict d = pad + py * PW + px0;
+                    const float *restrict src = plane + iy * g->W;
+                    for (int64_t j = 0; j < px1 - px0; j++) d[j] = src[j];
                 }
             }
             a.in = plane;
@@ -242,10 +258,7 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
                             if (iy >= g->H) break;
                             const float *src = xg + c * HW + iy * g->W + ix0;
                             float *dst = plane + i * PW + j0;
-                            if (sw == 1)
-                                memcpy(dst, src, (size_t)(j1 - j0) * sizeof(float));
-                            else
-                                for (int64_t j = 0; j < j1 - j0; j++) dst[j] = src[j * sw];
+                            copy_strided(dst, src, j1 - j0, sw);
                         }
                     }
                 }
