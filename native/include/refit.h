@@ -157,6 +157,9 @@ REFIT_API const char *refit_backend_name(size_t index);
  *   "spare_weights"   "1" (default): keep each weight's last retired buffer for its next refit
  *                     (A/B buffers: a refit writes into memory already faulted in; the memory
  *                     stays at the peak a refit needs anyway). "0" releases it after each refit.
+ *   "backend.<key>"   handed to the backend (rt_backend.set_option), which refuses keys it does not
+ *                     know; the reference backend's: profile, profile_runs, profile_skip, dump,
+ *                     dump_at (docs/cpu-backend.md, "Profiler and dumps").
  * On success *out owns a new engine (free with refit_engine_destroy); on failure *out is NULL.
  * Returns REFIT_ERR_IO, REFIT_ERR_MODEL, REFIT_ERR_UNSUPPORTED, REFIT_ERR_NOT_FOUND,
  * REFIT_ERR_INVALID_ARG or REFIT_ERR_NOMEM. */
