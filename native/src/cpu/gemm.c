@@ -297,10 +297,13 @@ __attribute__((target("avx512f"))) static void uk_avx512_ind(int64_t kc, const f
     uk_avx512_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 
-/* AVX2+FMA 6x16: 12 ymm accumulators. */
+/* AVX2+FMA 6x16: 12 ymm accumulators. `rows` (a constant in every instantiation) <= 6 rows of
+ * C are computed and stored; the A panel keeps its 6-row layout. Like MLAS's FMA3 kernel, the M
+ * edge then costs only its own rows: 6 does not divide the usual channel counts (32 = 5*6 + 2),
+ * and a zero-padded full tile wasted up to a third of an edge tile's FMAs. */
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
-uk_avx2_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, float *c,
-             int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
+uk_avx2_impl(const int rows, int64_t kc, const float *a, const float *b, const int64_t *boff,
+             float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
              const float *res, int64_t ldr, float lo, float hi)
 {
     /* lo/hi go through memory: kept in xmm registers across the loop they would push one of the
@@ -315,7 +318,7 @@ uk_avx2_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, fl
         const float *bk = boff ? b + boff[k] : b + 16 * k;
         const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
 #define FMA(i)                                                                                     \
-    {                                                                                              \
+    if ((i) < rows) {                                                                              \
         const __m256 ai = _mm256_broadcast_ss(a + i);                                              \
         c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                                \
         c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                                                \
@@ -327,7 +330,7 @@ uk_avx2_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, fl
     const __m256 vlo = _mm256_set1_ps(lohi[0]), vhi = _mm256_set1_ps(lohi[1]);
     const __m256 cb0 = _mm256_loadu_ps(cb), cb1 = _mm256_loadu_ps(cb + 8);
 #define OUT(i)                                                                                     \
-    {                                                                                              \
+    if ((i) < rows) {                                                                              \
         float *ci = c + (i) * ldc;                                                                 \
         if (flags & CPU_UK_LOAD) {                                                                 \
             c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(ci));                                 \
@@ -357,7 +360,7 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float 
                                                          const float *res, int64_t ldr, float lo,
                                                          float hi)
 {
-    uk_avx2_impl(kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+    uk_avx2_impl(6, kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 __attribute__((target("avx2,fma"))) static void uk_avx2_ind(int64_t kc, const float *a,
                                                              const float *b, const int64_t *boff,
@@ -366,7 +369,23 @@ __attribute__((target("avx2,fma"))) static void uk_avx2_ind(int64_t kc, const fl
                                                              const float *cb, const float *res,
                                                              int64_t ldr, float lo, float hi)
 {
-    uk_avx2_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+    uk_avx2_impl(6, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
+/* Fewer than 6 rows (the M edge), B packed (boff NULL) or in place. */
+__attribute__((target("avx2,fma"))) static void uk_avx2_rows(int rows, int64_t kc, const float *a,
+                                                              const float *b, const int64_t *boff,
+                                                              float *c, int64_t ldc, int flags,
+                                                              const float *rs, const float *rb,
+                                                              const float *cb, const float *res,
+                                                              int64_t ldr, float lo, float hi)
+{
+    switch (rows) {
+    case 1: uk_avx2_impl(1, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    case 2: uk_avx2_impl(2, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    case 3: uk_avx2_impl(3, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    case 4: uk_avx2_impl(4, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    default: uk_avx2_impl(5, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    }
 }
 
 /* AVX-512 depthwise 3x3 stride 1, two output rows per pass (four input rows loaded once for
@@ -623,12 +642,20 @@ static inline __attribute__((always_inline)) void pack_b_wide(const cpu_bsrc *s,
 
 /* ---- driver ---------------------------------------------------------------------------------- */
 
+/* A micro-kernel for the first `rows` (< MR) rows of a tile, B packed (boff NULL) or in place. */
+typedef void (*cpu_ukrows_fn)(int rows, int64_t kc, const float *a, const float *b,
+                              const int64_t *boff, float *c, int64_t ldc, int flags, const float *rs,
+                              const float *rb, const float *cb, const float *res, int64_t ldr,
+                              float lo, float hi);
+
 /* The driver body, inlined into one function per ISA so the packers vectorise to its width and
- * the micro-kernel call is direct. */
+ * the micro-kernel call is direct. ukrows (may be NULL) runs M-edge tiles of full panels in
+ * place; without it they run the full kernel on a local tile. */
 static inline __attribute__((always_inline)) void
 sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t acs,
            const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch,
-           const int mr, const int nr, cpu_ukernel_fn ukernel, cpu_ukind_fn ukind)
+           const int mr, const int nr, cpu_ukernel_fn ukernel, cpu_ukind_fn ukind,
+           cpu_ukrows_fn ukrows)
 {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -685,6 +712,11 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                               res ? epi->ldr : 0, lo, hi);
                         continue;
                     }
+                    if (ukrows && nw == nr) {
+                        ukrows((int)mi, kc, ap, bp, boff, cp, ldc, flags, rsp, rbp, cbp, res,
+                               res ? epi->ldr : 0, lo, hi);
+                        continue;
+                    }
                     /* Edge: a local tile; the last partial panel is packed first (no reads past
                      * the last column), a full panel with fewer rows is still read in place. */
                     if (nw < nr && !packed) {
@@ -739,10 +771,14 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                     const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
                     const float *cbp = zeros;
                     float *cp = c + ir * ldc + n0;
-                    if (mi == mr && nw == nr) {
+                    if (nw == nr && (mi == mr || ukrows)) {
                         if (epi && epi->col_bias) cbp = epi->col_bias + n0;
-                        ukernel(kc, ap, bp, cp, ldc, flags, rsp, rbp, cbp, res,
-                                     res ? epi->ldr : 0, lo, hi);
+                        if (mi == mr)
+                            ukernel(kc, ap, bp, cp, ldc, flags, rsp, rbp, cbp, res,
+                                    res ? epi->ldr : 0, lo, hi);
+                        else
+                            ukrows((int)mi, kc, ap, bp, NULL, cp, ldc, flags, rsp, rbp, cbp, res,
+                                   res ? epi->ldr : 0, lo, hi);
                         continue;
                     }
                     /* Edge tile: run the kernel on a full tile in local memory. */
@@ -776,16 +812,16 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
 
 static void sgemm_portable(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, UK_PORTABLE_IND);
+    sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, UK_PORTABLE_IND, NULL);
 }
 #if defined(CPU_HAVE_X86)
 __attribute__((target("avx512f"))) static void sgemm_avx512(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, uk_avx512_ind);
+    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, uk_avx512_ind, NULL);
 }
 __attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, uk_avx2_ind);
+    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, uk_avx2_ind, uk_avx2_rows);
 }
 #endif
 
