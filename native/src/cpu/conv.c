@@ -102,7 +102,7 @@ static void dw_generic(const cpu_dw_args *a)
 
 /* dst[j] = src[j * stride], j < n. Strides 1 and 2 (the common convs) get loops with a constant
  * stride, which vectorise; a runtime stride would copy one float at a time. */
-static void copy_strided(float *restrict dst, const float *restrict src, int64_t n, int64_t stride)
+static inline void copy_strided(float *restrict dst, const float *restrict src, int64_t n, int64_t stride)
 {
     if (stride == 1)
         for (int64_t j = 0; j < n; j++) dst[j] = src[j];
@@ -172,9 +172,7 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
                 for (int64_t iy = 0; iy < g->H; iy++) {
                     const int64_t py = iy + g->pt;
                     if (py >= PH) break;
-                    float *restrict d = pad + py * PW + px0;
-                    const float *restrict src = plane + iy * g->W;
-                    for (int64_t j = 0; j < px1 - px0; j++) d[j] = src[j];
+                    copy_strided(pad + py * PW + px0, plane + iy * g->W, px1 - px0, 1);
                 }
             }
             a.in = plane;
@@ -280,7 +278,7 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
                             dst[ox] = v > hi ? hi : v;
                         }
                     } else {
-                        memcpy(dst, src, (size_t)g->OW * sizeof(float));
+                        copy_strided(dst, src, g->OW, 1); /* rows of 24-56 floats: no call */
                     }
                 }
         }
