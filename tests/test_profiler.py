@@ -125,7 +125,7 @@ def test_dump_matches_onnxruntime_intermediates(name, tmp_path):
 
 
 @pytest.mark.parametrize("key,value,words", [
-    ("backend.profil", "x", ["unknown option 'backend.profil'", "profile"]),
+    ("backend.profil", "x", ["backend option 'profil'", "unknown", "profile"]),
     ("backend.profile_runs", "0", ["backend.profile_runs", ">= 1", "'0'"]),
     ("backend.dump_at", "-1", ["backend.dump_at"]),
     ("backend.dump", "FILE", ["backend.dump", "not a directory"]),

@@ -103,6 +103,14 @@ static int parse_count(const char *key, const char *v, int64_t min, int64_t *out
     return 0;
 }
 
+int cpu_debug_key(const char *key)
+{
+    static const char *const keys[] = {"profile", "profile_runs", "profile_skip", "dump", "dump_at"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!strcmp(key, keys[i])) return 1;
+    return 0;
+}
+
 int cpu_debug_set(cpu_debug *d, const char *key, const char *value, char *err, size_t errlen)
 {
     int rc;
@@ -118,9 +126,7 @@ int cpu_debug_set(cpu_debug *d, const char *key, const char *value, char *err, s
     if (!strcmp(key, "profile_runs")) return parse_count(key, value, 1, &d->profile_runs, err, errlen);
     if (!strcmp(key, "profile_skip")) return parse_count(key, value, 0, &d->profile_skip, err, errlen);
     if (!strcmp(key, "dump_at")) return parse_count(key, value, 0, &d->dump_at, err, errlen);
-    return dbg_fail(err, errlen, REFIT_ERR_INVALID_ARG,
-                    "unknown option 'backend.%s' (the reference backend knows: profile, "
-                    "profile_runs, profile_skip, dump, dump_at)", key);
+    return dbg_fail(err, errlen, REFIT_ERR_INVALID_ARG, "backend option '%s': not a profiler key", key);
 }
 
 int cpu_debug_ctx_id(cpu_debug *d)
