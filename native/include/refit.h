@@ -174,7 +174,9 @@ REFIT_API REFIT_NODISCARD refit_status refit_backend_probe(const char *name);
  *                     idle one, flip, bring the other up to date (no pause, twice the memory).
  *   "device"          device id for the backend (default 0; the reference backend has only 0)
  *   "threads"         threads one inference may use (default 1; a hint for device backends)
- *   "backend.<key>"   passed to the backend, which refuses keys it does not know
+ *   "backend.<key>"   passed to the backend, which refuses keys it does not know; the
+ *                     reference backend's: isa, prepare, profile, profile_runs, profile_skip,
+ *                     dump, dump_at (docs/cpu-backend.md, "Profiler and dumps").
  * On success *out owns a new engine (free with refit_engine_destroy); on failure *out is NULL.
  * Returns REFIT_ERR_IO, REFIT_ERR_MODEL, REFIT_ERR_UNSUPPORTED, REFIT_ERR_NOT_FOUND,
  * REFIT_ERR_INVALID_ARG or REFIT_ERR_NOMEM. */

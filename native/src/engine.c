@@ -32,6 +32,7 @@
 #include "backend.h"
 #include "cpuinfo.h"
 #include "refit.h"
+#include "util.h"
 
 #ifndef REFIT_VERSION_STRING
 #define REFIT_VERSION_STRING "0.0.0"
@@ -236,14 +237,6 @@ struct refit_engine {
     refit_engine_stats stats;
 };
 
-static uint64_t hash_name(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 static int build_name_table(refit_engine *e)
 {
     size_t n = e->count[REFIT_KIND_WEIGHT];
@@ -257,7 +250,7 @@ static int build_name_table(refit_engine *e)
     for (size_t i = 0; i < size; i++)
         e->name_table[i] = -1;
     for (size_t k = 0; k < n; k++) {
-        size_t slot = hash_name(e->info[REFIT_KIND_WEIGHT][k].name) & (size - 1);
+        size_t slot = rt_hash_str(e->info[REFIT_KIND_WEIGHT][k].name) & (size - 1);
         while (e->name_table[slot] >= 0)
             slot = (slot + 1) & (size - 1);
         e->name_table[slot] = (int)k;
@@ -268,7 +261,7 @@ static int build_name_table(refit_engine *e)
 static int find_weight(const refit_engine *e, const char *name)
 {
     size_t mask = e->name_table_size - 1;
-    for (size_t slot = hash_name(name) & mask;; slot = (slot + 1) & mask) {
+    for (size_t slot = rt_hash_str(name) & mask;; slot = (slot + 1) & mask) {
         int k = e->name_table[slot];
         if (k < 0)
             return -1;
@@ -714,30 +707,6 @@ static void shape_str(int ndim, const int64_t *shape, char *buf, size_t len)
         snprintf(buf + used, len - used, "]");
 }
 
-static float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400u)) {
-                man <<= 1;
-                exp--;
-            }
-            bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 /* Index of the first non-finite element in n float32 values, or -1. */
 static long first_nonfinite_f32(const float *src, size_t n)
 {
@@ -819,7 +788,7 @@ static long copy_checked_f16(float *dst, const uint16_t *src, size_t n, int chec
     for (size_t i = 0; i < n; i++) {
         if (check && (src[i] & 0x7c00u) == 0x7c00u)
             return (long)i;
-        dst[i] = half_to_float(src[i]);
+        dst[i] = rt_half_to_float(src[i]);
     }
     return -1;
 }
@@ -954,7 +923,7 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
         long bad = t->dtype == REFIT_DTYPE_FLOAT16 ? copy_checked_f16(b->data, t->data, n, check)
                                                    : copy_checked_f32(b->data, t->data, n, check);
         if (bad >= 0) {
-            float v = t->dtype == REFIT_DTYPE_FLOAT16 ? half_to_float(((const uint16_t *)t->data)[bad])
+            float v = t->dtype == REFIT_DTYPE_FLOAT16 ? rt_half_to_float(((const uint16_t *)t->data)[bad])
                                                       : ((const float *)t->data)[bad];
             st = fail(REFIT_ERR_NONFINITE, "weight '%s': %s at element %ld (non-finite values are "
                       "refused unless allowed)", t->name, isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf"), bad);

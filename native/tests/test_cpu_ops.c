@@ -379,6 +379,8 @@ static void test_conv(void)
         {1, 3, 30, 30, 16, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1},     /* stem-like 7x7/2 */
         {1, 4, 64, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* many N blocks */
         {1, 6, 11, 9, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6},       /* depthwise stride 2 */
+        {1, 5, 10, 10, 5, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 5},      /* depthwise s2, pad end only */
+        {2, 3, 9, 12, 3, 3, 3, 2, 2, 1, 1, 1, 0, 1, 1, 3},       /* depthwise s2, odd/even, asym */
         {1, 4, 12, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 4},      /* grouped, dilated */
         {1, 4, 7, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},        /* depthwise multiplier 2 */
         {1, 5, 9, 10, 7, 2, 3, 3, 2, 1, 2, 0, 2, 1, 0, 1},       /* asymmetric everything */

@@ -92,6 +92,7 @@ typedef struct cpu_plan {
     cpu_ref *vref;       /* per value */
     size_t arena_bytes;
     size_t scratch_floats;
+    cpu_debug *dbg;      /* NULL unless a backend.profile / backend.dump option asked for it */
 } cpu_plan;
 
 /* One step's prepared weights; shared between prepared sets while its weights are unchanged.
@@ -108,6 +109,7 @@ typedef struct cpu_wprep {
 
 typedef struct cpu_ctx {
     const cpu_plan *plan;
+    int id;              /* profiler thread lane */
     unsigned char *arena;
     float *scratch;
 } cpu_ctx;
@@ -166,6 +168,7 @@ typedef struct plan_tmp {
     int *absorbed;   /* per node: fused into an earlier step */
     int *step_of;    /* per value: step index that makes it available (-1: always there) */
     int *alias_of;   /* per value: root value it aliases, or itself */
+    int nofuse;      /* dump plan: one step per node, no fusion, no aliasing */
 } plan_tmp;
 
 /* The single consumer node of v, if v has exactly one use and is not a graph output. */
@@ -439,6 +442,7 @@ static void plan_free(cpu_plan *p)
         free(p->steps[i].a_offs);
         free(p->steps[i].b_offs);
     }
+    cpu_debug_free(p->dbg);
     free(p->steps);
     free(p->vref);
     free(p);
@@ -485,14 +489,14 @@ static int build_step(const rt_graph *g, plan_tmp *t, int ni, cpu_step *s, const
         s->kind = ST_CONV;
         if ((rc = setup_conv(g, ni, s, err, errlen))) return rc;
         s->param_floats = (size_t)align_up((size_t)(2 * s->conv.M), 16);
-        fuse_chain(g, t, s, 1, 1);
+        if (!t->nofuse) fuse_chain(g, t, s, 1, 1);
         return 0;
     case RT_OP_GEMM:
         s->kind = ST_GEMM;
         if ((rc = setup_gemm(g, ni, s, err, errlen))) return rc;
         s->param_floats = align_up((size_t)(2 * s->M + s->N), 16);
         if (s->gemm_c == GC_FULL) s->param_floats += align_up((size_t)(s->M * s->N), 16);
-        fuse_chain(g, t, s, 0, s->gemm_c != GC_FULL);
+        if (!t->nofuse) fuse_chain(g, t, s, 0, s->gemm_c != GC_FULL);
         return 0;
     case RT_OP_MATMUL:
         s->kind = ST_MATMUL;
@@ -555,7 +559,7 @@ static int build_step(const rt_graph *g, plan_tmp *t, int ni, cpu_step *s, const
         s->N = xv->shape.d[0];
         s->K = prod(xv->shape.d, 2, xv->shape.ndim);
         s->param_floats = align_up((size_t)(2 * C), 16);
-        fuse_chain(g, t, s, 0, 0);
+        if (!t->nofuse) fuse_chain(g, t, s, 0, 0);
         return 0;
     }
     case RT_OP_MAXPOOL:
@@ -576,7 +580,7 @@ static int build_step(const rt_graph *g, plan_tmp *t, int ni, cpu_step *s, const
         if (xv->numel != yv->numel)
             return fail(err, errlen, REFIT_ERR_MODEL, g, ni, "%zu elements reshaped to %zu", xv->numel, yv->numel);
         s->kind = ST_COPY;
-        if (yv->output_index < 0) return -1; /* alias, no step */
+        if (yv->output_index < 0 && !t->nofuse) return -1; /* alias, no step */
         return 0;
     case RT_OP_CONCAT: {
         s->kind = ST_CONCAT;
@@ -681,9 +685,10 @@ static int apply_config(const rt_backend_config *cfg, const cpu_isa **isa, int *
                 return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
                             "backend option prepare: must be 0 or 1, got '%s'", v);
             *prepare = v[0] == '1';
-        } else {
+        } else if (!cpu_debug_key(cfg->option_keys[i])) { /* debug keys: after the plan */
             return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
-                        "backend option '%s': unknown to the reference backend (known: isa, prepare)",
+                        "backend option '%s': unknown to the reference backend (known: isa, prepare, "
+                        "profile, profile_runs, profile_skip, dump, dump_at)",
                         cfg->option_keys[i]);
         }
     }
@@ -714,14 +719,17 @@ static void plan_prepared(const rt_graph *g, const cpu_isa *isa, cpu_step *s)
     }
 }
 
-static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void **out, char *err,
-                           size_t errlen)
+/* force: the dump plan's kernel set (the serving plan's); nofuse: the dump plan (every node
+ * output materialised, see run_dump). */
+static int plan_build(const rt_graph *g, const rt_backend_config *cfg, const cpu_isa *force,
+                      int nofuse, void **out, char *err, size_t errlen)
 {
     *out = NULL;
     const cpu_isa *isa = NULL;
     int prepare = 1;
     int crc = apply_config(cfg, &isa, &prepare, err, errlen);
     if (crc) return crc;
+    if (force) isa = force;
     cpu_plan *p = calloc(1, sizeof *p);
     plan_tmp t = {0};
     int *def = NULL, *last = NULL, *order = NULL;
@@ -737,6 +745,7 @@ static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void
     t.absorbed = calloc((size_t)g->n_nodes + 1, sizeof(int));
     t.step_of = malloc(((size_t)nv + 1) * sizeof(int));
     t.alias_of = malloc(((size_t)nv + 1) * sizeof(int));
+    t.nofuse = nofuse;
     p->steps = calloc((size_t)g->n_nodes + 1, sizeof(cpu_step));
     p->vref = calloc((size_t)nv + 1, sizeof(cpu_ref));
     def = malloc(((size_t)nv + 1) * sizeof(int));
@@ -877,7 +886,7 @@ static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void
     for (int si = 0; si < p->n_steps; si++) {
         const size_t s = step_scratch(p->isa, &p->steps[si]);
         if (s > p->scratch_floats) p->scratch_floats = s;
-        if (prepare) plan_prepared(g, p->isa, &p->steps[si]);
+        if (prepare && !nofuse) plan_prepared(g, p->isa, &p->steps[si]); /* dump: raw weights */
     }
     rc = 0;
     goto done;
@@ -898,7 +907,65 @@ done:
     return 0;
 }
 
+static int plan_debug_option(cpu_plan *p, const char *key, const char *value, char *err,
+                             size_t errlen);
+
+static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void **out, char *err,
+                           size_t errlen)
+{
+    int rc = plan_build(g, cfg, NULL, 0, out, err, errlen);
+    for (size_t i = 0; !rc && cfg && i < cfg->n_options; i++)
+        if (cpu_debug_key(cfg->option_keys[i]))
+            rc = plan_debug_option(*out, cfg->option_keys[i], cfg->option_values[i], err, errlen);
+    if (rc && *out) {
+        plan_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 static void cpu_plan_destroy(void *plan) { plan_free(plan); }
+
+/* "Conv+BatchNormalization+Clip", "1x32x56x56, 192x32x1x1 -> 1x192x56x56" for the profiler. */
+static void describe_step(const rt_graph *g, const cpu_step *s, cpu_step_info *in)
+{
+    in->node = g->nodes[s->node].name;
+    static const char *const conv_kind[] = {"im2col", "1x1", "depthwise", "wide", "winograd"};
+    int n = snprintf(in->op, sizeof in->op, "%s", op_name(g->nodes[s->node].op));
+    if (s->kind == ST_CONV) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "[%s]", conv_kind[cpu_conv_kind(&s->conv)]);
+    if (s->bn_node >= 0) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "+BatchNormalization");
+    if (s->res_val >= 0) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "+Add");
+    for (int i = 0; s->has_clamp && i < g->n_nodes; i++)
+        if (g->nodes[i].out == s->out_value) {
+            snprintf(in->op + n, sizeof in->op - (size_t)n, "+%s", op_name(g->nodes[i].op));
+            break;
+        }
+    size_t k = 0;
+    const size_t cap = sizeof in->shapes;
+    for (int i = 0; i <= s->n_in && k < cap; i++) {
+        const int v = i < s->n_in ? s->in_val[i] : s->out_value;
+        if (v < 0) continue;
+        const rt_shape *sh = &g->values[v].shape;
+        k += (size_t)snprintf(in->shapes + k, cap - k, "%s", i == s->n_in ? " -> " : i ? ", " : "");
+        for (int d = 0; d < sh->ndim && k < cap; d++)
+            k += (size_t)snprintf(in->shapes + k, cap - k, "%s%lld", d ? "x" : "", (long long)sh->d[d]);
+        if (!sh->ndim && k < cap) k += (size_t)snprintf(in->shapes + k, cap - k, "scalar");
+    }
+}
+
+/* backend.profile* / dump* options: the profiler and dumps (profile.c), set up once the plan's
+ * steps exist, before any context. */
+static int plan_debug_option(cpu_plan *p, const char *key, const char *value, char *err,
+                             size_t errlen)
+{
+    if (!p->dbg) {
+        if (!(p->dbg = cpu_debug_new(p->n_steps, p->isa->name)))
+            return fail(err, errlen, REFIT_ERR_NOMEM, p->g, -1, "out of memory");
+        cpu_step_info *info = cpu_debug_info(p->dbg);
+        for (int si = 0; si < p->n_steps; si++) describe_step(p->g, &p->steps[si], &info[si]);
+    }
+    return cpu_debug_set(p->dbg, key, value, err, errlen);
+}
 
 /* ---- contexts ----------------------------------------------------------------------------- */
 
@@ -909,6 +976,7 @@ static int cpu_ctx_create(void *plan, void **out, char *err, size_t errlen)
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c) goto nomem;
     c->plan = p;
+    c->id = p->dbg ? cpu_debug_ctx_id(p->dbg) : 0;
     c->arena = aligned_alloc(64, align_up(p->arena_bytes ? p->arena_bytes : 64, 64));
     c->scratch = aligned_alloc(64, align_up((p->scratch_floats + 16) * sizeof(float), 64));
     if (!c->arena || !c->scratch) goto nomem;
@@ -1097,6 +1165,62 @@ static void run_step(const run_env *e, const cpu_step *s, float *scratch, const 
     }
 }
 
+/* The chosen inference of backend.dump, on a plan of its own without fusion or aliasing, so
+ * every node's output exists; each is written as it is computed (later steps may reuse its
+ * memory). The caller's run computes the real outputs afterwards. */
+static void run_dump(const run_env *e, uint64_t seq)
+{
+    const rt_graph *g = e->p->g;
+    char err[256];
+    void *dp = NULL, *dc = NULL;
+    cpu_dump *w = NULL;
+    if (plan_build(g, NULL, e->p->isa, 1, &dp, err, sizeof err) ||
+        cpu_ctx_create(dp, &dc, err, sizeof err) ||
+        !(w = cpu_dump_begin(e->p->dbg, seq))) {
+        fprintf(stderr, "refit: dump of inference %llu skipped: %s\n", (unsigned long long)seq,
+                dp && dc ? "cannot write the index" : err);
+        goto out;
+    }
+    const cpu_plan *p = dp;
+    const cpu_ctx *c = dc;
+    run_env de = {p, e->weights, e->inputs, e->outputs, c->arena};
+    for (int si = 0; si < p->n_steps; si++) {
+        const cpu_step *s = &p->steps[si];
+        const rt_value *v = &g->values[s->out_value];
+        run_step(&de, s, c->scratch, NULL); /* no prepared buffers: derived from raw weights */
+        cpu_dump_value(w, g->nodes[s->node].name, op_name(g->nodes[s->node].op), v->name,
+                       vptr(&de, s->out_value), v->shape.d, v->shape.ndim, v->numel);
+    }
+    cpu_dump_end(w);
+out:
+    cpu_ctx_destroy(dc);
+    plan_free(dp);
+}
+
+/* A run with the profiler and/or a dump pending; the plain loop otherwise. */
+static void run_observed(const run_env *e, const cpu_ctx *c, const cpu_wprep *q)
+{
+    const cpu_plan *p = e->p;
+    const uint64_t seq = cpu_debug_next(p->dbg);
+    if (cpu_debug_dump_due(p->dbg, seq)) run_dump(e, seq);
+    cpu_prof_event *ev = cpu_prof_slot(p->dbg, seq);
+    if (!ev) {
+        for (int si = 0; si < p->n_steps; si++)
+            run_step(e, &p->steps[si], c->scratch, q->buf[si] ? q->buf[si]->data : NULL);
+        return;
+    }
+    ev[p->n_steps].tid = c->id;
+    ev[p->n_steps].t0 = cpu_now_ns();
+    for (int si = 0; si < p->n_steps; si++) {
+        ev[si].tid = c->id;
+        ev[si].t0 = cpu_now_ns();
+        run_step(e, &p->steps[si], c->scratch, q->buf[si] ? q->buf[si]->data : NULL);
+        ev[si].t1 = cpu_now_ns();
+    }
+    ev[p->n_steps].t1 = cpu_now_ns();
+    cpu_prof_done(p->dbg);
+}
+
 static int cpu_run(void *plan, void *ctx, const void *prepared, const float *const *inputs,
                    float *const *outputs, char *err, size_t errlen)
 {
@@ -1107,8 +1231,11 @@ static int cpu_run(void *plan, void *ctx, const void *prepared, const float *con
         return fail(err, errlen, REFIT_ERR_INVALID_ARG, p ? p->g : NULL, -1,
                     "context belongs to another plan, or no prepared weights");
     run_env e = {p, q->w, inputs, outputs, c->arena};
-    for (int si = 0; si < p->n_steps; si++)
-        run_step(&e, &p->steps[si], c->scratch, q->buf[si] ? q->buf[si]->data : NULL);
+    if (p->dbg)
+        run_observed(&e, c, q);
+    else
+        for (int si = 0; si < p->n_steps; si++)
+            run_step(&e, &p->steps[si], c->scratch, q->buf[si] ? q->buf[si]->data : NULL);
     /* Graph outputs not computed into their buffer (inputs, weights, constants, repeats). */
     const rt_graph *g = p->g;
     for (int j = 0; j < g->n_outputs; j++) {

@@ -66,6 +66,7 @@ typedef struct cpu_isa {
     cpu_ukernel_fn ukernel;
     cpu_sgemm_fn sgemm;   /* the GEMM driver compiled for this ISA (see cpu_sgemm) */
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
+    cpu_dw_fn dw3x3s2;    /* 3x3, stride 2, dilation 1, over even/odd column planes (conv.c) */
 } cpu_isa;
 
 /* Picks the best kernel set the running CPU supports (rt_cpu_features, cpuinfo.h);
@@ -175,6 +176,36 @@ void cpu_global_avgpool(const float *x, float *y, int64_t NC, int64_t S);
 void cpu_softmax(const float *x, float *y, int64_t outer, int64_t n, int64_t inner);
 void cpu_reduce_mean(const float *x, float *y, int nd, const int64_t *shape, uint32_t mask);
 void cpu_concat(int n_in, const float *const *xs, const int64_t *inner, int64_t outer, float *y);
+
+/* ---- profiler and intermediate dumps (profile.c) ------------------------------------------- */
+/* Options backend.profile / profile_runs / profile_skip / dump / dump_at; see profile.c. */
+typedef struct cpu_debug cpu_debug;
+typedef struct cpu_step_info {
+    const char *node;   /* the step's first node (owned by the graph) */
+    char op[96];        /* "Conv+BatchNormalization+Clip": the ops fused into the step */
+    char shapes[200];   /* "1x32x56x56 -> 1x192x56x56" */
+} cpu_step_info;
+typedef struct cpu_prof_event {
+    int64_t t0, t1;     /* CLOCK_MONOTONIC ns */
+    int tid;            /* context id */
+} cpu_prof_event;
+int64_t cpu_now_ns(void);
+cpu_debug *cpu_debug_new(int n_steps, const char *isa);
+cpu_step_info *cpu_debug_info(cpu_debug *d); /* n_steps entries for the plan to fill */
+int cpu_debug_key(const char *key);          /* one of the options above (without "backend.") */
+int cpu_debug_set(cpu_debug *d, const char *key, const char *value, char *err, size_t errlen);
+int cpu_debug_ctx_id(cpu_debug *d);          /* at ctx_create; allocates the event buffer once */
+uint64_t cpu_debug_next(cpu_debug *d);       /* this inference's number (0, 1, ...) */
+int cpu_debug_dump_due(const cpu_debug *d, uint64_t seq);
+/* n_steps step events then the run's envelope, or NULL if inference `seq` is not recorded. */
+cpu_prof_event *cpu_prof_slot(cpu_debug *d, uint64_t seq);
+void cpu_prof_done(cpu_debug *d);            /* a recorded run finished; the last one writes */
+void cpu_debug_free(cpu_debug *d);           /* writes a profile cut short */
+typedef struct cpu_dump cpu_dump;
+cpu_dump *cpu_dump_begin(const cpu_debug *d, uint64_t seq);
+void cpu_dump_value(cpu_dump *w, const char *node, const char *op, const char *value,
+                    const float *x, const int64_t *shape, int ndim, size_t numel);
+void cpu_dump_end(cpu_dump *w);
 
 /* ---- introspection for tests (backend.c) ---------------------------------------------------- */
 int cpu_plan_steps(const void *plan);          /* steps after fusion / aliasing */
