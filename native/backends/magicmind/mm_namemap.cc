@@ -1,6 +1,7 @@
 /* mm_namemap.cc — reads the weight rows of a name-map sidecar (format: docs/magicmind.md). */
 #include "mm_namemap.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -66,11 +67,41 @@ std::vector<MappedWeight> read_name_map(const std::string &path)
             throw MmError(kUnsupported, where + ": weight '" + f[2] + "' dtype " + f[3] + " (float32 only)");
         if (!seen.insert(f[2]).second)
             throw MmError(kModel, where + ": engine name '" + f[2] + "' appears twice");
-        out.push_back(MappedWeight{f[1], f[2], f[5], parse_shape(f[4], where)});
+        MappedWeight w{f[1], f[2], f[5] == "NCHW>NHWC", parse_shape(f[4], where)};
+        if (f[5] != "-" && !w.nhwc)
+            throw MmError(kModel, where + ": layout '" + f[5] + "' (known: - and NCHW>NHWC)");
+        if (w.nhwc && w.shape.size() != 4)
+            throw MmError(kModel, where + ": layout NCHW>NHWC needs a 4-D weight, '" + f[2] + "' has " +
+                                      std::to_string(w.shape.size()) + " dims");
+        out.push_back(w);
     }
     if (!header)
         throw MmError(kModel, "name map '" + path + "': empty (first line must be 'refitd-names 1')");
     return out;
+}
+
+std::vector<int64_t> source_shape(const MappedWeight &w)
+{
+    if (!w.nhwc)
+        return w.shape;
+    return {w.shape[0], w.shape[3], w.shape[1], w.shape[2]};
+}
+
+void to_engine_layout(const MappedWeight &w, const float *src, float *dst)
+{
+    size_t n = 1;
+    for (int64_t d : w.shape)
+        n *= static_cast<size_t>(d);
+    if (!w.nhwc) {
+        std::copy(src, src + n, dst);
+        return;
+    }
+    const size_t O = w.shape[0], H = w.shape[1], W = w.shape[2], I = w.shape[3];
+    for (size_t o = 0; o < O; o++)
+        for (size_t i = 0; i < I; i++)
+            for (size_t h = 0; h < H; h++)
+                for (size_t x = 0; x < W; x++)
+                    dst[((o * H + h) * W + x) * I + i] = src[((o * I + i) * H + h) * W + x];
 }
 
 } // namespace refitd_mm

@@ -12,9 +12,15 @@
 namespace refitd_mm {
 
 struct MappedWeight {
-    std::string source, engine, layout;
+    std::string source, engine;
+    bool nhwc;                  // layout "NCHW>NHWC": source [O, I, H, W], engine [O, H, W, I]
     std::vector<int64_t> shape; // engine layout
 };
+
+// The weight's shape in the source (ONNX) layout.
+std::vector<int64_t> source_shape(const MappedWeight &w);
+// Copies the weight from source layout (src) into engine layout (dst); numel floats each.
+void to_engine_layout(const MappedWeight &w, const float *src, float *dst);
 
 // Reads the sidecar's weight rows; throws MmError naming the file and line on a bad one.
 std::vector<MappedWeight> read_name_map(const std::string &path);

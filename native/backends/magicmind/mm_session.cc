@@ -190,44 +190,51 @@ void DeviceEngine::refit(const std::vector<TensorDesc> &weights, const float *co
     cleanup();
 }
 
+// ---- weight set ---------------------------------------------------------------------------------
+
+WeightSet::WeightSet(Session &s, const float *const *engine_weights) : s_(s)
+{
+    for (int id : s.options().device_ids)
+        engines_.emplace_back(new DeviceEngine(s.model_, id, s.options()));
+    s.check_refit_names(*engines_[0], s.model_path_);
+    bool applied = false;
+    refit(engine_weights, &applied); // the model file's constants may be older than the core's set
+}
+
+WeightSet::~WeightSet()
+{
+    s_.set_gone(this);
+    engines_.clear();
+}
+
+void WeightSet::refit(const float *const *engine_weights, bool *applied)
+{
+    for (auto &e : engines_)
+        e->refit(s_.weights(), engine_weights, applied);
+}
+
 // ---- worker -------------------------------------------------------------------------------------
 
-Worker::Worker(Session &s, size_t engine_index, int context_number)
-    : s_(s), engine_index_(engine_index), e_(*s.engines_[engine_index])
+Worker::Binding::~Binding()
+{
+    for (IRTTensor *t : in)
+        t->Destroy();
+    for (IRTTensor *t : out)
+        t->Destroy();
+    if (ctx)
+        ctx->Destroy();
+}
+
+Worker::Worker(Session &s, size_t device_index, int context_number)
+    : s_(s), device_index_(device_index), device_(s.options().device_ids[device_index]), context_number_(context_number)
 {
     try {
-        ctx_ = e_.create_context();
-        set_device(e_.device());
+        set_device(device_);
         check_cnrt(cnrtQueueCreate(&queue_), "cnrtQueueCreate");
-        check(ctx_->CreateInputTensors(&in_), "CreateInputTensors");
-        check(ctx_->CreateOutputTensors(&out_), "CreateOutputTensors");
-        if (in_.size() != s.inputs().size() || out_.size() != s.outputs().size())
-            throw MmError(kModel, "magicmind: the context's tensors do not match the model's inputs/outputs");
-        for (size_t i = 0; i < in_.size(); i++) {
-            in_mem_.emplace_back(new DeviceBuffer(e_.device(), s.inputs()[i].nbytes()));
-            check(in_[i]->SetDimensions(magicmind::Dims(s.inputs()[i].shape)), "SetDimensions(input)");
-            check(in_[i]->SetData(in_mem_.back()->get()), "SetData(input)");
-        }
-        for (size_t i = 0; i < out_.size(); i++) {
-            out_mem_.emplace_back(new DeviceBuffer(e_.device(), s.outputs()[i].nbytes()));
-            check(out_[i]->SetData(out_mem_.back()->get()), "SetData(output)");
-        }
-        if (s.options().static_workspace) {
-            size_t ws = e_.max_workspace(s.inputs());
-            if (ws) {
-                workspace_.reset(new DeviceBuffer(e_.device(), ws));
-                check(ctx_->SetWorkspace(workspace_->get(), ws), "SetWorkspace");
-            }
-        }
-        if (!s.options().dump_dir.empty()) {
-            magicmind::IContext::ContextDumpInfo d;
-            d.SetDumpMode(s.options().dump_all ? magicmind::IContext::ContextDumpInfo::DumpMode::kAllTensors
-                                               : magicmind::IContext::ContextDumpInfo::DumpMode::kOutputTensors);
-            d.SetPath(s.options().dump_dir + "/device" + std::to_string(e_.device()) + "-context" +
-                      std::to_string(context_number));
-            d.SetFileFormat(magicmind::IContext::ContextDumpInfo::FileFormat::kText);
-            check(ctx_->SetContextDumpInfo(d), "SetContextDumpInfo");
-        }
+        for (const TensorDesc &t : s.inputs())
+            in_mem_.emplace_back(new DeviceBuffer(device_, t.nbytes()));
+        for (const TensorDesc &t : s.outputs())
+            out_mem_.emplace_back(new DeviceBuffer(device_, t.nbytes()));
     } catch (...) {
         release(); // the destructor does not run for a constructor that throws
         throw;
@@ -237,45 +244,87 @@ Worker::Worker(Session &s, size_t engine_index, int context_number)
 Worker::~Worker()
 {
     release();
-    s_.worker_gone(engine_index_);
+    s_.worker_gone(this, device_index_);
 }
 
 void Worker::release()
 {
-    for (IRTTensor *t : in_)
-        t->Destroy();
-    for (IRTTensor *t : out_)
-        t->Destroy();
-    in_.clear();
-    out_.clear();
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        bindings_.clear();
+    }
     if (queue_)
         cnrtQueueDestroy(queue_);
     queue_ = nullptr;
-    if (ctx_)
-        ctx_->Destroy();
-    ctx_ = nullptr;
-    workspace_.reset();
     in_mem_.clear();
     out_mem_.clear();
 }
 
-void Worker::run(const float *const *inputs, float *const *outputs)
+void Worker::forget(const WeightSet *set)
 {
-    set_device(e_.device()); // the thread's current device: workers of several devices share threads
-    for (size_t i = 0; i < in_.size(); i++)
+    std::lock_guard<std::mutex> lock(mu_);
+    bindings_.erase(set);
+}
+
+// An IContext of `set`'s engine on this worker's device, its tensors bound to the worker's device
+// buffers; made on the first run with that set.
+Worker::Binding &Worker::bind(WeightSet &set)
+{
+    auto it = bindings_.find(&set);
+    if (it != bindings_.end())
+        return *it->second;
+    DeviceEngine &e = set.on(device_index_);
+    std::unique_ptr<Binding> b(new Binding);
+    b->ctx = e.create_context();
+    check(b->ctx->CreateInputTensors(&b->in), "CreateInputTensors");
+    check(b->ctx->CreateOutputTensors(&b->out), "CreateOutputTensors");
+    if (b->in.size() != s_.inputs().size() || b->out.size() != s_.outputs().size())
+        throw MmError(kModel, "magicmind: the context's tensors do not match the model's inputs/outputs");
+    for (size_t i = 0; i < b->in.size(); i++) {
+        check(b->in[i]->SetDimensions(magicmind::Dims(s_.inputs()[i].shape)), "SetDimensions(input)");
+        check(b->in[i]->SetData(in_mem_[i]->get()), "SetData(input)");
+    }
+    for (size_t i = 0; i < b->out.size(); i++)
+        check(b->out[i]->SetData(out_mem_[i]->get()), "SetData(output)");
+    if (s_.options().static_workspace) {
+        size_t ws = e.max_workspace(s_.inputs());
+        if (ws) {
+            b->workspace.reset(new DeviceBuffer(device_, ws));
+            check(b->ctx->SetWorkspace(b->workspace->get(), ws), "SetWorkspace");
+        }
+    }
+    if (!s_.options().dump_dir.empty()) {
+        using Dump = magicmind::IContext::ContextDumpInfo;
+        Dump d;
+        d.SetDumpMode(s_.options().dump_all ? Dump::DumpMode::kAllTensors : Dump::DumpMode::kOutputTensors);
+        d.SetPath(s_.options().dump_dir + "/device" + std::to_string(device_) + "-context" + std::to_string(context_number_));
+        d.SetFileFormat(Dump::FileFormat::kText);
+        check(b->ctx->SetContextDumpInfo(d), "SetContextDumpInfo");
+    }
+    Binding &ref = *b;
+    bindings_[&set] = std::move(b);
+    return ref;
+}
+
+void Worker::run(WeightSet &set, const float *const *inputs, float *const *outputs)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    set_device(device_); // the thread's current device: workers of several devices share threads
+    Binding &b = bind(set);
+    for (size_t i = 0; i < in_mem_.size(); i++)
         check_cnrt(cnrtMemcpy(in_mem_[i]->get(), const_cast<float *>(inputs[i]), s_.inputs()[i].nbytes(),
                               CNRT_MEM_TRANS_DIR_HOST2DEV),
                    "cnrtMemcpy(input '" + s_.inputs()[i].name + "' to device)");
-    check(ctx_->Enqueue(in_, out_, queue_), "Enqueue");
+    check(b.ctx->Enqueue(b.in, b.out, queue_), "Enqueue");
     check_cnrt(cnrtQueueSync(queue_), "cnrtQueueSync");
-    for (size_t i = 0; i < out_.size(); i++)
+    for (size_t i = 0; i < out_mem_.size(); i++)
         check_cnrt(cnrtMemcpy(outputs[i], out_mem_[i]->get(), s_.outputs()[i].nbytes(), CNRT_MEM_TRANS_DIR_DEV2HOST),
                    "cnrtMemcpy(output '" + s_.outputs()[i].name + "' to host)");
 }
 
 // ---- session ------------------------------------------------------------------------------------
 
-Session::Session(const std::string &model_path, const Options &opt) : opt_(opt)
+Session::Session(const std::string &model_path, const Options &opt) : opt_(opt), model_path_(model_path)
 {
     unsigned int count = 0;
     check_cnrt(cnrtGetDeviceCount(&count), "cnrtGetDeviceCount (is the MLU driver loaded?)");
@@ -290,8 +339,8 @@ Session::Session(const std::string &model_path, const Options &opt) : opt_(opt)
         check(model_->DeserializeFromFile(model_path.c_str()), "DeserializeFromFile('" + model_path + "')", kModel);
         inputs_ = describe(model_->GetInputNames(), model_->GetInputDimensions(), model_->GetInputDataTypes(), "input");
         outputs_ = describe(model_->GetOutputNames(), model_->GetOutputDimensions(), model_->GetOutputDataTypes(), "output");
-        std::vector<MappedWeight> map = read_name_map(opt.names);
-        for (const MappedWeight &w : map)
+        map_ = read_name_map(opt.names);
+        for (const MappedWeight &w : map_)
             weights_.push_back(TensorDesc{w.engine, w.shape});
         if (!opt.profiler_dir.empty()) {
             magicmind::ProfilerOptions po;
@@ -302,23 +351,22 @@ Session::Session(const std::string &model_path, const Options &opt) : opt_(opt)
                 throw MmError(kBackend, "magicmind: CreateIProfiler('" + opt.profiler_dir + "') failed");
             check(profiler_->Start(), "IProfiler::Start");
         }
-        for (int id : opt.device_ids)
-            engines_.emplace_back(new DeviceEngine(model_, id, opt));
-        workers_per_device_.assign(engines_.size(), 0);
-        check_refit_names(map, model_path);
+        workers_per_device_.assign(opt.device_ids.size(), 0);
     } catch (...) {
         release();
         throw;
     }
 }
 
-// The sidecar and the engine must agree on the refittable names: the refitter of a fresh engine
-// lists all of them as missing.
-void Session::check_refit_names(const std::vector<MappedWeight> &map, const std::string &model_path)
+// The sidecar and the engine must agree on the refittable names: a fresh engine's refitter lists
+// every one of them as missing. Checked on the first engine made.
+void Session::check_refit_names(DeviceEngine &e, const std::string &model_path)
 {
-    std::vector<std::string> listed = engines_[0]->refittable_names();
+    if (names_checked_)
+        return;
+    std::vector<std::string> listed = e.refittable_names();
     std::set<std::string> engine(listed.begin(), listed.end()), sidecar;
-    for (const MappedWeight &w : map) {
+    for (const MappedWeight &w : map_) {
         sidecar.insert(w.engine);
         if (!engine.count(w.engine))
             throw MmError(kModel, "name map '" + opt_.names + "': weight '" + w.engine + "' (source '" + w.source +
@@ -328,13 +376,13 @@ void Session::check_refit_names(const std::vector<MappedWeight> &map, const std:
         if (!sidecar.count(n))
             throw MmError(kModel, "name map '" + opt_.names + "': no row for the engine's refittable weight '" + n +
                                       "' of '" + model_path + "'");
+    names_checked_ = true;
 }
 
 Session::~Session() { release(); }
 
 void Session::release()
 {
-    engines_.clear();
     if (profiler_) {
         profiler_->Stop();
         profiler_->Destroy();
@@ -345,35 +393,50 @@ void Session::release()
     model_ = nullptr;
 }
 
+std::unique_ptr<WeightSet> Session::weight_set(const float *const *engine_weights)
+{
+    return std::unique_ptr<WeightSet>(new WeightSet(*this, engine_weights));
+}
+
 std::unique_ptr<Worker> Session::worker()
 {
-    size_t e, n;
+    size_t d;
+    int n;
     {
         std::lock_guard<std::mutex> lock(mu_);
-        e = next_++ % engines_.size();
-        if (opt_.contexts_per_device > 0 && workers_per_device_[e] >= opt_.contexts_per_device)
+        d = next_++ % opt_.device_ids.size();
+        if (opt_.contexts_per_device > 0 && workers_per_device_[d] >= opt_.contexts_per_device)
             throw MmError(kInvalidArg, "magicmind: contexts_per_device=" + std::to_string(opt_.contexts_per_device) +
-                                           " reached on device " + std::to_string(engines_[e]->device()));
-        n = static_cast<size_t>(workers_per_device_[e]++);
+                                           " reached on device " + std::to_string(opt_.device_ids[d]));
+        n = workers_per_device_[d]++;
     }
+    std::unique_ptr<Worker> w;
     try {
-        return std::unique_ptr<Worker>(new Worker(*this, e, static_cast<int>(n)));
+        w.reset(new Worker(*this, d, n));
     } catch (...) {
-        worker_gone(e);
+        std::lock_guard<std::mutex> lock(mu_);
+        workers_per_device_[d]--;
         throw;
     }
+    std::lock_guard<std::mutex> lock(mu_);
+    workers_.insert(w.get());
+    return w;
 }
 
-void Session::worker_gone(size_t engine_index)
+void Session::worker_gone(Worker *w, size_t device_index)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    workers_per_device_[engine_index]--;
+    if (workers_.erase(w))
+        workers_per_device_[device_index]--;
 }
 
-void Session::refit(const float *const *data, bool *applied)
+// A weight set is released only when no run uses it (the core's promise): drop every worker's
+// context of it before its engines go.
+void Session::set_gone(const WeightSet *set)
 {
-    for (auto &e : engines_)
-        e->refit(weights_, data, applied);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Worker *w : workers_)
+        w->forget(set);
 }
 
 } // namespace refitd_mm

@@ -1,11 +1,17 @@
-/* mm_session.h — the MagicMind calls behind the backend, in C++: a model deserialised once, an
- * IEngine per device id, and workers (an IContext, a CNRT queue and device buffers each).
+/* mm_session.h — the MagicMind calls behind the backend, in C++:
+ *   Session    the model deserialised once, options, the name map (librefit's "plan");
+ *   WeightSet  an IEngine per configured device, holding one version of the weights in device
+ *              memory (librefit's "prepared" weights): refit in place through IRefitter;
+ *   Worker     a CNRT queue and device input/output buffers on one device, plus an IContext
+ *              (with its IRTTensors and workspace) per WeightSet it has run on (librefit's ctx).
  * Everything here throws MmError; mm_api.cc is the only caller and catches. */
 #ifndef REFITD_MM_SESSION_H
 #define REFITD_MM_SESSION_H
 
+#include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,22 +80,42 @@ private:
 
 class Session;
 
-class Worker {
+class WeightSet {
 public:
-    Worker(Session &s, size_t engine_index, int context_number);
-    ~Worker();
-    void run(const float *const *inputs, float *const *outputs);
+    WeightSet(Session &s, const float *const *engine_weights);
+    ~WeightSet();
+    // Every weight (engine order and layout) on every device. Not while a worker runs this set.
+    void refit(const float *const *engine_weights, bool *applied);
+    DeviceEngine &on(size_t device_index) { return *engines_.at(device_index); }
 
 private:
+    Session &s_;
+    std::vector<std::unique_ptr<DeviceEngine>> engines_;
+};
+
+class Worker {
+public:
+    Worker(Session &s, size_t device_index, int context_number);
+    ~Worker();
+    void run(WeightSet &set, const float *const *inputs, float *const *outputs);
+    void forget(const WeightSet *set); // the set is going away: drop its context
+
+private:
+    struct Binding {
+        magicmind::IContext *ctx = nullptr;
+        std::vector<magicmind::IRTTensor *> in, out;
+        std::unique_ptr<DeviceBuffer> workspace;
+        ~Binding();
+    };
+    Binding &bind(WeightSet &set);
     void release();
     Session &s_;
-    size_t engine_index_;
-    DeviceEngine &e_;
-    magicmind::IContext *ctx_ = nullptr;
+    size_t device_index_;
+    int device_, context_number_;
     cnrtQueue_t queue_ = nullptr;
-    std::vector<magicmind::IRTTensor *> in_, out_;
     std::vector<std::unique_ptr<DeviceBuffer>> in_mem_, out_mem_;
-    std::unique_ptr<DeviceBuffer> workspace_;
+    std::mutex mu_; // bindings_: run (this worker's thread) vs forget (a releasing thread)
+    std::map<const WeightSet *, std::unique_ptr<Binding>> bindings_;
 };
 
 class Session {
@@ -98,24 +124,30 @@ public:
     ~Session();
     const std::vector<TensorDesc> &inputs() const { return inputs_; }
     const std::vector<TensorDesc> &outputs() const { return outputs_; }
+    const std::vector<MappedWeight> &name_map() const { return map_; }
     const std::vector<TensorDesc> &weights() const { return weights_; }
     const Options &options() const { return opt_; }
+    std::unique_ptr<WeightSet> weight_set(const float *const *engine_weights);
     std::unique_ptr<Worker> worker();
-    void refit(const float *const *data, bool *applied);
 
 private:
+    friend class WeightSet;
+    friend class Worker;
     void release();
-    void check_refit_names(const std::vector<MappedWeight> &map, const std::string &model_path);
+    void check_refit_names(DeviceEngine &e, const std::string &model_path);
+    void set_gone(const WeightSet *set);
+    void worker_gone(Worker *w, size_t device_index);
     Options opt_;
+    std::string model_path_;
     magicmind::IModel *model_ = nullptr;
     magicmind::IProfiler *profiler_ = nullptr;
     std::vector<TensorDesc> inputs_, outputs_, weights_;
-    std::vector<std::unique_ptr<DeviceEngine>> engines_;
+    std::vector<MappedWeight> map_;
     std::mutex mu_;
+    std::set<Worker *> workers_;
     std::vector<int> workers_per_device_;
     size_t next_ = 0;
-    friend class Worker;
-    void worker_gone(size_t engine_index);
+    bool names_checked_ = false;
 };
 
 } // namespace refitd_mm

@@ -1,6 +1,6 @@
 /* fake_magicmind.cc — TEST-ONLY FAKE libmagicmind_runtime.so for refitd's CI
  * (native/tests/fake_neuware). Never shipped. Implements, on the CPU, exactly the MagicMind
- * subset declared in native/tests/mm_decl_compile_check.h, and behaves the way the vendor
+ * subset declared in native/tests/fake_neuware/include/mm_decl_compile_check.h, and behaves the way the vendor
  * promises nothing against:
  *   - engine-side weight names differ from source names (gen_model.py names them
  *     main/mm.const/mm.refit_const:N, as the weight-refit sample shows);

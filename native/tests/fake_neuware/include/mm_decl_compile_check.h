@@ -8,7 +8,7 @@
  *
  * Used by: the compile check (make mm-compile-check: backend sources against this header, x86_64
  * and aarch64, -Wall -Wextra -Werror) and the test-only fake Neuware tree
- * (native/tests/fake_neuware/: its include/ forwards mm_runtime.h, mm_profiler.h and cnrt.h here,
+ * (native/tests/fake_neuware/, where this file lives: include/ forwards mm_runtime.h, mm_profiler.h and cnrt.h here,
  * its lib64/ fakes implement these declarations on the CPU).
  *
  * Where the public callers do not settle a type, it is marked "inferred". Enumerator values are
