@@ -21,7 +21,7 @@ from cffi import FFI
 
 from ._cdef import CDEF
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 LIBRARY_NAME = "librefit.so"
 
 ffi = FFI()

@@ -177,7 +177,7 @@ typedef struct runner {
 static int tg_plan(tg *t, runner *r)
 {
     memset(r, 0, sizeof *r);
-    int rc = rt_cpu_backend.plan_create(&t->g, &r->plan, r->err, sizeof r->err);
+    int rc = rt_cpu_backend.plan_create(&t->g, NULL, &r->plan, r->err, sizeof r->err);
     if (rc) return rc;
     return rt_cpu_backend.ctx_create(r->plan, &r->ctx, r->err, sizeof r->err);
 }
@@ -193,7 +193,13 @@ static int tg_run(tg *t, runner *r, float **outs)
         for (size_t i = 0; i < t->v[t->outputs[j]].numel; i++) outs[j][i] = NAN;
         o[j] = outs[j];
     }
-    return rt_cpu_backend.run(r->plan, r->ctx, w, in, o, r->err, sizeof r->err);
+    /* Backend API v2: the weights are prepared (BN folded, kernels packed) once per set. */
+    void *prep = NULL;
+    int rc = rt_cpu_backend.weights_prepare(r->plan, w, NULL, NULL, &prep, r->err, sizeof r->err);
+    if (rc) return rc;
+    rc = rt_cpu_backend.run(r->plan, r->ctx, prep, in, o, r->err, sizeof r->err);
+    rt_cpu_backend.weights_release(r->plan, prep);
+    return rc;
 }
 
 static void tg_unplan(runner *r)
@@ -1074,16 +1080,21 @@ static void *thr_main(void *p)
     thr_arg *a = p;
     void *ctx = NULL;
     char err[128];
+    void *prep = NULL;
+    const float *w[1] = {a->w};
     a->ok = rt_cpu_backend.ctx_create(a->plan, &ctx, err, sizeof err) == 0;
+    /* Preparing without a base shares nothing, so two threads may prepare on one plan. */
+    a->ok = a->ok && rt_cpu_backend.weights_prepare(a->plan, w, NULL, NULL, &prep, err, sizeof err) == 0;
     float *out = malloc(a->n * sizeof(float));
     for (int it = 0; it < 20 && a->ok; it++) {
-        const float *w[1] = {a->w}, *in[1] = {a->t->idata[0]};
+        const float *in[1] = {a->t->idata[0]};
         float *o[1] = {out};
-        if (rt_cpu_backend.run(a->plan, ctx, w, in, o, err, sizeof err)) a->ok = 0;
+        if (rt_cpu_backend.run(a->plan, ctx, prep, in, o, err, sizeof err)) a->ok = 0;
         for (size_t i = 0; i < a->n && a->ok; i++)
             if (fabs(out[i] - a->ref[i]) > 1e-4 + 1e-4 * fabs(a->ref[i])) a->ok = 0;
     }
     free(out);
+    if (prep) rt_cpu_backend.weights_release(a->plan, prep);
     rt_cpu_backend.ctx_destroy(ctx);
     return NULL;
 }
@@ -1102,7 +1113,7 @@ static void test_threads(void)
     tg_output(t, y);
     void *plan = NULL;
     char err[128];
-    int rc = rt_cpu_backend.plan_create(&t->g, &plan, err, sizeof err);
+    int rc = rt_cpu_backend.plan_create(&t->g, NULL, &plan, err, sizeof err);
     CHECK(rc == 0, "threads plan: %s", err);
     if (rc) {
         tg_free(t);
@@ -1198,7 +1209,7 @@ int main(void)
         const int x = tg_input(t, DIMS(1));
         tg_output(t, tg_node(t, RT_OP_RELU, 1, &x, DIMS(1), NULL));
         char err[64];
-        if (rt_cpu_backend.plan_create(&t->g, &probe, err, sizeof err) == 0) {
+        if (rt_cpu_backend.plan_create(&t->g, NULL, &probe, err, sizeof err) == 0) {
             g_isa = cpu_plan_isa(probe);
             static char label[48];
             snprintf(label, sizeof label, "[%s] ", g_isa);

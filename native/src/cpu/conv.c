@@ -72,6 +72,40 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
     }
 }
 
+/* Prepared weights: the GEMM paths' A operand (each group's Mg x Kg weights) packed once per
+ * weight set, group after group; Winograd's transformed kernels; depthwise reads w as it is. */
+size_t cpu_conv_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g)
+{
+    switch (cpu_conv_kind(g)) {
+    case CPU_CONV_DW: return 0;
+    case CPU_CONV_WINO: return cpu_wino_prepared_floats(isa, g);
+    default:
+        return (size_t)g->group *
+               cpu_sgemm_packed_a_floats(isa, g->M / g->group, (g->C / g->group) * g->kh * g->kw);
+    }
+}
+
+int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst)
+{
+    const int kind = cpu_conv_kind(g);
+    if (kind == CPU_CONV_DW) return 0;
+    if (kind == CPU_CONV_WINO) return cpu_wino_prepare(isa, g, w, dst);
+    const int64_t Mg = g->M / g->group, Kg = (g->C / g->group) * g->kh * g->kw;
+    const size_t per = cpu_sgemm_packed_a_floats(isa, Mg, Kg);
+    for (int64_t gi = 0; gi < g->group; gi++)
+        cpu_sgemm_pack_a(isa, w + gi * Mg * Kg, Kg, 1, Mg, Kg, dst + (size_t)gi * per);
+    return 0;
+}
+
+/* Group gi's A operand for cpu_sgemm: from the prepared form if there is one. */
+static const float *group_a(const cpu_isa *isa, const float *w, const float *wp, int64_t gi,
+                            int64_t Mg, int64_t Kg, int64_t *ars, int64_t *acs)
+{
+    *ars = Kg;
+    *acs = wp ? CPU_A_PACKED : 1;
+    return wp ? wp + (size_t)gi * cpu_sgemm_packed_a_floats(isa, Mg, Kg) : w + gi * Mg * Kg;
+}
+
 /* Any kernel size / stride / dilation, over the padded plane. */
 static void dw_generic(const cpu_dw_args *a)
 {
@@ -160,7 +194,7 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
  * phase (the padded image itself). The PW - OW junk columns per row are dropped when the result is
  * copied out; a residual and the clamp after it are applied in that copy. */
 static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-                      float *y, const cpu_epi *epi, float *scratch)
+                      const float *wp, float *y, const cpu_epi *epi, float *scratch)
 {
     int64_t PH, PW;
     wide_dims(g, &PH, &PW);
@@ -227,7 +261,9 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
             cpu_epi eg = e;
             if (e.row_scale) eg.row_scale = e.row_scale + gi * Mg;
             if (e.row_bias) eg.row_bias = e.row_bias + gi * Mg;
-            cpu_sgemm(isa, Mg, NW, Kg, w + gi * Mg * Kg, Kg, 1, &b, cw, NW, &eg, gs);
+            int64_t ars, acs;
+            const float *a = group_a(isa, w, wp, gi, Mg, Kg, &ars, &acs);
+            cpu_sgemm(isa, Mg, NW, Kg, a, ars, acs, &b, cw, NW, &eg, gs);
             float *yg = y + (n * g->M + gi * Mg) * OHW;
             const float *rg = late ? epi->res + (n * g->M + gi * Mg) * OHW : NULL;
             for (int64_t m = 0; m < Mg; m++)
@@ -250,7 +286,7 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
 }
 
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-              float *y, const cpu_epi *epi, float *scratch)
+              const float *wp, float *y, const cpu_epi *epi, float *scratch)
 {
     const int kind = cpu_conv_kind(g);
     if (kind == CPU_CONV_DW) {
@@ -258,11 +294,11 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
         return;
     }
     if (kind == CPU_CONV_WINO) {
-        cpu_conv_wino(isa, g, x, w, y, epi, scratch);
+        cpu_conv_wino(isa, g, x, w, wp, y, epi, scratch);
         return;
     }
     if (kind == CPU_CONV_WIDE) {
-        conv_wide(isa, g, x, w, y, epi, scratch);
+        conv_wide(isa, g, x, w, wp, y, epi, scratch);
         return;
     }
     const int64_t HW = g->H * g->W, OHW = g->OH * g->OW;
@@ -291,7 +327,9 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
             b.img = xn;
             b.boff = boff;
             e.res = resn;
-            cpu_sgemm(isa, g->M, HW, g->C, w, g->C, 1, &b, yn, HW, &e, scratch + a16(2 * g->C));
+            int64_t ars, acs;
+            const float *a = group_a(isa, w, wp, 0, g->M, g->C, &ars, &acs);
+            cpu_sgemm(isa, g->M, HW, g->C, a, ars, acs, &b, yn, HW, &e, scratch + a16(2 * g->C));
             continue;
         }
         for (int64_t gi = 0; gi < g->group; gi++) {
@@ -333,8 +371,9 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
             if (epi && epi->row_scale) eg.row_scale = epi->row_scale + gi * Mg;
             if (epi && epi->row_bias) eg.row_bias = epi->row_bias + gi * Mg;
             eg.res = resn ? resn + gi * Mg * OHW : NULL;
-            cpu_sgemm(isa, Mg, OHW, Kg, w + gi * Mg * Kg, Kg, 1, &b, yn + gi * Mg * OHW, OHW, &eg,
-                      gs);
+            int64_t ars, acs;
+            const float *a = group_a(isa, w, wp, gi, Mg, Kg, &ars, &acs);
+            cpu_sgemm(isa, Mg, OHW, Kg, a, ars, acs, &b, yn + gi * Mg * OHW, OHW, &eg, gs);
         }
     }
 }

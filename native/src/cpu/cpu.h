@@ -98,7 +98,13 @@ typedef struct cpu_bsrc {
 
 /* Scratch floats needed by cpu_sgemm for these sizes. */
 size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K);
-/* A[i][k] = a[i*ars + k*acs]. scratch: cpu_sgemm_scratch() floats, 64-byte aligned. */
+/* A[i][k] = a[i*ars + k*acs], or, with acs == CPU_A_PACKED, `a` is already in the packed form
+ * cpu_sgemm_pack_a writes (prepared weights: the packing moves out of every run). scratch:
+ * cpu_sgemm_scratch() floats, 64-byte aligned. */
+#define CPU_A_PACKED 0
+size_t cpu_sgemm_packed_a_floats(const cpu_isa *isa, int64_t M, int64_t K);
+void cpu_sgemm_pack_a(const cpu_isa *isa, const float *a, int64_t ars, int64_t acs, int64_t M,
+                      int64_t K, float *dst);
 void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
                int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
                float *scratch);
@@ -121,13 +127,23 @@ enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2, CPU_CONV_WIDE = 3, 
 /* Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, no dilation, group 1, >= 16 channels. */
 int cpu_wino_ok(const cpu_conv_geom *g);
 size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
+/* wp: NULL, or w prepared by cpu_wino_prepare (the transformed, packed kernels U). */
 void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-                   float *y, const cpu_epi *epi, float *scratch);
+                   const float *wp, float *y, const cpu_epi *epi, float *scratch);
+size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
+/* Returns 0, or -1 when out of memory. */
+int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst);
 int cpu_conv_kind(const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
-/* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW. */
+/* Prepared weights (weights_prepare): floats of w's prepared form for this geometry (0: the path
+ * reads w as it is, e.g. depthwise), and the transform raw w -> prepared (0, or -1 when out of
+ * memory). A pure function of w: the packed layout is the kernels' business. */
+size_t cpu_conv_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
+int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst);
+/* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW.
+ * wp: NULL (w is packed/transformed on this call) or w's prepared form. */
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-              float *y, const cpu_epi *epi, float *scratch);
+              const float *wp, float *y, const cpu_epi *epi, float *scratch);
 
 /* ---- Other ops (ops.c) ---------------------------------------------------------------------- */
 enum { CPU_BIN_ADD, CPU_BIN_SUB, CPU_BIN_MUL, CPU_BIN_DIV };

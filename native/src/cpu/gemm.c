@@ -592,9 +592,12 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
         return;
     }
     const int64_t kcb = pick_kc(K), ncb = pick_nc(kcb, N, nr);
-    float *pa = scratch;
-    float *pb = pa + round_up(M, mr) * K;
-    pack_a(a, ars, acs, M, K, mr, pa);
+    const float *pa = a; /* acs == CPU_A_PACKED: prepared by cpu_sgemm_pack_a, off the hot path */
+    float *pb = scratch + round_up(M, mr) * K;
+    if (acs != CPU_A_PACKED) {
+        pack_a(a, ars, acs, M, K, mr, scratch);
+        pa = scratch;
+    }
     const int direct = ukind && bsrc->is_conv == 2;
 
     float ones[CPU_MAX_MR], zeros[CPU_MAX_NR];
@@ -746,6 +749,17 @@ __attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
     sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, uk_avx2_ind);
 }
 #endif
+
+size_t cpu_sgemm_packed_a_floats(const cpu_isa *isa, int64_t M, int64_t K)
+{
+    return (size_t)(round_up(M, isa->mr) * K);
+}
+
+void cpu_sgemm_pack_a(const cpu_isa *isa, const float *a, int64_t ars, int64_t acs, int64_t M,
+                      int64_t K, float *dst)
+{
+    pack_a(a, ars, acs, M, K, isa->mr, dst);
+}
 
 void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
                int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
