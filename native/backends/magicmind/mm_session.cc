@@ -268,7 +268,7 @@ void Worker::forget(const WeightSet *set)
 
 // An IContext of `set`'s engine on this worker's device, its tensors bound to the worker's device
 // buffers; made on the first run with that set.
-Worker::Binding &Worker::bind(WeightSet &set)
+Worker::Binding &Worker::bind(const WeightSet &set)
 {
     auto it = bindings_.find(&set);
     if (it != bindings_.end())
@@ -306,7 +306,7 @@ Worker::Binding &Worker::bind(WeightSet &set)
     return ref;
 }
 
-void Worker::run(WeightSet &set, const float *const *inputs, float *const *outputs)
+void Worker::run(const WeightSet &set, const float *const *inputs, float *const *outputs)
 {
     std::lock_guard<std::mutex> lock(mu_);
     set_device(device_); // the thread's current device: workers of several devices share threads

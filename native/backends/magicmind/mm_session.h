@@ -86,7 +86,7 @@ public:
     ~WeightSet();
     // Every weight (engine order and layout) on every device. Not while a worker runs this set.
     void refit(const float *const *engine_weights, bool *applied);
-    DeviceEngine &on(size_t device_index) { return *engines_.at(device_index); }
+    DeviceEngine &on(size_t device_index) const { return *engines_.at(device_index); }
 
 private:
     Session &s_;
@@ -97,7 +97,7 @@ class Worker {
 public:
     Worker(Session &s, size_t device_index, int context_number);
     ~Worker();
-    void run(WeightSet &set, const float *const *inputs, float *const *outputs);
+    void run(const WeightSet &set, const float *const *inputs, float *const *outputs);
     void forget(const WeightSet *set); // the set is going away: drop its context
 
 private:
@@ -107,7 +107,7 @@ private:
         std::unique_ptr<DeviceBuffer> workspace;
         ~Binding();
     };
-    Binding &bind(WeightSet &set);
+    Binding &bind(const WeightSet &set);
     void release();
     Session &s_;
     size_t device_index_;

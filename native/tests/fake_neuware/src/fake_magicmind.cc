@@ -13,7 +13,8 @@
  *     therefore really produces torn results (relaxed atomics per element keep it race-free in
  *     the C++ sense, so TSan reports only real bugs).
  * Test knob: FAKE_MAGICMIND_IGNORE_WEIGHT=<engine name> makes SetNamedWeights accept that name
- * and drop it, so GetMissingNames still lists it: a runtime that refuses a refit.
+ * and drop it (only the first FAKE_MAGICMIND_IGNORE_COUNT times in the process, if that is set),
+ * so GetMissingNames still lists it: a runtime that refuses a refit.
  *
  * Model file ("fake-magicmind-model 1", text, written by gen_model.py from an ONNX file):
  *   input NAME NDIM D...            output NAME NDIM D...
@@ -525,6 +526,20 @@ private:
     bool loaded_ = false;
 };
 
+// FAKE_MAGICMIND_IGNORE_WEIGHT / FAKE_MAGICMIND_IGNORE_COUNT (see the file comment).
+bool should_ignore(const std::string &name)
+{
+    static std::atomic<long> dropped(0);
+    const char *target = getenv("FAKE_MAGICMIND_IGNORE_WEIGHT");
+    if (!target || name != target)
+        return false;
+    long limit = env_long("FAKE_MAGICMIND_IGNORE_COUNT", -1);
+    if (limit >= 0 && dropped.load() >= limit)
+        return false;
+    dropped++;
+    return true;
+}
+
 class FakeRefitter : public IRefitter {
 public:
     explicit FakeRefitter(FakeEngine *e) : engine_(e) {}
@@ -539,8 +554,7 @@ public:
         if (static_cast<size_t>(t->GetSize()) != it->second->bytes)
             return invalid("SetNamedWeights: '" + name + "' has " + std::to_string(t->GetSize()) + " bytes, the engine " +
                            std::to_string(it->second->bytes));
-        const char *ignore = getenv("FAKE_MAGICMIND_IGNORE_WEIGHT");
-        if (ignore && name == ignore)
+        if (should_ignore(name))
             return Status::OK(); // test knob: accepted and dropped, so it stays missing
         pending_[name] = static_cast<const float *>(t->data_);
         return Status::OK();
