@@ -3,6 +3,10 @@
  * MAGICMIND-API.md; re-check them against a real SDK before claiming hardware support. */
 #include "mm_session.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <set>
 
 #include "mm_error.h"
@@ -53,6 +57,19 @@ std::vector<TensorDesc> describe(const std::vector<std::string> &names, const st
         out.push_back(t);
     }
     return out;
+}
+
+// Makes `dir` and its parents (the vendor documents neither dump nor profiler directories as
+// created for us); throws naming the directory.
+void make_dirs(const std::string &dir, const char *what)
+{
+    for (size_t i = 1; i <= dir.size(); i++) {
+        if (i < dir.size() && dir[i] != '/')
+            continue;
+        std::string part = dir.substr(0, i);
+        if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST)
+            throw MmError(kIo, std::string(what) + " '" + dir + "': cannot create " + part + ": " + strerror(errno));
+    }
 }
 
 void set_device(int device) { check_cnrt(cnrtSetDevice(device), "cnrtSetDevice(" + std::to_string(device) + ")"); }
@@ -342,7 +359,10 @@ Session::Session(const std::string &model_path, const Options &opt) : opt_(opt),
         map_ = read_name_map(opt.names);
         for (const MappedWeight &w : map_)
             weights_.push_back(TensorDesc{w.engine, w.shape});
+        if (!opt.dump_dir.empty())
+            make_dirs(opt.dump_dir, "backend option dump_dir");
         if (!opt.profiler_dir.empty()) {
+            make_dirs(opt.profiler_dir, "backend option profiler_dir");
             magicmind::ProfilerOptions po;
             po.SetHostTracerLevel(magicmind::HostTracerLevel::kCritical);
             po.SetDeviceTracerLevel(magicmind::DeviceTracerLevel::kOn);

@@ -68,7 +68,6 @@ struct FakeAccess; /* the test-only fake runtime's door into private storage; no
 
 class Status {
 public:
-    static Status OK();
     bool ok() const;
     error::Code code() const;
     std::string error_message() const;
@@ -86,10 +85,10 @@ public:
     Dims();
     explicit Dims(const std::vector<int64_t> &dims);
     int64_t GetDimsNum() const;
-    int64_t GetElementCount() const;
     int64_t GetDimValue(int64_t index) const;
 
 private:
+    friend struct FakeAccess;
     std::vector<int64_t> dims_;
 };
 
@@ -97,10 +96,6 @@ class IRTTensor {
 public:
     virtual Status SetData(void *data) = 0;
     virtual Status SetDimensions(const Dims &dims) = 0;
-    virtual void *GetMutableData() = 0;
-    virtual int64_t GetSize() const = 0; /* inferred: 64-bit */
-    virtual Dims GetDimensions() const = 0;
-    virtual std::string GetName() const = 0;
     virtual void Destroy() = 0;
 
 protected:
@@ -167,8 +162,6 @@ public:
         IAllocator *allocator_ = nullptr;
     };
     virtual Status DeserializeFromFile(const char *path) = 0;
-    virtual int64_t GetInputNum() const = 0;
-    virtual int64_t GetOutputNum() const = 0;
     virtual std::vector<std::string> GetInputNames() const = 0;
     virtual std::vector<std::string> GetOutputNames() const = 0;
     virtual std::vector<Dims> GetInputDimensions() const = 0;

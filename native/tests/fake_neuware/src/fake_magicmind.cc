@@ -13,7 +13,7 @@
  *     therefore really produces torn results (relaxed atomics per element keep it race-free in
  *     the C++ sense, so TSan reports only real bugs).
  * Test knob: FAKE_MAGICMIND_IGNORE_WEIGHT=<engine name> makes SetNamedWeights accept that name
- * and drop it (only the first FAKE_MAGICMIND_IGNORE_COUNT times in the process, if that is set),
+ * and drop it (only the first FAKE_MAGICMIND_IGNORE_COUNT times after it was set, if that is set),
  * so GetMissingNames still lists it: a runtime that refuses a refit.
  *
  * Model file ("fake-magicmind-model 1", text, written by gen_model.py from an ONNX file):
@@ -47,9 +47,17 @@ namespace magicmind {
 
 struct FakeAccess {
     static Status error(error::Code c, const std::string &m) { return Status(c, m); }
+    static Status ok() { return Status(error::Code::OK, ""); }
+    static int64_t count(const Dims &d) { return product(d.dims_); }
+    static int64_t product(const std::vector<int64_t> &v)
+    {
+        int64_t n = 1;
+        for (int64_t x : v)
+            n *= x;
+        return n;
+    }
     static IAllocator *allocator(const IModel::EngineConfig &c) { return c.allocator_; }
     static const std::string &device_type(const IModel::EngineConfig &c) { return c.device_type_; }
-    static const IContext::ContextDumpInfo &dump(const IContext::ContextDumpInfo &d) { return d; }
     static std::string dump_path(const IContext::ContextDumpInfo &d) { return d.path_; }
     static bool dump_all(const IContext::ContextDumpInfo &d)
     {
@@ -224,17 +232,14 @@ public:
     Status SetData(void *data) override
     {
         data_ = data;
-        return Status::OK();
+        return FakeAccess::ok();
     }
     Status SetDimensions(const Dims &dims) override
     {
         dims_ = dims;
-        return Status::OK();
+        return FakeAccess::ok();
     }
-    void *GetMutableData() override { return data_; }
-    int64_t GetSize() const override { return dims_.GetElementCount() * 4; }
-    Dims GetDimensions() const override { return dims_; }
-    std::string GetName() const override { return name_; }
+    int64_t bytes() const { return FakeAccess::count(dims_) * 4; }
     void Destroy() override { delete this; }
     DataType type_;
     std::string name_;
@@ -255,18 +260,18 @@ public:
     {
         workspace_ = ws;
         workspace_size_ = size;
-        return Status::OK();
+        return FakeAccess::ok();
     }
     Status SetContextDumpInfo(const ContextDumpInfo &info) override
     {
         dump_path_ = FakeAccess::dump_path(info);
         dump_all_ = FakeAccess::dump_all(info);
-        return Status::OK();
+        return FakeAccess::ok();
     }
     Status Destroy() override
     {
         delete this;
-        return Status::OK();
+        return FakeAccess::ok();
     }
 
 private:
@@ -293,7 +298,7 @@ public:
                 return internal("cannot upload constant '" + w.name + "'");
             consts[w.name] = std::move(buf);
         }
-        return Status::OK();
+        return FakeAccess::ok();
     }
     IContext *CreateIContext() override
     {
@@ -305,12 +310,12 @@ public:
         if (!size || dims.size() != graph.inputs.size())
             return invalid("QueryContextMaxWorkspaceSize: one Dims per input expected");
         *size = intermediate_bytes();
-        return Status::OK();
+        return FakeAccess::ok();
     }
     Status Destroy() override
     {
         delete this;
-        return Status::OK();
+        return FakeAccess::ok();
     }
     size_t intermediate_bytes() const
     {
@@ -347,7 +352,7 @@ Status FakeContext::tensors(const std::vector<Value> &vals, std::vector<IRTTenso
         t->SetDimensions(Dims(v.dims));
         out->push_back(t);
     }
-    return Status::OK();
+    return FakeAccess::ok();
 }
 
 Status FakeContext::CreateInputTensors(std::vector<IRTTensor *> *inputs) { return tensors(engine_->graph.inputs, inputs); }
@@ -387,14 +392,14 @@ Status FakeContext::Enqueue(const std::vector<IRTTensor *> &in, const std::vecto
     auto bind = [&](const std::vector<IRTTensor *> &ts, const std::vector<Value> &decl) -> Status {
         for (size_t i = 0; i < ts.size(); i++) {
             auto *t = static_cast<FakeTensor *>(ts[i]);
-            if (t->name_ != decl[i].name || t->dims_.GetElementCount() != static_cast<int64_t>(decl[i].count()))
+            if (t->name_ != decl[i].name || FakeAccess::count(t->dims_) != static_cast<int64_t>(decl[i].count()))
                 return invalid("Enqueue: tensor '" + t->name_ + "' does not match the model's '" + decl[i].name + "'");
             float *p = t->loc_ == TensorLocation::kMLU ? backing(t->data_, decl[i].count(), engine_->device) : nullptr;
             if (!p)
                 return invalid("Enqueue: tensor '" + t->name_ + "' has no MLU memory of the engine's device");
             vals[t->name_] = p;
         }
-        return Status::OK();
+        return FakeAccess::ok();
     };
     Status s = bind(in, g.inputs);
     if (s.ok())
@@ -442,7 +447,7 @@ Status FakeContext::Enqueue(const std::vector<IRTTensor *> &in, const std::vecto
     if (!dump_path_.empty())
         dump(vals);
     ++enqueues_;
-    return Status::OK();
+    return FakeAccess::ok();
 }
 
 // ContextDumpInfo: one text file per tensor (outputs only, or every value) per Enqueue.
@@ -478,10 +483,8 @@ public:
         if (!err.empty())
             return invalid(std::string("model '") + path + "': " + err);
         loaded_ = true;
-        return Status::OK();
+        return FakeAccess::ok();
     }
-    int64_t GetInputNum() const override { return static_cast<int64_t>(graph_.inputs.size()); }
-    int64_t GetOutputNum() const override { return static_cast<int64_t>(graph_.outputs.size()); }
     std::vector<std::string> GetInputNames() const override { return names(graph_.inputs); }
     std::vector<std::string> GetOutputNames() const override { return names(graph_.outputs); }
     std::vector<Dims> GetInputDimensions() const override { return dims(graph_.inputs); }
@@ -531,6 +534,8 @@ bool should_ignore(const std::string &name)
 {
     static std::atomic<long> dropped(0);
     const char *target = getenv("FAKE_MAGICMIND_IGNORE_WEIGHT");
+    if (!target || !*target)
+        dropped = 0; // the knob is off: the next time it is set, it counts from zero
     if (!target || name != target)
         return false;
     long limit = env_long("FAKE_MAGICMIND_IGNORE_COUNT", -1);
@@ -551,13 +556,13 @@ public:
         auto *t = static_cast<FakeTensor *>(weights);
         if (!t || t->loc_ != TensorLocation::kHost || !t->data_)
             return invalid("SetNamedWeights: '" + name + "' needs a host tensor with data");
-        if (static_cast<size_t>(t->GetSize()) != it->second->bytes)
-            return invalid("SetNamedWeights: '" + name + "' has " + std::to_string(t->GetSize()) + " bytes, the engine " +
+        if (static_cast<size_t>(t->bytes()) != it->second->bytes)
+            return invalid("SetNamedWeights: '" + name + "' has " + std::to_string(t->bytes()) + " bytes, the engine " +
                            std::to_string(it->second->bytes));
         if (should_ignore(name))
-            return Status::OK(); // test knob: accepted and dropped, so it stays missing
+            return FakeAccess::ok(); // test knob: accepted and dropped, so it stays missing
         pending_[name] = static_cast<const float *>(t->data_);
-        return Status::OK();
+        return FakeAccess::ok();
     }
     Status GetMissingNames(std::vector<std::string> *names) override
     {
@@ -567,7 +572,7 @@ public:
         for (const auto &c : engine_->consts)
             if (!pending_.count(c.first))
                 names->push_back(c.first);
-        return Status::OK();
+        return FakeAccess::ok();
     }
     // In place, piecewise, unguarded: exactly what nothing in the vendor's documentation rules out.
     Status RefitEngine() override
@@ -587,7 +592,7 @@ public:
             }
         }
         pending_.clear();
-        return Status::OK();
+        return FakeAccess::ok();
     }
     void Destroy() override { delete this; }
 
@@ -601,7 +606,7 @@ public:
     explicit FakeProfiler(std::string dir) : dir_(std::move(dir)) {}
     // The real profiler writes TensorBoard profile data under <dir>/plugins/profile/<time>/; the
     // fake writes one placeholder file there, named as a fake, so the path handling is exercised.
-    Status Start() override { return Status::OK(); }
+    Status Start() override { return FakeAccess::ok(); }
     Status Stop() override
     {
         std::string d = dir_;
@@ -611,7 +616,7 @@ public:
                 return internal("profiler: cannot create " + d);
         }
         std::ofstream(d + "/fake.kernel_stats.pb") << "fake magicmind profiler placeholder\n";
-        return Status::OK();
+        return FakeAccess::ok();
     }
     void Destroy() override { delete this; }
 
@@ -624,7 +629,6 @@ private:
 // ---- free functions and small value types -----------------------------------------------------
 
 Status::Status(error::Code code, const std::string &message) : code_(code), message_(message) {}
-Status Status::OK() { return Status(error::Code::OK, ""); }
 bool Status::ok() const { return code_ == error::Code::OK; }
 error::Code Status::code() const { return code_; }
 std::string Status::error_message() const { return message_; }
@@ -633,13 +637,6 @@ std::string Status::ToString() const { return ok() ? "OK" : message_; }
 Dims::Dims() {}
 Dims::Dims(const std::vector<int64_t> &dims) : dims_(dims) {}
 int64_t Dims::GetDimsNum() const { return static_cast<int64_t>(dims_.size()); }
-int64_t Dims::GetElementCount() const
-{
-    int64_t n = 1;
-    for (int64_t d : dims_)
-        n *= d;
-    return n;
-}
 int64_t Dims::GetDimValue(int64_t i) const { return i >= 0 && i < GetDimsNum() ? dims_[i] : -1; }
 
 void IContext::ContextDumpInfo::SetDumpMode(DumpMode mode) { mode_ = mode; }

@@ -1,0 +1,206 @@
+"""The MagicMind backend without an MLU: the compile-only check against the declaration header
+(and that it catches a broken signature), and the real plugin source run against the TEST-ONLY
+fake Neuware runtime (native/tests/fake_neuware) through librefit and refitd.engine: a package
+in ONNX source names refits the NHWC engine through the name map, outputs match onnxruntime; a
+refit the runtime refuses keeps the serving version; the backend options of seed 004."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, write_pkg
+from models import ort_session, with_initializers
+
+CHECK = ROOT / "toolchain" / "mm_compile_check.sh"
+DECL = ROOT / "native" / "tests" / "fake_neuware" / "include"
+BACKEND = ROOT / "native" / "backends" / "magicmind"
+
+
+def _compile_check(cxx="g++", include=DECL, *flags):
+    return subprocess.run([str(CHECK), cxx, str(include), *flags], capture_output=True, text=True, timeout=300)
+
+
+# ---- compile-only check ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cxx", ["g++", "aarch64-linux-gnu-g++"])
+def test_backend_compiles_against_the_declaration_header(cxx):
+    assert shutil.which(cxx), "%s missing: toolchain/ensure_tools.sh mm installs it" % cxx
+    r = _compile_check(cxx)
+    assert r.returncode == 0, r.stderr
+    assert "4 sources compile" in r.stdout or "sources compile" in r.stdout
+
+
+@pytest.mark.parametrize("old, new, symbol", [
+    # a wrong argument type in a CNRT call the backend makes
+    ("cnrtRet_t cnrtMemcpy(void *dst, void *src, size_t bytes, cnrtMemTransDir_t dir);",
+     "cnrtRet_t cnrtMemcpy(void *dst, void *src, int *bytes, cnrtMemTransDir_t dir);", "cnrtMemcpy"),
+    # a wrong argument type in a MagicMind method the refit path calls
+    ("virtual Status SetNamedWeights(const std::string &name, IRTTensor *weights) = 0;",
+     "virtual Status SetNamedWeights(const std::string &name, const float *weights) = 0;", "SetNamedWeights"),
+    # a changed return type
+    ("IRefitter *CreateIRefitter(IEngine *engine);", "IRefitter CreateIRefitter(IEngine *engine);", "CreateIRefitter"),
+])
+def test_a_broken_signature_fails_the_compile_check(tmp_path, old, new, symbol):
+    inc = tmp_path / "include"
+    shutil.copytree(DECL, inc)
+    header = inc / "mm_decl_compile_check.h"
+    text = header.read_text()
+    assert text.count(old) == 1, "the declaration header no longer has: " + old
+    header.write_text(text.replace(old, new))
+    r = _compile_check("g++", inc)
+    assert r.returncode != 0, "a broken %s still compiles" % symbol
+    assert symbol in r.stderr
+
+
+def test_declaration_header_declares_only_what_the_backend_uses():
+    text = (DECL / "mm_decl_compile_check.h").read_text()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    declared = set(re.findall(r"\b(cnrt[A-Z]\w*)\s*\(", text))
+    declared |= set(re.findall(r"\b([A-Z]\w+)\s*\([^;{]*\)\s*(?:const)?\s*(?:=\s*0)?;", text))
+    declared -= {"Status", "Dims", "FakeAccess"}  # constructors
+    used = "\n".join(p.read_text() for p in BACKEND.glob("*.cc")) + (BACKEND / "mm_error.h").read_text()
+    unused = sorted(n for n in declared if not re.search(r"\b%s\b" % n, used))
+    assert declared and not unused, "declared but not used by the backend: %s" % unused
+
+
+# ---- the plugin against the fake runtime -------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def plugin_dir():
+    """Builds the fake Neuware prefix and the plugin from the real backend source (cached in build/)."""
+    r = subprocess.run(["make", "-s", "fake-neuware"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    build = ROOT / "build" / "mm-py"
+    env = dict(os.environ, NEUWARE_HOME=str(ROOT / "build" / "fake-neuware"))
+    for cmd in (["cmake", "-S", str(BACKEND), "-B", str(build)],
+                ["cmake", "--build", str(build), "-j2", "--target", "refit_backend_magicmind"]):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert (build / "librefit_backend_magicmind.so").exists()
+    os.environ["REFIT_BACKEND_PATH"] = str(build)  # librefit reads it at each plugin lookup
+    return build
+
+
+def conv_relu_conv(seed):
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    rng = np.random.default_rng(seed)
+    w = {"c1.weight": rng.standard_normal((6, 3, 3, 3)).astype(np.float32) / 3,
+         "c1.bias": rng.standard_normal(6).astype(np.float32),
+         "c2.weight": rng.standard_normal((2, 6, 3, 3)).astype(np.float32) / 5}
+    nodes = [h.make_node("Conv", ["x", "c1.weight", "c1.bias"], ["h"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["h"], ["r"]),
+             h.make_node("Conv", ["r", "c2.weight"], ["y"], strides=[2, 2])]
+    g = h.make_graph(nodes, "crc", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 7, 7])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 2, 3, 3])],
+                     [nh.from_array(v, n) for n, v in w.items()])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), w
+
+
+@pytest.fixture
+def compiled(tmp_path):
+    """The source ONNX and its fake MagicMind compilation (engine names, NHWC) + sidecar."""
+    import onnx
+    sys.path.insert(0, str(ROOT / "native" / "tests" / "fake_neuware"))
+    import gen_model
+    model, w = conv_relu_conv(0)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    nm = gen_model.convert(str(tmp_path / "model.onnx"), str(tmp_path / "model.mm"))
+    assert nm.by_source("weight", "c1.weight").engine == "main/mm.const/mm.refit_const:0"
+    return tmp_path, model, w
+
+
+def _open(d, **options):
+    from refitd.engine import Engine
+    return Engine.open(d / "model.onnx", backend="magicmind", **{"backend.model": str(d / "model.mm"), **options})
+
+
+@pytest.mark.parametrize("strategy", ["quiesce", "ab"])
+def test_source_package_refits_the_nhwc_engine_and_matches_onnxruntime(plugin_dir, compiled, strategy):
+    from refitd.package import read_package
+    d, model, w0 = compiled
+    x = np.random.default_rng(5).standard_normal((1, 3, 7, 7)).astype(np.float32)
+    with _open(d, strategy=strategy) as eng:
+        assert eng.backend == "magicmind"
+        assert [s.name for s in eng.weights()] == ["c1.weight", "c1.bias", "c2.weight"]
+        out, v = eng.infer({"x": x})
+        np.testing.assert_allclose(out["y"], ort_session(model).run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+        for version, seed in ((1, 1), (2, 2)):
+            _, w = conv_relu_conv(seed)
+            pkg = read_package(write_pkg(d / ("w%d.safetensors" % version), w, version, eng.fingerprint),
+                               max_bytes=1 << 20)
+            eng.refit(pkg.tensors, version)
+            out, v = eng.infer({"x": x})
+            assert v == version
+            ref = ort_session(with_initializers(model, w)).run(None, {"x": x})[0]
+            np.testing.assert_allclose(out["y"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_refit_the_runtime_refuses_keeps_the_serving_version(plugin_dir, compiled, monkeypatch):
+    d, model, _ = compiled
+    x = np.ones((1, 3, 7, 7), np.float32)
+    with _open(d) as eng:  # quiesce, the default for a backend that refits only in place
+        _, w1 = conv_relu_conv(1)
+        eng.refit(w1, 1)
+        before, _ = eng.infer({"x": x})
+        monkeypatch.setenv("FAKE_MAGICMIND_IGNORE_WEIGHT", "main/mm.const/mm.refit_const_2:0")
+        monkeypatch.setenv("FAKE_MAGICMIND_IGNORE_COUNT", "1")  # refused once; the restore then succeeds
+        _, w2 = conv_relu_conv(2)
+        with pytest.raises(Exception, match=r"still misses weight\(s\) main/mm\.const/mm\.refit_const_2:0") as e:
+            eng.refit(w2, 2)
+        assert "\n" not in str(e.value)
+        assert eng.version == 1
+        after, v = eng.infer({"x": x})
+        assert v == 1
+        np.testing.assert_array_equal(after["y"], before["y"])
+
+
+def test_seed_004_options(plugin_dir, compiled, tmp_path):
+    d, model, _ = compiled
+    x = np.ones((1, 3, 7, 7), np.float32)
+    ref = ort_session(model).run(None, {"x": x})[0]
+    opts = {"backend.device_ids": "0,1", "backend.memory": "static", "backend.contexts_per_device": "2",
+            "backend.profiler_dir": str(tmp_path / "prof"), "backend.dump_dir": str(tmp_path / "dump"),
+            "backend.dump_mode": "outputs"}
+    with _open(d, **opts) as eng:
+        out, _ = eng.infer({"x": x})
+        np.testing.assert_allclose(out["y"], ref, rtol=1e-4, atol=1e-4)
+    dumps = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert dumps and dumps[0].startswith("device0-context")
+    assert list((tmp_path / "prof" / "plugins" / "profile").iterdir())  # the fake's placeholder
+    from refitd.engine import EngineError
+    with pytest.raises(EngineError, match="backend option 'memory'='fast': expected allocator or static"):
+        _open(d, **{"backend.memory": "fast"})
+    with pytest.raises(EngineError, match=r"backend option 'nope': unknown \(known: model, names"):
+        _open(d, **{"backend.nope": "1"})
+    with pytest.raises(EngineError, match=r"device id 7 out of range \(2 MLU device\(s\) found\)"):
+        _open(d, **{"backend.device_ids": "7"})
+
+
+def test_open_errors_name_the_file(plugin_dir, compiled):
+    from refitd.engine import EngineError
+    d, _, _ = compiled
+    (d / "model.mm.names").rename(d / "elsewhere.names")
+    with pytest.raises(EngineError, match=r"name map '.*model\.mm\.names': cannot open it"):
+        _open(d)
+    with pytest.raises(EngineError, match=r"backend option 'model': required"):
+        from refitd.engine import Engine
+        Engine.open(d / "model.onnx", backend="magicmind")
+
+
+def test_missing_plugin_names_the_file_and_where_it_looked(tmp_path, compiled):
+    d, _, _ = compiled
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from refitd.engine import Engine\n"
+            "try:\n    Engine.open(%r, backend='magicmind', **{'backend.model': 'x.mm'})\n"
+            "except Exception as e:\n    print(e)\n") % (str(ROOT / "daemon"), str(d / "model.onnx"))
+    env = {k: v for k, v in os.environ.items() if k != "REFIT_BACKEND_PATH"}
+    env["REFIT_BACKEND_PATH"] = str(tmp_path / "empty")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    msg = r.stdout.strip()
+    assert "librefit_backend_magicmind.so" in msg and str(tmp_path / "empty") in msg, msg
+    assert "\n" not in msg
