@@ -1,8 +1,8 @@
 """Engine benchmark: the reference CPU backend next to onnxruntime, refit cost next to memcpy, and
 inference latency with and without a concurrent refit loop. Prints ONE JSON object.
 
-    python bench/engine.py            # full run (~1.5 min)
-    python bench/engine.py --quick    # short run (~20 s)
+    python bench/engine.py            # full run (~4 min)
+    python bench/engine.py --quick    # short run (~1 min)
     python bench/engine.py --isa avx2 # force the reference backend's kernel set (x86-64)
 
 1. Throughput (inferences/s, single thread, batch 1) of the reference backend and of onnxruntime
@@ -16,8 +16,17 @@ inference latency with and without a concurrent refit loop. Prints ONE JSON obje
    into a fresh buffer (``arr.copy()``, pays page faults like a new weight set does) and into a
    preallocated one (``np.copyto``). Medians over repeats.
 3. Inference latency p50/p99 (ms) of the MobileNetV2 block on one thread, without and with another
-   thread refitting the full weight set every 50 ms. The two phases alternate in short slices so
-   that background load is shared evenly.
+   thread refitting the full weight set every 50 ms, for each refit strategy (swap, quiesce, ab;
+   quiesce also reports its longest pause). The two phases alternate in short slices so that
+   background load is shared evenly.
+4. Backend API v2 (prepared weights):
+   - publish latency of a staged set of ~1 MB and ~128 MB (the core's pointer flip + waiting out
+     the old set's readers, from Engine.stats(); the Python call around it reported too);
+   - stage time / (memcpy of the same bytes into a preallocated buffer + the backend's own
+     transform, Engine.stats()["last_prepare_ns"]), on the 128 MB Gemm stack and the ResNet block;
+   - inference throughput with prepared weights next to the per-run path (backend.prepare=0: BN
+     folding, panel packing and Winograd transforms on every inference, as before API v2) on the
+     MobileNetV2 and ResNet blocks, interleaved windows as in 1.
 """
 from __future__ import annotations
 
@@ -42,6 +51,17 @@ import onnxruntime as ort  # noqa: E402
 
 import models  # noqa: E402
 from refitd.engine import Engine  # noqa: E402
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _window_rate(fn, seconds):
@@ -133,12 +153,12 @@ def refit_cost(total_mb, tmp, repeat):
     }
 
 
-def latency(tmp, slices, slice_s, period_s=0.05):
+def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
     model = models.mobilenetv2_block()
     path = os.path.join(tmp, "latency.onnx")
     onnx.save(model, path)
     feeds = models.random_inputs(model)
-    eng = Engine.open(path)
+    eng = Engine.open(path, strategy=strategy)
     sets = [models.random_weights(model, seed) for seed in (3, 4)]
     state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": []}
     cond = threading.Condition()
@@ -186,6 +206,7 @@ def latency(tmp, slices, slice_s, period_s=0.05):
             state["stop"] = True
             cond.notify_all()
         th.join()
+        stats = eng.stats()
     finally:
         eng.close()
 
@@ -194,6 +215,8 @@ def latency(tmp, slices, slice_s, period_s=0.05):
 
     res = {
         "model": "mobilenetv2_block",
+        "strategy": strategy,
+        "longest_pause_ms": round(stats["max_pause_ns"] / 1e6, 3) if strategy == "quiesce" else None,
         "refit_period_ms": period_s * 1e3,
         "refits_done": state["refits"],
         "refit_median_ms": round(statistics.median(state["refit_s"]) * 1e3, 3) if state["refit_s"] else None,
@@ -204,6 +227,79 @@ def latency(tmp, slices, slice_s, period_s=0.05):
     res["p99_ratio"] = round(res["with_refits"]["p99_ms"] / res["without_refits"]["p99_ms"], 3)
     res["p50_ratio"] = round(res["with_refits"]["p50_ms"] / res["without_refits"]["p50_ms"], 3)
     return res
+
+
+def publish_latency(total_mb, tmp, repeat):
+    """Stage a full new set, then publish it: the core's flip + reader wait (stats) and the call."""
+    model = models.gemm_stack(total_mb << 20)
+    path = os.path.join(tmp, f"publish{total_mb}.onnx")
+    onnx.save(model, path)
+    sets = [models.random_weights(model, seed) for seed in (1, 2)]
+    core, call = [], []
+    with Engine.open(path) as eng:
+        nbytes = sum(s.nbytes for s in eng.weights())
+        for i in range(repeat + 1):
+            staged = eng.stage(sets[i % 2], i + 1)
+            t = time.perf_counter()
+            eng.publish(staged)
+            dt = time.perf_counter() - t
+            if i:  # the first: warm-up
+                call.append(dt)
+                core.append(eng.stats()["last_publish_ns"] / 1e9)
+    return {"weight_bytes": nbytes, "publish_core_us": round(statistics.median(core) * 1e6, 2),
+            "publish_core_max_us": round(max(core) * 1e6, 2),
+            "publish_call_us": round(statistics.median(call) * 1e6, 2), "repeat": repeat}
+
+
+def stage_cost(name, model, tmp, repeat):
+    """stage() next to memcpy of the same bytes + the backend's own transform of them."""
+    path = os.path.join(tmp, f"stage_{name}.onnx")
+    onnx.save(model, path)
+    sets = [models.random_weights(model, seed) for seed in (1, 2)]
+    flat = np.concatenate([a.ravel() for a in sets[0].values()])
+    dst = np.empty_like(flat)
+    stage_s, prep_s, copy_s = [], [], []
+    with Engine.open(path) as eng:
+        for i in range(repeat + 1):
+            t = time.perf_counter()
+            staged = eng.stage(sets[i % 2], i + 1)
+            dt = time.perf_counter() - t
+            prep = eng.stats()["last_prepare_ns"] / 1e9
+            staged.close()
+            t = time.perf_counter()
+            np.copyto(dst, flat)
+            dc = time.perf_counter() - t
+            if i:
+                stage_s.append(dt)
+                prep_s.append(prep)
+                copy_s.append(dc)
+    st, pr, cp = statistics.median(stage_s), statistics.median(prep_s), statistics.median(copy_s)
+    return {"weight_bytes": int(flat.nbytes), "stage_ms": round(st * 1e3, 3),
+            "memcpy_prealloc_ms": round(cp * 1e3, 3), "backend_transform_ms": round(pr * 1e3, 3),
+            "stage_over_memcpy_plus_transform": round(st / (cp + pr), 3), "repeat": repeat}
+
+
+def prepared_throughput(name, builder, tmp, windows, window_s):
+    """Inferences/s with prepared weights vs the per-run path, interleaved windows."""
+    model = builder()
+    path = os.path.join(tmp, f"prep_{name}.onnx")
+    onnx.save(model, path)
+    feeds = models.random_inputs(model)
+    with Engine.open(path) as after, Engine.open(path, backend_options={"prepare": 0}) as before:
+        run_after = lambda: after.infer(feeds)  # noqa: E731
+        run_before = lambda: before.infer(feeds)  # noqa: E731
+        for _ in range(20):
+            run_after()
+            run_before()
+        a, b = [], []
+        for _ in range(windows):
+            b.append(_window_rate(run_before, window_s))
+            a.append(_window_rate(run_after, window_s))
+    return {"before_per_s": {"best": round(max(b), 1), "median": round(statistics.median(b), 1)},
+            "after_per_s": {"best": round(max(a), 1), "median": round(statistics.median(a), 1)},
+            "after_over_before_best": round(max(a) / max(b), 3),
+            "after_over_before_median": round(statistics.median(a) / statistics.median(b), 3),
+            "windows": windows, "window_s": window_s}
 
 
 def main() -> None:
@@ -226,7 +322,10 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "loadavg_1min_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "onnxruntime": ort.__version__,
-            "goals": {"ratio": ">= 0.8", "refit_over_memcpy": "<= 1.2", "p99_ratio": "<= 1.1"},
+            "cpu_model": _cpu_model(),
+            "kernel": platform.release(),
+            "goals": {"ratio": ">= 0.8", "refit_over_memcpy": "<= 1.2", "p99_ratio": "<= 1.1",
+                      "publish_us": "<= 20, 1 MB == 128 MB within noise"},
             "throughput": {
                 "mobilenetv2_block": throughput("mobilenetv2_block", models.mobilenetv2_block, tmp,
                                                 6 if q else 20, 0.25 if q else 0.5),
@@ -237,7 +336,18 @@ def main() -> None:
                 "16MB": refit_cost(16, tmp, 3 if q else 9),
                 "128MB": refit_cost(128, tmp, 2 if q else 5),
             },
-            "latency": latency(tmp, 4 if q else 10, 0.5 if q else 1.5),
+            "latency": {s: latency(tmp, 4 if q else 10, 0.5 if q else 1.5, strategy=s)
+                        for s in ("swap", "quiesce", "ab")},
+            "publish": {"1MB": publish_latency(1, tmp, 5 if q else 20),
+                        "128MB": publish_latency(128, tmp, 3 if q else 8)},
+            "stage": {"gemm_stack_128MB": stage_cost("gemm128", models.gemm_stack(128 << 20), tmp, 2 if q else 5),
+                      "resnet_block": stage_cost("resnet", models.resnet_block(), tmp, 5 if q else 20)},
+            "prepared_weights": {
+                "mobilenetv2_block": prepared_throughput("mobilenetv2_block", models.mobilenetv2_block, tmp,
+                                                         6 if q else 20, 0.25 if q else 0.5),
+                "resnet_block": prepared_throughput("resnet_block", models.resnet_block, tmp,
+                                                    6 if q else 20, 0.25 if q else 0.5),
+            },
         }
     result["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result["seconds"] = round(time.time() - started, 1)

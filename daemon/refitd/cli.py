@@ -332,6 +332,14 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_backends(args) -> int:
+    """The backends librefit sees: built in, or plugin files on its search path (loaded to check)."""
+    from .engine import backend_infos
+    for b in backend_infos():
+        print("%-16s %-9s %s" % (b.name, "ok" if not b.error else "refused", b.error or b.location))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -413,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("--print", action="store_true", help="print the config with every default filled in")
     sp.set_defaults(fn=cmd_check_config)
+
+    sp = sub.add_parser("backends", help="list the engine backends available here (built in and plugins)")
+    sp.set_defaults(fn=cmd_backends)
 
     sp = sub.add_parser("demo", help="the seeds' demo on a real daemon: file drops, outputs 0..81, rollback")
     sp.add_argument("--state-dir", help="where the demo daemon keeps its state (default: a fresh temp dir)")

@@ -425,10 +425,13 @@ class ModelOptions:
     input_shape: Optional[Dict[str, List[int]]] = _f(None, _k_input_shape, "fixes symbolic input dims, e.g. {x: [1, 3, 224, 224]}", nullable=True)
     allow_nonfinite: bool = _f(False, k_bool, "accept NaN/Inf in refits")
     initial_version: int = _f(0, k_int(0), "version number of the weights inside the model file")
+    strategy: Optional[str] = _f(None, k_choice("swap", "quiesce", "ab"), "refit strategy (docs/engine.md); null = the backend's default", nullable=True)
 
     def engine_kwargs(self) -> Dict[str, Any]:
         kw: Dict[str, Any] = {"allow_nonfinite": self.allow_nonfinite,
                               "initial_version": self.initial_version}
+        if self.strategy is not None:
+            kw["strategy"] = self.strategy
         if self.refittable is not None:
             kw["refittable"] = list(self.refittable)
         if self.input_shape is not None:

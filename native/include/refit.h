@@ -20,7 +20,8 @@
  *
  * Refit guarantee: every inference computes with exactly one complete weight set; `refit` applies
  * all of its tensors or none (everything is validated before anything is published); inference
- * never waits for a refit (strategy quiesce: for one bounded pause per refit). See docs/engine.md for the memory-model argument.
+ * never waits for a refit (strategy quiesce: for one bounded pause per refit). See docs/engine.md
+ * for the memory-model argument.
  *
  * Usage:
  *

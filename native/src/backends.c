@@ -3,7 +3,8 @@
  * A plugin is `librefit_backend_<name>.so`, looked for, in order, in
  *   1. each directory of $REFIT_BACKEND_PATH (colon-separated),
  *   2. the directory librefit itself was loaded from (dladdr),
- *   3. REFIT_BACKEND_DIR, fixed when librefit is built (CMake: <prefix>/lib/refit/backends).
+ *   3. REFIT_BACKEND_DIR, fixed when librefit is built (CMake: <prefix>/lib/refit/backends; pip
+ *      builds: /usr/local/lib/refit/backends).
  * It is dlopen'ed once (RTLD_NOW | RTLD_LOCAL) and never closed: engines keep pointers into its
  * vtable, and unloading code that other threads may still return into buys nothing. librefit
  * itself never links a vendor SDK, so it keeps loading on boxes without one. */
@@ -201,8 +202,8 @@ const rt_backend *rt_backend_load(const char *name, char *err, size_t errlen)
     } else {
         char where[1024];
         dirs_str(where, sizeof where);
-        snprintf(err, errlen, "backend '%s': no built-in backend of that name and no %s%s%s in %s "
-                 "(set REFIT_BACKEND_PATH to add a directory)", name, PREFIX, name, SUFFIX, where);
+        snprintf(err, errlen, "unknown backend '%s': not built in, and no %s%s%s in %s (set "
+                 "REFIT_BACKEND_PATH to add a directory)", name, PREFIX, name, SUFFIX, where);
     }
     pthread_mutex_unlock(&lock);
     return vt;

@@ -659,11 +659,14 @@ static int pick_isa(const char *name, const cpu_isa **isa, char *err, size_t err
                 "neon; best here: %s)", name, best->name);
 }
 
-/* Device, threads and backend.* options. The reference backend has one device (0); it runs
- * each inference on its calling thread, so `threads` is accepted and has nothing to divide. */
-static int apply_config(const rt_backend_config *cfg, const cpu_isa **isa, char *err, size_t errlen)
+/* Device, threads and backend.* options: isa (kernel set), prepare=0 (derive every weight
+ * transform on each run, as before API v2: for benchmarks). The reference backend has one
+ * device (0); it runs each inference on its calling thread, so `threads` has nothing to divide. */
+static int apply_config(const rt_backend_config *cfg, const cpu_isa **isa, int *prepare, char *err,
+                        size_t errlen)
 {
     *isa = cpu_isa_select();
+    *prepare = 1;
     if (!cfg) return 0;
     if (cfg->device_id != 0)
         return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
@@ -672,9 +675,15 @@ static int apply_config(const rt_backend_config *cfg, const cpu_isa **isa, char 
         int rc;
         if (strcmp(cfg->option_keys[i], "isa") == 0) {
             if ((rc = pick_isa(cfg->option_values[i], isa, err, errlen))) return rc;
+        } else if (strcmp(cfg->option_keys[i], "prepare") == 0) {
+            const char *v = cfg->option_values[i];
+            if (strcmp(v, "0") && strcmp(v, "1"))
+                return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
+                            "backend option prepare: must be 0 or 1, got '%s'", v);
+            *prepare = v[0] == '1';
         } else {
             return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
-                        "backend option '%s': unknown to the reference backend (known: isa)",
+                        "backend option '%s': unknown to the reference backend (known: isa, prepare)",
                         cfg->option_keys[i]);
         }
     }
@@ -710,7 +719,8 @@ static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void
 {
     *out = NULL;
     const cpu_isa *isa = NULL;
-    int crc = apply_config(cfg, &isa, err, errlen);
+    int prepare = 1;
+    int crc = apply_config(cfg, &isa, &prepare, err, errlen);
     if (crc) return crc;
     cpu_plan *p = calloc(1, sizeof *p);
     plan_tmp t = {0};
@@ -867,7 +877,7 @@ static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void
     for (int si = 0; si < p->n_steps; si++) {
         const size_t s = step_scratch(p->isa, &p->steps[si]);
         if (s > p->scratch_floats) p->scratch_floats = s;
-        plan_prepared(g, p->isa, &p->steps[si]);
+        if (prepare) plan_prepared(g, p->isa, &p->steps[si]);
     }
     rc = 0;
     goto done;
