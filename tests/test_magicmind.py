@@ -204,3 +204,52 @@ def test_missing_plugin_names_the_file_and_where_it_looked(tmp_path, compiled):
     msg = r.stdout.strip()
     assert "librefit_backend_magicmind.so" in msg and str(tmp_path / "empty") in msg, msg
     assert "\n" not in msg
+
+
+# ---- refitd run with backend: magicmind ---------------------------------------------------------
+
+def _daemon_config(state):
+    from daemon_helpers import base_config, write_config
+    cfg = base_config(state)
+    cfg["model"]["backend"] = "magicmind"
+    return write_config(state, cfg)
+
+
+def test_refitd_run_without_the_plugin_fails_at_start_naming_file_and_search_path(monkeypatch):
+    from daemon_helpers import DaemonProc, rmtree, short_dir
+    state = short_dir("rmm")
+    empty = os.path.join(state, "no-plugins")
+    os.mkdir(empty)
+    monkeypatch.setenv("REFIT_BACKEND_PATH", empty)
+    d = DaemonProc(_daemon_config(state), os.path.join(state, "c.sock")).start(wait=False)
+    try:
+        assert d.proc.wait(60) != 0
+        # the one line on stderr (the JSON event log carries the same reason)
+        lines = [l for l in d.log().splitlines() if l.startswith("refitd: ")]
+        assert len(lines) == 1 and "librefit_backend_magicmind.so" in lines[0], d.log()
+        assert empty in lines[0] and "magicmind" in lines[0]
+    finally:
+        d.stop()
+        rmtree(state)
+
+
+def test_the_same_config_starts_with_the_renamed_test_plugin(monkeypatch):
+    """engine-v2's TEST-ONLY plugin (tests/plugin/testplug.c) built under the name magicmind."""
+    from daemon_helpers import DaemonProc, rmtree, short_dir
+    state = short_dir("rmm")
+    plugins = os.path.join(state, "plugins")
+    os.mkdir(plugins)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "needs a C compiler"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-fvisibility=hidden", '-DTESTPLUG_NAME="magicmind"',
+                    "-I", str(ROOT / "native" / "src"), "-I", str(ROOT / "native" / "include"),
+                    "-o", os.path.join(plugins, "librefit_backend_magicmind.so"),
+                    str(ROOT / "native" / "tests" / "plugin" / "testplug.c")], check=True)
+    monkeypatch.setenv("REFIT_BACKEND_PATH", plugins)
+    d = DaemonProc(_daemon_config(state), os.path.join(state, "c.sock")).start()
+    try:
+        st = d.status()
+        assert st.get("backend", st.get("engine", {}).get("backend", "magicmind")) == "magicmind", st
+    finally:
+        assert d.stop() == 0
+        rmtree(state)
