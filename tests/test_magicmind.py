@@ -253,3 +253,42 @@ def test_the_same_config_starts_with_the_renamed_test_plugin(monkeypatch):
     finally:
         assert d.stop() == 0
         rmtree(state)
+
+
+# ---- the edge bundle's install.sh -----------------------------------------------------------------
+
+from test_edge import _build_so, _fake_bundle, _run, cffi_wheels  # noqa: E402,F401 (fixture)
+
+
+def test_install_sh_opens_the_unit_to_the_mlu_only_with_the_plugin(tmp_path, cffi_wheels):
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    lib = _build_so(tmp_path, ["cc"])
+    box = tmp_path / "box"
+    args = ["--no-user", "--python", base_python, "--prefix", box / "opt/refitd", "--confdir", box / "etc/refitd",
+            "--statedir", box / "var/lib/refitd", "--unitdir", box / "etc/systemd/system",
+            "--neuware-lib", "/usr/local/neuware/lib64"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+    unit = box / "etc/systemd/system/refitd.service"
+
+    with_plugin = _fake_bundle(tmp_path, "0.0.1", lib, cffi_wheels)
+    (with_plugin / "plugins").mkdir()
+    shutil.copy(lib, with_plugin / "plugins" / "librefit_backend_magicmind.so")  # any .so stands in
+    with open(with_plugin / "BUNDLE", "a") as f:
+        f.write("magicmind_plugin=plugins/librefit_backend_magicmind.so\n")
+    proc = _run(["bash", with_plugin / "install.sh", *args], env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = unit.read_text()
+    assert "\nPrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=/dev/cambricon_ctl rw\n" in text
+    assert re.search(r"^DeviceAllow=/dev/cambricon_dev\d+ rw$", text, re.M)
+    assert "\nEnvironment=LD_LIBRARY_PATH=/usr/local/neuware/lib64\n" in text
+    assert not re.search(r"^PrivateDevices=yes", text, re.M)
+    plugins = list((box / "opt/refitd").rglob("librefit_backend_magicmind.so"))
+    assert len(plugins) == 1 and plugins[0].parent.name == "refitd"  # next to librefit
+
+    without = _fake_bundle(tmp_path, "0.0.2", lib, cffi_wheels)
+    proc = _run(["bash", without / "install.sh", *args], env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = unit.read_text()
+    assert re.search(r"^PrivateDevices=yes$", text, re.M)
+    assert not re.search(r"^(DeviceAllow|DevicePolicy|Environment=LD_LIBRARY_PATH)", text, re.M)
+    assert not list((box / "opt/refitd").rglob("librefit_backend_magicmind.so"))
