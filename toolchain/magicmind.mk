@@ -11,7 +11,8 @@
 #                           quiesce / ab / test-only unguarded)
 #   make mm-plugin          the plugin alone against a real SDK: NEUWARE_HOME=/usr/local/neuware
 #                           [MM_LAYOUT=host|edge] [MM_CXX11_ABI=0|1] [MM_TOOLCHAIN=toolchain/aarch64-linaro.cmake]
-#   make mm-ci              mm-compile-check + mm-test (the CI step; ~1 min on 2 cores)
+#   make mm-edge-test       the same for aarch64 in the edge layout, run under qemu
+#   make mm-ci              mm-compile-check + mm-test + mm-edge-test (the CI step)
 
 FAKE_NEUWARE := $(CURDIR)/build/fake-neuware
 MM_CROSS_CXX := $(if $(wildcard $(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++),$(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++,aarch64-linux-gnu-g++)
@@ -44,4 +45,26 @@ mm-plugin:
 	cmake --build $(MM_BUILD) -j$(JOBS) --target refit_backend_magicmind
 	@file -L $(MM_BUILD)/librefit_backend_magicmind.so
 
-mm-ci: mm-compile-check mm-test
+mm-ci: mm-compile-check mm-test mm-edge-test
+
+# The edge layout end to end: the fake Neuware cross-built for aarch64 under
+# build/fake-neuware-aarch64/edge (the SDK's $NEUWARE_HOME/edge), the plugin and its tests built
+# with Debian's aarch64 g++ (toolchain/aarch64-linux-gnu-gcc.cmake, so REFIT_MM_LAYOUT=auto picks
+# edge), the tests run under qemu-aarch64 by ctest. With the vendor's gcc-linaro 6.2.1 use
+# MM_EDGE_TOOLCHAIN=toolchain/aarch64-linaro.cmake (TOOLCHAIN_ROOT).
+FAKE_NEUWARE_ARM := $(CURDIR)/build/fake-neuware-aarch64
+MM_EDGE_TOOLCHAIN ?= toolchain/aarch64-linux-gnu-gcc.cmake
+MM_EDGE_INFERENCES ?= 20000
+
+.PHONY: mm-edge-test
+mm-edge-test:
+	@VENV=$(VENV) $(ENSURE) qemu mm
+	cmake -S native/tests/fake_neuware -B build/fake-neuware-aarch64-build --toolchain $(CURDIR)/$(MM_EDGE_TOOLCHAIN) \
+	  -DCMAKE_INSTALL_PREFIX=$(FAKE_NEUWARE_ARM)/edge >/dev/null
+	cmake --build build/fake-neuware-aarch64-build -j$(JOBS)
+	cmake --install build/fake-neuware-aarch64-build >/dev/null
+	NEUWARE_HOME=$(FAKE_NEUWARE_ARM) cmake -S native/backends/magicmind -B build/mm-aarch64 \
+	  --toolchain $(CURDIR)/$(MM_EDGE_TOOLCHAIN) -DREFIT_MM_TESTS=ON >/dev/null
+	cmake --build build/mm-aarch64 -j$(JOBS)
+	@file -L build/mm-aarch64/librefit_backend_magicmind.so
+	MM_STRESS_INFERENCES=$(MM_EDGE_INFERENCES) ctest --test-dir build/mm-aarch64 --output-on-failure
