@@ -11,8 +11,9 @@
 #                           quiesce / ab / test-only unguarded)
 #   make mm-plugin          the plugin alone against a real SDK: NEUWARE_HOME=/usr/local/neuware
 #                           [MM_LAYOUT=host|edge] [MM_CXX11_ABI=0|1] [MM_TOOLCHAIN=toolchain/aarch64-linaro.cmake]
+#   make mm-sanitize        the plugin, librefit and those tests under ASan+UBSan and under TSan
 #   make mm-edge-test       the same for aarch64 in the edge layout, run under qemu
-#   make mm-ci              mm-compile-check + mm-test + mm-edge-test (the CI step)
+#   make mm-ci              all of the above but mm-plugin (the CI step, in make test-all)
 
 FAKE_NEUWARE := $(CURDIR)/build/fake-neuware
 MM_CROSS_CXX := $(if $(wildcard $(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++),$(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++,aarch64-linux-gnu-g++)
@@ -45,7 +46,7 @@ mm-plugin:
 	cmake --build $(MM_BUILD) -j$(JOBS) --target refit_backend_magicmind
 	@file -L $(MM_BUILD)/librefit_backend_magicmind.so
 
-mm-ci: mm-compile-check mm-test mm-edge-test
+mm-ci: mm-compile-check mm-test mm-sanitize mm-edge-test
 
 # The edge layout end to end: the fake Neuware cross-built for aarch64 under
 # build/fake-neuware-aarch64/edge (the SDK's $NEUWARE_HOME/edge), the plugin and its tests built
@@ -68,3 +69,15 @@ mm-edge-test:
 	cmake --build build/mm-aarch64 -j$(JOBS)
 	@file -L build/mm-aarch64/librefit_backend_magicmind.so
 	MM_STRESS_INFERENCES=$(MM_EDGE_INFERENCES) ctest --test-dir build/mm-aarch64 --output-on-failure
+
+# The plugin, librefit and the C++ tests under ASan+UBSan (leaks too) and under TSan, 20k inferences.
+.PHONY: mm-sanitize
+mm-sanitize: fake-neuware
+	@set -e; for s in address,undefined thread; do \
+	  b=build/mm-$$(echo $$s | cut -c1-4); \
+	  NEUWARE_HOME=$(FAKE_NEUWARE) cmake -S native/backends/magicmind -B $$b -DREFIT_MM_TESTS=ON \
+	    -DREFIT_SANITIZE=$$s -DCMAKE_BUILD_TYPE=Debug >/dev/null; \
+	  cmake --build $$b -j$(JOBS); \
+	  MM_STRESS_INFERENCES=20000 ASAN_OPTIONS=detect_leaks=1 TSAN_OPTIONS=halt_on_error=1 \
+	    ctest --test-dir $$b --output-on-failure; \
+	done
