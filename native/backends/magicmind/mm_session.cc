@@ -11,6 +11,16 @@
 
 #include "mm_error.h"
 
+// API generations (MAGICMIND-API.md): this backend uses CNRT 5+/6 names (cnrtQueueCreate,
+// cnrtSetDevice; CNRT < 5 had cnrtCreateQueue + cnrtInit) and MagicMind >= 0.13 (member
+// CreateInputTensors since 0.12, EngineConfig::SetDeviceType since 0.13). Older SDKs stop here.
+#if defined(CNRT_MAJOR_VERSION) && CNRT_MAJOR_VERSION < 5
+#error "refitd's MagicMind backend needs CNRT 5 or newer (cnrtQueueCreate, cnrtSetDevice)"
+#endif
+#if defined(MM_MAJOR_VERSION) && defined(MM_MINOR_VERSION) && MM_MAJOR_VERSION == 0 && MM_MINOR_VERSION < 13
+#error "refitd's MagicMind backend needs MagicMind 0.13 or newer (EngineConfig::SetDeviceType)"
+#endif
+
 namespace refitd_mm {
 
 using magicmind::IRTTensor;
