@@ -292,3 +292,45 @@ def test_install_sh_opens_the_unit_to_the_mlu_only_with_the_plugin(tmp_path, cff
     assert re.search(r"^PrivateDevices=yes$", text, re.M)
     assert not re.search(r"^(DeviceAllow|DevicePolicy|Environment=LD_LIBRARY_PATH)", text, re.M)
     assert not list((box / "opt/refitd").rglob("librefit_backend_magicmind.so"))
+
+
+@pytest.mark.parametrize("strategy, shadow_ok", [("ab", True), ("quiesce", False)])
+def test_daemon_serves_and_applies_on_the_plugin(plugin_dir, tmp_path, strategy, shadow_ok):
+    """The real daemon and CLI on the plugin + fake runtime, with the default shadow health check:
+    under ab a package applies and serves (9k); under quiesce the shadow run is refused with one
+    line and the daemon keeps serving (why docs/magicmind.md says: ab with health checks)."""
+    import onnx
+    from daemon_helpers import DaemonProc, DEMO_MODEL, base_config, fingerprint, rmtree, seed_package, short_dir, wait_until, write_config
+    sys.path.insert(0, str(ROOT / "native" / "tests" / "fake_neuware"))
+    import gen_model
+    state = short_dir("rmm")
+    try:
+        shutil.copy(DEMO_MODEL, os.path.join(state, "model.onnx"))
+        gen_model.convert(os.path.join(state, "model.onnx"), os.path.join(state, "model.mm"))
+        cfg = base_config(state, model=os.path.join(state, "model.onnx"))
+        cfg["model"].update(backend="magicmind", options={"strategy": strategy},
+                            backend_options={"model": os.path.join(state, "model.mm")})
+        d = DaemonProc(write_config(state, cfg), os.path.join(state, "c.sock")).start()
+        try:
+            r = d.cli("apply", seed_package(os.path.join(state, "p.safetensors"), 3, 1, fingerprint()))
+            st = d.status()
+            if shadow_ok:
+                assert r.returncode == 0, r.stdout + r.stderr
+                assert st["serving"]["version"] == 1 and st["serving"]["backend"] == "magicmind"
+                import json
+
+                def results():
+                    with open(os.path.join(state, "results.jsonl")) as f:
+                        return [json.loads(l) for l in f if l.strip()]
+                wait_until(lambda: any(r["version"] == 1 for r in results()), timeout=30, what="a result of version 1")
+                ys = {(r["version"], float(np.ravel(r["outputs"]["y"])[0])) for r in results() if "outputs" in r}
+                assert ys <= {(0, 0.0), (1, 27.0)}, ys  # the demo model's kernel is 0, the package's 3
+            else:
+                assert r.returncode != 0
+                line = (r.stdout + r.stderr).strip()
+                assert "run_staged: strategy quiesce on backend 'magicmind'" in line and "\n" not in line, line
+                assert st["serving"]["version"] == 0
+        finally:
+            assert d.stop() == 0
+    finally:
+        rmtree(state)
