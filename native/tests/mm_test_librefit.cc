@@ -10,10 +10,8 @@
  *   a refit the runtime refuses (a name left missing): the serving version and outputs stay.
  * MM_STRESS_INFERENCES (default 100000) inferences per strategy, a refit every 10 ms. */
 #include <atomic>
-#include <chrono>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "mm_test_util.h"
@@ -68,7 +66,6 @@ float infer_once(refit_context *c, uint64_t *version)
 Result demo(refit_engine *e, long target)
 {
     std::atomic<long> done(0), torn(0), backwards(0);
-    std::atomic<bool> stop(false);
     auto infer = [&] {
         refit_context *c = nullptr;
         MM_CHECK(refit_context_create(e, &c) == REFIT_OK, "context: %s", refit_last_error());
@@ -83,21 +80,14 @@ Result demo(refit_engine *e, long target)
             last = v;
             done++;
         }
-        stop = true;
         refit_context_destroy(c);
     };
+    const uint64_t v0 = refit_engine_version(e);
     Result r;
-    std::thread refitter([&] {
-        for (uint64_t v = refit_engine_version(e) + 1; !stop.load(); v++) {
-            MM_CHECK(refit_all(e, static_cast<float>(v % 10), v) == REFIT_OK, "refit: %s", refit_last_error());
-            r.refits++;
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
+    r.refits = mm_demo(infer, [&](long i) {
+        uint64_t v = v0 + static_cast<uint64_t>(i);
+        MM_CHECK(refit_all(e, static_cast<float>(v % 10), v) == REFIT_OK, "refit: %s", refit_last_error());
     });
-    std::thread a(infer), b(infer);
-    a.join();
-    b.join();
-    refitter.join();
     r.inferences = done.load();
     r.torn = torn.load();
     r.backwards = backwards.load();

@@ -8,10 +8,8 @@
  *              of librefit's quiesce strategy): this test requires torn == 0.
  * MM_STRESS_INFERENCES (default 100000) inferences per mode. */
 #include <atomic>
-#include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <thread>
 #include <vector>
 
 #include "mm_session.h"
@@ -64,7 +62,6 @@ Result run_demo(Session &s, bool guarded, long target)
     std::unique_ptr<WeightSet> set = s.weight_set(w0);
     Drain drain;
     std::atomic<long> done(0), torn(0);
-    std::atomic<bool> stop(false);
     auto infer = [&] {
         std::unique_ptr<Worker> w = s.worker();
         float x[9], y = 0;
@@ -82,28 +79,18 @@ Result run_demo(Session &s, bool guarded, long target)
                 torn++;
             done++;
         }
-        stop = true;
     };
     Result r;
-    std::thread refitter([&] {
-        std::vector<float> k(9);
-        while (!stop.load()) {
-            std::fill(k.begin(), k.end(), static_cast<float>(r.refits % 10));
-            const float *wk[] = {k.data()};
-            bool applied = false;
-            if (guarded)
-                drain.lock();
-            set->refit(wk, &applied);
-            if (guarded)
-                drain.unlock();
-            r.refits++;
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
+    r.refits = mm_demo(infer, [&](long i) {
+        std::vector<float> k(9, static_cast<float>(i % 10));
+        const float *wk[] = {k.data()};
+        bool applied = false;
+        if (guarded)
+            drain.lock();
+        set->refit(wk, &applied);
+        if (guarded)
+            drain.unlock();
     });
-    std::thread a(infer), b(infer);
-    a.join();
-    b.join();
-    refitter.join();
     r.inferences = done.load();
     r.torn = torn.load();
     return r;

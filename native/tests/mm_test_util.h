@@ -7,9 +7,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #define MM_CHECK(cond, ...)                                                                         \
     do {                                                                                            \
@@ -47,6 +50,28 @@ inline std::string mm_write_seed(const std::string &dir, float k)
       << "weight\tconv.weight\tmain/mm.const/mm.refit_const:0\tfloat32\t1x3x3x1\tNCHW>NHWC\n"
       << "input\tx\tx\tfloat32\t1x1x3x3\t-\noutput\ty\ty\tfloat32\t1x1x1x1\t-\n";
     return model;
+}
+
+// The seeds' multi-thread demo: `infer()` on two threads (each loops until the shared target is
+// reached), `refit(i)` for i = 1, 2, ... every 10 ms until both are done. Returns the refit count.
+template <class Infer, class Refit>
+long mm_demo(Infer infer, Refit refit)
+{
+    std::atomic<bool> stop(false);
+    long refits = 0;
+    std::thread refitter([&] {
+        for (long i = 1; !stop.load(); i++) {
+            refit(i);
+            refits++;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    });
+    std::thread a(infer), b(infer);
+    a.join();
+    b.join();
+    stop = true;
+    refitter.join();
+    return refits;
 }
 
 #endif
