@@ -23,7 +23,8 @@ inference latency with and without a concurrent refit loop. Prints ONE JSON obje
    - publish latency of a staged set of ~1 MB and ~128 MB (the core's pointer flip + waiting out
      the old set's readers, from Engine.stats(); the Python call around it reported too);
    - stage time / (memcpy of the same bytes into a preallocated buffer + the backend's own
-     transform, Engine.stats()["last_prepare_ns"]), on the 128 MB Gemm stack and the ResNet block;
+     transform, Engine.stats()["last_prepare_ns"]), on the 128 MB Gemm stack and the ResNet block,
+     in stage+publish cycles;
    - inference throughput with prepared weights next to the per-run path (backend.prepare=0: BN
      folding, panel packing and Winograd transforms on every inference, as before API v2) on the
      MobileNetV2 and ResNet blocks, interleaved windows as in 1.
@@ -160,7 +161,7 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
     feeds = models.random_inputs(model)
     eng = Engine.open(path, strategy=strategy)
     sets = [models.random_weights(model, seed) for seed in (3, 4)]
-    state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": []}
+    state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": [], "pauses": []}
     cond = threading.Condition()
 
     def refitter():
@@ -180,6 +181,8 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
             t = time.perf_counter()
             eng.refit(sets[state["version"] % 2], state["version"])
             state["refit_s"].append(time.perf_counter() - t)
+            if strategy == "quiesce":
+                state["pauses"].append(eng.stats()["last_pause_ns"] / 1e6)
             state["refits"] += 1
 
     th = threading.Thread(target=refitter, daemon=True)
@@ -217,6 +220,7 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
         "model": "mobilenetv2_block",
         "strategy": strategy,
         "longest_pause_ms": round(stats["max_pause_ns"] / 1e6, 3) if strategy == "quiesce" else None,
+        "median_pause_ms": round(statistics.median(state["pauses"]), 3) if state["pauses"] else None,
         "refit_period_ms": period_s * 1e3,
         "refits_done": state["refits"],
         "refit_median_ms": round(statistics.median(state["refit_s"]) * 1e3, 3) if state["refit_s"] else None,
@@ -231,7 +235,7 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
 
 def publish_latency(total_mb, tmp, repeat):
     """Stage a full new set, then publish it: the core's flip + reader wait (stats) and the call."""
-    model = models.gemm_stack(total_mb << 20)
+    model = models.gemm_stack(total_mb << 20, width=512 if total_mb < 4 else 1024)
     path = os.path.join(tmp, f"publish{total_mb}.onnx")
     onnx.save(model, path)
     sets = [models.random_weights(model, seed) for seed in (1, 2)]
@@ -252,7 +256,8 @@ def publish_latency(total_mb, tmp, repeat):
 
 
 def stage_cost(name, model, tmp, repeat):
-    """stage() next to memcpy of the same bytes + the backend's own transform of them."""
+    """stage() next to memcpy of the same bytes + the backend's own transform of them, in the
+    daemon's cycle (stage, shadow run, publish), so stages write into the retired set's buffers."""
     path = os.path.join(tmp, f"stage_{name}.onnx")
     onnx.save(model, path)
     sets = [models.random_weights(model, seed) for seed in (1, 2)]
@@ -265,7 +270,7 @@ def stage_cost(name, model, tmp, repeat):
             staged = eng.stage(sets[i % 2], i + 1)
             dt = time.perf_counter() - t
             prep = eng.stats()["last_prepare_ns"] / 1e9
-            staged.close()
+            eng.publish(staged)
             t = time.perf_counter()
             np.copyto(dst, flat)
             dc = time.perf_counter() - t
@@ -277,6 +282,15 @@ def stage_cost(name, model, tmp, repeat):
     return {"weight_bytes": int(flat.nbytes), "stage_ms": round(st * 1e3, 3),
             "memcpy_prealloc_ms": round(cp * 1e3, 3), "backend_transform_ms": round(pr * 1e3, 3),
             "stage_over_memcpy_plus_transform": round(st / (cp + pr), 3), "repeat": repeat}
+
+
+def _window_rates(fn, seconds):
+    """(inferences per wall second, per CPU second of this thread) over one window. The CPU rate
+    is what a loaded box disturbs least (time on the CPU, not waiting for it)."""
+    c0 = time.thread_time()
+    wall = _window_rate(fn, seconds)
+    n = wall * seconds
+    return wall, n / max(time.thread_time() - c0, 1e-9)
 
 
 def prepared_throughput(name, builder, tmp, windows, window_s):
@@ -291,14 +305,21 @@ def prepared_throughput(name, builder, tmp, windows, window_s):
         for _ in range(20):
             run_after()
             run_before()
-        a, b = [], []
+        a, b, ac, bc = [], [], [], []
         for _ in range(windows):
-            b.append(_window_rate(run_before, window_s))
-            a.append(_window_rate(run_after, window_s))
-    return {"before_per_s": {"best": round(max(b), 1), "median": round(statistics.median(b), 1)},
-            "after_per_s": {"best": round(max(a), 1), "median": round(statistics.median(a), 1)},
+            w, c = _window_rates(run_before, window_s)
+            b.append(w)
+            bc.append(c)
+            w, c = _window_rates(run_after, window_s)
+            a.append(w)
+            ac.append(c)
+    med = statistics.median
+    return {"before_per_s": {"best": round(max(b), 1), "median": round(med(b), 1)},
+            "after_per_s": {"best": round(max(a), 1), "median": round(med(a), 1)},
             "after_over_before_best": round(max(a) / max(b), 3),
-            "after_over_before_median": round(statistics.median(a) / statistics.median(b), 3),
+            "after_over_before_median": round(med(a) / med(b), 3),
+            "before_per_cpu_s_median": round(med(bc), 1), "after_per_cpu_s_median": round(med(ac), 1),
+            "after_over_before_cpu_median": round(med(ac) / med(bc), 3),
             "windows": windows, "window_s": window_s}
 
 

@@ -62,11 +62,14 @@ def test_strategy_refits_and_refusals(seed, plugins, backend, strategy):
         assert stats["refits"] == 2 and stats["failed_refits"] == 1
 
 
-@pytest.mark.parametrize("strategy, nth", [("quiesce", 2), ("ab", 3)])
-@pytest.mark.parametrize("fault, words", [("fail_refit", "injected failure"), ("corrupt_refit", "non-finite")])
-def test_failing_inplace_refit_keeps_serving_version(seed, plugins, strategy, nth, fault, words):
-    """The plugin's in-place refit fails part-way (or silently writes NaN): the serving version and
-    its output must be exactly as before, and the next refit must serve."""
+@pytest.mark.parametrize("strategy, nth, fault, words", [
+    ("swap", 3, "fail_prepare", "injected failure"),
+    ("quiesce", 2, "fail_refit", "injected failure"), ("quiesce", 2, "corrupt_refit", "non-finite"),
+    ("ab", 3, "fail_refit", "injected failure"), ("ab", 3, "corrupt_refit", "non-finite")])
+def test_failing_refit_keeps_serving_version(seed, plugins, strategy, nth, fault, words):
+    """The plugin's backend write for the second refit fails (swap: its prepare; quiesce, ab: the
+    in-place refit, part-way or silently writing NaN): the serving version and its output must be
+    exactly as before, and the next refit must serve."""
     with Engine.open(seed, backend="testplug", strategy=strategy, backend_options={fault: nth}) as eng:
         eng.refit(_kernel(1), version=1)
         with pytest.raises(E.BackendError, match=words):
@@ -172,3 +175,31 @@ def test_prepared_weights_match_the_per_run_path_after_partial_refits(tmp_path, 
             assert v == version
             for k in want:
                 np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
+def test_config_passes_the_strategy_to_the_engine(seed, tmp_path):
+    from daemon_helpers import base_config
+    from refitd import config as C
+
+    def options(**opts):
+        raw = base_config(str(tmp_path), model=str(seed))
+        raw["model"]["options"] = opts
+        return raw
+
+    kwargs = C.parse_config(options(strategy="ab")).model.options.engine_kwargs()
+    assert kwargs["strategy"] == "ab"
+    with Engine.open(seed, **kwargs) as eng:
+        assert eng.strategy == "ab"
+    assert "strategy" not in C.parse_config(options()).model.options.engine_kwargs()
+    with pytest.raises(C.ConfigError, match="model.options.strategy: must be one of swap, quiesce, ab"):
+        C.parse_config(options(strategy="abba"))
+
+
+def test_cli_lists_backends(plugins):
+    proc = subprocess.run([sys.executable, "-m", "refitd", "backends"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert "built-in" in lines["reference"] and " ok " in lines["reference"]
+    assert str(plugins / "librefit_backend_testplug.so") in lines["testplug"]
+    assert "refused" in lines["testplug_badapi"] and "backend API 1" in lines["testplug_badapi"]

@@ -56,6 +56,10 @@
 
 #include "graph.h"
 
+#ifdef __cplusplus
+extern "C" { /* a plugin backend may be C++ (MagicMind's SDK is) */
+#endif
+
 #define RT_BACKEND_API_VERSION 2
 
 /* The one symbol a plugin exports. */
@@ -110,5 +114,9 @@ const rt_backend *rt_backend_load(const char *name, char *err, size_t errlen);
 
 /* The reference CPU backend (cpu/backend.c). */
 extern const rt_backend rt_cpu_backend;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -889,10 +889,13 @@ static void blob_drop(refit_engine *e, size_t k, blob *b)
         blob_destroy(b);
 }
 
-/* Frees a set that no reader uses any more (its own prepared handle too). Caller holds
- * refit_lock. */
+/* Frees a set that no reader uses (any more): a retired, refused or unpublished one, its own
+ * prepared handle too; the blobs only it held become spares. Caller holds refit_lock. NULL is a
+ * no-op. */
 static void wset_retire(refit_engine *e, wset *s)
 {
+    if (!s)
+        return;
     if (s->prepared && s->owns_prepared)
         e->backend->weights_release(e->plan, s->prepared);
     for (size_t k = 0; k < s->n; k++)
@@ -970,7 +973,7 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
     }
     free(index);
     if (st) {
-        wset_free(e, s); /* only the blobs created so far are set; shared ones not yet taken */
+        wset_retire(e, s); /* only the blobs created so far are set; shared ones not yet taken */
         return st;
     }
     for (size_t k = 0; k < nw; k++) {
@@ -1196,8 +1199,15 @@ static refit_status commit(refit_engine *e, wset *s, int check_finite)
         else if (!(st = ab_stage(e, s, check_finite)))
             ab_flip(e, s);
     }
+    if (st && st != REFIT_ERR_CONFLICT && e->strategy != STRAT_QUIESCE) { /* quiesce says more */
+        char why[sizeof tl_error];
+        memcpy(why, tl_error, sizeof why);
+        fail(st, "refit to version %llu failed (%s); version %llu still serves, unchanged",
+             (unsigned long long)s->version, why,
+             (unsigned long long)atomic_load(&e->current)->version);
+    }
     if (st) {
-        wset_free(e, s);
+        wset_retire(e, s);
         e->stats.failed_refits++;
     } else {
         e->stats.refits++;
@@ -1265,7 +1275,7 @@ refit_status refit_engine_stage(refit_engine *e, const refit_tensor *tensors, si
     h->base_version = base->version;
     h->check_finite = check_finite_for(e, flags);
     if (!st && (st = stage_prepare(e, h, base, h->check_finite))) {
-        wset_free(e, h->set);
+        wset_retire(e, h->set);
         h->set = NULL;
     }
     pthread_mutex_unlock(&e->refit_lock);
@@ -1324,7 +1334,7 @@ void refit_staged_destroy(refit_staged *h)
     pthread_mutex_lock(&e->refit_lock);
     if (e->ab_staged == h)
         e->ab_staged = NULL; /* the idle instance keeps the staged weights: they are tracked */
-    wset_free(e, h->set);
+    wset_retire(e, h->set);
     pthread_mutex_unlock(&e->refit_lock);
     free(h);
     engine_unref(e);

@@ -91,13 +91,15 @@ static void exercise(const char *backend, const char *strategy)
     refit_engine_destroy(e);
 }
 
-/* The plugin's injected in-place failures: the serving set must come back and be verified. */
+/* The plugin's injected failures (in-place refits; swap: prepare): the serving set and its
+ * outputs must stay, verified where a refit was applied in place. */
 static void inplace_faults(const char *strategy, const char *fault)
 {
     refit_engine *e = NULL;
-    /* The second refit's in-place write is #2 under quiesce; under ab it is #3 (the first refit
-     * wrote the idle instance, #1, then brought the other up to date, #2). */
-    const char *nth = strcmp(strategy, "ab") == 0 ? "3" : "2";
+    /* The second refit's backend write is #2 under quiesce; under ab it is #3 (the first refit
+     * wrote the idle instance, #1, then brought the other up to date, #2); under swap it is
+     * prepare #3 (the first was the open's). */
+    const char *nth = strcmp(strategy, "quiesce") == 0 ? "2" : "3";
     CHECK(open_seed("testplug", strategy, fault, nth, &e) == REFIT_OK, "%s %s: open", strategy, fault);
     if (!e)
         return;
@@ -112,8 +114,8 @@ static void inplace_faults(const char *strategy, const char *fault)
     refit_status st = refit_engine_refit(e, &t, 1, 2, 0);
     CHECK(st == REFIT_ERR_BACKEND, "%s %s: the faulty refit fails, got %s", strategy, fault,
           refit_status_string(st));
-    CHECK(strstr(refit_last_error(), strcmp(fault, "backend.fail_refit") == 0 ? "injected failure"
-                                                                               : "non-finite"),
+    CHECK(strstr(refit_last_error(), strcmp(fault, "backend.corrupt_refit") == 0 ? "non-finite"
+                                                                                  : "injected failure"),
           "%s %s: the message names the cause: %s", strategy, fault, refit_last_error());
     float y = infer(c, &v);
     CHECK(y == 9.0f && v == 1 && refit_engine_version(e) == 1,
@@ -203,6 +205,7 @@ int main(void)
         exercise("testplug", STRATEGIES[i]);
         destroy_order(STRATEGIES[i]);
     }
+    inplace_faults("swap", "backend.fail_prepare");
     for (int i = 1; i < 3; i++) {
         inplace_faults(STRATEGIES[i], "backend.fail_refit");
         inplace_faults(STRATEGIES[i], "backend.corrupt_refit");

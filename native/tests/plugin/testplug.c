@@ -10,7 +10,8 @@
  *   backend.fail_refit=N     the Nth in-place refit writes the first changed weight, then fails
  *                            (a vendor refit that applies a subset and reports an error);
  *   backend.corrupt_refit=N  the Nth in-place refit writes NaN into it and reports success (a
- *                            silent failure only verification catches).
+ *                            silent failure only verification catches);
+ *   backend.fail_prepare=N   the Nth weights_prepare fails (a device out of memory: swap's path).
  * Built twice: as "testplug", and as "testplug_badapi" claiming api_version 1.
  */
 #include <math.h>
@@ -32,7 +33,7 @@ typedef struct plan {
     const rt_graph *g;
     int x, w, b;          /* value indices (b: -1) */
     size_t M, K;          /* outputs, dot length */
-    long fail_at, corrupt_at, refits;
+    long fail_at, corrupt_at, refits, fail_prepare_at, prepares;
 } plan;
 
 typedef struct prepared {
@@ -53,9 +54,11 @@ static int parse_options(plan *p, const rt_backend_config *cfg, char *err, size_
             p->fail_at = strtol(v, NULL, 10);
         else if (strcmp(k, "corrupt_refit") == 0)
             p->corrupt_at = strtol(v, NULL, 10);
+        else if (strcmp(k, "fail_prepare") == 0)
+            p->fail_prepare_at = strtol(v, NULL, 10);
         else
             return err1(err, n, REFIT_ERR_INVALID_ARG, "unknown option (known: fail_refit, "
-                        "corrupt_refit): ", k);
+                        "corrupt_refit, fail_prepare): ", k);
     }
     return 0;
 }
@@ -130,6 +133,8 @@ static int weights_prepare(void *pl, const float *const *raw, const void *base,
     plan *p = pl;
     (void)base;
     (void)changed; /* an upload copies everything */
+    if (++p->prepares == p->fail_prepare_at)
+        return err1(err, n, REFIT_ERR_BACKEND, "injected failure in weights_prepare", NULL);
     prepared *q = calloc(1, sizeof *q);
     if (q) {
         q->w = malloc(p->M * p->K * sizeof(float));
