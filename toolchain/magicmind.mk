@@ -16,7 +16,7 @@
 #   make mm-ci              all of the above but mm-plugin (the CI step, in make test-all)
 
 FAKE_NEUWARE := $(CURDIR)/build/fake-neuware
-MM_CROSS_CXX := $(if $(wildcard $(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++),$(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++,aarch64-linux-gnu-g++)
+MM_CROSS_CXX := $(if $(and $(TOOLCHAIN_ROOT),$(wildcard $(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++)),$(TOOLCHAIN_ROOT)/bin/aarch64-linux-gnu-g++,aarch64-linux-gnu-g++)
 MM_LAYOUT ?= auto
 MM_CXX11_ABI ?=
 MM_BUILD ?= build/mm-plugin

@@ -61,13 +61,13 @@ std::vector<MappedWeight> read_name_map(const std::string &path)
         std::vector<std::string> f = split(line, '\t');
         if (f.size() != 6)
             throw MmError(kModel, where + ": expected 6 tab-separated fields (kind source engine dtype shape layout)");
-        if (f[0] != "weight")
-            continue; // inputs and outputs: the runtime reports their shapes itself
+        if (f[0] != "weight" && f[0] != "input" && f[0] != "output")
+            throw MmError(kModel, where + ": kind '" + f[0] + "' (known: weight, input, output)");
         if (f[3] != "float32")
-            throw MmError(kUnsupported, where + ": weight '" + f[2] + "' dtype " + f[3] + " (float32 only)");
-        if (!seen.insert(f[2]).second)
+            throw MmError(kUnsupported, where + ": " + f[0] + " '" + f[2] + "' dtype " + f[3] + " (float32 only)");
+        if (!seen.insert(f[0] + "\t" + f[2]).second)
             throw MmError(kModel, where + ": engine name '" + f[2] + "' appears twice");
-        MappedWeight w{f[1], f[2], f[5] == "NCHW>NHWC", parse_shape(f[4], where)};
+        MappedWeight w{f[0], f[1], f[2], f[5] == "NCHW>NHWC", parse_shape(f[4], where)};
         if (f[5] != "-" && !w.nhwc)
             throw MmError(kModel, where + ": layout '" + f[5] + "' (known: - and NCHW>NHWC)");
         if (w.nhwc && w.shape.size() != 4)

@@ -12,6 +12,7 @@
 namespace refitd_mm {
 
 struct MappedWeight {
+    std::string kind;           // weight, input or output
     std::string source, engine;
     bool nhwc;                  // layout "NCHW>NHWC": source [O, I, H, W], engine [O, H, W, I]
     std::vector<int64_t> shape; // engine layout
@@ -22,7 +23,7 @@ std::vector<int64_t> source_shape(const MappedWeight &w);
 // Copies the weight from source layout (src) into engine layout (dst); numel floats each.
 void to_engine_layout(const MappedWeight &w, const float *src, float *dst);
 
-// Reads the sidecar's weight rows; throws MmError naming the file and line on a bad one.
+// Reads the sidecar's rows (every kind); throws MmError naming the file and line on a bad one.
 std::vector<MappedWeight> read_name_map(const std::string &path);
 
 } // namespace refitd_mm

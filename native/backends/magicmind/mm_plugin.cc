@@ -55,7 +55,8 @@ std::string dims(const std::vector<int64_t> &d)
 std::vector<int64_t> dims(const rt_shape &s) { return std::vector<int64_t>(s.d, s.d + s.ndim); }
 
 // Every graph weight has exactly one sidecar row with its source name and shape; every engine
-// weight has a graph weight. Inputs and outputs agree in count and size, in order.
+// weight has a graph weight. Inputs and outputs agree in count, order, name (through the map's
+// input/output rows, else the same name) and size.
 void bind_graph(Plan &p)
 {
     const Session &s = *p.session;
@@ -86,10 +87,24 @@ void bind_graph(Plan &p)
                                   std::to_string(g->n_inputs) + " and " + std::to_string(g->n_outputs));
     for (int i = 0; i < g->n_inputs + g->n_outputs; i++) {
         bool in = i < g->n_inputs;
+        const char *kind = in ? "input" : "output";
         const rt_value &v = g->values[in ? g->inputs[i] : g->outputs[i - g->n_inputs]];
         const TensorDesc &t = in ? s.inputs()[i] : s.outputs()[i - g->n_inputs];
+        std::string engine = v.name; // a row of the name map renames it
+        for (const MappedWeight &m : s.io_name_map())
+            if (m.kind == kind && m.source == v.name) {
+                // Activations pass through unchanged: an engine that wants them relaid would
+                // compute garbage, so refuse rather than guess.
+                if (m.nhwc)
+                    throw MmError(kUnsupported, std::string(kind) + " '" + v.name + "': layout NCHW>NHWC for inputs "
+                                                "and outputs is not supported (build the model with NCHW I/O)");
+                engine = m.engine;
+            }
+        if (t.name != engine)
+            throw MmError(kModel, std::string(kind) + " '" + v.name + "' (#" + std::to_string(in ? i : i - g->n_inputs) +
+                                      "): the MagicMind model's is '" + t.name + "'; map it in '" + s.options().names + "'");
         if (t.nbytes() != v.numel * sizeof(float))
-            throw MmError(kShape, std::string(in ? "input '" : "output '") + v.name + "' " + dims(dims(v.shape)) +
+            throw MmError(kShape, std::string(kind) + " '" + v.name + "' " + dims(dims(v.shape)) +
                                       ": the MagicMind model's '" + t.name + "' is " + dims(t.shape));
     }
 }

@@ -366,9 +366,11 @@ Session::Session(const std::string &model_path, const Options &opt) : opt_(opt),
         check(model_->DeserializeFromFile(model_path.c_str()), "DeserializeFromFile('" + model_path + "')", kModel);
         inputs_ = describe(model_->GetInputNames(), model_->GetInputDimensions(), model_->GetInputDataTypes(), "input");
         outputs_ = describe(model_->GetOutputNames(), model_->GetOutputDimensions(), model_->GetOutputDataTypes(), "output");
-        map_ = read_name_map(opt.names);
-        for (const MappedWeight &w : map_)
-            weights_.push_back(TensorDesc{w.engine, w.shape});
+        for (const MappedWeight &w : read_name_map(opt.names)) {
+            (w.kind == "weight" ? map_ : io_map_).push_back(w);
+            if (w.kind == "weight")
+                weights_.push_back(TensorDesc{w.engine, w.shape});
+        }
         if (!opt.dump_dir.empty())
             make_dirs(opt.dump_dir, "backend option dump_dir");
         if (!opt.profiler_dir.empty()) {

@@ -124,7 +124,8 @@ public:
     ~Session();
     const std::vector<TensorDesc> &inputs() const { return inputs_; }
     const std::vector<TensorDesc> &outputs() const { return outputs_; }
-    const std::vector<MappedWeight> &name_map() const { return map_; }
+    const std::vector<MappedWeight> &name_map() const { return map_; }       // weight rows
+    const std::vector<MappedWeight> &io_name_map() const { return io_map_; } // input/output rows
     const std::vector<TensorDesc> &weights() const { return weights_; }
     const Options &options() const { return opt_; }
     std::unique_ptr<WeightSet> weight_set(const float *const *engine_weights);
@@ -142,7 +143,7 @@ private:
     magicmind::IModel *model_ = nullptr;
     magicmind::IProfiler *profiler_ = nullptr;
     std::vector<TensorDesc> inputs_, outputs_, weights_;
-    std::vector<MappedWeight> map_;
+    std::vector<MappedWeight> map_, io_map_;
     std::mutex mu_;
     std::set<Worker *> workers_;
     std::vector<int> workers_per_device_;
