@@ -192,6 +192,19 @@ def test_open_errors_name_the_file(plugin_dir, compiled):
         Engine.open(d / "model.onnx", backend="magicmind")
 
 
+def test_inputs_and_outputs_must_match_by_name_and_layout(plugin_dir, compiled):
+    from refitd.engine import EngineError
+    d, _, _ = compiled
+    names = d / "model.mm.names"
+    text = names.read_text()
+    names.write_text(text.replace("input\tx\tx\tfloat32\t1x3x7x7\t-", "input\tx\tx\tfloat32\t1x3x7x7\tNCHW>NHWC"))
+    with pytest.raises(EngineError, match="input 'x': layout NCHW>NHWC for inputs and outputs is not supported"):
+        _open(d)
+    names.write_text(text.replace("input\tx\tx\t", "input\tx\timage\t"))
+    with pytest.raises(EngineError, match=r"input 'x' \(#0\): expected engine name 'image', the MagicMind model's is 'x' \(map it with an input row"):
+        _open(d)
+
+
 def test_missing_plugin_names_the_file_and_where_it_looked(tmp_path, compiled):
     d, _, _ = compiled
     code = ("import sys; sys.path.insert(0, %r)\n"

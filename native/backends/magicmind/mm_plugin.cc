@@ -102,7 +102,8 @@ void bind_graph(Plan &p)
             }
         if (t.name != engine)
             throw MmError(kModel, std::string(kind) + " '" + v.name + "' (#" + std::to_string(in ? i : i - g->n_inputs) +
-                                      "): the MagicMind model's is '" + t.name + "'; map it in '" + s.options().names + "'");
+                                      "): expected engine name '" + engine + "', the MagicMind model's is '" + t.name +
+                                      "' (map it with an " + kind + " row in '" + s.options().names + "')");
         if (t.nbytes() != v.numel * sizeof(float))
             throw MmError(kShape, std::string(kind) + " '" + v.name + "' " + dims(dims(v.shape)) +
                                       ": the MagicMind model's '" + t.name + "' is " + dims(t.shape));
