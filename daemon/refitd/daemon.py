@@ -61,7 +61,7 @@ def _decode_tensor(spec: Any, name: str) -> np.ndarray:
 
 
 def encode_tensor(a: np.ndarray) -> Dict[str, Any]:
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d output 1-d)
     return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
 
 
@@ -308,21 +308,23 @@ class Daemon:
         from .store import StoreError
         v = self._version_arg(req, "version")
         try:
-            self.store.pin(v)
+            changed = self.store.pin(v)
         except StoreError as e:
             raise ControlError(_first_line(e))
-        self.events.emit("store.pinned", version=v)
-        return {"version": v, "pinned": self.store.pins()}
+        if changed:
+            self.events.emit("store.pinned", version=v)
+        return {"version": v, "pinned": self.store.pins(), "changed": changed}
 
     def _h_unpin(self, req: Dict[str, Any]) -> Dict[str, Any]:
         from .store import StoreError
         v = self._version_arg(req, "version")
         try:
-            self.store.unpin(v)
+            changed = self.store.unpin(v)
         except StoreError as e:
             raise ControlError(_first_line(e))
-        self.events.emit("store.unpinned", version=v)
-        return {"version": v, "pinned": self.store.pins()}
+        if changed:
+            self.events.emit("store.unpinned", version=v)
+        return {"version": v, "pinned": self.store.pins(), "changed": changed}
 
     def _h_infer(self, req: Dict[str, Any]) -> Dict[str, Any]:
         raw = req.get("inputs")

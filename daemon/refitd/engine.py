@@ -204,7 +204,9 @@ def _check(status: int) -> None:
 
 def _keepref(lib, destroy, *owners):
     """A destructor that keeps `lib` (and `owners`, e.g. the engine a context belongs to) alive
-    until the handle is destroyed, whatever order the garbage collector picks (cairocffi's idiom)."""
+    until the handle is destroyed (cairocffi's idiom). The C side does not depend on it: contexts
+    and staged sets hold a reference on their engine in librefit, so any destroy order is safe,
+    the garbage collector's at interpreter exit included."""
     def release(pointer, _keepalive=(lib, owners)):
         destroy(pointer)
 
@@ -319,7 +321,7 @@ class Context:
         for i, spec in enumerate(self._inputs):
             if spec.name not in inputs:
                 raise EngineError(f"input '{spec.name}': missing", "REFIT_ERR_INVALID_ARG", spec.name)
-            a = np.ascontiguousarray(inputs[spec.name], dtype=np.float32)
+            a = np.asarray(inputs[spec.name], dtype=np.float32, order="C")  # 0-d stays 0-d
             if a.shape != spec.shape:
                 raise ShapeError(f"input '{spec.name}': shape {list(a.shape)} does not match the "
                                  f"model's {list(spec.shape)}", "REFIT_ERR_SHAPE", spec.name)

@@ -441,7 +441,7 @@ def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0
         sock.settimeout(timeout)
         sock.connect(path)
     try:
-        arrs = [np.ascontiguousarray(a) for a in inputs.values()]
+        arrs = [np.asarray(a, order="C") for a in inputs.values()]  # 0-d stays 0-d
         header = {"inputs": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
                              for n, a in zip(inputs, arrs)]}
         sock.sendall(encode_frame(header, arrs))

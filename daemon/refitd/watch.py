@@ -35,6 +35,13 @@ __all__ = ["DropWatcher", "takeable"]
 
 APPLIED = "applied"
 REJECTED = "rejected"
+ALREADY_SERVING_STAGE = "already-applied"  # Outcome.stage of the serving package delivered again
+
+
+def already_serving_text(version) -> str:
+    """What the .reason file and `refitd apply` say for the serving package delivered again
+    (event update.already_applied; docs/daemon.md, "File drop", says the same)."""
+    return "already serving: this very package is version %s; nothing changed" % version
 
 
 def takeable(name: str) -> bool:
@@ -160,7 +167,9 @@ class DropWatcher:
             self.events.emit("watch.error", file=name, error="pipeline failed: %s: %s" % (type(e).__name__, e))
             self._finish(path, name, False, "internal error: %s: %s" % (type(e).__name__, e))
             return
-        if outcome.ok:
+        if outcome.ok and getattr(outcome, "stage", None) == ALREADY_SERVING_STAGE:
+            text = already_serving_text(outcome.version)
+        elif outcome.ok:
             text = "applied as version %s in %.3f s" % (outcome.version, getattr(outcome, "seconds", time.monotonic() - t0))
         else:
             stage = getattr(outcome, "stage", None)

@@ -236,19 +236,6 @@ struct refit_engine {
     refit_engine_stats stats;
 };
 
-static void wset_free(refit_engine *e, wset *s)
-{
-    if (!s)
-        return;
-    if (s->prepared && s->owns_prepared)
-        e->backend->weights_release(e->plan, s->prepared);
-    for (size_t k = 0; k < s->n; k++)
-        blob_release(s->blobs[k]);
-    free(s->blobs);
-    free(s->data);
-    free(s);
-}
-
 static uint64_t hash_name(const char *s)
 {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
@@ -321,6 +308,8 @@ static int parse_u64(const char *s, uint64_t *out)
     *out = (uint64_t)v;
     return 0;
 }
+
+static void wset_retire(refit_engine *e, wset *s);
 
 /* Parses a non-negative int option value (device, threads). */
 static int parse_int(const char *s, int *out)
@@ -409,7 +398,7 @@ static void inst_clear(refit_engine *e, inst *in)
 
 static void engine_free(refit_engine *e)
 {
-    wset_free(e, atomic_load(&e->current));
+    wset_retire(e, atomic_load(&e->current));
     for (int i = 0; i < 2; i++)
         inst_clear(e, &e->insts[i]);
     if (e->canary_ctx)
@@ -619,7 +608,7 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
         size_t nbytes = e->info[REFIT_KIND_WEIGHT][k].nbytes;
         blob *b = blob_new(nbytes);
         if (!b) {
-            wset_free(e, s);
+            wset_retire(e, s);
             engine_free(e);
             return fail(REFIT_ERR_NOMEM, "out of memory for the initial weights");
         }
@@ -633,7 +622,7 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
     s->generation = e->next_generation++;
     st = prepare_initial(e, s);
     if (st) {
-        wset_free(e, s);
+        wset_retire(e, s);
         engine_free(e);
         return st;
     }
@@ -890,8 +879,8 @@ static void blob_drop(refit_engine *e, size_t k, blob *b)
 }
 
 /* Frees a set that no reader uses (any more): a retired, refused or unpublished one, its own
- * prepared handle too; the blobs only it held become spares. Caller holds refit_lock. NULL is a
- * no-op. */
+ * prepared handle too; the blobs only it held become spares. Caller holds refit_lock (or is
+ * opening or freeing the engine, alone). NULL is a no-op. */
 static void wset_retire(refit_engine *e, wset *s)
 {
     if (!s)

@@ -1142,6 +1142,70 @@ static void test_threads(void)
     tg_free(t);
 }
 
+/* Backend API v2: a partial re-prepare shares the steps whose weights did not change, and an
+ * in-place refit never writes a buffer another handle shares (copy on write). */
+static int run_prepared(tg *t, void *plan, void *ctx, const void *prep, float *out)
+{
+    char err[128];
+    const float *in[1] = {t->idata[0]};
+    float *o[1] = {out};
+    return rt_cpu_backend.run(plan, ctx, prep, in, o, err, sizeof err);
+}
+
+static void test_prepared_sharing(void)
+{
+    tg *t = tg_new();
+    const conv_p p1 = {1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const conv_p p2 = {1, 16, 8, 8, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1};
+    const int x = tg_input(t, DIMS(1, 16, 8, 8));
+    const int w1 = tg_weight(t, DIMS(16, 16, 3, 3)), w2 = tg_weight(t, DIMS(16, 16, 1, 1));
+    rt_attrs a = def_attrs();
+    a.pads[0] = a.pads[1] = a.pads[2] = a.pads[3] = 1;
+    int in1[2] = {x, w1};
+    const int h = tg_node(t, RT_OP_CONV, 2, in1, DIMS(1, 16, 8, 8), &a);
+    int in2[2] = {h, w2};
+    tg_output(t, tg_node(t, RT_OP_CONV, 2, in2, DIMS(1, 16, 8, 8), NULL));
+    float *w1b = malloc(2304 * sizeof(float)), *w2b = malloc(256 * sizeof(float)), out[1024];
+    double *hr = malloc(1024 * sizeof(double)), *ref = malloc(1024 * sizeof(double));
+    float *hf = malloc(1024 * sizeof(float));
+    rfill(w1b, 2304);
+    rfill(w2b, 256);
+    void *plan = NULL, *ctx = NULL, *pa = NULL, *pb = NULL;
+    char err[128];
+    CHECK(rt_cpu_backend.plan_create(&t->g, NULL, &plan, err, sizeof err) == 0 &&
+              rt_cpu_backend.ctx_create(plan, &ctx, err, sizeof err) == 0, "sharing plan: %s", err);
+    const float *wa[2] = {vdata(t, w1), vdata(t, w2)}, *wb[2] = {vdata(t, w1), w2b}, *wc[2] = {w1b, vdata(t, w2)};
+    const unsigned char only_w2[2] = {0, 1}, only_w1[2] = {1, 0};
+    CHECK(rt_cpu_backend.weights_prepare(plan, wa, NULL, NULL, &pa, err, sizeof err) == 0, "prepare a");
+    CHECK(rt_cpu_backend.weights_prepare(plan, wb, pa, only_w2, &pb, err, sizeof err) == 0, "prepare b");
+    CHECK(cpu_prepared_shares(plan, pa, pb, 0) == 1 && cpu_prepared_shares(plan, pa, pb, 1) == 0,
+          "b shares conv 1 (w1 unchanged) and re-prepared conv 2 (w2 changed)");
+    /* Refit a in place with a new w1: its conv-1 buffer is shared with b, so a gets a copy. */
+    CHECK(rt_cpu_backend.weights_refit(plan, pa, wc, only_w1, err, sizeof err) == 0, "refit a in place");
+    CHECK(cpu_prepared_shares(plan, pa, pb, 0) == 0, "the in-place refit copied the shared buffer");
+    const float *const sets[2][2] = {{wb[0], wb[1]}, {wc[0], wc[1]}};
+    const void *handles[2] = {pb, pa};
+    for (int k = 0; k < 2; k++) {
+        ref_conv(&p1, vdata(t, x), sets[k][0], NULL, hr);
+        for (int i = 0; i < 1024; i++) hf[i] = (float)hr[i];
+        ref_conv(&p2, hf, sets[k][1], NULL, ref);
+        char why[160] = "";
+        CHECK(run_prepared(t, plan, ctx, handles[k], out) == 0 &&
+                  close_enough(out, ref, 1024, 1e-3, 1e-3, why, sizeof why),
+              "handle %c computes with its own weights: %s", k ? 'a' : 'b', why);
+    }
+    rt_cpu_backend.weights_release(plan, pa);
+    rt_cpu_backend.weights_release(plan, pb);
+    rt_cpu_backend.ctx_destroy(ctx);
+    rt_cpu_backend.plan_destroy(plan);
+    free(w1b);
+    free(w2b);
+    free(hr);
+    free(ref);
+    free(hf);
+    tg_free(t);
+}
+
 static void test_refusals(void)
 {
     runner r;
@@ -1194,6 +1258,7 @@ static void run_all(void)
     test_shape_ops();
     test_memory_plan();
     test_threads();
+    test_prepared_sharing();
     test_refusals();
 }
 

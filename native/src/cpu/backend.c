@@ -1251,6 +1251,14 @@ int cpu_plan_steps(const void *plan) { return ((const cpu_plan *)plan)->n_steps;
 size_t cpu_plan_arena_bytes(const void *plan) { return ((const cpu_plan *)plan)->arena_bytes; }
 const char *cpu_plan_isa(const void *plan) { return ((const cpu_plan *)plan)->isa->name; }
 
+int cpu_prepared_shares(const void *plan, const void *a, const void *b, int step)
+{
+    const cpu_wprep *qa = a, *qb = b;
+    (void)plan;
+    if (!qa->buf[step] || !qb->buf[step]) return -1;
+    return qa->buf[step] == qb->buf[step];
+}
+
 const rt_backend rt_cpu_backend = {
     RT_BACKEND_API_VERSION,
     "reference",

@@ -180,5 +180,8 @@ void cpu_concat(int n_in, const float *const *xs, const int64_t *inner, int64_t 
 int cpu_plan_steps(const void *plan);          /* steps after fusion / aliasing */
 size_t cpu_plan_arena_bytes(const void *plan); /* activation arena of one context */
 const char *cpu_plan_isa(const void *plan);
+/* 1 if prepared handles a and b share step `step`'s prepared buffer, 0 if not, -1 if a step has
+ * none. */
+int cpu_prepared_shares(const void *plan, const void *a, const void *b, int step);
 
 #endif
