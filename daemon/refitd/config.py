@@ -264,6 +264,21 @@ def k_str_map(v, path, ctx):
     return out
 
 
+def k_backend_options(v, path, ctx):
+    """Backend options: a mapping of keys to scalars (strings, numbers, booleans), passed to the
+    backend as backend.<key>=<value> strings."""
+    if not isinstance(v, dict):
+        ctx.add(path, "must be a mapping of option names to values, got %s" % _show(v))
+        return _BAD
+    out = {}
+    for key, val in v.items():
+        if not isinstance(key, str) or not key or not isinstance(val, (str, int, float, bool)) or val == "":
+            ctx.add(path + (str(key),), "must map an option name to a string or number, got %s" % _show(val))
+            continue
+        out[key] = str(int(val)) if isinstance(val, bool) else str(val)
+    return out
+
+
 def k_tensor_spec(v, path, ctx):
     """A tensor given in config: a number (fills the tensor's shape), a nested list, or a path
     to a .npy file (relative to the config file)."""
@@ -455,6 +470,8 @@ class ModelConfig:
     path: str = _f(kind=k_path, doc="the ONNX model file")
     backend: str = _f("reference", k_str, "librefit backend name")
     options: ModelOptions = _f(factory=ModelOptions, doc="engine options")
+    backend_options: Dict[str, str] = _f(factory=dict, kind=k_backend_options,
+                                         doc="options of the backend (backend.<key>), e.g. magicmind's model, device_ids")
     name_map: Dict[str, str] = _f(factory=dict, kind=k_str_map,
                                   doc="package tensor name -> engine weight name")
 

@@ -389,7 +389,8 @@ class Engine:
                                      len(options), out))
         engine = cls(ffi.gc(out[0], _keepref(lib, lib.refit_engine_destroy)), lib, str(model_path))
         engine.allow_nonfinite = bool(options.get("allow_nonfinite", False))
-        return engine
+        from . import namemap  # a <model>.names sidecar maps source names to the model's (namemap.py)
+        return namemap.attach(engine, model_path)
 
     def _infos(self, kind: int) -> List[WeightSpec]:
         info = ffi.new("refit_tensor_info *")
