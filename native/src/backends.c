@@ -110,7 +110,9 @@ static void scan(void)
             f->name[len - pre - suf] = '\0';
             if (known(f->name))
                 continue;
-            snprintf(f->path, sizeof f->path, "%s/%s", dirs[d], ent->d_name);
+            int w = snprintf(f->path, sizeof f->path, "%s/%s", dirs[d], ent->d_name);
+            if (w < 0 || (size_t)w >= sizeof f->path)
+                continue;  /* a path too long to open: skip it rather than try a truncated one */
             f->vt = NULL;
             n_plugins++;
         }
