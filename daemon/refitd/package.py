@@ -477,7 +477,7 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
     )
 
 
-def _read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None) -> bytearray:
+def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None) -> bytearray:
     """Reads the file at ``path`` whole, refusing more than ``max_bytes`` before reading any.
     With ``fd`` (an open descriptor the caller keeps owning, e.g. one the CLI passed over the
     control socket) that file is read from its start and ``path`` only names it in errors."""
@@ -528,7 +528,7 @@ def read_package(path: str, max_bytes: int = DEFAULT_MAX_PACKAGE_BYTES, fd: Opti
     The size cap is checked on the open descriptor before anything is read; the file is then read
     once, and the arrays of the returned ``Package`` are read-only views of those bytes.
     """
-    data = _read_capped(path, max_bytes, fd=fd)
+    data = read_capped(path, max_bytes, fd=fd)
     pkg = parse_package_bytes(data, path=os.fspath(path))
     pkg.beside_path = fd is None
     return pkg
@@ -689,7 +689,7 @@ def _load_source(source_path: str, max_bytes: int) -> Dict[str, np.ndarray]:
     src = os.fspath(source_path)
     low = src.lower()
     if low.endswith(".safetensors"):
-        data = _read_capped(src, max_bytes, what="source")
+        data = read_capped(src, max_bytes, what="source")
         # Same defensive parser, wider dtype set; BF16 becomes float32.
         _meta, raw = _parse_container(data, _SOURCE_DTYPES, what="source")
         # BF16 is the only source dtype read as uint16 (see _SOURCE_DTYPES).
