@@ -528,7 +528,7 @@ _CHILD = textwrap.dedent("""
     from refitd.engine import Engine
     from refitd.store import Store
     from refitd.pipeline import Pipeline
-    from refitd.package import write_package
+    from refitd.pack import write_package
     eng = Engine.open(%(model)r)
     s = Store(%(store)r)
     p = Pipeline(eng, s, None, None)

@@ -134,7 +134,7 @@ def test_rejected_file_never_touches_the_store(s, tmp_path):
         os.rename(tmp, os.path.join(s.drop, name))
     # wrong model fingerprint, NaN weights, and a version that is not newer
     seed_package(os.path.join(s.drop, "wrongmodel.safetensors"), 1, 5, "sha256:" + "0" * 64)
-    from refitd.package import write_package
+    from refitd.pack import write_package
     write_package(os.path.join(s.drop, "nan.safetensors"),
                   {"conv.weight": np.full((1, 1, 3, 3), np.nan, np.float32)}, version=6, model=s.fp)
     seed_package(os.path.join(s.drop, "old.safetensors"), 1, 0, s.fp)

@@ -300,7 +300,8 @@ def cmd_infer(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from .package import PackageError, pack
+    from .pack import pack
+    from .package import PackageError
     try:
         pkg = pack(args.model, args.source, args.version, args.output, base=args.base, note=args.note,
                    name_map=args.name_map, ignore_unknown=args.ignore_unknown)
