@@ -65,7 +65,7 @@ def drop_to_serving(pipeline, eng, tmp: str, n: int, repeat: int, rng) -> list:
 
     from refitd.log import Events
     from refitd.pack import write_package
-    from refitd.watch import DropWatcher
+    from refitd.channels.watch import DropWatcher
 
     drop = os.path.join(tmp, "drop-%d" % n)
     watcher = DropWatcher(drop, pipeline, Events(fmt="json", stream=io.StringIO()))

@@ -169,7 +169,7 @@ def test_a_delivery_carries_one_package_form():
 
 
 def test_channel_base_gates_delivers_and_reports(pipeline, engine, tmp_path):
-    from refitd.channels.base import Channel, ChannelContext, Gate, Stopping
+    from refitd.channels.base import Channel, Gate, Stopping
 
     reported, heard = [], []
 
@@ -187,7 +187,7 @@ def test_channel_base_gates_delivers_and_reports(pipeline, engine, tmp_path):
 
     pipeline.listeners.append(lambda d, o: heard.append((d.source, d.command, o.stage)))
     gate = Gate()
-    ch = Probe(ChannelContext(pipeline, None, gate))
+    ch = Probe(pipeline, None, gate)
     f = write_pkg(tmp_path / "v1.safetensors", kernel(1.0), 1, engine.fingerprint)
     out = ch.deliver(Delivery.of_path(f, ch.origin(where=f, peer="uid 1000")))
     assert out.ok and reported == [(Origin("probe", where=f, peer="uid 1000"), True, 1)]

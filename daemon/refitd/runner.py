@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .dropfolder import complete_name, move_aside
 from .tensorwire import ProtocolError, encode_frame, frame_header, read_frame
 
 __all__ = ["Item", "Result", "Stats", "Runner", "SOURCES", "SINKS", "register_source",
@@ -254,10 +255,6 @@ class SyntheticSource(Source):
         return {"type": self.kind, "fill": self.cfg.fill, "rate": self.cfg.rate}
 
 
-def _complete_name(name: str) -> bool:
-    return not (name.startswith(".") or name.endswith(".part") or name.endswith(".tmp"))
-
-
 @register_source("npy-dir")
 class NpyDirSource(QueuedSource):
     """Polls a folder for ``*.npy`` / ``*.npz`` (temp names ``*.part``, ``.*`` ignored; write
@@ -282,17 +279,11 @@ class NpyDirSource(QueuedSource):
     def _finish(self, path: str, name: str, error: Optional[str]) -> None:
         try:
             if error is not None:
-                d = os.path.join(self.cfg.path, "failed")
-                os.makedirs(d, exist_ok=True)
-                os.replace(path, os.path.join(d, name))
-                with open(os.path.join(d, name + ".reason"), "w") as f:
-                    f.write(error + "\n")
+                move_aside(self.cfg.path, "failed", name, error)
             elif self.cfg.done == "delete":
                 os.unlink(path)
             else:
-                d = os.path.join(self.cfg.path, "done")
-                os.makedirs(d, exist_ok=True)
-                os.replace(path, os.path.join(d, name))
+                move_aside(self.cfg.path, "done", name)
         except OSError as e:
             self.events.emit("runner.error", source="npy-dir", file=name, error=str(e))
         finally:
@@ -312,7 +303,7 @@ class NpyDirSource(QueuedSource):
         """The candidate files whose size and mtime did not change since the last scan."""
         ready, now = [], {}
         for e in entries:
-            if not e.is_file() or not _complete_name(e.name) or not e.name.endswith((".npy", ".npz")):
+            if not e.is_file() or not complete_name(e.name) or not e.name.endswith((".npy", ".npz")):
                 continue
             try:
                 st = e.stat()

@@ -88,15 +88,20 @@ class Channel(abc.ABC):
     #: start order: lower first
     order = 50
 
-    def __init__(self, ctx: ChannelContext):
-        self.ctx = ctx
-        self.pipeline = ctx.pipeline
-        self.events = ctx.events
+    def __init__(self, pipeline: Any, events: Any, gate: Optional[Gate] = None):
+        self.pipeline = pipeline
+        self.events = events
+        self.gate = gate if gate is not None else Gate()
 
     @classmethod
     def from_config(cls, cfg: Any, ctx: ChannelContext) -> Optional["Channel"]:
-        """The channel the config asks for, or None when it is not configured."""
+        """The channel the config asks for (built with ``ctx.gate``), or None when it is not
+        configured."""
         raise NotImplementedError
+
+    def describe(self) -> str:
+        """What it listens on, for start-up errors ("cannot start <describe()>: ...")."""
+        return self.name
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -112,7 +117,7 @@ class Channel(abc.ABC):
 
     def deliver(self, delivery: Delivery) -> Any:
         """Hands ``delivery`` to the pipeline (through the gate) and reports its outcome."""
-        with self.ctx.gate.enter():
+        with self.gate.enter():
             outcome = self.pipeline.deliver(delivery)
         self.report(delivery, outcome)
         return outcome
