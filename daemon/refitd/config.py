@@ -52,7 +52,7 @@ BACKENDS_KNOWN = ("reference",)  # others may be registered by librefit; checked
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-from .schema import (SOCKET_PATH_MAX, ConfigError, Problem, _BAD, _Ctx, _build, _build_typed,
+from .schema import (SOCKET_PATH_MAX, ConfigError, Problem, _BAD, _Ctx, _build, _build_typed, section,
                      _did_you_mean, _f, _is_int, _show, k_bool, k_choice, k_float,
                      k_int, k_listen, k_mode, k_path, k_socket_path, k_str, k_str_map)
 from .plugins import config_types
@@ -106,7 +106,7 @@ def _k_path_list(v, path, ctx):
 
 # ---- sections --------------------------------------------------------------------------------
 
-@dataclass
+@section
 class ModelOptions:
     """Engine options passed to Engine.open (see docs/design.md)."""
     refittable: Optional[List[str]] = _f(None, _k_refittable, "names of the refittable weights; default: every float initializer", nullable=True)
@@ -124,7 +124,7 @@ class ModelOptions:
         return kw
 
 
-@dataclass
+@section
 class ModelConfig:
     path: str = _f(kind=k_path, doc="the ONNX model file")
     backend: str = _f("reference", k_str, "librefit backend name")
@@ -133,7 +133,7 @@ class ModelConfig:
                                   doc="package tensor name -> engine weight name")
 
 
-@dataclass
+@section
 class WorkersConfig:
     threads: int = _f(2, k_int(1, 256), "inference worker threads (one engine context each)")
 
@@ -146,14 +146,14 @@ SINK_TYPES: Dict[str, Type] = config_types("sink")
 SINK_RESERVED = {"mqtt": "comes with MQTT support (not available yet)"}
 
 
-@dataclass
+@section
 class StoreConfig:
     path: str = _f(kind=k_path, doc="directory of the versioned weight store")
     keep: int = _f(5, k_int(1), "newest versions kept (pinned versions are kept too)")
     max_package_bytes: int = _f(1 << 30, k_int(1), "packages larger than this are rejected unread")
 
 
-@dataclass
+@section
 class WatchConfig:
     path: Optional[str] = _f(None, k_path, "file-drop directory; null disables the channel", nullable=True)
     signature_settle: float = _f(0.0, k_float(0.0, 60.0), "seconds a package without NAME.sig waits for one that arrives late")
@@ -162,7 +162,7 @@ class WatchConfig:
 CHECK_TYPES: Dict[str, Type] = config_types("check")
 
 
-@dataclass
+@section
 class WindowConfig:
     """The post-swap watch window: after a swap, results are watched for `seconds`; if the
     share of results with non-finite outputs (or outside `range_min`/`range_max`) exceeds
@@ -176,30 +176,30 @@ class WindowConfig:
     hook: Optional[str] = _f(None, k_path, "executable run with the version; nonzero exit fails the window", nullable=True)
 
 
-@dataclass
+@section
 class HealthConfig:
     checks: List[Any] = _f(factory=list, doc="shadow checks run on new weights before they serve")
     window: WindowConfig = _f(factory=WindowConfig, doc="post-swap watch window")
 
 
-@dataclass
+@section
 class ControlConfig:
     socket: str = _f(kind=k_socket_path, doc="control socket path")
     mode: int = _f(0o660, k_mode, "permissions of the control socket")
 
 
-@dataclass
+@section
 class LogConfig:
     format: str = _f("text", k_choice("text", "json"), "event line format")
     level: str = _f("info", k_choice(*LOG_LEVELS), "lowest event level written")
 
 
-@dataclass
+@section
 class MetricsConfig:
     listen: Optional[Tuple[str, int]] = _f(None, k_listen, "loopback host:port of the Prometheus endpoint; null = off", nullable=True)
 
 
-@dataclass
+@section
 class MqttConfig:
     """Reserved for the MQTT issue: accepted, checked minimally, not used yet."""
     enabled: bool = _f(False, k_bool, "reserved: MQTT fleet updates are not available yet")
@@ -212,7 +212,7 @@ class MqttConfig:
     password_file: Optional[str] = _f(None, k_path, "file holding the password", nullable=True)
 
 
-@dataclass
+@section
 class SecurityConfig:
     """Reserved for the security issue: accepted, checked minimally, not used yet."""
     require_signature: bool = _f(False, k_bool, "reserved: signed packages are not enforced yet")

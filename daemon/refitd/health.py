@@ -33,13 +33,12 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .plugins import plugin, plugins
-from .schema import _f, k_float, k_tensor_map
+from .schema import _f, k_float, k_tensor_map, section
 
 __all__ = ["HealthError", "ShadowCheck", "Check", "WatchWindow", "resolve_tensor",
            "GoldenCheck", "FiniteCheck", "RangeCheck"]
@@ -108,7 +107,7 @@ def _fmt(x: float) -> str:
 
 # ---- the check plugins (one declaration each: plugins.py) -----------------------------------
 
-@dataclass
+@section
 class GoldenCheck:
     inputs: Dict[str, Any] = _f(kind=k_tensor_map, doc="model input name -> tensor")
     expect: Dict[str, Any] = _f(kind=k_tensor_map, doc="model output name -> expected tensor")
@@ -117,13 +116,13 @@ class GoldenCheck:
     type: str = "golden"
 
 
-@dataclass
+@section
 class FiniteCheck:
     inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
     type: str = "finite"
 
 
-@dataclass
+@section
 class RangeCheck:
     inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
     min: Optional[float] = _f(None, k_float(), "every output value must be >= this", nullable=True)

@@ -40,7 +40,7 @@ import numpy as np
 
 from .dropfolder import complete_name, move_aside
 from .plugins import plugin, plugins
-from .schema import (_BAD, _did_you_mean, _f, _is_int, _show, k_choice, k_float, k_int, k_mode,
+from .schema import (_BAD, section, _did_you_mean, _f, _is_int, _show, k_choice, k_float, k_int, k_mode,
                      k_path, k_socket_path)
 from .tensorwire import ProtocolError, encode_frame, frame_header, read_frame
 
@@ -148,7 +148,7 @@ def _k_fill(v, path, ctx):
     return _BAD
 
 
-@dataclass
+@section
 class SyntheticSourceConfig:
     fill: Any = _f("ones", _k_fill, 'input values: "ones", "zeros", "random", or a number')
     rate: float = _f(0.0, k_float(0.0), "inferences per second over all workers; 0 = flat out")
@@ -156,7 +156,7 @@ class SyntheticSourceConfig:
     type: str = "synthetic"
 
 
-@dataclass
+@section
 class NpyDirSourceConfig:
     path: str = _f(kind=k_path, doc="folder the .npy (one input) / .npz (named inputs) files arrive in")
     poll: float = _f(0.2, k_float(0.0, exclusive_min=True), "seconds between scans of the folder")
@@ -164,7 +164,7 @@ class NpyDirSourceConfig:
     type: str = "npy-dir"
 
 
-@dataclass
+@section
 class SocketSourceConfig:
     path: str = _f(kind=k_socket_path, doc="Unix socket local clients connect to")
     mode: int = _f(0o660, k_mode, "permissions of the socket file")
@@ -172,13 +172,13 @@ class SocketSourceConfig:
     type: str = "socket"
 
 
-@dataclass
+@section
 class StdoutSinkConfig:
     every: float = _f(0.2, k_float(0.0), "print at most one result line per this many seconds; 0 = every result")
     type: str = "stdout"
 
 
-@dataclass
+@section
 class JsonlSinkConfig:
     path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
     every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")

@@ -1,9 +1,14 @@
-"""The config schema machinery: a section is a dataclass whose fields carry a converter
-(``field_spec(default, kind, doc)``); ``build`` validates a mapping into it, collecting every
-problem (key path, cause, did-you-mean for unknown keys) in a ``Ctx`` instead of stopping at the
-first; ``build_typed`` picks the dataclass by the mapping's ``type`` from a plugin registry
-(plugins.py). config.py assembles the sections; plugin modules declare their config with these
-same converters.
+"""The config schema on pydantic v2: a section is a ``@section`` class, a pydantic dataclass
+with unknown keys forbidden (``extra="forbid"``), whose fields are ``_f(default, kind, doc)``:
+the description (``Field(description=doc)``, what config/refitd.yaml and docs are checked
+against) and a converter run as pydantic's validator. The converters (``k_*``) word refitd's
+messages ("must be an integer >= 1, got 0"); pydantic collects every failing field at once and
+``_build`` turns each of its errors into a ``Problem`` with the key path, the YAML line and, for
+an unknown key, a did-you-mean. ``_build_typed`` validates a plugin's config through the
+discriminated union on ``type`` of the plugins registered for its kind (plugins.py).
+
+Sections stay dataclasses (``dataclasses.fields`` / ``replace`` work on them); config.py
+assembles them, plugin modules declare theirs with the same ``section`` and converters.
 """
 from __future__ import annotations
 
@@ -14,7 +19,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tuple, Type, Union
+
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from pydantic_core import PydanticCustomError
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
 
@@ -280,74 +289,148 @@ def _f(default: Any = dataclasses.MISSING, kind: Optional[Callable] = None, doc:
     return field(default=default, metadata=meta)
 
 
-def _build(cls: Type, raw: Any, path: Tuple[str, ...], ctx: _Ctx, skip: Tuple[str, ...] = ()):
-    """Validate mapping ``raw`` into dataclass ``cls``; collect problems; return an instance or
-    None (if the section is unusable). Unknown keys are problems."""
+class _Collect(_Ctx):
+    """A converter's problems, paths relative to the field (turned into one pydantic error)."""
+
+    def __init__(self, base_dir: Optional[Path]):
+        super().__init__(None, base_dir)
+        self.raw: List[Tuple[Tuple[str, ...], str]] = []
+
+    def add(self, path: Tuple[str, ...], message: str) -> None:
+        self.raw.append((tuple(path), message))
+
+
+def _refuse(problems: List[Tuple[Tuple[str, ...], str]]):
+    return PydanticCustomError("refitd", "{message}", {"message": problems[0][1], "problems": problems})
+
+
+def _validator(meta: Any, required: bool) -> Callable[[Any, Any], Any]:
+    kind, nullable, doc = meta.get("kind"), meta.get("nullable"), meta.get("doc", "")
+
+    def check(v: Any, info: Any) -> Any:
+        if v is None:
+            if nullable:
+                return None
+            raise _refuse([((), "is required (%s), got null" % doc if required else
+                            "must not be null (leave the key out for the default)")])
+        if kind is None:
+            return v
+        outer = (info.context or {}).get("ctx") if info is not None else None
+        tmp = _Collect(outer.base_dir if outer is not None else None)
+        out = kind(v, (), tmp)
+        if out is _BAD or tmp.raw:
+            raise _refuse(tmp.raw or [((), "is not valid")])
+        return out
+    return check
+
+
+def section(cls: Type) -> Type:
+    """Makes ``cls`` (fields given with ``_f``) a config section: a pydantic dataclass with
+    unknown keys forbidden, each field validated by its converter and described by its doc; a
+    ``type`` field with a string default becomes ``Literal[default]`` (the union's tag)."""
+    ann = dict(cls.__dict__.get("__annotations__", {}))
+    for name in ann:
+        f = cls.__dict__.get(name)
+        if name == "type" and isinstance(f, str):
+            ann[name] = Literal[f]  # type: ignore[valid-type]
+        elif isinstance(f, dataclasses.Field) and f.metadata.get("kind") is not None:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            ann[name] = Annotated[Any, BeforeValidator(_validator(f.metadata, required)),
+                                  Field(description=f.metadata.get("doc", ""))]
+    cls.__annotations__ = ann
+    return _pydantic_dataclass(cls, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
+
+
+def describe(cls: Type) -> Dict[str, str]:
+    """Field name -> its description (the docs and config/refitd.yaml are checked against it)."""
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls) if f.name != "type"}
+
+
+_ADAPTERS: Dict[Any, TypeAdapter] = {}
+
+
+def _adapter(key: Any, make: Callable[[], Any]) -> TypeAdapter:
+    a = _ADAPTERS.get(key)
+    if a is None:
+        a = _ADAPTERS[key] = TypeAdapter(make())
+    return a
+
+
+def _loc(loc: Tuple[Any, ...]) -> Tuple[str, ...]:
+    return tuple("[%d]" % x if isinstance(x, int) else str(x) for x in loc)
+
+
+def _report(e: ValidationError, cls: Type, path: Tuple[str, ...], ctx: _Ctx, strip: int = 0) -> None:
+    """Each pydantic error as a Problem: key path (+ line via ctx), refitd's wording."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    docs = describe(cls)
+    for err in e.errors():
+        loc = _loc(err["loc"][strip:])
+        kind = err["type"]
+        if kind == "refitd":
+            for sub, message in err["ctx"]["problems"]:
+                ctx.add(path + loc + tuple(sub), message)
+        elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
+            ctx.add(path + loc, "unknown key%s" % _did_you_mean(loc[-1], names))
+        elif kind == "missing":
+            ctx.add(path + loc, "is required (%s)" % docs.get(loc[-1], ""))
+        else:
+            ctx.add(path + loc, err["msg"])
+
+
+def _mapping(raw: Any, path: Tuple[str, ...], ctx: _Ctx, names: List[str]) -> Optional[Dict[str, Any]]:
+    """``raw`` as a mapping with string keys (others reported as unknown), or None."""
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         ctx.add(path, "must be a mapping, got %s" % _show(raw))
         return None
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key in skip:
-            continue
-        if not isinstance(key, str) or key not in names:
-            ctx.add(path + (str(key),), "unknown key%s" % _did_you_mean(key, names))
-    kwargs = {}
-    ok = True
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        meta = f.metadata
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-        if f.name not in raw:
-            if required:
-                ctx.add(path + (f.name,), "is required (%s)" % meta.get("doc", ""))
-                ok = False
-            continue
-        v = raw[f.name]
-        if v is None:
-            if meta.get("nullable"):
-                kwargs[f.name] = None
-                continue
-            if not required:
-                ctx.add(path + (f.name,), "must not be null (leave the key out for the default)")
-            else:
-                ctx.add(path + (f.name,), "is required (%s), got null" % meta.get("doc", ""))
-            ok = False
-            continue
-        kind = meta.get("kind")
-        conv = kind(v, path + (f.name,), ctx) if kind else v
-        if conv is _BAD:
-            ok = False
-            continue
-        kwargs[f.name] = conv
-    if not ok:
-        return None
-    return cls(**kwargs)
+    out = {}
+    for k, v in raw.items():
+        if isinstance(k, str):
+            out[k] = v
+        else:
+            ctx.add(path + (str(k),), "unknown key%s" % _did_you_mean(k, names))
+    return out
 
+
+def _build(cls: Type, raw: Any, path: Tuple[str, ...], ctx: _Ctx, skip: Tuple[str, ...] = ()):
+    """Validates mapping ``raw`` into section ``cls`` (pydantic); every problem goes to ``ctx``.
+    Returns the instance, or None if the section is unusable. ``skip``: keys built apart."""
+    data = _mapping(raw, path, ctx, [f.name for f in dataclasses.fields(cls)])
+    if data is None:
+        return None
+    data = {k: v for k, v in data.items() if k not in skip}
+    try:
+        return _adapter(cls, lambda: cls).validate_python(data, context={"ctx": ctx})
+    except ValidationError as e:
+        _report(e, cls, path, ctx)
+        return None
 
 
 def _build_typed(registry: Dict[str, Type], raw: Any, path: Tuple[str, ...], ctx: _Ctx,
                  default_type: Optional[str], reserved: Optional[Dict[str, str]] = None):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        ctx.add(path, "must be a mapping, got %s" % _show(raw))
+    """Validates a plugin's config through the discriminated union on ``type`` of ``registry``
+    (plugins.config_types(kind)); ``default_type`` when the mapping names none; a ``reserved``
+    type gets its own one-line reason."""
+    data = _mapping(raw, path, ctx, ["type"])
+    if data is None:
         return None
-    t = raw.get("type", default_type)
+    t = data.setdefault("type", default_type) if default_type else data.get("type")
     if t is None:
         ctx.add(path + ("type",), "is required (one of %s)" % ", ".join(registry))
         return None
     if reserved and t in reserved:
         ctx.add(path + ("type",), "%s %s; use one of %s" % (_show(t), reserved[t], ", ".join(registry)))
         return None
-    if t not in registry:
+    if not isinstance(t, str) or t not in registry:
         ctx.add(path + ("type",), "must be one of %s, got %s%s"
                 % (", ".join(registry), _show(t), _did_you_mean(t, registry)))
         return None
-    obj = _build(registry[t], raw, path, ctx, skip=("type",))
-    return obj
-
-
+    classes = tuple(registry.values())
+    union = _adapter(classes, lambda: Annotated[Union[classes], Field(discriminator="type")])
+    try:
+        return union.validate_python(data, context={"ctx": ctx})
+    except ValidationError as e:
+        _report(e, registry[t], path, ctx, strip=1)  # the first loc element is the tag
+        return None
