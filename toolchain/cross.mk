@@ -31,9 +31,10 @@ ENSURE := toolchain/ensure_tools.sh
 
 .PHONY: cross cross-test glibc-check release-lib bundle bundle-all edge-root edge-test edge-ci bundle-smoke cross-tools
 
-# Tools for qemu runs (qemu + the aarch64 loader/libc for -L) and the chosen compiler.
+# Tools for qemu runs (qemu + the aarch64 loader/libc for -L), the chosen compiler, and always
+# gcc-aarch64-linux-gnu: tests/test_edge.py builds with it whatever CROSS_TC is.
 cross-tools:
-	@VENV=$(VENV) $(ENSURE) qemu $(CROSS_TC)
+	@VENV=$(VENV) $(ENSURE) qemu gcc $(CROSS_TC)
 
 cross: cross-tools
 	cmake -S native -B $(CROSS_BUILD) --toolchain $(CROSS_TOOLCHAIN_$(CROSS_TC)) \

@@ -184,6 +184,16 @@ if [ ! -e "$STATEDIR/model.onnx" ]; then
   fi
 fi
 
+# The config against this box, as the service's user (refitd check-config: the model opens, the
+# directories are writable): a problem is reported before the service fails on it, not fatal.
+check_user=$SVC_USER
+[ "$DO_USER" = 1 ] || check_user=$(id -un)
+if "$PREFIX/bin/refitd" check-config --user "$check_user" "$conf" >/dev/null; then
+  say "config $conf checks out for user $check_user"
+else
+  say "the config has the problems above: fix $conf, then refitd check-config $conf"
+fi
+
 # ---- systemd ---------------------------------------------------------------------------------
 if [ "$DO_SYSTEMD" = 1 ]; then
   mkdir -p "$UNITDIR"

@@ -67,6 +67,20 @@ def tensor_sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(_as_bytes_view(arr)).hexdigest()
 
 
+def committed_model(path: str) -> Optional[Tuple[int, str]]:
+    """(current version, its model fingerprint) of the store at ``path``, read without opening
+    or locking it (for `refitd check-config`, while a daemon may hold the store); None when
+    there is no committed version or it cannot be read (opening the store then says why)."""
+    try:
+        with open(os.path.join(path, "current"), "rb") as f:
+            v = int(json.loads(f.read())["version"])
+        with open(os.path.join(path, "versions", "%d.json" % v), "rb") as f:
+            model = json.loads(f.read()).get("model")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (v, model) if isinstance(model, str) else None
+
+
 @dataclass
 class Pending:
     """A version computed in memory by ``Store.prepare``; nothing is on disk yet.
@@ -578,26 +592,33 @@ class Store:
         """``prepare`` + ``write``: stores a version (not yet current). Returns its manifest."""
         return self.write(self.prepare(version, tensors, base, meta))
 
-    def pin(self, version: int) -> None:
-        """Keeps ``version`` through retention until unpinned."""
+    def pin(self, version: int) -> bool:
+        """Keeps ``version`` through retention until unpinned. Idempotent, as ``unpin`` is:
+        False when it was pinned already. A version not in the store is an error."""
         with self._mu:
             if version not in self._manifests:
                 raise StoreError("version %d is not in the store (stored: %s)"
                                  % (version, self._list_str()))
             if version in self._pins:
-                return
+                return False
             self._write_json(self._p("pins.json"), sorted(self._pins | {version}))
             self._pins.add(version)
             self._append_history({"event": "pinned", "version": version})
+            return True
 
-    def unpin(self, version: int) -> None:
+    def unpin(self, version: int) -> bool:
+        """Lets retention remove ``version`` again. False when it was not pinned; a version
+        not in the store is an error (as for ``pin``: a typo must not pass silently)."""
         with self._mu:
             if version not in self._pins:
-                raise StoreError("version %d is not pinned (pinned: %s)"
-                                 % (version, ", ".join(map(str, sorted(self._pins))) or "none"))
+                if version not in self._manifests:
+                    raise StoreError("version %d is not in the store (stored: %s)"
+                                     % (version, self._list_str()))
+                return False
             self._write_json(self._p("pins.json"), sorted(self._pins - {version}))
             self._pins.discard(version)
             self._append_history({"event": "unpinned", "version": version})
+            return True
 
     def record(self, event: str, **fields: Any) -> None:
         """Appends an event to history.jsonl (O_APPEND, fsync)."""
