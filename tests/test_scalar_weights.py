@@ -34,7 +34,7 @@ def _write_source(path: str, tensors) -> None:
 
 
 def test_pack_keeps_scalar_shapes(tmp_path):
-    from refitd.package import pack
+    from refitd.pack import pack
     model = str(clip_scalar_model(tmp_path / "clip.onnx"))
     for ext in (".npz", ".safetensors"):
         src = str(tmp_path / ("bounds" + ext))

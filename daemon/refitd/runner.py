@@ -2,12 +2,12 @@
 (one native context per thread, kept by the engine) and give every result, with the weight
 version that produced it, to a sink.
 
-Sources (registry ``SOURCES``, keyed like config.SOURCE_TYPES):
+Sources (plugins.py: each class declared once with its config, ``@plugin("source", type, Config)``):
   synthetic  fixed (ones / zeros / a number) or random tensors, at a set total rate or flat out
   npy-dir    a folder polled for ``.npy`` (single-input models) / ``.npz`` (named inputs) files
   socket     a Unix socket: local clients send tensors and get the result back (protocol below)
 
-Sinks (registry ``SINKS``): stdout (a line at most every ``every`` seconds), jsonl (a file).
+Sinks (``@plugin("sink", ...)``): stdout (a line at most every ``every`` seconds), jsonl (a file).
 
 Live counters (``Stats``): inferences total and per second, errors, latency p50/p99 over the
 last few seconds (a ring buffer), and a cumulative latency histogram for Prometheus.
@@ -30,7 +30,6 @@ import json
 import os
 import queue
 import socket
-import struct
 import sys
 import threading
 import time
@@ -39,8 +38,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Item", "Result", "Stats", "Runner", "SOURCES", "SINKS", "register_source",
-           "register_sink", "socket_infer", "encode_frame", "read_frame", "LATENCY_BUCKETS"]
+from .dropfolder import complete_name, move_aside
+from .plugins import plugin, plugins
+from .schema import (_BAD, section, _did_you_mean, _f, _is_int, _show, k_choice, k_float, k_int, k_mode,
+                     k_path, k_socket_path)
+from .tensorwire import ProtocolError, encode_frame, frame_header, read_frame
+
+__all__ = ["Item", "Result", "Stats", "Runner", "socket_infer", "encode_frame", "read_frame",
+           "LATENCY_BUCKETS", "SyntheticSourceConfig", "NpyDirSourceConfig", "SocketSourceConfig",
+           "StdoutSinkConfig", "JsonlSinkConfig"]
 
 
 @dataclass
@@ -132,26 +138,51 @@ class Stats:
         return snap
 
 
-# ---- registries ------------------------------------------------------------------------------
+# ---- plugin configs (one declaration per plugin: plugins.py) -----------------------------------
 
-SOURCES: Dict[str, type] = {}
-SINKS: Dict[str, type] = {}
-
-
-def register_source(name: str):
-    def deco(cls):
-        SOURCES[name] = cls
-        cls.kind = name
-        return cls
-    return deco
+def _k_fill(v, path, ctx):
+    if v in ("ones", "zeros", "random") or _is_int(v) or isinstance(v, float):
+        return v
+    ctx.add(path, 'must be "ones", "zeros", "random" or a number, got %s%s'
+            % (_show(v), _did_you_mean(v, ("ones", "zeros", "random"))))
+    return _BAD
 
 
-def register_sink(name: str):
-    def deco(cls):
-        SINKS[name] = cls
-        cls.kind = name
-        return cls
-    return deco
+@section
+class SyntheticSourceConfig:
+    fill: Any = _f("ones", _k_fill, 'input values: "ones", "zeros", "random", or a number')
+    rate: float = _f(0.0, k_float(0.0), "inferences per second over all workers; 0 = flat out")
+    seed: Optional[int] = _f(None, k_int(0), "random seed for fill: random", nullable=True)
+    type: str = "synthetic"
+
+
+@section
+class NpyDirSourceConfig:
+    path: str = _f(kind=k_path, doc="folder the .npy (one input) / .npz (named inputs) files arrive in")
+    poll: float = _f(0.2, k_float(0.0, exclusive_min=True), "seconds between scans of the folder")
+    done: str = _f("move", k_choice("move", "delete"), "what happens to a file once inferred: move to done/ or delete")
+    type: str = "npy-dir"
+
+
+@section
+class SocketSourceConfig:
+    path: str = _f(kind=k_socket_path, doc="Unix socket local clients connect to")
+    mode: int = _f(0o660, k_mode, "permissions of the socket file")
+    max_bytes: int = _f(64 << 20, k_int(1), "largest request accepted")
+    type: str = "socket"
+
+
+@section
+class StdoutSinkConfig:
+    every: float = _f(0.2, k_float(0.0), "print at most one result line per this many seconds; 0 = every result")
+    type: str = "stdout"
+
+
+@section
+class JsonlSinkConfig:
+    path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
+    every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")
+    type: str = "jsonl"
 
 
 def _fill_tensor(fill: Any, shape, dtype, rng) -> np.ndarray:
@@ -210,7 +241,7 @@ class QueuedSource(Source):
         return self._stop.is_set() and self._q.empty()
 
 
-@register_source("synthetic")
+@plugin("source", "synthetic", SyntheticSourceConfig)
 class SyntheticSource(Source):
     """The same tensors every time (ones / zeros / a number) or fresh random ones, paced to
     ``rate`` inferences per second over all workers (0 = flat out)."""
@@ -253,11 +284,7 @@ class SyntheticSource(Source):
         return {"type": self.kind, "fill": self.cfg.fill, "rate": self.cfg.rate}
 
 
-def _complete_name(name: str) -> bool:
-    return not (name.startswith(".") or name.endswith(".part") or name.endswith(".tmp"))
-
-
-@register_source("npy-dir")
+@plugin("source", "npy-dir", NpyDirSourceConfig)
 class NpyDirSource(QueuedSource):
     """Polls a folder for ``*.npy`` / ``*.npz`` (temp names ``*.part``, ``.*`` ignored; write
     then rename in). Each file is inferred once, then moved to ``done/`` (or deleted); a file
@@ -281,17 +308,11 @@ class NpyDirSource(QueuedSource):
     def _finish(self, path: str, name: str, error: Optional[str]) -> None:
         try:
             if error is not None:
-                d = os.path.join(self.cfg.path, "failed")
-                os.makedirs(d, exist_ok=True)
-                os.replace(path, os.path.join(d, name))
-                with open(os.path.join(d, name + ".reason"), "w") as f:
-                    f.write(error + "\n")
+                move_aside(self.cfg.path, "failed", name, error)
             elif self.cfg.done == "delete":
                 os.unlink(path)
             else:
-                d = os.path.join(self.cfg.path, "done")
-                os.makedirs(d, exist_ok=True)
-                os.replace(path, os.path.join(d, name))
+                move_aside(self.cfg.path, "done", name)
         except OSError as e:
             self.events.emit("runner.error", source="npy-dir", file=name, error=str(e))
         finally:
@@ -311,7 +332,7 @@ class NpyDirSource(QueuedSource):
         """The candidate files whose size and mtime did not change since the last scan."""
         ready, now = [], {}
         for e in entries:
-            if not e.is_file() or not _complete_name(e.name) or not e.name.endswith((".npy", ".npz")):
+            if not e.is_file() or not complete_name(e.name) or not e.name.endswith((".npy", ".npz")):
                 continue
             try:
                 st = e.stat()
@@ -370,67 +391,6 @@ class NpyDirSource(QueuedSource):
 
 # ---- socket protocol ---------------------------------------------------------------------------
 
-_LEN = struct.Struct(">I")
-MAX_HEADER = 1 << 20
-
-
-class ProtocolError(Exception):
-    pass
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            if not buf:
-                raise EOFError
-            raise ProtocolError("connection closed in the middle of a frame")
-        buf += chunk
-    return bytes(buf)
-
-
-def encode_frame(header: Dict[str, Any], tensors: List[np.ndarray] = ()) -> bytes:
-    h = json.dumps(header, separators=(",", ":")).encode()
-    return _LEN.pack(len(h)) + h + b"".join(np.ascontiguousarray(t).tobytes() for t in tensors)
-
-
-def read_frame(sock: socket.socket, key: str, max_bytes: int) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """Reads one frame; ``key`` is "inputs" (server side) or "outputs" (client side)."""
-    (n,) = _LEN.unpack(_recv_exact(sock, 4))
-    if n > MAX_HEADER:
-        raise ProtocolError("header of %d bytes is larger than %d" % (n, MAX_HEADER))
-    try:
-        header = json.loads(_recv_exact(sock, n))
-    except ValueError as e:
-        raise ProtocolError("header is not JSON: %s" % e)
-    if not isinstance(header, dict):
-        raise ProtocolError("header must be a JSON object")
-    tensors: Dict[str, np.ndarray] = {}
-    if header.get("ok") is False:
-        return header, tensors
-    specs = header.get(key)
-    if not isinstance(specs, list):
-        raise ProtocolError('header needs "%s": a list of {name, dtype, shape}' % key)
-    total = 0
-    for spec in specs:
-        try:
-            name = str(spec["name"])
-            dtype = np.dtype(spec["dtype"])
-            shape = tuple(int(d) for d in spec["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ProtocolError("bad tensor description %s: %s" % (json.dumps(spec)[:80], e))
-        if dtype.kind not in "fiu" or any(d < 0 for d in shape):
-            raise ProtocolError("tensor %s: unsupported dtype %s or shape %s" % (name, dtype, list(shape)))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        total += nbytes
-        if total > max_bytes:
-            raise ProtocolError("request larger than %d bytes" % max_bytes)
-        data = _recv_exact(sock, nbytes) if nbytes else b""
-        tensors[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return header, tensors
-
-
 def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0,
                  sock: Optional[socket.socket] = None) -> Tuple[Dict[str, np.ndarray], int]:
     """Client of the socket source: sends ``inputs``, returns (outputs, version). Raises
@@ -441,9 +401,7 @@ def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0
         sock.settimeout(timeout)
         sock.connect(path)
     try:
-        arrs = [np.asarray(a, order="C") for a in inputs.values()]  # 0-d stays 0-d
-        header = {"inputs": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
-                             for n, a in zip(inputs, arrs)]}
+        header, arrs = frame_header("inputs", inputs)
         sock.sendall(encode_frame(header, arrs))
         reply, outputs = read_frame(sock, "outputs", 1 << 31)
         if not reply.get("ok"):
@@ -454,7 +412,7 @@ def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0
             sock.close()
 
 
-@register_source("socket")
+@plugin("source", "socket", SocketSourceConfig)
 class SocketSource(QueuedSource):
     """The local inference API: a Unix socket (mode from config) where each connection sends
     requests and gets replies in order (see the module docstring for the frame format)."""
@@ -518,12 +476,9 @@ class SocketSource(QueuedSource):
                 if res.error is not None:
                     conn.sendall(encode_frame({"ok": False, "error": res.error}))
                     continue
-                names = list(res.outputs)
-                arrs = [res.outputs[n] for n in names]
-                conn.sendall(encode_frame({
-                    "ok": True, "version": res.version, "seconds": round(res.seconds, 6),
-                    "outputs": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
-                                for n, a in zip(names, arrs)]}, arrs))
+                header, arrs = frame_header("outputs", res.outputs)
+                header.update(ok=True, version=res.version, seconds=round(res.seconds, 6))
+                conn.sendall(encode_frame(header, arrs))
         except OSError:
             return
         finally:
@@ -597,7 +552,7 @@ class Sink(abc.ABC):
         pass
 
 
-@register_sink("stdout")
+@plugin("sink", "stdout", StdoutSinkConfig)
 class StdoutSink(Sink):
     def __init__(self, cfg, events, stream=None):
         super().__init__(cfg, events)
@@ -619,7 +574,7 @@ class StdoutSink(Sink):
             pass
 
 
-@register_sink("jsonl")
+@plugin("sink", "jsonl", JsonlSinkConfig)
 class JsonlSink(Sink):
     """Appends one JSON object per result: {"t", "version", "worker", "seconds", "outputs"
     (nested lists) or "error", "tag"}."""
@@ -679,8 +634,8 @@ class Runner:
 
     @classmethod
     def from_config(cls, cfg, engine, events, sink_stream=None) -> "Runner":
-        source = SOURCES[cfg.source.type](cfg.source, engine, events)
-        sink_cls = SINKS[cfg.sink.type]
+        source = plugins("source")[cfg.source.type](cfg.source, engine, events)
+        sink_cls = plugins("sink")[cfg.sink.type]
         sink = sink_cls(cfg.sink, events, sink_stream) if sink_cls is StdoutSink else sink_cls(cfg.sink, events)
         return cls(engine, source, sink, cfg.workers.threads, events)
 
