@@ -72,5 +72,11 @@ def test_with_progress_names_the_step_and_its_last_log_line(tmp_path):
     # the first beat may come before a loaded machine has run the command's echo; the last cannot
     assert beats[-1].endswith(" s so far; I: Unpacking libc6..."), beats
     assert (tmp_path / "stage.log").read_text() == "I: Unpacking libc6...\n"
+    # PROGRESS_DETAIL: the last line of a finer log (debootstrap's own, inside the root)
+    detail = tmp_path / "debootstrap.log"
+    detail.write_text("Unpacking python3.9 (3.9.2-1) ...\n")
+    r = subprocess.run(["bash", "-c", "export PROGRESS_DETAIL=%s; " % detail + script], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 5 and r.stderr.splitlines()[0].endswith(" s so far; Unpacking python3.9 (3.9.2-1) ..."), r.stderr
     # edge_root.sh runs both debootstrap stages through it
     assert (ROOT / "toolchain" / "edge_root.sh").read_text().count("with_progress ") == 2

@@ -73,7 +73,8 @@ def test_rename_in_is_applied(s, tmp_path):
     outside = str(tmp_path / "pkg.safetensors")
     seed_package(outside, 2, 1, s.fp)
     os.rename(outside, os.path.join(s.drop, "v1.safetensors"))
-    wait_until(lambda: "v1.safetensors" in _files(os.path.join(s.drop, "applied")), what="applied")
+    # the .reason is written after the package moves: wait for it, not only for the package
+    wait_until(lambda: "v1.safetensors.reason" in _files(os.path.join(s.drop, "applied")), what="applied")
     outs, v = s.y()
     assert v == 1 and outs["y"].item() == 18.0
     reason = open(os.path.join(s.drop, "applied", "v1.safetensors.reason")).read()
@@ -255,7 +256,7 @@ def test_serving_package_dropped_again_reason_event_and_doc_agree(s, tmp_path):
     for name in ("first.safetensors", "again.safetensors"):
         with open(os.path.join(s.drop, name), "wb") as f:
             f.write(data)
-        wait_until(lambda: name in _files(os.path.join(s.drop, "applied")), what=name + " applied")
+        wait_until(lambda: name + ".reason" in _files(os.path.join(s.drop, "applied")), what=name + " applied")
     reason = open(os.path.join(s.drop, "applied", "again.safetensors.reason")).read().strip()
     assert reason == "already serving: this very package is version 1; nothing changed"
     events = [json.loads(line)["event"] for line in s.log.getvalue().splitlines()]

@@ -52,7 +52,8 @@ t2=$(now)
 # on busy ones (docs/edge.md). The ticker says how long so far and what debootstrap is at (its
 # log's last line).
 echo "edge-root: second stage (unpacks and configures every package, arm64 under qemu; ~2.5 min on 2 quiet cores, 6+ busy)" >&2
-with_progress "edge-root: second stage" "$ROOT.debootstrap2.log" \
+# Its own log says only "Unpacking the base system..." for minutes; dpkg's lines are in the root's.
+PROGRESS_DETAIL="$ROOT/debootstrap/debootstrap.log" with_progress "edge-root: second stage" "$ROOT.debootstrap2.log" \
   chroot "$ROOT" /debootstrap/debootstrap --second-stage \
   || { tail -20 "$ROOT.debootstrap2.log" >&2; tail -30 "$ROOT/debootstrap/debootstrap.log" >&2 || true; exit 1; }
 t_second=$(elapsed "$t2")
