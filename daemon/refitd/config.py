@@ -12,14 +12,14 @@ Sections (see ``config/refitd.yaml`` for the annotated example and docs/daemon.m
   model     path, backend, options, name_map
   workers   threads
   source    type synthetic | npy-dir | socket (a registry: SOURCE_TYPES), plus that type's fields
-  sink      type stdout | jsonl (mqtt reserved), plus that type's fields
+  sink      type stdout | jsonl | mqtt, plus that type's fields
   store     path, keep, max_package_bytes
   watch     path (or null: no file-drop channel)
   health    checks (golden | finite | range), window (the post-swap watch window)
   control   socket, mode
   log       format text | json, level
   metrics   listen (loopback "127.0.0.1:PORT", or null)
-  mqtt      reserved (accepted and validated minimally; comes with the MQTT issue)
+  mqtt      the fleet channel: broker, fleet, group, TLS, credentials, ... (refitd.fleet.settings)
   security  reserved (accepted and validated minimally; comes with the security issue)
 
 Relative paths are resolved against the directory of the config file. Every section is optional
@@ -497,8 +497,15 @@ class JsonlSinkConfig:
     type: str = "jsonl"
 
 
-SINK_TYPES: Dict[str, Type] = {"stdout": StdoutSinkConfig, "jsonl": JsonlSinkConfig}
-SINK_RESERVED = {"mqtt": "comes with MQTT support (not available yet)"}
+@dataclass
+class MqttSinkConfig:
+    """Results go to the fleet channel (rate: mqtt.results_rate); needs mqtt.enabled."""
+    type: str = "mqtt"
+
+
+SINK_TYPES: Dict[str, Type] = {"stdout": StdoutSinkConfig, "jsonl": JsonlSinkConfig,
+                               "mqtt": MqttSinkConfig}
+SINK_RESERVED: Dict[str, str] = {}
 
 
 @dataclass
@@ -576,17 +583,8 @@ class MetricsConfig:
     listen: Optional[Tuple[str, int]] = _f(None, k_listen, "loopback host:port of the Prometheus endpoint; null = off", nullable=True)
 
 
-@dataclass
-class MqttConfig:
-    """Reserved for the MQTT issue: accepted, checked minimally, not used yet."""
-    enabled: bool = _f(False, k_bool, "reserved: MQTT fleet updates are not available yet")
-    host: Optional[str] = _f(None, k_str, "broker host", nullable=True)
-    port: int = _f(1883, k_int(1, 65535), "broker port")
-    client_id: Optional[str] = _f(None, k_str, "client id", nullable=True)
-    topic_prefix: str = _f("refitd", k_str, "topic prefix")
-    tls: bool = _f(False, k_bool, "use TLS")
-    username: Optional[str] = _f(None, k_str, "user name", nullable=True)
-    password_file: Optional[str] = _f(None, k_path, "file holding the password", nullable=True)
+# The mqtt section lives with the fleet channel (refitd.fleet.settings); only its parse is called.
+from .fleet.settings import MqttSettings as MqttConfig  # noqa: E402
 
 
 @dataclass
@@ -693,6 +691,15 @@ def _build_health(raw, ctx):
     return HealthConfig(checks=checks, window=window)
 
 
+def _build_mqtt(raw, ctx):
+    from .fleet.settings import parse
+
+    def resolve(v: str) -> str:
+        p = Path(os.path.expanduser(v))
+        return str(ctx.base_dir / p if not p.is_absolute() and ctx.base_dir is not None else p)
+    return parse(raw, ctx.add, resolve)
+
+
 def parse_config(raw: Any, origin: Optional[str] = None,
                  lines: Optional[Dict[Tuple[str, ...], int]] = None,
                  base_dir: Optional[str] = None) -> Config:
@@ -724,7 +731,7 @@ def parse_config(raw: Any, origin: Optional[str] = None,
         control = _build(ControlConfig, raw.get("control"), ("control",), ctx)
     log = _build(LogConfig, raw.get("log"), ("log",), ctx)
     metrics = _build(MetricsConfig, raw.get("metrics"), ("metrics",), ctx)
-    mqtt = _build(MqttConfig, raw.get("mqtt"), ("mqtt",), ctx)
+    mqtt = _build_mqtt(raw.get("mqtt"), ctx)
     security = _build(SecurityConfig, raw.get("security"), ("security",), ctx)
 
     # Cross-field rules, checked after each section parsed.
@@ -732,8 +739,8 @@ def parse_config(raw: Any, origin: Optional[str] = None,
         w = health.window
         if w.range_min is not None and w.range_max is not None and w.range_min > w.range_max:
             ctx.add(("health", "window", "range_min"), "must be <= range_max")
-    if mqtt is not None and mqtt.enabled:
-        ctx.add(("mqtt", "enabled"), "MQTT fleet updates are not available yet (coming with the MQTT issue); set false")
+    if sink is not None and sink.type == "mqtt" and mqtt is not None and not mqtt.enabled:
+        ctx.add(("sink", "type"), "mqtt needs mqtt.enabled: true (results go over the fleet channel)")
     if security is not None and security.require_signature:
         ctx.add(("security", "require_signature"), "signature checks are not available yet (coming with the security issue); set false")
     paths: Dict[str, str] = {}

@@ -77,6 +77,7 @@ class Daemon:
         self.pipeline = None
         self.runner = None
         self.watcher = None
+        self.fleet = None
         self.control = None
         self.metrics = None
         self.window = None
@@ -165,6 +166,8 @@ class Daemon:
                 self.watcher.start()
             except OSError as e:
                 raise StartupError("cannot watch %s: %s" % (cfg.watch.path, _first_line(e)))
+        if cfg.mqtt.enabled:
+            self._start_fleet()
         if cfg.metrics.listen:
             from .metrics import MetricsServer
             self.metrics = MetricsServer(cfg.metrics.listen, self.metrics_text)
@@ -183,6 +186,44 @@ class Daemon:
         except OSError as e:
             self.control = None
             raise StartupError("cannot create the control socket %s: %s" % (cfg.control.socket, _first_line(e)))
+
+    def _start_fleet(self) -> None:
+        """The third channel: MQTT (refitd.fleet.device). The broker being down is not a
+        start-up error: the channel reconnects on its own and inference runs meanwhile."""
+        from .fleet.device import FALSE, FleetDevice
+        from .fleet.link import Link, LinkError, LinkOptions
+        from .fleet import topics
+        m = self.cfg.mqtt
+        opts = LinkOptions(url=m.url, client_id=m.client_id, protocol=m.protocol,
+                           keepalive=m.keepalive, cafile=m.cafile, certfile=m.certfile,
+                           keyfile=m.keyfile, username=m.username, password_file=m.password_file,
+                           backoff_max=m.backoff_max, clean=False)
+        try:
+            link = Link(opts, will=(topics.online(m.fleet, m.client_id), FALSE))
+        except LinkError as e:
+            raise StartupError("cannot set up the MQTT channel: %s" % e)
+        partial = m.partial_dir or os.path.join(self.cfg.store.path, "fleet")
+
+        def deliver(path: str):
+            o = self.pipeline.apply(path, source="mqtt")
+            self._record(o, "mqtt", path)
+            return o
+        self.fleet = FleetDevice(m, link, self, partial, deliver=deliver).start()
+        from .runner import MqttSink
+        if self.runner is not None and isinstance(self.runner.sink, MqttSink):
+            self.runner.sink.target = self.fleet
+        self.events.emit("mqtt.started", broker=m.url, fleet=m.fleet, group=m.group,
+                         client_id=m.client_id)
+
+    def command(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        """The fleet channel's cmd topic: rollback, pin and unpin through the control handlers."""
+        handler = {"rollback": self._h_rollback, "pin": self._h_pin, "unpin": self._h_unpin}[req["cmd"]]
+        try:
+            resp = handler(req)
+        except ControlError as e:
+            return {"ok": False, "error": str(e)}
+        resp.setdefault("ok", True)
+        return resp
 
     # ---- state for status / versions ---------------------------------------------------
 
@@ -297,10 +338,11 @@ class Daemon:
         to = self._version_arg(req, "to", required=False)
         self._enter()
         try:
-            o = self.pipeline.rollback(to=to, source="cli")
+            source = "mqtt" if req.get("source") == "mqtt" else "cli"
+            o = self.pipeline.rollback(to=to, source=source)
         finally:
             self._leave()
-        self._record(o, "cli", None, action="rollback")
+        self._record(o, source, None, action="rollback")
         return self._outcome_response(o)
 
     def _h_pin(self, req: Dict[str, Any]) -> Dict[str, Any]:
@@ -427,6 +469,8 @@ class Daemon:
             self._stopping = True
         if self.watcher is not None:
             self.watcher.stop()
+        if self.fleet is not None:
+            self.fleet.stop()  # online=false before the clean disconnect
         if self.control is not None:
             self.control.stop()
         with self._busy_cv:  # updates already running through the control socket finish

@@ -7,7 +7,8 @@ Sources (registry ``SOURCES``, keyed like config.SOURCE_TYPES):
   npy-dir    a folder polled for ``.npy`` (single-input models) / ``.npz`` (named inputs) files
   socket     a Unix socket: local clients send tensors and get the result back (protocol below)
 
-Sinks (registry ``SINKS``): stdout (a line at most every ``every`` seconds), jsonl (a file).
+Sinks (registry ``SINKS``): stdout (a line at most every ``every`` seconds), jsonl (a file), mqtt
+(the fleet channel's results topic).
 
 Live counters (``Stats``): inferences total and per second, errors, latency p50/p99 over the
 last few seconds (a ring buffer), and a cumulative latency histogram for Prometheus.
@@ -619,6 +620,33 @@ class StdoutSink(Sink):
             pass
 
 
+def _record(res: Result) -> Dict[str, Any]:
+    """A result as the jsonl and mqtt sinks write it."""
+    rec: Dict[str, Any] = {"t": round(res.t, 6), "version": res.version, "worker": res.worker,
+                           "seconds": round(res.seconds, 9)}
+    if res.tag is not None:
+        rec["tag"] = res.tag
+    if res.error is not None:
+        rec["error"] = res.error
+    else:
+        rec["outputs"] = _jsonable(res.outputs)
+    return rec
+
+
+@register_sink("mqtt")
+class MqttSink(Sink):
+    """Results to the fleet channel's ``.../results`` topic. The channel (``target``, set by the
+    daemon once it runs) rate-limits to ``mqtt.results_rate`` and drops while offline, so a
+    worker never waits on the network."""
+
+    target = None
+
+    def put(self, res: Result) -> None:
+        t = self.target
+        if t is not None:
+            t.publish_result(_record(res))
+
+
 @register_sink("jsonl")
 class JsonlSink(Sink):
     """Appends one JSON object per result: {"t", "version", "worker", "seconds", "outputs"
@@ -633,15 +661,7 @@ class JsonlSink(Sink):
     def put(self, res: Result) -> None:
         if not self._due(res):
             return
-        rec: Dict[str, Any] = {"t": round(res.t, 6), "version": res.version, "worker": res.worker,
-                               "seconds": round(res.seconds, 9)}
-        if res.tag is not None:
-            rec["tag"] = res.tag
-        if res.error is not None:
-            rec["error"] = res.error
-        else:
-            rec["outputs"] = _jsonable(res.outputs)
-        line = json.dumps(rec, separators=(",", ":"))
+        line = json.dumps(_record(res), separators=(",", ":"))
         with self._wlock:
             if self._f is not None:
                 self._f.write(line + "\n")
