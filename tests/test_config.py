@@ -56,7 +56,7 @@ CASES = [
     ("source.fill", "twos", 'source.fill: must be "ones", "zeros", "random" or a number, got "twos"'),
     ("source.path", "/tmp/x", "source.path: unknown key"),
     ("mqtt.keepalive", 1, "mqtt.keepalive: must be an integer in [5, 3600]"),
-    ("sink.type", "kafka", 'sink.type: must be one of stdout, jsonl, got "kafka"'),
+    ("sink.type", "kafka", 'sink.type: must be one of stdout, jsonl, mqtt, got "kafka"'),
     ("sink.every", "often", 'sink.every: must be a number >= 0, got "often"'),
     ("watch.path", 5, "watch.path: must be a path (a non-empty string), got 5"),
     ("watch.paht", "/x", 'watch.paht: unknown key (did you mean "path"?)'),

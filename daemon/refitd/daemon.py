@@ -194,12 +194,12 @@ class Daemon:
         from .fleet.link import Link, LinkError, LinkOptions
         from .fleet import topics
         m = self.cfg.mqtt
-        opts = LinkOptions(url=m.url, client_id=m.client_id, protocol=m.protocol,
+        opts = LinkOptions(url=m.url, client_id=m.device_id, protocol=m.protocol,
                            keepalive=m.keepalive, cafile=m.cafile, certfile=m.certfile,
                            keyfile=m.keyfile, username=m.username, password_file=m.password_file,
                            backoff_max=m.backoff_max, clean=False)
         try:
-            link = Link(opts, will=(topics.online(m.fleet, m.client_id), FALSE))
+            link = Link(opts, will=(topics.online(m.fleet, m.device_id), FALSE))
         except LinkError as e:
             raise StartupError("cannot set up the MQTT channel: %s" % e)
         partial = m.partial_dir or os.path.join(self.cfg.store.path, "fleet")
@@ -213,7 +213,7 @@ class Daemon:
         if self.runner is not None and isinstance(self.runner.sink, MqttSink):
             self.runner.sink.target = self.fleet
         self.events.emit("mqtt.started", broker=m.url, fleet=m.fleet, group=m.group,
-                         client_id=m.client_id)
+                         client_id=m.device_id)
 
     def command(self, req: Dict[str, Any]) -> Dict[str, Any]:
         """The fleet channel's cmd topic: rollback, pin and unpin through the control handlers."""

@@ -39,7 +39,7 @@ class FleetDevice:
         self.s = settings
         self.link = link
         self.host = host
-        self.fleet, self.id, self.group = settings.fleet, settings.client_id, settings.group
+        self.fleet, self.id, self.group = settings.fleet, settings.device_id, settings.group
         self.partial = partial_dir
         os.makedirs(partial_dir, exist_ok=True)
         self.deliver = deliver or (lambda path: host.pipeline.apply(path, source="mqtt"))

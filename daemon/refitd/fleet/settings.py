@@ -43,6 +43,11 @@ class MqttSettings:
     partial_dir: Optional[str] = None  # default: <store.path>/fleet
 
     @property
+    def device_id(self) -> str:
+        """The client id, which is also the device id in the topics."""
+        return self.client_id or default_client_id()
+
+    @property
     def url(self) -> str:
         if self.broker:
             return self.broker
@@ -136,7 +141,7 @@ def parse(raw: Any, add: Callable[[Tuple[str, ...], str], None],
         if not s.broker and not s.host:
             add(("mqtt", "broker"), "is required when mqtt.enabled (e.g. mqtt://127.0.0.1:1883)")
             ok = False
-        if not s.fleet:
+        elif not s.fleet:
             add(("mqtt", "fleet"), "is required when mqtt.enabled (the fleet this box belongs to)")
             ok = False
         if (s.certfile is None) != (s.keyfile is None):
@@ -148,6 +153,4 @@ def parse(raw: Any, add: Callable[[Tuple[str, ...], str], None],
             if v is not None and not os.path.isfile(v):
                 add(("mqtt", k), "file not found: %s" % v)
                 ok = False
-    if ok and s.client_id is None:
-        s.client_id = default_client_id()
     return s if ok else None
