@@ -72,6 +72,7 @@ class Mosquitto:
     """One mosquitto process: ``port`` plain, ``tls_port`` TLS requiring a client certificate."""
 
     workdir: str
+    certs: str = ""  # a make_certs directory (made under workdir when empty)
     port: int = 0
     tls_port: int = 0
     max_packet_size: int = 0
@@ -90,13 +91,15 @@ class Mosquitto:
         return os.path.join(self.workdir, "mosquitto.log")
 
     def cert(self, name: str) -> str:
-        return os.path.join(self.workdir, "certs", name)
+        return os.path.join(self.certs, name)
 
     def write_config(self) -> str:
         if not self.port:
             self.port = free_port()
             self.tls_port = free_port()
-            make_certs(os.path.join(self.workdir, "certs"))
+            if not self.certs:
+                self.certs = os.path.join(self.workdir, "certs")
+                make_certs(self.certs)
         conf = os.path.join(self.workdir, "mosquitto.conf")
         lines = [
             "per_listener_settings false",
