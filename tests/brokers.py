@@ -4,6 +4,7 @@ ports, and stopped after. Certificates (a CA, a server and a client certificate,
 certificate from a CA the broker does not trust) are made with the openssl command."""
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -102,6 +103,8 @@ class Mosquitto:
                 make_certs(self.certs)
         conf = os.path.join(self.workdir, "mosquitto.conf")
         lines = [
+            # as root mosquitto drops to user "mosquitto", who cannot read the test's files
+            "user %s" % getpass.getuser(),
             "per_listener_settings false",
             "allow_anonymous true",
             "persistence true",
