@@ -63,8 +63,14 @@ class Device(DaemonProc):
         wait_until(lambda: self.serving() == v, timeout, what="%s serving version %d\n%s" % (
             self.id, v, self.log()[-3000:]))
 
-    def mqtt_events(self, kind: Optional[str] = None) -> List[Dict[str, Any]]:
-        return [e for e in self.events() if e.get("source") == "mqtt" and (kind is None or e.get("event") == kind)]
+    def mqtt_events(self, kind: str) -> List[Dict[str, Any]]:
+        """The channel's own events in the daemon log (``mqtt.<kind>``)."""
+        out = []
+        with open(self.log_path, "rb") as f:  # the whole log (DaemonProc.log keeps a tail)
+            for line in f.read().decode("utf-8", "replace").splitlines():
+                if line.startswith("{") and '"mqtt.%s"' % kind in line:
+                    out.append(json.loads(line))
+        return out
 
     def applied_count(self, v: int) -> int:
         """How many times the store committed version ``v`` (history.jsonl)."""
@@ -89,3 +95,33 @@ def cli_bg(*args: str, log: str) -> subprocess.Popen:
                          stderr=subprocess.STDOUT, env=env())
     out.close()
     return p
+
+
+class TestClient:
+    """A plain paho client for what the tests do by hand: publish a crafted desired state,
+    play a rogue weight server, watch a topic."""
+
+    def __init__(self, url: str, client_id: str):
+        import queue
+        import paho.mqtt.client as mqtt
+        host, port = url.split("//")[1].split(":")
+        self.inbox: "queue.Queue" = queue.Queue()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5)
+        self.c.on_message = lambda c, u, m: self.inbox.put(m)
+        self.c.connect(host, int(port))
+        self.c.loop_start()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def subscribe(self, topic: str) -> None:
+        import threading
+        done = threading.Event()
+        self.c.on_subscribe = lambda *a: done.set()
+        self.c.subscribe(topic, qos=1)
+        done.wait(10)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()

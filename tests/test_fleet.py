@@ -94,3 +94,109 @@ def test_push_reaches_two_devices(broker, work, chain, devices):
     # the table printed by `fleet status` names both
     r = cli("fleet", "status", "--fleet", FLEET, "--broker", broker.url)
     assert r.returncode == 0 and "dev-a" in r.stdout and "dev-b" in r.stdout, r.stdout
+
+
+def serve(broker_url, pkg_dir, log, *extra):
+    return cli_bg("serve", "--dir", pkg_dir, "--broker", broker_url, *extra, log=log)
+
+
+def stop_bg(p) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+
+
+def test_offline_device_catches_up_when_it_starts(broker, work, chain, devices):
+    a = start_device(devices, work, chain, broker.url, "dev-a")
+    b = start_device(devices, work, chain, broker.url, "dev-b")
+    wait_online(broker.url, ["dev-a", "dev-b"])
+    b.stop()  # clean stop: online=false before the disconnect
+    wait_until(lambda: fleet_status(broker.url)["dev-b"]["online"] is False, 20, interval=0.3,
+               what="dev-b offline")
+    pkgs = os.path.join(work, "pkgs")
+    os.makedirs(pkgs)
+    pkg = write_chain_package(os.path.join(pkgs, "v1.safetensors"), chain[1], 1)
+    r = push(broker.url, pkg, "--expect", "dev-a")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 applied" in r.stdout and "1 offline" in r.stdout, r.stdout
+    assert a.serving() == 1
+    srv = serve(broker.url, pkgs, os.path.join(work, "serve.log"))  # persistent server
+    try:
+        b.start()
+        b.wait_version(1)
+    finally:
+        stop_bg(srv)
+    assert b.applied_count(1) == 1
+
+
+def test_partial_update_costs_the_changed_bytes(broker, work, chain, devices):
+    a = start_device(devices, work, chain, broker.url, "dev-a")
+    b = start_device(devices, work, chain, broker.url, "dev-b")
+    wait_online(broker.url, ["dev-a", "dev-b"])
+    v1 = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
+    assert push(broker.url, v1, "--expect", "dev-a,dev-b").returncode == 0
+    v2 = write_chain_package(os.path.join(work, "v2.safetensors"), chain[1], 2, changed=[3],
+                             base_version=1)  # 1 of 10 tensors changed
+    r = push(broker.url, v2, "--expect", "dev-a,dev-b")
+    assert r.returncode == 0, r.stdout + r.stderr
+    changed_bytes = SIZE * 4
+    for d in (a, b):
+        assert d.serving() == 2
+        done = [e for e in d.mqtt_events("update.applied") if e.get("version") == 2]
+        assert len(done) == 1, d.mqtt_events("update.applied")
+        received = done[0]["received"]
+        assert 0 < received <= 1.05 * changed_bytes, (received, changed_bytes)
+        assert done[0]["bytes_total"] == changed_bytes
+
+
+def test_canary_failing_its_health_check_stops_the_rollout(broker, work, chain, devices):
+    canary = start_device(devices, work, chain, broker.url, "can-1", group="canary",
+                          health={"checks": [{"type": "range", "max": 5.0}]})  # y ~ 11 at v1
+    rest = [start_device(devices, work, chain, broker.url, "dev-%d" % i) for i in (1, 2)]
+    wait_online(broker.url, ["can-1", "dev-1", "dev-2"])
+    pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
+    r = cli("rollout", pkg, "--fleet", FLEET, "--canary", "canary", "--max-failures", "0",
+            "--broker", broker.url, "--expect", "can-1", "--timeout", "60", timeout=90)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "stopped at the canaries" in r.stdout and "can-1 rejected" in r.stdout, r.stdout
+    assert canary.serving() == 0
+    st = fleet_status(broker.url)
+    for d in rest:
+        assert d.serving() == 0
+        assert st[d.id]["desired"] is None, st  # the fleet's desired state was never published
+    assert st["can-1"]["state"] == "rejected" and "range" in st["can-1"]["detail"], st
+
+
+def test_rollout_widens_after_healthy_canaries(broker, work, chain, devices):
+    canary = start_device(devices, work, chain, broker.url, "can-1", group="canary")
+    rest = start_device(devices, work, chain, broker.url, "dev-1")
+    wait_online(broker.url, ["can-1", "dev-1"])
+    pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
+    r = cli("rollout", pkg, "--fleet", FLEET, "--canary", "canary", "--broker", broker.url,
+            "--expect", "can-1", "--timeout", "60", timeout=150)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert canary.serving() == 1 and rest.serving() == 1
+
+
+def test_two_weight_servers_share_the_requests(broker, work, chain, devices):
+    pkgs = os.path.join(work, "pkgs")
+    os.makedirs(pkgs)
+    pkg = write_chain_package(os.path.join(pkgs, "v1.safetensors"), chain[1], 1)
+    logs = [os.path.join(work, "serve%d.log" % i) for i in (1, 2)]
+    servers = [serve(broker.url, pkgs, log) for log in logs]
+    try:
+        for log in logs:
+            wait_until(lambda: "serving 1 packages" in open(log).read(), 30, what="server up")
+        devs = [start_device(devices, work, chain, broker.url, "dev-%d" % i) for i in (1, 2)]
+        wait_online(broker.url, [d.id for d in devs])
+        r = push(broker.url, pkg, "--no-serve", "--expect", "dev-1,dev-2")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        for s in servers:
+            stop_bg(s)
+    served = []
+    for log in logs:
+        line = [ln for ln in open(log).read().splitlines() if ln.startswith("served ")][-1]
+        served.append(int(line.split()[1]))
+    assert all(n > 0 for n in served), served
+    assert sum(served) >= 2 * N_TENSORS * 3  # every chunk of both devices came from them

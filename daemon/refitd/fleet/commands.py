@@ -42,6 +42,8 @@ def add_parsers(sub: Any) -> None:
         sp.add_argument("--expect", help="comma-separated device ids to wait for even if not yet seen")
         sp.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
         sp.add_argument("--no-share", action="store_true", help="plain subscription (broker without $share)")
+        sp.add_argument("--no-serve", action="store_true", help="publish only; `refitd serve` replicas answer")
+        sp.add_argument("--max-bytes-per-s", type=float, default=0.0, help="cap on chunk bytes sent (0: none)")
         sp.add_argument("--json", action="store_true")
         add_broker_args(sp)
 
@@ -60,6 +62,7 @@ def add_parsers(sub: Any) -> None:
     sp = sub.add_parser("serve", help="weight server: answer chunk requests from the packages in a directory")
     sp.add_argument("--dir", required=True)
     sp.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
+    sp.add_argument("--max-bytes-per-s", type=float, default=0.0, help="cap on chunk bytes sent (0: none)")
     sp.add_argument("--no-share", action="store_true", help="plain subscription (broker without $share)")
     add_broker_args(sp)
     sp.set_defaults(fn=_lazy("cmd_serve"))

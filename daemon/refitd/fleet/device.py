@@ -145,7 +145,7 @@ class FleetDevice:
                     self._window(*msg)
                 self._tick()
             except Exception as e:  # the channel must outlive any one bad message
-                self._event("fleet.error", reason="%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
+                self._event("channel.error", reason="%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
 
     # ---- incoming -----------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ class FleetDevice:
             try:
                 head, data = wire.parse_response(msg.payload)
             except wire.WireError as e:
-                self._event("chunk.rejected", reason=str(e))
+                self._event("update.chunk_rejected", reason=str(e))
                 return
             self.received_total += len(data)
             if self.transfer is not None:
@@ -207,7 +207,7 @@ class FleetDevice:
             self.transfer = Transfer(os.path.join(self.partial), self.host.store, d, self._send,
                                      piece=self._piece(), max_in_flight=self.s.max_in_flight,
                                      timeout=self.s.request_timeout,
-                                     on_reject=lambda why: self._event("chunk.rejected", version=v, reason=why))
+                                     on_reject=lambda why: self._event("update.chunk_rejected", version=v, reason=why))
         except _manifest.ManifestError as e:
             self._finish(d, False, "manifest", str(e))
             return
@@ -246,27 +246,27 @@ class FleetDevice:
             path = tr.rebuild()
         except (TransferError, OSError) as e:
             self.transfer = None
-            self._finish(d, False, "transfer", str(e))
+            self._finish(d, False, "transfer", str(e), transfer=tr)
             return
         o = self.deliver(path)
         self.transfer = None
-        self._outcome(d, o)
+        self._finish(d, bool(o.ok), o.stage, o.reason, transfer=tr)
         tr.cleanup()
 
-    def _outcome(self, d: Dict[str, Any], o: Any) -> None:
-        self._finish(d, bool(o.ok), o.stage, o.reason)
-
     def _finish(self, d: Dict[str, Any], ok: bool, stage: str, reason: Optional[str],
-                quiet: bool = False) -> None:
+                quiet: bool = False, transfer: Optional[Transfer] = None) -> None:
         outcome = "applied" if ok else "rejected"
         rec = {"version": d["version"], "outcome": outcome, "stage": stage, "reason": reason,
                "package": d["package"]["sha256"], "at": time.time()}
+        if transfer is not None:
+            rec["received"] = transfer.counters.received
         self._save_outcome(d["package"]["sha256"], rec)
         self.last_update = rec
         self.state = "serving" if ok else "rejected"
         if not quiet:
             self._event("update." + outcome, version=d["version"], stage=stage, reason=reason,
-                        package=d["package"]["sha256"], received=self.received_total)
+                        package=d["package"]["sha256"],
+                        **(transfer.progress() if transfer is not None else {}))
         self._publish_status(force=True)
 
     # ---- commands -----------------------------------------------------------------------
@@ -301,7 +301,8 @@ class FleetDevice:
     # ---- outgoing -----------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: Any) -> None:
-        self.host.events.emit(kind, source="mqtt", **fields)
+        # locally "mqtt.<kind>", beside the pipeline's own update.* events for the same update
+        self.host.events.emit("mqtt." + kind, **fields)
         if self.link.connected.is_set():
             rec = {"event": kind, "device": self.id, "ts": time.time()}
             rec.update(fields)

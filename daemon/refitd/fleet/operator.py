@@ -196,9 +196,18 @@ def load_package(path: str) -> Any:
 
 
 def publish_desired(link: Link, fleet: str, group: Optional[str], doc: Optional[Dict[str, Any]]) -> None:
+    """Retained desired state (``None`` clears it), published again on every reconnect while
+    this command runs: a broker restarted without persistence must not forget it."""
     t = topics.group_desired(fleet, group) if group else topics.fleet_desired(fleet)
     body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode()
     link.publish(t, body, qos=1, retain=True).wait_for_publish(10)
+    previous = link.on_up
+
+    def again() -> None:
+        if previous is not None:
+            previous()
+        link.publish(t, body, qos=1, retain=True)
+    link.on_up = again
 
 
 def wait_outcomes(link: Link, view: FleetView, server: WeightServer, want: Dict[str, Any],
@@ -234,7 +243,8 @@ def _targets(args: Any) -> List[str]:
 def _start_push(args: Any, role: str):
     data, pkg = load_package(args.package)
     link = connect(args, role)
-    server = WeightServer(link, chunk_size=args.chunk_size, shared=not args.no_share)
+    server = WeightServer(link, chunk_size=args.chunk_size, shared=not args.no_share,
+                          max_rate=args.max_bytes_per_s, serve=not args.no_serve)
     m = server.add(os.path.abspath(args.package), data)
     view = FleetView(link, args.fleet)
     settle(link, view, server)
@@ -329,7 +339,7 @@ def cmd_serve(args: Any) -> int:
         raise OperatorError("--dir %s is not a directory" % args.dir, 2)
     link = connect(args, "serve")
     server = WeightServer(link, directory=args.dir, chunk_size=args.chunk_size, shared=not args.no_share,
-                          log=lambda s: print(s, flush=True))
+                          log=lambda s: print(s, flush=True), max_rate=args.max_bytes_per_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

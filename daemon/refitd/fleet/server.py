@@ -33,7 +33,8 @@ class WeightServer:
     rescanned every ``rescan`` seconds) over ``link``."""
 
     def __init__(self, link: Link, directory: Optional[str] = None, chunk_size: int = _manifest.DEFAULT_CHUNK,
-                 shared: bool = True, rescan: float = 2.0, log=None):
+                 shared: bool = True, rescan: float = 2.0, log=None, max_rate: float = 0.0,
+                 serve: bool = True):
         self.link = link
         self.directory = directory
         self.chunk_size = chunk_size
@@ -42,11 +43,15 @@ class WeightServer:
         self.objects: Dict[str, Union[bytes, _FileRange]] = {}
         self.manifests: Dict[str, _manifest.Manifest] = {}  # by package sha256
         self._seen: Dict[str, Tuple[int, int]] = {}  # path -> (size, mtime_ns) indexed
+        self.max_rate = max_rate  # bytes/s sent at most (0: no limit), to spare a thin uplink
+        self._sent_t = time.monotonic()
+        self._debt = 0.0
         self.served = 0
         self.served_bytes = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        link.subscribe(topics.weights_request_filter(shared), qos=0)
+        if serve:  # push --no-serve: the manifest is built, persistent servers answer
+            link.subscribe(topics.weights_request_filter(shared), qos=0)
 
     def add(self, path: str, data: Optional[bytes] = None) -> _manifest.Manifest:
         """Indexes one package file; returns its transfer manifest."""
@@ -133,6 +138,15 @@ class WeightServer:
         with open(src.path, "rb") as f:
             return os.pread(f.fileno(), n, src.offset + off)
 
+    def _pace(self, n: int) -> None:
+        if self.max_rate <= 0:
+            return
+        now = time.monotonic()
+        self._debt = max(0.0, self._debt - (now - self._sent_t) * self.max_rate) + n
+        self._sent_t = now
+        if self._debt > self.max_rate * 0.05:
+            time.sleep((self._debt - self.max_rate * 0.05) / self.max_rate)
+
     def answer(self, msg: Any) -> None:
         try:
             req = wire.parse_request(msg.payload)
@@ -150,6 +164,7 @@ class WeightServer:
                 return
             body = wire.response(req["corr"], req["obj"], req["off"], err=str(e).strip("'\""))
             data = b""
+        self._pace(len(body))
         self.link.publish(reply_to, body, qos=0, correlation=msg.correlation)
         self.served += 1
         self.served_bytes += len(data)
