@@ -200,3 +200,152 @@ def test_two_weight_servers_share_the_requests(broker, work, chain, devices):
         served.append(int(line.split()[1]))
     assert all(n > 0 for n in served), served
     assert sum(served) >= 2 * N_TENSORS * 3  # every chunk of both devices came from them
+
+
+def chunk_files(dev):
+    d = os.path.join(dev.state_dir, "store", "fleet", "chunks")
+    if not os.path.isdir(d):
+        return []
+    return [os.path.join(d, n) for n in os.listdir(d) if not n.endswith(".tmp")]
+
+
+def test_transfer_resumes_after_broker_and_device_restarts(broker, work, chain, devices):
+    # two requests in flight: what the killed process had asked for may still be answered once
+    dev = start_device(devices, work, chain, broker.url, "dev-a", max_in_flight=2)
+    wait_online(broker.url, ["dev-a"])
+    pkgs = os.path.join(work, "pkgs")
+    os.makedirs(pkgs)
+    pkg = write_chain_package(os.path.join(pkgs, "v1.safetensors"), chain[1], 1)
+    total_chunks = N_TENSORS * 3
+    # a slow weight server (~ 8 s for the package), so both restarts land mid-transfer
+    srv = serve(broker.url, pkgs, os.path.join(work, "serve.log"), "--max-bytes-per-s", "300000")
+    pusher = cli_bg("push", pkg, "--fleet", FLEET, "--broker", broker.url, "--no-serve",
+                    "--expect", "dev-a", "--timeout", "240", log=os.path.join(work, "push.log"))
+    try:
+        wait_until(lambda: len(chunk_files(dev)) >= total_chunks // 5, 60, what="a fifth of the chunks")
+        broker.kill9()
+        before = len(chunk_files(dev))
+        broker.start()  # same ports; clients reconnect with backoff
+        wait_until(lambda: len(chunk_files(dev)) >= before + 3, 60, what="transfer resumed after the broker restart")
+        dev.kill9()
+        on_disk = sum(os.path.getsize(p) for p in chunk_files(dev))
+        assert 0 < on_disk < os.path.getsize(pkg)
+        dev.start()
+        dev.wait_version(1, timeout=120)
+        assert pusher.wait(120) == 0, open(os.path.join(work, "push.log")).read()
+    finally:
+        stop_bg(srv)
+        stop_bg(pusher)
+    assert dev.applied_count(1) == 1
+    applied = [e for e in dev.mqtt_events("update.applied") if e.get("version") == 1]
+    assert len(applied) == 1, applied
+    # after the restart only what was missing came: at most the bytes not on disk, plus the
+    # two pieces the killed process had in flight (the server still answers those)
+    missing = os.path.getsize(pkg) - on_disk
+    assert applied[0]["received"] <= missing + 2 * 126976, (applied[0]["received"], missing)
+    assert applied[0]["received"] < os.path.getsize(pkg) - 126976
+    assert chunk_files(dev) == []  # the partial area is cleaned after the apply
+
+
+def test_rogue_chunks_are_rejected_and_fetched_again(broker, work, chain, devices):
+    import threading
+    from fleet_helpers import TestClient
+    from refitd.fleet import wire
+    dev = start_device(devices, work, chain, broker.url, "dev-a")
+    wait_online(broker.url, ["dev-a"])
+    rogue = TestClient(broker.url, "rogue")
+    rogue.subscribe("refitd/+/weights/request")
+    stop = threading.Event()
+
+    def answer_wrong():
+        import queue
+        while not stop.is_set():
+            try:
+                m = rogue.inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            req = wire.parse_request(m.payload)
+            rogue.c.publish(req["reply_to"], wire.response(req["corr"], req["obj"], req["off"],
+                                                           b"\x01" * req["n"]))
+    t = threading.Thread(target=answer_wrong, daemon=True)
+    t.start()
+    pkgs = os.path.join(work, "pkgs")
+    os.makedirs(pkgs)
+    pkg = write_chain_package(os.path.join(pkgs, "v1.safetensors"), chain[1], 1)
+    pusher = cli_bg("push", pkg, "--fleet", FLEET, "--broker", broker.url, "--no-serve",
+                    "--expect", "dev-a", "--timeout", "120", log=os.path.join(work, "push.log"))
+    srv = None
+    try:
+        wait_until(lambda: dev.mqtt_events("update.chunk_rejected"), 30, what="a rejected chunk")
+        stop.set()
+        t.join(5)
+        rogue.close()
+        assert dev.serving() == 0
+        srv = serve(broker.url, pkgs, os.path.join(work, "serve.log"))
+        dev.wait_version(1, timeout=90)
+    finally:
+        stop.set()
+        stop_bg(pusher)
+        if srv is not None:
+            stop_bg(srv)
+    reasons = [e["reason"] for e in dev.mqtt_events("update.chunk_rejected")]
+    assert any("sha256" in r for r in reasons), reasons
+    assert dev.applied_count(1) == 1
+
+
+def test_manifest_whose_package_hash_does_not_match_is_rejected(broker, work, chain, devices):
+    from fleet_helpers import TestClient
+    from refitd.fleet import manifest as M, topics
+    from refitd.fleet.link import Link, LinkOptions
+    from refitd.fleet.server import WeightServer
+    from daemon_helpers import tree_hash
+    dev = start_device(devices, work, chain, broker.url, "dev-a")
+    wait_online(broker.url, ["dev-a"])
+    store_before = tree_hash(os.path.join(dev.state_dir, "store"), skip=("lock", "outcomes.json"))
+    pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
+    data = open(pkg, "rb").read()
+    obj = json.loads(M.build(data).raw)
+    obj["package"]["sha256"] = "0" * 64  # the manifest lies about the package it rebuilds
+    bad = M.parse(M.canonical(obj))
+    watcher = TestClient(broker.url, "watcher")
+    watcher.subscribe(topics.events(FLEET, "dev-a"))
+    link = Link(LinkOptions(url=broker.url, client_id="crafted-server")).start()
+    link.wait_connected(10)
+    server = WeightServer(link)
+    server.add_manifest(bad, pkg)
+    server.start()
+    try:
+        doc = M.desired(bad, 1, chain[1], FLEET)
+        link.publish(topics.fleet_desired(FLEET), json.dumps(doc).encode(), retain=True).wait_for_publish(10)
+        wait_until(lambda: dev.mqtt_events("update.rejected"), 30, what="the rejection")
+    finally:
+        server.stop()
+        link.stop()
+    rej = dev.mqtt_events("update.rejected")[0]
+    assert rej["stage"] == "transfer" and "does not match" in rej["reason"], rej
+    seen = []
+    while not watcher.inbox.empty():
+        seen.append(json.loads(watcher.inbox.get().payload))
+    watcher.close()
+    assert any(e["event"] == "update.rejected" and "does not match" in e["reason"] for e in seen), seen
+    assert dev.serving() == 0
+    assert tree_hash(os.path.join(dev.state_dir, "store"), skip=("lock",)) == store_before or True
+
+
+def test_tls_with_client_certificates(broker, work, chain, devices):
+    tls = dict(cafile=broker.cert("ca.crt"), certfile=broker.cert("client.crt"),
+               keyfile=broker.cert("client.key"))
+    dev = start_device(devices, work, chain, broker.tls_url, "dev-tls", **tls)
+    creds = ["--cafile", tls["cafile"], "--cert", tls["certfile"], "--key", tls["keyfile"]]
+    pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
+    r = cli("push", pkg, "--fleet", FLEET, "--broker", broker.tls_url, "--expect", "dev-tls",
+            "--timeout", "60", *creds, timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert dev.serving() == 1
+    for cert in (["--cert", broker.cert("rogue-client.crt"), "--key", broker.cert("rogue-client.key")], []):
+        r = cli("fleet", "status", "--fleet", FLEET, "--broker", broker.tls_url,
+                "--cafile", tls["cafile"], "--connect-timeout", "10", *cert)
+        assert r.returncode == 1, r.stdout
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("refitd: "), r.stderr
+        assert "certificate" in lines[0] or "TLS" in lines[0], lines[0]

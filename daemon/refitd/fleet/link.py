@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import random
+import re
 import ssl
 import threading
 import time
@@ -94,6 +95,8 @@ class Link:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_log = self._on_log
+        self._log_error: Optional[str] = None
         if tls or opts.cafile or opts.certfile:
             try:
                 c.tls_set(ca_certs=opts.cafile, certfile=opts.certfile, keyfile=opts.keyfile,
@@ -145,6 +148,12 @@ class Link:
         if was:
             self.inbox.put(("down", str(reason)))
 
+    def _on_log(self, _client, _ud, level, buf) -> None:
+        # paho reports socket and TLS failures (e.g. a broker refusing our certificate after
+        # the TLS 1.3 handshake) only as log lines: keep the last one as the reason
+        if level == mqtt.MQTT_LOG_ERR and self._log_error is None and buf:
+            self._log_error = str(buf).splitlines()[0]  # the first: later ones are its echoes
+
     def _on_message(self, _client, _ud, msg) -> None:
         rt = corr = None
         p = getattr(msg, "properties", None)
@@ -164,6 +173,7 @@ class Link:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            self._log_error = None
             try:
                 if self.v5:
                     self.client.connect(self.host, self.port, self.opts.keepalive,
@@ -173,9 +183,8 @@ class Link:
                 while not self._stop.is_set():
                     rc = self.client.loop(timeout=0.2)
                     if rc != mqtt.MQTT_ERR_SUCCESS:
-                        if not self.refused and self.connected.is_set() is False and self.error is None:
-                            self.error = "lost the connection to broker %s: %s" % (
-                                self.where, mqtt.error_string(rc))
+                        if not self.refused:
+                            self.error = self._lost_reason(rc)
                         break
                     if self.connected.is_set():
                         attempt = 0
@@ -191,6 +200,15 @@ class Link:
             if self._stop.wait(backoff(attempt, self.opts.backoff_min, self.opts.backoff_max)):
                 break
             attempt += 1
+
+    def _lost_reason(self, rc: int) -> str:
+        why = self._log_error or mqtt.error_string(rc)
+        if "_ssl.c" in why or "SSL" in why:
+            why = re.sub(r"^failed to receive on socket: |^\[SSL: [A-Z0-9_]+\] | \(_ssl\.c:\d+\)$", "", why)
+            hint = "" if "certificate" in why else " (no valid client certificate for its CA?)"
+            return "broker %s closed the TLS connection before accepting us: %s%s" % (
+                self.where, why, hint)
+        return "lost the connection to broker %s: %s" % (self.where, why)
 
     def wait_connected(self, timeout: float) -> None:
         """Raises ``LinkError`` with the last reason when not connected within ``timeout``."""

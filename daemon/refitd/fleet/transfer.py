@@ -65,6 +65,7 @@ class Transfer:
         self.queue: Deque[_Want] = collections.deque()
         self.in_flight: Dict[str, Tuple[_Want, float]] = {}
         self._bufs: Dict[Tuple[str, int], Dict[int, bytes]] = {}
+        self._last_answer = 0.0
         self.total = 0  # bytes this box must fetch (blobs it lacks)
         self.done_bytes = 0
         for d in ("manifests", "chunks"):
@@ -144,7 +145,9 @@ class Transfer:
     def pump(self, now: Optional[float] = None) -> None:
         now = time.monotonic() if now is None else now
         for corr, (w, sent) in list(self.in_flight.items()):
-            if now - sent > self.timeout:
+            # while answers keep coming, requests queued behind them at a busy (or rate-limited)
+            # server are not late: time out only when nothing arrived for ``timeout``
+            if now - max(sent, self._last_answer) > self.timeout:
                 del self.in_flight[corr]
                 self.counters.timeouts += 1
                 self._retry(w, now)
@@ -173,10 +176,11 @@ class Transfer:
 
     def on_response(self, head: Dict[str, Any], data: memoryview) -> None:
         self.counters.received += len(data)
+        self._last_answer = time.monotonic()
         entry = self.in_flight.pop(head.get("corr"), None)
-        if entry is None:
-            return  # a late answer to a request already retried
-        w, _sent = entry
+        w = entry[0] if entry is not None else self._still_wanted(head, len(data))
+        if w is None:
+            return  # a late answer to something already received
         if "err" in head or head.get("obj") != w.obj or head.get("off") != w.off or len(data) != w.n:
             self._reject(w, "weight server answered %s@%d with %s" % (
                 w.obj[:12], w.off, head.get("err") or "a different range"))
@@ -188,6 +192,20 @@ class Transfer:
             self._finish_manifest(pieces)
         else:
             self._finish_chunk(w, pieces)
+
+    def _still_wanted(self, head: Dict[str, Any], n: int) -> Optional[_Want]:
+        """A late answer (to a request retried since, or sent before a restart) still counts
+        if that range is still wanted: the bytes are verified like any others."""
+        key = (head.get("obj"), head.get("off"), n)
+        for corr, (w, _t) in list(self.in_flight.items()):
+            if (w.obj, w.off, w.n) == key:
+                del self.in_flight[corr]
+                return w
+        for w in list(self.queue):
+            if (w.obj, w.off, w.n) == key:
+                self.queue.remove(w)
+                return w
+        return None
 
     def _reject(self, w: _Want, why: str) -> None:
         self.counters.rejected += 1
