@@ -29,7 +29,7 @@ def chain_weights(version: int, changed: Optional[List[int]] = None, base: int =
 
 def write_chain_package(path: str, fp: str, version: int, changed: Optional[List[int]] = None,
                         base_version: int = 0) -> str:
-    from refitd.package import write_package
+    from refitd.pack import write_package
     return write_package(path, chain_weights(version, changed, base_version), version=version, model=fp)
 
 

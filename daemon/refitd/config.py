@@ -518,6 +518,7 @@ class StoreConfig:
 @dataclass
 class WatchConfig:
     path: Optional[str] = _f(None, k_path, "file-drop directory; null disables the channel", nullable=True)
+    signature_settle: float = _f(0.0, k_float(0.0, 60.0), "seconds a package without NAME.sig waits for one that arrives late")
 
 
 @dataclass

@@ -31,18 +31,20 @@ def _dumps(obj: Any) -> bytes:
 
 
 class FleetDevice:
-    """``host`` is the daemon side: ``.pipeline``, ``.store``, ``.engine``, ``.events``,
-    ``status()`` (the control socket's status dict), ``command(req)`` (rollback/pin/unpin)."""
+    """``host`` is the daemon side (the MQTT channel, channels/mqtt.py): ``.pipeline``,
+    ``.store``, ``.engine``, ``.events``, ``status()`` (the control socket's status dict),
+    ``command(req, payload)`` (rollback/pin/unpin as deliveries) and ``apply_path(path, where)``
+    (a rebuilt package as a delivery)."""
 
     def __init__(self, settings: Any, link: Link, host: Any, partial_dir: str,
-                 deliver: Optional[Callable[[str], Any]] = None):
+                 deliver: Optional[Callable[[str, str], Any]] = None):
         self.s = settings
         self.link = link
         self.host = host
         self.fleet, self.id, self.group = settings.fleet, settings.device_id, settings.group
         self.partial = partial_dir
         os.makedirs(partial_dir, exist_ok=True)
-        self.deliver = deliver or (lambda path: host.pipeline.apply(path, source="mqtt"))
+        self.deliver = deliver or host.apply_path
         self.desired: Dict[str, Optional[Dict[str, Any]]] = {"fleet": None, "group": None}
         self.transfer: Optional[Transfer] = None
         self.state = "idle"
@@ -200,7 +202,7 @@ class FleetDevice:
         if self.host.store.has(v):  # a stored version comes back through rollback, no transfer
             self.state = "applying"
             self._event("update.started", version=v, package=pkg, via="store")
-            r = self.host.command({"cmd": "rollback", "to": v, "source": "mqtt"})
+            r = self.host.command({"cmd": "rollback", "to": v})
             self._finish(d, bool(r.get("ok")), r.get("stage") or "rollback", r.get("error"))
             return
         try:
@@ -213,6 +215,11 @@ class FleetDevice:
             return
         self.state = "downloading"
         self._event("update.started", version=v, package=pkg, via="mqtt")
+
+    def _desired_topic(self) -> str:
+        if self.desired["group"] is not None:
+            return topics.group_desired(self.fleet, self.group)
+        return topics.fleet_desired(self.fleet)
 
     def _piece(self) -> int:
         limit = self.s.chunk_size
@@ -248,7 +255,7 @@ class FleetDevice:
             self.transfer = None
             self._finish(d, False, "transfer", str(e), transfer=tr)
             return
-        o = self.deliver(path)
+        o = self.deliver(path, self._desired_topic())
         self.transfer = None
         self._finish(d, bool(o.ok), o.stage, o.reason, transfer=tr)
         tr.cleanup()
@@ -286,7 +293,7 @@ class FleetDevice:
             self._publish_status(force=True)
             resp = {"ok": True}
         elif cmd in ("rollback", "pin", "unpin"):
-            resp = self.host.command(dict(req, source="mqtt"))
+            resp = self.host.command(req, payload)
         else:
             resp = {"ok": False, "error": "unknown command %s (rollback, pin, unpin, refresh)"
                     % json.dumps(cmd)[:40]}

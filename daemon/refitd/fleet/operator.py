@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional
 
-from ..package import DEFAULT_MAX_PACKAGE_BYTES, PackageError, _read_capped, parse_package_bytes
+from ..package import DEFAULT_MAX_PACKAGE_BYTES, PackageError, parse_package_bytes, read_capped
 from . import manifest as _manifest
 from . import topics
 from .link import Link, LinkError, LinkOptions
@@ -189,7 +189,7 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 
 def load_package(path: str) -> Any:
     try:
-        data = bytes(_read_capped(path, DEFAULT_MAX_PACKAGE_BYTES))
+        data = bytes(read_capped(path, DEFAULT_MAX_PACKAGE_BYTES))
         return data, parse_package_bytes(data, path=path)
     except PackageError as e:
         raise OperatorError("%s: %s" % (path, e)) from None

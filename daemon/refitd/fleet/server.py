@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union
 
-from ..package import DEFAULT_MAX_PACKAGE_BYTES, PackageError, _read_capped
+from ..package import DEFAULT_MAX_PACKAGE_BYTES, PackageError, read_capped
 from . import manifest as _manifest
 from . import topics, wire
 from .link import Link, LinkOptions
@@ -56,7 +56,7 @@ class WeightServer:
     def add(self, path: str, data: Optional[bytes] = None) -> _manifest.Manifest:
         """Indexes one package file; returns its transfer manifest."""
         if data is None:
-            data = bytes(_read_capped(path, DEFAULT_MAX_PACKAGE_BYTES))
+            data = bytes(read_capped(path, DEFAULT_MAX_PACKAGE_BYTES))
         m = _manifest.build(data, self.effective_chunk())
         self.add_manifest(m, path)
         return m
