@@ -44,7 +44,8 @@ def broker(tmp_path, certs):
 def work():
     d = short_dir("fleet")
     yield d
-    rmtree(d)
+    if not os.environ.get("REFITD_KEEP_TEST_DIRS"):
+        rmtree(d)
 
 
 @pytest.fixture
@@ -142,7 +143,8 @@ def test_partial_update_costs_the_changed_bytes(broker, work, chain, devices):
     changed_bytes = SIZE * 4
     for d in (a, b):
         assert d.serving() == 2
-        done = [e for e in d.mqtt_events("update.applied") if e.get("version") == 2]
+        done = wait_until(lambda: [e for e in d.mqtt_events("update.applied") if e.get("version") == 2],
+                          30, what="the channel's applied event")
         assert len(done) == 1, d.mqtt_events("update.applied")
         received = done[0]["received"]
         assert 0 < received <= 1.05 * changed_bytes, (received, changed_bytes)
@@ -236,9 +238,10 @@ def test_transfer_resumes_after_broker_and_device_restarts(broker, work, chain, 
     finally:
         stop_bg(srv)
         stop_bg(pusher)
-    assert dev.applied_count(1) == 1
-    applied = [e for e in dev.mqtt_events("update.applied") if e.get("version") == 1]
+    applied = wait_until(lambda: [e for e in dev.mqtt_events("update.applied") if e.get("version") == 1],
+                         30, what="the channel's applied event")
     assert len(applied) == 1, applied
+    assert dev.applied_count(1) == 1
     # after the restart only what was missing came: at most the bytes not on disk, plus the
     # two pieces the killed process had in flight (the server still answers those)
     missing = os.path.getsize(pkg) - on_disk

@@ -257,8 +257,8 @@ class FleetDevice:
             return
         o = self.deliver(path, self._desired_topic())
         self.transfer = None
+        tr.cleanup()  # before the outcome goes out: whoever sees it sees a clean partial area
         self._finish(d, bool(o.ok), o.stage, o.reason, transfer=tr)
-        tr.cleanup()
 
     def _finish(self, d: Dict[str, Any], ok: bool, stage: str, reason: Optional[str],
                 quiet: bool = False, transfer: Optional[Transfer] = None) -> None:
