@@ -257,8 +257,10 @@ class FleetDevice:
             return
         o = self.deliver(path, self._desired_topic())
         self.transfer = None
-        tr.cleanup()  # before the outcome goes out: whoever sees it sees a clean partial area
         self._finish(d, bool(o.ok), o.stage, o.reason, transfer=tr)
+        # after the outcome is out: right after the store's fsyncs these unlinks can take
+        # seconds on ext4, and nobody needs to wait for them
+        tr.cleanup()
 
     def _finish(self, d: Dict[str, Any], ok: bool, stage: str, reason: Optional[str],
                 quiet: bool = False, transfer: Optional[Transfer] = None) -> None:

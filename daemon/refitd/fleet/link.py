@@ -171,6 +171,10 @@ class Link:
         return self
 
     def _run(self) -> None:
+        # paho writes a packet from the publishing thread unless it sees a loop thread; two
+        # threads on one TLS socket (read here, write there) corrupt the session, so tell paho
+        # this is its loop thread: publishes then wake our select and are written from here
+        self.client._thread = threading.current_thread()  # type: ignore[attr-defined]
         attempt = 0
         while not self._stop.is_set():
             self._log_error = None
@@ -188,8 +192,9 @@ class Link:
                         break
                     if self.connected.is_set():
                         attempt = 0
-            except ssl.SSLError as e:
+            except ssl.SSLError as e:  # e.g. the broker's certificate does not verify
                 self.error = "TLS with broker %s failed: %s" % (self.where, _ssl_line(e))
+                self.refused = True
             except OSError as e:
                 self.error = "cannot connect to broker %s: %s" % (self.where, _line(e))
             self._on_disconnect(None, None, None, "connection lost", None)
@@ -206,6 +211,8 @@ class Link:
         if "_ssl.c" in why or "SSL" in why:
             why = re.sub(r"^failed to receive on socket: |^\[SSL: [A-Z0-9_]+\] | \(_ssl\.c:\d+\)$", "", why)
             hint = "" if "certificate" in why else " (no valid client certificate for its CA?)"
+            if not self.connected.is_set():
+                self.refused = True  # not a flaky network: retrying will not fix our certificate
             return "broker %s closed the TLS connection before accepting us: %s%s" % (
                 self.where, why, hint)
         return "lost the connection to broker %s: %s" % (self.where, why)

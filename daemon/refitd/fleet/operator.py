@@ -200,7 +200,11 @@ def publish_desired(link: Link, fleet: str, group: Optional[str], doc: Optional[
     this command runs: a broker restarted without persistence must not forget it."""
     t = topics.group_desired(fleet, group) if group else topics.fleet_desired(fleet)
     body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode()
-    link.publish(t, body, qos=1, retain=True).wait_for_publish(10)
+    try:
+        link.wait_connected(30)
+        link.publish(t, body, qos=1, retain=True).wait_for_publish(30)
+    except (LinkError, RuntimeError, ValueError) as e:
+        raise OperatorError("cannot publish the desired state on %s: %s" % (t, e)) from None
     previous = link.on_up
 
     def again() -> None:
