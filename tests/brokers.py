@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,9 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+# the server itself, not /usr/sbin's wrapper (which, as root, su's to the rabbitmq user: it
+# could not read the test's directories)
+RABBITMQ = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
 def free_port() -> int:
@@ -183,13 +185,15 @@ class RabbitMQ:
             "RABBITMQ_CONFIG_FILE": os.path.join(w, "rabbitmq"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(w, "enabled_plugins"),
             "RABBITMQ_PID_FILE": os.path.join(w, "rabbit.pid"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": os.path.join(w, "feature_flags"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": os.path.join(w, "plugins-expand"),
             "HOME": w,
         })
         return e
 
     def start(self, timeout: float = 120.0) -> "RabbitMQ":
-        if shutil.which("rabbitmq-server") is None and not os.path.exists("/usr/sbin/rabbitmq-server"):
-            raise AssertionError("rabbitmq-server missing: install Debian's rabbitmq-server")
+        if not os.path.exists(RABBITMQ):
+            raise AssertionError("%s missing: install Debian's rabbitmq-server" % RABBITMQ)
         os.makedirs(os.path.join(self.workdir, "log"), exist_ok=True)
         with open(os.path.join(self.workdir, "rabbitmq.conf"), "w") as f:
             f.write("listeners.tcp.1 = 127.0.0.1:%d\n" % self.amqp_port)
@@ -201,17 +205,22 @@ class RabbitMQ:
             f.write("[rabbitmq_mqtt].\n")
         self.log = os.path.join(self.workdir, "server.out")
         out = open(self.log, "ab")
-        exe = shutil.which("rabbitmq-server") or "/usr/sbin/rabbitmq-server"
-        self.proc = subprocess.Popen([exe], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([RABBITMQ], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         out.close()
         wait_port(self.port, timeout=timeout, proc=self.proc, log=self.log)
         return self
 
+    def kill9(self) -> None:
+        """SIGKILL to the server's process group (the beam VM and its helpers)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the server runs beam + epmd children
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the server runs beam + its helpers
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:

@@ -101,13 +101,13 @@ class TestClient:
     """A plain paho client for what the tests do by hand: publish a crafted desired state,
     play a rogue weight server, watch a topic."""
 
-    def __init__(self, url: str, client_id: str):
+    def __init__(self, url: str, client_id: str, protocol: str = "5"):
         import queue
         import paho.mqtt.client as mqtt
         host, port = url.split("//")[1].split(":")
         self.inbox: "queue.Queue" = queue.Queue()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
         self.c.on_message = lambda c, u, m: self.inbox.put(m)
         self.c.connect(host, int(port))
         self.c.loop_start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import zlib
 
 import pytest
 
@@ -13,7 +14,22 @@ from brokers import Mosquitto, make_certs
 from daemon_helpers import fingerprint, rmtree, short_dir, wait_until
 from fleet_helpers import Device, chain_weights, cli, cli_bg, write_chain_package, N_TENSORS, SIZE
 
-FLEET = "site1"
+FLEET = "site1"  # each test gets its own (fresh_fleet): a session broker keeps retained state
+#: per broker URL: what the CLI and devices need for it (RabbitMQ: MQTT 3.1.1, no $share)
+BROKER_ARGS: dict = {}
+PROTOCOL: dict = {}
+NO_SHARE: set = set()  # brokers without shared subscriptions
+
+
+@pytest.fixture(autouse=True)
+def fresh_fleet(request):
+    global FLEET
+    FLEET = "site-%08x" % (zlib.crc32(request.node.nodeid.encode()) ^ os.getpid())
+    yield
+
+
+def _args(url, serving=False):
+    return list(BROKER_ARGS.get(url, ())) + (["--no-share"] if serving and url in NO_SHARE else [])
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +56,26 @@ def broker(tmp_path, certs):
     b.stop()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory):
+    """RabbitMQ's MQTT plugin, started once per session (~20 s)."""
+    from brokers import RabbitMQ
+    r = RabbitMQ(short_dir("rmq"))
+    r.start()
+    BROKER_ARGS[r.url] = ["--protocol", "3.1.1"]
+    NO_SHARE.add(r.url)
+    PROTOCOL[r.url] = "3.1.1"
+    yield r
+    r.stop()
+    rmtree(r.workdir)
+
+
+@pytest.fixture(params=["mosquitto", "rabbitmq"])
+def dbroker(request):
+    """The broker for the device-side tests: each runs against both implementations."""
+    return request.getfixturevalue("broker" if request.param == "mosquitto" else "rabbitmq")
+
+
 @pytest.fixture
 def work():
     d = short_dir("fleet")
@@ -57,6 +93,7 @@ def devices():
 
 
 def start_device(devices, work, chain, broker_url, dev, **kw) -> Device:
+    kw.setdefault("protocol", PROTOCOL.get(broker_url, "5"))
     d = Device(os.path.join(work, dev), chain[0], broker_url, FLEET, dev, **kw)
     devices.append(d)
     return d.start()
@@ -64,12 +101,13 @@ def start_device(devices, work, chain, broker_url, dev, **kw) -> Device:
 
 def push(broker_url, pkg, *extra, timeout=90):
     r = cli("push", pkg, "--fleet", FLEET, "--broker", broker_url, "--timeout", str(timeout - 15), *extra,
-            timeout=timeout)
+            *_args(broker_url, serving=True), timeout=timeout)
     return r
 
 
-def fleet_status(broker_url):
-    r = cli("fleet", "status", "--fleet", FLEET, "--broker", broker_url, "--json")
+def fleet_status(broker_url, ids=()):
+    r = cli("fleet", "status", "--fleet", FLEET, "--broker", broker_url, "--json", *_args(broker_url),
+            *(["--expect", ",".join(ids)] if ids else []))
     assert r.returncode == 0, r.stderr
     return {row["device"]: row for row in json.loads(r.stdout)["devices"]}
 
@@ -78,9 +116,10 @@ def presence(broker_url, ids, want=b"true", timeout=30):
     """Waits until every device in ``ids`` has its retained ``online`` equal to ``want``."""
     from fleet_helpers import TestClient
     seen = {}
-    c = TestClient(broker_url, "presence-watcher")
+    c = TestClient(broker_url, "presence-watcher", PROTOCOL.get(broker_url, "5"))
     try:
-        c.subscribe("refitd/%s/devices/+/online" % FLEET)
+        for i in ids:  # exact topics: RabbitMQ sends retained messages to no wildcard
+            c.subscribe("refitd/%s/devices/%s/online" % (FLEET, i))
 
         def all_there():
             while not c.inbox.empty():
@@ -96,26 +135,26 @@ def wait_online(broker_url, ids, timeout=30):
     presence(broker_url, ids, b"true", timeout)
 
 
-def test_push_reaches_two_devices(broker, work, chain, devices):
-    a = start_device(devices, work, chain, broker.url, "dev-a")
-    b = start_device(devices, work, chain, broker.url, "dev-b")
-    wait_online(broker.url, ["dev-a", "dev-b"])
+def test_push_reaches_two_devices(dbroker, work, chain, devices):
+    a = start_device(devices, work, chain, dbroker.url, "dev-a")
+    b = start_device(devices, work, chain, dbroker.url, "dev-b")
+    wait_online(dbroker.url, ["dev-a", "dev-b"])
     pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
-    r = push(broker.url, pkg, "--expect", "dev-a,dev-b")
+    r = push(dbroker.url, pkg, "--expect", "dev-a,dev-b")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 applied" in r.stdout, r.stdout
     assert a.serving() == 1 and b.serving() == 1
-    st = fleet_status(broker.url)
+    st = fleet_status(dbroker.url, ["dev-a", "dev-b"])
     for dev in ("dev-a", "dev-b"):
         assert st[dev]["serving"] == 1 and st[dev]["desired"] == 1, st
         assert st[dev]["online"] is True
     # the table printed by `fleet status` names both
-    r = cli("fleet", "status", "--fleet", FLEET, "--broker", broker.url)
+    r = cli("fleet", "status", "--fleet", FLEET, "--broker", dbroker.url, *_args(dbroker.url))
     assert r.returncode == 0 and "dev-a" in r.stdout and "dev-b" in r.stdout, r.stdout
 
 
 def serve(broker_url, pkg_dir, log, *extra):
-    return cli_bg("serve", "--dir", pkg_dir, "--broker", broker_url, *extra, log=log)
+    return cli_bg("serve", "--dir", pkg_dir, "--broker", broker_url, *extra, *_args(broker_url, serving=True), log=log)
 
 
 def stop_bg(p) -> None:
@@ -124,20 +163,20 @@ def stop_bg(p) -> None:
         p.wait(30)
 
 
-def test_offline_device_catches_up_when_it_starts(broker, work, chain, devices):
-    a = start_device(devices, work, chain, broker.url, "dev-a")
-    b = start_device(devices, work, chain, broker.url, "dev-b")
-    wait_online(broker.url, ["dev-a", "dev-b"])
+def test_offline_device_catches_up_when_it_starts(dbroker, work, chain, devices):
+    a = start_device(devices, work, chain, dbroker.url, "dev-a")
+    b = start_device(devices, work, chain, dbroker.url, "dev-b")
+    wait_online(dbroker.url, ["dev-a", "dev-b"])
     b.stop()  # clean stop: online=false before the disconnect
-    presence(broker.url, ["dev-b"], b"false")
+    presence(dbroker.url, ["dev-b"], b"false")
     pkgs = os.path.join(work, "pkgs")
     os.makedirs(pkgs)
     pkg = write_chain_package(os.path.join(pkgs, "v1.safetensors"), chain[1], 1)
-    r = push(broker.url, pkg, "--expect", "dev-a")
+    r = push(dbroker.url, pkg, "--expect", "dev-a,dev-b")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 applied" in r.stdout and "1 offline" in r.stdout, r.stdout
     assert a.serving() == 1
-    srv = serve(broker.url, pkgs, os.path.join(work, "serve.log"))  # persistent server
+    srv = serve(dbroker.url, pkgs, os.path.join(work, "serve.log"))  # persistent server
     try:
         b.start()
         b.wait_version(1)
@@ -227,24 +266,25 @@ def chunk_files(dev):
     return [os.path.join(d, n) for n in os.listdir(d) if not n.endswith(".tmp")]
 
 
-def test_transfer_resumes_after_broker_and_device_restarts(broker, work, chain, devices):
+def test_transfer_resumes_after_broker_and_device_restarts(dbroker, work, chain, devices):
     # two requests in flight: what the killed process had asked for may still be answered once
-    dev = start_device(devices, work, chain, broker.url, "dev-a", max_in_flight=2)
-    wait_online(broker.url, ["dev-a"])
+    dev = start_device(devices, work, chain, dbroker.url, "dev-a", max_in_flight=2)
+    wait_online(dbroker.url, ["dev-a"])
     pkgs = os.path.join(work, "pkgs")
     os.makedirs(pkgs)
     pkg = write_chain_package(os.path.join(pkgs, "v1.safetensors"), chain[1], 1)
     total_chunks = N_TENSORS * 3
     # a slow weight server (~ 8 s for the package), so both restarts land mid-transfer
-    srv = serve(broker.url, pkgs, os.path.join(work, "serve.log"), "--max-bytes-per-s", "300000")
-    pusher = cli_bg("push", pkg, "--fleet", FLEET, "--broker", broker.url, "--no-serve",
-                    "--expect", "dev-a", "--timeout", "240", log=os.path.join(work, "push.log"))
+    srv = serve(dbroker.url, pkgs, os.path.join(work, "serve.log"), "--max-bytes-per-s", "300000")
+    pusher = cli_bg("push", pkg, "--fleet", FLEET, "--broker", dbroker.url, "--no-serve",
+                    "--expect", "dev-a", "--timeout", "240", *_args(dbroker.url, serving=True),
+                    log=os.path.join(work, "push.log"))
     try:
         wait_until(lambda: len(chunk_files(dev)) >= total_chunks // 5, 60, what="a fifth of the chunks")
-        broker.kill9()
+        dbroker.kill9()
         before = len(chunk_files(dev))
-        broker.start()  # same ports; clients reconnect with backoff
-        wait_until(lambda: len(chunk_files(dev)) >= before + 3, 60, what="transfer resumed after the broker restart")
+        dbroker.start()  # same ports; clients reconnect with backoff
+        wait_until(lambda: len(chunk_files(dev)) >= before + 3, 150, what="transfer resumed after the broker restart")
         dev.kill9()
         on_disk = sum(os.path.getsize(p) for p in chunk_files(dev))
         assert 0 < on_disk < os.path.getsize(pkg)

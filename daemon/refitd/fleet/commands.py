@@ -74,5 +74,7 @@ def add_parsers(sub: Any) -> None:
     st.add_argument("--json", action="store_true")
     st.add_argument("--wait", type=float, default=3.0, help="longest time to collect retained messages")
     st.add_argument("--quiet", type=float, default=0.5)
+    st.add_argument("--expect", help="comma-separated device ids to show even when offline (brokers "
+                                     "that send retained messages to exact subscriptions only)")
     add_broker_args(st)
     st.set_defaults(fn=_lazy("cmd_fleet_status"))

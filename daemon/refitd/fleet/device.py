@@ -61,7 +61,7 @@ class FleetDevice:
         link.on_up = self._on_up
         host.events.subscribe(self._on_event)
         subs = [topics.fleet_desired(self.fleet), topics.cmd(self.fleet, self.id),
-                topics.weights_response(self.fleet, self.id)]
+                topics.weights_response(self.fleet, self.id), topics.census(self.fleet)]
         if self.group:
             subs.append(topics.group_desired(self.fleet, self.group))
         for t in subs:  # exact topics only: some brokers send retained messages to no wildcard
@@ -174,6 +174,9 @@ class FleetDevice:
             self._reconcile()
         elif t == topics.cmd(self.fleet, self.id):
             self._command(msg.payload)
+        elif t == topics.census(self.fleet):
+            self._on_up()
+            self._publish_status(force=True)
 
     def effective(self) -> Optional[Dict[str, Any]]:
         """The group's desired state when there is one, else the fleet's."""

@@ -33,7 +33,8 @@ class OperatorError(Exception):
 def connect(args: Any, role: str) -> Link:
     opts = LinkOptions(url=args.broker, client_id=args.client_id or "refitd-%s-%s" % (role, uuid.uuid4().hex[:8]),
                        protocol=args.protocol, cafile=args.cafile, certfile=args.cert, keyfile=args.key,
-                       username=args.username, password_file=args.password_file)
+                       username=args.username, password_file=args.password_file,
+                       backoff_max=10.0)  # a handful of operator tools: reconnect soon
     try:
         link = Link(opts).start()
         link.wait_connected(args.connect_timeout)
@@ -47,12 +48,19 @@ def connect(args: Any, role: str) -> Link:
 class FleetView:
     """Devices of one fleet from their retained ``online`` and ``status`` messages."""
 
-    def __init__(self, link: Link, fleet: str):
+    def __init__(self, link: Link, fleet: str, ids: Iterable[str] = ()):
         self.fleet = fleet
+        self.link = link
         self.devices: Dict[str, Dict[str, Any]] = {}
         self.last_change = time.monotonic()
         for leaf in ("online", "status", "events"):
             link.subscribe(topics.all_devices(fleet, leaf), qos=1)
+            for dev in ids:  # exact too: some brokers send retained messages to no wildcard
+                link.subscribe(topics.device(fleet, dev, leaf), qos=1)
+
+    def census(self) -> None:
+        """Asks every online device to publish its status again (see ``topics.census``)."""
+        self.link.publish(topics.census(self.fleet), b"", qos=0)
 
     def update(self, msg: Any) -> bool:
         parts = msg.topic.split("/")
@@ -150,12 +158,17 @@ def pump(link: Link, view: Optional[FleetView], server: Optional[WeightServer], 
 
 
 def settle(link: Link, view: FleetView, server: Optional[WeightServer] = None,
-           quiet: float = 0.5, limit: float = 3.0) -> None:
-    """Reads retained messages until ``quiet`` s pass without news (at most ``limit`` s)."""
-    end = time.monotonic() + limit
+           quiet: float = 0.5, limit: float = 3.0, census_wait: float = 1.5) -> None:
+    """Reads retained messages and census answers until ``quiet`` s pass without news, but at
+    least ``census_wait`` s (devices answer a census from their own loop) and at most
+    ``limit`` s."""
+    start = time.monotonic()
+    end = start + max(limit, census_wait)
+    view.census()
     while time.monotonic() < end:
         pump(link, view, server, time.monotonic() + 0.1)
-        if time.monotonic() - view.last_change >= quiet:
+        now = time.monotonic()
+        if now - start >= census_wait and now - view.last_change >= quiet:
             return
 
 
@@ -250,7 +263,7 @@ def _start_push(args: Any, role: str):
     server = WeightServer(link, chunk_size=args.chunk_size, shared=not args.no_share,
                           max_rate=args.max_bytes_per_s, serve=not args.no_serve)
     m = server.add(os.path.abspath(args.package), data)
-    view = FleetView(link, args.fleet)
+    view = FleetView(link, args.fleet, _targets(args))
     settle(link, view, server)
     return link, server, view, m, pkg
 
@@ -326,7 +339,7 @@ def cmd_rollout(args: Any) -> int:
 def cmd_fleet_status(args: Any) -> int:
     link = connect(args, "status")
     try:
-        view = FleetView(link, args.fleet)
+        view = FleetView(link, args.fleet, _targets(args))
         settle(link, view, quiet=args.quiet, limit=args.wait)
         rows = [device_state(view.devices[k]) for k in sorted(view.devices)]
         if args.json:

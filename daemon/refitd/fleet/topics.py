@@ -59,6 +59,13 @@ def group_desired(fleet: str, group: str) -> str:
     return "%s/%s/groups/%s/desired" % (PREFIX, fleet, group)
 
 
+def census(fleet: str) -> str:
+    """Not retained: every online device answers by publishing its status and presence again,
+    so an operator sees the fleet on brokers (RabbitMQ) that send retained messages to exact
+    subscriptions only."""
+    return "%s/%s/census" % (PREFIX, fleet)
+
+
 def weights_request(fleet: str) -> str:
     return "%s/%s/weights/request" % (PREFIX, fleet)
 
