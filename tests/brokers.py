@@ -79,6 +79,7 @@ class Mosquitto:
     port: int = 0
     tls_port: int = 0
     max_packet_size: int = 0
+    extra: tuple = ()  # more config lines (bench: "sys_interval 1" for $SYS byte counters)
     proc: Optional[subprocess.Popen] = None
 
     @property
@@ -121,6 +122,7 @@ class Mosquitto:
             "require_certificate true",
             "use_identity_as_username true",
         ]
+        lines += list(self.extra)
         if self.max_packet_size:
             lines.append("max_packet_size %d" % self.max_packet_size)
         with open(conf, "w") as f:
