@@ -263,7 +263,7 @@ def chunk_files(dev):
     d = os.path.join(dev.state_dir, "store", "fleet", "chunks")
     if not os.path.isdir(d):
         return []
-    return [os.path.join(d, n) for n in os.listdir(d) if not n.endswith(".tmp")]
+    return [os.path.join(d, n) for n in os.listdir(d) if not n.startswith(".tmp-")]
 
 
 def test_transfer_resumes_after_broker_and_device_restarts(dbroker, work, chain, devices):

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
+from ..atomic import write_atomic
 from . import manifest as _manifest
 from . import topics, wire
 from .link import Link, LinkError
@@ -85,12 +86,7 @@ class FleetDevice:
         if len(self.outcomes) > 64:  # bounded: only recent packages matter
             for k in list(self.outcomes)[:-64]:
                 del self.outcomes[k]
-        tmp = self._outcomes_path() + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(_dumps(self.outcomes))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._outcomes_path())
+        write_atomic(self._outcomes_path(), [_dumps(self.outcomes)])
 
     # ---- lifecycle ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from ..atomic import TMP_PREFIX, write_atomic
 from . import manifest as _manifest
 from .link import backoff
 
@@ -70,6 +71,9 @@ class Transfer:
         self.done_bytes = 0
         for d in ("manifests", "chunks"):
             os.makedirs(os.path.join(partial, d), exist_ok=True)
+            for name in os.listdir(os.path.join(partial, d)):
+                if name.startswith(TMP_PREFIX):  # a write a kill interrupted
+                    _unlink(os.path.join(partial, d, name))
         self._load_manifest()
 
     # ---- plan ---------------------------------------------------------------------------
@@ -248,12 +252,8 @@ class Transfer:
         self.done_bytes += len(data)
 
     def _write(self, path: str, data: bytes) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # a chunk whose rename is lost in a power cut is just fetched again: no directory fsync
+        write_atomic(path, [data], sync_dir=False)
 
     # ---- rebuild ------------------------------------------------------------------------
 
@@ -263,25 +263,27 @@ class Transfer:
         m = self.manifest
         out = os.path.join(self.partial, "%s.safetensors" % m.package_sha256)
         h = hashlib.sha256()
-        with open(out + ".tmp", "wb") as f:
-            def put(b: bytes) -> None:
-                h.update(b)
-                f.write(b)
-            put(m.header)
+
+        def pieces():
+            yield m.header
             for t in m.tensors:
                 if self.store.has_blob(t.sha256, t.nbytes):
-                    put(self.store.blob_bytes(t.sha256, "tensor %s" % t.name))
+                    yield self.store.blob_bytes(t.sha256, "tensor %s" % t.name)
                     continue
                 for i in range(len(t.chunks)):
                     with open(self.chunk_path(t.sha256, i), "rb") as c:
-                        put(c.read())
+                        yield c.read()
+
+        def hashed():
+            for b in pieces():
+                h.update(b)
+                yield b
+        write_atomic(out, hashed(), sync_dir=False)  # what the pipeline reads is whole
         got = h.hexdigest()
         if got != m.package_sha256:
-            os.unlink(out + ".tmp")
             self.cleanup()
             raise TransferError("rebuilt package sha256 %s does not match the manifest's %s"
                                 % (got[:12], m.package_sha256[:12]))
-        os.replace(out + ".tmp", out)
         return out
 
     def cleanup(self) -> None:
