@@ -193,7 +193,7 @@ class RabbitMQ:
         })
         return e
 
-    def start(self, timeout: float = 120.0) -> "RabbitMQ":
+    def start(self, timeout: float = 300.0) -> "RabbitMQ":  # ~20 s idle; minutes on a loaded box
         if not os.path.exists(RABBITMQ):
             raise AssertionError("%s missing: install Debian's rabbitmq-server" % RABBITMQ)
         os.makedirs(os.path.join(self.workdir, "log"), exist_ok=True)
@@ -210,7 +210,11 @@ class RabbitMQ:
         self.proc = subprocess.Popen([RABBITMQ], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         out.close()
-        wait_port(self.port, timeout=timeout, proc=self.proc, log=self.log)
+        try:
+            wait_port(self.port, timeout=timeout, proc=self.proc, log=self.log)
+        except BaseException:
+            self.kill9()  # no Erlang VM left behind by a failed start
+            raise
         return self
 
     def kill9(self) -> None:
