@@ -59,7 +59,7 @@ class Device(DaemonProc):
     def serving(self) -> int:
         return self.status()["serving"]["version"]
 
-    def wait_version(self, v: int, timeout: float = 60.0) -> None:
+    def wait_version(self, v: int, timeout: float = 120.0) -> None:
         wait_until(lambda: self.serving() == v, timeout, what="%s serving version %d\n%s" % (
             self.id, v, self.log()[-3000:]))
 

@@ -99,7 +99,7 @@ def start_device(devices, work, chain, broker_url, dev, **kw) -> Device:
     return d.start()
 
 
-def push(broker_url, pkg, *extra, timeout=90):
+def push(broker_url, pkg, *extra, timeout=180):
     r = cli("push", pkg, "--fleet", FLEET, "--broker", broker_url, "--timeout", str(timeout - 15), *extra,
             *_args(broker_url, serving=True), timeout=timeout)
     return r
@@ -112,7 +112,7 @@ def fleet_status(broker_url, ids=()):
     return {row["device"]: row for row in json.loads(r.stdout)["devices"]}
 
 
-def presence(broker_url, ids, want=b"true", timeout=30):
+def presence(broker_url, ids, want=b"true", timeout=90):
     """Waits until every device in ``ids`` has its retained ``online`` equal to ``want``."""
     from fleet_helpers import TestClient
     seen = {}
@@ -131,7 +131,7 @@ def presence(broker_url, ids, want=b"true", timeout=30):
         c.close()
 
 
-def wait_online(broker_url, ids, timeout=30):
+def wait_online(broker_url, ids, timeout=90):
     presence(broker_url, ids, b"true", timeout)
 
 
@@ -213,7 +213,7 @@ def test_canary_failing_its_health_check_stops_the_rollout(broker, work, chain, 
     wait_online(broker.url, ["can-1", "dev-1", "dev-2"])
     pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
     r = cli("rollout", pkg, "--fleet", FLEET, "--canary", "canary", "--max-failures", "0",
-            "--broker", broker.url, "--expect", "can-1", "--timeout", "60", timeout=90)
+            "--broker", broker.url, "--expect", "can-1", "--timeout", "150", timeout=200)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "stopped at the canaries" in r.stdout and "can-1 rejected" in r.stdout, r.stdout
     assert canary.serving() == 0
@@ -230,7 +230,7 @@ def test_rollout_widens_after_healthy_canaries(broker, work, chain, devices):
     wait_online(broker.url, ["can-1", "dev-1"])
     pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
     r = cli("rollout", pkg, "--fleet", FLEET, "--canary", "canary", "--broker", broker.url,
-            "--expect", "can-1", "--timeout", "60", timeout=150)
+            "--expect", "can-1", "--timeout", "150", timeout=330)
     assert r.returncode == 0, r.stdout + r.stderr
     assert canary.serving() == 1 and rest.serving() == 1
 
@@ -398,7 +398,7 @@ def test_tls_with_client_certificates(broker, work, chain, devices):
     creds = ["--cafile", tls["cafile"], "--cert", tls["certfile"], "--key", tls["keyfile"]]
     pkg = write_chain_package(os.path.join(work, "v1.safetensors"), chain[1], 1)
     r = cli("push", pkg, "--fleet", FLEET, "--broker", broker.tls_url, "--expect", "dev-tls",
-            "--timeout", "60", *creds, timeout=90)
+            "--timeout", "150", *creds, timeout=200)
     assert r.returncode == 0, r.stdout + r.stderr
     assert dev.serving() == 1, r.stdout
     for cert in (["--cert", broker.cert("rogue-client.crt"), "--key", broker.cert("rogue-client.key")], []):
