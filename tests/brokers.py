@@ -219,16 +219,26 @@ class RabbitMQ:
 
     def kill9(self) -> None:
         """SIGKILL to the server's process group (the beam VM and its helpers)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            self.kill9()  # the script is gone; its VM may not be
             return
         os.killpg(self.proc.pid, signal.SIGTERM)  # the server runs beam + its helpers
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever of the group outlived the script (the beam VM) goes too
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
