@@ -13,7 +13,8 @@ import pytest
 
 from refitd.fleet import manifest as M
 from refitd.fleet import wire
-from refitd.fleet.settings import parse as parse_settings
+from refitd.fleet.settings import MqttSettings
+from refitd.schema import _Ctx, _build
 from refitd.fleet.transfer import Transfer, TransferError
 from refitd.pack import write_package
 from refitd.store import Store
@@ -97,16 +98,17 @@ def test_wire_round_trip_and_refusals():
 
 
 def test_settings_defaults_and_problems(tmp_path):
-    problems = []
-    s = parse_settings({"enabled": True, "broker": "mqtt://127.0.0.1:1883", "fleet": "f1"},
-                       lambda p, m: problems.append((p, m)), str)
+    def parse(raw):
+        ctx = _Ctx()
+        return _build(MqttSettings, raw, ("mqtt",), ctx), [(p.path, p.message) for p in ctx.problems]
+
+    s, problems = parse({"enabled": True, "broker": "mqtt://127.0.0.1:1883", "fleet": "f1"})
     assert not problems and s.url == "mqtt://127.0.0.1:1883" and s.device_id
-    s = parse_settings({"enabled": True, "host": "127.0.0.1", "tls": True, "fleet": "f"},
-                       lambda p, m: problems.append((p, m)), str)
-    assert s.url == "mqtts://127.0.0.1:8883"
-    parse_settings({"enabled": True, "broker": "mqtt://h", "fleet": "f", "certfile": str(tmp_path / "c")},
-                   lambda p, m: problems.append((".".join(p), m)), str)
-    assert problems and problems[0][0] in ("mqtt.certfile", "mqtt.keyfile"), problems
+    s, problems = parse({"enabled": True, "host": "127.0.0.1", "tls": True, "fleet": "f"})
+    assert not problems and s.url == "mqtts://127.0.0.1:8883"
+    s, problems = parse({"enabled": True, "broker": "mqtt://h", "fleet": "f", "certfile": str(tmp_path / "c")})
+    assert s is None and problems and problems[0][0] in ("mqtt.certfile", "mqtt.keyfile"), problems
+    assert parse({})[0].enabled is False  # off by default: nothing else is required
 
 
 class Wire:
