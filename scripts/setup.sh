@@ -26,6 +26,10 @@ for pkg in cmake make gcc; do
 done
 # mosquitto lives in /usr/sbin, which a normal user's PATH may lack.
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
+# The fleet tests also run the device side against RabbitMQ's MQTT plugin, and make their TLS
+# certificates with openssl.
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

@@ -12,6 +12,10 @@
     refitd check-config F [--json]          validate a config file and check it against this machine
     refitd --version [--json]               refitd, librefit (version, ABI) and the backends
     refitd demo                             the seeds' demo on a real daemon
+    refitd push PACKAGE --fleet F [--group G] --broker URL    desired state + serve, live device table
+    refitd rollout PACKAGE --fleet F --canary G --max-failures K --broker URL
+    refitd serve --dir PACKAGES --broker URL   weight server (replicas share via $share)
+    refitd fleet status --fleet F --broker URL [--json]
 
 Client commands find the control socket from --socket, $REFITD_SOCKET, --config, then
 /etc/refitd/refitd.yaml, then the demo config's socket (under $XDG_STATE_HOME/refitd).
@@ -556,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--interval", type=float, default=1.0, help="seconds between package drops")
     sp.add_argument("--threads", type=int, default=2, help="inference worker threads")
     sp.set_defaults(fn=cmd_demo)
+
+    from .fleet.commands import add_parsers
+    add_parsers(sub)
     return p
 
 

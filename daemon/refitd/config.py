@@ -12,7 +12,7 @@ Sections (see ``config/refitd.yaml`` for the annotated example and docs/daemon.m
   model     path, backend, options, backend_options, name_map
   workers   threads
   source    type synthetic | npy-dir | socket, plus that type's fields
-  sink      type stdout | jsonl (mqtt reserved), plus that type's fields
+  sink      type stdout | jsonl | mqtt, plus that type's fields
             (source, sink and health check types are plugins, each declared once with its
             config class where it is implemented: plugins.py; SOURCE_TYPES & co. read that)
   store     path, keep, max_package_bytes
@@ -21,7 +21,7 @@ Sections (see ``config/refitd.yaml`` for the annotated example and docs/daemon.m
   control   socket, mode
   log       format text | json, level
   metrics   listen (loopback "127.0.0.1:PORT", or null)
-  mqtt      reserved (accepted and validated minimally; comes with the MQTT issue)
+  mqtt      the fleet channel: broker, fleet, group, TLS, credentials, ... (refitd.fleet.settings)
   security  reserved (accepted and validated minimally; comes with the security issue)
 
 Relative paths are resolved against the directory of the config file. Every section is optional
@@ -57,6 +57,7 @@ from .schema import (SOCKET_PATH_MAX, ConfigError, Problem, _BAD, _Ctx, _build, 
                      k_backend_options, k_int, k_listen, k_mode, k_path, k_socket_path, k_str, k_str_map)
 from .plugins import config_types
 from .health import FiniteCheck, GoldenCheck, RangeCheck  # noqa: F401 (the check configs, re-exported)
+from .fleet.settings import MqttSettings as MqttConfig  # noqa: F401 (declared with the fleet channel)
 from .runner import (JsonlSinkConfig, NpyDirSourceConfig, SocketSourceConfig,  # noqa: F401
                      StdoutSinkConfig, SyntheticSourceConfig)
 
@@ -159,7 +160,6 @@ class WorkersConfig:
 
 SOURCE_TYPES: Dict[str, Type] = config_types("source")
 SINK_TYPES: Dict[str, Type] = config_types("sink")
-SINK_RESERVED = {"mqtt": "comes with MQTT support (not available yet)"}
 
 
 @section
@@ -213,19 +213,6 @@ class LogConfig:
 @section
 class MetricsConfig:
     listen: Optional[Tuple[str, int]] = _f(None, k_listen, "loopback host:port of the Prometheus endpoint; null = off", nullable=True)
-
-
-@section
-class MqttConfig:
-    """Reserved for the MQTT issue: accepted, checked minimally, not used yet."""
-    enabled: bool = _f(False, k_bool, "reserved: MQTT fleet updates are not available yet")
-    host: Optional[str] = _f(None, k_str, "broker host", nullable=True)
-    port: int = _f(1883, k_int(1, 65535), "broker port")
-    client_id: Optional[str] = _f(None, k_str, "client id", nullable=True)
-    topic_prefix: str = _f("refitd", k_str, "topic prefix")
-    tls: bool = _f(False, k_bool, "use TLS")
-    username: Optional[str] = _f(None, k_str, "user name", nullable=True)
-    password_file: Optional[str] = _f(None, k_path, "file holding the password", nullable=True)
 
 
 @section
@@ -326,7 +313,7 @@ def parse_config(raw: Any, origin: Optional[str] = None,
     model = _build_model(raw.get("model"), ctx)
     workers = _build(WorkersConfig, raw.get("workers"), ("workers",), ctx)
     source = _build_typed(SOURCE_TYPES, raw.get("source"), ("source",), ctx, "synthetic")
-    sink = _build_typed(SINK_TYPES, raw.get("sink"), ("sink",), ctx, "stdout", SINK_RESERVED)
+    sink = _build_typed(SINK_TYPES, raw.get("sink"), ("sink",), ctx, "stdout")
     store = None
     if raw.get("store") is None:
         ctx.add(("store",), "is required (store.path: where versions are kept)")
@@ -349,8 +336,8 @@ def parse_config(raw: Any, origin: Optional[str] = None,
         w = health.window
         if w.range_min is not None and w.range_max is not None and w.range_min > w.range_max:
             ctx.add(("health", "window", "range_min"), "must be <= range_max")
-    if mqtt is not None and mqtt.enabled:
-        ctx.add(("mqtt", "enabled"), "MQTT fleet updates are not available yet (coming with the MQTT issue); set false")
+    if sink is not None and sink.type == "mqtt" and mqtt is not None and not mqtt.enabled:
+        ctx.add(("sink", "type"), "mqtt needs mqtt.enabled: true (results go over the fleet channel)")
     if security is not None and security.require_signature:
         ctx.add(("security", "require_signature"), "signature checks are not available yet (coming with the security issue); set false")
     paths: Dict[str, str] = {}

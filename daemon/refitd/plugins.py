@@ -18,7 +18,7 @@ __all__ = ["plugin", "plugins", "config_types", "KINDS"]
 
 #: kind -> the modules that declare plugins of that kind (imported on first use)
 KINDS: Dict[str, Tuple[str, ...]] = {"source": ("runner",), "sink": ("runner",), "check": ("health",),
-                                     "channel": ("channels.watch", "channels.control")}
+                                     "channel": ("channels.watch", "channels.mqtt", "channels.control")}
 
 _REGISTRY: Dict[str, Dict[str, type]] = {k: {} for k in KINDS}
 

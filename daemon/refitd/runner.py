@@ -7,7 +7,8 @@ Sources (plugins.py: each class declared once with its config, ``@plugin("source
   npy-dir    a folder polled for ``.npy`` (single-input models) / ``.npz`` (named inputs) files
   socket     a Unix socket: local clients send tensors and get the result back (protocol below)
 
-Sinks (``@plugin("sink", ...)``): stdout (a line at most every ``every`` seconds), jsonl (a file).
+Sinks (``@plugin("sink", ...)``): stdout (a line at most every ``every`` seconds), jsonl (a file),
+mqtt (the fleet channel's results topic).
 
 Live counters (``Stats``): inferences total and per second, errors, latency p50/p99 over the
 last few seconds (a ring buffer), and a cumulative latency histogram for Prometheus.
@@ -46,7 +47,7 @@ from .tensorwire import ProtocolError, encode_frame, frame_header, read_frame
 
 __all__ = ["Item", "Result", "Stats", "Runner", "socket_infer", "encode_frame", "read_frame",
            "LATENCY_BUCKETS", "SyntheticSourceConfig", "NpyDirSourceConfig", "SocketSourceConfig",
-           "StdoutSinkConfig", "JsonlSinkConfig"]
+           "StdoutSinkConfig", "JsonlSinkConfig", "MqttSinkConfig"]
 
 
 @dataclass
@@ -183,6 +184,12 @@ class JsonlSinkConfig:
     path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
     every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")
     type: str = "jsonl"
+
+
+@section
+class MqttSinkConfig:
+    """Results go to the fleet channel (rate: mqtt.results_rate); needs mqtt.enabled."""
+    type: str = "mqtt"
 
 
 def _fill_tensor(fill: Any, shape, dtype, rng) -> np.ndarray:
@@ -574,6 +581,19 @@ class StdoutSink(Sink):
             pass
 
 
+def _record(res: Result) -> Dict[str, Any]:
+    """A result as the jsonl and mqtt sinks write it."""
+    rec: Dict[str, Any] = {"t": round(res.t, 6), "version": res.version, "worker": res.worker,
+                           "seconds": round(res.seconds, 9)}
+    if res.tag is not None:
+        rec["tag"] = res.tag
+    if res.error is not None:
+        rec["error"] = res.error
+    else:
+        rec["outputs"] = _jsonable(res.outputs)
+    return rec
+
+
 @plugin("sink", "jsonl", JsonlSinkConfig)
 class JsonlSink(Sink):
     """Appends one JSON object per result: {"t", "version", "worker", "seconds", "outputs"
@@ -588,15 +608,7 @@ class JsonlSink(Sink):
     def put(self, res: Result) -> None:
         if not self._due(res):
             return
-        rec: Dict[str, Any] = {"t": round(res.t, 6), "version": res.version, "worker": res.worker,
-                               "seconds": round(res.seconds, 9)}
-        if res.tag is not None:
-            rec["tag"] = res.tag
-        if res.error is not None:
-            rec["error"] = res.error
-        else:
-            rec["outputs"] = _jsonable(res.outputs)
-        line = json.dumps(rec, separators=(",", ":"))
+        line = json.dumps(_record(res), separators=(",", ":"))
         with self._wlock:
             if self._f is not None:
                 self._f.write(line + "\n")
@@ -606,6 +618,20 @@ class JsonlSink(Sink):
             if self._f is not None:
                 self._f.close()
                 self._f = None
+
+
+@plugin("sink", "mqtt", MqttSinkConfig)
+class MqttSink(Sink):
+    """Results to the fleet channel's ``.../results`` topic. The channel (``target``, set by the
+    daemon once it runs) rate-limits to ``mqtt.results_rate`` and drops while offline, so a
+    worker never waits on the network."""
+
+    target = None
+
+    def put(self, res: Result) -> None:
+        t = self.target
+        if t is not None:
+            t.publish_result(_record(res))
 
 
 # ---- the runner ------------------------------------------------------------------------------

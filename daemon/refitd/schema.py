@@ -424,19 +424,15 @@ def _build(cls: Type, raw: Any, path: Tuple[str, ...], ctx: _Ctx, skip: Tuple[st
 
 
 def _build_typed(registry: Dict[str, Type], raw: Any, path: Tuple[str, ...], ctx: _Ctx,
-                 default_type: Optional[str], reserved: Optional[Dict[str, str]] = None):
+                 default_type: Optional[str]):
     """Validates a plugin's config through the discriminated union on ``type`` of ``registry``
-    (plugins.config_types(kind)); ``default_type`` when the mapping names none; a ``reserved``
-    type gets its own one-line reason."""
+    (plugins.config_types(kind)); ``default_type`` when the mapping names none."""
     data = _mapping(raw, path, ctx, ["type"])
     if data is None:
         return None
     t = data.setdefault("type", default_type) if default_type else data.get("type")
     if t is None:
         ctx.add(path + ("type",), "is required (one of %s)" % ", ".join(registry))
-        return None
-    if reserved and t in reserved:
-        ctx.add(path + ("type",), "%s %s; use one of %s" % (_show(t), reserved[t], ", ".join(registry)))
         return None
     if not isinstance(t, str) or t not in registry:
         ctx.add(path + ("type",), "must be one of %s, got %s%s"

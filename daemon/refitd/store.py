@@ -373,21 +373,38 @@ class Store:
             out[name] = self.read_blob(t["sha256"], t["dtype"], t["shape"], name, version)
         return out
 
-    def read_blob(self, sha: str, dtype: str, shape: List[int], name: str = "?",
-                  version: Optional[int] = None) -> np.ndarray:
-        where = "tensor %s%s" % (json.dumps(name), "" if version is None else
-                                 " of version %d" % version)
+    def has_blob(self, sha: str, nbytes: Optional[int] = None) -> bool:
+        """Whether blob ``sha`` is stored (with ``nbytes`` bytes, when given). The fleet
+        transfer asks this to fetch only the tensors a box lacks."""
+        if not _HEX64.match(sha):
+            return False
+        try:
+            size = os.stat(self._blob_path(sha)).st_size
+        except FileNotFoundError:
+            return False
+        return nbytes is None or size == nbytes
+
+    def blob_bytes(self, sha: str, where: Optional[str] = None) -> bytes:
+        """The raw bytes of blob ``sha``, their sha256 verified (``StoreError`` naming ``where``,
+        e.g. the tensor, if not)."""
+        of = "" if where is None else " of %s" % where
         try:
             with open(self._blob_path(sha), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            raise StoreError("blob %s of %s is missing" % (sha[:12], where)) from None
+            raise StoreError("blob %s%s is missing" % (sha[:12], of)) from None
         except OSError as e:
-            raise StoreError("cannot read blob %s of %s: %s" % (sha[:12], where, e.strerror)) from None
+            raise StoreError("cannot read blob %s%s: %s" % (sha[:12], of, e.strerror)) from None
         got = hashlib.sha256(data).hexdigest()
         if got != sha:
-            raise StoreError("blob %s of %s is corrupt: its sha256 is %s"
-                             % (sha[:12], where, got[:12]))
+            raise StoreError("blob %s%s is corrupt: its sha256 is %s" % (sha[:12], of, got[:12]))
+        return data
+
+    def read_blob(self, sha: str, dtype: str, shape: List[int], name: str = "?",
+                  version: Optional[int] = None) -> np.ndarray:
+        where = "tensor %s%s" % (json.dumps(name), "" if version is None else
+                                 " of version %d" % version)
+        data = self.blob_bytes(sha, where)
         dt = _DTYPES[dtype]
         n = 1
         for d in shape:
@@ -477,10 +494,7 @@ class Store:
                            changed=sorted(changed))
 
     def _blob_ok(self, sha: str, nbytes: int) -> bool:
-        try:
-            return os.stat(self._blob_path(sha)).st_size == nbytes
-        except FileNotFoundError:
-            return False
+        return self.has_blob(sha, nbytes)
 
     def write(self, pending: Pending) -> Dict[str, Any]:
         """Makes ``pending`` durable: every new blob (temp, fsync, rename), the fsync of each
