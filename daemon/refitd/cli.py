@@ -446,6 +446,11 @@ class _Parser(argparse.ArgumentParser):
 JSON_HELP = "print the result as one JSON object instead of text"
 
 
+def add_command(sub, name: str, help_: str, description: Optional[str] = None) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with what it does (argparse shows none by default)."""
+    return sub.add_parser(name, help=help_, description=description or help_[0].upper() + help_[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="refitd", description="Hot-swap neural network weights without reloading the model. "
                                            "`refitd COMMAND --help` describes each command.")
@@ -456,8 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name, help_, description=None):
-        """A subcommand whose --help starts with what it does (argparse shows none by default)."""
-        return sub.add_parser(name, help=help_, description=description or help_[0].upper() + help_[1:] + ".")
+        return add_command(sub, name, help_, description)
 
     def client(name, help_, description=None):
         sp = command(name, help_, description)
