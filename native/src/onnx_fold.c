@@ -65,7 +65,7 @@ int ox_fold_constant(loader *L, const ox_node *n)
             return rc;
         for (size_t k = 0; k < cnt; k++)
             ox_cset(dt, d, k, dt == RT_F32 ? a->floats[k] : 0, dt == RT_I64 ? a->ints[k] : 0,
-                 dt == RT_I64);
+                    dt == RT_I64);
         return ox_make_const(L, n, n->out[0], dt, &s, d);
     }
     return ox_nfail(L, n, REFIT_ERR_MODEL, "value attribute '%s' has an unexpected type", a->name);
@@ -108,7 +108,7 @@ int ox_fold_binary(loader *L, const ox_node *n, const int *vin, int nin)
     if (ox_bcast_shapes(sh, need, &s)) {
         char b1[96], b2[96];
         return ox_nfail(L, n, REFIT_ERR_MODEL, "shapes %s and %s do not broadcast",
-                     ox_shp(sh[need - 2], b1, sizeof b1), ox_shp(sh[need - 1], b2, sizeof b2));
+                        ox_shp(sh[need - 2], b1, sizeof b1), ox_shp(sh[need - 1], b2, sizeof b2));
     }
     int cmp = !strcmp(op, "Equal") || !strcmp(op, "Less") || !strcmp(op, "Greater");
     int dt;
@@ -225,7 +225,7 @@ int ox_fold_gather(loader *L, const ox_node *n, const int *vin)
             if (id < 0 || id >= dim) {
                 free(d);
                 return ox_nfail(L, n, REFIT_ERR_MODEL, "index %lld out of range for dim %lld",
-                             (long long)ox_cget_i(ix, j), (long long)dim);
+                                (long long)ox_cget_i(ix, j), (long long)dim);
             }
             if (inner)
                 memcpy((char *)d + pos * es, (const char *)x->data + ((o * (size_t)dim + (size_t)id) * inner) * es,

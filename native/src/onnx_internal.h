@@ -192,15 +192,15 @@ const int64_t *ox_attr_ints(const ox_node *n, const char *name, int *cnt);
 int ox_reserve_vals(loader *L, int extra);
 int ox_reserve_nodes(loader *L, int extra);
 int ox_add_value(loader *L, const char *name, rt_value_kind kind, int dtype, const rt_shape *s,
-                     void *data, float *winit, int *idx);
+                 void *data, float *winit, int *idx);
 int ox_check_shape(loader *L, const ox_node *n, const rt_shape *s);
 const char *ox_shp(const rt_shape *s, char *buf, size_t len);
 int ox_emit_named(loader *L, const ox_node *n, const char *nodename, rt_op op, const int *ins,
-                      int nin, const rt_shape *s, const rt_attrs *a, const char *outname);
+                  int nin, const rt_shape *s, const rt_attrs *a, const char *outname);
 int ox_emit(loader *L, const ox_node *n, rt_op op, const int *ins, int nin, const rt_shape *s,
-                const rt_attrs *a);
+            const rt_attrs *a);
 int ox_make_const(loader *L, const ox_node *n, const char *name, int dtype, const rt_shape *s,
-                      void *data);
+                  void *data);
 size_t ox_esize(int dtype);
 int ox_alloc_const(loader *L, const ox_node *n, int dtype, const rt_shape *s, void **data);
 int ox_is_kind(const loader *L, int v, rt_value_kind k);
@@ -209,7 +209,7 @@ int64_t ox_d2i(double x);
 int64_t ox_cget_i(const rt_value *v, size_t k);
 void ox_cset(int dtype, void *data, size_t k, double d, int64_t i, int use_int);
 int ox_const_ints(loader *L, const ox_node *n, int v, const char *what, int64_t *dst, int max,
-                      int *cnt);
+                  int *cnt);
 int ox_need_f32(loader *L, const ox_node *n, const int *vin, int nin, int k);
 int ox_norm_axis(int64_t axis, int rank, int64_t *out);
 int64_t ox_prod_dims(const rt_shape *s, int from, int to);
@@ -233,18 +233,18 @@ int ox_fold_neg(loader *L, const ox_node *n, int src);
 
 /* onnx_shape.c: shape-only ops and spatial geometry */
 int ox_reshape_shape(loader *L, const ox_node *n, const rt_shape *in, const int64_t *sh, int cnt,
-                         int allowzero, rt_shape *o);
+                     int allowzero, rt_shape *o);
 int ox_get_axes(loader *L, const ox_node *n, const int *vin, int nin, int64_t input_opset,
-                    int64_t *axes, int *cnt);
+                int64_t *axes, int *cnt);
 int ox_squeeze_shape(loader *L, const ox_node *n, const rt_shape *in, const int64_t *axes,
-                         int cnt, rt_shape *o);
+                     int cnt, rt_shape *o);
 int ox_unsqueeze_shape(loader *L, const ox_node *n, const rt_shape *in, const int64_t *axes,
-                           int cnt, rt_shape *o);
+                       int cnt, rt_shape *o);
 int ox_reshape_like(loader *L, const ox_node *n, int src, const rt_shape *s, rt_op op, int64_t axis);
 int ox_passthrough(loader *L, const ox_node *n, int src);
 int ox_do_identity(loader *L, const ox_node *n, int src);
 int ox_spatial_geom(loader *L, const ox_node *n, const rt_shape *x, const int64_t *kernel_in,
-                        int allow_ceil, rt_attrs *a, rt_shape *o);
+                    int allow_ceil, rt_attrs *a, rt_shape *o);
 
 /* onnx_ops.c: the op table and node dispatch */
 int ox_build_node(loader *L, const ox_node *n);

@@ -249,11 +249,11 @@ static int parse_tensor(loader *L, const uint8_t *data, size_t len, ox_tensor *t
         return BAD_PB(L, "TensorProto");
     if (location == 1)
         return ox_fail(L, REFIT_ERR_UNSUPPORTED,
-                    "tensor '%s': external data (data_location=EXTERNAL) is not supported; save the "
-                    "model with its tensors inside the file", t->name);
+                       "tensor '%s': external data (data_location=EXTERNAL) is not supported; save the "
+                       "model with its tensors inside the file", t->name);
     if (ndim > RT_MAX_DIMS)
         return ox_fail(L, REFIT_ERR_UNSUPPORTED, "tensor '%s' has %ld dims; at most %d are supported",
-                    t->name, ndim, RT_MAX_DIMS);
+                       t->name, ndim, RT_MAX_DIMS);
     t->dtype = (int)dtype;
     t->ndim = (int)ndim;
     /* second pass: dims */
@@ -276,13 +276,13 @@ static int parse_tensor(loader *L, const uint8_t *data, size_t len, ox_tensor *t
     size_t es = ox_elem_size(t->dtype);
     if (es == 0)
         return ox_fail(L, REFIT_ERR_UNSUPPORTED, "tensor '%s': data type %d is not supported", t->name,
-                    t->dtype);
+                       t->dtype);
     size_t have;
     if (t->has_raw) {
         if (t->rawlen != t->numel * es)
             return ox_fail(L, REFIT_ERR_MODEL,
-                        "tensor '%s': raw_data holds %zu bytes, its shape and %s need %zu", t->name,
-                        t->rawlen, ox_dtype_name(t->dtype), t->numel * es);
+                           "tensor '%s': raw_data holds %zu bytes, its shape and %s need %zu", t->name,
+                           t->rawlen, ox_dtype_name(t->dtype), t->numel * es);
         return 0;
     }
     switch (t->dtype) {
@@ -294,7 +294,7 @@ static int parse_tensor(loader *L, const uint8_t *data, size_t len, ox_tensor *t
     }
     if (have != t->numel)
         return ox_fail(L, REFIT_ERR_MODEL, "tensor '%s' holds %zu values but its shape needs %zu",
-                    t->name, have, t->numel);
+                       t->name, have, t->numel);
     return 0;
 }
 
@@ -595,7 +595,7 @@ static int parse_shape(loader *L, const uint8_t *data, size_t len, ox_vi *v)
             return BAD_PB(L, "TensorShapeProto");
         if (v->ndim >= RT_MAX_DIMS)
             return ox_fail(L, REFIT_ERR_UNSUPPORTED, "value '%s' has more than %d dims", v->name,
-                        RT_MAX_DIMS);
+                           RT_MAX_DIMS);
         int64_t d = -1;
         pb_iter di;
         pb_field g;
@@ -790,7 +790,7 @@ static int parse_model(loader *L, const uint8_t *data, size_t len)
         return ox_fail(L, REFIT_ERR_MODEL, "no opset_import for the default ONNX domain");
     if (L->opset < 7)
         return ox_fail(L, REFIT_ERR_UNSUPPORTED, "opset %lld is not supported (7 or newer needed)",
-                    (long long)L->opset);
+                       (long long)L->opset);
     return parse_graph(L, graph, graph_len);
 }
 
@@ -878,7 +878,7 @@ int ox_reserve_nodes(loader *L, int extra)
 /* Adds a value named `name` (copied) and binds the name to it. Takes ownership of `data` (and
  * of `winit` for a weight), freeing them on failure. *idx receives the index. */
 int ox_add_value(loader *L, const char *name, rt_value_kind kind, int dtype, const rt_shape *s,
-                     void *data, float *winit, int *idx)
+                 void *data, float *winit, int *idx)
 {
     const rt_shape shape = *s; /* s may point into L->vals, which ox_reserve_vals may move */
     if (ox_reserve_vals(L, 1)) {
@@ -925,14 +925,14 @@ const char *ox_shp(const rt_shape *s, char *buf, size_t len) { return rt_shape_s
 
 /* Emits a runtime node producing a new INTERMEDIATE float value `outname`. */
 int ox_emit_named(loader *L, const ox_node *n, const char *nodename, rt_op op, const int *ins,
-                      int nin, const rt_shape *s, const rt_attrs *a, const char *outname)
+                  int nin, const rt_shape *s, const rt_attrs *a, const char *outname)
 {
     int rc = ox_check_shape(L, n, s);
     if (rc)
         return rc;
     if (nin > RT_MAX_NODE_INPUTS)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED, "%d inputs (at most %d supported)", nin,
-                     RT_MAX_NODE_INPUTS);
+                        RT_MAX_NODE_INPUTS);
     if (ox_reserve_nodes(L, 1))
         return REFIT_ERR_NOMEM;
     int out;
@@ -955,14 +955,14 @@ int ox_emit_named(loader *L, const ox_node *n, const char *nodename, rt_op op, c
 }
 
 int ox_emit(loader *L, const ox_node *n, rt_op op, const int *ins, int nin, const rt_shape *s,
-                const rt_attrs *a)
+            const rt_attrs *a)
 {
     return ox_emit_named(L, n, n->name, op, ins, nin, s, a, n->out[0]);
 }
 
 /* A new CONST value named `name` (ownership of data is taken). */
 int ox_make_const(loader *L, const ox_node *n, const char *name, int dtype, const rt_shape *s,
-                      void *data)
+                  void *data)
 {
     int rc = ox_check_shape(L, n, s);
     if (rc) {
@@ -984,7 +984,7 @@ int ox_alloc_const(loader *L, const ox_node *n, int dtype, const rt_shape *s, vo
     size_t numel = rt_shape_numel(s);
     if (numel > (size_t)MAX_FOLD_NUMEL)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED,
-                     "constant result of %zu elements is too large to evaluate at load", numel);
+                        "constant result of %zu elements is too large to evaluate at load", numel);
     *data = malloc(numel ? numel * ox_esize(dtype) : 1);
     return *data ? 0 : NOMEM(L);
 }
@@ -1020,19 +1020,19 @@ void ox_cset(int dtype, void *data, size_t k, double d, int64_t i, int use_int)
 
 /* Reads CONST input value v as up to `max` integers. */
 int ox_const_ints(loader *L, const ox_node *n, int v, const char *what, int64_t *dst, int max,
-                      int *cnt)
+                  int *cnt)
 {
     const rt_value *x = &L->vals[v];
     if (x->kind == RT_VAL_WEIGHT)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED,
-                     "%s ('%s') must be a constant known at load, but it is a refittable weight "
-                     "(leave it out of the 'refittable' option to fold it)", what, x->name);
+                        "%s ('%s') must be a constant known at load, but it is a refittable weight "
+                        "(leave it out of the 'refittable' option to fold it)", what, x->name);
     if (x->kind != RT_VAL_CONST)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED, "%s ('%s') must be a constant known at load",
-                     what, x->name);
+                        what, x->name);
     if (x->numel > (size_t)max)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED, "%s has %zu entries (at most %d supported)",
-                     what, x->numel, max);
+                        what, x->numel, max);
     for (size_t k = 0; k < x->numel; k++)
         dst[k] = ox_cget_i(x, k);
     *cnt = (int)x->numel;
@@ -1047,8 +1047,8 @@ int ox_need_f32(loader *L, const ox_node *n, const int *vin, int nin, int k)
     const rt_value *v = &L->vals[vin[k]];
     if (v->dtype != RT_F32)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED,
-                     "input '%s' is %s; ops on run-time data compute in float32", v->name,
-                     rt_dtype_name(v->dtype));
+                        "input '%s' is %s; ops on run-time data compute in float32", v->name,
+                        rt_dtype_name(v->dtype));
     return 0;
 }
 
@@ -1166,7 +1166,7 @@ static int parse_input_shape(loader *L, const char *spec)
         char *colon = strrchr(seg, ':');
         if (!colon)
             return ox_fail(L, REFIT_ERR_INVALID_ARG,
-                        "input_shape: cannot parse '%.80s' (expected name:1x3x224x224)", seg);
+                           "input_shape: cannot parse '%.80s' (expected name:1x3x224x224)", seg);
         *colon = 0;
         char *name = trim(seg), *dims = trim(colon + 1);
         rt_shape s = {0, {0}};
@@ -1195,8 +1195,8 @@ static int parse_input_shape(loader *L, const char *spec)
         }
         if (!ok)
             return ox_fail(L, REFIT_ERR_INVALID_ARG,
-                        "input_shape: cannot parse '%.60s:%.40s' (expected name:1x3x224x224 with "
-                        "positive dims)", name, dims);
+                           "input_shape: cannot parse '%.60s:%.40s' (expected name:1x3x224x224 with "
+                           "positive dims)", name, dims);
         if (ox_strmap_get(&L->shape_opt, name) >= 0)
             return ox_fail(L, REFIT_ERR_INVALID_ARG, "input_shape: input '%.80s' given twice", name);
         L->shape_opt_v[L->n_shape_opt] = s;
@@ -1283,7 +1283,7 @@ static int topo_order(loader *L, int *order)
                 int p = ox_strmap_get(&producer, in);
                 if (p < 0) {
                     rc = ox_nfail(L, n, REFIT_ERR_MODEL,
-                               "input '%s' is not produced by any node, initializer or graph input", in);
+                                  "input '%s' is not produced by any node, initializer or graph input", in);
                     break;
                 }
                 if (pass == 0) {
@@ -1358,8 +1358,8 @@ static int add_initializers(loader *L)
         if (L->explicit_refit && !isf && ox_strmap_get(&L->refit_set, t->name) >= 0) {
             free(d);
             return ox_fail(L, REFIT_ERR_NOT_FOUND,
-                        "refittable: '%s' is a %s initializer; only float initializers are "
-                        "refittable", t->name, ox_dtype_name(t->dtype));
+                           "refittable: '%s' is a %s initializer; only float initializers are "
+                           "refittable", t->name, ox_dtype_name(t->dtype));
         }
         if (weight) {
             if (L->explicit_refit)
@@ -1393,8 +1393,8 @@ static int add_inputs(loader *L)
             return ox_fail(L, REFIT_ERR_UNSUPPORTED, "graph input '%s' is not a tensor", v->name);
         if (v->elem_type != 0 && v->elem_type != RT_F32)
             return ox_fail(L, REFIT_ERR_UNSUPPORTED,
-                        "graph input '%s' is %s; only float32 inputs are supported", v->name,
-                        ox_dtype_name(v->elem_type));
+                           "graph input '%s' is %s; only float32 inputs are supported", v->name,
+                           ox_dtype_name(v->elem_type));
         rt_shape s = {v->ndim, {0}};
         int oi = ox_strmap_get(&L->shape_opt, v->name);
         if (oi >= 0) {
@@ -1402,25 +1402,25 @@ static int add_inputs(loader *L)
             L->shape_opt_used[oi] = 1;
             if (v->has_shape && o->ndim != v->ndim)
                 return ox_fail(L, REFIT_ERR_INVALID_ARG,
-                            "input_shape: '%s' is given %d dims but the model's input has %d",
-                            v->name, o->ndim, v->ndim);
+                               "input_shape: '%s' is given %d dims but the model's input has %d",
+                               v->name, o->ndim, v->ndim);
             for (int k = 0; v->has_shape && k < v->ndim; k++)
                 if (v->dims[k] >= 0 && v->dims[k] != o->d[k])
                     return ox_fail(L, REFIT_ERR_INVALID_ARG,
-                                "input_shape: '%s' dim %d is given as %lld but the model fixes it to %lld",
-                                v->name, k, (long long)o->d[k], (long long)v->dims[k]);
+                                   "input_shape: '%s' dim %d is given as %lld but the model fixes it to %lld",
+                                   v->name, k, (long long)o->d[k], (long long)v->dims[k]);
             s = *o;
         } else {
             if (!v->has_shape)
                 return ox_fail(L, REFIT_ERR_MODEL,
-                            "graph input '%s' has no shape; give one with the input_shape option",
-                            v->name);
+                               "graph input '%s' has no shape; give one with the input_shape option",
+                               v->name);
             for (int k = 0; k < v->ndim; k++)
                 s.d[k] = v->dims[k] < 0 ? 1 : v->dims[k];
         }
         if (ox_dims_numel(s.d, s.ndim) < 0)
             return ox_fail(L, REFIT_ERR_MODEL, "graph input '%s' has an invalid shape %s", v->name,
-                        ox_shp(&s, b1, sizeof b1));
+                           ox_shp(&s, b1, sizeof b1));
         int idx;
         if ((rc = ox_add_value(L, v->name, RT_VAL_INPUT, RT_F32, &s, NULL, NULL, &idx)))
             return rc;
@@ -1431,8 +1431,8 @@ static int add_inputs(loader *L)
         for (size_t k = 0; k < L->shape_opt.cap; k++)
             if (L->shape_opt.keys[k] && L->shape_opt.vals[k] == i)
                 return ox_fail(L, REFIT_ERR_INVALID_ARG,
-                            "input_shape: '%s' is not a run-time input of the model",
-                            L->shape_opt.keys[k]);
+                               "input_shape: '%s' is not a run-time input of the model",
+                               L->shape_opt.keys[k]);
     }
     return 0;
 }
@@ -1448,12 +1448,12 @@ static int add_outputs(loader *L)
         if (v < 0) {
             if (ox_strmap_get(&L->dropped, name) >= 0)
                 return ox_fail(L, REFIT_ERR_UNSUPPORTED,
-                            "graph output '%s' is a secondary node output, which is not supported", name);
+                               "graph output '%s' is a secondary node output, which is not supported", name);
             return ox_fail(L, REFIT_ERR_MODEL, "graph output '%s' is not produced by the graph", name);
         }
         if (L->vals[v].dtype != RT_F32)
             return ox_fail(L, REFIT_ERR_UNSUPPORTED, "graph output '%s' is %s; outputs must be float",
-                        name, rt_dtype_name(L->vals[v].dtype));
+                           name, rt_dtype_name(L->vals[v].dtype));
         if (strcmp(L->vals[v].name, name) != 0) {
             /* a rewired name: give the output its own value */
             int rc;
@@ -1622,8 +1622,8 @@ int rt_graph_from_onnx(const void *data, size_t size, const rt_load_options *opt
         for (size_t k = 0; k < L.refit_set.cap; k++)
             if (L.refit_set.keys[k] && L.refit_set.vals[k] == 0) {
                 rc = ox_fail(&L, REFIT_ERR_NOT_FOUND,
-                          "refittable: '%s' is not a float initializer of the model",
-                          L.refit_set.keys[k]);
+                             "refittable: '%s' is not a float initializer of the model",
+                             L.refit_set.keys[k]);
                 goto done;
             }
     }

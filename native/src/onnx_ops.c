@@ -61,25 +61,25 @@ static int op_conv(loader *L, const ox_node *n, const int *vin, int nin)
     const rt_shape *x = &L->vals[vin[0]].shape, *w = &L->vals[vin[1]].shape;
     if (x->ndim < 3 || x->ndim > 4)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED, "input %s: only 1-D and 2-D convolution supported",
-                     ox_shp(x, b1, sizeof b1));
+                        ox_shp(x, b1, sizeof b1));
     if (w->ndim != x->ndim)
         return ox_nfail(L, n, REFIT_ERR_MODEL, "weight %s does not match input %s",
-                     ox_shp(w, b1, sizeof b1), ox_shp(x, b2, sizeof b2));
+                        ox_shp(w, b1, sizeof b1), ox_shp(x, b2, sizeof b2));
     rt_attrs a;
     memset(&a, 0, sizeof a);
     a.group = ox_attr_i(n, "group", 1);
     int64_t C = x->d[1], M = w->d[0];
     if (a.group < 1 || M % a.group)
         return ox_nfail(L, n, REFIT_ERR_MODEL, "group=%lld does not divide %lld output channels",
-                     (long long)a.group, (long long)M);
+                        (long long)a.group, (long long)M);
     if (w->d[1] * a.group != C)
         return ox_nfail(L, n, REFIT_ERR_MODEL,
-                     "weight %s expects %lld input channels (group=%lld) but the input %s has %lld",
-                     ox_shp(w, b1, sizeof b1), (long long)(w->d[1] * a.group), (long long)a.group,
-                     ox_shp(x, b2, sizeof b2), (long long)C);
+                        "weight %s expects %lld input channels (group=%lld) but the input %s has %lld",
+                        ox_shp(w, b1, sizeof b1), (long long)(w->d[1] * a.group), (long long)a.group,
+                        ox_shp(x, b2, sizeof b2), (long long)C);
     if (has_b && (L->vals[vin[2]].numel != (size_t)M || L->vals[vin[2]].shape.ndim != 1))
         return ox_nfail(L, n, REFIT_ERR_MODEL, "bias %s does not match %lld output channels",
-                     ox_shp(&L->vals[vin[2]].shape, b1, sizeof b1), (long long)M);
+                        ox_shp(&L->vals[vin[2]].shape, b1, sizeof b1), (long long)M);
     rt_shape o;
     if ((rc = ox_spatial_geom(L, n, x, &w->d[2], 0, &a, &o)))
         return rc;
@@ -106,7 +106,7 @@ static int op_pool(loader *L, const ox_node *n, const int *vin, int nin, rt_op o
         int64_t cip = ox_attr_i(n, "count_include_pad", 0);
         if (cip != 0 && cip != 1)
             return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED, "attribute count_include_pad=%lld not supported",
-                         (long long)cip);
+                            (long long)cip);
         a.count_include_pad = (int)cip;
     }
     rt_shape o;
@@ -137,13 +137,13 @@ static int op_gemm(loader *L, const ox_node *n, const int *vin, int nin)
     a.trans_b = (ox_attr_i(n, "transB", 0) != 0) ^ L->cur_tr[1];
     if (A->ndim != 2 || B->ndim != 2)
         return ox_nfail(L, n, REFIT_ERR_MODEL, "A %s and B %s must be 2-D", ox_shp(A, b1, sizeof b1),
-                     ox_shp(B, b2, sizeof b2));
+                        ox_shp(B, b2, sizeof b2));
     int64_t M = a.trans_a ? A->d[1] : A->d[0], K = a.trans_a ? A->d[0] : A->d[1];
     int64_t K2 = a.trans_b ? B->d[1] : B->d[0], N = a.trans_b ? B->d[0] : B->d[1];
     if (K != K2)
         return ox_nfail(L, n, REFIT_ERR_MODEL, "inner dims differ: A %s%s has K=%lld, B %s%s has K=%lld",
-                     ox_shp(A, b1, sizeof b1), a.trans_a ? "^T" : "", (long long)K,
-                     ox_shp(B, b2, sizeof b2), a.trans_b ? "^T" : "", (long long)K2);
+                        ox_shp(A, b1, sizeof b1), a.trans_a ? "^T" : "", (long long)K,
+                        ox_shp(B, b2, sizeof b2), a.trans_b ? "^T" : "", (long long)K2);
     rt_shape o = {2, {M, N}};
     if (has_c) {
         const rt_shape *C = &L->vals[vin[2]].shape;
@@ -154,7 +154,7 @@ static int op_gemm(loader *L, const ox_node *n, const int *vin, int nin)
         }
         if (!ok)
             return ox_nfail(L, n, REFIT_ERR_MODEL, "C %s does not broadcast to %s",
-                         ox_shp(C, b1, sizeof b1), ox_shp(&o, b2, sizeof b2));
+                            ox_shp(C, b1, sizeof b1), ox_shp(&o, b2, sizeof b2));
     }
     int ins[3] = {vin[0], vin[1], has_c ? vin[2] : -1};
     return ox_emit(L, n, RT_OP_GEMM, ins, has_c ? 3 : 2, &o, &a);
@@ -168,7 +168,7 @@ static int matmul_transposed_b(loader *L, const ox_node *n, const int *vin)
     const rt_shape A = L->vals[vin[0]].shape, W = L->vals[vin[1]].shape;
     if (W.ndim != 2 || A.ndim < 1 || A.d[A.ndim - 1] != W.d[1])
         return ox_nfail(L, n, REFIT_ERR_MODEL, "inner dims differ: %s x %s^T", ox_shp(&A, b1, sizeof b1),
-                     ox_shp(&W, b2, sizeof b2));
+                        ox_shp(&W, b2, sizeof b2));
     rt_attrs a;
     memset(&a, 0, sizeof a);
     a.alpha = 1.0f;
@@ -220,14 +220,14 @@ static int op_matmul(loader *L, const ox_node *n, const int *vin, int nin)
     int64_t K = a2.d[a2.ndim - 1], K2 = b2s.d[b2s.ndim - 2];
     if (K != K2)
         return ox_nfail(L, n, REFIT_ERR_MODEL, "inner dims differ: %s x %s", ox_shp(A, b1, sizeof b1),
-                     ox_shp(B, b2, sizeof b2));
+                        ox_shp(B, b2, sizeof b2));
     rt_shape ba = a2, bb = b2s, bo;
     ba.ndim -= 2;
     bb.ndim -= 2;
     const rt_shape *bs[2] = {&ba, &bb};
     if (ox_bcast_shapes(bs, 2, &bo))
         return ox_nfail(L, n, REFIT_ERR_MODEL, "batch dims of %s and %s do not broadcast",
-                     ox_shp(A, b1, sizeof b1), ox_shp(B, b2, sizeof b2));
+                        ox_shp(A, b1, sizeof b1), ox_shp(B, b2, sizeof b2));
     rt_shape o = bo;
     if (A->ndim > 1)
         o.d[o.ndim++] = a2.d[a2.ndim - 2];
@@ -249,7 +249,7 @@ static int op_binary(loader *L, const ox_node *n, const int *vin, int nin, rt_op
     rt_shape o;
     if (ox_bcast_shapes(s, 2, &o))
         return ox_nfail(L, n, REFIT_ERR_MODEL, "shapes %s and %s do not broadcast",
-                     ox_shp(s[0], b1, sizeof b1), ox_shp(s[1], b2, sizeof b2));
+                        ox_shp(s[0], b1, sizeof b1), ox_shp(s[1], b2, sizeof b2));
     return ox_emit(L, n, op, vin, 2, &o, NULL);
 }
 
@@ -270,8 +270,8 @@ static int op_batchnorm(loader *L, const ox_node *n, const int *vin, int nin)
     for (int k = 1; k < 5; k++)
         if (L->vals[vin[k]].numel != (size_t)x->d[1] || L->vals[vin[k]].shape.ndim != 1)
             return ox_nfail(L, n, REFIT_ERR_MODEL, "'%s' %s does not match %lld channels",
-                         L->vals[vin[k]].name, ox_shp(&L->vals[vin[k]].shape, b1, sizeof b1),
-                         (long long)x->d[1]);
+                            L->vals[vin[k]].name, ox_shp(&L->vals[vin[k]].shape, b1, sizeof b1),
+                            (long long)x->d[1]);
     rt_attrs a;
     memset(&a, 0, sizeof a);
     a.epsilon = ox_attr_f(n, "epsilon", 1e-5f);
@@ -301,7 +301,7 @@ static int op_concat(loader *L, const ox_node *n, const int *vin, int nin)
     int64_t axis;
     if (ox_norm_axis(ax->i, s0->ndim, &axis))
         return ox_nfail(L, n, REFIT_ERR_MODEL, "axis %lld out of range for %s", (long long)ax->i,
-                     ox_shp(s0, b1, sizeof b1));
+                        ox_shp(s0, b1, sizeof b1));
     rt_shape o = *s0;
     o.d[axis] = 0;
     for (int i = 0; i < nin; i++) {
@@ -311,7 +311,7 @@ static int op_concat(loader *L, const ox_node *n, const int *vin, int nin)
             ok = k == axis || si->d[k] == s0->d[k];
         if (!ok)
             return ox_nfail(L, n, REFIT_ERR_MODEL, "input %s does not match %s outside axis %lld",
-                         ox_shp(si, b1, sizeof b1), ox_shp(s0, b2, sizeof b2), (long long)axis);
+                            ox_shp(si, b1, sizeof b1), ox_shp(s0, b2, sizeof b2), (long long)axis);
         o.d[axis] += si->d[axis];
     }
     int rc = ox_check_shape(L, n, &o);
@@ -507,17 +507,6 @@ static int fold_gather(loader *L, const ox_node *n, const int *vin, int nin)
     return ox_fold_gather(L, n, vin);
 }
 
-static int fold_slice(loader *L, const ox_node *n, const int *vin, int nin)
-{
-    return ox_fold_slice(L, n, vin, nin);
-}
-
-static int fold_constant_of_shape(loader *L, const ox_node *n, const int *vin, int nin)
-{
-    (void)nin;
-    return ox_fold_constant_of_shape(L, n, vin[0]);
-}
-
 /* elementwise ops with every input required (Where has 3, the others 2) */
 static int fold_elementwise(loader *L, const ox_node *n, const int *vin, int nin)
 {
@@ -527,45 +516,30 @@ static int fold_elementwise(loader *L, const ox_node *n, const int *vin, int nin
     return ox_fold_binary(L, n, vin, nin);
 }
 
+/* one-line adapters for the fold functions that read input 0 only */
+#define FOLD_INPUT0(fn, helper)                                                     \
+    static int fn(loader *L, const ox_node *n, const int *vin, int nin)             \
+    {                                                                               \
+        (void)nin;                                                                  \
+        return helper(L, n, vin[0]);                                                \
+    }
+FOLD_INPUT0(fold_constant_of_shape, ox_fold_constant_of_shape)
+FOLD_INPUT0(fold_unary, ox_fold_unary)
+FOLD_INPUT0(fold_transpose, ox_fold_transpose)
+FOLD_INPUT0(fold_neg, ox_fold_neg)
+FOLD_INPUT0(fold_cast, ox_fold_cast)
+#undef FOLD_INPUT0
+
 /* variadic Min / Max: folded for two inputs only */
 static int fold_min_max(loader *L, const ox_node *n, const int *vin, int nin)
 {
     return nin == 2 ? fold_elementwise(L, n, vin, nin) : OX_DECLINE;
 }
 
-static int fold_unary(loader *L, const ox_node *n, const int *vin, int nin)
-{
-    (void)nin;
-    return ox_fold_unary(L, n, vin[0]);
-}
-
-static int fold_range(loader *L, const ox_node *n, const int *vin, int nin)
-{
-    return ox_fold_range(L, n, vin, nin);
-}
-
-static int fold_transpose(loader *L, const ox_node *n, const int *vin, int nin)
-{
-    (void)nin;
-    return ox_fold_transpose(L, n, vin[0]);
-}
-
-static int fold_neg(loader *L, const ox_node *n, const int *vin, int nin)
-{
-    (void)nin;
-    return ox_fold_neg(L, n, vin[0]);
-}
-
 static int fold_expand(loader *L, const ox_node *n, const int *vin, int nin)
 {
     NEED(1);
     return ox_fold_expand(L, n, vin);
-}
-
-static int fold_cast(loader *L, const ox_node *n, const int *vin, int nin)
-{
-    (void)nin;
-    return ox_fold_cast(L, n, vin[0]);
 }
 
 /* Shape-only ops and Concat fold in their build function, which computes a CONST result when
@@ -811,7 +785,7 @@ static const ox_op op_table[] = {
     {"Neg", {{0}}, fold_neg, NULL, 0},
     {"Not", {{0}}, fold_unary, NULL, 0},
     {"Pow", {{0}}, fold_elementwise, NULL, 0},
-    {"Range", {{"stash_type", 27, 0}}, fold_range, NULL, 0},
+    {"Range", {{"stash_type", 27, 0}}, ox_fold_range, NULL, 0},
     {"Reciprocal", {{0}}, fold_unary, NULL, 0},
     {"ReduceMean", {{"axes", 7, 17}, {"keepdims", 7, 0}, {"noop_with_empty_axes", 18, 0}}, NULL,
      op_reducemean, 0},
@@ -820,7 +794,7 @@ static const ox_op op_table[] = {
     {"Shape", {{"end", 15, 0}, {"start", 15, 0}}, NULL, build_shape, 0},
     {"Sigmoid", {{0}}, fold_unary, build_sigmoid, 0},
     {"Size", {{0}}, NULL, build_size, 0},
-    {"Slice", {{"axes", 7, 9}, {"ends", 7, 9}, {"starts", 7, 9}}, fold_slice, NULL, 0},
+    {"Slice", {{"axes", 7, 9}, {"ends", 7, 9}, {"starts", 7, 9}}, ox_fold_slice, NULL, 0},
     {"Softmax", {{"axis", 7, 0}}, NULL, op_softmax, 0},
     {"Sqrt", {{0}}, fold_unary, NULL, 0},
     {"Squeeze", {{"axes", 7, 12}}, fold_in_build, build_squeeze, 0},

@@ -10,7 +10,7 @@
  * ========================================================================================== */
 
 int ox_reshape_shape(loader *L, const ox_node *n, const rt_shape *in, const int64_t *sh, int cnt,
-                         int allowzero, rt_shape *o)
+                     int allowzero, rt_shape *o)
 {
     char b1[128], b2[128];
     if (cnt > RT_MAX_DIMS)
@@ -23,7 +23,7 @@ int ox_reshape_shape(loader *L, const ox_node *n, const rt_shape *in, const int6
         if (v == 0 && !allowzero) {
             if (i >= in->ndim)
                 return ox_nfail(L, n, REFIT_ERR_MODEL, "shape entry %d is 0 but the input has %d dims",
-                             i, in->ndim);
+                                i, in->ndim);
             v = in->d[i];
         }
         if (v == 0)
@@ -47,12 +47,12 @@ int ox_reshape_shape(loader *L, const ox_node *n, const rt_shape *in, const int6
             return ox_nfail(L, n, REFIT_ERR_MODEL, "allowzero with both 0 and -1 in the target shape");
         if (prod == 0 || numel % prod)
             return ox_nfail(L, n, REFIT_ERR_MODEL, "cannot reshape %s (%lld elements) to %s",
-                         ox_shp(in, b1, sizeof b1), (long long)numel, ox_shp(o, b2, sizeof b2));
+                            ox_shp(in, b1, sizeof b1), (long long)numel, ox_shp(o, b2, sizeof b2));
         o->d[unknown] = numel / prod;
     } else if (prod != numel) {
         return ox_nfail(L, n, REFIT_ERR_MODEL, "cannot reshape %s (%lld elements) to %s (%lld)",
-                     ox_shp(in, b1, sizeof b1), (long long)numel, ox_shp(o, b2, sizeof b2),
-                     (long long)prod);
+                        ox_shp(in, b1, sizeof b1), (long long)numel, ox_shp(o, b2, sizeof b2),
+                        (long long)prod);
     }
     return 0;
 }
@@ -60,7 +60,7 @@ int ox_reshape_shape(loader *L, const ox_node *n, const rt_shape *in, const int6
 /* Axes of Squeeze/Unsqueeze/ReduceMean: attribute before `input_opset`, else optional input 1.
  * *cnt = -1 if absent. */
 int ox_get_axes(loader *L, const ox_node *n, const int *vin, int nin, int64_t input_opset,
-                    int64_t *axes, int *cnt)
+                int64_t *axes, int *cnt)
 {
     *cnt = -1;
     if (L->opset < input_opset) {
@@ -80,7 +80,7 @@ int ox_get_axes(loader *L, const ox_node *n, const int *vin, int nin, int64_t in
 }
 
 int ox_squeeze_shape(loader *L, const ox_node *n, const rt_shape *in, const int64_t *axes,
-                         int cnt, rt_shape *o)
+                     int cnt, rt_shape *o)
 {
     int drop[RT_MAX_DIMS] = {0};
     if (cnt < 0) {
@@ -93,7 +93,7 @@ int ox_squeeze_shape(loader *L, const ox_node *n, const rt_shape *in, const int6
                 return ox_nfail(L, n, REFIT_ERR_MODEL, "axis %lld out of range", (long long)axes[i]);
             if (in->d[a] != 1)
                 return ox_nfail(L, n, REFIT_ERR_MODEL, "cannot squeeze axis %lld of size %lld",
-                             (long long)a, (long long)in->d[a]);
+                                (long long)a, (long long)in->d[a]);
             drop[a] = 1;
         }
     }
@@ -105,7 +105,7 @@ int ox_squeeze_shape(loader *L, const ox_node *n, const rt_shape *in, const int6
 }
 
 int ox_unsqueeze_shape(loader *L, const ox_node *n, const rt_shape *in, const int64_t *axes,
-                           int cnt, rt_shape *o)
+                       int cnt, rt_shape *o)
 {
     if (cnt < 0)
         return ox_nfail(L, n, REFIT_ERR_MODEL, "missing axes");
@@ -204,12 +204,12 @@ int ox_do_identity(loader *L, const ox_node *n, int src)
  * the H axis gets kernel 1, stride 1, dilation 1, no padding. kernel_in is the kernel from the
  * weight (Conv) or NULL (pools: kernel_shape attribute required). */
 int ox_spatial_geom(loader *L, const ox_node *n, const rt_shape *x, const int64_t *kernel_in,
-                        int allow_ceil, rt_attrs *a, rt_shape *o)
+                    int allow_ceil, rt_attrs *a, rt_shape *o)
 {
     int nsp = x->ndim - 2;
     if (nsp < 1 || nsp > 2)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED, "%d-D input (only 1-D and 2-D spatial supported)",
-                     nsp < 0 ? 0 : nsp);
+                        nsp < 0 ? 0 : nsp);
     int c;
     int64_t k[2] = {1, 1}, s[2] = {1, 1}, dl[2] = {1, 1}, pb[2] = {0, 0}, pe[2] = {0, 0};
     int off = 2 - nsp; /* 1-D: fill only the W slot */
@@ -263,7 +263,7 @@ int ox_spatial_geom(loader *L, const ox_node *n, const rt_shape *x, const int64_
     int64_t ceil_mode = allow_ceil ? ox_attr_i(n, "ceil_mode", 0) : 0;
     if (ceil_mode != 0 && ceil_mode != 1)
         return ox_nfail(L, n, REFIT_ERR_UNSUPPORTED, "attribute ceil_mode=%lld not supported",
-                     (long long)ceil_mode);
+                        (long long)ceil_mode);
     int64_t in[2] = {nsp == 2 ? x->d[2] : 1, x->d[x->ndim - 1]}, out[2];
     for (int i = 0; i < 2; i++) {
         if (k[i] < 1 || s[i] < 1 || dl[i] < 1 || pb[i] < 0 || pe[i] < 0 || k[i] > (1 << 20) ||
@@ -281,8 +281,8 @@ int ox_spatial_geom(loader *L, const ox_node *n, const rt_shape *x, const int64_
             int64_t num = in[i] + pb[i] + pe[i] - ek;
             if (num < 0)
                 return ox_nfail(L, n, REFIT_ERR_MODEL,
-                             "kernel (%lld, dilated %lld) larger than the padded input (%lld)",
-                             (long long)k[i], (long long)ek, (long long)(in[i] + pb[i] + pe[i]));
+                                "kernel (%lld, dilated %lld) larger than the padded input (%lld)",
+                                (long long)k[i], (long long)ek, (long long)(in[i] + pb[i] + pe[i]));
             if (ceil_mode) { /* NOTSET or VALID (no pads); onnxruntime and PyTorch agree */
                 out[i] = (num + s[i] - 1) / s[i] + 1;
                 /* the last window must start inside the input or its left padding */
