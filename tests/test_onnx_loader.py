@@ -1,4 +1,4 @@
-"""The ONNX loader (native/src/onnx.c) through refitd.engine: what torch.onnx.export emits loads,
+"""The ONNX loader (native/src/onnx_*.c) through refitd.engine: what torch.onnx.export emits loads,
 keeps its weight names and matches onnxruntime; opset variants and load-time folding compute what
 onnxruntime computes; refusals name the op and the node.
 
@@ -607,22 +607,33 @@ def test_known_attributes_still_load(tmp_path, op, opset, attrs):
 
 
 def test_attribute_table_matches_onnx_schemas():
-    """The table in onnx.c (op -> attribute names, with the opsets that define each) is what
-    onnx.defs says for every op in it, for opsets 7..the table's (or the installed onnx's) newest."""
+    """The op table in onnx_ops.c (op -> attribute names, with the opsets that define each, and its
+    fold and build functions) is what onnx.defs says for every op in it, for opsets 7..the
+    table's (or the installed onnx's) newest."""
     import re
-    src = (ROOT / "native" / "src" / "onnx.c").read_text()
+    src = (ROOT / "native" / "src" / "onnx_ops.c").read_text()
     table_opset = int(re.search(r"#define OX_ATTR_TABLE_OPSET (\d+)", src).group(1))
-    body = " ".join(src.split("op_attr_table[] = {", 1)[1].split("\n};", 1)[0].split())
-    table = {}
-    for m in re.finditer(r'\{"(\w+)", \{((?:\{[^{}]*\},? ?)*)\}\}', body):
+    body = " ".join(src.split("op_table[] = {", 1)[1].split("\n};", 1)[0].split())
+    table, fns = {}, {}
+    for m in re.finditer(r'\{"(\w+)", \{((?:\{[^{}]*\},? ?)*)\}, (\w+), (\w+), (\d+)\}', body):
         table[m.group(1)] = {a: (int(lo), int(hi)) for a, lo, hi in
                              re.findall(r'\{"(\w+)", (\d+), (\d+)\}', m.group(2))}
-    assert list(table) == sorted(table), "op_attr_table must stay sorted for bsearch"
+        fns[m.group(1)] = (m.group(3), m.group(4))
+    assert list(table) == sorted(table), "op_table must stay sorted for bsearch"
     assert len(table) == len(re.findall(r'\{"\w+", \{\{', body)) > 40  # every row was read
-    # every op build_node dispatches (IS("Op")) or folds (is_fold_op) has a row
-    dispatched = set(re.findall(r'IS\("(\w+)"\)', src))
-    dispatched |= set(re.findall(r'"(\w+)"', src.split("static int is_fold_op(", 1)[1].split("NULL};", 1)[0]))
-    assert dispatched == set(table)
+    # every row folds or builds with a function defined in the file, and no node is dispatched by
+    # op name outside the table (the old IS("Op") chain); onnx_fold.c's elementwise kernels still
+    # pick their arithmetic by name, below the table's fold functions
+    loader = "".join((ROOT / "native" / "src" / f).read_text()
+                     for f in ("onnx_load.c", "onnx_shape.c", "onnx_ops.c"))
+    defined = (ROOT / "native" / "src" / "onnx_fold.c").read_text() + loader
+    for op, (fold, build) in fns.items():
+        assert (fold, build) != ("NULL", "NULL"), op
+        for fn in (fold, build):
+            assert fn == "NULL" or re.search(r"^(?:static )?int %s\(" % fn, defined, re.M) or \
+                re.search(r"^(?:BUILD_AS|FOLD_INPUT0)\(%s," % fn, src, re.M), (op, fn)
+    assert not re.search(r'strcmp\([^;]*\bop, "', loader)
+    assert not re.search(r'IS\("\w+"\)', loader)
     top = min(table_opset, onnx.defs.onnx_opset_version())
     for op, attrs in table.items():
         for opset in range(7, top + 1):

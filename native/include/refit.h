@@ -14,7 +14,7 @@
  *   called from any thread while other threads run inference; refits are serialised internally.
  *
  * The model crosses into C as the ONNX file itself: librefit carries a small protobuf reader
- * (native/src/onnx.c) and resolves the graph (shape inference, static-shape subgraphs) in C. We
+ * (native/src/onnx_*.c) and resolves the graph (shape inference, static-shape subgraphs) in C. We
  * chose this over parsing in Python because the edge box then needs no `onnx`/`protobuf` wheels,
  * and the C tests and every backend see exactly the graph the daemon sees.
  *

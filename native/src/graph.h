@@ -1,7 +1,7 @@
 /*
  * graph.h — librefit's resolved model graph (internal, not part of the ABI).
  *
- * Produced by the ONNX loader (onnx.c: rt_graph_from_onnx) and consumed read-only by the core
+ * Produced by the ONNX loader (onnx_load.c: rt_graph_from_onnx) and consumed read-only by the core
  * (engine.c) and by every backend. Everything here is *resolved*: every value has a static shape,
  * shape-computing subgraphs (Shape/Gather/Unsqueeze/Concat/... feeding Reshape) are already folded
  * into constants, Constant and Identity-of-constant nodes are gone, and nodes are in a valid
@@ -46,7 +46,7 @@ typedef struct rt_value {
     int output_index;     /* >= 0 if this value is graph output #output_index, else -1 */
     void *data;           /* CONST: owned data (float for RT_F32, int64_t for RT_I64); else NULL */
 } rt_value;
-/* Loader notes (onnx.c, see docs/onnx-loader.md):
+/* Loader notes (onnx_*.c, see docs/onnx-loader.md):
  * - A WEIGHT is always dtype RT_F32 whatever the initializer's declared type (float16/float64/
  *   bfloat16 data is converted when loaded; the declared type is not kept). Integer initializers
  *   are never weights: they are CONST (RT_I64) structure (shapes, axes, indices).
