@@ -10,6 +10,7 @@
     refitd pack --model M --from F --version N -o OUT    build a package
     refitd check-config F                   validate a config file (every problem at once)
     refitd demo                             the seeds' demo on a real daemon
+    refitd verify-store [--store DIR]       check every stored version's blobs (read-only)
 
 Client commands find the control socket from --socket, $REFITD_SOCKET, --config, then
 /etc/refitd/refitd.yaml, then the demo config's socket (under $XDG_STATE_HOME/refitd).
@@ -420,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--interval", type=float, default=1.0, help="seconds between package drops")
     sp.add_argument("--threads", type=int, default=2, help="inference worker threads")
     sp.set_defaults(fn=cmd_demo)
+
+    from .cli_trust import add_commands  # verify-store, keygen, sign, verify
+    add_commands(sub)
     return p
 
 

@@ -494,6 +494,7 @@ class StdoutSinkConfig:
 class JsonlSinkConfig:
     path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
     every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")
+    max_bytes: int = _f(64 << 20, k_int(0), "at this size the file becomes <path>.1 (one older kept); 0 = no cap")
     type: str = "jsonl"
 
 
@@ -511,6 +512,8 @@ class StoreConfig:
 @dataclass
 class WatchConfig:
     path: Optional[str] = _f(None, k_path, "file-drop directory; null disables the channel", nullable=True)
+    keep: int = _f(100, k_int(0), "packages kept in each of applied/ and rejected/ (oldest go first)")
+    keep_bytes: int = _f(1 << 30, k_int(0), "bytes kept in each of applied/ and rejected/ (oldest go first)")
 
 
 @dataclass

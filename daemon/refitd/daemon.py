@@ -129,6 +129,10 @@ class Daemon:
         except (StoreError, OSError) as e:
             raise StartupError("cannot serve from the store: %s" % _first_line(e))
         self.events.emit("store.serving", version=version, current=self.store.current())
+        if self.store.read_only:
+            self.events.emit("store.read_only", path=self.store.path, reason=self.store.read_only,
+                             detail="serving version %d; updates, pins and rollbacks are refused"
+                             % version)
 
         from .runner import Runner
         try:
@@ -160,7 +164,8 @@ class Daemon:
         if cfg.watch.path:
             from .watch import DropWatcher
             self.watcher = DropWatcher(cfg.watch.path, self.pipeline, self.events,
-                                       on_outcome=lambda name, o: self._record(o, "file", name))
+                                       on_outcome=lambda name, o: self._record(o, "file", name),
+                                       keep=cfg.watch.keep, keep_bytes=cfg.watch.keep_bytes)
             try:
                 self.watcher.start()
             except OSError as e:
@@ -218,7 +223,20 @@ class Daemon:
             "watch": self.cfg.watch.path,
             "config": self.config_path,
             "updates": self.updates.snapshot() if self.updates else {},
+            "degraded": self.degraded(),
         }
+        return out
+
+    def degraded(self) -> List[str]:
+        """One line per reason the daemon serves but cannot do all it should (empty: healthy)."""
+        out = []
+        if self.store is not None and self.store.read_only:
+            out.append("store %s is read-only (%s): serving version %s, updates are refused"
+                       % (self.store.path, self.store.read_only, self.store.current()))
+        if self.runner is not None:
+            dead = self.runner.dead()
+            if dead:
+                out.append("inference workers %s have died" % ",".join(map(str, dead)))
         return out
 
     def versions(self) -> Dict[str, Any]:
@@ -347,6 +365,7 @@ class Daemon:
     def reload(self) -> Dict[str, Any]:
         """Re-reads the config file; applies what is safe to change live, reports the rest."""
         with self._reload_lock:
+            self._reopen_sink()
             if not self.config_path:
                 msg = "no config file to reload (running the built-in demo config)"
                 self.events.emit("daemon.reload_partial", reason=msg)
@@ -399,6 +418,17 @@ class Daemon:
                              needs_restart=",".join(unchanged) or None)
             self.notifier.ready(self._status_line())
             return {"changed": changed, "needs_restart": unchanged}
+
+    def _reopen_sink(self) -> None:
+        # logrotate renames the results file and sends SIGHUP: write on into a new one
+        reopen = getattr(self.runner.sink, "reopen", None) if self.runner else None
+        if reopen is None:
+            return
+        try:
+            reopen()
+            self.events.emit("sink.reopened", path=getattr(self.cfg.sink, "path", None))
+        except OSError as e:
+            self.events.emit("sink.error", error="cannot reopen: %s" % _first_line(e))
 
     def _reconfigure_pipeline(self, new: _config.Config) -> None:
         """Swaps the pipeline's shadow checks, watch window and size cap for the new config's,

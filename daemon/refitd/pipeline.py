@@ -192,7 +192,7 @@ class Pipeline:
                 except Exception as e:  # StoreError (corrupt blob), RefitError
                     errors.append(_one_line(e))
                     continue
-                if v != cur:
+                if v != cur and not self.store.read_only:  # read-only: serve it, record nothing
                     self.store.commit(v, event="recovered", source="start", lost=cur,
                                       reason=errors[0])
                     self.events.emit("store.recovered", version=v, lost=cur, reason=errors[0])

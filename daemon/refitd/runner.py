@@ -627,8 +627,31 @@ class JsonlSink(Sink):
     def __init__(self, cfg, events):
         super().__init__(cfg, events)
         os.makedirs(os.path.dirname(cfg.path) or ".", exist_ok=True)
-        self._f = open(cfg.path, "a", encoding="utf-8", buffering=1)
+        #: at this size the file becomes ``<path>.1`` (one older generation kept), so an
+        #: unattended box cannot fill its disk with results; 0 = no cap (logrotate's job)
+        self.max_bytes = int(getattr(cfg, "max_bytes", 0) or 0)
         self._wlock = threading.Lock()
+        self._f = self._open()
+
+    def _open(self):
+        f = open(self.cfg.path, "a", encoding="utf-8", buffering=1)
+        self._size = f.tell()
+        return f
+
+    def reopen(self) -> None:
+        """Closes and reopens the file by its path (SIGHUP): after logrotate renamed it, the
+        results go to a new file rather than on into the renamed one."""
+        with self._wlock:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+                self._f = self._open()
+
+    def _rotate(self) -> None:
+        self._f.close()
+        self._f = None
+        os.replace(self.cfg.path, self.cfg.path + ".1")
+        self._f = self._open()
 
     def put(self, res: Result) -> None:
         if not self._due(res):
@@ -643,8 +666,12 @@ class JsonlSink(Sink):
             rec["outputs"] = _jsonable(res.outputs)
         line = json.dumps(rec, separators=(",", ":"))
         with self._wlock:
-            if self._f is not None:
-                self._f.write(line + "\n")
+            if self._f is None:
+                return
+            if self.max_bytes and self._size + len(line) + 1 > self.max_bytes and self._size:
+                self._rotate()
+            self._f.write(line + "\n")
+            self._size += len(line) + 1  # ASCII: json.dumps escapes the rest
 
     def close(self) -> None:
         with self._wlock:
@@ -750,8 +777,18 @@ class Runner:
         systemd restarts a wedged process. An idle source does not count: ``get`` returns
         every 0.2 s."""
         now = time.monotonic()
-        return [i for i, (t, b) in enumerate(zip(self._workers, self._beats))
-                if t.is_alive() and now - b > max_age]
+        stuck = [i for i, (t, b) in enumerate(zip(self._workers, self._beats))
+                 if t.is_alive() and now - b > max_age]
+        # A dead worker serves nothing either: a daemon whose workers all died must not keep
+        # telling systemd it is fine.
+        return sorted(set(stuck) | set(self.dead()))
+
+    def dead(self) -> List[int]:
+        """Workers whose thread ended although nobody stopped the runner or its source (an
+        exception escaped the loop's own handling)."""
+        if self._halt.is_set() or self.source.drained():
+            return []
+        return [i for i, t in enumerate(self._workers) if not t.is_alive()]
 
     def stop(self, drain: bool = True, timeout: float = 10.0) -> bool:
         """Returns True if every worker finished within ``timeout``."""

@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 
 from watchdog.events import FileSystemEventHandler
 
+from . import dropfolder
+
 # watchdog logs through `logging`; refitd reports through its own event lines. Without a handler
 # Python would print its shutdown chatter ("queue_events() called when the thread is inactive")
 # on stderr.
@@ -78,8 +80,12 @@ def _make_observer():
 
 
 class DropWatcher:
-    def __init__(self, path: str, pipeline, events, on_outcome: Optional[Callable] = None):
+    def __init__(self, path: str, pipeline, events, on_outcome: Optional[Callable] = None,
+                 keep: int = 100, keep_bytes: int = 1 << 30):
         self.path = os.path.abspath(path)
+        #: retention of applied/ and rejected/ (each): at most ``keep`` packages and
+        #: ``keep_bytes`` bytes, the oldest removed first (dropfolder.py)
+        self.keep, self.keep_bytes = keep, keep_bytes
         self.pipeline = pipeline
         self.events = events
         self.on_outcome = on_outcome
@@ -94,6 +100,8 @@ class DropWatcher:
     def start(self) -> None:
         for d in (self.path, os.path.join(self.path, APPLIED), os.path.join(self.path, REJECTED)):
             os.makedirs(d, exist_ok=True)
+            for note in dropfolder.remove_partial_reasons(d):  # a full disk's leftovers
+                self.events.emit("watch.cleaned", path=note)
         self._observer = _make_observer()
         # Recursive, although only top-level files are taken: moving a taken file into applied/
         # or rejected/ must be seen as a move *within* the watched tree. Watched non-recursively
@@ -165,9 +173,11 @@ class DropWatcher:
         else:
             stage = getattr(outcome, "stage", None)
             text = "rejected%s: %s" % (" at %s" % stage if stage else "", outcome.reason)
-        self._finish(path, name, bool(outcome.ok), text)
+        # The outcome is recorded first: moving the file and writing its reason can fail (a
+        # full disk) and the update has happened all the same.
         if self.on_outcome is not None:
             self.on_outcome(name, outcome)
+        self._finish(path, name, bool(outcome.ok), text)
 
     def _finish(self, path: str, name: str, ok: bool, text: str) -> None:
         dest_dir = os.path.join(self.path, APPLIED if ok else REJECTED)
@@ -187,11 +197,13 @@ class DropWatcher:
                 os.replace(sig, os.path.join(dest_dir, dest_name + ".sig"))
             except OSError:
                 pass
-        reason = os.path.join(dest_dir, dest_name + ".reason")
-        tmp = os.path.join(dest_dir, "." + dest_name + ".reason.part")
-        with open(tmp, "w", encoding="utf-8") as f:  # whole or absent, never half-written
-            f.write(text.rstrip("\n") + "\n")
-        os.replace(tmp, reason)
+        try:
+            dropfolder.write_reason(dest_dir, dest_name, text)
+        except OSError as e:
+            self.events.emit("watch.error", file=name, error="cannot write %s.reason: %s"
+                             % (dest_name, e.strerror or e))
+        for gone in dropfolder.prune(dest_dir, self.keep, self.keep_bytes):
+            self.events.emit("watch.pruned", file=gone, folder=os.path.basename(dest_dir))
 
     def stop(self) -> None:
         self._stop.set()
