@@ -64,8 +64,8 @@ def drop_to_serving(pipeline, eng, tmp: str, n: int, repeat: int, rng) -> list:
     import io
 
     from refitd.log import Events
-    from refitd.package import write_package
-    from refitd.watch import DropWatcher
+    from refitd.pack import write_package
+    from refitd.channels.watch import DropWatcher
 
     drop = os.path.join(tmp, "drop-%d" % n)
     watcher = DropWatcher(drop, pipeline, Events(fmt="json", stream=io.StringIO()))
@@ -98,7 +98,7 @@ def main() -> None:
 
     from conftest import add_chain_model
     from refitd.engine import Engine
-    from refitd.package import write_package
+    from refitd.pack import write_package
     from refitd.pipeline import Pipeline
     from refitd.store import Store
 

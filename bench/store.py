@@ -41,7 +41,7 @@ def main() -> None:
 
     from conftest import add_chain_model  # the same builder the tests use
     from refitd.engine import Engine
-    from refitd.package import write_package
+    from refitd.pack import write_package
     from refitd.pipeline import Pipeline
     from refitd.store import Store
 

@@ -154,7 +154,7 @@ def kernel(k: float, dtype=np.float32) -> Dict[str, np.ndarray]:
 
 def write_pkg(path, tensors, version: int, model: str, base: Optional[int] = None,
               note: Optional[str] = None) -> str:
-    from refitd.package import write_package
+    from refitd.pack import write_package
 
     return write_package(str(path), tensors, version, model, base=base, note=note)
 

@@ -79,7 +79,7 @@ def fingerprint(model: str = DEMO_MODEL) -> str:
 
 
 def seed_package(path: str, k: float, version: int, fp: str, base: Optional[int] = None) -> str:
-    from refitd.package import write_package
+    from refitd.pack import write_package
     return write_package(path, {"conv.weight": np.full((1, 1, 3, 3), float(k), np.float32)},
                          version=version, model=fp, base=base, note="kernel all %g" % k)
 
@@ -94,7 +94,7 @@ def chain_model(path: str, n: int = 4, size: int = 1 << 18) -> str:
 def chain_package(path: str, version: int, fp: str, n: int = 4, size: int = 1 << 18) -> str:
     """Every weight filled with ``version``: with x = ones, y = 1 + n * version everywhere (a
     torn mix of two versions would show)."""
-    from refitd.package import write_package
+    from refitd.pack import write_package
     return write_package(path, {"w%d" % i: np.full((size,), float(version), np.float32) for i in range(n)},
                          version=version, model=fp)
 

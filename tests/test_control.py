@@ -300,3 +300,42 @@ def test_stop_does_not_remove_a_successors_socket(sdir):
         assert os.path.exists(path)
     finally:
         other.close()
+
+
+def test_control_channel_carries_package_and_signature_descriptors(sdir, engine, store, tmp_path):
+    """apply over the real control socket with the package and its .sig as two descriptors:
+    the verifier gets the signature's bytes; a third descriptor is refused in one line."""
+    from types import SimpleNamespace
+
+    from conftest import kernel, write_pkg
+    from refitd.channels.control import ControlChannel
+    from refitd.pipeline import Pipeline
+
+    seen = []
+    p = Pipeline(engine, store, None, None,
+                 verifier=lambda data, sig, d: seen.append((len(data), sig, d.source, d.origin.where)))
+    p.start()
+    services = SimpleNamespace(engine=engine)
+    ch = ControlChannel(os.path.join(sdir, "c.sock"), 0o600, p, None, services)
+    ch.start()
+    try:
+        f = write_pkg(tmp_path / "v1.safetensors", kernel(1.0), 1, engine.fingerprint)
+        with open(f + ".sig", "wb") as fh:
+            fh.write(b"\x01" * 64)
+        fds = [os.open(f, os.O_RDONLY), os.open(f + ".sig", os.O_RDONLY)]
+        try:
+            r = call(ch.path, {"cmd": "apply", "path": "/client/view/v1.safetensors"}, fds=tuple(fds))
+            assert (r["ok"], r["version"], r["stage"]) == (True, 1, "done"), r
+            assert seen == [(os.path.getsize(f), b"\x01" * 64, "cli", "/client/view/v1.safetensors")]
+            r = call(ch.path, {"cmd": "apply", "path": f}, fds=tuple(fds + [fds[0]]))
+            assert r == {"ok": False, "error": "apply takes the package and at most one signature "
+                                               "descriptor, got 3"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        r = call(ch.path, {"cmd": "rollback"})
+        assert (r["ok"], r["version"], r["serving"]) == (True, 0, 0) and seen[-1][2] == "cli"
+        r = call(ch.path, {"cmd": "pin", "version": 1})
+        assert r == {"ok": True, "version": 1, "pinned": [1]}
+    finally:
+        ch.stop()

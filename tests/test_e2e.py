@@ -18,7 +18,7 @@ from daemon_helpers import (DaemonProc, base_config, chain_model, chain_package,
                             write_config)
 
 from refitd.control import DaemonUnreachable, call
-from refitd.watch import takeable
+from refitd.channels.watch import takeable
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def _start(state, **sections):
 
 def _y(daemon):
     x = np.ones((1, 1, 3, 3), np.float32)
-    from refitd.daemon import encode_tensor
+    from refitd.tensorwire import to_json as encode_tensor
     r = daemon.request({"cmd": "infer", "inputs": {"x": encode_tensor(x)}})
     assert r["ok"], r
     import base64
@@ -329,7 +329,7 @@ def _apply_quietly(sock, pkg):
 
 
 def _y_chain(d):
-    from refitd.daemon import encode_tensor
+    from refitd.tensorwire import to_json as encode_tensor
     import base64
     r = d.request({"cmd": "infer", "inputs": {"x": encode_tensor(np.ones((SIZE,), np.float32))}})
     assert r["ok"], r

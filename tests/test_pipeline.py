@@ -462,21 +462,24 @@ def test_internal_error_is_an_outcome_not_an_exception(pipeline, engine, tmp_pat
 
 
 def test_signature_hook_can_refuse(engine, store, tmp_path):
+    # The hook runs on the raw bytes before parsing (test_delivery.py proves the order); a path
+    # delivery through apply() carries the .sig beside the package as its signature.
     seen = []
 
-    def verifier(package, sig):
+    def verifier(data, sig, delivery):
         seen.append(sig)
         if sig is None:
-            raise ValueError("package %d has no signature" % package.version)
+            raise ValueError("package %s has no signature" % os.path.basename(delivery.name))
 
     p = Pipeline(engine, store, None, None, verifier=verifier)
     p.start()
     f = pkg(tmp_path, engine, 1, 1)
     out = p.apply(f)
-    assert (out.ok, out.stage, out.reason) == (False, "signature", "package 1 has no signature")
+    assert (out.ok, out.stage, out.reason) == (False, "signature", "package %s has no signature"
+                                               % os.path.basename(f))
     with open(f + ".sig", "wb") as fh:
         fh.write(b"x")
-    assert p.apply(f).ok and seen[-1] == f + ".sig"
+    assert p.apply(f).ok and seen[-1] == b"x"
 
 
 def test_updates_are_serialised(pipeline, engine, store, tmp_path):
@@ -525,7 +528,7 @@ _CHILD = textwrap.dedent("""
     from refitd.engine import Engine
     from refitd.store import Store
     from refitd.pipeline import Pipeline
-    from refitd.package import write_package
+    from refitd.pack import write_package
     eng = Engine.open(%(model)r)
     s = Store(%(store)r)
     p = Pipeline(eng, s, None, None)

@@ -123,7 +123,8 @@ def test_full_watch_directory_leaves_no_part_file_and_records_the_outcome(state)
             seed_package(os.path.join(watch, ".v1.part"), 1, 1, fp)
             fill(watch)
             os.rename(os.path.join(watch, ".v1.part"), os.path.join(watch, "v1"))
-            wait_until(lambda: (d.status()["last_update"] or {}).get("file") == "v1", what="v1 recorded")
+            wait_until(lambda: os.path.basename((d.status()["last_update"] or {}).get("file") or "") == "v1",
+                       what="v1 recorded")
             last = d.status()["last_update"]
             assert last["ok"] is True and last["version"] == 1 and last["source"] == "file"
             wait_until(lambda: any(e.get("event") == "watch.error" and "reason" in e.get("error", "")
@@ -139,7 +140,7 @@ def test_full_watch_directory_leaves_no_part_file_and_records_the_outcome(state)
 def _setup_watch(tmp_path, **kw):
     from test_watch import Setup
     s = Setup(tmp_path)
-    from refitd.watch import DropWatcher
+    from refitd.channels.watch import DropWatcher
     s.watcher = DropWatcher(s.drop, s.pipeline, s.events,
                             on_outcome=lambda name, o: s.outcomes.append((name, o)), **kw)
     s.watcher.start()

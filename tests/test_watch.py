@@ -16,7 +16,7 @@ from refitd.engine import Engine
 from refitd.log import Events
 from refitd.pipeline import Pipeline
 from refitd.store import Store
-from refitd.watch import DropWatcher, takeable
+from refitd.channels.watch import DropWatcher, takeable
 
 
 class Setup:
@@ -134,7 +134,7 @@ def test_rejected_file_never_touches_the_store(s, tmp_path):
         os.rename(tmp, os.path.join(s.drop, name))
     # wrong model fingerprint, NaN weights, and a version that is not newer
     seed_package(os.path.join(s.drop, "wrongmodel.safetensors"), 1, 5, "sha256:" + "0" * 64)
-    from refitd.package import write_package
+    from refitd.pack import write_package
     write_package(os.path.join(s.drop, "nan.safetensors"),
                   {"conv.weight": np.full((1, 1, 3, 3), np.nan, np.float32)}, version=6, model=s.fp)
     seed_package(os.path.join(s.drop, "old.safetensors"), 1, 0, s.fp)
@@ -202,3 +202,41 @@ def test_back_to_back_drops_are_taken_at_once(s, tmp_path):
     assert max(delays) < 0.25, ["%.3f" % d for d in delays]
     want = sorted(n for v in range(1, 6) for n in ("v%d.safetensors" % v, "v%d.safetensors.reason" % v))
     wait_until(lambda: _files(os.path.join(s.drop, "applied")) == want, what="all five in applied/")
+
+
+def test_a_late_sig_is_paired_within_the_settle_time(s, tmp_path):
+    """NAME.sig copied in after NAME (within watch.signature_settle) travels in NAME's delivery
+    and moves with it; a package whose .sig never comes is delivered unsigned after the wait."""
+    seen = []
+
+    def verifier(data, signature, delivery):
+        seen.append((os.path.basename(delivery.path), signature))
+        if signature is None:
+            raise ValueError("unsigned package")
+
+    s.pipeline.verifier = verifier
+    s.watcher = DropWatcher(s.drop, s.pipeline, s.events, settle=3.0,
+                            on_outcome=lambda name, o: s.outcomes.append((name, o)))
+    s.watcher.start()
+    seed_package(str(tmp_path / "p1"), 2, 1, s.fp)
+    os.rename(str(tmp_path / "p1"), os.path.join(s.drop, "v1.safetensors"))
+    wait_until(lambda: s.watcher.taken == 1, what="package taken")
+    time.sleep(0.2)  # the package is waiting for its signature
+    assert s.outcomes == []
+    with open(str(tmp_path / "sig"), "wb") as f:
+        f.write(b"S" * 64)
+    os.rename(str(tmp_path / "sig"), os.path.join(s.drop, "v1.safetensors.sig"))
+    wait_until(lambda: s.outcomes, what="outcome")
+    assert seen == [("v1.safetensors", b"S" * 64)] and s.outcomes[0][1].ok and s.y()[1] == 1
+    assert _files(os.path.join(s.drop, "applied")) == [
+        "v1.safetensors", "v1.safetensors.reason", "v1.safetensors.sig"]
+    # no .sig within the settle time: delivered without one, refused by this verifier
+    s.watcher.settle = 0.3
+    seed_package(str(tmp_path / "p2"), 3, 2, s.fp)
+    os.rename(str(tmp_path / "p2"), os.path.join(s.drop, "v2.safetensors"))
+    wait_until(lambda: len(s.outcomes) == 2, what="second outcome")
+    o = s.outcomes[1][1]
+    assert (o.ok, o.stage, o.reason) == (False, "signature", "unsigned package")
+    assert seen[-1] == ("v2.safetensors", None) and s.y()[1] == 1
+    reason = open(os.path.join(s.drop, "rejected", "v2.safetensors.reason")).read()
+    assert reason == "rejected at signature: unsigned package\n"

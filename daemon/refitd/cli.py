@@ -227,21 +227,29 @@ def _report_outcome(args, resp: Dict[str, Any], verb: str) -> int:
     return 0
 
 
+def _open_for_daemon(path: str, shown: str) -> int:
+    # O_NONBLOCK: a FIFO must not hang the CLI (the daemon refuses what is not a regular file)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CliError("no such file: %s" % shown) from None
+    except OSError as e:
+        raise CliError("cannot open %s: %s" % (shown, e.strerror)) from None
+
+
 def cmd_apply(args) -> int:
     path = os.path.abspath(args.package)
-    # Opened here, as the caller, and passed over the socket: the daemon's sandbox
-    # (ProtectHome=, PrivateTmp=) cannot see ~/ or this shell's /tmp. O_NONBLOCK: a FIFO
-    # must not hang the CLI (the daemon refuses what is not a regular file).
+    # Opened here, as the caller, and passed over the socket (with PACKAGE.sig, when there is
+    # one, as the second descriptor): the daemon's sandbox (ProtectHome=, PrivateTmp=) cannot
+    # see ~/ or this shell's /tmp.
+    fds = [_open_for_daemon(path, args.package)]
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise CliError("no such file: %s" % args.package) from None
-    except OSError as e:
-        raise CliError("cannot open %s: %s" % (args.package, e.strerror)) from None
-    try:
-        resp = request(args, {"cmd": "apply", "path": path}, timeout=args.timeout, fds=(fd,))
+        if os.path.isfile(path + ".sig"):
+            fds.append(_open_for_daemon(path + ".sig", args.package + ".sig"))
+        resp = request(args, {"cmd": "apply", "path": path}, timeout=args.timeout, fds=tuple(fds))
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
     return _report_outcome(args, resp, "apply")
 
 
@@ -266,13 +274,13 @@ def cmd_pin(args) -> int:
 
 def cmd_infer(args) -> int:
     import numpy as np
-    from .daemon import encode_tensor
+    from .tensorwire import from_json, to_json
     try:
         if args.input.endswith(".npz"):
             with np.load(args.input, allow_pickle=False) as z:
-                inputs = {k: encode_tensor(z[k]) for k in z.files}
+                inputs = {k: to_json(z[k]) for k in z.files}
         else:
-            inputs = {args.name or "": encode_tensor(np.load(args.input, allow_pickle=False))}
+            inputs = {args.name or "": to_json(np.load(args.input, allow_pickle=False))}
     except FileNotFoundError:
         raise CliError("no such file: %s" % args.input)
     except Exception as e:
@@ -280,8 +288,7 @@ def cmd_infer(args) -> int:
     resp = _ok_or_raise(request(args, {"cmd": "infer", "inputs": inputs}))
     outs = {}
     for name, spec in resp["outputs"].items():
-        import base64
-        outs[name] = np.frombuffer(base64.b64decode(spec["data"]), dtype=spec["dtype"]).reshape(spec["shape"])
+        outs[name] = from_json(spec, name)
     if args.output:
         if len(outs) == 1 and not args.output.endswith(".npz"):
             np.save(args.output, next(iter(outs.values())))
@@ -301,7 +308,8 @@ def cmd_infer(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from .package import PackageError, pack
+    from .pack import pack
+    from .package import PackageError
     try:
         pkg = pack(args.model, args.source, args.version, args.output, base=args.base, note=args.note,
                    name_map=args.name_map, ignore_unknown=args.ignore_unknown)

@@ -514,6 +514,7 @@ class WatchConfig:
     path: Optional[str] = _f(None, k_path, "file-drop directory; null disables the channel", nullable=True)
     keep: int = _f(100, k_int(0), "packages kept in each of applied/ and rejected/ (oldest go first)")
     keep_bytes: int = _f(1 << 30, k_int(0), "bytes kept in each of applied/ and rejected/ (oldest go first)")
+    signature_settle: float = _f(0.0, k_float(0.0, 60.0), "seconds a package without NAME.sig waits for one that arrives late")
 
 
 @dataclass

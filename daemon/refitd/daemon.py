@@ -16,7 +16,6 @@ Exit codes: 0 clean stop; 1 a start-up failure (model, store, socket in use); 2 
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import os
 import select
@@ -26,10 +25,9 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-
 from . import config as _config
-from .control import AlreadyRunning, ControlError, ControlServer
+from .channels.base import ChannelContext, Gate, registered
+from .control import AlreadyRunning, ControlError
 from .log import Events
 from .sdnotify import Notifier
 
@@ -45,26 +43,6 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else type(e).__name__
 
 
-def _decode_tensor(spec: Any, name: str) -> np.ndarray:
-    try:
-        dtype = np.dtype(spec["dtype"])
-        shape = tuple(int(d) for d in spec["shape"])
-        data = base64.b64decode(spec["data"], validate=True)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ControlError("input %s: needs dtype, shape and base64 data (%s)" % (name, _first_line(e)))
-    if dtype.kind not in "fiu":
-        raise ControlError("input %s: dtype %s not accepted" % (name, dtype))
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if n != len(data):
-        raise ControlError("input %s: %d bytes of data, shape %s %s needs %d" % (name, len(data), list(shape), dtype, n))
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
-
-
-def encode_tensor(a: np.ndarray) -> Dict[str, Any]:
-    a = np.ascontiguousarray(a)
-    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
-
-
 class Daemon:
     def __init__(self, cfg: _config.Config, events: Optional[Events] = None,
                  notifier: Optional[Notifier] = None, config_path: Optional[str] = None):
@@ -76,8 +54,7 @@ class Daemon:
         self.store = None
         self.pipeline = None
         self.runner = None
-        self.watcher = None
-        self.control = None
+        self.channels: List[Any] = []
         self.metrics = None
         self.window = None
         self.updates = None
@@ -85,9 +62,7 @@ class Daemon:
         self.started = time.monotonic()
         self.last_update: Optional[Dict[str, Any]] = None
         self._last_lock = threading.Lock()
-        self._busy = 0
-        self._busy_cv = threading.Condition()
-        self._stopping = False
+        self.gate = Gate()  # deliveries and inferences in flight; shutdown waits for them
         self._reload_lock = threading.Lock()
         self._rpipe = self._wpipe = -1
 
@@ -102,7 +77,6 @@ class Daemon:
 
         self.updates = UpdateCounter()
         self.events.subscribe(self.updates)
-        self.events.subscribe(self._remember_update)
 
         try:
             self.engine = Engine.open(cfg.model.path, backend=cfg.model.backend,
@@ -141,6 +115,8 @@ class Daemon:
             raise StartupError("cannot open the %s sink: %s" % (cfg.sink.type, _first_line(e)))
         # Every result feeds the post-swap watch window (health.WatchWindow via the pipeline).
         self.runner.add_observer(self.pipeline.observe)
+        # One listener remembers the last update, whichever channel (or the window) made it.
+        self.pipeline.listeners.append(self._record)
 
     def start_services(self) -> None:
         cfg = self.cfg
@@ -150,62 +126,42 @@ class Daemon:
             raise StartupError("cannot start the %s source: %s" % (cfg.source.type, e))
         except OSError as e:  # the inference socket or the npy-dir folder
             raise StartupError("cannot start the %s source: %s" % (cfg.source.type, _first_line(e)))
-        handlers = {
-            "ping": lambda req: {"pid": os.getpid()},
-            "status": lambda req: self.status(),
-            "versions": lambda req: self.versions(),
-            "apply": self._h_apply,
-            "rollback": self._h_rollback,
-            "pin": self._h_pin,
-            "unpin": self._h_unpin,
-            "infer": self._h_infer,
-            "reload": lambda req: self.reload(),
-        }
-        if cfg.watch.path:
-            from .watch import DropWatcher
-            self.watcher = DropWatcher(cfg.watch.path, self.pipeline, self.events,
-                                       on_outcome=lambda name, o: self._record(o, "file", name),
-                                       keep=cfg.watch.keep, keep_bytes=cfg.watch.keep_bytes)
+        ctx = ChannelContext(self.pipeline, self.events, self.gate, services=self)
+        for cls in registered():
+            ch = cls.from_config(cfg, ctx)
+            if ch is None:
+                continue
+            if cls.name == "control" and cfg.metrics.listen:
+                self._start_metrics()  # before the control socket, which comes up last
             try:
-                self.watcher.start()
+                ch.start()
+            except AlreadyRunning as e:
+                raise StartupError("%s (is another refitd running?)" % e)
             except OSError as e:
-                raise StartupError("cannot watch %s: %s" % (cfg.watch.path, _first_line(e)))
-        if cfg.metrics.listen:
-            from .metrics import MetricsServer
-            self.metrics = MetricsServer(cfg.metrics.listen, self.metrics_text)
-            try:
-                self.metrics.start()
-            except OSError as e:
-                raise StartupError("cannot listen on %s:%d for metrics: %s"
-                                   % (cfg.metrics.listen[0], cfg.metrics.listen[1], _first_line(e)))
-        # The control socket comes up last: once the CLI can reach the daemon, everything runs.
-        self.control = ControlServer(cfg.control.socket, cfg.control.mode, handlers, self.events)
+                raise StartupError("cannot start %s: %s" % (ch.describe(), _first_line(e)))
+            self.channels.append(ch)
+
+    def _start_metrics(self) -> None:
+        from .metrics import MetricsServer
+        listen = self.cfg.metrics.listen
+        self.metrics = MetricsServer(listen, self.metrics_text)
         try:
-            self.control.start()
-        except AlreadyRunning as e:
-            self.control = None
-            raise StartupError("%s (is another refitd running?)" % e)
+            self.metrics.start()
         except OSError as e:
-            self.control = None
-            raise StartupError("cannot create the control socket %s: %s" % (cfg.control.socket, _first_line(e)))
+            raise StartupError("cannot listen on %s:%d for metrics: %s"
+                               % (listen[0], listen[1], _first_line(e)))
 
     # ---- state for status / versions ---------------------------------------------------
 
-    def _remember_update(self, kind: str, fields: Dict[str, Any]) -> None:
-        # Automatic rollbacks by the watch window arrive only as events: remember them too.
-        if kind in ("update.rolled_back",) and fields.get("source") not in ("cli", "file", None):
-            with self._last_lock:
-                self.last_update = {"ok": True, "action": "rollback", "version": fields.get("version"),
-                                    "source": fields.get("source"), "reason": fields.get("reason"),
-                                    "at": time.time()}
-
-    def _record(self, outcome, source: str, detail: Optional[str] = None, action: str = "apply") -> None:
+    def _record(self, delivery, outcome) -> None:
+        if delivery.command not in ("apply", "rollback"):
+            return  # pins are not updates
         with self._last_lock:
-            self.last_update = {"ok": bool(outcome.ok), "action": action, "version": outcome.version,
-                                "source": source, "reason": outcome.reason,
-                                "stage": getattr(outcome, "stage", None),
-                                "seconds": getattr(outcome, "seconds", None),
-                                "file": detail, "at": time.time()}
+            self.last_update = {"ok": bool(outcome.ok), "action": delivery.command,
+                                "version": outcome.version, "source": delivery.source,
+                                "reason": outcome.reason, "stage": outcome.stage,
+                                "seconds": outcome.seconds, "file": delivery.origin.where,
+                                "at": time.time()}
 
     def status(self) -> Dict[str, Any]:
         eng = self.engine
@@ -263,102 +219,6 @@ class Daemon:
         from .metrics import render
         return render(self.engine.version, self.runner.stats.snapshot(),
                       self.updates.snapshot(), time.monotonic() - self.started)
-
-    # ---- control handlers --------------------------------------------------------------
-
-    def _enter(self) -> None:
-        with self._busy_cv:
-            if self._stopping:
-                raise ControlError("the daemon is stopping")
-            self._busy += 1
-
-    def _leave(self) -> None:
-        with self._busy_cv:
-            self._busy -= 1
-            self._busy_cv.notify_all()
-
-    @staticmethod
-    def _version_arg(req: Dict[str, Any], key: str, required: bool = True) -> Optional[int]:
-        v = req.get(key)
-        if v is None and not required:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ControlError("%s must be a version number (an integer >= 0), got %r" % (key, v))
-        return v
-
-    def _outcome_response(self, o) -> Dict[str, Any]:
-        resp = {"ok": bool(o.ok), "version": o.version, "stage": getattr(o, "stage", None),
-                "seconds": getattr(o, "seconds", None), "serving": self.engine.version}
-        if not o.ok:
-            resp["error"] = o.reason or "update failed"
-        return resp
-
-    def _h_apply(self, req: Dict[str, Any]) -> Dict[str, Any]:
-        path = req.get("path")
-        if not isinstance(path, str) or not path:
-            raise ControlError("apply needs a package path")
-        # The CLI passes the open file (control.py): the daemon's sandbox may not see the path.
-        fds = getattr(req, "fds", ())
-        if len(fds) > 1:
-            raise ControlError("apply takes one open package file, got %d descriptors" % len(fds))
-        if not fds and not os.path.isabs(path):
-            raise ControlError("apply needs an absolute path (the daemon's working directory is not yours)")
-        self._enter()
-        try:
-            o = self.pipeline.apply(path, source="cli", fd=fds[0] if fds else None)
-        finally:
-            self._leave()
-        self._record(o, "cli", path)
-        return self._outcome_response(o)
-
-    def _h_rollback(self, req: Dict[str, Any]) -> Dict[str, Any]:
-        to = self._version_arg(req, "to", required=False)
-        self._enter()
-        try:
-            o = self.pipeline.rollback(to=to, source="cli")
-        finally:
-            self._leave()
-        self._record(o, "cli", None, action="rollback")
-        return self._outcome_response(o)
-
-    def _h_pin(self, req: Dict[str, Any]) -> Dict[str, Any]:
-        from .store import StoreError
-        v = self._version_arg(req, "version")
-        try:
-            self.store.pin(v)
-        except StoreError as e:
-            raise ControlError(_first_line(e))
-        self.events.emit("store.pinned", version=v)
-        return {"version": v, "pinned": self.store.pins()}
-
-    def _h_unpin(self, req: Dict[str, Any]) -> Dict[str, Any]:
-        from .store import StoreError
-        v = self._version_arg(req, "version")
-        try:
-            self.store.unpin(v)
-        except StoreError as e:
-            raise ControlError(_first_line(e))
-        self.events.emit("store.unpinned", version=v)
-        return {"version": v, "pinned": self.store.pins()}
-
-    def _h_infer(self, req: Dict[str, Any]) -> Dict[str, Any]:
-        raw = req.get("inputs")
-        specs = self.engine.inputs()
-        if not isinstance(raw, dict) or not raw:
-            raise ControlError("infer needs inputs: {name: {dtype, shape, data}}")
-        if list(raw) == [""] and len(specs) == 1:  # "the only input"
-            raw = {specs[0].name: raw[""]}
-        inputs = {name: _decode_tensor(spec, name) for name, spec in raw.items()}
-        self._enter()  # shutdown waits for it before the engine closes
-        t0 = time.perf_counter()
-        try:
-            outputs, version = self.engine.infer(inputs)
-        except Exception as e:
-            raise ControlError(_first_line(e))
-        finally:
-            self._leave()
-        return {"version": version, "seconds": round(time.perf_counter() - t0, 6),
-                "outputs": {k: encode_tensor(v) for k, v in outputs.items()}}
 
     # ---- reload (SIGHUP) ---------------------------------------------------------------
 
@@ -432,50 +292,22 @@ class Daemon:
 
     def _reconfigure_pipeline(self, new: _config.Config) -> None:
         """Swaps the pipeline's shadow checks, watch window and size cap for the new config's,
-        under the pipeline's lock (between updates). Uses ``Pipeline.reconfigure`` when the
-        pipeline offers one."""
-        reconf = getattr(self.pipeline, "reconfigure", None)
-        if callable(reconf):
-            # model.* needs a restart: the pipeline keeps the running model's settings.
-            reconf(dataclasses.replace(new, model=self.cfg.model))
-            return
-        from .health import ShadowCheck, WatchWindow
-        p = self.pipeline
-        base_dir = os.path.dirname(os.path.abspath(self.config_path)) if self.config_path else None
-        checks = ShadowCheck(new.health.checks, self.engine, base_dir)  # raises on a bad check
-        with p._lock:
-            p.window.disarm()
-            p.health = checks
-            p.window = WatchWindow.from_config(new.health.window, on_fail=p._window_failed)
-            p._auto_rollback = bool(new.health.window.rollback)
-            p.max_package_bytes = int(new.store.max_package_bytes)
+        between updates (model.* needs a restart: the pipeline keeps the running model's)."""
+        self.pipeline.reconfigure(dataclasses.replace(new, model=self.cfg.model))
 
     # ---- shutdown ----------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._busy_cv:
-            self._stopping = True
-        if self.watcher is not None:
-            self.watcher.stop()
-        if self.control is not None:
-            self.control.stop()
-        with self._busy_cv:  # updates already running through the control socket finish
-            deadline = time.monotonic() + 30
-            while self._busy and time.monotonic() < deadline:
-                self._busy_cv.wait(0.5)
+        self.gate.close()  # new deliveries and inferences are refused from here
+        for ch in reversed(self.channels):
+            ch.stop()
+        idle = self.gate.drain(30.0)  # updates and inferences already running finish
         drained = True
         if self.runner is not None:
             drained = self.runner.stop(drain=True)
         if self.metrics is not None:
             self.metrics.stop()
-        if self.pipeline is not None:
-            closer = getattr(self.pipeline, "close", None)
-            if callable(closer):
-                try:
-                    closer()
-                except Exception:
-                    pass
-        if self.engine is not None and drained and not self._busy:
+        if self.engine is not None and drained and idle:
             self.engine.close()
         if self.store is not None:
             self.store.close()

@@ -1,43 +1,68 @@
-"""The drop folder's applied/ and rejected/ directories: reason files written whole or not at
-all, and retention so an unattended box does not keep every package it was ever sent (one
-update a second is ~220 MB/h; one 100 MB update a day ~36 GB a year, on the store's disk).
+"""What every drop folder shares (the file-drop channel's packages, the npy-dir source's
+inputs): which names are complete files, and moving a handled file aside with a ``.reason``.
 
-An entry is a package file plus what travels with it: ``<name>.sig`` and ``<name>.reason``.
-Retention counts packages and their bytes (all three files) and removes whole entries, oldest
-(by the package's mtime, i.e. when it was moved there) first.
+A writer drops a file safely by writing ``x.part`` / ``.x`` / ``x.tmp`` and renaming it in; those
+names are never taken. A handled file moves into a subfolder (``applied/``, ``rejected/``,
+``done/``, ``failed/``) under a free name, its companions (``.sig``) beside it, and its
+``.reason`` is written atomically: whole or absent.
+
+Retention (``prune``): an unattended box must not keep every package it was ever sent (one
+update a second is ~220 MB/h; one 100 MB update a day ~36 GB a year, on the store's disk). An
+entry is a file plus its companions (``.sig``, ``.reason``); entries go whole, oldest first (by
+the file's mtime: when it was moved there).
 """
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
-__all__ = ["write_reason", "remove_partial_reasons", "prune"]
+from .atomic import TMP_PREFIX, write_atomic
+
+__all__ = ["complete_name", "move_aside", "prune", "remove_leftovers"]
 
 _COMPANIONS = (".sig", ".reason")
-_PART = ".reason.part"
+
+TEMP_SUFFIXES = (".part", ".tmp")
 
 
-def write_reason(dest_dir: str, name: str, text: str) -> None:
-    """Writes ``<name>.reason`` via a hidden ``.part`` file and a rename; on failure (a full
-    disk) the ``.part`` file is removed again and the OSError raised."""
-    tmp = os.path.join(dest_dir, "." + name + _PART)
+def complete_name(name: str) -> bool:
+    """Whether ``name`` is a finished file (not a dot file, not a temp name)."""
+    return bool(name) and not (name.startswith(".") or name.endswith(TEMP_SUFFIXES))
+
+
+def move_aside(folder: str, sub: str, name: str, reason: Optional[str] = None,
+               companions: Iterable[str] = ()) -> str:
+    """Moves ``folder/name`` (and ``folder/name + suffix`` for each companion suffix) into
+    ``folder/sub/`` under a free name, then writes ``<that name>.reason`` with ``reason``
+    (when given). Returns the name it got. A file already gone is not an error."""
+    dest_dir = os.path.join(folder, sub)
+    os.makedirs(dest_dir, exist_ok=True)
+    dest_name, i = name, 1
+    while os.path.lexists(os.path.join(dest_dir, dest_name)):
+        dest_name = "%s.%d" % (name, i)
+        i += 1
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text.rstrip("\n") + "\n")
-        os.replace(tmp, os.path.join(dest_dir, name + ".reason"))
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        os.replace(os.path.join(folder, name), os.path.join(dest_dir, dest_name))
+    except FileNotFoundError:
+        pass
+    for suffix in companions:
+        src = os.path.join(folder, name + suffix)
+        if os.path.exists(src):
+            try:
+                os.replace(src, os.path.join(dest_dir, dest_name + suffix))
+            except OSError:
+                pass
+    if reason is not None:
+        write_atomic(os.path.join(dest_dir, dest_name + ".reason"), [(reason.rstrip("\n") + "\n").encode()])
+    return dest_name
 
 
-def remove_partial_reasons(d: str) -> List[str]:
-    """Removes ``.NAME.reason.part`` leftovers (a crash or a full disk while writing one)."""
+def remove_leftovers(d: str) -> List[str]:
+    """Removes the temp files of reason files a crash interrupted (``.tmp-*``; ``.*.reason.part``
+    from before the atomic writer). Returns their paths."""
     out = []
     for name in os.listdir(d):
-        if name.startswith(".") and name.endswith(_PART):
+        if name.startswith(TMP_PREFIX) or (name.startswith(".") and name.endswith(".reason.part")):
             try:
                 os.unlink(os.path.join(d, name))
                 out.append(os.path.join(d, name))
@@ -47,7 +72,7 @@ def remove_partial_reasons(d: str) -> List[str]:
 
 
 def _entries(d: str) -> List[Tuple[float, str, int]]:
-    """(mtime, package name, bytes incl. companions) for every package in ``d``."""
+    """(mtime, name, bytes incl. companions) for every handled file in ``d``, oldest first."""
     names = set(os.listdir(d))
     out = []
     for name in names:
@@ -70,9 +95,9 @@ def _entries(d: str) -> List[Tuple[float, str, int]]:
 
 
 def prune(d: str, keep: int, keep_bytes: int) -> List[str]:
-    """Removes the oldest entries of ``d`` until at most ``keep`` packages and ``keep_bytes``
-    bytes remain (the newest entry always stays, however large: it explains the last outcome).
-    Returns the package names removed."""
+    """Removes the oldest entries of ``d`` until at most ``keep`` remain and they hold at most
+    ``keep_bytes`` (the newest always stays, however large: it explains the last outcome).
+    Returns the names removed."""
     entries = _entries(d)
     total = sum(e[2] for e in entries)
     gone = []
@@ -88,7 +113,7 @@ def prune(d: str, keep: int, keep_bytes: int) -> List[str]:
             except FileNotFoundError:
                 pass
             except OSError:
-                return gone  # an unwritable folder: try again after the next drop
+                return gone  # an unwritable folder: tried again after the next drop
         total -= size
         gone.append(name)
     return gone

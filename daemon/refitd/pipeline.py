@@ -1,9 +1,13 @@
-"""The one refit pipeline. Every channel (control socket / CLI, file drop, MQTT later) calls
-``Pipeline.apply(path, source)`` or ``Pipeline.rollback(to, source)``; one lock serialises them.
+"""The one refit pipeline. Every channel (control socket / CLI, file drop, MQTT) hands it a
+``Delivery`` (delivery.py) through ``Pipeline.deliver``; one lock serialises them. ``apply(path)``
+and ``rollback(to)`` are deliveries too.
 
-apply: size cap -> parse -> (signature hook) -> model fingerprint, names, dtypes, shapes ->
-finite values -> version policy -> stage in the engine -> shadow check on the staged set ->
-write to the store (blobs, manifest) -> commit (``current`` moves) -> ``engine.publish`` -> event.
+A package delivery: size cap (before reading) -> signature check on the raw bytes (the
+verifier hook; nothing has parsed them yet) -> parse -> model fingerprint, names, dtypes,
+shapes -> finite values -> version policy -> stage in the engine -> shadow check on the staged
+set -> write to the store (blobs, manifest) -> commit (``current`` moves) -> ``engine.publish``
+-> event. Rollback, pin and unpin are command deliveries: the same lock, verifier and
+event/``Outcome`` reporting.
 
 Ordering, and why (docs/store.md has the long form):
 
@@ -38,11 +42,15 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from .health import HealthError, ShadowCheck, WatchWindow, _get
+from .delivery import (APPLY, PIN, ROLLBACK, Delivery, Origin, Verifier, no_verifier,
+                       read_signature)
 from .package import (DEFAULT_MAX_PACKAGE_BYTES, Package, PackageError, check_against_model,
-                      check_finite, read_package)
+                      check_finite, parse_package_bytes, signature_path)
 from .store import Store, StoreError
 
 __all__ = ["Pipeline", "Outcome", "NullEvents"]
+
+_SEEN_IDS = 256  # delivery ids remembered for idempotence (MQTT QoS 1 redelivers)
 
 
 @dataclass
@@ -69,6 +77,13 @@ class _Reject(Exception):
         self.stage, self.reason = stage, reason
 
 
+def _as_reject(e: BaseException) -> "_Reject":
+    """A bug must not take the channel down: any other exception is an ``internal`` rejection."""
+    if isinstance(e, _Reject):
+        return e
+    return _Reject("internal", "internal error: %s: %s" % (type(e).__name__, _one_line(e)))
+
+
 def _one_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
@@ -87,14 +102,15 @@ class Pipeline:
     ``max_package_bytes``, ``checks`` (health check specs), ``window`` (a ``WatchWindow`` or its
     config), ``allow_nonfinite``, ``verifier``.
 
-    ``verifier(package, signature_path)``: the hook the security issue fills in; it may raise to
-    refuse a package (stage ``signature``). None (the default) verifies nothing.
+    ``verifier(data, signature, delivery)`` (``delivery.Verifier``): the hook the security issue
+    fills in, called on the raw bytes after the size cap and before any parser; it may raise to
+    refuse (stage ``signature``). None (the default, ``no_verifier``) verifies nothing.
     """
 
     def __init__(self, engine: Any, store: Store, config: Any = None, events: Any = None, *,
                  max_package_bytes: Optional[int] = None, checks: Optional[List[Any]] = None,
                  window: Any = None, allow_nonfinite: Optional[bool] = None,
-                 verifier: Optional[Callable[[Package, Optional[str]], None]] = None,
+                 verifier: Optional[Verifier] = None,
                  base_dir: Optional[str] = None):
         self.engine = engine
         self.store = store
@@ -124,8 +140,11 @@ class Pipeline:
             opts = _get(model_cfg, "options") if model_cfg is not None else None
             allow_nonfinite = bool(_get(opts, "allow_nonfinite", False)) if opts is not None else False
         self.allow_nonfinite = allow_nonfinite
-        self.verifier = verifier
+        self.verifier: Verifier = verifier or no_verifier
         self._lock = threading.Lock()
+        self._seen: Dict[Any, Outcome] = {}  # (channel, delivery id) -> its outcome, oldest first
+        #: ``fn(delivery, outcome)`` after every delivery, under the lock (the daemon's status)
+        self.listeners: List[Callable[[Delivery, Outcome], None]] = []
         self._served_at = 0.0
         self._names = [w.name for w in engine.weights()]
         #: the last Outcome of apply/rollback (for ``status``)
@@ -199,63 +218,105 @@ class Pipeline:
                 return v
             raise StoreError("no stored version can be served: " + "; ".join(errors))
 
-    # ---- apply ---------------------------------------------------------------------------
+    # ---- deliveries ----------------------------------------------------------------------
 
-    def apply(self, path: str, source: str = "cli", fd: Optional[int] = None) -> Outcome:
-        """Runs a package file through every check and, if all pass, makes it serve. With
-        ``fd`` the package is read from that open descriptor (the caller keeps owning it) and
-        ``path`` only names it: how ``refitd apply`` hands over a file the daemon's sandbox
-        (ProtectHome=, PrivateTmp=) cannot see."""
-        t0 = time.perf_counter()
-        path = os.fspath(path)
+    def deliver(self, d: Delivery) -> Outcome:
+        """Runs one delivery (a package, or a rollback / pin / unpin command) under the one
+        lock, with the same event and ``Outcome`` reporting for every kind. A delivery id seen
+        before is answered with the outcome it got then (a redelivery changes nothing)."""
+        key = (d.origin.channel, d.origin.id) if d.origin.id is not None else None
         with self._lock:
-            self.events.emit("update.received", path=path, source=source)
-            self.window.disarm()
-            previous = self.store.current()
-            version: Optional[int] = None
-            try:
-                version, info = self._apply_locked(path, source, fd)
-                if info.get("already_applied"):  # the serving package again: nothing changed
-                    out = Outcome(True, version, None, "already-applied", time.perf_counter() - t0, previous)
-                    self.events.emit("update.already_applied", version=version, source=source, path=path)
-                    self.last = out
-                    return out
-                # seconds: file -> serving (publish returned); retention ran after that
-                out = Outcome(True, version, None, "done", self._served_at - t0, previous)
-                self.events.emit("update.applied", version=version, previous=previous,
-                                 source=source, path=path, seconds=round(out.seconds, 6),
-                                 total_seconds=round(time.perf_counter() - t0, 6), **info)
-                self.window.arm(version, previous)
-            except (_Reject, Exception) as r:
-                if not isinstance(r, _Reject):  # a bug must not take the channel down
-                    r = _Reject("internal", "internal error: %s: %s" % (type(r).__name__, _one_line(r)))
-                version = getattr(r, "version", None)
-                out = Outcome(False, version, r.reason, r.stage, time.perf_counter() - t0,
-                              self.store.current())
-                self.events.emit("update.rejected", version=version, source=source, path=path,
-                                 stage=r.stage, reason=r.reason, seconds=round(out.seconds, 6))
-            self.last = out
+            if key is not None and key in self._seen:
+                out = self._seen[key]
+                self.events.emit("update.duplicate", id=d.origin.id, source=d.source,
+                                 version=out.version, ok=out.ok)
+                return out
+            out = self._run(d)
+            for listener in list(self.listeners):
+                try:
+                    listener(d, out)
+                except Exception as e:  # bookkeeping must not undo an update
+                    self.events.emit("pipeline.error", error="listener: " + _one_line(e))
+            if key is not None:
+                self._seen[key] = out
+                while len(self._seen) > _SEEN_IDS:
+                    self._seen.pop(next(iter(self._seen)))
             return out
 
-    def _apply_locked(self, path: str, source: str, fd: Optional[int]):
-        # size cap, parse (read_package checks the cap on the open file before reading)
+    def _run(self, d: Delivery) -> Outcome:
+        if d.command == APPLY:
+            return self._deliver_package(d)
+        if d.command == ROLLBACK:
+            return self._deliver_rollback(d)
+        return self._deliver_pin(d)
+
+    def apply(self, path: str, source: str = "cli", fd: Optional[int] = None) -> Outcome:
+        """A package file through every check (``deliver`` of a path delivery, with the
+        ``.sig`` beside it as its signature); with ``fd`` it is read from that open descriptor
+        (the caller keeps owning it) and ``path`` only names it."""
+        path = os.fspath(path)
+        origin = Origin(source, where=path)
+        if fd is not None:
+            return self.deliver(Delivery.of_fd(fd, origin))
+        sig = signature_path(path)
+        return self.deliver(Delivery.of_path(path, origin, read_signature(sig) if os.path.isfile(sig) else None))
+
+    def _verify(self, d: Delivery, data: Any) -> None:
         try:
-            pkg = read_package(path, self.max_package_bytes, fd=fd)
+            self.verifier(data, d.signature, d)
+        except Exception as e:
+            raise _Reject("signature", _one_line(e)) from None
+
+    def _deliver_package(self, d: Delivery) -> Outcome:
+        t0 = time.perf_counter()
+        source, path = d.source, d.name
+        self.events.emit("update.received", path=path, source=source)
+        self.window.disarm()
+        previous = self.store.current()
+        version: Optional[int] = None
+        try:
+            version, info = self._apply_locked(d)
+            if info.get("already_applied"):  # the serving package again: nothing changed
+                out = Outcome(True, version, None, "already-applied", time.perf_counter() - t0, previous)
+                self.events.emit("update.already_applied", version=version, source=source, path=path)
+                self.last = out
+                return out
+            # seconds: delivery -> serving (publish returned); retention ran after that
+            out = Outcome(True, version, None, "done", self._served_at - t0, previous)
+            self.events.emit("update.applied", version=version, previous=previous,
+                             source=source, path=path, seconds=round(out.seconds, 6),
+                             total_seconds=round(time.perf_counter() - t0, 6), **info)
+            self.window.arm(version, previous)
+        except (_Reject, Exception) as r:
+            r = _as_reject(r)
+            version = getattr(r, "version", None)
+            out = Outcome(False, version, r.reason, r.stage, time.perf_counter() - t0,
+                          self.store.current())
+            self.events.emit("update.rejected", version=version, source=source, path=path,
+                             stage=r.stage, reason=r.reason, seconds=round(out.seconds, 6))
+        self.last = out
+        return out
+
+    def _apply_locked(self, d: Delivery):
+        # size cap (checked on the open file before reading) -> signature over the raw bytes
+        # -> parse: no parser sees a byte the verifier has not passed
+        try:
+            data = d.read(self.max_package_bytes)
+        except PackageError as e:
+            raise _Reject(e.stage, e.reason) from None
+        self._verify(d, data)
+        try:
+            pkg = parse_package_bytes(data, path=d.path or d.origin.where)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
         try:
-            return self._apply_package(pkg, source)
+            return self._apply_package(pkg, d.source)
         except _Reject as r:
             r.version = pkg.version  # type: ignore[attr-defined]
             raise
 
     def _apply_package(self, pkg: Package, source: str):
         engine, store = self.engine, self.store
-        if self.verifier is not None:
-            try:
-                self.verifier(pkg, pkg.signature_path)
-            except Exception as e:
-                raise _Reject("signature", _one_line(e)) from None
         try:
             check_against_model(pkg, engine)
             if not self.allow_nonfinite:
@@ -383,33 +444,52 @@ class Pipeline:
     def rollback(self, to: Optional[int] = None, source: str = "cli",
                  reason: Optional[str] = None, _expect_current: Optional[int] = None) -> Outcome:
         """Re-applies a stored version (default: the newest stored version older than the
-        current one) through the same checks as ``apply``, except the newer-version rule."""
+        current one) through the same checks as ``apply``, except the newer-version rule
+        (``deliver`` of a rollback command)."""
+        return self.deliver(Delivery.of_command(ROLLBACK, Origin(source), to=to, reason=reason,
+                                                expect_current=_expect_current))
+
+    def _deliver_rollback(self, d: Delivery) -> Outcome:
         t0 = time.perf_counter()
-        with self._lock:
-            previous = self.store.current()
-            if _expect_current is not None and previous != _expect_current:
-                out = Outcome(False, to, "version %d no longer serves (now %s); rollback skipped"
-                              % (_expect_current, previous), "lookup", time.perf_counter() - t0,
-                              previous)
-                self.events.emit("update.rollback_failed", version=to, source=source,
-                                 stage=out.stage, reason=out.reason)
-                self.last = out
-                return out
+        to, reason, source = d.args.get("to"), d.args.get("reason"), d.source
+        expect = d.args.get("expect_current")
+        previous = self.store.current()
+        try:
+            if expect is not None and previous != expect:
+                raise _Reject("lookup", "version %d no longer serves (now %s); rollback skipped"
+                              % (expect, previous))
             self.window.disarm()
+            self._verify(d, d.read(self.max_package_bytes))
+            to = self._rollback_locked(to, previous, source, reason)
+            out = Outcome(True, to, None, "done", time.perf_counter() - t0, previous)
+            self.events.emit("update.rolled_back", version=to, previous=previous,
+                             source=source, reason=reason, seconds=round(out.seconds, 6))
+        except (_Reject, Exception) as r:
+            r = _as_reject(r)
+            out = Outcome(False, to, r.reason, r.stage, time.perf_counter() - t0,
+                          self.store.current())
+            self.events.emit("update.rollback_failed", version=to, source=source,
+                             stage=r.stage, reason=r.reason, seconds=round(out.seconds, 6))
+        self.last = out
+        return out
+
+    def _deliver_pin(self, d: Delivery) -> Outcome:
+        """pin / unpin: the store keeps a pinned version through retention."""
+        t0 = time.perf_counter()
+        v = d.args.get("version")
+        try:
+            self._verify(d, d.read(self.max_package_bytes))
             try:
-                to = self._rollback_locked(to, previous, source, reason)
-                out = Outcome(True, to, None, "done", time.perf_counter() - t0, previous)
-                self.events.emit("update.rolled_back", version=to, previous=previous,
-                                 source=source, reason=reason, seconds=round(out.seconds, 6))
-            except (_Reject, Exception) as r:
-                if not isinstance(r, _Reject):
-                    r = _Reject("internal", "internal error: %s: %s" % (type(r).__name__, _one_line(r)))
-                out = Outcome(False, to, r.reason, r.stage, time.perf_counter() - t0,
-                              self.store.current())
-                self.events.emit("update.rollback_failed", version=to, source=source,
-                                 stage=r.stage, reason=r.reason, seconds=round(out.seconds, 6))
-            self.last = out
-            return out
+                (self.store.pin if d.command == PIN else self.store.unpin)(v)
+            except StoreError as e:
+                raise _Reject("lookup", _one_line(e)) from None
+            self.events.emit("store.pinned" if d.command == PIN else "store.unpinned", version=v)
+            return Outcome(True, v, None, "done", time.perf_counter() - t0, self.store.current())
+        except (_Reject, Exception) as r:
+            r = _as_reject(r)
+            self.events.emit("store.%s_failed" % d.command, version=v, source=d.source,
+                             stage=r.stage, reason=r.reason)
+            return Outcome(False, v, r.reason, r.stage, time.perf_counter() - t0, self.store.current())
 
     def _rollback_locked(self, to: Optional[int], cur: Optional[int], source: str,
                          reason: Optional[str]) -> int:

@@ -30,7 +30,6 @@ import json
 import os
 import queue
 import socket
-import struct
 import sys
 import threading
 import time
@@ -38,6 +37,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from .dropfolder import complete_name, move_aside
+from .tensorwire import ProtocolError, encode_frame, frame_header, read_frame
 
 __all__ = ["Item", "Result", "Stats", "Runner", "SOURCES", "SINKS", "register_source",
            "register_sink", "socket_infer", "encode_frame", "read_frame", "LATENCY_BUCKETS"]
@@ -253,10 +255,6 @@ class SyntheticSource(Source):
         return {"type": self.kind, "fill": self.cfg.fill, "rate": self.cfg.rate}
 
 
-def _complete_name(name: str) -> bool:
-    return not (name.startswith(".") or name.endswith(".part") or name.endswith(".tmp"))
-
-
 @register_source("npy-dir")
 class NpyDirSource(QueuedSource):
     """Polls a folder for ``*.npy`` / ``*.npz`` (temp names ``*.part``, ``.*`` ignored; write
@@ -281,17 +279,11 @@ class NpyDirSource(QueuedSource):
     def _finish(self, path: str, name: str, error: Optional[str]) -> None:
         try:
             if error is not None:
-                d = os.path.join(self.cfg.path, "failed")
-                os.makedirs(d, exist_ok=True)
-                os.replace(path, os.path.join(d, name))
-                with open(os.path.join(d, name + ".reason"), "w") as f:
-                    f.write(error + "\n")
+                move_aside(self.cfg.path, "failed", name, error)
             elif self.cfg.done == "delete":
                 os.unlink(path)
             else:
-                d = os.path.join(self.cfg.path, "done")
-                os.makedirs(d, exist_ok=True)
-                os.replace(path, os.path.join(d, name))
+                move_aside(self.cfg.path, "done", name)
         except OSError as e:
             self.events.emit("runner.error", source="npy-dir", file=name, error=str(e))
         finally:
@@ -311,7 +303,7 @@ class NpyDirSource(QueuedSource):
         """The candidate files whose size and mtime did not change since the last scan."""
         ready, now = [], {}
         for e in entries:
-            if not e.is_file() or not _complete_name(e.name) or not e.name.endswith((".npy", ".npz")):
+            if not e.is_file() or not complete_name(e.name) or not e.name.endswith((".npy", ".npz")):
                 continue
             try:
                 st = e.stat()
@@ -370,67 +362,6 @@ class NpyDirSource(QueuedSource):
 
 # ---- socket protocol ---------------------------------------------------------------------------
 
-_LEN = struct.Struct(">I")
-MAX_HEADER = 1 << 20
-
-
-class ProtocolError(Exception):
-    pass
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            if not buf:
-                raise EOFError
-            raise ProtocolError("connection closed in the middle of a frame")
-        buf += chunk
-    return bytes(buf)
-
-
-def encode_frame(header: Dict[str, Any], tensors: List[np.ndarray] = ()) -> bytes:
-    h = json.dumps(header, separators=(",", ":")).encode()
-    return _LEN.pack(len(h)) + h + b"".join(np.ascontiguousarray(t).tobytes() for t in tensors)
-
-
-def read_frame(sock: socket.socket, key: str, max_bytes: int) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """Reads one frame; ``key`` is "inputs" (server side) or "outputs" (client side)."""
-    (n,) = _LEN.unpack(_recv_exact(sock, 4))
-    if n > MAX_HEADER:
-        raise ProtocolError("header of %d bytes is larger than %d" % (n, MAX_HEADER))
-    try:
-        header = json.loads(_recv_exact(sock, n))
-    except ValueError as e:
-        raise ProtocolError("header is not JSON: %s" % e)
-    if not isinstance(header, dict):
-        raise ProtocolError("header must be a JSON object")
-    tensors: Dict[str, np.ndarray] = {}
-    if header.get("ok") is False:
-        return header, tensors
-    specs = header.get(key)
-    if not isinstance(specs, list):
-        raise ProtocolError('header needs "%s": a list of {name, dtype, shape}' % key)
-    total = 0
-    for spec in specs:
-        try:
-            name = str(spec["name"])
-            dtype = np.dtype(spec["dtype"])
-            shape = tuple(int(d) for d in spec["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ProtocolError("bad tensor description %s: %s" % (json.dumps(spec)[:80], e))
-        if dtype.kind not in "fiu" or any(d < 0 for d in shape):
-            raise ProtocolError("tensor %s: unsupported dtype %s or shape %s" % (name, dtype, list(shape)))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        total += nbytes
-        if total > max_bytes:
-            raise ProtocolError("request larger than %d bytes" % max_bytes)
-        data = _recv_exact(sock, nbytes) if nbytes else b""
-        tensors[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return header, tensors
-
-
 def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0,
                  sock: Optional[socket.socket] = None) -> Tuple[Dict[str, np.ndarray], int]:
     """Client of the socket source: sends ``inputs``, returns (outputs, version). Raises
@@ -441,9 +372,7 @@ def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0
         sock.settimeout(timeout)
         sock.connect(path)
     try:
-        arrs = [np.ascontiguousarray(a) for a in inputs.values()]
-        header = {"inputs": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
-                             for n, a in zip(inputs, arrs)]}
+        header, arrs = frame_header("inputs", inputs)
         sock.sendall(encode_frame(header, arrs))
         reply, outputs = read_frame(sock, "outputs", 1 << 31)
         if not reply.get("ok"):
@@ -518,12 +447,9 @@ class SocketSource(QueuedSource):
                 if res.error is not None:
                     conn.sendall(encode_frame({"ok": False, "error": res.error}))
                     continue
-                names = list(res.outputs)
-                arrs = [res.outputs[n] for n in names]
-                conn.sendall(encode_frame({
-                    "ok": True, "version": res.version, "seconds": round(res.seconds, 6),
-                    "outputs": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
-                                for n, a in zip(names, arrs)]}, arrs))
+                header, arrs = frame_header("outputs", res.outputs)
+                header.update(ok=True, version=res.version, seconds=round(res.seconds, 6))
+                conn.sendall(encode_frame(header, arrs))
         except OSError:
             return
         finally:

@@ -39,14 +39,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
+from .atomic import TMP_PREFIX, fsync_dir, write_atomic
+
 __all__ = ["Store", "StoreError", "Pending", "tensor_sha256", "FORMAT"]
 
 FORMAT = 1
 _DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_FILE = re.compile(r"^([0-9]{1,19})\.json$")
-_TMP_PREFIX = ".tmp-"
-_CHUNK = 8 << 20
 
 
 class StoreError(Exception):
@@ -80,19 +80,10 @@ def _hash_file(path: str) -> Tuple[str, int]:
     h = hashlib.sha256()
     n = 0
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
+        for chunk in iter(lambda: f.read(8 << 20), b""):
             h.update(chunk)
             n += len(chunk)
     return h.hexdigest(), n
-
-
-def _fsync_path(path: str, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -214,34 +205,10 @@ class Store:
 
     def _fsync_dir(self, path: str) -> None:
         if self.durable:
-            _fsync_path(path, directory=True)
+            fsync_dir(path)
 
     def _write_atomic(self, dest: str, chunks: Iterable[Any], sync_dir: bool = True) -> None:
-        """temp file in dest's directory, write, fsync, rename, (fsync the directory)."""
-        d = os.path.dirname(dest)
-        tmp = os.path.join(d, "%s%s.%d.%d" % (_TMP_PREFIX, os.path.basename(dest), os.getpid(),
-                                              threading.get_ident()))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            try:
-                for chunk in chunks:
-                    mv = memoryview(chunk).cast("B")
-                    off = 0
-                    while off < len(mv):
-                        off += os.write(fd, mv[off : off + _CHUNK])
-                if self.durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        if sync_dir:
-            self._fsync_dir(d)
+        write_atomic(dest, chunks, durable=self.durable, sync_dir=sync_dir)
 
     def _write_json(self, dest: str, obj: Any) -> None:
         data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
@@ -255,7 +222,7 @@ class Store:
         # 1. temp files of interrupted writes
         for d in [self.path, self._p("versions"), self._p("blobs")] + self._blob_dirs():
             for name in os.listdir(d):
-                if name.startswith(_TMP_PREFIX):
+                if name.startswith(TMP_PREFIX):
                     self._unlink(os.path.join(d, name))
                     self.recovered.append("%s %s (interrupted write)" % (
                         self._did("removed"), os.path.join(os.path.relpath(d, self.path), name)))
@@ -680,10 +647,6 @@ class Store:
             except OSError as e:  # the commit point is passed; a lost log line must not undo it
                 self.warnings.append("history line for version %d not written: %s"
                                      % (version, e.strerror or e))
-
-    def set_current(self, version: int, event: str = "applied", **fields: Any) -> None:
-        """Alias of ``commit`` (the name docs/design.md uses)."""
-        self.commit(version, event, **fields)
 
     def discard(self, version: int) -> None:
         """Removes a version that was written but never committed (an update that failed after

@@ -80,7 +80,7 @@ def _wait_for(sock: str, proc: subprocess.Popen, pred, timeout: float) -> Option
 
 
 def run_demo(args) -> int:
-    from ..package import write_package
+    from ..pack import write_package
 
     own_state = args.state_dir is None
     state = os.path.abspath(args.state_dir) if args.state_dir else tempfile.mkdtemp(prefix="refitd-demo-", dir="/tmp")

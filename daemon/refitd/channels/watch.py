@@ -3,12 +3,15 @@
 A file is taken only once it is complete: when the process writing it closes it (inotify
 IN_CLOSE_WRITE) or when it is renamed into the directory (the safe way: write ``x.part`` or
 ``.x``, then rename). Names starting with ``.`` and ending in ``.part`` / ``.tmp`` are never
-taken; ``<package>.sig`` files (detached signatures, security issue) travel with their package.
-On start the directory is scanned for files dropped while the daemon was down.
+taken (dropfolder.py); ``NAME.sig`` is the detached signature of ``NAME``: it travels in the
+package's ``Delivery``. A ``.sig`` that arrives after its package is still paired when it comes
+within ``settle`` seconds (``watch.signature_settle``): a package without one waits that long
+for it. On start the directory is scanned for files dropped while the daemon was down.
 
-Each taken file goes through ``pipeline.apply(path, source="file")`` (one at a time, in arrival
-order), then is moved to ``applied/`` or ``rejected/`` with ``<name>.reason`` beside it. The
-pipeline checks everything before it writes to the store, so a rejected file never touches it.
+Each taken file is one ``Delivery.of_path`` through the channel base (one at a time, in arrival
+order); ``report`` then moves it to ``applied/`` or ``rejected/`` with ``<name>.reason`` beside
+it (and its ``.sig``). The pipeline checks everything before it writes to the store, so a
+rejected file never touches it.
 
 Linux (inotify) is the supported platform; watchdog's other observers see renames but may not
 report "closed after writing".
@@ -24,7 +27,10 @@ from typing import Any, Callable, Optional
 
 from watchdog.events import FileSystemEventHandler
 
-from . import dropfolder
+from ..delivery import Delivery, read_signature
+from ..dropfolder import complete_name, move_aside, prune, remove_leftovers
+from ..package import SIGNATURE_SUFFIX, PackageError
+from .base import Channel, register
 
 # watchdog logs through `logging`; refitd reports through its own event lines. Without a handler
 # Python would print its shutdown chatter ("queue_events() called when the thread is inactive")
@@ -41,7 +47,7 @@ REJECTED = "rejected"
 
 def takeable(name: str) -> bool:
     """Whether a file name in the drop directory is a candidate package."""
-    return bool(name) and not (name.startswith(".") or name.endswith((".part", ".tmp", ".sig", ".reason")))
+    return complete_name(name) and not name.endswith((SIGNATURE_SUFFIX, ".reason"))
 
 
 def _fs(p: Any) -> str:
@@ -79,16 +85,20 @@ def _make_observer():
         return Observer()
 
 
-class DropWatcher:
+@register("watch")
+class DropWatcher(Channel):
+    source = "file"
+    order = 10
+
     def __init__(self, path: str, pipeline, events, on_outcome: Optional[Callable] = None,
-                 keep: int = 100, keep_bytes: int = 1 << 30):
+                 settle: float = 0.0, gate=None, keep: int = 100, keep_bytes: int = 1 << 30):
+        super().__init__(pipeline, events, gate)
         self.path = os.path.abspath(path)
-        #: retention of applied/ and rejected/ (each): at most ``keep`` packages and
-        #: ``keep_bytes`` bytes, the oldest removed first (dropfolder.py)
+        #: retention of applied/ and rejected/ (each): at most ``keep`` packages holding at
+        #: most ``keep_bytes``, the oldest removed first (dropfolder.prune)
         self.keep, self.keep_bytes = keep, keep_bytes
-        self.pipeline = pipeline
-        self.events = events
         self.on_outcome = on_outcome
+        self.settle = float(settle)
         self._q: "queue.Queue[Optional[str]]" = queue.Queue()
         self._pending: set = set()
         self._lock = threading.Lock()
@@ -97,11 +107,21 @@ class DropWatcher:
         self._stop = threading.Event()
         self.taken = 0
 
+    @classmethod
+    def from_config(cls, cfg: Any, ctx) -> Optional["DropWatcher"]:
+        if not cfg.watch.path:
+            return None
+        return cls(cfg.watch.path, ctx.pipeline, ctx.events, settle=cfg.watch.signature_settle,
+                   gate=ctx.gate, keep=cfg.watch.keep, keep_bytes=cfg.watch.keep_bytes)
+
+    def describe(self) -> str:
+        return "watch %s" % self.path
+
     def start(self) -> None:
         for d in (self.path, os.path.join(self.path, APPLIED), os.path.join(self.path, REJECTED)):
             os.makedirs(d, exist_ok=True)
-            for note in dropfolder.remove_partial_reasons(d):  # a full disk's leftovers
-                self.events.emit("watch.cleaned", path=note)
+            for leftover in remove_leftovers(d):  # a crash while writing a .reason
+                self.events.emit("watch.cleaned", path=leftover)
         self._observer = _make_observer()
         # Recursive, although only top-level files are taken: moving a taken file into applied/
         # or rejected/ must be seen as a move *within* the watched tree. Watched non-recursively
@@ -158,52 +178,46 @@ class DropWatcher:
             return  # renamed away or already handled
         import stat as _stat
         if not _stat.S_ISREG(st.st_mode):
-            self._finish(path, name, False, "not a regular file")
+            self._finish(name, False, "not a regular file")
             return
         self.taken += 1
-        t0 = time.monotonic()
         try:
-            outcome = self.pipeline.apply(path, source="file")
-        except Exception as e:  # a pipeline bug: the file is rejected, the daemon keeps serving
-            self.events.emit("watch.error", file=name, error="pipeline failed: %s: %s" % (type(e).__name__, e))
-            self._finish(path, name, False, "internal error: %s: %s" % (type(e).__name__, e))
+            signature = self._signature(name)
+        except PackageError as e:  # a .sig that cannot be read: the package is refused
+            self._finish(name, False, "rejected at signature: %s" % e.reason)
             return
+        self.deliver(Delivery.of_path(path, self.origin(where=path), signature))
+
+    def _signature(self, name: str) -> Optional[bytes]:
+        """``NAME.sig``'s bytes, waiting up to ``settle`` seconds for one that is late."""
+        sig = os.path.join(self.path, name + SIGNATURE_SUFFIX)
+        deadline = time.monotonic() + self.settle
+        while not os.path.isfile(sig):
+            if time.monotonic() >= deadline or self._stop.wait(min(0.02, self.settle)):
+                return None
+        return read_signature(sig)
+
+    def report(self, delivery: Delivery, outcome: Any) -> None:
+        name = os.path.basename(delivery.path)
         if outcome.ok:
-            text = "applied as version %s in %.3f s" % (outcome.version, getattr(outcome, "seconds", time.monotonic() - t0))
+            text = "applied as version %s in %.3f s" % (outcome.version, outcome.seconds)
         else:
-            stage = getattr(outcome, "stage", None)
-            text = "rejected%s: %s" % (" at %s" % stage if stage else "", outcome.reason)
-        # The outcome is recorded first: moving the file and writing its reason can fail (a
-        # full disk) and the update has happened all the same.
+            text = "rejected%s: %s" % (" at %s" % outcome.stage if outcome.stage else "", outcome.reason)
+        # The outcome is recorded first: moving the file aside can fail (a full disk) and the
+        # update has happened all the same.
         if self.on_outcome is not None:
             self.on_outcome(name, outcome)
-        self._finish(path, name, bool(outcome.ok), text)
+        self._finish(name, bool(outcome.ok), text)
 
-    def _finish(self, path: str, name: str, ok: bool, text: str) -> None:
-        dest_dir = os.path.join(self.path, APPLIED if ok else REJECTED)
-        os.makedirs(dest_dir, exist_ok=True)
-        dest_name = name
-        i = 1
-        while os.path.lexists(os.path.join(dest_dir, dest_name)):
-            dest_name = "%s.%d" % (name, i)
-            i += 1
+    def _finish(self, name: str, ok: bool, text: str) -> None:
+        sub = APPLIED if ok else REJECTED
         try:
-            os.replace(path, os.path.join(dest_dir, dest_name))
-        except FileNotFoundError:
-            pass
-        sig = path + ".sig"
-        if os.path.exists(sig):
-            try:
-                os.replace(sig, os.path.join(dest_dir, dest_name + ".sig"))
-            except OSError:
-                pass
-        try:
-            dropfolder.write_reason(dest_dir, dest_name, text)
-        except OSError as e:
-            self.events.emit("watch.error", file=name, error="cannot write %s.reason: %s"
-                             % (dest_name, e.strerror or e))
-        for gone in dropfolder.prune(dest_dir, self.keep, self.keep_bytes):
-            self.events.emit("watch.pruned", file=gone, folder=os.path.basename(dest_dir))
+            move_aside(self.path, sub, name, text, companions=(SIGNATURE_SUFFIX,))
+        except OSError as e:  # the .reason on a full disk: its temp file is already gone
+            self.events.emit("watch.error", file=name, error="cannot write the reason of %s: %s"
+                             % (name, e.strerror or e))
+        for gone in prune(os.path.join(self.path, sub), self.keep, self.keep_bytes):
+            self.events.emit("watch.pruned", file=gone, folder=sub)
 
     def stop(self) -> None:
         self._stop.set()

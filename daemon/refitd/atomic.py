@@ -1,0 +1,64 @@
+"""The one atomic writer: a file is whole or absent, never half-written.
+
+``write_atomic(dest, chunks)``: a temp file in ``dest``'s directory (``TMP_PREFIX`` + name, so
+the store's recovery and the drop folders can recognise and ignore leftovers), write, fsync,
+rename over ``dest``, fsync of the directory (the rename itself durable). The store, the package
+writer, the drop folders and their ``.reason`` files all write through it.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from typing import Any, Iterable
+
+__all__ = ["write_atomic", "fsync_dir", "fsync_path", "TMP_PREFIX"]
+
+TMP_PREFIX = ".tmp-"
+_CHUNK = 8 << 20
+_counter = itertools.count()
+
+
+def fsync_path(path: str, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    fsync_path(path, directory=True)
+
+
+def write_atomic(dest: str, chunks: Iterable[Any], durable: bool = True, sync_dir: bool = True,
+                 mode: int = 0o644) -> None:
+    """Writes ``chunks`` (bytes-like) to ``dest`` atomically. ``durable=False`` skips the
+    fsyncs (tests, scratch stores); ``sync_dir=False`` leaves the directory fsync to a caller
+    that renames several files into one directory. ``mode`` is filtered by the umask."""
+    dest = os.fspath(dest)
+    d = os.path.dirname(os.path.abspath(dest))
+    tmp = os.path.join(d, "%s%s.%d.%d.%d" % (TMP_PREFIX, os.path.basename(dest), os.getpid(),
+                                             threading.get_ident(), next(_counter)))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        try:
+            for chunk in chunks:
+                mv = memoryview(chunk).cast("B")
+                off = 0
+                while off < len(mv):
+                    off += os.write(fd, mv[off: off + _CHUNK])
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable and sync_dir:
+        fsync_dir(d)
