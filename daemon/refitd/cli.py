@@ -11,6 +11,9 @@
     refitd check-config F                   validate a config file (every problem at once)
     refitd demo                             the seeds' demo on a real daemon
     refitd verify-store [--store DIR]       check every stored version's blobs (read-only)
+    refitd keygen -o KEY                    an ed25519 key pair for signing (KEY, KEY.pub)
+    refitd sign PACKAGE --key KEY           write PACKAGE.sig; refitd verify PACKAGE checks it
+    refitd sign-command rollback --to V --key KEY -o FILE   a signed command (rollback --sig FILE)
 
 Client commands find the control socket from --socket, $REFITD_SOCKET, --config, then
 /etc/refitd/refitd.yaml, then the demo config's socket (under $XDG_STATE_HOME/refitd).
@@ -257,6 +260,12 @@ def cmd_rollback(args) -> int:
     req: Dict[str, Any] = {"cmd": "rollback"}
     if args.to is not None:
         req["to"] = args.to
+    if args.sig:  # a signed rollback command (refitd sign-command), where signatures are required
+        try:
+            with open(args.sig, encoding="utf-8") as f:
+                req["sig"] = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError("cannot read %s: %s" % (args.sig, getattr(e, "strerror", None) or e))
     resp = request(args, req, timeout=args.timeout)
     return _report_outcome(args, resp, "rollback")
 
@@ -390,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = client("rollback", "serve a stored version again (default: the one before current)")
     sp.add_argument("--to", type=int, metavar="V")
+    sp.add_argument("--sig", metavar="FILE", help="the command's signature envelope (refitd sign-command)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--timeout", type=float, default=600.0)
     sp.set_defaults(fn=cmd_rollback)

@@ -52,6 +52,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.engine = None
         self.store = None
+        self.trust = None
         self.pipeline = None
         self.runner = None
         self.channels: List[Any] = []
@@ -96,6 +97,7 @@ class Daemon:
             self.pipeline = Pipeline(self.engine, self.store, cfg, self.events)
         except Exception as e:  # a health check that does not fit the model, ...
             raise StartupError("cannot set up the update pipeline: %s" % _first_line(e))
+        self._open_trust()
         # Serve the store's committed current before any worker starts (the pipeline seeds an
         # empty store with the model file's weights and falls back past a corrupt version).
         try:
@@ -117,6 +119,20 @@ class Daemon:
         self.runner.add_observer(self.pipeline.observe)
         # One listener remembers the last update, whichever channel (or the window) made it.
         self.pipeline.listeners.append(self._record)
+
+    def _open_trust(self) -> None:
+        """The verifier on every delivery's raw bytes, the persisted version floor (never below
+        what the store has committed) and its listener (trust.py, docs/security.md)."""
+        from .signing import SignatureError
+        from .trust import Trust
+        try:
+            self.trust = Trust.from_config(self.cfg, self.engine.fingerprint, self.events,
+                                           floor_at_least=self.store.highest())
+        except SignatureError as e:
+            raise StartupError("cannot set up signature checks: %s" % _first_line(e))
+        self.pipeline.verifier = self.trust.verify
+        self.pipeline.floor = self.trust.floor_value
+        self.pipeline.listeners.append(self.trust.on_outcome)
 
     def start_services(self) -> None:
         cfg = self.cfg
@@ -180,6 +196,7 @@ class Daemon:
             "config": self.config_path,
             "updates": self.updates.snapshot() if self.updates else {},
             "degraded": self.degraded(),
+            "trust": self.trust.describe() if self.trust is not None else None,
         }
         return out
 
@@ -189,6 +206,8 @@ class Daemon:
         if self.store is not None and self.store.read_only:
             out.append("store %s is read-only (%s): serving version %s, updates are refused"
                        % (self.store.path, self.store.read_only, self.store.current()))
+        if self.trust is not None and self.trust.degraded:
+            out.append(self.trust.degraded)
         if self.runner is not None:
             dead = self.runner.dead()
             if dead:

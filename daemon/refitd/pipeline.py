@@ -141,6 +141,9 @@ class Pipeline:
             allow_nonfinite = bool(_get(opts, "allow_nonfinite", False)) if opts is not None else False
         self.allow_nonfinite = allow_nonfinite
         self.verifier: Verifier = verifier or no_verifier
+        #: the persisted version floor (trust.Trust.floor_value): a package at or below it is
+        #: refused on every channel, even when the store was recovered or re-seeded below it
+        self.floor: Callable[[], Optional[int]] = lambda: None
         self._lock = threading.Lock()
         self._seen: Dict[Any, Outcome] = {}  # (channel, delivery id) -> its outcome, oldest first
         #: ``fn(delivery, outcome)`` after every delivery, under the lock (the daemon's status)
@@ -338,6 +341,11 @@ class Pipeline:
                 why = ("package version %d is not newer than version %d, the highest applied "
                        "(serving %s; use rollback for older versions)" % (pkg.version, high, cur))
             raise _Reject("version", why)
+        floor = self.floor()
+        if floor is not None and pkg.version <= floor:
+            raise _Reject("version", "package version %d is not above the version floor %d (the "
+                          "highest ever accepted; older versions come back only by rollback)"
+                          % (pkg.version, floor))
         if pkg.base is not None and not store.has(pkg.base):
             raise _Reject("version", "package base version %d is not in the store (stored: %s)"
                           % (pkg.base, ", ".join(map(str, store.versions())) or "none"))

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..control import AlreadyRunning, ControlError, ControlServer
-from ..delivery import PIN, ROLLBACK, UNPIN, Delivery, read_signature
+from ..delivery import MAX_SIGNATURE_BYTES, PIN, ROLLBACK, UNPIN, Delivery, read_signature
 from ..package import PackageError, signature_path
 from ..tensorwire import WireError, from_json, to_json
 from .base import Channel, Stopping, register
@@ -33,6 +33,17 @@ def _version_arg(req: Dict[str, Any], key: str, required: bool = True) -> Option
 
 
 @register("control")
+def _sig(req: Dict[str, Any]) -> Optional[bytes]:
+    """A command's signature envelope (``"sig"``: its JSON text), when the request has one."""
+    sig = req.get("sig")
+    if sig is None:
+        return None
+    if not isinstance(sig, str) or len(sig) > MAX_SIGNATURE_BYTES:
+        raise ControlError("sig must be the signature envelope's JSON text (at most %d bytes)"
+                           % MAX_SIGNATURE_BYTES)
+    return sig.encode("utf-8")
+
+
 class ControlChannel(Channel):
     source = "cli"
     order = 90  # last: once the CLI reaches the daemon, everything runs
@@ -57,7 +68,7 @@ class ControlChannel(Channel):
             "status": lambda req: s.status(),
             "versions": lambda req: s.versions(),
             "apply": self._apply,
-            "rollback": lambda req: self._command(ROLLBACK, to=_version_arg(req, "to", required=False)),
+            "rollback": lambda req: self._command(ROLLBACK, _sig(req), to=_version_arg(req, "to", required=False)),
             "pin": lambda req: self._pin(PIN, req),
             "unpin": lambda req: self._pin(UNPIN, req),
             "infer": self._infer,
@@ -112,12 +123,12 @@ class ControlChannel(Channel):
             raise ControlError(e.reason) from None
         return self._answer(self._run(d))
 
-    def _command(self, command: str, **args: Any) -> Dict[str, Any]:
-        return self._answer(self._run(Delivery.of_command(command, self.origin(), **args)))
+    def _command(self, command: str, sig: Optional[bytes], **args: Any) -> Dict[str, Any]:
+        return self._answer(self._run(Delivery.of_command(command, self.origin(), sig, **args)))
 
     def _pin(self, command: str, req: Dict[str, Any]) -> Dict[str, Any]:
         v = _version_arg(req, "version")
-        o = self._run(Delivery.of_command(command, self.origin(), version=v))
+        o = self._run(Delivery.of_command(command, self.origin(), _sig(req), version=v))
         if not o.ok:
             raise ControlError(o.reason)
         return {"version": v, "pinned": self.pipeline.store.pins()}
