@@ -32,7 +32,6 @@ def _version_arg(req: Dict[str, Any], key: str, required: bool = True) -> Option
     return v
 
 
-@register("control")
 def _sig(req: Dict[str, Any]) -> Optional[bytes]:
     """A command's signature envelope (``"sig"``: its JSON text), when the request has one."""
     sig = req.get("sig")
@@ -44,6 +43,7 @@ def _sig(req: Dict[str, Any]) -> Optional[bytes]:
     return sig.encode("utf-8")
 
 
+@register("control")
 class ControlChannel(Channel):
     source = "cli"
     order = 90  # last: once the CLI reaches the daemon, everything runs
