@@ -15,6 +15,8 @@ done
 # mosquitto lives in /usr/sbin, which a normal user's PATH may lack.
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# systemd-analyze (verify, security --offline), systemd-sysusers/-tmpfiles: tests/test_systemd.py
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   echo "setup: installing ${need_apt[*]}" >&2
