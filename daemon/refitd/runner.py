@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .dropfolder import complete_name, move_aside
+from .faults import worker_fault
 from .tensorwire import ProtocolError, encode_frame, frame_header, read_frame
 
 __all__ = ["Item", "Result", "Stats", "Runner", "SOURCES", "SINKS", "register_source",
@@ -664,6 +665,7 @@ class Runner:
     def _work(self, index: int) -> None:
         engine, source, sink, stats = self.engine, self.source, self.sink, self.stats
         beats = self._beats
+        fault = worker_fault()  # None unless a REFITD_TEST_ONLY_ variable is set (faults.py)
         while not self._halt.is_set():
             beats[index] = time.monotonic()
             item = source.get(0.2)
@@ -672,6 +674,8 @@ class Runner:
                     break
                 continue
             t0 = time.perf_counter()
+            if fault is not None:
+                fault()
             try:
                 outputs, version = engine.infer(item.inputs)
                 error = None
