@@ -782,7 +782,7 @@ def parse_config(raw: Any, origin: Optional[str] = None,
         if need and not security.trusted_keys and (mqtt_ok or need != ["mqtt"]):
             ctx.add(("security", "trusted_keys"), "signatures are required on %s but no key is trusted"
                     % ", ".join(need))
-        elif security.trusted_keys and security.threshold > len(security.trusted_keys):
+        elif security.threshold > max(1, len(security.trusted_keys)):
             ctx.add(("security", "threshold"), "is %d but only %d keys are trusted"
                     % (security.threshold, len(security.trusted_keys)))
     paths: Dict[str, str] = {}

@@ -246,6 +246,21 @@ class Pipeline:
                     self._seen.pop(next(iter(self._seen)))
             return out
 
+    def refuse(self, d: Delivery, stage: str, reason: str) -> Outcome:
+        """Reports a delivery its channel could not hand over whole (a signature file too large
+        or unreadable) like any rejection: one event, the listeners (status), the same Outcome."""
+        with self._lock:
+            out = Outcome(False, None, reason, stage, 0.0, self.store.current())
+            self.events.emit("update.rejected", version=None, source=d.source, path=d.name,
+                             stage=stage, reason=reason, seconds=0.0)
+            for listener in list(self.listeners):
+                try:
+                    listener(d, out)
+                except Exception as e:
+                    self.events.emit("pipeline.error", error="listener: " + _one_line(e))
+            self.last = out
+            return out
+
     def _run(self, d: Delivery) -> Outcome:
         if d.command == APPLY:
             return self._deliver_package(d)

@@ -110,17 +110,18 @@ class ControlChannel(Channel):
         if len(fds) > 2:
             raise ControlError("apply takes the package and at most one signature descriptor, got %d" % len(fds))
         origin = self.origin(where=path)
+        if not fds and not os.path.isabs(path):
+            raise ControlError("apply needs an absolute path (the daemon's working directory is not yours)")
+        d = Delivery.of_fd(fds[0], origin) if fds else Delivery.of_path(path, origin)
         try:
             if fds:
                 sig = read_signature(path + ".sig", fd=fds[1]) if len(fds) == 2 else None
-                d = Delivery.of_fd(fds[0], origin, sig)
             else:
-                if not os.path.isabs(path):
-                    raise ControlError("apply needs an absolute path (the daemon's working directory is not yours)")
                 sp = signature_path(path)
-                d = Delivery.of_path(path, origin, read_signature(sp) if os.path.isfile(sp) else None)
-        except PackageError as e:
-            raise ControlError(e.reason) from None
+                sig = read_signature(sp) if os.path.isfile(sp) else None
+        except PackageError as e:  # reported like any rejection (status, events)
+            return self._answer(self.pipeline.refuse(d, "signature", e.reason))
+        d.signature = sig
         return self._answer(self._run(d))
 
     def _command(self, command: str, sig: Optional[bytes], **args: Any) -> Dict[str, Any]:

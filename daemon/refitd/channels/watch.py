@@ -184,7 +184,8 @@ class DropWatcher(Channel):
         try:
             signature = self._signature(name)
         except PackageError as e:  # a .sig that cannot be read: the package is refused
-            self._finish(name, False, "rejected at signature: %s" % e.reason)
+            d = Delivery.of_path(path, self.origin(where=path))
+            self.report(d, self.pipeline.refuse(d, "signature", e.reason))
             return
         self.deliver(Delivery.of_path(path, self.origin(where=path), signature))
 
