@@ -271,3 +271,24 @@ def test_check_config_cli(tmp_path):
     assert 'log.format: must be one of text, json, got "xml"' in r.stderr
     r = run_cli("check-config", "--print", good)
     assert r.returncode == 0 and yaml.safe_load(r.stdout)["store"]["keep"] == 3
+
+
+def test_every_field_has_a_description_in_the_schema():
+    """The descriptions pydantic carries (schema.describe) are what the annotated example and
+    the docs are checked against: none may be empty."""
+    import dataclasses
+
+    from refitd import schema
+    cfg = C.load_config(str(ROOT / "config" / "refitd.yaml"))
+    seen = 0
+    for section in C.SECTIONS:
+        obj = getattr(cfg, section)
+        for name, doc in schema.describe(type(obj)).items():
+            assert doc.strip(), "%s.%s has no description" % (section, name)
+            seen += 1
+        assert dataclasses.is_dataclass(obj)
+    assert seen > 25
+    for kind in ("source", "sink", "check"):
+        from refitd.plugins import config_types
+        for key, cls in config_types(kind).items():
+            assert all(d.strip() for d in schema.describe(cls).values()), (kind, key)

@@ -5,6 +5,7 @@ pin, unpin) are deliveries through the same lock and reporting; a delivery id an
 redelivery with its first outcome."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -81,12 +82,13 @@ def test_verifier_sees_the_raw_bytes_before_any_parser(engine, store, tmp_path, 
     calls = []
     real_parse = pipeline_mod.parse_package_bytes
 
-    def parse(data, path=None):
+    def parse(data, **kw):
         calls.append(("parse", bytes(data)))
-        return real_parse(data, path=path)
+        return real_parse(data, **kw)
 
     def verifier(data, signature, delivery):
         calls.append(("verify", bytes(data), signature, delivery.origin.channel))
+        assert delivery.sha256 == hashlib.sha256(data).hexdigest()  # the identity it checks
 
     monkeypatch.setattr(pipeline_mod, "parse_package_bytes", parse)
     p = Pipeline(engine, store, None, None, verifier=verifier)

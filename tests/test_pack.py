@@ -10,14 +10,8 @@ import pytest
 from conftest import kernel, write_pkg
 from refitd import pack as K
 from refitd import package as P
-from refitd.engine import WeightSpec, schema_fingerprint
 from refitd.package import PackageError
-
-SPECS = [WeightSpec("conv.weight", "float32", (1, 1, 3, 3), 36)]
-FP = schema_fingerprint(SPECS)
-SCHEMA = (FP, SPECS)
-CHAIN_SPECS = [WeightSpec("w%d" % i, "float32", (8,), 32) for i in range(4)]
-CHAIN = (schema_fingerprint(CHAIN_SPECS), CHAIN_SPECS)
+from test_package import CHAIN, FP, SCHEMA  # the schemas the reader's tests use
 
 def test_write_package_refuses_what_read_refuses(tmp_path):
     with pytest.raises(PackageError, match="path-like"):

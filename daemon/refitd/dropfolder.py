@@ -33,18 +33,23 @@ def complete_name(name: str) -> bool:
 def move_aside(folder: str, sub: str, name: str, reason: Optional[str] = None,
                companions: Iterable[str] = ()) -> str:
     """Moves ``folder/name`` (and ``folder/name + suffix`` for each companion suffix) into
-    ``folder/sub/`` under a free name, then writes ``<that name>.reason`` with ``reason``
-    (when given). Returns the name it got. A file already gone is not an error."""
+    ``folder/sub/`` under a free name, its ``<that name>.reason`` (when given) written before,
+    and the file itself last. Returns the name it got. A file already gone is not an error."""
     dest_dir = os.path.join(folder, sub)
     os.makedirs(dest_dir, exist_ok=True)
     dest_name, i = name, 1
     while os.path.lexists(os.path.join(dest_dir, dest_name)):
         dest_name = "%s.%d" % (name, i)
         i += 1
-    try:
-        os.replace(os.path.join(folder, name), os.path.join(dest_dir, dest_name))
-    except FileNotFoundError:
-        pass
+    # The reason first: whoever sees the file in its new place finds its reason beside it. On a
+    # full disk the file still moves (a rename needs no space) and the error is raised after, so
+    # the drop folder does not take the same file again and again.
+    failed: Optional[OSError] = None
+    if reason is not None:
+        try:
+            write_atomic(os.path.join(dest_dir, dest_name + ".reason"), [(reason.rstrip("\n") + "\n").encode()])
+        except OSError as e:  # write_atomic removed its temp file
+            failed = e
     for suffix in companions:
         src = os.path.join(folder, name + suffix)
         if os.path.exists(src):
@@ -52,8 +57,12 @@ def move_aside(folder: str, sub: str, name: str, reason: Optional[str] = None,
                 os.replace(src, os.path.join(dest_dir, dest_name + suffix))
             except OSError:
                 pass
-    if reason is not None:
-        write_atomic(os.path.join(dest_dir, dest_name + ".reason"), [(reason.rstrip("\n") + "\n").encode()])
+    try:
+        os.replace(os.path.join(folder, name), os.path.join(dest_dir, dest_name))
+    except FileNotFoundError:
+        pass
+    if failed is not None:
+        raise failed
     return dest_name
 
 

@@ -37,7 +37,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["HealthError", "ShadowCheck", "Check", "WatchWindow", "resolve_tensor"]
+from .plugins import plugin, plugins
+from .schema import _f, k_float, k_tensor_map, section
+
+__all__ = ["HealthError", "ShadowCheck", "Check", "WatchWindow", "resolve_tensor",
+           "GoldenCheck", "FiniteCheck", "RangeCheck"]
 
 
 class HealthError(Exception):
@@ -101,8 +105,33 @@ def _fmt(x: float) -> str:
     return "%.7g" % float(x)
 
 
+# ---- the check plugins (one declaration each: plugins.py) -----------------------------------
+
+@section
+class GoldenCheck:
+    inputs: Dict[str, Any] = _f(kind=k_tensor_map, doc="model input name -> tensor")
+    expect: Dict[str, Any] = _f(kind=k_tensor_map, doc="model output name -> expected tensor")
+    atol: float = _f(1e-5, k_float(0.0), "absolute tolerance")
+    rtol: float = _f(1e-4, k_float(0.0), "relative tolerance")
+    type: str = "golden"
+
+
+@section
+class FiniteCheck:
+    inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
+    type: str = "finite"
+
+
+@section
+class RangeCheck:
+    inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
+    min: Optional[float] = _f(None, k_float(), "every output value must be >= this", nullable=True)
+    max: Optional[float] = _f(None, k_float(), "every output value must be <= this", nullable=True)
+    type: str = "range"
+
+
 class Check:
-    """One resolved shadow check."""
+    """One resolved shadow check; a plugin subclass judges the outputs."""
 
     def __init__(self, label: str, kind: str, inputs: Dict[str, np.ndarray],
                  expect: Optional[Dict[str, np.ndarray]] = None, rtol: float = 1e-4,
@@ -113,42 +142,59 @@ class Check:
 
     def judge(self, outputs: Mapping[str, np.ndarray]) -> Optional[str]:
         """Why ``outputs`` fail this check, or None."""
-        if self.kind == "golden":
-            for name, want in self.expect.items():
-                got = np.asarray(outputs[name], dtype=np.float32)
-                ok = np.isclose(got, want, rtol=self.rtol, atol=self.atol, equal_nan=False)
-                if not ok.all():
-                    i = _first_index(~ok)
-                    return ("%s: output %s differs from golden at flat index %d: got %s, expected "
-                            "%s (%d of %d values off; rtol %g, atol %g)"
-                            % (self.label, _q(name), i, _fmt(got.reshape(-1)[i]),
-                               _fmt(want.reshape(-1)[i]), int((~ok).sum()), ok.size,
-                               self.rtol, self.atol))
-            return None
+        raise NotImplementedError
+
+
+@plugin("check", "golden", GoldenCheck)
+class GoldenJudge(Check):
+    def judge(self, outputs: Mapping[str, np.ndarray]) -> Optional[str]:
+        for name, want in self.expect.items():
+            got = np.asarray(outputs[name], dtype=np.float32)
+            ok = np.isclose(got, want, rtol=self.rtol, atol=self.atol, equal_nan=False)
+            if not ok.all():
+                i = _first_index(~ok)
+                return ("%s: output %s differs from golden at flat index %d: got %s, expected "
+                        "%s (%d of %d values off; rtol %g, atol %g)"
+                        % (self.label, _q(name), i, _fmt(got.reshape(-1)[i]),
+                           _fmt(want.reshape(-1)[i]), int((~ok).sum()), ok.size,
+                           self.rtol, self.atol))
+        return None
+
+
+@plugin("check", "finite", FiniteCheck)
+class FiniteJudge(Check):
+    """Every output value finite; ``RangeJudge`` adds bounds (non-finite fails it too)."""
+
+    def judge(self, outputs: Mapping[str, np.ndarray]) -> Optional[str]:
         for name, got in outputs.items():
             got = np.asarray(got)
             fin = np.isfinite(got)
-            if self.kind == "finite" or not fin.all():
-                if not fin.all():
-                    i = _first_index(~fin)
-                    return ("%s: output %s has %d non-finite values (first %s at flat index %d)"
-                            % (self.label, _q(name), int((~fin).sum()),
-                               _fmt(got.reshape(-1)[i]), i))
+            if not fin.all():
+                i = _first_index(~fin)
+                return ("%s: output %s has %d non-finite values (first %s at flat index %d)"
+                        % (self.label, _q(name), int((~fin).sum()), _fmt(got.reshape(-1)[i]), i))
+            why = self._bounds(name, got)
+            if why is not None:
+                return why
+        return None
+
+    def _bounds(self, name: str, got: np.ndarray) -> Optional[str]:
+        return None
+
+
+@plugin("check", "range", RangeCheck)
+class RangeJudge(FiniteJudge):
+    def _bounds(self, name: str, got: np.ndarray) -> Optional[str]:
+        for bound, bad, word in ((self.vmin, lambda g, b: g < b, "below min"),
+                                 (self.vmax, lambda g, b: g > b, "above max")):
+            if bound is None:
                 continue
-            if self.vmin is not None:
-                low = got < self.vmin
-                if low.any():
-                    i = _first_index(low)
-                    return ("%s: output %s has %d values below min %s (first %s at flat index %d)"
-                            % (self.label, _q(name), int(low.sum()), _fmt(self.vmin),
-                               _fmt(got.reshape(-1)[i]), i))
-            if self.vmax is not None:
-                high = got > self.vmax
-                if high.any():
-                    i = _first_index(high)
-                    return ("%s: output %s has %d values above max %s (first %s at flat index %d)"
-                            % (self.label, _q(name), int(high.sum()), _fmt(self.vmax),
-                               _fmt(got.reshape(-1)[i]), i))
+            mask = bad(got, bound)
+            if mask.any():
+                i = _first_index(mask)
+                return ("%s: output %s has %d values %s %s (first %s at flat index %d)"
+                        % (self.label, _q(name), int(mask.sum()), word, _fmt(bound),
+                           _fmt(got.reshape(-1)[i]), i))
         return None
 
 
@@ -163,13 +209,15 @@ class ShadowCheck:
     def __init__(self, specs: Optional[Sequence[Any]], engine: Any, base_dir: Optional[str] = None):
         ins = {s.name: s for s in engine.inputs()}
         outs = {s.name: s for s in engine.outputs()}
+        kinds = plugins("check")
         self.checks: List[Check] = []
         for i, spec in enumerate(specs or []):
             kind = _get(spec, "type", "golden")
             label = "health check %d (%s)" % (i + 1, kind)
-            if kind not in ("golden", "finite", "range"):
-                raise HealthError("%s: unknown check type %s (golden, finite or range)"
-                                  % (label, _q(str(kind))))
+            judge = kinds.get(kind)
+            if judge is None:
+                raise HealthError("%s: unknown check type %s (%s)"
+                                  % (label, _q(str(kind)), ", ".join(kinds)))
             given = _get(spec, "inputs") or {}
             unknown = sorted(set(given) - set(ins))
             if unknown:
@@ -195,7 +243,7 @@ class ShadowCheck:
                 raise HealthError("%s: give min, max or both" % label)
             if vmin is not None and vmax is not None and vmin > vmax:
                 raise HealthError("%s: min %s is above max %s" % (label, vmin, vmax))
-            self.checks.append(Check(label, kind, inputs, expect,
+            self.checks.append(judge(label, kind, inputs, expect,
                                      rtol=float(_get(spec, "rtol", 1e-4)),
                                      atol=float(_get(spec, "atol", 1e-5)),
                                      vmin=vmin, vmax=vmax))

@@ -32,8 +32,8 @@ def write_package(
     note: Optional[str] = None,
     created: Optional[str] = None,
 ) -> str:
-    """Writes a package with the ``safetensors`` library, atomically (``.<name>.part`` in the same
-    directory, fsync, rename, fsync of the directory), so a file-drop watcher never sees half of
+    """Writes a package with the ``safetensors`` library, atomically (``.tmp-<name>...`` in the
+    same directory, fsync, rename, fsync of the directory), so a file-drop watcher never sees half of
     it. Refuses what ``read_package`` would refuse (names, dtypes, metadata)."""
     from safetensors.numpy import save
 

@@ -439,8 +439,10 @@ def _meta_int(metadata: Mapping[str, str], key: str, required: bool) -> Optional
     return int(v)
 
 
-def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
-    """Parses and checks a package held in memory (see the module docstring)."""
+def parse_package_bytes(data: bytes, path: Optional[str] = None, sha256: Optional[str] = None) -> Package:
+    """Parses and checks a package held in memory (see the module docstring). ``sha256``: the
+    package identity (hex sha256 of the whole of ``data``) when the caller computed it already,
+    in the one pass the pipeline makes over the raw bytes before any parser runs."""
     metadata, tensors = _parse_container(data, _PACKAGE_DTYPES)
     if metadata is None:
         raise PackageError("package has no __metadata__ (refit.version and refit.model are required)")
@@ -464,7 +466,7 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
         version=version,  # type: ignore[arg-type]
         model=model,
         tensors=tensors,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
         size=len(data),
         base=base,
         created=metadata.get("refit.created"),
@@ -474,7 +476,7 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None) -> Package:
     )
 
 
-def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None) -> bytearray:
+def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None) -> bytes:
     """Reads the file at ``path`` whole, refusing more than ``max_bytes`` before reading any.
     With ``fd`` (an open descriptor the caller keeps owning, e.g. one the CLI passed over the
     control socket) that file is read from its start and ``path`` only names it in errors."""
@@ -495,22 +497,27 @@ def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[i
             raise PackageError(
                 "%s too large: %d bytes, limit %d" % (what, st.st_size, max_bytes), stage="size"
             )
-        buf = bytearray(st.st_size + 1)  # one spare byte notices a file that grew meanwhile
-        view = memoryview(buf)
-        got = 0
-        while got < len(buf):
-            n = os.preadv(fd, [view[got:]], got)  # positioned: a passed fd's offset is not ours
-            if n == 0:
-                break
-            got += n
-        view.release()
-        if got != st.st_size:
+        # One read straight into the bytes that are kept (no zero-filled buffer first), one
+        # spare byte to notice a file that grew meanwhile; positioned: a passed fd's offset is
+        # not ours. A short read (not from the page cache of a regular file) goes on in pieces.
+        want = st.st_size + 1
+        data = os.pread(fd, want, 0)
+        if 0 < len(data) < st.st_size:
+            parts = [data]
+            got = len(data)
+            while got < want:
+                chunk = os.pread(fd, want - got, got)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+            data = b"".join(parts)
+        if len(data) != st.st_size:
             raise PackageError(
-                "%s changed while being read: %d bytes, then %d" % (what, st.st_size, got),
+                "%s changed while being read: %d bytes, then %d" % (what, st.st_size, len(data)),
                 stage="size",
             )
-        del buf[got:]
-        return buf  # no second copy; the arrays built over it are made read-only
+        return data  # immutable: the arrays built over it are read-only views
     except OSError as e:
         raise PackageError("cannot read %s %s: %s" % (what, path, e.strerror), stage="size") from None
     finally:

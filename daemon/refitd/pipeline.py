@@ -32,10 +32,12 @@ new weights serving (success; retention runs after that) or to the rejection.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -145,6 +147,7 @@ class Pipeline:
         #: refused on every channel, even when the store was recovered or re-seeded below it
         self.floor: Callable[[], Optional[int]] = lambda: None
         self._lock = threading.Lock()
+        self._hasher: Optional[ThreadPoolExecutor] = None
         self._seen: Dict[Any, Outcome] = {}  # (channel, delivery id) -> its outcome, oldest first
         #: ``fn(delivery, outcome)`` after every delivery, under the lock (the daemon's status)
         self.listeners: List[Callable[[Delivery, Outcome], None]] = []
@@ -322,9 +325,10 @@ class Pipeline:
             data = d.read(self.max_package_bytes)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
+        d.sha256 = hashlib.sha256(data).hexdigest()  # the identity, once, over the raw bytes
         self._verify(d, data)
         try:
-            pkg = parse_package_bytes(data, path=d.path or d.origin.where)
+            pkg = parse_package_bytes(data, path=d.path or d.origin.where, sha256=d.sha256)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
         try:
@@ -368,86 +372,97 @@ class Pipeline:
                 "note": pkg.note, "source": source,
                 "package": os.path.basename(pkg.path) if pkg.path else None,
                 "package_base": pkg.base}
-        try:
-            pending = store.prepare(pkg.version, pkg.tensors, base=pkg.base, meta=meta)
-        except StoreError as e:
-            raise _Reject("store", _one_line(e)) from None
-        names = set(pending.manifest["tensors"])
+        base = pkg.base if pkg.base is not None else cur
+        target = store.manifest(base)["tensors"] if base is not None else {}
+        names = set(target) | set(pkg.tensors)
         if names != set(self._names):
             missing = sorted(set(self._names) - names)
             raise _Reject("model", "package leaves weight %s without a value (no base holds it)"
                           % json.dumps(missing[0]) if missing else "package and model weights differ")
-        delta = self._delta(pending.manifest["tensors"], pkg.tensors)
-        self._stage_check_commit(pkg.version, delta, cur, pending=pending,
-                                 event="applied", fields={"source": source,
-                                                          "package_sha256": pkg.sha256})
+        delta = self._delta(target, pkg.tensors)
+        # The blob hashes (the store's addresses) run in the background while the engine stages
+        # and shadow-checks: hashlib, the copy and the inference all release the GIL.
+        pending = self._hashing().submit(store.prepare, pkg.version, pkg.tensors, base=pkg.base, meta=meta)
+        written = self._stage_check_commit(pkg.version, delta, cur, pending=pending,
+                                           event="applied", fields={"source": source,
+                                                                    "package_sha256": pkg.sha256})
         gc = self._gc()
-        return pkg.version, {"tensors": len(pkg.tensors), "changed": len(pending.changed),
-                             "bytes": pkg.nbytes, "new_blob_bytes": pending.new_bytes,
+        return pkg.version, {"tensors": len(pkg.tensors), "changed": len(written.changed),
+                             "bytes": pkg.nbytes, "new_blob_bytes": written.new_bytes,
                              "pruned": gc}
 
+    def _hashing(self) -> ThreadPoolExecutor:
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="refitd-hash")
+        return self._hasher
+
     def _delta(self, target: Dict[str, Any], given: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """The tensors to stage: those whose manifest entry differs from the serving version's.
-        Taken from ``given`` (the package) when it has them, else read (verified) from the store."""
+        """The tensors to stage on the serving set: every tensor ``given`` (the package: staged
+        whether or not it differs, so no hash is needed first), and each other tensor of
+        ``target`` (manifest entries) that differs from the serving version's, read (verified)
+        from the store. Never empty: the version must move even with the same weights."""
         cur = self.store.current()
         serving = self.store.manifest(cur)["tensors"] if cur is not None else {}
-        delta: Dict[str, np.ndarray] = {}
-        for name, entry in target.items():
-            if serving.get(name) == entry:
-                continue
-            if name in given:
-                delta[name] = given[name]
-            else:
-                try:
-                    delta[name] = self.store.read_blob(entry["sha256"], entry["dtype"],
-                                                       entry["shape"], name)
-                except StoreError as e:
-                    raise _Reject("load", _one_line(e)) from None
-        if not delta:
-            # Same weights under a new version: stage one tensor so the version still moves.
-            name = next(iter(given)) if given else next(iter(target))
-            if name in given:
-                delta[name] = given[name]
-            else:
-                e = target[name]
-                delta[name] = self.store.read_blob(e["sha256"], e["dtype"], e["shape"], name)
+        delta: Dict[str, np.ndarray] = dict(given)
+        todo = [n for n, e in target.items() if n not in given and serving.get(n) != e]
+        if not delta and not todo:
+            todo = [next(iter(target))]
+        for name in todo:
+            entry = target[name]
+            try:
+                delta[name] = self.store.read_blob(entry["sha256"], entry["dtype"], entry["shape"], name)
+            except StoreError as e:
+                raise _Reject("load", _one_line(e)) from None
         return delta
 
     def _stage_check_commit(self, version: int, delta: Dict[str, np.ndarray], cur: Optional[int],
-                            pending: Any, event: str, fields: Dict[str, Any]) -> None:
+                            pending: Optional[Future], event: str, fields: Dict[str, Any]) -> Any:
+        """stage -> shadow check -> store write (``pending``: the store.prepare running in the
+        background; None for a rollback, whose version is stored) -> commit -> publish."""
         engine, store = self.engine, self.store
         try:
-            staged = engine.stage(delta, version, allow_nonfinite=self.allow_nonfinite)
-        except Exception as e:  # RefitError and friends
-            raise _Reject("stage", _one_line(e)) from None
-        try:
             try:
-                self.health.run(engine, staged)
-            except HealthError as e:
-                raise _Reject("health", _one_line(e)) from None
-            high = store.highest()
-            if pending is not None:
+                staged = engine.stage(delta, version, allow_nonfinite=self.allow_nonfinite)
+            except Exception as e:  # RefitError and friends
+                raise _Reject("stage", _one_line(e)) from None
+            try:
                 try:
-                    store.write(pending)
-                except StoreError as e:
-                    raise _Reject("store", _one_line(e)) from None
-            try:
-                store.commit(version, event=event, **fields)
-            except (OSError, StoreError) as e:
-                if pending is not None:
-                    self._quiet(store.discard, version)
-                raise _Reject("commit", "cannot commit version %d: %s" % (version, _one_line(e))) from None
-            warnings = getattr(store, "warnings", None)
-            while warnings:
-                self.events.emit("store.warning", warning=warnings.pop(0))
-            try:
-                engine.publish(staged)
-            except Exception as e:
-                self._quiet(store.revert, version, cur, high, reason=_one_line(e))
-                raise _Reject("publish", _one_line(e)) from None
-            self._served_at = time.perf_counter()
+                    self.health.run(engine, staged)
+                except HealthError as e:
+                    raise _Reject("health", _one_line(e)) from None
+                written = self._write(pending)
+                high = store.highest()
+                try:
+                    store.commit(version, event=event, **fields)
+                except (OSError, StoreError) as e:
+                    if pending is not None:
+                        self._quiet(store.discard, version)
+                    raise _Reject("commit", "cannot commit version %d: %s" % (version, _one_line(e))) from None
+                warnings = getattr(store, "warnings", None)
+                while warnings:
+                    self.events.emit("store.warning", warning=warnings.pop(0))
+                try:
+                    engine.publish(staged)
+                except Exception as e:
+                    self._quiet(store.revert, version, cur, high, reason=_one_line(e))
+                    raise _Reject("publish", _one_line(e)) from None
+                self._served_at = time.perf_counter()
+                return written
+            finally:
+                staged.close()
         finally:
-            staged.close()
+            if pending is not None:
+                wait([pending])  # never leave the hashing running into the next delivery
+
+    def _write(self, pending: Optional[Future]) -> Any:
+        if pending is None:
+            return None
+        try:
+            prepared = pending.result()
+            self.store.write(prepared)
+            return prepared
+        except StoreError as e:
+            raise _Reject("store", _one_line(e)) from None
 
     def _quiet(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
         try:

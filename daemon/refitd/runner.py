@@ -2,12 +2,12 @@
 (one native context per thread, kept by the engine) and give every result, with the weight
 version that produced it, to a sink.
 
-Sources (registry ``SOURCES``, keyed like config.SOURCE_TYPES):
+Sources (plugins.py: each class declared once with its config, ``@plugin("source", type, Config)``):
   synthetic  fixed (ones / zeros / a number) or random tensors, at a set total rate or flat out
   npy-dir    a folder polled for ``.npy`` (single-input models) / ``.npz`` (named inputs) files
   socket     a Unix socket: local clients send tensors and get the result back (protocol below)
 
-Sinks (registry ``SINKS``): stdout (a line at most every ``every`` seconds), jsonl (a file).
+Sinks (``@plugin("sink", ...)``): stdout (a line at most every ``every`` seconds), jsonl (a file).
 
 Live counters (``Stats``): inferences total and per second, errors, latency p50/p99 over the
 last few seconds (a ring buffer), and a cumulative latency histogram for Prometheus.
@@ -40,10 +40,14 @@ import numpy as np
 
 from .dropfolder import complete_name, move_aside
 from .faults import worker_fault
+from .plugins import plugin, plugins
+from .schema import (_BAD, section, _did_you_mean, _f, _is_int, _show, k_choice, k_float, k_int, k_mode,
+                     k_path, k_socket_path)
 from .tensorwire import ProtocolError, encode_frame, frame_header, read_frame
 
-__all__ = ["Item", "Result", "Stats", "Runner", "SOURCES", "SINKS", "register_source",
-           "register_sink", "socket_infer", "encode_frame", "read_frame", "LATENCY_BUCKETS"]
+__all__ = ["Item", "Result", "Stats", "Runner", "socket_infer", "encode_frame", "read_frame",
+           "LATENCY_BUCKETS", "SyntheticSourceConfig", "NpyDirSourceConfig", "SocketSourceConfig",
+           "StdoutSinkConfig", "JsonlSinkConfig"]
 
 
 @dataclass
@@ -135,26 +139,52 @@ class Stats:
         return snap
 
 
-# ---- registries ------------------------------------------------------------------------------
+# ---- plugin configs (one declaration per plugin: plugins.py) -----------------------------------
 
-SOURCES: Dict[str, type] = {}
-SINKS: Dict[str, type] = {}
-
-
-def register_source(name: str):
-    def deco(cls):
-        SOURCES[name] = cls
-        cls.kind = name
-        return cls
-    return deco
+def _k_fill(v, path, ctx):
+    if v in ("ones", "zeros", "random") or _is_int(v) or isinstance(v, float):
+        return v
+    ctx.add(path, 'must be "ones", "zeros", "random" or a number, got %s%s'
+            % (_show(v), _did_you_mean(v, ("ones", "zeros", "random"))))
+    return _BAD
 
 
-def register_sink(name: str):
-    def deco(cls):
-        SINKS[name] = cls
-        cls.kind = name
-        return cls
-    return deco
+@section
+class SyntheticSourceConfig:
+    fill: Any = _f("ones", _k_fill, 'input values: "ones", "zeros", "random", or a number')
+    rate: float = _f(0.0, k_float(0.0), "inferences per second over all workers; 0 = flat out")
+    seed: Optional[int] = _f(None, k_int(0), "random seed for fill: random", nullable=True)
+    type: str = "synthetic"
+
+
+@section
+class NpyDirSourceConfig:
+    path: str = _f(kind=k_path, doc="folder the .npy (one input) / .npz (named inputs) files arrive in")
+    poll: float = _f(0.2, k_float(0.0, exclusive_min=True), "seconds between scans of the folder")
+    done: str = _f("move", k_choice("move", "delete"), "what happens to a file once inferred: move to done/ or delete")
+    type: str = "npy-dir"
+
+
+@section
+class SocketSourceConfig:
+    path: str = _f(kind=k_socket_path, doc="Unix socket local clients connect to")
+    mode: int = _f(0o660, k_mode, "permissions of the socket file")
+    max_bytes: int = _f(64 << 20, k_int(1), "largest request accepted")
+    type: str = "socket"
+
+
+@section
+class StdoutSinkConfig:
+    every: float = _f(0.2, k_float(0.0), "print at most one result line per this many seconds; 0 = every result")
+    type: str = "stdout"
+
+
+@section
+class JsonlSinkConfig:
+    path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
+    every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")
+    max_bytes: int = _f(64 << 20, k_int(0), "at this size the file becomes <path>.1 (one older kept); 0 = no cap")
+    type: str = "jsonl"
 
 
 def _fill_tensor(fill: Any, shape, dtype, rng) -> np.ndarray:
@@ -213,7 +243,7 @@ class QueuedSource(Source):
         return self._stop.is_set() and self._q.empty()
 
 
-@register_source("synthetic")
+@plugin("source", "synthetic", SyntheticSourceConfig)
 class SyntheticSource(Source):
     """The same tensors every time (ones / zeros / a number) or fresh random ones, paced to
     ``rate`` inferences per second over all workers (0 = flat out)."""
@@ -256,7 +286,7 @@ class SyntheticSource(Source):
         return {"type": self.kind, "fill": self.cfg.fill, "rate": self.cfg.rate}
 
 
-@register_source("npy-dir")
+@plugin("source", "npy-dir", NpyDirSourceConfig)
 class NpyDirSource(QueuedSource):
     """Polls a folder for ``*.npy`` / ``*.npz`` (temp names ``*.part``, ``.*`` ignored; write
     then rename in). Each file is inferred once, then moved to ``done/`` (or deleted); a file
@@ -384,7 +414,7 @@ def socket_infer(path: str, inputs: Dict[str, np.ndarray], timeout: float = 30.0
             sock.close()
 
 
-@register_source("socket")
+@plugin("source", "socket", SocketSourceConfig)
 class SocketSource(QueuedSource):
     """The local inference API: a Unix socket (mode from config) where each connection sends
     requests and gets replies in order (see the module docstring for the frame format)."""
@@ -524,7 +554,7 @@ class Sink(abc.ABC):
         pass
 
 
-@register_sink("stdout")
+@plugin("sink", "stdout", StdoutSinkConfig)
 class StdoutSink(Sink):
     def __init__(self, cfg, events, stream=None):
         super().__init__(cfg, events)
@@ -546,7 +576,7 @@ class StdoutSink(Sink):
             pass
 
 
-@register_sink("jsonl")
+@plugin("sink", "jsonl", JsonlSinkConfig)
 class JsonlSink(Sink):
     """Appends one JSON object per result: {"t", "version", "worker", "seconds", "outputs"
     (nested lists) or "error", "tag"}."""
@@ -633,8 +663,8 @@ class Runner:
 
     @classmethod
     def from_config(cls, cfg, engine, events, sink_stream=None) -> "Runner":
-        source = SOURCES[cfg.source.type](cfg.source, engine, events)
-        sink_cls = SINKS[cfg.sink.type]
+        source = plugins("source")[cfg.source.type](cfg.source, engine, events)
+        sink_cls = plugins("sink")[cfg.sink.type]
         sink = sink_cls(cfg.sink, events, sink_stream) if sink_cls is StdoutSink else sink_cls(cfg.sink, events)
         return cls(engine, source, sink, cfg.workers.threads, events)
 

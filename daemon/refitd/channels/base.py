@@ -19,9 +19,10 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Type
+from typing import Any, Callable, Iterator, List, Optional, Type
 
 from ..delivery import Delivery, Origin
+from ..plugins import plugin, plugins
 
 __all__ = ["Channel", "ChannelContext", "Gate", "Stopping", "register", "registered"]
 
@@ -126,22 +127,15 @@ class Channel(abc.ABC):
         """Tells the sender (the default: nothing to tell)."""
 
 
-_REGISTRY: Dict[str, Type[Channel]] = {}
-
-
 def register(name: str) -> Callable[[Type[Channel]], Type[Channel]]:
+    """Declares the channel ``name`` in the one plugin registry (plugins.py, kind ``channel``)."""
     def deco(cls: Type[Channel]) -> Type[Channel]:
-        if name in _REGISTRY:
-            raise ValueError("channel %r registered twice" % name)
+        plugin("channel", name, None)(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
     return deco
 
 
 def registered() -> List[Type[Channel]]:
     """Every registered channel class, in start order."""
-    from . import load_all
-
-    load_all()
-    return sorted(_REGISTRY.values(), key=lambda c: (c.order, c.name))
+    return sorted(plugins("channel").values(), key=lambda c: (c.order, c.name))  # type: ignore[attr-defined]

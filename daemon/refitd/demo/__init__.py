@@ -113,7 +113,7 @@ def run_demo(args) -> int:
         for k in range(1, 10):
             version = start_version + k
             name = "weights-v%d.safetensors" % version
-            # write_package writes ".<name>.<pid>.part" in the drop dir and renames it in: the
+            # write_package writes ".tmp-<name>..." in the drop dir and renames it in: the
             # watcher takes the file only once it is complete.
             write_package(os.path.join(drop, name), {"conv.weight": np.full((1, 1, 3, 3), float(k), np.float32)},
                           version=version, model=fingerprint, note="kernel all %d" % k)
