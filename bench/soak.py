@@ -131,7 +131,7 @@ def soak(seconds: float, interval: float, warmup: float, state: str) -> Dict[str
             _sign(p, key, version, fp)  # what `refitd sign` writes, without a process per refit
             before = d.status()["last_update"]
             if channel == "cli":
-                r = subprocess.run([sys.executable, "-m", "refitd", "apply", p, "--socket", d.socket],
+                subprocess.run([sys.executable, "-m", "refitd", "apply", p, "--socket", d.socket],
                                    capture_output=True, text=True, env=env())
             else:
                 w = cfg["watch"]["path"]

@@ -177,3 +177,12 @@ def fail_replace(monkeypatch, suffix: str) -> list:
 
     monkeypatch.setattr(os, "replace", replace)
     return calls
+
+
+@pytest.fixture
+def state():
+    """A short state directory under /tmp (Unix socket paths stay under 107 bytes), removed after."""
+    from daemon_helpers import rmtree, short_dir
+    d = short_dir()
+    yield d
+    rmtree(d)

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
-from refitd.signing import dump_envelope, generate_key, sign_envelope
+from refitd.signing import dump_envelope, sign_envelope
 from refitd.trust import command_claims, package_claims
 
 

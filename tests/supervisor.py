@@ -5,7 +5,6 @@ the process SIGABRT, and Restart=on-failure starts it again after RestartSec. Re
 real processes; only systemd itself is replaced (this machine runs no systemd as PID 1)."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

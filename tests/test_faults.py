@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import pytest
 
-from daemon_helpers import (DaemonProc, base_config, env, rmtree, seed_package, short_dir,
-                            wait_until, write_config)
+from daemon_helpers import DaemonProc, base_config, env, seed_package, wait_until, write_config
 from fs_faults import fill, tmpfs
 from supervisor import Supervisor
 
 from refitd.control import DaemonUnreachable, call
-
-
-@pytest.fixture
-def state():
-    d = short_dir()
-    yield d
-    rmtree(d)
 
 
 def _status(sock):

@@ -17,7 +17,7 @@ from hostile import config_documents, control_lines, package_cases, signature_ca
 
 from refitd import config as C
 from refitd.control import call
-from refitd.signing import generate_key, keyid_of, load_private_key, public_key_text, write_key_pair
+from refitd.signing import generate_key, keyid_of, public_key_text
 
 GOLDEN = [{"type": "golden", "inputs": {"x": 1.0}, "expect": {"y": 45.0}, "atol": 45.5, "rtol": 0.0}]
 FP = None
@@ -33,7 +33,16 @@ def _fp():
 
 KEY, STRANGER = generate_key(), generate_key()
 PACKAGES = package_cases(_fp())
-SIGNED_BASE = open(seed_package(os.path.join(short_dir("hc"), "p10"), 4.0, 10, _fp()), "rb").read()
+def _package_bytes(version: int) -> bytes:
+    d = short_dir("hc")
+    try:
+        with open(seed_package(os.path.join(d, "p"), 4.0, version, _fp()), "rb") as f:
+            return f.read()
+    finally:
+        rmtree(d)
+
+
+SIGNED_BASE = _package_bytes(10)
 SIGNATURES = signature_cases(_fp(), SIGNED_BASE, KEY, STRANGER)
 LINES = control_lines(KEY)
 CONFIGS = config_documents()

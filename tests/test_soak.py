@@ -4,7 +4,6 @@ apply, open descriptors and threads flat, store and drop folder bounded. The 30-
 `make soak` (docs/reliability.md has its numbers)."""
 from __future__ import annotations
 
-import os
 import sys
 
 from daemon_helpers import ROOT, rmtree, short_dir

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from daemon_helpers import (DaemonProc, base_config, rmtree, run_cli, seed_package, short_dir,
-                            tree_hash, wait_until, write_config)
+from daemon_helpers import (DaemonProc, base_config, run_cli, seed_package, tree_hash, wait_until,
+                            write_config)
 from fs_faults import fill, set_read_only, tmpfs
 
 from refitd import config as C
@@ -24,17 +24,20 @@ from refitd.runner import JsonlSink, Result, Runner
 from refitd.store import Store
 
 
-@pytest.fixture
-def state():
-    d = short_dir()
-    yield d
-    rmtree(d)
-
-
 def _daemon(state, **sections):
     cfg = base_config(state, **sections)
     path = write_config(state, cfg)
     return DaemonProc(path, cfg["control"]["socket"]), cfg
+
+
+def _started_with_versions(state, *versions):
+    """A started daemon that has applied ``versions`` by the CLI; returns (daemon, fingerprint)."""
+    d, _cfg = _daemon(state)
+    d.start()
+    fp = d.status()["serving"]["fingerprint"]
+    for v in versions:
+        assert d.cli("apply", seed_package(os.path.join(state, "v%d" % v), v, v, fp)).returncode == 0
+    return d, fp
 
 
 def _one_line_error(r) -> str:
@@ -50,14 +53,8 @@ def _one_line_error(r) -> str:
 def test_read_only_store_at_start_serves_committed_version_and_refuses_writes(state):
     store_dir = os.path.join(state, "store")
     with tmpfs(store_dir):
-        d, cfg = _daemon(state)
-        d.start()
-        try:
-            fp = d.status()["serving"]["fingerprint"]
-            for v in (1, 2):
-                assert d.cli("apply", seed_package(os.path.join(state, "v%d" % v), v, v, fp)).returncode == 0
-        finally:
-            assert d.stop() == 0
+        d, fp = _started_with_versions(state, 1, 2)
+        assert d.stop() == 0
         set_read_only(store_dir)
         before = tree_hash(store_dir)
         d.start()  # today: "cannot open the store: ... Read-only file system: .../lock"
@@ -85,11 +82,8 @@ def test_read_only_store_at_start_serves_committed_version_and_refuses_writes(st
 def test_store_turning_read_only_under_a_running_daemon(state):
     store_dir = os.path.join(state, "store")
     with tmpfs(store_dir):
-        d, cfg = _daemon(state)
-        d.start()
+        d, fp = _started_with_versions(state, 1)
         try:
-            fp = d.status()["serving"]["fingerprint"]
-            assert d.cli("apply", seed_package(os.path.join(state, "v1"), 1, 1, fp)).returncode == 0
             set_read_only(store_dir)
             before = tree_hash(store_dir)
             # today: "internal error: OSError: [Errno 30] ... versions/2.json"
@@ -153,6 +147,10 @@ def _drop(s, tmp_path, name, version):
     os.rename(src, os.path.join(s.drop, name))
 
 
+def _files(drop, sub):
+    return sorted(os.listdir(os.path.join(drop, sub)))
+
+
 def test_drop_folder_retention_by_count(tmp_path):
     s = _setup_watch(tmp_path, keep=3, keep_bytes=1 << 30)
     try:
@@ -164,10 +162,11 @@ def test_drop_folder_retention_by_count(tmp_path):
             wait_until(lambda v=v: len(s.outcomes) == 6 + v, what="old drop %d taken" % v)
         _drop(s, tmp_path, "old4", 1)
         wait_until(lambda: len(s.outcomes) == 10, what="old drop 4 taken")
-        applied = sorted(os.listdir(os.path.join(s.drop, "applied")))
-        rejected = sorted(os.listdir(os.path.join(s.drop, "rejected")))
-        assert applied == ["p4", "p4.reason", "p5", "p5.reason", "p6", "p6.reason"]
-        assert rejected == ["old2", "old2.reason", "old3", "old3.reason", "old4", "old4.reason"]
+        # the outcome is recorded before the file moves aside: wait for the last move
+        want_a = ["p4", "p4.reason", "p5", "p5.reason", "p6", "p6.reason"]
+        want_r = ["old2", "old2.reason", "old3", "old3.reason", "old4", "old4.reason"]
+        wait_until(lambda: _files(s.drop, "rejected") == want_r, what="rejected/ pruned to 3")
+        assert _files(s.drop, "applied") == want_a
     finally:
         s.close()
 
@@ -178,8 +177,8 @@ def test_drop_folder_retention_by_bytes_keeps_the_newest(tmp_path):
         for v in range(1, 5):
             _drop(s, tmp_path, "p%d" % v, v)
             wait_until(lambda v=v: len(s.outcomes) == v, what="drop %d taken" % v)
-        applied = sorted(n for n in os.listdir(os.path.join(s.drop, "applied")) if "." not in n)
-        assert applied == ["p3", "p4"], applied
+        wait_until(lambda: [n for n in _files(s.drop, "applied") if "." not in n] == ["p3", "p4"],
+                   what="applied/ pruned to 700 bytes")
         total = sum(os.path.getsize(os.path.join(s.drop, "applied", n))
                     for n in os.listdir(os.path.join(s.drop, "applied")))
         assert total <= 700

@@ -9,8 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from daemon_helpers import ROOT
 
 UNIT = ROOT / "systemd" / "refitd.service"

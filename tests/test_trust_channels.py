@@ -6,24 +6,15 @@ floor survives a restart and a store that is deleted and re-seeded. (The MQTT ch
 same verifier through the pipeline; its own tests are the fleet's.)"""
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 
 import pytest
 
-from daemon_helpers import (DaemonProc, base_config, rmtree, run_cli, seed_package, short_dir,
-                            tree_hash, wait_until, write_config)
+from daemon_helpers import (DaemonProc, base_config, run_cli, seed_package, tree_hash, wait_until,
+                            write_config)
 
 from refitd.signing import generate_key, keyid_of, public_key_text, write_key_pair
-
-
-@pytest.fixture
-def state():
-    d = short_dir()
-    yield d
-    rmtree(d)
 
 
 class Box:
@@ -154,13 +145,19 @@ def test_removed_key_and_threshold(state):
         assert box.d.stop() == 0
 
 
-def test_floor_survives_restart_and_a_deleted_store(state):
+def _box_with_versions(state, *versions, stop=False):
     box = Box(state, n_keys=1).start()
     try:
-        for v in (1, 2):
+        for v in versions:
             assert box.deliver("cli", box.package("v%d" % v, v))["ok"] is True
     finally:
-        assert box.d.stop() == 0
+        if stop:
+            assert box.d.stop() == 0
+    return box
+
+
+def test_floor_survives_restart_and_a_deleted_store(state):
+    box = _box_with_versions(state, 1, 2, stop=True)
     shutil.rmtree(os.path.join(state, "store"))  # a store lost (or recovered to something older)
     box.start()
     try:
@@ -182,10 +179,8 @@ def test_floor_survives_restart_and_a_deleted_store(state):
 
 
 def test_signed_rollback_command_and_replay(state):
-    box = Box(state, n_keys=1).start()
+    box = _box_with_versions(state, 1, 2)
     try:
-        for v in (1, 2):
-            assert box.deliver("cli", box.package("v%d" % v, v))["ok"] is True
         r = box.d.cli("rollback", "--to", "1")
         assert r.returncode == 1 and "unsigned rollback command: the cli channel requires" in r.stderr
         sig = os.path.join(state, "rb1.json")

@@ -9,7 +9,6 @@ Kept apart from cli.py so the daemon's client commands and these stay small.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
