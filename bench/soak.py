@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -102,7 +102,8 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def soak(seconds: float, interval: float, warmup: float, state: str) -> Dict[str, Any]:
+def soak(seconds: float, interval: float, warmup: float, state: str,
+         max_refits: Optional[int] = None) -> Dict[str, Any]:
     from refitd.signing import generate_key, keyid_of, public_key_text, write_key_pair
     key_path = os.path.join(state, "signing.key")
     key = generate_key()
@@ -121,17 +122,19 @@ def soak(seconds: float, interval: float, warmup: float, state: str) -> Dict[str
     os.makedirs(pkgs)
     samples: List[Dict[str, float]] = []
     applies = {"cli": [0, 0], "file": [0, 0]}  # [ok, failed]
+    failures: List[Dict[str, Any]] = []
+    r = None
     t0 = time.monotonic()
     version, next_sample = 0, t0
     try:
-        while time.monotonic() - t0 < seconds:
+        while time.monotonic() - t0 < seconds and (max_refits is None or version < max_refits):
             version += 1
             channel = "cli" if version % 2 else "file"
             p = seed_package(os.path.join(pkgs, "v%d" % version), float(version % 10), version, fp)
             _sign(p, key, version, fp)  # what `refitd sign` writes, without a process per refit
             before = d.status()["last_update"]
             if channel == "cli":
-                subprocess.run([sys.executable, "-m", "refitd", "apply", p, "--socket", d.socket],
+                r = subprocess.run([sys.executable, "-m", "refitd", "apply", p, "--socket", d.socket],
                                    capture_output=True, text=True, env=env())
             else:
                 w = cfg["watch"]["path"]
@@ -144,7 +147,12 @@ def soak(seconds: float, interval: float, warmup: float, state: str) -> Dict[str
                 if last != before and last and last.get("version") == version:
                     break
                 time.sleep(0.01)
-            applies[channel][0 if last.get("ok") and last.get("version") == version else 1] += 1
+            ok = bool(last and last.get("ok") and last.get("version") == version)
+            applies[channel][0 if ok else 1] += 1
+            if not ok and len(failures) < 10:  # what went wrong, for the report
+                failures.append({"version": version, "channel": channel,
+                                 "last_update": last if last != before else "no outcome within 30 s",
+                                 "cli": None if channel == "file" else (r.returncode, r.stderr.strip()[-300:])})
             for f in os.listdir(pkgs):
                 os.unlink(os.path.join(pkgs, f))
             now = time.monotonic()
@@ -165,7 +173,7 @@ def soak(seconds: float, interval: float, warmup: float, state: str) -> Dict[str
         "bench": "soak", "seconds": round(time.monotonic() - t0, 1), "interval_s": interval,
         "cpu": _cpu(), "cpus": os.cpu_count(), "kernel": platform.release(),
         "python": platform.python_version(),
-        "applies": {k: {"ok": v[0], "failed": v[1]} for k, v in applies.items()},
+        "applies": {k: {"ok": v[0], "failed": v[1]} for k, v in applies.items()}, "failures": failures,
         "inferences": inf.get("inferences_total"), "failed_inferences": inf.get("errors_total"),
         **checked,
         "rss_mb": {"first": round(samples[0]["rss_mb"], 1), "last": round(samples[-1]["rss_mb"], 1),

@@ -204,11 +204,11 @@ class DropWatcher(Channel):
             text = "applied as version %s in %.3f s" % (outcome.version, outcome.seconds)
         else:
             text = "rejected%s: %s" % (" at %s" % outcome.stage if outcome.stage else "", outcome.reason)
-        # The outcome is recorded first: moving the file aside can fail (a full disk) and the
-        # update has happened all the same.
+        # status.last_update already has the outcome (a pipeline listener); moving the file
+        # aside cannot fail in a way that loses it (_finish reports a full disk and goes on)
+        self._finish(name, bool(outcome.ok), text)
         if self.on_outcome is not None:
             self.on_outcome(name, outcome)
-        self._finish(name, bool(outcome.ok), text)
 
     def _finish(self, name: str, ok: bool, text: str) -> None:
         sub = APPLIED if ok else REJECTED
