@@ -18,7 +18,7 @@ test: setup
 
 # Order matters: cross-test/glibc-check install ziglang into the venv that test_edge.py uses.
 # edge-ci ends with the full arm64-root proof (cached under .cache/edge-root after its first run).
-test-all: test-native test-asan test-tsan cross-test glibc-check test-python edge-ci
+test-all: test-native test-asan test-tsan mm-ci cross-test glibc-check test-python edge-ci
 
 # C tests: native, then under ASan+UBSan, then under TSan (each its own build tree).
 test-native:
@@ -58,3 +58,5 @@ clean:
 
 # Cross-compilation, bundles and the arm64-root proof live in toolchain/cross.mk.
 -include toolchain/cross.mk
+# The MagicMind backend: compile check, test-only fake Neuware, plugin tests (toolchain/magicmind.mk).
+-include toolchain/magicmind.mk

@@ -92,14 +92,8 @@ def _sign(path: str, key: Any, version: int, fp: str) -> None:
 
 
 def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from engine import _cpu_model  # bench/engine.py: the one /proc/cpuinfo reader of the benches
+    return _cpu_model() or "unknown"
 
 
 def soak(seconds: float, interval: float, warmup: float, state: str,

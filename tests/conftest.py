@@ -38,6 +38,24 @@ def seed_conv_model(path, k: float = 0.0):
     return Path(path)
 
 
+def clip_scalar_model(path):
+    """y = Clip(x * w, lo, hi) with x, w float32 [4] and the bounds 0-d initializers (lo 0,
+    hi 6): refittable scalar weights, as a Clip's bounds or a scale are in exported models."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((4,), np.float32), "w"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["m"], name="scale"),
+         helper.make_node("Clip", ["m", "lo", "hi"], ["y"], name="clip")], "clip_scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return Path(path)
+
+
 def add_chain_model(path, n: int = 10, size: int = 16):
     """y = x + w0 + w1 + ... + w{n-1}, every w a float32 vector of `size` (initially zeros):
     n equally sized weights, so a version that changes one of them changes 1/n of the bytes."""
@@ -186,3 +204,42 @@ def state():
     d = short_dir()
     yield d
     rmtree(d)
+
+
+# ---- no silent skips ----------------------------------------------------------------------
+# A skip is not a pass: a fresh machine that lacks a tool would otherwise go green without
+# running the tests that need it. Long runs (marked slow) are deselected unless REFITD_LONG=1,
+# so they never count as skipped; any other skip fails the run (REFITD_ALLOW_SKIPS=1 allows
+# them for a run by hand, e.g. on a machine that cannot have a tool).
+
+_SKIPPED: List[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("REFITD_LONG"):
+        return
+    slow = [it for it in items if it.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [it for it in items if not it.get_closest_marker("slow")]
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append("%s: %s" % (report.nodeid, reason))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _SKIPPED and not os.environ.get("REFITD_ALLOW_SKIPS"):
+        terminalreporter.write_line(
+            "refitd: %d test%s skipped, and a skip is not a pass: install what they need "
+            "(or set REFITD_ALLOW_SKIPS=1 for a run by hand)" % (len(_SKIPPED), "" if len(_SKIPPED) == 1 else "s"),
+            red=True)
+        for line in _SKIPPED:
+            terminalreporter.write_line("  " + line)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SKIPPED and not os.environ.get("REFITD_ALLOW_SKIPS") and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -115,7 +115,8 @@ def control_lines(key) -> List[Tuple[str, bytes]]:
         ("rollback-sig-other-cmd", j({"cmd": "rollback", "to": 1, "sig": wrong_cmd})),
         ("pin-missing", j({"cmd": "pin"})), ("pin-string", j({"cmd": "pin", "version": "1"})),
         ("pin-negative", j({"cmd": "pin", "version": -4})), ("pin-not-stored", j({"cmd": "pin", "version": 77})),
-        ("unpin-not-pinned", j({"cmd": "unpin", "version": 2})),
+        # (unpin of a stored but unpinned version is idempotent, ok with changed false: not hostile)
+        ("unpin-not-stored", j({"cmd": "unpin", "version": 77})),
         ("apply-no-path", j({"cmd": "apply"})), ("apply-path-int", j({"cmd": "apply", "path": 3})),
         ("apply-relative", j({"cmd": "apply", "path": "w.safetensors"})),
         ("apply-missing", j({"cmd": "apply", "path": "/nonexistent/w.safetensors"})),

@@ -158,6 +158,26 @@ def resnet_block(seed: int = 4, hw: int = 112, classes: int = 10) -> onnx.ModelP
     return b.model("resnet_block", [("x", (1, 3, hw, hw))], [("logits", (1, classes))])
 
 
+def edge_cnn(seed: int = 6, hw: int = 96, classes: int = 10) -> onnx.ModelProto:
+    """A depthwise-separable edge CNN (MobileNetV1-like, not one the kernels were tuned on):
+    conv 3x3/2 (16) + BN + Relu, then four (depthwise 3x3 [stride 2 every other] + BN + Relu,
+    pointwise 1x1 + BN + Relu) pairs widening 16 -> 32 -> 64 -> 64 -> 128, MaxPool 2x2/2,
+    GlobalAveragePool, Flatten, Gemm(classes). Input 1x3xhwxhw."""
+    b = _Builder(seed)
+    x = b.node("Relu", [b.bn(b.conv("x", 3, 16, 3, stride=2, pad=1, bias=False, prefix="stem"), 16, "stem_bn")])
+    c = 16
+    for i, (cout, stride) in enumerate([(32, 1), (64, 2), (64, 1), (128, 2)]):
+        x = b.conv(x, c, c, 3, stride=stride, pad=1, group=c, bias=False, prefix=f"dw{i}")
+        x = b.node("Relu", [b.bn(x, c, f"dw{i}_bn")])
+        x = b.node("Relu", [b.bn(b.conv(x, c, cout, 1, bias=False, prefix=f"pw{i}"), cout, f"pw{i}_bn")])
+        c = cout
+    x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    y = b.gemm(x, c, classes, "fc")
+    _rename_output(b, y, "logits")
+    return b.model("edge_cnn", [("x", (1, 3, hw, hw))], [("logits", (1, classes))])
+
+
 def gemm_stack(total_bytes: int, width: int = 1024, seed: int = 5) -> onnx.ModelProto:
     """A stack of Gemm (+Relu) layers whose weights total about `total_bytes` (refit benchmark)."""
     b = _Builder(seed)
@@ -225,6 +245,7 @@ ALL = {
     "lenet": lenet,
     "mobilenetv2_block": mobilenetv2_block,
     "resnet_block": resnet_block,
+    "edge_cnn": edge_cnn,
 }
 
 

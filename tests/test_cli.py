@@ -88,6 +88,13 @@ def test_apply_rollback_pin_versions(daemon):
     assert r.returncode == 0
     r = daemon.cli("unpin", str(v1))
     assert r.returncode == 0 and "unpinned version %d" % v1 in r.stdout
+    # both equally idempotent: a second pin or unpin succeeds and says it changed nothing
+    r = daemon.cli("unpin", str(v1))
+    assert r.returncode == 0 and r.stdout.startswith("version %d was not pinned; nothing changed" % v1), r.stderr
+    assert daemon.cli("pin", str(v1)).returncode == 0
+    r = daemon.cli("pin", str(v1))
+    assert r.returncode == 0 and r.stdout.startswith("version %d was already pinned; nothing changed" % v1)
+    assert daemon.cli("unpin", str(v1)).returncode == 0
 
     st = json.loads(daemon.cli("status", "--json").stdout)
     assert st["last_update"]["action"] == "rollback" and st["last_update"]["ok"] is True
@@ -112,7 +119,7 @@ def test_failures_are_one_line_and_exit_1(daemon):
         "refitd: no such file: /nonexistent/p.safetensors"
     line = _one_line_error(daemon.cli("rollback", "--to", "999"))
     assert "999 is not in the store" in line
-    assert "is not pinned" in _one_line_error(daemon.cli("unpin", "999"))
+    assert "999 is not in the store" in _one_line_error(daemon.cli("unpin", "999"))
     assert "not in the store" in _one_line_error(daemon.cli("pin", "999"))
     bad = os.path.join(daemon.state, "bad.npy")
     np.save(bad, np.ones((2, 2), np.float32))
@@ -249,3 +256,14 @@ def test_metrics_endpoint(daemon):
     assert 'refitd_updates_total{outcome="applied"}' in body
     total = [line for line in body.splitlines() if line.startswith("refitd_inferences_total ")][0]
     assert int(total.split()[1]) > 0
+
+
+def test_status_after_a_package_that_failed_to_parse(daemon):
+    bad = os.path.join(daemon.state, "garbage.safetensors")
+    with open(bad, "wb") as f:
+        f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    r = daemon.cli("apply", bad)
+    assert r.returncode == 1 and "apply failed at parse" in r.stderr
+    line = [l for l in daemon.cli("status").stdout.splitlines() if l.startswith("last update")][0]
+    assert "None" not in line, line
+    assert line.startswith("last update  apply of garbage.safetensors via cli at ") and ": FAILED at parse: " in line, line

@@ -1,6 +1,7 @@
 """Config validation: every mistake is reported with its key path and cause, all at once."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -292,3 +293,157 @@ def test_every_field_has_a_description_in_the_schema():
         from refitd.plugins import config_types
         for key, cls in config_types(kind).items():
             assert all(d.strip() for d in schema.describe(cls).values()), (kind, key)
+
+
+# ---- check-config against this machine (refitd/preflight.py) ----------------------------------
+
+def _other_user():
+    """A user for whom a root-owned 0755 directory is read-only: nobody when we are root (root
+    passes every permission check), else ourselves (then the directory is made 0555)."""
+    return "nobody" if os.geteuid() == 0 else None
+
+
+def test_check_config_missing_model_is_a_problem(tmp_path):
+    raw = base_config(str(tmp_path), model=str(tmp_path / "nope.onnx"))
+    path = write_config(str(tmp_path), raw)
+    r = run_cli("check-config", path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "refitd: %s: model.path: no such file: %s\n" % (path, tmp_path / "nope.onnx")
+    # --file-only validates the file alone (a config written for another box)
+    r = run_cli("check-config", "--file-only", path)
+    assert r.returncode == 0 and "OK (file only;" in r.stdout
+
+
+def test_check_config_model_that_does_not_open_and_checks_that_do_not_fit(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not ONNX")
+    raw = base_config(str(tmp_path), model=str(bad))
+    path = write_config(str(tmp_path), raw)
+    r = run_cli("check-config", path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("refitd: %s: model.path: the engine cannot open %s on backend reference: " % (path, bad))
+    assert len(r.stderr.splitlines()) == 1
+    raw = base_config(str(tmp_path), health={"checks": [{"type": "finite", "inputs": {"z": 1.0}}]})
+    raw["model"]["name_map"] = {"features.0.weight": "conv.wieght"}
+    path = write_config(str(tmp_path), raw)
+    r = run_cli("check-config", path)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "refitd: %s: 2 problems" % path,
+        '  model.name_map: features.0.weight maps to conv.wieght, which is not a refittable weight of the model',
+        '  health.checks: health check 1 (finite): "z" is not an input of the model (inputs: x)']
+
+
+def test_check_config_directories_writable_by_the_daemons_user():
+    import shutil
+    import tempfile
+    base = tempfile.mkdtemp(prefix="rfd-perm", dir="/tmp")  # /tmp, not pytest's 0700 tree
+    ro, rw = os.path.join(base, "ro"), os.path.join(base, "rw")
+    try:
+        os.chmod(base, 0o755)
+        os.makedirs(os.path.join(ro, "in"))
+        os.mkdir(rw)
+        os.chmod(rw, 0o777)
+        model = shutil.copy(C.demo_model_path(), os.path.join(base, "model.onnx"))
+        os.chmod(model, 0o644)
+        raw = base_config(rw, model=model)
+        raw["store"]["path"] = os.path.join(ro, "store")        # cannot be created
+        raw["watch"]["path"] = os.path.join(ro, "in")           # exists, not writable
+        raw["sink"]["path"] = os.path.join(ro, "results.jsonl")  # cannot be created
+        path = write_config(base, raw)
+        user = _other_user()
+        if user is None:
+            for d in (ro, os.path.join(ro, "in")):
+                os.chmod(d, 0o555)
+        args = ["check-config", path] + (["--user", user] if user else [])
+        r = run_cli(*args)
+        assert r.returncode == 2, r.stdout
+        who = user or __import__("pwd").getpwuid(os.geteuid()).pw_name
+        mode = "755" if user else "555"
+        assert r.stderr.splitlines() == [
+            "refitd: %s: 3 problems" % path,
+            "  store.path: user %s cannot create %s/store (in %s) (mode %s, owner %s)" % (who, ro, ro, mode, _owner(ro)),
+            "  watch.path: user %s cannot write to %s/in (mode %s, owner %s)" % (who, ro, mode, _owner(ro)),
+            "  sink.path: user %s cannot write to %s (mode %s, owner %s)" % (who, ro, mode, _owner(ro)),
+        ], r.stderr
+        r = run_cli(*(args + ["--json"]))
+        rep = json.loads(r.stdout)
+        assert r.returncode == 2 and rep["ok"] is False and rep["config"]["user"] == who
+        assert [p["key"] for p in rep["problems"]] == ["store.path", "watch.path", "sink.path"]
+        assert rep["model"]["weights"] == 1
+        if user:  # the same config checked as root (who may write anywhere) passes
+            assert run_cli("check-config", "--user", "root", path).returncode == 0
+    finally:
+        for d in (ro, os.path.join(ro, "in")):
+            if os.path.isdir(d):
+                os.chmod(d, 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _owner(path):
+    import grp
+    import pwd
+    st = os.stat(path)
+    return "%s:%s" % (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name)
+
+
+def test_check_config_ok_json(tmp_path):
+    path = write_config(str(tmp_path), base_config(str(tmp_path)))
+    r = run_cli("check-config", "--json", path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] is True and rep["problems"] == [] and rep["model"]["fingerprint"].startswith("sha256:")
+    r = run_cli("check-config", "--json", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and json.loads(r.stdout)["ok"] is False
+
+
+def test_check_config_counts_the_units_own_directories_as_creatable(tmp_path):
+    """/run/refitd and /var/lib/refitd do not exist before the service starts (systemd's
+    RuntimeDirectory=/StateDirectory= make them for its user): not a problem for that user."""
+    import tempfile
+    from refitd import preflight
+    base = tempfile.mkdtemp(prefix="rfd-unit", dir="/tmp")
+    try:
+        os.chmod(base, 0o755 if os.geteuid() == 0 else 0o555)
+        run_dir = os.path.join(base, "run-refitd")
+        raw = base_config(str(tmp_path))
+        raw["control"]["socket"] = os.path.join(run_dir, "control.sock")
+        cfg = C.parse_config(raw)
+        user = preflight.lookup_user("nobody" if os.geteuid() == 0 else preflight.default_user())
+        problems, _ = preflight.check_machine(cfg, user, unit_dirs=())
+        assert [(p.path, p.message.split(" (")[0]) for p in problems if p.path == "control.socket"] == [
+            ("control.socket", "user %s cannot create %s" % (user.name, run_dir))]
+        problems, _ = preflight.check_machine(cfg, user, unit_dirs=(run_dir,))
+        assert [p for p in problems if p.path == "control.socket"] == []
+    finally:
+        os.chmod(base, 0o755)
+        os.rmdir(base)
+
+
+def test_check_config_store_of_another_model(tmp_path):
+    """The box's path: install.sh serves the demo model, the service makes a store for it, the
+    operator puts their own model in place. The daemon would refuse the old store at start;
+    check-config says so first."""
+    from conftest import clip_scalar_model
+    from refitd.store import committed_model
+    state = str(tmp_path)
+    raw = base_config(state)
+    raw["store"]["path"] = os.path.join(state, "store")
+    path = write_config(state, raw)
+    assert committed_model(raw["store"]["path"]) is None
+    from daemon_helpers import DaemonProc
+    d = DaemonProc(path, raw["control"]["socket"]).start()  # makes the store for the demo model
+    d.stop()
+    assert committed_model(raw["store"]["path"]) == (0, fingerprint_of(C.demo_model_path()))
+    assert run_cli("check-config", path).returncode == 0
+    raw["model"]["path"] = str(clip_scalar_model(tmp_path / "mine.onnx"))
+    path = write_config(state, raw)
+    r = run_cli("check-config", path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("refitd: %s: store.path: %s holds version 0 of another model (sha256:" % (
+        path, raw["store"]["path"])) and "point store.path at a fresh directory" in r.stderr, r.stderr
+
+
+def fingerprint_of(model):
+    from daemon_helpers import fingerprint
+    return fingerprint(model)

@@ -336,6 +336,9 @@ def test_control_channel_carries_package_and_signature_descriptors(sdir, engine,
         r = call(ch.path, {"cmd": "rollback"})
         assert (r["ok"], r["version"], r["serving"]) == (True, 0, 0) and seen[-1][2] == "cli"
         r = call(ch.path, {"cmd": "pin", "version": 1})
-        assert r == {"ok": True, "version": 1, "pinned": [1]}
+        assert r == {"ok": True, "version": 1, "pinned": [1], "changed": True}
+        # pin and unpin are idempotent: a second one succeeds and says it changed nothing
+        r = call(ch.path, {"cmd": "pin", "version": 1})
+        assert r == {"ok": True, "version": 1, "pinned": [1], "changed": False}
     finally:
         ch.stop()

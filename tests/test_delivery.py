@@ -129,6 +129,20 @@ def test_the_size_cap_comes_before_the_verifier(engine, store, tmp_path):
     assert out.reason == "package too large: %d bytes, limit 100" % os.path.getsize(f)
 
 
+def test_a_second_pin_or_unpin_succeeds_unchanged_without_an_event(pipeline, engine, store, tmp_path, events):
+    """pin and unpin are equally idempotent (store.pin/unpin return whether they changed it):
+    the repeat succeeds at stage ``unchanged`` and emits no store.pinned / store.unpinned."""
+    assert pipeline.apply(write_pkg(tmp_path / "v1.safetensors", kernel(1), 1, engine.fingerprint)).ok
+    stages = []
+    for command in (PIN, PIN, UNPIN, UNPIN):
+        o = pipeline.deliver(Delivery.of_command(command, Origin("cli"), version=1))
+        assert o.ok, o
+        stages.append(o.stage)
+    assert stages == ["done", "unchanged", "done", "unchanged"] and store.pins() == []
+    kinds = [k for k, _ in events.lines if k.startswith("store.")]
+    assert kinds == ["store.pinned", "store.unpinned"]
+
+
 def test_commands_are_deliveries_through_the_verifier(pipeline, engine, store, tmp_path, events):
     seen = []
     pipeline.verifier = lambda data, sig, d: seen.append((bytes(data), sig, d.command))

@@ -153,8 +153,15 @@ def test_close_is_idempotent_and_final(seed):
         seed.refit({"conv.weight": np.ones((1, 1, 3, 3), np.float32)}, 1)
 
 
-def test_threads_never_see_a_torn_result(seed):
-    """Python-level version of the C stress test: 4 threads infer while refits land every ms."""
+@pytest.mark.parametrize("strategy", ["swap", "quiesce", "ab"])
+def test_threads_never_see_a_torn_result(tmp_path, strategy):
+    """Python-level version of the C stress test: 4 threads infer while refits land every ms,
+    under each refit strategy."""
+    with Engine.open(_seed_model(tmp_path / "seed.onnx"), strategy=strategy) as seed:
+        _threads_never_see_a_torn_result(seed)
+
+
+def _threads_never_see_a_torn_result(seed):
     stop = threading.Event()
     problems, counts = [], []
 

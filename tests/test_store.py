@@ -77,8 +77,17 @@ def test_pin_errors(tmp_path):
         commit(s, 1, {"w": np.ones(2, np.float32)})
         with pytest.raises(StoreError, match=r"^version 7 is not in the store \(stored: 1\)$"):
             s.pin(7)
-        with pytest.raises(StoreError, match=r"^version 1 is not pinned \(pinned: none\)$"):
-            s.unpin(1)
+        with pytest.raises(StoreError, match=r"^version 7 is not in the store \(stored: 1\)$"):
+            s.unpin(7)
+
+
+def test_pin_and_unpin_are_equally_idempotent(tmp_path):
+    with Store(tmp_path / "s") as s:
+        commit(s, 1, {"w": np.ones(2, np.float32)})
+        assert s.unpin(1) is False and s.pins() == []   # was: "version 1 is not pinned"
+        assert s.pin(1) is True and s.pin(1) is False and s.pins() == [1]
+        assert s.unpin(1) is True and s.unpin(1) is False and s.pins() == []
+        assert [h["event"] for h in s.history if h["event"] in ("pinned", "unpinned")] == ["pinned", "unpinned"]
 
 
 def test_prepare_errors(tmp_path):

@@ -286,5 +286,9 @@ def test_verify_store_reports_each_problem_and_changes_nothing(tmp_path):
     assert any("version 2" in l and "missing" in l for l in problems), problems
     assert any(l.startswith("note: ") and "interrupted" in l for l in r.stdout.splitlines())
     assert tree_hash(sdir, skip=()) == before  # nothing repaired, removed or locked
+    r = run_cli("verify-store", "--store", sdir, "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["ok"] is False and len(out["problems"]) == 2, r.stdout
+    assert out["current"] == 3 and len(out["notes"]) == 1 and out["store"] == sdir
     r = run_cli("verify-store", "--store", str(tmp_path / "nope"))
     assert r.returncode == 1 and "not a refitd store" in r.stderr

@@ -202,3 +202,21 @@ def test_signed_rollback_command_and_replay(state):
                    for e in box.d.events())
     finally:
         assert box.d.stop() == 0
+
+
+def test_offline_trust_commands_print_json(tmp_path):
+    """keygen, sign and verify with --json: one JSON object each, naming what they did."""
+    import json
+    key = str(tmp_path / "k")
+    r = run_cli("keygen", "-o", key, "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["public_key"] == key + ".pub" and out["trusted_key"].startswith("ed25519:")
+    pkg = str(tmp_path / "w4.safetensors")
+    fp = "sha256:" + "ab" * 32
+    seed_package(pkg, 4.0, 4, fp)
+    r = run_cli("sign", pkg, "--key", key, "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["signature"] == pkg + ".sig" and out["version"] == 4, r.stderr
+    r = run_cli("verify", pkg, "--trust", key + ".pub", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["ok"] and out["version"] == 4 and out["model"] == fp, r.stderr

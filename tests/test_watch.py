@@ -4,8 +4,10 @@ rejected file never touching the store."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +73,8 @@ def test_rename_in_is_applied(s, tmp_path):
     outside = str(tmp_path / "pkg.safetensors")
     seed_package(outside, 2, 1, s.fp)
     os.rename(outside, os.path.join(s.drop, "v1.safetensors"))
-    wait_until(lambda: "v1.safetensors" in _files(os.path.join(s.drop, "applied")), what="applied")
+    # the .reason is written after the package moves: wait for it, not only for the package
+    wait_until(lambda: "v1.safetensors.reason" in _files(os.path.join(s.drop, "applied")), what="applied")
     outs, v = s.y()
     assert v == 1 and outs["y"].item() == 18.0
     reason = open(os.path.join(s.drop, "applied", "v1.safetensors.reason")).read()
@@ -240,3 +243,26 @@ def test_a_late_sig_is_paired_within_the_settle_time(s, tmp_path):
     assert seen[-1] == ("v2.safetensors", None) and s.y()[1] == 1
     reason = open(os.path.join(s.drop, "rejected", "v2.safetensors.reason")).read()
     assert reason == "rejected at signature: unsigned package\n"
+
+
+def test_serving_package_dropped_again_reason_event_and_doc_agree(s, tmp_path):
+    """The serving package dropped a second time: nothing changes, and the .reason file, the
+    event and docs/daemon.md say the same thing (the doc once said "rejected as not newer")."""
+    s.start()
+    pkg = str(tmp_path / "v1.safetensors")
+    seed_package(pkg, 2, 1, s.fp)
+    with open(pkg, "rb") as f:
+        data = f.read()
+    for name in ("first.safetensors", "again.safetensors"):
+        with open(os.path.join(s.drop, name), "wb") as f:
+            f.write(data)
+        wait_until(lambda: name + ".reason" in _files(os.path.join(s.drop, "applied")), what=name + " applied")
+    reason = open(os.path.join(s.drop, "applied", "again.safetensors.reason")).read().strip()
+    assert reason == "already serving: this very package is version 1; nothing changed"
+    events = [json.loads(line)["event"] for line in s.log.getvalue().splitlines()]
+    assert events.count("update.applied") == 1 and events.count("update.already_applied") == 1
+    assert s.store.versions() == [0, 1] and s.store.current() == 1
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "daemon.md").read_text().split())
+    assert "`update.already_applied`" in doc
+    assert reason.replace("version 1", "version 4") in doc
+    assert "rejected as not newer" not in doc

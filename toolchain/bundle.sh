@@ -12,7 +12,9 @@
 # e.g. numpy differs between 3.9 and 3.12).
 #
 # Env: VENV (.venv, must have ziglang: make bundle ensures it), GLIBC_MAX (2.17),
-#      BUNDLE_PYTHONS ("3.9 3.10 3.11 3.12"), JOBS (2).
+#      BUNDLE_PYTHONS ("3.9 3.10 3.11 3.12"), JOBS (2),
+#      MM_PLUGIN (a librefit_backend_magicmind.so built for ARCH with the vendor toolchain,
+#      docs/magicmind.md; the bundle then carries it and install.sh opens the unit to the MLU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . toolchain/lib.sh
@@ -89,6 +91,22 @@ else
   rmdir "$STAGE/config"   # install.sh then writes the daemon's demo config with the box's paths
 fi
 [ -f docs/edge.md ] && install -m 0644 docs/edge.md "$STAGE/doc/"
+# The MagicMind plugin, only when one was built (it needs the vendor SDK); never the test fakes.
+mm_line=""
+if [ -n "${MM_PLUGIN:-}" ]; then
+  [ -f "$MM_PLUGIN" ] || { echo "bundle: MM_PLUGIN=$MM_PLUGIN: no such file" >&2; exit 1; }
+  want=$([ "$ARCH" = aarch64 ] && echo AArch64 || echo X86-64)
+  readelf -h "$MM_PLUGIN" | grep -q "Machine:.*$want" \
+    || { echo "bundle: MM_PLUGIN=$MM_PLUGIN is not built for $ARCH" >&2; exit 1; }
+  if readelf -d "$MM_PLUGIN" | grep -q "fake-neuware"; then
+    echo "bundle: MM_PLUGIN=$MM_PLUGIN was linked against the test-only fake Neuware; build it with the SDK" >&2
+    exit 1
+  fi
+  mkdir -p "$STAGE/plugins"
+  install -m 0755 "$MM_PLUGIN" "$STAGE/plugins/librefit_backend_magicmind.so"
+  [ -f docs/magicmind.md ] && install -m 0644 docs/magicmind.md "$STAGE/doc/"
+  mm_line="magicmind_plugin=plugins/librefit_backend_magicmind.so"
+fi
 {
   echo "version=$VERSION"
   echo "arch=$ARCH"
@@ -97,6 +115,7 @@ fi
   echo "refitd_wheel=$(basename "$refitd_wheel")"
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit=$(git describe --always --dirty 2>/dev/null || echo unknown)"   # -dirty: built from uncommitted edits
+  [ -z "$mm_line" ] || echo "$mm_line"
 } >"$STAGE/BUNDLE"
 (cd "$STAGE" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort | xargs sha256sum >SHA256SUMS)
 

@@ -4,7 +4,8 @@
 #   make cross-test     run those tests under qemu-aarch64 through plain ctest
 #   make glibc-check    build the release librefit for aarch64 and x86_64, fail if either needs
 #                       a glibc symbol newer than GLIBC_2.17
-#   make bundle ARCH=aarch64|x86_64   dist/refitd-<version>-linux-<arch>.tar.gz (offline install)
+#   make bundle ARCH=aarch64|x86_64   dist/refitd-<version>-linux-<arch>.tar.gz (offline install);
+#                       MM_PLUGIN=<librefit_backend_magicmind.so> adds the MagicMind plugin
 #   make edge-root      Debian 11 arm64 root under .cache/edge-root/ (built once, then reused)
 #   make edge-test      install the aarch64 bundle into that root offline and prove it works there
 #   make bundle-smoke   the host-arch (x86_64) bundle installed offline in build/bundle-smoke + seed demo
@@ -31,9 +32,10 @@ ENSURE := toolchain/ensure_tools.sh
 
 .PHONY: cross cross-test glibc-check release-lib bundle bundle-all edge-root edge-test edge-ci bundle-smoke cross-tools
 
-# Tools for qemu runs (qemu + the aarch64 loader/libc for -L) and the chosen compiler.
+# Tools for qemu runs (qemu + the aarch64 loader/libc for -L), the chosen compiler, and always
+# gcc-aarch64-linux-gnu: tests/test_edge.py builds with it whatever CROSS_TC is.
 cross-tools:
-	@VENV=$(VENV) $(ENSURE) qemu $(CROSS_TC)
+	@VENV=$(VENV) $(ENSURE) qemu gcc $(CROSS_TC)
 
 cross: cross-tools
 	cmake -S native -B $(CROSS_BUILD) --toolchain $(CROSS_TOOLCHAIN_$(CROSS_TC)) \
@@ -59,7 +61,8 @@ glibc-check: release-lib
 
 bundle:
 	@VENV=$(VENV) $(ENSURE) zig
-	VENV=$(VENV) GLIBC_MAX=$(GLIBC_MAX) BUNDLE_PYTHONS="$(BUNDLE_PYTHONS)" JOBS=$(JOBS) toolchain/bundle.sh $(ARCH)
+	VENV=$(VENV) GLIBC_MAX=$(GLIBC_MAX) BUNDLE_PYTHONS="$(BUNDLE_PYTHONS)" JOBS=$(JOBS) MM_PLUGIN=$(MM_PLUGIN) \
+	  toolchain/bundle.sh $(ARCH)
 
 bundle-all:
 	$(MAKE) bundle ARCH=aarch64

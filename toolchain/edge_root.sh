@@ -39,16 +39,22 @@ if [ -d "$ROOT" ]; then
   rm -rf --one-file-system "$ROOT"
 fi
 t1=$(now)
-echo "edge-root: debootstrap --foreign $SUITE arm64 -> $ROOT" >&2
-debootstrap --arch=arm64 --foreign --variant=minbase \
-  --include=python3,python3-venv,ca-certificates "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap1.log" 2>&1 \
+echo "edge-root: debootstrap --foreign $SUITE arm64 -> $ROOT (downloads the .debs, ~1 min)" >&2
+with_progress "edge-root: first stage" "$ROOT.debootstrap1.log" \
+  debootstrap --arch=arm64 --foreign --variant=minbase \
+  --include=python3,python3-venv,ca-certificates "$SUITE" "$ROOT" "$MIRROR" \
   || { tail -20 "$ROOT.debootstrap1.log" >&2; exit 1; }
 t_first=$(elapsed "$t1")
 
 install -m 0755 "$(command -v qemu-aarch64-static)" "$ROOT/usr/bin/qemu-aarch64-static"
 t2=$(now)
-echo "edge-root: second stage (arm64 under qemu, ~2-4 min)" >&2
-chroot "$ROOT" /debootstrap/debootstrap --second-stage >"$ROOT.debootstrap2.log" 2>&1 \
+# Every arm64 binary of the install runs under qemu: ~2.5 min on 2 quiet cores, 6 min and more
+# on busy ones (docs/edge.md). The ticker says how long so far and what debootstrap is at (its
+# log's last line).
+echo "edge-root: second stage (unpacks and configures every package, arm64 under qemu; ~2.5 min on 2 quiet cores, 6+ busy)" >&2
+# Its own log says only "Unpacking the base system..." for minutes; dpkg's lines are in the root's.
+PROGRESS_DETAIL="$ROOT/debootstrap/debootstrap.log" with_progress "edge-root: second stage" "$ROOT.debootstrap2.log" \
+  chroot "$ROOT" /debootstrap/debootstrap --second-stage \
   || { tail -20 "$ROOT.debootstrap2.log" >&2; tail -30 "$ROOT/debootstrap/debootstrap.log" >&2 || true; exit 1; }
 t_second=$(elapsed "$t2")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what a cross target needs, only if missing (idempotent, quiet when all is there).
-#   toolchain/ensure_tools.sh qemu|gcc|zig|linaro|debootstrap ...
+#   toolchain/ensure_tools.sh qemu|gcc|mm|zig|linaro|debootstrap ...
 # apt packages with sudo when not root; ziglang with pip into $VENV (created if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ for what in "$@"; do
       [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || apt_items+=(/nonexistent-ld-aarch64:libc6-arm64-cross)
       ;;
     gcc) apt_items+=(aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu) ;;
+    # the MagicMind backend's compile check: g++ for the host and for aarch64 (make mm-compile-check)
+    mm) apt_items+=(g++:g++ aarch64-linux-gnu-g++:g++-aarch64-linux-gnu) ;;
     debootstrap) apt_items+=(debootstrap:debootstrap) ;;
     zig)
       if ! "$VENV/bin/python" -c 'import ziglang' 2>/dev/null; then

@@ -21,6 +21,12 @@
 #   --no-user          do not create the user or chown (scratch installs as a normal user)
 #   --no-systemd       do not install the unit
 #   --no-start         install and enable the unit, but do not (re)start the service
+#   --neuware-lib DIR  where the box's MagicMind/CNRT libraries are, for a bundle that carries the
+#                      MagicMind plugin (REFITD_NEUWARE_LIB; /mps/lib on aarch64 edge boxes,
+#                      /usr/local/neuware/lib64 elsewhere)
+# A bundle built with the MagicMind plugin (make bundle MM_PLUGIN=...) installs it next to
+# librefit and opens the unit to the MLU device nodes (DeviceAllow=/dev/cambricon_ctl and each
+# /dev/cambricon_dev*); a bundle without it leaves the unit's PrivateDevices=yes as it is.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,6 +38,7 @@ UNITDIR=${REFITD_UNITDIR:-/etc/systemd/system}
 SVC_USER=${REFITD_USER:-refitd}
 DO_USER=1 DO_SYSTEMD=1 DO_START=1
 SVC_GROUP=${REFITD_GROUP:-refitd}
+NEUWARE_LIB=${REFITD_NEUWARE_LIB:-}
 while [ $# -gt 0 ]; do
   case $1 in
     --python) PYTHON=$2; shift ;;
@@ -43,6 +50,7 @@ while [ $# -gt 0 ]; do
     --no-user) DO_USER=0 ;;
     --no-systemd) DO_SYSTEMD=0 ;;
     --no-start) DO_START=0 ;;
+    --neuware-lib) NEUWARE_LIB=$2; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -141,6 +149,19 @@ assert libs, "no librefit shared library inside the refitd package"
 cffi.FFI().dlopen(str(libs[0]))  # loads: right architecture, glibc new enough
 print("install.sh: refitd %s installed, %s loads" % (got, libs[0].name), file=sys.stderr)
 EOF
+# The MagicMind plugin, only when the bundle carries one: next to librefit, which is on librefit's
+# plugin search path (docs/engine.md); an older install's plugin goes when the bundle has none.
+MM_PLUGIN=$(bundle_get magicmind_plugin)
+pkgdir=$("$PREFIX/bin/python" -c 'import os, refitd; print(os.path.dirname(refitd.__file__))')
+if [ -n "$MM_PLUGIN" ]; then
+  [ -f "$here/$MM_PLUGIN" ] || die "BUNDLE names $MM_PLUGIN, which is not in the bundle"
+  install -m 0755 "$here/$MM_PLUGIN" "$pkgdir/librefit_backend_magicmind.so"
+  [ -n "$NEUWARE_LIB" ] || { [ "$ARCH" = aarch64 ] && NEUWARE_LIB=/mps/lib || NEUWARE_LIB=/usr/local/neuware/lib64; }
+  say "installed the MagicMind backend plugin in $pkgdir (vendor libraries from $NEUWARE_LIB)"
+else
+  rm -f "$pkgdir/librefit_backend_magicmind.so"
+fi
+
 # The CLI on PATH for operators (real installs only; scratch installs leave /usr/local alone).
 if [ "$DO_USER" = 1 ] && [ -d /usr/local/bin ]; then
   ln -sfn "$PREFIX/bin/refitd" /usr/local/bin/refitd
@@ -184,12 +205,34 @@ if [ ! -e "$STATEDIR/model.onnx" ]; then
   fi
 fi
 
+# The config against this box, as the service's user (refitd check-config: the model opens, the
+# directories are writable): a problem is reported before the service fails on it, not fatal.
+check_user=$SVC_USER
+[ "$DO_USER" = 1 ] || check_user=$(id -un)
+if "$PREFIX/bin/refitd" check-config --user "$check_user" "$conf" >/dev/null; then
+  say "config $conf checks out for user $check_user"
+else
+  say "the config has the problems above: fix $conf, then refitd check-config $conf"
+fi
+
 # ---- systemd ---------------------------------------------------------------------------------
+# With the MagicMind plugin: the unit's PrivateDevices=yes becomes access to the MLU nodes only
+# (the nodes present now, else /dev/cambricon_dev0; re-run install.sh after adding cards) and the
+# vendor libraries' directory. Without it: the unit unchanged.
+mlu_devices() {
+  if [ -z "$MM_PLUGIN" ]; then cat; return; fi
+  local nodes lines n
+  nodes=$(ls -d /dev/cambricon_dev* 2>/dev/null || true)
+  lines="PrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=/dev/cambricon_ctl rw"
+  for n in ${nodes:-/dev/cambricon_dev0}; do lines="$lines\nDeviceAllow=$n rw"; done
+  lines="$lines\nEnvironment=LD_LIBRARY_PATH=$NEUWARE_LIB"
+  sed -e "s|^PrivateDevices=yes\$|$lines|"
+}
 if [ "$DO_SYSTEMD" = 1 ]; then
   mkdir -p "$UNITDIR"
   sed -e "s|/opt/refitd/|$PREFIX/|g" -e "s|/etc/refitd/refitd.yaml|$conf|g" \
       -e "s|^User=refitd|User=$SVC_USER|" -e "s|^Group=refitd|Group=$SVC_GROUP|" \
-      "$here/systemd/refitd.service" >"$UNITDIR/refitd.service.tmp"
+      "$here/systemd/refitd.service" | mlu_devices >"$UNITDIR/refitd.service.tmp"
   chmod 0644 "$UNITDIR/refitd.service.tmp"
   mv -f "$UNITDIR/refitd.service.tmp" "$UNITDIR/refitd.service"
   # The user and directories for systemd-sysusers / systemd-tmpfiles (the real unit dir only).

@@ -45,3 +45,26 @@ ensure_binfmt_aarch64() {
   fi
   [ -e "$dir/qemu-aarch64" ] || { echo "toolchain: could not register binfmt for aarch64" >&2; return 1; }
 }
+
+# with_progress WHAT LOG CMD... — runs CMD with its stdout+stderr in LOG and, every
+# ${PROGRESS_EVERY:-20} s, prints "WHAT: N s so far; <LOG's last line>" on stderr, so a long
+# step (debootstrap's second stage under qemu, a pip install) never sits silent. CMD's status.
+# Log lines matching the regex $PROGRESS_IGNORE are not shown as the last line; with
+# $PROGRESS_DETAIL set, the last line comes from that file instead (a finer log the step writes).
+with_progress() {
+  local what=$1 log=$2 t0 ticker rc=0
+  shift 2
+  t0=$(date +%s)
+  : >"$log"
+  (
+    while sleep "${PROGRESS_EVERY:-20}"; do
+      last=$(grep -Ev "${PROGRESS_IGNORE:-^\$}" "${PROGRESS_DETAIL:-$log}" 2>/dev/null | tail -n 1 | tr -d '\r' | cut -c1-100)
+      echo "$what: $(($(date +%s) - t0)) s so far${last:+; $last}" >&2
+    done
+  ) &
+  ticker=$!
+  "$@" >"$log" 2>&1 || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  return "$rc"
+}

@@ -7,10 +7,12 @@
     refitd rollback [--to V]                re-apply a stored version (default: the previous one)
     refitd pin V | refitd unpin V           keep / release a version through retention
     refitd infer INPUT.npy [--json]         one inference on the serving weights
-    refitd pack --model M --from F --version N -o OUT    build a package
-    refitd check-config F                   validate a config file (every problem at once)
+    refitd inspect MODEL [--json]           a model's inputs, outputs, refittable weights (dtype, shape, bytes)
+    refitd pack --model M --from F --version N -o OUT [--json]   build a package
+    refitd check-config F [--json]          validate a config file and check it against this machine
+    refitd --version [--json]               refitd, librefit (version, ABI) and the backends
     refitd demo                             the seeds' demo on a real daemon
-    refitd verify-store [--store DIR]       check every stored version's blobs (read-only)
+    refitd verify-store [--store DIR] [--json]   check every stored version's blobs (read-only)
     refitd keygen -o KEY                    an ed25519 key pair for signing (KEY, KEY.pub)
     refitd sign PACKAGE --key KEY           write PACKAGE.sig; refitd verify PACKAGE checks it
     refitd sign-command rollback --to V --key KEY -o FILE   a signed command (rollback --sig FILE)
@@ -31,6 +33,7 @@ from typing import Any, Dict, List, Optional
 
 from . import config as _config
 from .control import DaemonUnreachable, call
+from .modelinfo import human_bytes
 
 SYSTEM_CONFIG = "/etc/refitd/refitd.yaml"
 SYSTEM_SOCKET = "/run/refitd/control.sock"
@@ -106,6 +109,14 @@ def _when(t: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _update_target(lu: Dict[str, Any]) -> str:
+    """What an update was of: its version, or (a package that failed before its version was
+    read) its file name."""
+    if lu.get("version") is not None:
+        return "version %s" % lu["version"]
+    return os.path.basename(lu["file"]) if lu.get("file") else "a package of unknown version"
+
+
 def format_status(st: Dict[str, Any]) -> str:
     sv = st["serving"]
     inf = st.get("inference") or {}
@@ -121,7 +132,7 @@ def format_status(st: Dict[str, Any]) -> str:
     ]
     lu = st.get("last_update")
     if lu:
-        what = "%s of version %s" % (lu.get("action", "apply"), lu.get("version"))
+        what = "%s of %s" % (lu.get("action", "apply"), _update_target(lu))
         via = " via %s" % lu["source"] if lu.get("source") else ""
         if lu.get("ok"):
             res = "ok"
@@ -133,8 +144,9 @@ def format_status(st: Dict[str, Any]) -> str:
     else:
         lines.append("last update  none since start")
     store = st.get("store") or {}
-    lines.append("store        %s: %d versions (%s), current %s, pinned %s, keep %s" % (
-        store.get("path"), len(store.get("versions") or []),
+    n = len(store.get("versions") or [])
+    lines.append("store        %s: %d version%s (%s), current %s, pinned %s, keep %s" % (
+        store.get("path"), n, "" if n == 1 else "s",
         ", ".join(map(str, store.get("versions") or [])) or "none", store.get("current"),
         ", ".join(map(str, store.get("pinned") or [])) or "none", store.get("keep")))
     up = st.get("updates") or {}
@@ -159,8 +171,7 @@ def format_versions(vs: Dict[str, Any]) -> str:
             flags.append("serving")
         if r["pinned"]:
             flags.append("pinned")
-        size = r.get("bytes") or 0
-        size_s = "%d B" % size if size < 10240 else ("%.1f KiB" % (size / 1024) if size < 10 << 20 else "%.1f MiB" % (size / (1 << 20)))
+        size_s = human_bytes(r.get("bytes") or 0)
         table.append([str(r["version"]), ",".join(flags), "-" if r.get("base") is None else str(r["base"]),
                       "%d/%d" % (r.get("changed") or 0, r.get("tensors") or 0), size_s,
                       str(r.get("created") or r.get("stored") or "-"), r.get("note") or ""])
@@ -215,13 +226,14 @@ def cmd_versions(args) -> int:
 
 
 def _report_outcome(args, resp: Dict[str, Any], verb: str) -> int:
+    from .pipeline import ALREADY_SERVING_STAGE, already_serving_text  # the file drop's wording
     if args.json:
         _print_json(resp)
     if not resp.get("ok"):
         stage = resp.get("stage")
         raise CliError("%s failed%s: %s" % (verb, " at " + stage if stage else "", resp.get("error")))
-    if not args.json and resp.get("stage") == "already-applied":
-        print("version %s is this very package and already serving; nothing to do" % resp.get("version"))
+    if not args.json and resp.get("stage") == ALREADY_SERVING_STAGE:
+        print(already_serving_text(resp.get("version")))
     elif not args.json:
         secs = resp.get("seconds")
         print("%s version %s%s; serving version %s" % (
@@ -276,8 +288,13 @@ def cmd_pin(args) -> int:
         resp.pop("ok", None)
         _print_json(resp)
     else:
-        print("%s version %d (pinned: %s)" % ("pinned" if args.command == "pin" else "unpinned",
-                                             args.version, ", ".join(map(str, resp.get("pinned") or [])) or "none"))
+        pinned = ", ".join(map(str, resp.get("pinned") or [])) or "none"
+        if resp.get("changed", True):
+            done = "pinned" if args.command == "pin" else "unpinned"
+            print("%s version %d (pinned: %s)" % (done, args.version, pinned))
+        else:  # idempotent both ways: the second pin/unpin changes nothing, and says so
+            was = "already pinned" if args.command == "pin" else "not pinned"
+            print("version %d was %s; nothing changed (pinned: %s)" % (args.version, was, pinned))
     return 0
 
 
@@ -319,34 +336,101 @@ def cmd_infer(args) -> int:
 def cmd_pack(args) -> int:
     from .pack import pack
     from .package import PackageError
+    warnings: List[str] = []
     try:
         pkg = pack(args.model, args.source, args.version, args.output, base=args.base, note=args.note,
-                   name_map=args.name_map, ignore_unknown=args.ignore_unknown)
+                   name_map=args.name_map, ignore_unknown=args.ignore_unknown, warn=warnings.append)
     except PackageError as e:
         raise CliError(str(e))
     except Exception as e:  # the engine refusing the model, etc.
         raise CliError("%s" % (str(e).splitlines()[0] if str(e) else type(e).__name__))
     names = list(pkg.tensors)
     nbytes = sum(a.nbytes for a in pkg.tensors.values())
+    if args.json:
+        _print_json({"output": args.output, "version": pkg.version, "base": pkg.base, "model": pkg.model,
+                     "bytes": nbytes, "sha256": pkg.sha256, "warnings": warnings,
+                     "tensors": {n: {"dtype": a.dtype.name, "shape": list(a.shape), "bytes": a.nbytes}
+                                 for n, a in pkg.tensors.items()}})
+        return 0
+    for w in warnings:  # precision may be lost: say so, do not fail
+        sys.stderr.write("refitd: warning: %s\n" % w)
     print("wrote %s: version %d, %d tensor%s (%d bytes)%s, model %s" % (
         args.output, pkg.version, len(names), "" if len(names) == 1 else "s", nbytes,
         ", base %d" % pkg.base if pkg.base is not None else "", pkg.model))
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from .modelinfo import format_report, model_report, parse_input_shapes
+    if not os.path.exists(args.model):
+        raise CliError("no such file: %s" % args.model)
+    opts: Dict[str, Any] = {}
+    try:
+        shapes = parse_input_shapes(args.input_shape)
+    except ValueError as e:
+        raise CliError(str(e), 2)
+    if shapes:
+        opts["input_shape"] = shapes
+    try:
+        rep = model_report(args.model, backend=args.backend, **opts)
+    except Exception as e:  # EngineError / LibraryError: the engine's own one-line reason
+        raise CliError("cannot open %s: %s" % (args.model, str(e).splitlines()[0] if str(e) else type(e).__name__))
+    if args.json:
+        _print_json(rep)
+    else:
+        print(format_report(rep))
+    return 0
+
+
+def _problem_dicts(problems) -> List[Dict[str, Any]]:
+    return [{"key": p.path, "message": p.message, "line": p.line} for p in problems]
+
+
 def cmd_check_config(args) -> int:
+    from . import preflight
     try:
         cfg = _config.load_config(args.file)
     except _config.ConfigError as e:
-        sys.stderr.write("refitd: %s\n" % e.report())
+        if args.json:
+            _print_json({"file": args.file, "ok": False, "problems": _problem_dicts(e.problems)})
+        else:
+            sys.stderr.write("refitd: %s\n" % e.report())
         return 2
     if args.print:
         import yaml
         sys.stdout.write(yaml.safe_dump(_config.config_to_dict(cfg), sort_keys=False))
+        return 0
+    problems, model, user = [], None, None
+    if not args.file_only:  # the config against this machine, as the daemon's user
+        try:
+            user = preflight.lookup_user(args.user or preflight.default_user())
+        except KeyError:
+            raise CliError("no such user: %s" % args.user, 2)
+        problems, model = preflight.check_machine(cfg, user)
+    info = preflight.summary(cfg, user)
+    if args.json:
+        _print_json({"file": args.file, "ok": not problems, "config": info, "model": model,
+                     "problems": _problem_dicts(problems)})
+    elif problems:
+        sys.stderr.write("refitd: %s\n" % _config.ConfigError(problems, args.file).report())
     else:
-        print("%s: OK (model %s on %s, %d workers, %s source, %s sink, store %s keep %d, watch %s, control %s)" % (
-            args.file, cfg.model.path, cfg.model.backend, cfg.workers.threads, cfg.source.type,
+        checked = "file only" if args.file_only else "checked as user %s" % info["user"]
+        print("%s: OK (%s; model %s on %s, %d workers, %s source, %s sink, store %s keep %d, watch %s, control %s)" % (
+            args.file, checked, cfg.model.path, cfg.model.backend, cfg.workers.threads, cfg.source.type,
             cfg.sink.type, cfg.store.path, cfg.store.keep, cfg.watch.path or "off", cfg.control.socket))
+    return 2 if problems else 0
+
+
+def cmd_backends(args) -> int:
+    """The backends librefit sees: built in, or plugin files on its search path (loaded to check)."""
+    from .engine import backend_infos
+    infos = backend_infos()
+    if args.json:
+        _print_json([{"name": b.name, "ok": not b.error, "location": b.location, "error": b.error}
+                     for b in infos])
+        return 0
+    for b in infos:
+        print("%-16s %-9s %s" % (b.name, "ok" if not b.error else "refused", b.error or b.location))
     return 0
 
 
@@ -365,18 +449,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
 
 
+JSON_HELP = "print the result as one JSON object instead of text"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="refitd", description="Hot-swap neural network weights without reloading the model.")
+    p = _Parser(prog="refitd", description="Hot-swap neural network weights without reloading the model. "
+                                           "`refitd COMMAND --help` describes each command.")
+    # dest show_version: pack --version and pin V use the dest "version" for their own value.
+    p.add_argument("--version", dest="show_version", action="store_true",
+                   help="print refitd's version, librefit's version and ABI, and the backends available")
+    p.add_argument("--json", dest="version_json", action="store_true", help="with --version: as JSON")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def client(name, help_, **kw):
-        sp = sub.add_parser(name, help=help_, **kw)
+    def command(name, help_, description=None):
+        """A subcommand whose --help starts with what it does (argparse shows none by default)."""
+        return sub.add_parser(name, help=help_, description=description or help_[0].upper() + help_[1:] + ".")
+
+    def client(name, help_, description=None):
+        sp = command(name, help_, description)
         sp.add_argument("--socket", help="control socket (default: from --config, $REFITD_SOCKET, "
                                          "/etc/refitd/refitd.yaml, or the demo state dir)")
         sp.add_argument("--config", "-c", help="config file whose control.socket to use")
         return sp
 
-    sp = sub.add_parser("run", help="run the daemon (without --config: the built-in demo config)")
+    sp = command("run", "run the daemon (without --config: the built-in demo config)")
     sp.add_argument("--config", "-c", help="YAML config file (see config/refitd.yaml)")
     sp.add_argument("--log-format", choices=("text", "json"), help="override log.format")
     sp.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log.level")
@@ -384,40 +480,55 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_run)
 
     sp = client("status", "what the daemon serves, how fast, and the last update")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(fn=cmd_status)
 
-    sp = client("versions", "stored weight versions")
-    sp.add_argument("--json", action="store_true")
+    sp = client("versions", "stored weight versions, which is current, which are pinned")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(fn=cmd_versions)
 
     sp = client("apply", "apply a weight package (through the same pipeline as the file drop)")
-    sp.add_argument("package")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the outcome")
+    sp.add_argument("package", help="the .safetensors package (refitd pack makes one)")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
+    sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the outcome (default 600)")
     sp.set_defaults(fn=cmd_apply)
 
     sp = client("rollback", "serve a stored version again (default: the one before current)")
-    sp.add_argument("--to", type=int, metavar="V")
-    sp.add_argument("--sig", metavar="FILE", help="the command's signature envelope (refitd sign-command)")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--timeout", type=float, default=600.0)
+    sp.add_argument("--to", type=int, metavar="V", help="the stored version to serve (see refitd versions)")
+    sp.add_argument("--sig", metavar="FILE",
+                    help="the command's signature envelope, from refitd sign-command")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
+    sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the outcome (default 600)")
     sp.set_defaults(fn=cmd_rollback)
 
-    for name, help_ in (("pin", "keep a version through retention"), ("unpin", "let retention remove a version again")):
+    for name, help_ in (("pin", "keep a version through retention (idempotent)"),
+                        ("unpin", "let retention remove a version again (idempotent)")):
         sp = client(name, help_)
-        sp.add_argument("version", type=int, metavar="V")
-        sp.add_argument("--json", action="store_true")
+        sp.add_argument("version", type=int, metavar="V", help="a stored version (see refitd versions)")
+        sp.add_argument("--json", action="store_true", help=JSON_HELP)
         sp.set_defaults(fn=cmd_pin)
 
     sp = client("infer", "one inference on the serving weights")
     sp.add_argument("input", help=".npy (single-input model) or .npz (named inputs)")
     sp.add_argument("--name", help="input name for a .npy (default: the model's only input)")
     sp.add_argument("-o", "--output", help="write the outputs to this .npy/.npz")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(fn=cmd_infer)
 
-    sp = sub.add_parser("pack", help="build a weight package from .safetensors, .npz or a PyTorch state_dict")
+    sp = command("inspect", "list a model's inputs, outputs and refittable weights (dtype, shape, bytes)",
+                 "List an ONNX model's inputs, outputs and refittable weights with dtype, shape and bytes, "
+                 "opened as the daemon opens it: the names, dtypes and shapes a weight package must carry.")
+    sp.add_argument("model", help="the ONNX model file (the demo's: refitd/demo/seed_conv.onnx in the package)")
+    sp.add_argument("--backend", default="reference", help="librefit backend to open it on (default reference)")
+    sp.add_argument("--input-shape", action="append", metavar="NAME=D1,D2,...",
+                    help="fix a symbolic input's dimensions, as model.options.input_shape does (repeatable)")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
+    sp.set_defaults(fn=cmd_inspect)
+
+    sp = command("pack", "build a weight package from .safetensors, .npz or a PyTorch state_dict",
+                 "Build a weight package from training output (.safetensors, .npz or a PyTorch .pt "
+                 "state_dict) and check it against the model: names, dtypes, shapes, finite values. "
+                 "`refitd inspect MODEL` lists what the model refits.")
     sp.add_argument("--model", required=True, help="the ONNX model the package is for")
     sp.add_argument("--from", dest="source", required=True, metavar="FILE", help=".safetensors, .npz or .pt")
     sp.add_argument("--version", required=True, type=int, help="the package version (newer than what the box serves)")
@@ -426,28 +537,54 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--note", help="free text stored with the version")
     sp.add_argument("--name-map", help="JSON file mapping source tensor names to model weight names")
     sp.add_argument("--ignore-unknown", action="store_true", help="drop tensors the model does not have")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.set_defaults(fn=cmd_pack)
 
-    sp = sub.add_parser("check-config", help="validate a config file; every problem at once")
-    sp.add_argument("file")
+    sp = command("check-config", "validate a config file and check it against this machine; every problem at once",
+                 "Validate a config file (keys, types, values), then check it against this "
+                 "machine: the model exists and opens in the engine, the health checks and "
+                 "name map fit it, directories exist or can be created and are writable by "
+                 "the daemon's user, files it reads are readable. One line per problem; "
+                 "exit 2 if there is any.")
+    sp.add_argument("file", help="the YAML config file")
     sp.add_argument("--print", action="store_true", help="print the config with every default filled in")
+    sp.add_argument("--user", help="check permissions as this user (default: refitd when run as root and "
+                                   "that user exists, else the current user)")
+    sp.add_argument("--file-only", action="store_true",
+                    help="only validate the file, not this machine (e.g. a config for another box)")
+    sp.add_argument("--json", action="store_true", help="the report as JSON (ok, problems, model, config)")
     sp.set_defaults(fn=cmd_check_config)
 
-    sp = sub.add_parser("demo", help="the seeds' demo on a real daemon: file drops, outputs 0..81, rollback")
+    sp = command("backends", "list the engine backends available here (built in and plugins)",
+                 "List the engine backends librefit sees: the built-in reference backend and the "
+                 "plugin files (librefit_backend_<name>.so) on its search path, each loaded to "
+                 "check its api_version; a refused plugin is shown with the reason.")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
+    sp.set_defaults(fn=cmd_backends)
+
+    sp = command("demo", "the seeds' demo on a real daemon: file drops, outputs 0..81, rollback")
     sp.add_argument("--state-dir", help="where the demo daemon keeps its state (default: a fresh temp dir)")
     sp.add_argument("--keep-state", action="store_true", help="do not delete the temp state dir afterwards")
     sp.add_argument("--interval", type=float, default=1.0, help="seconds between package drops")
     sp.add_argument("--threads", type=int, default=2, help="inference worker threads")
     sp.set_defaults(fn=cmd_demo)
 
-    from .cli_trust import add_commands  # verify-store, keygen, sign, verify
-    add_commands(sub)
+    from .cli_trust import add_commands  # verify-store, keygen, sign, verify, sign-command
+    add_commands(command, JSON_HELP)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "show_version", False):
+        from .about import format_version, version_info
+        info = version_info()
+        if args.version_json:
+            _print_json(info)
+        else:
+            print(format_version(info))
+        return 0
     if not getattr(args, "fn", None):
         parser.print_help(sys.stderr)
         return 2

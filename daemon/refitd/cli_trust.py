@@ -1,11 +1,11 @@
 """The offline trust commands of ``refitd``: they work on files, never through the daemon.
 
     refitd verify-store [--store DIR | --config F]   every stored version's blobs vs their sha256
-    refitd keygen -o KEY [--id ID]                   an ed25519 key pair (KEY, KEY.pub)
+    refitd keygen -o KEY                             an ed25519 key pair (KEY, KEY.pub)
     refitd sign PACKAGE --key KEY [...]              writes PACKAGE.sig (a signed envelope)
     refitd verify PACKAGE [--config F | --trust KEY.pub ...]   checks PACKAGE.sig
 
-Kept apart from cli.py so the daemon's client commands and these stay small.
+Each that prints takes --json. Kept apart from cli.py so the daemon's client commands and these stay small.
 """
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ SYSTEM_CONFIG = "/etc/refitd/refitd.yaml"
 def _cli_error(message: str, code: int = 1):
     from .cli import CliError
     return CliError(message, code)
+
+
+def _print_json(obj: Any) -> None:
+    from .cli import _print_json as print_json
+    print_json(obj)
 
 
 def _store_dir(args) -> str:
@@ -42,11 +47,15 @@ def cmd_verify_store(args) -> int:
     except StoreError as e:
         raise _cli_error(str(e))
     problems, notes = store.verify()
+    n = sum(len(store.manifest(v)["tensors"]) for v in store.versions())
+    if args.json:
+        _print_json({"ok": not problems, "store": path, "versions": len(store.versions()),
+                     "tensors": n, "current": store.current(), "problems": problems, "notes": notes})
+        return 1 if problems else 0
     for line in notes:
         print("note: %s" % line)
     for line in problems:
         print("problem: %s" % line)
-    n = sum(len(store.manifest(v)["tensors"]) for v in store.versions())
     print("%s: %d version%s, %d tensor entries checked, current %s, %d problem%s"
           % (path, len(store.versions()), "" if len(store.versions()) == 1 else "s", n,
              store.current(), len(problems), "" if len(problems) == 1 else "s"))
@@ -85,6 +94,10 @@ def cmd_keygen(args) -> int:
         raise _cli_error("%s exists; refusing to overwrite a key" % args.output)
     except OSError as e:
         raise _cli_error("cannot write %s: %s" % (args.output, e.strerror))
+    if args.json:
+        _print_json({"ok": True, "key": args.output, "public_key": pub_path, "key_id": kid,
+                     "trusted_key": public_key_text(key)})
+        return 0
     print("wrote %s (private, mode 0600) and %s" % (args.output, pub_path))
     print("key id %s; trust it with, in security.trusted_keys:" % kid)
     print('  %s: "%s"' % (kid, public_key_text(key)))
@@ -119,6 +132,10 @@ def cmd_sign(args) -> int:
         raise _cli_error("%s signs other bytes than %s" % (out, args.package))
     from .atomic import write_atomic
     write_atomic(out, [dump_envelope(env)])
+    if args.json:
+        _print_json({"ok": True, "signature": out, "version": pkg.version,
+                     "signatures": len(env["signatures"]), "expires": env["signed"]["expires"]})
+        return 0
     print("wrote %s: version %d, %d signature%s, expires %s" % (
         out, pkg.version, len(env["signatures"]), "" if len(env["signatures"]) == 1 else "s",
         env["signed"]["expires"]))
@@ -166,6 +183,10 @@ def cmd_verify(args) -> int:
         raise _cli_error("%s: its bytes are not the ones signed (length %d, signed %s)"
                          % (args.package, len(data), signed.get("length")))
     target = signed.get("target") or {}
+    if args.json:
+        _print_json({"ok": True, "package": args.package, "version": signed.get("version"),
+                     "model": signed.get("model"), "target": target, "expires": signed.get("expires")})
+        return 0
     print("%s: OK, version %s for model %s, target %s, expires %s" % (
         args.package, signed.get("version"), signed.get("model"),
         ", ".join("%s=%s" % kv for kv in sorted(target.items())) or "any box", signed.get("expires")))
@@ -186,16 +207,26 @@ def cmd_sign_command(args) -> int:
     else:
         from .atomic import write_atomic
         write_atomic(args.output, [data])
+        if args.json:
+            _print_json({"ok": True, "output": args.output, "command": args.command_name, "args": cmd_args,
+                         "expires": env["signed"].get("expires")})
     return 0
 
 
-def add_commands(sub: Any) -> None:
-    sp = sub.add_parser("keygen", help="make an ed25519 signing key pair (KEY, KEY.pub)")
+def add_commands(command: Any, json_help: str) -> None:
+    """Adds these commands through cli.build_parser's ``command`` helper (its --help
+    descriptions); every one that prints a result takes --json."""
+    sp = command("keygen", "make an ed25519 signing key pair (KEY, KEY.pub)",
+                 "Make an ed25519 key pair: KEY (PKCS#8 PEM, mode 0600) and KEY.pub "
+                 "(ed25519:<base64>); prints the key id and the security.trusted_keys line.")
     sp.add_argument("-o", "--output", required=True, help="private key file (KEY.pub is written beside it)")
+    sp.add_argument("--json", action="store_true", help=json_help)
     sp.set_defaults(fn=cmd_keygen)
 
-    sp = sub.add_parser("sign", help="sign a package: writes PACKAGE.sig")
-    sp.add_argument("package")
+    sp = command("sign", "sign a package: writes PACKAGE.sig",
+                 "Sign a package's bytes and metadata into PACKAGE.sig (the signed envelope, "
+                 "docs/security.md); --add adds signatures to an existing one (k of n keys).")
+    sp.add_argument("package", help="the .safetensors package to sign")
     sp.add_argument("--key", required=True, action="append", help="private key (repeat for k-of-n)")
     sp.add_argument("--expires", default="30d", help="30d, 12h, or a UTC time 2027-01-31T00:00:00Z (default 30d)")
     sp.add_argument("--fleet", help="only boxes of this fleet accept it")
@@ -203,30 +234,38 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--chunk-size", type=int, help="also sign the sha256 of every chunk of this many bytes")
     sp.add_argument("--add", action="store_true", help="add signatures to the existing PACKAGE.sig")
     sp.add_argument("-o", "--output", help="signature file (default PACKAGE.sig)")
+    sp.add_argument("--json", action="store_true", help=json_help)
     sp.set_defaults(fn=cmd_sign)
 
-    sp = sub.add_parser("verify", help="check PACKAGE.sig against the trusted keys (offline)")
-    sp.add_argument("package")
+    sp = command("verify", "check PACKAGE.sig against the trusted keys (offline)",
+                 "Check, offline, what the daemon checks before parsing: the envelope, its "
+                 "signatures against the trusted keys, the expiry, the package's length and sha256.")
+    sp.add_argument("package", help="the .safetensors package to check")
     sp.add_argument("--signature", help="signature file (default PACKAGE.sig)")
     sp.add_argument("--trust", action="append", metavar="KEY.pub", help="trust this public key file (repeatable) instead of the config's")
     sp.add_argument("--threshold", type=int, help="keys that must sign (default: the config's, or 1)")
     sp.add_argument("--config", "-c", help="config whose security.trusted_keys to use (default %s)" % SYSTEM_CONFIG)
+    sp.add_argument("--json", action="store_true", help=json_help)
     sp.set_defaults(fn=cmd_verify)
 
-    sp = sub.add_parser("sign-command", help="sign a rollback, pin or unpin command")
-    sp.add_argument("command_name", choices=("rollback", "pin", "unpin"))
+    sp = command("sign-command", "sign a rollback, pin or unpin command",
+                 "Sign a rollback, pin or unpin command (JSON envelope) for refitd rollback --sig "
+                 "or the fleet's command topic.")
+    sp.add_argument("command_name", choices=("rollback", "pin", "unpin"), help="the command to sign")
     sp.add_argument("--to", type=int, help="rollback: the stored version to serve")
     sp.add_argument("--version", type=int, help="pin/unpin: the version")
     sp.add_argument("--key", required=True, action="append", help="private key (repeat for k-of-n)")
     sp.add_argument("--ttl", type=float, default=300.0, help="seconds the command stays valid (default 300)")
-    sp.add_argument("--fleet")
-    sp.add_argument("--group")
-    sp.add_argument("-o", "--output", help="file to write (default stdout)")
+    sp.add_argument("--fleet", help="only boxes of this fleet accept it")
+    sp.add_argument("--group", help="only boxes of this group accept it")
+    sp.add_argument("-o", "--output", help="file to write (default stdout; the envelope is JSON)")
+    sp.add_argument("--json", action="store_true",
+                    help="with -o: print what was written as one JSON object (without -o the envelope is the output)")
     sp.set_defaults(fn=cmd_sign_command)
 
-
-    sp = sub.add_parser("verify-store", help="check every stored version's blobs against their "
-                                             "hashes (read-only; the daemon may be running)")
+    sp = command("verify-store", "check every stored version's blobs against their "
+                                 "hashes (read-only; the daemon may be running)")
     sp.add_argument("--store", help="store directory (default: store.path of --config)")
     sp.add_argument("--config", "-c", help="config file (default %s)" % SYSTEM_CONFIG)
+    sp.add_argument("--json", action="store_true", help=json_help)
     sp.set_defaults(fn=cmd_verify_store)

@@ -9,7 +9,7 @@ listing *every* problem found, each naming the key path and the cause::
 
 Sections (see ``config/refitd.yaml`` for the annotated example and docs/daemon.md):
 
-  model     path, backend, options, name_map
+  model     path, backend, options, backend_options, name_map
   workers   threads
   source    type synthetic | npy-dir | socket, plus that type's fields
   sink      type stdout | jsonl (mqtt reserved), plus that type's fields
@@ -54,7 +54,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 from .schema import (SOCKET_PATH_MAX, ConfigError, Problem, _BAD, _Ctx, _build, _build_typed, section,
                      _did_you_mean, _f, _is_int, _show, k_bool, k_choice, k_float,
-                     k_int, k_listen, k_mode, k_path, k_socket_path, k_str, k_str_map)
+                     k_backend_options, k_int, k_listen, k_mode, k_path, k_socket_path, k_str, k_str_map)
 from .plugins import config_types
 from .health import FiniteCheck, GoldenCheck, RangeCheck  # noqa: F401 (the check configs, re-exported)
 from .runner import (JsonlSinkConfig, NpyDirSourceConfig, SocketSourceConfig,  # noqa: F401
@@ -113,10 +113,24 @@ class ModelOptions:
     input_shape: Optional[Dict[str, List[int]]] = _f(None, _k_input_shape, "fixes symbolic input dims, e.g. {x: [1, 3, 224, 224]}", nullable=True)
     allow_nonfinite: bool = _f(False, k_bool, "accept NaN/Inf in refits")
     initial_version: int = _f(0, k_int(0), "version number of the weights inside the model file")
+    strategy: Optional[str] = _f(None, k_choice("swap", "quiesce", "ab"), "refit strategy (docs/engine.md); null = the backend's default", nullable=True)
+    # Reference backend debugging (docs/cpu-backend.md): passed as backend.<key>.
+    profile: Optional[str] = _f(None, k_path, "directory for a per-op profile (trace.json, summary.txt)", nullable=True)
+    profile_runs: int = _f(100, k_int(1), "inferences the profile records")
+    profile_skip: int = _f(0, k_int(0), "inferences before the profile starts")
+    dump: Optional[str] = _f(None, k_path, "directory for every node output of one inference (.npy + index.json)", nullable=True)
+    dump_at: int = _f(0, k_int(0), "which inference to dump (0 = the first)")
 
     def engine_kwargs(self) -> Dict[str, Any]:
         kw: Dict[str, Any] = {"allow_nonfinite": self.allow_nonfinite,
                               "initial_version": self.initial_version}
+        if self.strategy is not None:
+            kw["strategy"] = self.strategy
+        if self.profile is not None:
+            kw.update({"backend.profile": self.profile, "backend.profile_runs": self.profile_runs,
+                       "backend.profile_skip": self.profile_skip})
+        if self.dump is not None:
+            kw.update({"backend.dump": self.dump, "backend.dump_at": self.dump_at})
         if self.refittable is not None:
             kw["refittable"] = list(self.refittable)
         if self.input_shape is not None:
@@ -129,6 +143,8 @@ class ModelConfig:
     path: str = _f(kind=k_path, doc="the ONNX model file")
     backend: str = _f("reference", k_str, "librefit backend name")
     options: ModelOptions = _f(factory=ModelOptions, doc="engine options")
+    backend_options: Dict[str, str] = _f(factory=dict, kind=k_backend_options,
+                                         doc="options of the backend (backend.<key>), e.g. magicmind's model, device_ids")
     name_map: Dict[str, str] = _f(factory=dict, kind=k_str_map,
                                   doc="package tensor name -> engine weight name")
 

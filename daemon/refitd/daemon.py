@@ -81,6 +81,7 @@ class Daemon:
 
         try:
             self.engine = Engine.open(cfg.model.path, backend=cfg.model.backend,
+                                      backend_options=cfg.model.backend_options,
                                       **cfg.model.options.engine_kwargs())
         except EngineError as e:
             raise StartupError("cannot open the model %s on backend %s: %s"

@@ -21,7 +21,7 @@ from cffi import FFI
 
 from ._cdef import CDEF
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 LIBRARY_NAME = "librefit.so"
 
 ffi = FFI()
@@ -167,9 +167,28 @@ def library_version() -> str:
     return ffi.string(_load().refit_version_string()).decode()
 
 
-def backends() -> List[str]:
+class BackendInfo(NamedTuple):
+    """One available backend: built in, or a plugin file found on the search path."""
+    name: str
+    location: str   # "built-in" or the plugin's path
+    error: str      # "" if it loads; else the one-line reason (e.g. wrong api_version)
+
+
+def backend_infos() -> List[BackendInfo]:
+    """Every backend librefit can see (plugins are loaded to check them)."""
     lib = _load()
-    return [ffi.string(lib.refit_backend_name(i)).decode() for i in range(lib.refit_backend_count())]
+    infos = []
+    for i in range(lib.refit_backend_count()):
+        name = ffi.string(lib.refit_backend_name(i)).decode()
+        location = ffi.string(lib.refit_backend_location(i)).decode()
+        ok = lib.refit_backend_probe(name.encode()) == 0
+        infos.append(BackendInfo(name, location, "" if ok else ffi.string(lib.refit_last_error()).decode()))
+    return infos
+
+
+def backends() -> List[str]:
+    """Names of the backends that load here."""
+    return [b.name for b in backend_infos() if not b.error]
 
 
 def _check(status: int) -> None:
@@ -185,7 +204,9 @@ def _check(status: int) -> None:
 
 def _keepref(lib, destroy, *owners):
     """A destructor that keeps `lib` (and `owners`, e.g. the engine a context belongs to) alive
-    until the handle is destroyed, whatever order the garbage collector picks (cairocffi's idiom)."""
+    until the handle is destroyed (cairocffi's idiom). The C side does not depend on it: contexts
+    and staged sets hold a reference on their engine in librefit, so any destroy order is safe,
+    the garbage collector's at interpreter exit included."""
     def release(pointer, _keepalive=(lib, owners)):
         destroy(pointer)
 
@@ -300,7 +321,7 @@ class Context:
         for i, spec in enumerate(self._inputs):
             if spec.name not in inputs:
                 raise EngineError(f"input '{spec.name}': missing", "REFIT_ERR_INVALID_ARG", spec.name)
-            a = np.ascontiguousarray(inputs[spec.name], dtype=np.float32)
+            a = np.asarray(inputs[spec.name], dtype=np.float32, order="C")  # 0-d stays 0-d
             if a.shape != spec.shape:
                 raise ShapeError(f"input '{spec.name}': shape {list(a.shape)} does not match the "
                                  f"model's {list(spec.shape)}", "REFIT_ERR_SHAPE", spec.name)
@@ -351,8 +372,14 @@ class Engine:
         self.allow_nonfinite = False
 
     @classmethod
-    def open(cls, model_path, backend: str = "reference", **options) -> "Engine":
+    def open(cls, model_path, backend: str = "reference", backend_options: Optional[dict] = None,
+             **options) -> "Engine":
+        """Opens `model_path` on `backend`. Options (docs/engine.md): refittable, input_shape,
+        allow_nonfinite, initial_version, spare_weights, strategy ("swap", "quiesce", "ab"),
+        device, threads; `backend_options` go to the backend as backend.<key>."""
         lib = _load()
+        for key, value in (backend_options or {}).items():
+            options[f"backend.{key}"] = value
         keep = [ffi.new("char[]", k.encode()) for k in options] + [
             ffi.new("char[]", _option_string(k, v).encode()) for k, v in options.items()]
         keys = ffi.new("char *[]", keep[:len(options)] or [ffi.NULL])
@@ -362,7 +389,8 @@ class Engine:
                                      len(options), out))
         engine = cls(ffi.gc(out[0], _keepref(lib, lib.refit_engine_destroy)), lib, str(model_path))
         engine.allow_nonfinite = bool(options.get("allow_nonfinite", False))
-        return engine
+        from . import namemap  # a <model>.names sidecar maps source names to the model's (namemap.py)
+        return namemap.attach(engine, model_path)
 
     def _infos(self, kind: int) -> List[WeightSpec]:
         info = ffi.new("refit_tensor_info *")
@@ -394,6 +422,21 @@ class Engine:
     @property
     def version(self) -> int:
         return int(self._lib.refit_engine_version(self._live()))
+
+    @property
+    def strategy(self) -> str:
+        return self.stats()["strategy"]
+
+    def stats(self) -> Dict[str, object]:
+        """What the refit strategy has done: refits, failed_refits, and the last prepare /
+        publish / pause times and the longest quiesce pause, in nanoseconds."""
+        out = ffi.new("refit_engine_stats *")
+        _check(self._lib.refit_engine_get_stats(self._live(), out))
+        fields = ("refits", "failed_refits", "last_prepare_ns", "last_publish_ns", "last_pause_ns",
+                  "max_pause_ns")
+        stats: Dict[str, object] = {f: int(getattr(out, f)) for f in fields}
+        stats["strategy"] = ffi.string(out.strategy).decode()
+        return stats
 
     def _live(self):
         if self._handle is None:

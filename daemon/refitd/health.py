@@ -94,7 +94,7 @@ def resolve_tensor(spec: Any, shape: Sequence[int], what: str, base_dir: Optiona
         else:
             raise HealthError("%s: shape %s, the model's is %s"
                               % (what, list(arr.shape), list(shape)))
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")  # keeps a 0-d input 0-d
 
 
 def _first_index(mask: np.ndarray) -> int:

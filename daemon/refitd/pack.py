@@ -10,15 +10,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from .atomic import write_atomic
 from .package import (DEFAULT_MAX_PACKAGE_BYTES, MAX_NOTE_BYTES, MAX_VERSION, Package, PackageError,
                       _FINGERPRINT_RE, _FLOAT_WEIGHT_DTYPES, _NP_TO_ST, _SOURCE_DTYPES, _int,
-                      _parse_container, _schema, _shape_str, _show, _unknown_hint, check_finite,
-                      check_tensor_name, read_capped, read_package)
+                      _parse_container, _schema, _shape_str, _show, _unknown_hint, check_against_model,
+                      check_finite, check_tensor_name, read_capped, read_package)
 
 __all__ = ["write_package", "pack"]
 
@@ -58,7 +58,9 @@ def write_package(
                 "tensor %s: dtype %s not accepted (float32 or float16 only)"
                 % (_show(name), a.dtype.name)
             )
-        out[name] = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        # np.asarray, not ascontiguousarray: that one turns a 0-d weight (a Clip bound, a
+        # scale) into shape [1], which the model then refuses.
+        out[name] = np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C")
     meta = {"refit.version": str(version), "refit.model": model}
     if base is not None:
         meta["refit.base"] = str(base)
@@ -141,6 +143,7 @@ def pack(
     name_map: Optional[Any] = None,
     ignore_unknown: bool = False,
     max_source_bytes: int = 4 << 30,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> Package:
     """Builds a package from training output and checks it against the model.
 
@@ -154,8 +157,10 @@ def pack(
     drops them instead). A source may hold a subset of the weights: that is a partial package.
 
     float64 and bfloat16 sources are converted to the model weight's dtype; float32/float16 are
-    kept (the engine accepts either for a float weight). Returns the written ``Package`` as
-    read back by ``read_package`` (so the output is proven readable).
+    kept (the engine accepts either for a float weight). Each conversion is one line passed to
+    ``warn`` (the CLI prints them; precision may be lost). Returns the written ``Package`` as
+    read back by ``read_package`` and checked against the model (so apply will not refuse it
+    for its names, dtypes or shapes).
     """
     engine_opened = None
     model = model_engine_or_specs
@@ -209,6 +214,8 @@ def pack(
                 % (_show(src_name), a.dtype.name, _show(name), spec.dtype)
             )
         if a.dtype.name not in _FLOAT_WEIGHT_DTYPES:
+            if warn is not None:
+                warn("source tensor %s: converted %s to %s" % (_show(src_name), a.dtype.name, spec.dtype))
             with np.errstate(over="ignore"):
                 a = a.astype(spec.dtype)
         tensors[name] = a
@@ -216,11 +223,17 @@ def pack(
         first = unknown[0]
         raise PackageError(
             "source tensor %s is not a refittable weight of the model%s; %d unknown in all "
-            "(map names with a name map, or ignore them)"
+            "(map names with --name-map FILE.json, or drop them with --ignore-unknown)"
             % (_show(first), _unknown_hint(first, specs), len(unknown))
         )
     if not tensors:
         raise PackageError("source %s has no tensor the model refits" % os.fspath(source_path))
     check_finite(tensors)
     write_package(out, tensors, version, fp, base=base, note=note)
-    return read_package(out, max_bytes=max(max_source_bytes, DEFAULT_MAX_PACKAGE_BYTES))
+    written = read_package(out, max_bytes=max(max_source_bytes, DEFAULT_MAX_PACKAGE_BYTES))
+    try:  # what apply checks, on what was written: a pack that "succeeds" must apply
+        check_against_model(written, (fp, list(specs.values())))
+    except PackageError:
+        os.unlink(out)
+        raise
+    return written

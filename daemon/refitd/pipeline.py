@@ -50,9 +50,18 @@ from .package import (DEFAULT_MAX_PACKAGE_BYTES, Package, PackageError, check_ag
                       check_finite, parse_package_bytes, signature_path)
 from .store import Store, StoreError
 
-__all__ = ["Pipeline", "Outcome", "NullEvents"]
+__all__ = ["Pipeline", "Outcome", "NullEvents", "ALREADY_SERVING_STAGE", "UNCHANGED_STAGE",
+           "already_serving_text"]
 
 _SEEN_IDS = 256  # delivery ids remembered for idempotence (MQTT QoS 1 redelivers)
+ALREADY_SERVING_STAGE = "already-applied"  # Outcome.stage of the serving package delivered again
+UNCHANGED_STAGE = "unchanged"  # Outcome.stage of a pin of a pinned / unpin of an unpinned version
+
+
+def already_serving_text(version) -> str:
+    """What the .reason file and `refitd apply` say for the serving package delivered again
+    (event update.already_applied; docs/daemon.md, "File drop", says the same)."""
+    return "already serving: this very package is version %s; nothing changed" % version
 
 
 @dataclass
@@ -298,7 +307,7 @@ class Pipeline:
         try:
             version, info = self._apply_locked(d)
             if info.get("already_applied"):  # the serving package again: nothing changed
-                out = Outcome(True, version, None, "already-applied", time.perf_counter() - t0, previous)
+                out = Outcome(True, version, None, ALREADY_SERVING_STAGE, time.perf_counter() - t0, previous)
                 self.events.emit("update.already_applied", version=version, source=source, path=path)
                 self.last = out
                 return out
@@ -512,17 +521,20 @@ class Pipeline:
         return out
 
     def _deliver_pin(self, d: Delivery) -> Outcome:
-        """pin / unpin: the store keeps a pinned version through retention."""
+        """pin / unpin: the store keeps a pinned version through retention. Both idempotent: a
+        second pin or unpin succeeds at stage ``unchanged`` (UNCHANGED_STAGE), with no event."""
         t0 = time.perf_counter()
         v = d.args.get("version")
         try:
             self._verify(d, d.read(self.max_package_bytes))
             try:
-                (self.store.pin if d.command == PIN else self.store.unpin)(v)
+                changed = (self.store.pin if d.command == PIN else self.store.unpin)(v)
             except StoreError as e:
                 raise _Reject("lookup", _one_line(e)) from None
-            self.events.emit("store.pinned" if d.command == PIN else "store.unpinned", version=v)
-            return Outcome(True, v, None, "done", time.perf_counter() - t0, self.store.current())
+            if changed:
+                self.events.emit("store.pinned" if d.command == PIN else "store.unpinned", version=v)
+            return Outcome(True, v, None, "done" if changed else UNCHANGED_STAGE,
+                           time.perf_counter() - t0, self.store.current())
         except (_Reject, Exception) as r:
             r = _as_reject(r)
             self.events.emit("store.%s_failed" % d.command, version=v, source=d.source,

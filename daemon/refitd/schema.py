@@ -237,6 +237,21 @@ def k_str_map(v, path, ctx):
     return out
 
 
+def k_backend_options(v, path, ctx):
+    """Backend options: a mapping of keys to scalars (strings, numbers, booleans), passed to the
+    backend as backend.<key>=<value> strings."""
+    if not isinstance(v, dict):
+        ctx.add(path, "must be a mapping of option names to values, got %s" % _show(v))
+        return _BAD
+    out = {}
+    for key, val in v.items():
+        if not isinstance(key, str) or not key or not isinstance(val, (str, int, float, bool)) or val == "":
+            ctx.add(path + (str(key),), "must map an option name to a string or number, got %s" % _show(val))
+            continue
+        out[key] = str(int(val)) if isinstance(val, bool) else str(val)
+    return out
+
+
 def k_tensor_spec(v, path, ctx):
     """A tensor given in config: a number (fills the tensor's shape), a nested list, or a path
     to a .npy file (relative to the config file)."""

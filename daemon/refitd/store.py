@@ -86,6 +86,20 @@ def _hash_file(path: str) -> Tuple[str, int]:
     return h.hexdigest(), n
 
 
+def committed_model(path: str) -> Optional[Tuple[int, str]]:
+    """(current version, its model fingerprint) of the store at ``path``, read without opening
+    or locking it (for `refitd check-config`, while a daemon may hold the store); None when
+    there is no committed version or it cannot be read (opening the store then says why)."""
+    try:
+        with open(os.path.join(path, "current"), "rb") as f:
+            v = int(json.loads(f.read())["version"])
+        with open(os.path.join(path, "versions", "%d.json" % v), "rb") as f:
+            model = json.loads(f.read()).get("model")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (v, model) if isinstance(model, str) else None
+
+
 @dataclass
 class Pending:
     """A version computed in memory by ``Store.prepare``; nothing is on disk yet.
@@ -683,26 +697,33 @@ class Store:
         """``prepare`` + ``write``: stores a version (not yet current). Returns its manifest."""
         return self.write(self.prepare(version, tensors, base, meta))
 
-    def pin(self, version: int) -> None:
-        """Keeps ``version`` through retention until unpinned."""
+    def pin(self, version: int) -> bool:
+        """Keeps ``version`` through retention until unpinned. Idempotent, as ``unpin`` is:
+        False when it was pinned already. A version not in the store is an error."""
         with self._mu:
             if version not in self._manifests:
                 raise StoreError("version %d is not in the store (stored: %s)"
                                  % (version, self._list_str()))
             if version in self._pins:
-                return
+                return False
             self._write_pins(sorted(self._pins | {version}), "pin version %d" % version)
             self._pins.add(version)
             self._history_quiet({"event": "pinned", "version": version})
+            return True
 
-    def unpin(self, version: int) -> None:
+    def unpin(self, version: int) -> bool:
+        """Lets retention remove ``version`` again. False when it was not pinned; a version
+        not in the store is an error (as for ``pin``: a typo must not pass silently)."""
         with self._mu:
             if version not in self._pins:
-                raise StoreError("version %d is not pinned (pinned: %s)"
-                                 % (version, ", ".join(map(str, sorted(self._pins))) or "none"))
+                if version not in self._manifests:
+                    raise StoreError("version %d is not in the store (stored: %s)"
+                                     % (version, self._list_str()))
+                return False
             self._write_pins(sorted(self._pins - {version}), "unpin version %d" % version)
             self._pins.discard(version)
             self._history_quiet({"event": "unpinned", "version": version})
+            return True
 
     def _write_pins(self, pins: List[int], what: str) -> None:
         self._writable(what)

@@ -67,7 +67,7 @@ def _array(data: Any, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
 
 
 def to_json(a: np.ndarray) -> Dict[str, Any]:
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d tensor 1-d)
     out = describe(a)
     out["data"] = base64.b64encode(a.tobytes()).decode()
     return out
@@ -107,7 +107,7 @@ def encode_frame(header: Dict[str, Any], tensors: List[np.ndarray] = ()) -> byte
 
 def frame_header(key: str, tensors: Dict[str, np.ndarray]) -> Tuple[Dict[str, Any], List[np.ndarray]]:
     """The ``{key: [{name, dtype, shape}]}`` header for ``tensors`` and their arrays in order."""
-    arrs = [np.ascontiguousarray(a) for a in tensors.values()]
+    arrs = [np.asarray(a, order="C") for a in tensors.values()]  # 0-d stays 0-d
     return {key: [dict(describe(a), name=n) for n, a in zip(tensors, arrs)]}, arrs
 
 

@@ -20,7 +20,8 @@
  *
  * Refit guarantee: every inference computes with exactly one complete weight set; `refit` applies
  * all of its tensors or none (everything is validated before anything is published); inference
- * never waits for a refit. See docs/engine.md for the memory-model argument.
+ * never waits for a refit (strategy quiesce: for one bounded pause per refit). See docs/engine.md
+ * for the memory-model argument.
  *
  * Usage:
  *
@@ -67,7 +68,7 @@ extern "C" {
 #endif
 
 /* Bumped on every incompatible change to this header. Python checks it at load. */
-#define REFIT_ABI_VERSION 1
+#define REFIT_ABI_VERSION 2
 
 typedef enum refit_status {
     REFIT_OK = 0,
@@ -142,14 +143,22 @@ REFIT_API const char *refit_status_string(refit_status status);
 /* The calling thread's last error message ("" if none). Owned by librefit; valid until this
  * thread's next librefit call. */
 REFIT_API const char *refit_last_error(void);
-/* Number of registered backends, and the static name of backend `index` (NULL if out of range). */
+/* Available backends: the built-in ones, then every librefit_backend_<name>.so on the plugin
+ * search path (docs/engine.md: "Backends"; plugins are listed, not loaded). The name and the
+ * location ("built-in" or the plugin's path) of backend `index` stay valid for the process's
+ * lifetime; NULL if out of range. */
 REFIT_API size_t refit_backend_count(void);
 REFIT_API const char *refit_backend_name(size_t index);
+REFIT_API const char *refit_backend_location(size_t index);
+/* Loads backend `name` (a plugin: dlopen and api_version check) without opening an engine.
+ * REFIT_ERR_NOT_FOUND with a one-line message naming the file and where it looked (or why the
+ * file was refused) if it cannot be used. */
+REFIT_API REFIT_NODISCARD refit_status refit_backend_probe(const char *name);
 
 /* ---- engine ----------------------------------------------------------------------------- */
 
-/* Opens `model_path` (ONNX) on backend `backend` ("reference", ...). Options are `num_options`
- * key/value string pairs, copied before return (see docs/engine.md for keys):
+/* Opens `model_path` (ONNX) on backend `backend` ("reference", or a plugin's name). Options are
+ * `num_options` key/value string pairs, copied before return (see docs/engine.md for keys):
  *   "refittable"      comma-separated initializer names; default: every float initializer
  *   "input_shape"     "name:1x3x224x224[;name2:...]" fixes symbolic input dims (default 1)
  *   "allow_nonfinite" "1" to accept NaN/Inf in refits by default
@@ -157,6 +166,17 @@ REFIT_API const char *refit_backend_name(size_t index);
  *   "spare_weights"   "1" (default): keep each weight's last retired buffer for its next refit
  *                     (A/B buffers: a refit writes into memory already faulted in; the memory
  *                     stays at the peak a refit needs anyway). "0" releases it after each refit.
+ *   "strategy"        how a refit reaches the serving weights, each keeping the refit guarantee:
+ *                     "swap" (default where the backend keeps separate weight sets): prepare a
+ *                     new set, publish it with one pointer flip; "quiesce": stop admitting
+ *                     inferences, drain, refit the one set in place, verify, resume (a bounded
+ *                     pause, see refit_engine_stats); "ab": two instances, refit and verify the
+ *                     idle one, flip, bring the other up to date (no pause, twice the memory).
+ *   "device"          device id for the backend (default 0; the reference backend has only 0)
+ *   "threads"         threads one inference may use (default 1; a hint for device backends)
+ *   "backend.<key>"   passed to the backend, which refuses keys it does not know; the
+ *                     reference backend's: isa, prepare, profile, profile_runs, profile_skip,
+ *                     dump, dump_at (docs/cpu-backend.md, "Profiler and dumps").
  * On success *out owns a new engine (free with refit_engine_destroy); on failure *out is NULL.
  * Returns REFIT_ERR_IO, REFIT_ERR_MODEL, REFIT_ERR_UNSUPPORTED, REFIT_ERR_NOT_FOUND,
  * REFIT_ERR_INVALID_ARG or REFIT_ERR_NOMEM. */
@@ -172,8 +192,9 @@ REFIT_API REFIT_NODISCARD refit_status refit_engine_open_memory(const void *data
                                                                 const char *const *option_values,
                                                                 size_t num_options,
                                                                 refit_engine **out);
-/* Destroys the engine. Every context and staged set of it must be destroyed first. NULL is a
- * no-op. */
+/* Releases the caller's engine handle. Contexts and staged sets hold their own reference, so
+ * they may be destroyed before or after it, in any order; the engine is freed with the last of
+ * them. No call may be running on this handle. NULL is a no-op. */
 REFIT_API void refit_engine_destroy(refit_engine *engine);
 
 /* Number of tensors of `kind`. */
@@ -187,6 +208,19 @@ REFIT_API REFIT_NODISCARD refit_status refit_engine_info(const refit_engine *eng
 REFIT_API const char *refit_engine_backend(const refit_engine *engine);
 /* Version of the weight set currently published. */
 REFIT_API uint64_t refit_engine_version(const refit_engine *engine);
+
+/* What the refit strategy has done, for monitoring and benchmarks. Times in nanoseconds. */
+typedef struct refit_engine_stats {
+    const char *strategy;      /* "swap", "quiesce" or "ab" (static string) */
+    uint64_t refits;           /* refits/publishes that made a new set serve */
+    uint64_t failed_refits;    /* refused or rolled back: the serving set was left untouched */
+    uint64_t last_prepare_ns;  /* the backend's weights_prepare / in-place refit of the last one */
+    uint64_t last_publish_ns;  /* pointer flip + waiting out the old set's readers, last one */
+    uint64_t last_pause_ns;    /* quiesce: admission stopped -> resumed, last refit */
+    uint64_t max_pause_ns;     /* quiesce: the longest such pause so far */
+} refit_engine_stats;
+REFIT_API REFIT_NODISCARD refit_status refit_engine_get_stats(refit_engine *engine,
+                                                              refit_engine_stats *out);
 
 /* Copies the current value of weight `name` into `dst` (caller-owned, `nbytes` must equal the
  * weight's nbytes; data is in the weight's info dtype) and returns the version it belongs to. */
@@ -216,7 +250,11 @@ REFIT_API REFIT_NODISCARD refit_status refit_engine_stage(refit_engine *engine,
                                                           uint64_t version, uint32_t flags,
                                                           refit_staged **out);
 /* Publishes a staged set. REFIT_ERR_CONFLICT (nothing changes) if another set was published
- * since it was staged. The staged handle must still be destroyed afterwards. */
+ * since it was staged. The staged handle must still be destroyed afterwards.
+ * Strategy ab: the staged set *is* the idle instance, so only one may be staged at a time (a
+ * second stage, or a refit, gives REFIT_ERR_CONFLICT until it is published or destroyed).
+ * Strategy quiesce: the publish is the in-place refit (pause, verify); a backend without separate
+ * weight sets cannot run a staged set before that (REFIT_ERR_UNSUPPORTED from run_staged). */
 REFIT_API REFIT_NODISCARD refit_status refit_engine_publish(refit_engine *engine, refit_staged *staged);
 /* Version a staged set carries. */
 REFIT_API uint64_t refit_staged_version(const refit_staged *staged);
@@ -226,7 +264,7 @@ REFIT_API void refit_staged_destroy(refit_staged *staged);
 /* ---- contexts and inference ------------------------------------------------------------- */
 
 /* Creates an execution context (its own activation memory). *out is owned by the caller; free
- * with refit_context_destroy before destroying the engine. */
+ * with refit_context_destroy (before or after refit_engine_destroy). */
 REFIT_API REFIT_NODISCARD refit_status refit_context_create(refit_engine *engine, refit_context **out);
 /* NULL is a no-op. */
 REFIT_API void refit_context_destroy(refit_context *context);
@@ -234,7 +272,8 @@ REFIT_API void refit_context_destroy(refit_context *context);
 /* Runs one inference on caller-owned buffers (zero copy): `inputs[i]` holds input i (engine
  * order) with `input_nbytes[i]` bytes, `outputs[j]` receives output j. The caller keeps
  * ownership of all buffers. *version receives the version of the weight set the result was
- * computed with (may be NULL). Never blocks on a refit. */
+ * computed with (may be NULL). Never blocks on a refit, except under strategy quiesce, where it
+ * waits out the refit's bounded pause. */
 REFIT_API REFIT_NODISCARD refit_status refit_context_run(refit_context *context,
                                                          const void *const *inputs,
                                                          const size_t *input_nbytes, size_t num_inputs,

@@ -32,6 +32,7 @@
 #include "backend.h"
 #include "cpuinfo.h"
 #include "refit.h"
+#include "util.h"
 
 #ifndef REFIT_VERSION_STRING
 #define REFIT_VERSION_STRING "0.0.0"
@@ -79,11 +80,15 @@ const char *refit_status_string(refit_status status)
 }
 
 size_t refit_backend_count(void) { return rt_backend_count(); }
+const char *refit_backend_name(size_t index) { return rt_backend_name_at(index); }
+const char *refit_backend_location(size_t index) { return rt_backend_location_at(index); }
 
-const char *refit_backend_name(size_t index)
+refit_status refit_backend_probe(const char *name)
 {
-    const rt_backend *b = rt_backend_get(index);
-    return b ? b->name : NULL;
+    clear_error();
+    if (!name)
+        return fail(REFIT_ERR_INVALID_ARG, "backend_probe: name must not be NULL");
+    return rt_backend_load(name, tl_error, sizeof tl_error) ? REFIT_OK : REFIT_ERR_NOT_FOUND;
 }
 
 /* ---- weight sets -------------------------------------------------------------------------- */
@@ -101,7 +106,9 @@ typedef struct wset {
     uint64_t generation; /* strictly increasing per engine; guards publish against ABA */
     size_t n;
     blob **blobs;
-    const float **data; /* blobs[k]->data, the array a backend's run() receives */
+    const float **data;  /* blobs[k]->data: the raw set a backend prepares from */
+    void *prepared;      /* the backend's handle that run() receives (NULL: none yet) */
+    int owns_prepared;   /* swap and shadow sets: released with the set; else an instance's */
 } wset;
 
 static blob *blob_new(size_t nbytes)
@@ -159,21 +166,22 @@ static wset *wset_alloc(size_t n)
     return s;
 }
 
-static void wset_free(wset *s)
-{
-    if (!s)
-        return;
-    for (size_t k = 0; k < s->n; k++)
-        blob_release(s->blobs[k]);
-    free(s->blobs);
-    free(s->data);
-    free(s);
-}
-
 /* ---- engine and contexts ------------------------------------------------------------------- */
 
+enum { STRAT_SWAP = 0, STRAT_QUIESCE = 1, STRAT_AB = 2 };
+static const char *const strategy_names[] = {"swap", "quiesce", "ab"};
+
+/* One backend weight instance refitted in place (quiesce: the only one; ab: two). `blobs` are the
+ * raw blobs it currently reflects, each holding a reference, or NULL when a failed in-place refit
+ * left it in an unknown state (its next refit then rewrites every weight). */
+typedef struct inst {
+    void *prepared;
+    blob **blobs;
+    int stale; /* a failed in-place refit may have left any subset in it: rewrite it whole */
+} inst;
+
 struct refit_context {
-    refit_engine *engine;
+    refit_engine *engine;   /* holds a reference: the engine outlives its contexts */
     void *bctx;
     _Atomic(wset *) hazard; /* the set this context is computing with, or NULL */
     refit_context *next;
@@ -182,19 +190,22 @@ struct refit_context {
 };
 
 struct refit_staged {
-    refit_engine *engine;
+    refit_engine *engine;   /* holds a reference */
     wset *set;              /* owned until published */
     uint64_t base_generation;
     uint64_t base_version;  /* for the conflict message */
+    int check_finite;       /* verify the published outputs are finite (quiesce) */
 };
 
 struct refit_engine {
+    atomic_size_t refs;           /* the opener's + one per context and staged set */
     const rt_backend *backend;
     rt_graph *graph;
     void *plan;
     refit_tensor_info *info[3]; /* by refit_tensor_kind */
     size_t count[3];
     int allow_nonfinite;
+    int strategy;                 /* STRAT_* */
     /* A/B buffers: spare[k] is weight k's last retired blob, reused by its next refit so a refit
      * writes into memory that is already faulted in. At most one per weight (the memory a refit
      * needs anyway); guarded by refit_lock. NULL array when the option spare_weights=0. */
@@ -209,15 +220,22 @@ struct refit_engine {
     pthread_mutex_t refit_lock;   /* serialises stage/publish/refit/read_weight */
     pthread_mutex_t ctx_lock;     /* guards the context list */
     refit_context *contexts;
-};
 
-static uint64_t hash_name(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
+    /* quiesce / ab (guarded by refit_lock) */
+    inst insts[2];                /* quiesce: insts[0]; ab: insts[live] serves, the other idles */
+    int live;
+    atomic_int broken;            /* quiesce: a failed refit could not be undone; runs refuse */
+    unsigned char *mask;          /* changed-weights scratch for prepare/refit (refit_lock) */
+    const refit_staged *ab_staged; /* ab: the staged set the idle instance holds, or NULL */
+    void *canary_ctx;             /* backend context for the verifying inference */
+    float **canary_in, **canary_out;
+    /* quiesce admission gate: readers wait while `paused` is set */
+    atomic_int paused;
+    pthread_mutex_t pause_lock;
+    pthread_cond_t pause_cond;
+    /* refit_engine_stats, guarded by refit_lock */
+    refit_engine_stats stats;
+};
 
 static int build_name_table(refit_engine *e)
 {
@@ -232,7 +250,7 @@ static int build_name_table(refit_engine *e)
     for (size_t i = 0; i < size; i++)
         e->name_table[i] = -1;
     for (size_t k = 0; k < n; k++) {
-        size_t slot = hash_name(e->info[REFIT_KIND_WEIGHT][k].name) & (size - 1);
+        size_t slot = rt_hash_str(e->info[REFIT_KIND_WEIGHT][k].name) & (size - 1);
         while (e->name_table[slot] >= 0)
             slot = (slot + 1) & (size - 1);
         e->name_table[slot] = (int)k;
@@ -243,7 +261,7 @@ static int build_name_table(refit_engine *e)
 static int find_weight(const refit_engine *e, const char *name)
 {
     size_t mask = e->name_table_size - 1;
-    for (size_t slot = hash_name(name) & mask;; slot = (slot + 1) & mask) {
+    for (size_t slot = rt_hash_str(name) & mask;; slot = (slot + 1) & mask) {
         int k = e->name_table[slot];
         if (k < 0)
             return -1;
@@ -284,10 +302,34 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
-static refit_status parse_options(const char *const *keys, const char *const *values, size_t n,
-                                  rt_load_options *lo, int *allow_nonfinite, uint64_t *version,
-                                  int *spare)
+static void wset_retire(refit_engine *e, wset *s);
+
+/* Parses a non-negative int option value (device, threads). */
+static int parse_int(const char *s, int *out)
 {
+    uint64_t v;
+    if (parse_u64(s, &v) || v > INT_MAX)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Engine options that are not loader options. backend.* keys are collected for the backend,
+ * which refuses the ones it does not know. */
+typedef struct engine_opts {
+    int allow_nonfinite, spare, strategy; /* strategy -1: the backend's default */
+    uint64_t version;
+    rt_backend_config cfg;
+    const char **bkeys, **bvalues;        /* backend.* (owned arrays, borrowed strings) */
+} engine_opts;
+
+static refit_status parse_options(const char *const *keys, const char *const *values, size_t n,
+                                  rt_load_options *lo, engine_opts *o)
+{
+    o->bkeys = calloc(n + 1, sizeof *o->bkeys);
+    o->bvalues = calloc(n + 1, sizeof *o->bvalues);
+    if (!o->bkeys || !o->bvalues)
+        return fail(REFIT_ERR_NOMEM, "out of memory parsing options");
     for (size_t i = 0; i < n; i++) {
         const char *k = keys ? keys[i] : NULL, *v = values ? values[i] : NULL;
         if (!k || !v)
@@ -299,35 +341,74 @@ static refit_status parse_options(const char *const *keys, const char *const *va
         } else if (strcmp(k, "allow_nonfinite") == 0) {
             if (strcmp(v, "0") && strcmp(v, "1"))
                 return fail(REFIT_ERR_INVALID_ARG, "option allow_nonfinite: must be 0 or 1, got '%s'", v);
-            *allow_nonfinite = v[0] == '1';
+            o->allow_nonfinite = v[0] == '1';
         } else if (strcmp(k, "spare_weights") == 0) {
             if (strcmp(v, "0") && strcmp(v, "1"))
                 return fail(REFIT_ERR_INVALID_ARG, "option spare_weights: must be 0 or 1, got '%s'", v);
-            *spare = v[0] == '1';
+            o->spare = v[0] == '1';
         } else if (strcmp(k, "initial_version") == 0) {
-            if (parse_u64(v, version))
+            if (parse_u64(v, &o->version))
                 return fail(REFIT_ERR_INVALID_ARG,
                             "option initial_version: must be a non-negative integer, got '%s'", v);
+        } else if (strcmp(k, "strategy") == 0) {
+            o->strategy = -1;
+            for (int s = 0; s < 3; s++)
+                if (strcmp(v, strategy_names[s]) == 0)
+                    o->strategy = s;
+            if (o->strategy < 0)
+                return fail(REFIT_ERR_INVALID_ARG, "option strategy: must be swap, quiesce or ab, got '%s'", v);
+        } else if (strcmp(k, "device") == 0) {
+            if (parse_int(v, &o->cfg.device_id))
+                return fail(REFIT_ERR_INVALID_ARG, "option device: must be a non-negative integer, got '%s'", v);
+        } else if (strcmp(k, "threads") == 0) {
+            if (parse_int(v, &o->cfg.threads) || o->cfg.threads < 1)
+                return fail(REFIT_ERR_INVALID_ARG, "option threads: must be a positive integer, got '%s'", v);
+        } else if (strncmp(k, "backend.", 8) == 0 && k[8]) {
+            o->bkeys[o->cfg.n_options] = k + 8;
+            o->bvalues[o->cfg.n_options++] = v;
         } else {
             return fail(REFIT_ERR_INVALID_ARG,
                         "unknown option '%s' (known: refittable, input_shape, allow_nonfinite, "
-                        "initial_version, spare_weights)", k);
+                        "initial_version, spare_weights, strategy, device, threads, backend.<key>)", k);
         }
     }
+    o->cfg.option_keys = o->bkeys;
+    o->cfg.option_values = o->bvalues;
     return REFIT_OK;
 }
 
-void refit_engine_destroy(refit_engine *e)
+static void inst_clear(refit_engine *e, inst *in)
 {
-    if (!e)
-        return;
-    wset_free(atomic_load(&e->current));
+    if (in->prepared)
+        e->backend->weights_release(e->plan, in->prepared);
+    in->prepared = NULL;
+    if (in->blobs)
+        for (size_t k = 0; k < e->count[REFIT_KIND_WEIGHT]; k++)
+            blob_release(in->blobs[k]);
+    free(in->blobs);
+    in->blobs = NULL;
+}
+
+static void engine_free(refit_engine *e)
+{
+    wset_retire(e, atomic_load(&e->current));
+    for (int i = 0; i < 2; i++)
+        inst_clear(e, &e->insts[i]);
+    if (e->canary_ctx)
+        e->backend->ctx_destroy(e->canary_ctx);
+    for (size_t j = 0; e->canary_in && j < e->count[REFIT_KIND_INPUT]; j++)
+        free(e->canary_in[j]);
+    for (size_t j = 0; e->canary_out && j < e->count[REFIT_KIND_OUTPUT]; j++)
+        free(e->canary_out[j]);
+    free(e->canary_in);
+    free(e->canary_out);
     if (e->plan)
         e->backend->plan_destroy(e->plan);
     rt_graph_destroy(e->graph);
     for (int k = 0; k < 3; k++)
         free(e->info[k]);
     free(e->name_table);
+    free(e->mask);
     if (e->spare)
         for (size_t k = 0; k < e->count[REFIT_KIND_WEIGHT]; k++)
             if (e->spare[k])
@@ -335,7 +416,106 @@ void refit_engine_destroy(refit_engine *e)
     free(e->spare);
     pthread_mutex_destroy(&e->refit_lock);
     pthread_mutex_destroy(&e->ctx_lock);
+    pthread_mutex_destroy(&e->pause_lock);
+    pthread_cond_destroy(&e->pause_cond);
     free(e);
+}
+
+static void engine_ref(refit_engine *e) { atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed); }
+
+/* Drops one reference; the last one frees the engine, whichever handle (engine, context, staged
+ * set) goes last. acq_rel: everything done through the other handles happens before the free. */
+static void engine_unref(refit_engine *e)
+{
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
+        engine_free(e);
+}
+
+void refit_engine_destroy(refit_engine *e)
+{
+    if (e)
+        engine_unref(e);
+}
+
+static refit_status prepare_set(refit_engine *e, wset *s, const wset *base);
+static refit_status canary_check(refit_engine *e, const void *prepared, int check_finite);
+
+/* The buffers and context of the verifying inference (quiesce, ab): inputs all 1. */
+static refit_status canary_init(refit_engine *e)
+{
+    size_t ni = e->count[REFIT_KIND_INPUT], no = e->count[REFIT_KIND_OUTPUT];
+    e->canary_in = calloc(ni + 1, sizeof *e->canary_in);
+    e->canary_out = calloc(no + 1, sizeof *e->canary_out);
+    if (!e->canary_in || !e->canary_out)
+        return fail(REFIT_ERR_NOMEM, "out of memory for the canary inference");
+    for (size_t i = 0; i < ni; i++) {
+        size_t n = e->info[REFIT_KIND_INPUT][i].nbytes / sizeof(float);
+        if (!(e->canary_in[i] = malloc((n ? n : 1) * sizeof(float))))
+            return fail(REFIT_ERR_NOMEM, "out of memory for the canary inference");
+        for (size_t x = 0; x < n; x++)
+            e->canary_in[i][x] = 1.0f;
+    }
+    for (size_t j = 0; j < no; j++)
+        if (!(e->canary_out[j] = malloc(e->info[REFIT_KIND_OUTPUT][j].nbytes + sizeof(float))))
+            return fail(REFIT_ERR_NOMEM, "out of memory for the canary inference");
+    int rc = e->backend->ctx_create(e->plan, &e->canary_ctx, tl_error, sizeof tl_error);
+    if (rc) {
+        e->canary_ctx = NULL;
+        return (refit_status)rc;
+    }
+    return REFIT_OK;
+}
+
+/* Makes instance `in` a prepared copy of set s (holding references on its blobs). */
+static refit_status inst_init(refit_engine *e, inst *in, const wset *s)
+{
+    size_t nw = e->count[REFIT_KIND_WEIGHT];
+    if (!(in->blobs = calloc(nw + 1, sizeof *in->blobs)))
+        return fail(REFIT_ERR_NOMEM, "out of memory for a weight instance");
+    int rc = e->backend->weights_prepare(e->plan, s->data, NULL, NULL, &in->prepared, tl_error,
+                                         sizeof tl_error);
+    if (rc) {
+        in->prepared = NULL;
+        return (refit_status)rc;
+    }
+    for (size_t k = 0; k < nw; k++) {
+        in->blobs[k] = s->blobs[k];
+        atomic_fetch_add_explicit(&s->blobs[k]->refs, 1, memory_order_relaxed);
+    }
+    return REFIT_OK;
+}
+
+/* Picks the strategy (the option, else swap where the backend keeps separate sets) and checks
+ * the backend can do it. */
+static refit_status choose_strategy(refit_engine *e, int requested)
+{
+    const rt_backend *be = e->backend;
+    e->strategy = requested >= 0 ? requested : (be->caps & RT_CAP_SETS) ? STRAT_SWAP : STRAT_QUIESCE;
+    if (e->strategy == STRAT_SWAP && !(be->caps & RT_CAP_SETS))
+        return fail(REFIT_ERR_UNSUPPORTED, "strategy swap: backend '%s' cannot keep separate weight "
+                    "sets (use strategy quiesce or ab)", be->name);
+    if (e->strategy != STRAT_SWAP && !(be->caps & RT_CAP_INPLACE))
+        return fail(REFIT_ERR_UNSUPPORTED, "strategy %s: backend '%s' cannot refit in place (use "
+                    "strategy swap)", strategy_names[e->strategy], be->name);
+    e->stats.strategy = strategy_names[e->strategy];
+    return REFIT_OK;
+}
+
+/* Gives the first set its backend form: its own handle (swap) or the instances (quiesce, ab). */
+static refit_status prepare_initial(refit_engine *e, wset *s)
+{
+    if (e->strategy == STRAT_SWAP)
+        return prepare_set(e, s, NULL);
+    refit_status st = canary_init(e);
+    for (int i = 0; i < (e->strategy == STRAT_AB ? 2 : 1) && !st; i++)
+        st = inst_init(e, &e->insts[i], s);
+    if (!st)
+        st = canary_check(e, e->insts[0].prepared, 0);
+    if (!st) {
+        s->prepared = e->insts[0].prepared;
+        s->owns_prepared = 0;
+    }
+    return st;
 }
 
 refit_status refit_engine_open_memory(const void *data, size_t size, const char *backend,
@@ -348,60 +528,81 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
     *out = NULL;
     if (!data || !size)
         return fail(REFIT_ERR_MODEL, "model is empty");
-    const rt_backend *be = rt_backend_find(backend ? backend : "reference");
+    const rt_backend *be = rt_backend_load(backend ? backend : "reference", tl_error, sizeof tl_error);
     if (!be)
-        return fail(REFIT_ERR_NOT_FOUND, "unknown backend '%s'", backend);
-    if (be->api_version != RT_BACKEND_API_VERSION)
-        return fail(REFIT_ERR_UNSUPPORTED, "backend '%s' implements backend API %d, this library needs %d",
-                    be->name, be->api_version, RT_BACKEND_API_VERSION);
+        return REFIT_ERR_NOT_FOUND;
 
     rt_load_options lo = {0};
-    int allow_nonfinite = 0, spare = 1;
-    uint64_t version = 0;
-    refit_status st = parse_options(keys, values, num_options, &lo, &allow_nonfinite, &version, &spare);
-    if (st)
+    engine_opts o = {0, 1, -1, 0, {0, 1, 0, NULL, NULL}, NULL, NULL};
+    refit_status st = parse_options(keys, values, num_options, &lo, &o);
+    if (st) {
+        free(o.bkeys);
+        free(o.bvalues);
         return st;
+    }
 
     refit_engine *e = calloc(1, sizeof *e);
-    if (!e)
+    if (!e) {
+        free(o.bkeys);
+        free(o.bvalues);
         return fail(REFIT_ERR_NOMEM, "out of memory opening the engine");
+    }
+    atomic_init(&e->refs, 1);
     pthread_mutex_init(&e->refit_lock, NULL);
     pthread_mutex_init(&e->ctx_lock, NULL);
+    pthread_mutex_init(&e->pause_lock, NULL);
+    pthread_cond_init(&e->pause_cond, NULL);
+    atomic_init(&e->paused, 0);
+    atomic_init(&e->broken, 0);
     e->backend = be;
-    e->allow_nonfinite = allow_nonfinite;
+    e->allow_nonfinite = o.allow_nonfinite;
+    st = choose_strategy(e, o.strategy);
+    if (st) {
+        free(o.bkeys);
+        free(o.bvalues);
+        engine_free(e);
+        return st;
+    }
 
     int rc = rt_graph_from_onnx(data, size, &lo, &e->graph, tl_error, sizeof tl_error);
     if (rc) {
-        refit_engine_destroy(e);
+        free(o.bkeys);
+        free(o.bvalues);
+        engine_free(e);
         return (refit_status)rc;
     }
     rt_graph *g = e->graph;
     if (fill_info(e, REFIT_KIND_INPUT, g->inputs, g->n_inputs) ||
         fill_info(e, REFIT_KIND_OUTPUT, g->outputs, g->n_outputs) ||
         fill_info(e, REFIT_KIND_WEIGHT, g->weights, g->n_weights) || build_name_table(e) ||
-        (spare && !(e->spare = calloc((size_t)g->n_weights + 1, sizeof *e->spare)))) {
-        refit_engine_destroy(e);
+        !(e->mask = calloc((size_t)g->n_weights + 1, 1)) ||
+        (o.spare && !(e->spare = calloc((size_t)g->n_weights + 1, sizeof *e->spare)))) {
+        free(o.bkeys);
+        free(o.bvalues);
+        engine_free(e);
         return fail(REFIT_ERR_NOMEM, "out of memory opening the engine");
     }
-    rc = be->plan_create(g, &e->plan, tl_error, sizeof tl_error);
+    rc = be->plan_create(g, &o.cfg, &e->plan, tl_error, sizeof tl_error);
+    free(o.bkeys); /* the backend copies what it keeps of its options */
+    free(o.bvalues);
     if (rc) {
         e->plan = NULL;
-        refit_engine_destroy(e);
+        engine_free(e);
         return (refit_status)rc;
     }
 
     /* The first weight set: the model file's own initial values. */
     wset *s = wset_alloc((size_t)g->n_weights);
     if (!s) {
-        refit_engine_destroy(e);
+        engine_free(e);
         return fail(REFIT_ERR_NOMEM, "out of memory for the initial weights");
     }
     for (int k = 0; k < g->n_weights; k++) {
         size_t nbytes = e->info[REFIT_KIND_WEIGHT][k].nbytes;
         blob *b = blob_new(nbytes);
         if (!b) {
-            wset_free(s);
-            refit_engine_destroy(e);
+            wset_retire(e, s);
+            engine_free(e);
             return fail(REFIT_ERR_NOMEM, "out of memory for the initial weights");
         }
         memcpy(b->data, g->weight_init[k], nbytes);
@@ -410,10 +611,16 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
         s->blobs[k] = b;
         s->data[k] = b->data;
     }
-    s->version = version;
+    s->version = o.version;
     s->generation = e->next_generation++;
+    st = prepare_initial(e, s);
+    if (st) {
+        wset_retire(e, s);
+        engine_free(e);
+        return st;
+    }
     atomic_init(&e->current, s);
-    atomic_init(&e->version, version);
+    atomic_init(&e->version, o.version);
     *out = e;
     return REFIT_OK;
 }
@@ -500,30 +707,6 @@ static void shape_str(int ndim, const int64_t *shape, char *buf, size_t len)
         snprintf(buf + used, len - used, "]");
 }
 
-static float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400u)) {
-                man <<= 1;
-                exp--;
-            }
-            bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 /* Index of the first non-finite element in n float32 values, or -1. */
 static long first_nonfinite_f32(const float *src, size_t n)
 {
@@ -605,7 +788,7 @@ static long copy_checked_f16(float *dst, const uint16_t *src, size_t n, int chec
     for (size_t i = 0; i < n; i++) {
         if (check && (src[i] & 0x7c00u) == 0x7c00u)
             return (long)i;
-        dst[i] = half_to_float(src[i]);
+        dst[i] = rt_half_to_float(src[i]);
     }
     return -1;
 }
@@ -652,19 +835,29 @@ static blob *take_spare(refit_engine *e, int k)
     return b;
 }
 
-/* Frees a set that no reader uses any more; a blob it held last becomes its weight's spare
- * (if that slot is free) instead of going back to the allocator. Caller holds refit_lock. */
+/* Drops one reference on weight k's blob b; the last one makes it weight k's spare (if that slot
+ * is free) instead of going back to the allocator. Caller holds refit_lock. */
+static void blob_drop(refit_engine *e, size_t k, blob *b)
+{
+    if (!b || atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
+        return; /* still shared with another set or instance */
+    if (e->spare && !e->spare[k])
+        e->spare[k] = b; /* weight k's next refit writes here */
+    else
+        blob_destroy(b);
+}
+
+/* Frees a set that no reader uses (any more): a retired, refused or unpublished one, its own
+ * prepared handle too; the blobs only it held become spares. Caller holds refit_lock (or is
+ * opening or freeing the engine, alone). NULL is a no-op. */
 static void wset_retire(refit_engine *e, wset *s)
 {
-    for (size_t k = 0; k < s->n; k++) {
-        blob *b = s->blobs[k];
-        if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
-            continue; /* still shared with the new set */
-        if (e->spare && !e->spare[k])
-            e->spare[k] = b; /* weight k's next refit writes here */
-        else
-            blob_destroy(b);
-    }
+    if (!s)
+        return;
+    if (s->prepared && s->owns_prepared)
+        e->backend->weights_release(e->plan, s->prepared);
+    for (size_t k = 0; k < s->n; k++)
+        blob_drop(e, k, s->blobs[k]);
     free(s->blobs);
     free(s->data);
     free(s);
@@ -730,7 +923,7 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
         long bad = t->dtype == REFIT_DTYPE_FLOAT16 ? copy_checked_f16(b->data, t->data, n, check)
                                                    : copy_checked_f32(b->data, t->data, n, check);
         if (bad >= 0) {
-            float v = t->dtype == REFIT_DTYPE_FLOAT16 ? half_to_float(((const uint16_t *)t->data)[bad])
+            float v = t->dtype == REFIT_DTYPE_FLOAT16 ? rt_half_to_float(((const uint16_t *)t->data)[bad])
                                                       : ((const float *)t->data)[bad];
             st = fail(REFIT_ERR_NONFINITE, "weight '%s': %s at element %ld (non-finite values are "
                       "refused unless allowed)", t->name, isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf"), bad);
@@ -738,7 +931,7 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
     }
     free(index);
     if (st) {
-        wset_free(s); /* only the blobs created so far are set; shared ones not yet taken */
+        wset_retire(e, s); /* only the blobs created so far are set; shared ones not yet taken */
         return st;
     }
     for (size_t k = 0; k < nw; k++) {
@@ -753,8 +946,96 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
     return REFIT_OK;
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A backend failure's one line (the backend's own, or the status name). */
+static refit_status backend_failed(refit_engine *e, int rc, const char *what)
+{
+    if (!tl_error[0])
+        return fail((refit_status)rc, "backend '%s': %s failed with %s", e->backend->name, what,
+                    refit_status_string((refit_status)rc));
+    return (refit_status)rc;
+}
+
+/* e->mask[k] = 1 where set s has another blob than `have` (every weight when stale). Caller
+ * holds refit_lock. */
+static const unsigned char *fill_mask(refit_engine *e, blob *const *have, int stale, const wset *s)
+{
+    for (size_t k = 0; k < s->n; k++)
+        e->mask[k] = stale || have[k] != s->blobs[k];
+    return e->mask;
+}
+
+/* Gives s its own prepared handle, re-preparing only what depends on weights that differ from
+ * base's (swap, and shadow runs of staged sets). */
+static refit_status prepare_set(refit_engine *e, wset *s, const wset *base)
+{
+    const void *bp = base ? base->prepared : NULL;
+    const unsigned char *mask = bp ? fill_mask(e, base->blobs, 0, s) : NULL;
+    uint64_t t0 = now_ns();
+    int rc = e->backend->weights_prepare(e->plan, s->data, bp, mask, &s->prepared, tl_error,
+                                         sizeof tl_error);
+    e->stats.last_prepare_ns = now_ns() - t0;
+    if (rc) {
+        s->prepared = NULL;
+        return backend_failed(e, rc, "weights_prepare");
+    }
+    s->owns_prepared = 1;
+    return REFIT_OK;
+}
+
+/* The verifying inference after an in-place refit: it must succeed and, unless non-finite values
+ * are allowed, give finite outputs (inputs all 1). Caller holds refit_lock. */
+static refit_status canary_check(refit_engine *e, const void *prepared, int check_finite)
+{
+    int rc = e->backend->run(e->plan, e->canary_ctx, prepared, (const float *const *)e->canary_in,
+                             e->canary_out, tl_error, sizeof tl_error);
+    if (rc)
+        return backend_failed(e, rc, "the verifying inference");
+    for (size_t j = 0; check_finite && j < e->count[REFIT_KIND_OUTPUT]; j++) {
+        const refit_tensor_info *t = &e->info[REFIT_KIND_OUTPUT][j];
+        long bad = first_nonfinite_f32(e->canary_out[j], t->nbytes / sizeof(float));
+        if (bad >= 0)
+            return fail(REFIT_ERR_BACKEND, "verify: the verifying inference's output '%s' is "
+                        "non-finite at element %ld", t->name, bad);
+    }
+    return REFIT_OK;
+}
+
+/* Makes instance `in` hold set s's blobs (after it was refitted to them). */
+static void inst_take(refit_engine *e, inst *in, const wset *s)
+{
+    for (size_t k = 0; k < s->n; k++) {
+        if (in->blobs[k] == s->blobs[k])
+            continue;
+        atomic_fetch_add_explicit(&s->blobs[k]->refs, 1, memory_order_relaxed);
+        blob_drop(e, k, in->blobs[k]);
+        in->blobs[k] = s->blobs[k];
+    }
+}
+
+/* Refits instance `in` (no run uses it) in place to set s and verifies it. On failure the
+ * instance is stale: any subset of s may be in it. */
+static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int check_finite)
+{
+    const unsigned char *mask = fill_mask(e, in->blobs, in->stale, s);
+    uint64_t t0 = now_ns();
+    int rc = e->backend->weights_refit(e->plan, in->prepared, s->data, mask, tl_error, sizeof tl_error);
+    e->stats.last_prepare_ns = now_ns() - t0;
+    refit_status st = rc ? backend_failed(e, rc, "weights_refit") : canary_check(e, in->prepared, check_finite);
+    in->stale = st != REFIT_OK;
+    if (!st)
+        inst_take(e, in, s);
+    return st;
+}
+
 /* Waits until no context computes with `old`. Caller holds refit_lock and has already swapped
- * `old` out of `current` (seq_cst), so no new reader can validate it. */
+ * `old` out of `current` or closed the quiesce gate (seq_cst), so no new reader can validate it. */
 static void wait_for_readers(refit_engine *e, const wset *old)
 {
     pthread_mutex_lock(&e->ctx_lock);
@@ -775,11 +1056,126 @@ static void wait_for_readers(refit_engine *e, const wset *old)
 /* Publishes `s` (caller holds refit_lock) and frees the set it replaces. */
 static void publish_locked(refit_engine *e, wset *s)
 {
+    uint64_t t0 = now_ns();
     s->generation = e->next_generation++;
     wset *old = atomic_exchange_explicit(&e->current, s, memory_order_seq_cst);
     atomic_store_explicit(&e->version, s->version, memory_order_release);
     wait_for_readers(e, old);
+    e->stats.last_publish_ns = now_ns() - t0;
     wset_retire(e, old);
+}
+
+static void resume(refit_engine *e)
+{
+    pthread_mutex_lock(&e->pause_lock);
+    atomic_store_explicit(&e->paused, 0, memory_order_seq_cst);
+    pthread_cond_broadcast(&e->pause_cond);
+    pthread_mutex_unlock(&e->pause_lock);
+}
+
+/* quiesce: stop admitting inferences, drain those in flight, refit the one instance in place,
+ * verify, publish, resume. On failure the instance is refitted back to the serving set and
+ * verified before anything runs again. */
+static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
+{
+    wset *cur = atomic_load(&e->current);
+    inst *in = &e->insts[0];
+    uint64_t t0 = now_ns();
+    atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
+    wait_for_readers(e, cur);
+    refit_status st = inst_refit(e, in, s, check_finite);
+    if (st) {
+        char why[sizeof tl_error];
+        memcpy(why, tl_error, sizeof why);
+        refit_status back = inst_refit(e, in, cur, 0); /* in is stale: rewrites every weight */
+        atomic_store(&e->broken, back != REFIT_OK);
+        if (back)
+            st = fail(st, "refit to version %llu failed in place (%s), and restoring version %llu "
+                      "failed too: the engine serves nothing until a refit succeeds",
+                      (unsigned long long)s->version, why, (unsigned long long)cur->version);
+        else
+            st = fail(st, "refit to version %llu failed in place (%s); version %llu restored and "
+                      "verified", (unsigned long long)s->version, why, (unsigned long long)cur->version);
+    } else {
+        s->prepared = in->prepared;
+        s->owns_prepared = 0;
+        atomic_store(&e->broken, 0);
+        publish_locked(e, s); /* no reader holds cur: the gate is closed and they drained */
+    }
+    resume(e);
+    uint64_t pause = now_ns() - t0;
+    e->stats.last_pause_ns = pause;
+    if (pause > e->stats.max_pause_ns)
+        e->stats.max_pause_ns = pause;
+    return st;
+}
+
+/* ab, first half: refit and verify the idle instance to s. The serving one is untouched. */
+static refit_status ab_stage(refit_engine *e, wset *s, int check_finite)
+{
+    inst *idle = &e->insts[!e->live];
+    refit_status st = inst_refit(e, idle, s, check_finite);
+    if (!st) {
+        s->prepared = idle->prepared;
+        s->owns_prepared = 0;
+    }
+    return st;
+}
+
+/* ab, second half: flip the pointer workers use to s (on the idle instance), wait out the readers
+ * of the old one, then bring that one up to date too (if that fails it is stale and the next
+ * refit rewrites it whole; the published set is unaffected). */
+static void ab_flip(refit_engine *e, wset *s)
+{
+    publish_locked(e, s);
+    e->live = !e->live;
+    char keep[sizeof tl_error];
+    memcpy(keep, tl_error, sizeof keep);
+    (void)inst_refit(e, &e->insts[!e->live], s, 0);
+    memcpy(tl_error, keep, sizeof keep);
+}
+
+/* Makes s (built on the current set) serve, per the strategy. On failure s is freed and the
+ * serving set is untouched. Caller holds refit_lock. */
+static refit_status commit(refit_engine *e, wset *s, int check_finite)
+{
+    refit_status st = REFIT_OK;
+    switch (e->strategy) {
+    case STRAT_SWAP:
+        st = prepare_set(e, s, atomic_load(&e->current));
+        if (!st)
+            publish_locked(e, s);
+        break;
+    case STRAT_QUIESCE:
+        st = quiesce_commit(e, s, check_finite);
+        break;
+    default:
+        if (e->ab_staged)
+            st = fail(REFIT_ERR_CONFLICT, "refit: strategy ab: the idle instance holds staged "
+                      "version %llu; publish or destroy it first",
+                      (unsigned long long)e->ab_staged->set->version);
+        else if (!(st = ab_stage(e, s, check_finite)))
+            ab_flip(e, s);
+    }
+    if (st && st != REFIT_ERR_CONFLICT && e->strategy != STRAT_QUIESCE) { /* quiesce says more */
+        char why[sizeof tl_error];
+        memcpy(why, tl_error, sizeof why);
+        fail(st, "refit to version %llu failed (%s); version %llu still serves, unchanged",
+             (unsigned long long)s->version, why,
+             (unsigned long long)atomic_load(&e->current)->version);
+    }
+    if (st) {
+        wset_retire(e, s);
+        e->stats.failed_refits++;
+    } else {
+        e->stats.refits++;
+    }
+    return st;
+}
+
+static int check_finite_for(const refit_engine *e, uint32_t flags)
+{
+    return !(flags & REFIT_ALLOW_NONFINITE) && !e->allow_nonfinite;
 }
 
 refit_status refit_engine_refit(refit_engine *e, const refit_tensor *tensors, size_t count,
@@ -791,10 +1187,33 @@ refit_status refit_engine_refit(refit_engine *e, const refit_tensor *tensors, si
     pthread_mutex_lock(&e->refit_lock);
     wset *s = NULL;
     refit_status st = build_set(e, atomic_load(&e->current), tensors, count, version, flags, &s);
-    if (!st)
-        publish_locked(e, s);
+    if (st)
+        e->stats.failed_refits++;
+    else
+        st = commit(e, s, check_finite_for(e, flags));
     pthread_mutex_unlock(&e->refit_lock);
     return st;
+}
+
+/* A staged set's backend form, per strategy: its own handle (swap; quiesce where the backend
+ * keeps separate sets, for shadow runs), or the ab idle instance. Caller holds refit_lock. */
+static refit_status stage_prepare(refit_engine *e, refit_staged *h, const wset *base, int check_finite)
+{
+    switch (e->strategy) {
+    case STRAT_SWAP:
+        return prepare_set(e, h->set, base);
+    case STRAT_QUIESCE:
+        return (e->backend->caps & RT_CAP_SETS) ? prepare_set(e, h->set, base) : REFIT_OK;
+    default:
+        if (e->ab_staged)
+            return fail(REFIT_ERR_CONFLICT, "stage: strategy ab: the idle instance holds staged "
+                        "version %llu; publish or destroy it first",
+                        (unsigned long long)e->ab_staged->set->version);
+        refit_status st = ab_stage(e, h->set, check_finite);
+        if (!st)
+            e->ab_staged = h;
+        return st;
+    }
 }
 
 refit_status refit_engine_stage(refit_engine *e, const refit_tensor *tensors, size_t count,
@@ -812,11 +1231,17 @@ refit_status refit_engine_stage(refit_engine *e, const refit_tensor *tensors, si
     refit_status st = build_set(e, base, tensors, count, version, flags, &h->set);
     h->base_generation = base->generation;
     h->base_version = base->version;
+    h->check_finite = check_finite_for(e, flags);
+    if (!st && (st = stage_prepare(e, h, base, h->check_finite))) {
+        wset_retire(e, h->set);
+        h->set = NULL;
+    }
     pthread_mutex_unlock(&e->refit_lock);
     if (st) {
         free(h);
         return st;
     }
+    engine_ref(e);
     h->engine = e;
     *out = h;
     return REFIT_OK;
@@ -827,18 +1252,31 @@ refit_status refit_engine_publish(refit_engine *e, refit_staged *h)
     clear_error();
     if (!e || !h || h->engine != e)
         return fail(REFIT_ERR_INVALID_ARG, "publish: staged set does not belong to this engine");
-    if (!h->set)
-        return fail(REFIT_ERR_INVALID_ARG, "publish: this staged set was already published");
     pthread_mutex_lock(&e->refit_lock);
     wset *cur = atomic_load(&e->current);
     refit_status st = REFIT_OK;
-    if (cur->generation != h->base_generation) {
+    if (!h->set) {
+        st = fail(REFIT_ERR_INVALID_ARG, "publish: this staged set was already published");
+    } else if (cur->generation != h->base_generation) {
         st = fail(REFIT_ERR_CONFLICT, "publish: version %llu was staged on version %llu's weights, "
                   "but version %llu has been published since", (unsigned long long)h->set->version,
                   (unsigned long long)h->base_version, (unsigned long long)cur->version);
-    } else {
+    } else if (e->strategy == STRAT_SWAP) {
         publish_locked(e, h->set);
+    } else if (e->strategy == STRAT_AB) {
+        e->ab_staged = NULL;
+        ab_flip(e, h->set);
+    } else {
+        if (h->set->prepared && h->set->owns_prepared) /* the shadow handle: done with it */
+            e->backend->weights_release(e->plan, h->set->prepared);
+        h->set->prepared = NULL;
+        st = quiesce_commit(e, h->set, h->check_finite);
+    }
+    if (h->set && !st) {
         h->set = NULL;
+        e->stats.refits++;
+    } else if (h->set) {
+        e->stats.failed_refits++;
     }
     pthread_mutex_unlock(&e->refit_lock);
     return st;
@@ -850,8 +1288,14 @@ void refit_staged_destroy(refit_staged *h)
 {
     if (!h)
         return;
-    wset_free(h->set);
+    refit_engine *e = h->engine;
+    pthread_mutex_lock(&e->refit_lock);
+    if (e->ab_staged == h)
+        e->ab_staged = NULL; /* the idle instance keeps the staged weights: they are tracked */
+    wset_retire(e, h->set);
+    pthread_mutex_unlock(&e->refit_lock);
     free(h);
+    engine_unref(e);
 }
 
 refit_status refit_engine_read_weight(refit_engine *e, const char *name, void *dst, size_t nbytes,
@@ -873,6 +1317,17 @@ refit_status refit_engine_read_weight(refit_engine *e, const char *name, void *d
     memcpy(dst, s->data[k], nbytes);
     if (version)
         *version = s->version;
+    pthread_mutex_unlock(&e->refit_lock);
+    return REFIT_OK;
+}
+
+refit_status refit_engine_get_stats(refit_engine *e, refit_engine_stats *out)
+{
+    clear_error();
+    if (!e || !out)
+        return fail(REFIT_ERR_INVALID_ARG, "get_stats: engine and out must not be NULL");
+    pthread_mutex_lock(&e->refit_lock);
+    *out = e->stats;
     pthread_mutex_unlock(&e->refit_lock);
     return REFIT_OK;
 }
@@ -901,6 +1356,7 @@ refit_status refit_context_create(refit_engine *e, refit_context **out)
         return rc == REFIT_ERR_NOMEM && !tl_error[0] ? fail(REFIT_ERR_NOMEM, "out of memory creating a context")
                                                      : (refit_status)rc;
     }
+    engine_ref(e);
     pthread_mutex_lock(&e->ctx_lock);
     c->next = e->contexts;
     e->contexts = c;
@@ -926,6 +1382,7 @@ void refit_context_destroy(refit_context *c)
     free(c->in_ptrs);
     free(c->out_ptrs);
     free(c);
+    engine_unref(e);
 }
 
 static refit_status check_buffers(const refit_engine *e, const void *const *inputs,
@@ -960,11 +1417,19 @@ static refit_status run_with(refit_context *c, const wset *s, const void *const 
         c->in_ptrs[i] = inputs[i];
     for (size_t j = 0; j < n_out; j++)
         c->out_ptrs[j] = outputs[j];
-    int rc = e->backend->run(e->plan, c->bctx, s->data, c->in_ptrs, c->out_ptrs, tl_error, sizeof tl_error);
-    if (rc && !tl_error[0])
-        return fail((refit_status)rc, "backend '%s' failed with %s", e->backend->name,
-                    refit_status_string((refit_status)rc));
-    return (refit_status)rc;
+    int rc = e->backend->run(e->plan, c->bctx, s->prepared, c->in_ptrs, c->out_ptrs, tl_error,
+                             sizeof tl_error);
+    return rc ? backend_failed(e, rc, "run") : REFIT_OK;
+}
+
+/* quiesce: wait while a refit holds the gate closed (readers sleep on a condition variable;
+ * the writer broadcasts when it reopens). */
+static void wait_unpaused(refit_engine *e)
+{
+    pthread_mutex_lock(&e->pause_lock);
+    while (atomic_load_explicit(&e->paused, memory_order_seq_cst))
+        pthread_cond_wait(&e->pause_cond, &e->pause_lock);
+    pthread_mutex_unlock(&e->pause_lock);
 }
 
 refit_status refit_context_run(refit_context *c, const void *const *inputs, const size_t *in_nbytes,
@@ -978,15 +1443,27 @@ refit_status refit_context_run(refit_context *c, const void *const *inputs, cons
     refit_status st = check_buffers(e, inputs, in_nbytes, n_in, outputs, out_nbytes, n_out);
     if (st)
         return st;
-    /* Acquire: announce the set, then confirm it is still current (see the header comment). */
+    /* Acquire: announce the set, then confirm it is still current and (quiesce) the gate still
+     * open (see the header comment and docs/engine.md). */
+    const int gated = e->strategy == STRAT_QUIESCE;
     wset *s;
     for (;;) {
+        if (gated && atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
+            wait_unpaused(e);
+            continue;
+        }
         s = atomic_load_explicit(&e->current, memory_order_seq_cst);
         atomic_store_explicit(&c->hazard, s, memory_order_seq_cst);
-        if (atomic_load_explicit(&e->current, memory_order_seq_cst) == s)
+        if ((!gated || !atomic_load_explicit(&e->paused, memory_order_seq_cst)) &&
+            atomic_load_explicit(&e->current, memory_order_seq_cst) == s)
             break;
+        atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
     }
-    st = run_with(c, s, inputs, n_in, outputs, n_out);
+    if (gated && atomic_load_explicit(&e->broken, memory_order_relaxed))
+        st = fail(REFIT_ERR_BACKEND, "run: the last in-place refit failed and the serving weights "
+                  "could not be restored; refit again");
+    else
+        st = run_with(c, s, inputs, n_in, outputs, n_out);
     if (version)
         *version = s->version;
     atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
@@ -1002,6 +1479,10 @@ refit_status refit_context_run_staged(refit_context *c, const refit_staged *h, c
         return fail(REFIT_ERR_INVALID_ARG, "run_staged: staged set does not belong to this context's engine");
     if (!h->set)
         return fail(REFIT_ERR_INVALID_ARG, "run_staged: the staged set was already published");
+    if (!h->set->prepared)
+        return fail(REFIT_ERR_UNSUPPORTED, "run_staged: strategy quiesce on backend '%s': a staged "
+                    "set cannot run before it is published (the backend keeps one weight set)",
+                    c->engine->backend->name);
     refit_status st = check_buffers(c->engine, inputs, in_nbytes, n_in, outputs, out_nbytes, n_out);
     if (st)
         return st;

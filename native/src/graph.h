@@ -14,6 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* a plugin backend may be C++ (MagicMind's SDK is) */
+#endif
+
 #define RT_MAX_DIMS 8
 #define RT_MAX_NODE_INPUTS 8 /* Concat with more inputs is refused at load */
 
@@ -156,5 +160,9 @@ const char *rt_op_name(rt_op op);
 size_t rt_shape_numel(const rt_shape *s);
 /* Formats a shape as "[1, 3, 224, 224]" into buf. */
 const char *rt_shape_str(const rt_shape *s, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -19,6 +19,7 @@
 #include "graph.h"
 #include "pb.h"
 #include "refit.h"
+#include "util.h"
 
 #include <float.h>
 #include <limits.h>
@@ -155,20 +156,12 @@ typedef struct strmap {
     size_t cap, n;
 } strmap;
 
-static uint64_t str_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 static int strmap_get(const strmap *m, const char *key)
 {
     if (!m->cap)
         return -1;
     size_t mask = m->cap - 1;
-    for (size_t i = str_hash(key) & mask;; i = (i + 1) & mask) {
+    for (size_t i = rt_hash_str(key) & mask;; i = (i + 1) & mask) {
         if (!m->keys[i])
             return -1;
         if (strcmp(m->keys[i], key) == 0)
@@ -191,7 +184,7 @@ static int strmap_put(strmap *m, const char *key, int val)
         for (size_t i = 0; i < m->cap; i++) {
             if (!m->keys[i])
                 continue;
-            size_t j = str_hash(m->keys[i]) & (ncap - 1);
+            size_t j = rt_hash_str(m->keys[i]) & (ncap - 1);
             while (nk[j])
                 j = (j + 1) & (ncap - 1);
             nk[j] = m->keys[i];
@@ -204,7 +197,7 @@ static int strmap_put(strmap *m, const char *key, int val)
         m->cap = ncap;
     }
     size_t mask = m->cap - 1;
-    size_t i = str_hash(key) & mask;
+    size_t i = rt_hash_str(key) & mask;
     while (m->keys[i] && strcmp(m->keys[i], key) != 0)
         i = (i + 1) & mask;
     if (!m->keys[i]) {
@@ -467,22 +460,6 @@ static int parse_tensor(loader *L, const uint8_t *data, size_t len, ox_tensor *t
     return 0;
 }
 
-static float half_to_float(uint32_t h)
-{
-    uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        float v = ldexpf((float)mant, -24);
-        return sign ? -v : v;
-    }
-    if (exp == 31)
-        bits = sign | 0x7f800000u | (mant << 13);
-    else
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    float v;
-    memcpy(&v, &bits, 4);
-    return v;
-}
-
 static float bits_to_float(uint32_t bits)
 {
     float v;
@@ -505,7 +482,7 @@ static double raw_get_d(const uint8_t *p, int dtype, size_t k)
 {
     switch (dtype) {
     case RT_F32: return bits_to_float(pb_le32(p + 4 * k));
-    case RT_F16: return half_to_float((uint32_t)p[2 * k] | (uint32_t)p[2 * k + 1] << 8);
+    case RT_F16: return rt_half_to_float((uint16_t)(p[2 * k] | p[2 * k + 1] << 8));
     case OX_BF16: return bits_to_float(((uint32_t)p[2 * k] | (uint32_t)p[2 * k + 1] << 8) << 16);
     case RT_F64: { uint64_t b = pb_le64(p + 8 * k); double d; memcpy(&d, &b, 8); return d; }
     default: return 0;
@@ -607,7 +584,7 @@ static int tensor_decode(loader *L, const ox_tensor *t, void **out)
             pb_get_varints(&f, tmp);
             for (long j = 0; j < c; j++, pos++) {
                 if (t->dtype == RT_F16)
-                    fo[pos] = half_to_float((uint32_t)tmp[j] & 0xffff);
+                    fo[pos] = rt_half_to_float((uint16_t)(tmp[j] & 0xffff));
                 else if (t->dtype == OX_BF16)
                     fo[pos] = bits_to_float(((uint32_t)tmp[j] & 0xffff) << 16);
                 else if (f.num == 5)

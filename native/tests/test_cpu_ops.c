@@ -177,7 +177,7 @@ typedef struct runner {
 static int tg_plan(tg *t, runner *r)
 {
     memset(r, 0, sizeof *r);
-    int rc = rt_cpu_backend.plan_create(&t->g, &r->plan, r->err, sizeof r->err);
+    int rc = rt_cpu_backend.plan_create(&t->g, NULL, &r->plan, r->err, sizeof r->err);
     if (rc) return rc;
     return rt_cpu_backend.ctx_create(r->plan, &r->ctx, r->err, sizeof r->err);
 }
@@ -193,7 +193,13 @@ static int tg_run(tg *t, runner *r, float **outs)
         for (size_t i = 0; i < t->v[t->outputs[j]].numel; i++) outs[j][i] = NAN;
         o[j] = outs[j];
     }
-    return rt_cpu_backend.run(r->plan, r->ctx, w, in, o, r->err, sizeof r->err);
+    /* Backend API v2: the weights are prepared (BN folded, kernels packed) once per set. */
+    void *prep = NULL;
+    int rc = rt_cpu_backend.weights_prepare(r->plan, w, NULL, NULL, &prep, r->err, sizeof r->err);
+    if (rc) return rc;
+    rc = rt_cpu_backend.run(r->plan, r->ctx, prep, in, o, r->err, sizeof r->err);
+    rt_cpu_backend.weights_release(r->plan, prep);
+    return rc;
 }
 
 static void tg_unplan(runner *r)
@@ -373,6 +379,8 @@ static void test_conv(void)
         {1, 3, 30, 30, 16, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1},     /* stem-like 7x7/2 */
         {1, 4, 64, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* many N blocks */
         {1, 6, 11, 9, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6},       /* depthwise stride 2 */
+        {1, 5, 10, 10, 5, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 5},      /* depthwise s2, pad end only */
+        {2, 3, 9, 12, 3, 3, 3, 2, 2, 1, 1, 1, 0, 1, 1, 3},       /* depthwise s2, odd/even, asym */
         {1, 4, 12, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 4},      /* grouped, dilated */
         {1, 4, 7, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},        /* depthwise multiplier 2 */
         {1, 5, 9, 10, 7, 2, 3, 3, 2, 1, 2, 0, 2, 1, 0, 1},       /* asymmetric everything */
@@ -1074,16 +1082,21 @@ static void *thr_main(void *p)
     thr_arg *a = p;
     void *ctx = NULL;
     char err[128];
+    void *prep = NULL;
+    const float *w[1] = {a->w};
     a->ok = rt_cpu_backend.ctx_create(a->plan, &ctx, err, sizeof err) == 0;
+    /* Preparing without a base shares nothing, so two threads may prepare on one plan. */
+    a->ok = a->ok && rt_cpu_backend.weights_prepare(a->plan, w, NULL, NULL, &prep, err, sizeof err) == 0;
     float *out = malloc(a->n * sizeof(float));
     for (int it = 0; it < 20 && a->ok; it++) {
-        const float *w[1] = {a->w}, *in[1] = {a->t->idata[0]};
+        const float *in[1] = {a->t->idata[0]};
         float *o[1] = {out};
-        if (rt_cpu_backend.run(a->plan, ctx, w, in, o, err, sizeof err)) a->ok = 0;
+        if (rt_cpu_backend.run(a->plan, ctx, prep, in, o, err, sizeof err)) a->ok = 0;
         for (size_t i = 0; i < a->n && a->ok; i++)
             if (fabs(out[i] - a->ref[i]) > 1e-4 + 1e-4 * fabs(a->ref[i])) a->ok = 0;
     }
     free(out);
+    if (prep) rt_cpu_backend.weights_release(a->plan, prep);
     rt_cpu_backend.ctx_destroy(ctx);
     return NULL;
 }
@@ -1102,7 +1115,7 @@ static void test_threads(void)
     tg_output(t, y);
     void *plan = NULL;
     char err[128];
-    int rc = rt_cpu_backend.plan_create(&t->g, &plan, err, sizeof err);
+    int rc = rt_cpu_backend.plan_create(&t->g, NULL, &plan, err, sizeof err);
     CHECK(rc == 0, "threads plan: %s", err);
     if (rc) {
         tg_free(t);
@@ -1128,6 +1141,70 @@ static void test_threads(void)
         free(args[k].ref);
     }
     rt_cpu_backend.plan_destroy(plan);
+    tg_free(t);
+}
+
+/* Backend API v2: a partial re-prepare shares the steps whose weights did not change, and an
+ * in-place refit never writes a buffer another handle shares (copy on write). */
+static int run_prepared(tg *t, void *plan, void *ctx, const void *prep, float *out)
+{
+    char err[128];
+    const float *in[1] = {t->idata[0]};
+    float *o[1] = {out};
+    return rt_cpu_backend.run(plan, ctx, prep, in, o, err, sizeof err);
+}
+
+static void test_prepared_sharing(void)
+{
+    tg *t = tg_new();
+    const conv_p p1 = {1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const conv_p p2 = {1, 16, 8, 8, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1};
+    const int x = tg_input(t, DIMS(1, 16, 8, 8));
+    const int w1 = tg_weight(t, DIMS(16, 16, 3, 3)), w2 = tg_weight(t, DIMS(16, 16, 1, 1));
+    rt_attrs a = def_attrs();
+    a.pads[0] = a.pads[1] = a.pads[2] = a.pads[3] = 1;
+    int in1[2] = {x, w1};
+    const int h = tg_node(t, RT_OP_CONV, 2, in1, DIMS(1, 16, 8, 8), &a);
+    int in2[2] = {h, w2};
+    tg_output(t, tg_node(t, RT_OP_CONV, 2, in2, DIMS(1, 16, 8, 8), NULL));
+    float *w1b = malloc(2304 * sizeof(float)), *w2b = malloc(256 * sizeof(float)), out[1024];
+    double *hr = malloc(1024 * sizeof(double)), *ref = malloc(1024 * sizeof(double));
+    float *hf = malloc(1024 * sizeof(float));
+    rfill(w1b, 2304);
+    rfill(w2b, 256);
+    void *plan = NULL, *ctx = NULL, *pa = NULL, *pb = NULL;
+    char err[128];
+    CHECK(rt_cpu_backend.plan_create(&t->g, NULL, &plan, err, sizeof err) == 0 &&
+              rt_cpu_backend.ctx_create(plan, &ctx, err, sizeof err) == 0, "sharing plan: %s", err);
+    const float *wa[2] = {vdata(t, w1), vdata(t, w2)}, *wb[2] = {vdata(t, w1), w2b}, *wc[2] = {w1b, vdata(t, w2)};
+    const unsigned char only_w2[2] = {0, 1}, only_w1[2] = {1, 0};
+    CHECK(rt_cpu_backend.weights_prepare(plan, wa, NULL, NULL, &pa, err, sizeof err) == 0, "prepare a");
+    CHECK(rt_cpu_backend.weights_prepare(plan, wb, pa, only_w2, &pb, err, sizeof err) == 0, "prepare b");
+    CHECK(cpu_prepared_shares(plan, pa, pb, 0) == 1 && cpu_prepared_shares(plan, pa, pb, 1) == 0,
+          "b shares conv 1 (w1 unchanged) and re-prepared conv 2 (w2 changed)");
+    /* Refit a in place with a new w1: its conv-1 buffer is shared with b, so a gets a copy. */
+    CHECK(rt_cpu_backend.weights_refit(plan, pa, wc, only_w1, err, sizeof err) == 0, "refit a in place");
+    CHECK(cpu_prepared_shares(plan, pa, pb, 0) == 0, "the in-place refit copied the shared buffer");
+    const float *const sets[2][2] = {{wb[0], wb[1]}, {wc[0], wc[1]}};
+    const void *handles[2] = {pb, pa};
+    for (int k = 0; k < 2; k++) {
+        ref_conv(&p1, vdata(t, x), sets[k][0], NULL, hr);
+        for (int i = 0; i < 1024; i++) hf[i] = (float)hr[i];
+        ref_conv(&p2, hf, sets[k][1], NULL, ref);
+        char why[160] = "";
+        CHECK(run_prepared(t, plan, ctx, handles[k], out) == 0 &&
+                  close_enough(out, ref, 1024, 1e-3, 1e-3, why, sizeof why),
+              "handle %c computes with its own weights: %s", k ? 'a' : 'b', why);
+    }
+    rt_cpu_backend.weights_release(plan, pa);
+    rt_cpu_backend.weights_release(plan, pb);
+    rt_cpu_backend.ctx_destroy(ctx);
+    rt_cpu_backend.plan_destroy(plan);
+    free(w1b);
+    free(w2b);
+    free(hr);
+    free(ref);
+    free(hf);
     tg_free(t);
 }
 
@@ -1183,6 +1260,7 @@ static void run_all(void)
     test_shape_ops();
     test_memory_plan();
     test_threads();
+    test_prepared_sharing();
     test_refusals();
 }
 
@@ -1198,7 +1276,7 @@ int main(void)
         const int x = tg_input(t, DIMS(1));
         tg_output(t, tg_node(t, RT_OP_RELU, 1, &x, DIMS(1), NULL));
         char err[64];
-        if (rt_cpu_backend.plan_create(&t->g, &probe, err, sizeof err) == 0) {
+        if (rt_cpu_backend.plan_create(&t->g, NULL, &probe, err, sizeof err) == 0) {
             g_isa = cpu_plan_isa(probe);
             static char label[48];
             snprintf(label, sizeof label, "[%s] ", g_isa);

@@ -8,6 +8,7 @@
 #include "check.h"
 #include "refit.h"
 #include "seed_model.h"
+#include "seed_run.h"
 
 
 static const int64_t KSHAPE[4] = {1, 1, 3, 3};
@@ -21,19 +22,6 @@ static refit_engine *open_seed(float k, const char *const *keys, const char *con
     free(bytes);
     CHECK(st == REFIT_OK, "open: %s", refit_status_string(st));
     return e;
-}
-
-static float infer(refit_context *c, uint64_t *version)
-{
-    float x[9], y = -1;
-    for (int i = 0; i < 9; i++)
-        x[i] = 1;
-    const void *in[1] = {x};
-    void *out[1] = {&y};
-    size_t in_n[1] = {sizeof x}, out_n[1] = {sizeof y};
-    refit_status st = refit_context_run(c, in, in_n, 1, out, out_n, 1, version);
-    CHECK(st == REFIT_OK, "run: %s", refit_status_string(st));
-    return y;
 }
 
 static refit_status refit_all(refit_engine *e, float k, uint64_t version)

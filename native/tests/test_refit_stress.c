@@ -2,12 +2,14 @@
  * non-stop while a writer refits the kernel to all-v as version v every REFIT_STRESS_PERIOD_US
  * (default 10 ms), alternating plain refits and stage+publish. Every output must equal 9 x the
  * version returned with it (a torn mix of two sets would not), and each thread must see versions in
- * non-decreasing order. Sizes: REFIT_STRESS_INFERENCES (default 100000, total), REFIT_STRESS_THREADS
- * (default 2), REFIT_STRESS_MIN_REFITS (default 100). */
+ * non-decreasing order. Run once per refit strategy (REFIT_STRESS_STRATEGIES, default
+ * "swap,quiesce,ab"). Sizes: REFIT_STRESS_INFERENCES (default 100000, total per strategy),
+ * REFIT_STRESS_THREADS (default 2), REFIT_STRESS_MIN_REFITS (default 100). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "refit.h"
@@ -54,8 +56,14 @@ static void *reader(void *arg)
     return NULL;
 }
 
-int main(void)
+/* One run under `strategy`; returns 1 if it held the contract. */
+static int stress(const char *strategy)
 {
+    atomic_store(&inferences, 0);
+    atomic_store(&torn, 0);
+    atomic_store(&backwards, 0);
+    atomic_store(&errors, 0);
+    atomic_store(&stop, 0);
     long total = env_long("REFIT_STRESS_INFERENCES", 100000);
     long nthreads = env_long("REFIT_STRESS_THREADS", 2);
     long period_us = env_long("REFIT_STRESS_PERIOD_US", 10000);
@@ -64,9 +72,11 @@ int main(void)
         nthreads = 2;
     size_t size;
     unsigned char *bytes = seed_model(0, &size);
-    if (refit_engine_open_memory(bytes, size, "reference", NULL, NULL, 0, &engine) != REFIT_OK) {
+    const char *keys[1] = {"strategy"}, *vals[1] = {strategy};
+    if (refit_engine_open_memory(bytes, size, "reference", keys, vals, 1, &engine) != REFIT_OK) {
         fprintf(stderr, "open: %s\n", refit_last_error());
-        return 1;
+        free(bytes);
+        return 0;
     }
     free(bytes);
     pthread_t th[64];
@@ -103,12 +113,31 @@ int main(void)
     atomic_store(&stop, 1);
     for (long i = 0; i < nthreads; i++)
         pthread_join(th[i], NULL);
+    refit_engine_stats stats;
+    if (refit_engine_get_stats(engine, &stats) != REFIT_OK)
+        refit_errors++;
     refit_engine_destroy(engine);
 
     long n = atomic_load(&inferences), t = atomic_load(&torn), b = atomic_load(&backwards), e = atomic_load(&errors);
-    printf("stress: %ld inferences on %ld threads, %ld refits, %ld torn, %ld out of order, %ld errors\n", n,
-           nthreads, refits, t, b, e + refit_errors);
-    int ok = n >= total && refits >= min_refits && t == 0 && b == 0 && e == 0 && refit_errors == 0;
-    printf("test_refit_stress: %d passed, %d failed\n", ok, !ok);
-    return ok ? 0 : 1;
+    printf("stress [%s]: %ld inferences on %ld threads, %ld refits, %ld torn, %ld out of order, "
+           "%ld errors, longest pause %.1f us\n", strategy, n, nthreads, refits, t, b,
+           e + refit_errors, (double)stats.max_pause_ns / 1e3);
+    return n >= total && refits >= min_refits && t == 0 && b == 0 && e == 0 && refit_errors == 0 &&
+           stats.refits == (uint64_t)refits;
+}
+
+int main(void)
+{
+    const char *list = getenv("REFIT_STRESS_STRATEGIES");
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", list && *list ? list : "swap,quiesce,ab");
+    int passed = 0, failed = 0;
+    for (char *save = NULL, *s = strtok_r(buf, ",", &save); s; s = strtok_r(NULL, ",", &save)) {
+        if (stress(s))
+            passed++;
+        else
+            failed++;
+    }
+    printf("test_refit_stress: %d passed, %d failed\n", passed, failed);
+    return failed || !passed ? 1 : 0;
 }

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 from ..control import AlreadyRunning, ControlError, ControlServer
 from ..delivery import MAX_SIGNATURE_BYTES, PIN, ROLLBACK, UNPIN, Delivery, read_signature
 from ..package import PackageError, signature_path
+from ..pipeline import UNCHANGED_STAGE
 from ..tensorwire import WireError, from_json, to_json
 from .base import Channel, Stopping, register
 
@@ -132,7 +133,7 @@ class ControlChannel(Channel):
         o = self._run(Delivery.of_command(command, self.origin(), _sig(req), version=v))
         if not o.ok:
             raise ControlError(o.reason)
-        return {"version": v, "pinned": self.pipeline.store.pins()}
+        return {"version": v, "pinned": self.pipeline.store.pins(), "changed": o.stage != UNCHANGED_STAGE}
 
     def _infer(self, req: Dict[str, Any]) -> Dict[str, Any]:
         engine = self.services.engine

@@ -30,6 +30,7 @@ from watchdog.events import FileSystemEventHandler
 from ..delivery import Delivery, read_signature
 from ..dropfolder import complete_name, move_aside, prune, remove_leftovers
 from ..package import SIGNATURE_SUFFIX, PackageError
+from ..pipeline import ALREADY_SERVING_STAGE, already_serving_text
 from .base import Channel, register
 
 # watchdog logs through `logging`; refitd reports through its own event lines. Without a handler
@@ -200,7 +201,9 @@ class DropWatcher(Channel):
 
     def report(self, delivery: Delivery, outcome: Any) -> None:
         name = os.path.basename(delivery.path)
-        if outcome.ok:
+        if outcome.ok and outcome.stage == ALREADY_SERVING_STAGE:
+            text = already_serving_text(outcome.version)
+        elif outcome.ok:
             text = "applied as version %s in %.3f s" % (outcome.version, outcome.seconds)
         else:
             text = "rejected%s: %s" % (" at %s" % outcome.stage if outcome.stage else "", outcome.reason)

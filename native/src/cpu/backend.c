@@ -12,9 +12,12 @@
  *  - every other intermediate gets an offset in one activation arena: liveness intervals over
  *    steps, first-fit placement, so buffers whose lifetimes do not overlap share memory;
  *  - one scratch area per context, sized for the hungriest step (packed GEMM panels, padded /
- *    polyphase planes, Winograd buffers, the per-run folded BatchNorm scale/bias).
- * Nothing derived from weight *data* is kept in the plan: weights arrive with every run, and BN
- * folding, Winograd weight transforms and panel packing happen inside the run.
+ *    polyphase planes, Winograd buffers).
+ * Nothing derived from weight *data* is kept in the plan. Prepared weights (backend API v2,
+ * weights_prepare): per step, what depends only on weights — folded BatchNorm scale/bias, the
+ * conv kernels packed into SGEMM panels, Winograd-transformed kernels — is computed once per
+ * weight set, in a refcounted buffer a partial refit shares for every step whose weights did not
+ * change. run only reads it. A step whose weights are computed at run time keeps the per-run path.
  */
 #include "../backend.h"
 #include "cpu.h"
@@ -77,6 +80,8 @@ typedef struct cpu_step {
     int64_t *a_offs, *b_offs;             /* MatMul: owned arrays when batch > 64 */
     int64_t cat_inner[RT_MAX_NODE_INPUTS];
     size_t param_floats;   /* per-run derived parameters at the start of the scratch */
+    size_t prep_floats;    /* prepared buffer: param_floats + wp_floats (0: nothing prepared) */
+    size_t wp_floats;      /* conv: the kernels' prepared form (cpu_conv_prepared_floats) */
 } cpu_step;
 
 typedef struct cpu_plan {
@@ -87,10 +92,24 @@ typedef struct cpu_plan {
     cpu_ref *vref;       /* per value */
     size_t arena_bytes;
     size_t scratch_floats;
+    cpu_debug *dbg;      /* NULL unless a backend.profile / backend.dump option asked for it */
 } cpu_plan;
+
+/* One step's prepared weights; shared between prepared sets while its weights are unchanged.
+ * refs is plain: the core calls weights_* one at a time per plan. */
+typedef struct cpu_pbuf {
+    int refs;
+    float *data; /* 64-byte aligned, prep_floats */
+} cpu_pbuf;
+
+typedef struct cpu_wprep {
+    const float **w;  /* raw weight k (the core's, valid while this handle lives) */
+    cpu_pbuf **buf;   /* per step, NULL where the step prepares nothing */
+} cpu_wprep;
 
 typedef struct cpu_ctx {
     const cpu_plan *plan;
+    int id;              /* profiler thread lane */
     unsigned char *arena;
     float *scratch;
 } cpu_ctx;
@@ -149,6 +168,7 @@ typedef struct plan_tmp {
     int *absorbed;   /* per node: fused into an earlier step */
     int *step_of;    /* per value: step index that makes it available (-1: always there) */
     int *alias_of;   /* per value: root value it aliases, or itself */
+    int nofuse;      /* dump plan: one step per node, no fusion, no aliasing */
 } plan_tmp;
 
 /* The single consumer node of v, if v has exactly one use and is not a graph output. */
@@ -422,6 +442,7 @@ static void plan_free(cpu_plan *p)
         free(p->steps[i].a_offs);
         free(p->steps[i].b_offs);
     }
+    cpu_debug_free(p->dbg);
     free(p->steps);
     free(p->vref);
     free(p);
@@ -468,14 +489,14 @@ static int build_step(const rt_graph *g, plan_tmp *t, int ni, cpu_step *s, const
         s->kind = ST_CONV;
         if ((rc = setup_conv(g, ni, s, err, errlen))) return rc;
         s->param_floats = (size_t)align_up((size_t)(2 * s->conv.M), 16);
-        fuse_chain(g, t, s, 1, 1);
+        if (!t->nofuse) fuse_chain(g, t, s, 1, 1);
         return 0;
     case RT_OP_GEMM:
         s->kind = ST_GEMM;
         if ((rc = setup_gemm(g, ni, s, err, errlen))) return rc;
         s->param_floats = align_up((size_t)(2 * s->M + s->N), 16);
         if (s->gemm_c == GC_FULL) s->param_floats += align_up((size_t)(s->M * s->N), 16);
-        fuse_chain(g, t, s, 0, s->gemm_c != GC_FULL);
+        if (!t->nofuse) fuse_chain(g, t, s, 0, s->gemm_c != GC_FULL);
         return 0;
     case RT_OP_MATMUL:
         s->kind = ST_MATMUL;
@@ -538,7 +559,7 @@ static int build_step(const rt_graph *g, plan_tmp *t, int ni, cpu_step *s, const
         s->N = xv->shape.d[0];
         s->K = prod(xv->shape.d, 2, xv->shape.ndim);
         s->param_floats = align_up((size_t)(2 * C), 16);
-        fuse_chain(g, t, s, 0, 0);
+        if (!t->nofuse) fuse_chain(g, t, s, 0, 0);
         return 0;
     }
     case RT_OP_MAXPOOL:
@@ -559,7 +580,7 @@ static int build_step(const rt_graph *g, plan_tmp *t, int ni, cpu_step *s, const
         if (xv->numel != yv->numel)
             return fail(err, errlen, REFIT_ERR_MODEL, g, ni, "%zu elements reshaped to %zu", xv->numel, yv->numel);
         s->kind = ST_COPY;
-        if (yv->output_index < 0) return -1; /* alias, no step */
+        if (yv->output_index < 0 && !t->nofuse) return -1; /* alias, no step */
         return 0;
     case RT_OP_CONCAT: {
         s->kind = ST_CONCAT;
@@ -623,9 +644,92 @@ static int step_reads(const cpu_step *s, int *out)
     return n;
 }
 
-static int cpu_plan_create(const rt_graph *g, void **out, char *err, size_t errlen)
+/* The kernel set the engine asked for (backend.isa), checked against this CPU. */
+static int pick_isa(const char *name, const cpu_isa **isa, char *err, size_t errlen)
+{
+    const cpu_isa *best = cpu_isa_select();
+    *isa = NULL;
+    if (strcmp(name, "auto") == 0) *isa = best;
+    if (strcmp(name, "generic") == 0) *isa = cpu_isa_portable();
+#if defined(CPU_HAVE_X86)
+    if (strcmp(name, "avx2") == 0 && best != cpu_isa_portable()) *isa = cpu_isa_avx2();
+    if (strcmp(name, "avx512") == 0 && best == cpu_isa_avx512()) *isa = cpu_isa_avx512();
+#else
+    if (strcmp(name, "neon") == 0) *isa = best;
+#endif
+    if (*isa) return 0;
+    return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
+                "backend option isa=%s: not a kernel set this CPU runs (auto, generic, avx2, avx512, "
+                "neon; best here: %s)", name, best->name);
+}
+
+/* Device, threads and backend.* options: isa (kernel set), prepare=0 (derive every weight
+ * transform on each run, as before API v2: for benchmarks). The reference backend has one
+ * device (0); it runs each inference on its calling thread, so `threads` has nothing to divide. */
+static int apply_config(const rt_backend_config *cfg, const cpu_isa **isa, int *prepare, char *err,
+                        size_t errlen)
+{
+    *isa = cpu_isa_select();
+    *prepare = 1;
+    if (!cfg) return 0;
+    if (cfg->device_id != 0)
+        return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
+                    "device %d: the reference backend has one device, 0", cfg->device_id);
+    for (size_t i = 0; i < cfg->n_options; i++) {
+        int rc;
+        if (strcmp(cfg->option_keys[i], "isa") == 0) {
+            if ((rc = pick_isa(cfg->option_values[i], isa, err, errlen))) return rc;
+        } else if (strcmp(cfg->option_keys[i], "prepare") == 0) {
+            const char *v = cfg->option_values[i];
+            if (strcmp(v, "0") && strcmp(v, "1"))
+                return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
+                            "backend option prepare: must be 0 or 1, got '%s'", v);
+            *prepare = v[0] == '1';
+        } else if (!cpu_debug_key(cfg->option_keys[i])) { /* debug keys: after the plan */
+            return fail(err, errlen, REFIT_ERR_INVALID_ARG, NULL, -1,
+                        "backend option '%s': unknown to the reference backend (known: isa, prepare, "
+                        "profile, profile_runs, profile_skip, dump, dump_at)",
+                        cfg->option_keys[i]);
+        }
+    }
+    return 0;
+}
+
+static int prep_source(const rt_graph *g, int v)
+{
+    return v < 0 || g->values[v].kind == RT_VAL_WEIGHT || g->values[v].kind == RT_VAL_CONST;
+}
+
+/* What step s prepares per weight set: only when every value it derives from is a weight or a
+ * constant (never data computed at run time). */
+static void plan_prepared(const rt_graph *g, const cpu_isa *isa, cpu_step *s)
+{
+    s->prep_floats = s->wp_floats = 0;
+    if (s->kind == ST_CONV) {
+        if (!prep_source(g, s->in_val[1]) || (s->n_in > 2 && !prep_source(g, s->in_val[2]))) return;
+        if (s->bn_node >= 0)
+            for (int k = 1; k < 5; k++)
+                if (!prep_source(g, g->nodes[s->bn_node].in[k])) return;
+        s->wp_floats = cpu_conv_prepared_floats(isa, &s->conv);
+        s->prep_floats = s->param_floats + s->wp_floats;
+    } else if (s->kind == ST_BN) {
+        for (int k = 1; k < 5; k++)
+            if (!prep_source(g, g->nodes[s->node].in[k])) return;
+        s->prep_floats = s->param_floats;
+    }
+}
+
+/* force: the dump plan's kernel set (the serving plan's); nofuse: the dump plan (every node
+ * output materialised, see run_dump). */
+static int plan_build(const rt_graph *g, const rt_backend_config *cfg, const cpu_isa *force,
+                      int nofuse, void **out, char *err, size_t errlen)
 {
     *out = NULL;
+    const cpu_isa *isa = NULL;
+    int prepare = 1;
+    int crc = apply_config(cfg, &isa, &prepare, err, errlen);
+    if (crc) return crc;
+    if (force) isa = force;
     cpu_plan *p = calloc(1, sizeof *p);
     plan_tmp t = {0};
     int *def = NULL, *last = NULL, *order = NULL;
@@ -634,13 +738,14 @@ static int cpu_plan_create(const rt_graph *g, void **out, char *err, size_t errl
     const int nv = g->n_values;
     if (!p) goto nomem;
     p->g = g;
-    p->isa = cpu_isa_select();
+    p->isa = isa;
     t.uses = calloc((size_t)nv + 1, sizeof(int));
     t.consumer = calloc((size_t)nv + 1, sizeof(int));
     t.producer = malloc(((size_t)nv + 1) * sizeof(int));
     t.absorbed = calloc((size_t)g->n_nodes + 1, sizeof(int));
     t.step_of = malloc(((size_t)nv + 1) * sizeof(int));
     t.alias_of = malloc(((size_t)nv + 1) * sizeof(int));
+    t.nofuse = nofuse;
     p->steps = calloc((size_t)g->n_nodes + 1, sizeof(cpu_step));
     p->vref = calloc((size_t)nv + 1, sizeof(cpu_ref));
     def = malloc(((size_t)nv + 1) * sizeof(int));
@@ -781,6 +886,7 @@ static int cpu_plan_create(const rt_graph *g, void **out, char *err, size_t errl
     for (int si = 0; si < p->n_steps; si++) {
         const size_t s = step_scratch(p->isa, &p->steps[si]);
         if (s > p->scratch_floats) p->scratch_floats = s;
+        if (prepare && !nofuse) plan_prepared(g, p->isa, &p->steps[si]); /* dump: raw weights */
     }
     rc = 0;
     goto done;
@@ -801,7 +907,65 @@ done:
     return 0;
 }
 
+static int plan_debug_option(cpu_plan *p, const char *key, const char *value, char *err,
+                             size_t errlen);
+
+static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void **out, char *err,
+                           size_t errlen)
+{
+    int rc = plan_build(g, cfg, NULL, 0, out, err, errlen);
+    for (size_t i = 0; !rc && cfg && i < cfg->n_options; i++)
+        if (cpu_debug_key(cfg->option_keys[i]))
+            rc = plan_debug_option(*out, cfg->option_keys[i], cfg->option_values[i], err, errlen);
+    if (rc && *out) {
+        plan_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 static void cpu_plan_destroy(void *plan) { plan_free(plan); }
+
+/* "Conv+BatchNormalization+Clip", "1x32x56x56, 192x32x1x1 -> 1x192x56x56" for the profiler. */
+static void describe_step(const rt_graph *g, const cpu_step *s, cpu_step_info *in)
+{
+    in->node = g->nodes[s->node].name;
+    static const char *const conv_kind[] = {"im2col", "1x1", "depthwise", "wide", "winograd"};
+    int n = snprintf(in->op, sizeof in->op, "%s", op_name(g->nodes[s->node].op));
+    if (s->kind == ST_CONV) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "[%s]", conv_kind[cpu_conv_kind(&s->conv)]);
+    if (s->bn_node >= 0) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "+BatchNormalization");
+    if (s->res_val >= 0) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "+Add");
+    for (int i = 0; s->has_clamp && i < g->n_nodes; i++)
+        if (g->nodes[i].out == s->out_value) {
+            snprintf(in->op + n, sizeof in->op - (size_t)n, "+%s", op_name(g->nodes[i].op));
+            break;
+        }
+    size_t k = 0;
+    const size_t cap = sizeof in->shapes;
+    for (int i = 0; i <= s->n_in && k < cap; i++) {
+        const int v = i < s->n_in ? s->in_val[i] : s->out_value;
+        if (v < 0) continue;
+        const rt_shape *sh = &g->values[v].shape;
+        k += (size_t)snprintf(in->shapes + k, cap - k, "%s", i == s->n_in ? " -> " : i ? ", " : "");
+        for (int d = 0; d < sh->ndim && k < cap; d++)
+            k += (size_t)snprintf(in->shapes + k, cap - k, "%s%lld", d ? "x" : "", (long long)sh->d[d]);
+        if (!sh->ndim && k < cap) k += (size_t)snprintf(in->shapes + k, cap - k, "scalar");
+    }
+}
+
+/* backend.profile* / dump* options: the profiler and dumps (profile.c), set up once the plan's
+ * steps exist, before any context. */
+static int plan_debug_option(cpu_plan *p, const char *key, const char *value, char *err,
+                             size_t errlen)
+{
+    if (!p->dbg) {
+        if (!(p->dbg = cpu_debug_new(p->n_steps, p->isa->name)))
+            return fail(err, errlen, REFIT_ERR_NOMEM, p->g, -1, "out of memory");
+        cpu_step_info *info = cpu_debug_info(p->dbg);
+        for (int si = 0; si < p->n_steps; si++) describe_step(p->g, &p->steps[si], &info[si]);
+    }
+    return cpu_debug_set(p->dbg, key, value, err, errlen);
+}
 
 /* ---- contexts ----------------------------------------------------------------------------- */
 
@@ -812,6 +976,7 @@ static int cpu_ctx_create(void *plan, void **out, char *err, size_t errlen)
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c) goto nomem;
     c->plan = p;
+    c->id = p->dbg ? cpu_debug_ctx_id(p->dbg) : 0;
     c->arena = aligned_alloc(64, align_up(p->arena_bytes ? p->arena_bytes : 64, 64));
     c->scratch = aligned_alloc(64, align_up((p->scratch_floats + 16) * sizeof(float), 64));
     if (!c->arena || !c->scratch) goto nomem;
@@ -859,7 +1024,9 @@ static float *vptr(const run_env *e, int v)
     }
 }
 
-static void run_step(const run_env *e, const cpu_step *s, float *scratch)
+/* pb: the step's prepared buffer (folded BN scale/bias, then the kernels' prepared form), or NULL
+ * for a step that derives them on every run. */
+static void run_step(const run_env *e, const cpu_step *s, float *scratch, const float *pb)
 {
     const rt_graph *g = e->p->g;
     const rt_node *nd = &g->nodes[s->node];
@@ -881,7 +1048,10 @@ static void run_step(const run_env *e, const cpu_step *s, float *scratch)
     case ST_CONV: {
         const float *w = vptr(e, s->in_val[1]);
         const float *bias = (s->n_in > 2 && s->in_val[2] >= 0) ? vptr(e, s->in_val[2]) : NULL;
-        if (s->bn_node >= 0) {
+        if (pb && s->bn_node >= 0) {
+            epi.row_scale = pb;
+            epi.row_bias = pb + s->conv.M;
+        } else if (s->bn_node >= 0) {
             const rt_node *bn = &g->nodes[s->bn_node];
             cpu_bn_fold(s->conv.M, vptr(e, bn->in[1]), vptr(e, bn->in[2]), vptr(e, bn->in[3]),
                         vptr(e, bn->in[4]), bn->a.epsilon, bias, params, params + s->conv.M);
@@ -891,7 +1061,7 @@ static void run_step(const run_env *e, const cpu_step *s, float *scratch)
             epi.row_bias = bias;
         }
         epi.ldr = s->conv.OH * s->conv.OW;
-        cpu_conv(isa, &s->conv, x, w, y, &epi, work);
+        cpu_conv(isa, &s->conv, x, w, pb && s->wp_floats ? pb + s->param_floats : NULL, y, &epi, work);
         break;
     }
     case ST_GEMM: {
@@ -970,8 +1140,11 @@ static void run_step(const run_env *e, const cpu_step *s, float *scratch)
     case ST_SIGMOID: cpu_sigmoid(x, y, g->values[s->out_value].numel); break;
     case ST_LEAKY: cpu_leakyrelu(x, y, g->values[s->out_value].numel, nd->a.alpha); break;
     case ST_BN:
-        cpu_bn_fold(s->M, vptr(e, nd->in[1]), vptr(e, nd->in[2]), vptr(e, nd->in[3]),
-                    vptr(e, nd->in[4]), nd->a.epsilon, NULL, params, params + s->M);
+        if (pb)
+            params = (float *)pb; /* read only below */
+        else
+            cpu_bn_fold(s->M, vptr(e, nd->in[1]), vptr(e, nd->in[2]), vptr(e, nd->in[3]),
+                        vptr(e, nd->in[4]), nd->a.epsilon, NULL, params, params + s->M);
         cpu_channel_affine(x, y, s->N, s->M, s->K, params, params + s->M, lo, hi);
         break;
     case ST_MAXPOOL: cpu_maxpool(isa, &s->pool, x, y, work); break;
@@ -992,15 +1165,77 @@ static void run_step(const run_env *e, const cpu_step *s, float *scratch)
     }
 }
 
-static int cpu_run(void *plan, void *ctx, const float *const *weights, const float *const *inputs,
+/* The chosen inference of backend.dump, on a plan of its own without fusion or aliasing, so
+ * every node's output exists; each is written as it is computed (later steps may reuse its
+ * memory). The caller's run computes the real outputs afterwards. */
+static void run_dump(const run_env *e, uint64_t seq)
+{
+    const rt_graph *g = e->p->g;
+    char err[256];
+    void *dp = NULL, *dc = NULL;
+    cpu_dump *w = NULL;
+    if (plan_build(g, NULL, e->p->isa, 1, &dp, err, sizeof err) ||
+        cpu_ctx_create(dp, &dc, err, sizeof err) ||
+        !(w = cpu_dump_begin(e->p->dbg, seq))) {
+        fprintf(stderr, "refit: dump of inference %llu skipped: %s\n", (unsigned long long)seq,
+                dp && dc ? "cannot write the index" : err);
+        goto out;
+    }
+    const cpu_plan *p = dp;
+    const cpu_ctx *c = dc;
+    run_env de = {p, e->weights, e->inputs, e->outputs, c->arena};
+    for (int si = 0; si < p->n_steps; si++) {
+        const cpu_step *s = &p->steps[si];
+        const rt_value *v = &g->values[s->out_value];
+        run_step(&de, s, c->scratch, NULL); /* no prepared buffers: derived from raw weights */
+        cpu_dump_value(w, g->nodes[s->node].name, op_name(g->nodes[s->node].op), v->name,
+                       vptr(&de, s->out_value), v->shape.d, v->shape.ndim, v->numel);
+    }
+    cpu_dump_end(w);
+out:
+    cpu_ctx_destroy(dc);
+    plan_free(dp);
+}
+
+/* A run with the profiler and/or a dump pending; the plain loop otherwise. */
+static void run_observed(const run_env *e, const cpu_ctx *c, const cpu_wprep *q)
+{
+    const cpu_plan *p = e->p;
+    const uint64_t seq = cpu_debug_next(p->dbg);
+    if (cpu_debug_dump_due(p->dbg, seq)) run_dump(e, seq);
+    cpu_prof_event *ev = cpu_prof_slot(p->dbg, seq);
+    if (!ev) {
+        for (int si = 0; si < p->n_steps; si++)
+            run_step(e, &p->steps[si], c->scratch, q->buf[si] ? q->buf[si]->data : NULL);
+        return;
+    }
+    ev[p->n_steps].tid = c->id;
+    ev[p->n_steps].t0 = cpu_now_ns();
+    for (int si = 0; si < p->n_steps; si++) {
+        ev[si].tid = c->id;
+        ev[si].t0 = cpu_now_ns();
+        run_step(e, &p->steps[si], c->scratch, q->buf[si] ? q->buf[si]->data : NULL);
+        ev[si].t1 = cpu_now_ns();
+    }
+    ev[p->n_steps].t1 = cpu_now_ns();
+    cpu_prof_done(p->dbg);
+}
+
+static int cpu_run(void *plan, void *ctx, const void *prepared, const float *const *inputs,
                    float *const *outputs, char *err, size_t errlen)
 {
     const cpu_plan *p = plan;
     cpu_ctx *c = ctx;
-    if (!p || !c || c->plan != p)
-        return fail(err, errlen, REFIT_ERR_INVALID_ARG, p ? p->g : NULL, -1, "context belongs to another plan");
-    run_env e = {p, weights, inputs, outputs, c->arena};
-    for (int si = 0; si < p->n_steps; si++) run_step(&e, &p->steps[si], c->scratch);
+    const cpu_wprep *q = prepared;
+    if (!p || !c || c->plan != p || !q)
+        return fail(err, errlen, REFIT_ERR_INVALID_ARG, p ? p->g : NULL, -1,
+                    "context belongs to another plan, or no prepared weights");
+    run_env e = {p, q->w, inputs, outputs, c->arena};
+    if (p->dbg)
+        run_observed(&e, c, q);
+    else
+        for (int si = 0; si < p->n_steps; si++)
+            run_step(&e, &p->steps[si], c->scratch, q->buf[si] ? q->buf[si]->data : NULL);
     /* Graph outputs not computed into their buffer (inputs, weights, constants, repeats). */
     const rt_graph *g = p->g;
     for (int j = 0; j < g->n_outputs; j++) {
@@ -1013,18 +1248,157 @@ static int cpu_run(void *plan, void *ctx, const float *const *weights, const flo
     return 0;
 }
 
+/* ---- prepared weights ----------------------------------------------------------------------- */
+
+static void pbuf_drop(cpu_pbuf *b)
+{
+    if (b && --b->refs == 0) {
+        free(b->data);
+        free(b);
+    }
+}
+
+static cpu_pbuf *pbuf_new(size_t floats)
+{
+    cpu_pbuf *b = malloc(sizeof *b);
+    if (!b) return NULL;
+    b->refs = 1;
+    b->data = aligned_alloc(64, align_up((floats + 16) * sizeof(float), 64));
+    if (!b->data) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Whether any weight step s derives its prepared buffer from is marked in `changed`. */
+static int step_changed(const rt_graph *g, const cpu_step *s, const unsigned char *changed)
+{
+    int v[6], n = 0;
+    if (s->kind == ST_CONV) {
+        v[n++] = s->in_val[1];
+        if (s->n_in > 2) v[n++] = s->in_val[2];
+    }
+    const int bn = s->kind == ST_BN ? s->node : s->bn_node;
+    for (int k = 1; bn >= 0 && k < 5; k++) v[n++] = g->nodes[bn].in[k];
+    for (int i = 0; i < n; i++)
+        if (v[i] >= 0 && g->values[v[i]].kind == RT_VAL_WEIGHT && changed[g->values[v[i]].index])
+            return 1;
+    return 0;
+}
+
+/* Fills step s's prepared buffer from the weights in `w`: the pure transforms of cpu.h. */
+static int step_prepare(const cpu_plan *p, const float *const *w, const cpu_step *s, float *dst)
+{
+    const run_env e = {p, w, NULL, NULL, NULL};
+    const rt_graph *g = p->g;
+    if (s->kind == ST_BN) {
+        const rt_node *nd = &g->nodes[s->node];
+        cpu_bn_fold(s->M, vptr(&e, nd->in[1]), vptr(&e, nd->in[2]), vptr(&e, nd->in[3]),
+                    vptr(&e, nd->in[4]), nd->a.epsilon, NULL, dst, dst + s->M);
+        return 0;
+    }
+    if (s->bn_node >= 0) {
+        const rt_node *bn = &g->nodes[s->bn_node];
+        const float *bias = (s->n_in > 2 && s->in_val[2] >= 0) ? vptr(&e, s->in_val[2]) : NULL;
+        cpu_bn_fold(s->conv.M, vptr(&e, bn->in[1]), vptr(&e, bn->in[2]), vptr(&e, bn->in[3]),
+                    vptr(&e, bn->in[4]), bn->a.epsilon, bias, dst, dst + s->conv.M);
+    }
+    return s->wp_floats ? cpu_conv_prepare(p->isa, &s->conv, vptr(&e, s->in_val[1]), dst + s->param_floats) : 0;
+}
+
+static void cpu_weights_release(void *plan, void *prepared)
+{
+    const cpu_plan *p = plan;
+    cpu_wprep *q = prepared;
+    if (!q) return;
+    for (int si = 0; q->buf && si < p->n_steps; si++) pbuf_drop(q->buf[si]);
+    free(q->buf);
+    free(q->w);
+    free(q);
+}
+
+/* (Re)computes step si's buffer of q unless `changed` says it is still right; a buffer shared
+ * with another handle is replaced, never written (copy on write). */
+static int refresh_step(const cpu_plan *p, cpu_wprep *q, int si, const unsigned char *changed)
+{
+    const cpu_step *s = &p->steps[si];
+    if (!s->prep_floats || (q->buf[si] && changed && !step_changed(p->g, s, changed))) return 0;
+    if (!q->buf[si] || q->buf[si]->refs > 1) {
+        cpu_pbuf *b = pbuf_new(s->prep_floats);
+        if (!b) return -1;
+        pbuf_drop(q->buf[si]);
+        q->buf[si] = b;
+    }
+    return step_prepare(p, q->w, s, q->buf[si]->data);
+}
+
+static int cpu_weights_prepare(void *plan, const float *const *raw, const void *base,
+                               const unsigned char *changed, void **out, char *err, size_t errlen)
+{
+    const cpu_plan *p = plan;
+    const cpu_wprep *b = base;
+    const rt_graph *g = p->g;
+    cpu_wprep *q = calloc(1, sizeof *q);
+    if (q) {
+        q->w = calloc((size_t)g->n_weights + 1, sizeof *q->w);
+        q->buf = calloc((size_t)p->n_steps + 1, sizeof *q->buf);
+    }
+    int bad = !q || !q->w || !q->buf;
+    for (int k = 0; !bad && k < g->n_weights; k++) q->w[k] = raw[k];
+    for (int si = 0; !bad && si < p->n_steps; si++) {
+        if (b && b->buf[si] && changed && !step_changed(g, &p->steps[si], changed)) {
+            q->buf[si] = b->buf[si]; /* its weights are unchanged: share */
+            q->buf[si]->refs++;
+            continue;
+        }
+        bad = refresh_step(p, q, si, NULL);
+    }
+    if (bad) {
+        cpu_weights_release(plan, q);
+        return fail(err, errlen, REFIT_ERR_NOMEM, g, -1, "out of memory preparing the weights");
+    }
+    *out = q;
+    return 0;
+}
+
+static int cpu_weights_refit(void *plan, void *prepared, const float *const *raw,
+                             const unsigned char *changed, char *err, size_t errlen)
+{
+    const cpu_plan *p = plan;
+    cpu_wprep *q = prepared;
+    for (int k = 0; k < p->g->n_weights; k++) q->w[k] = raw[k];
+    for (int si = 0; si < p->n_steps; si++)
+        if (refresh_step(p, q, si, changed))
+            return fail(err, errlen, REFIT_ERR_NOMEM, p->g, -1, "out of memory refitting the weights");
+    return 0;
+}
+
 int cpu_plan_steps(const void *plan) { return ((const cpu_plan *)plan)->n_steps; }
 size_t cpu_plan_arena_bytes(const void *plan) { return ((const cpu_plan *)plan)->arena_bytes; }
 const char *cpu_plan_isa(const void *plan) { return ((const cpu_plan *)plan)->isa->name; }
+
+int cpu_prepared_shares(const void *plan, const void *a, const void *b, int step)
+{
+    const cpu_wprep *qa = a, *qb = b;
+    (void)plan;
+    if (!qa->buf[step] || !qb->buf[step]) return -1;
+    return qa->buf[step] == qb->buf[step];
+}
 
 const rt_backend rt_cpu_backend = {
     RT_BACKEND_API_VERSION,
     "reference",
     "reference CPU backend: float32, packed SGEMM (AVX-512 / AVX2 / NEON / portable), fused "
-    "Conv+BN+residual+Relu/Clip epilogues, liveness-planned activation arena",
+    "Conv+BN+residual+Relu/Clip epilogues, liveness-planned activation arena, weights prepared "
+    "once per refit (BN folding, panel packing, Winograd transforms)",
+    RT_CAP_SETS | RT_CAP_INPLACE,
     cpu_plan_create,
     cpu_plan_destroy,
     cpu_ctx_create,
     cpu_ctx_destroy,
+    cpu_weights_prepare,
+    cpu_weights_release,
+    cpu_weights_refit,
     cpu_run,
 };

@@ -72,6 +72,40 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
     }
 }
 
+/* Prepared weights: the GEMM paths' A operand (each group's Mg x Kg weights) packed once per
+ * weight set, group after group; Winograd's transformed kernels; depthwise reads w as it is. */
+size_t cpu_conv_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g)
+{
+    switch (cpu_conv_kind(g)) {
+    case CPU_CONV_DW: return 0;
+    case CPU_CONV_WINO: return cpu_wino_prepared_floats(isa, g);
+    default:
+        return (size_t)g->group *
+               cpu_sgemm_packed_a_floats(isa, g->M / g->group, (g->C / g->group) * g->kh * g->kw);
+    }
+}
+
+int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst)
+{
+    const int kind = cpu_conv_kind(g);
+    if (kind == CPU_CONV_DW) return 0;
+    if (kind == CPU_CONV_WINO) return cpu_wino_prepare(isa, g, w, dst);
+    const int64_t Mg = g->M / g->group, Kg = (g->C / g->group) * g->kh * g->kw;
+    const size_t per = cpu_sgemm_packed_a_floats(isa, Mg, Kg);
+    for (int64_t gi = 0; gi < g->group; gi++)
+        cpu_sgemm_pack_a(isa, w + gi * Mg * Kg, Kg, 1, Mg, Kg, dst + (size_t)gi * per);
+    return 0;
+}
+
+/* Group gi's A operand for cpu_sgemm: from the prepared form if there is one. */
+static const float *group_a(const cpu_isa *isa, const float *w, const float *wp, int64_t gi,
+                            int64_t Mg, int64_t Kg, int64_t *ars, int64_t *acs)
+{
+    *ars = Kg;
+    *acs = wp ? CPU_A_PACKED : 1;
+    return wp ? wp + (size_t)gi * cpu_sgemm_packed_a_floats(isa, Mg, Kg) : w + gi * Mg * Kg;
+}
+
 /* Any kernel size / stride / dilation, over the padded plane. */
 static void dw_generic(const cpu_dw_args *a)
 {
@@ -100,6 +134,40 @@ static void dw_generic(const cpu_dw_args *a)
     }
 }
 
+/* dst[j] = src[j * stride], j < n. Strides 1 and 2 (the common convs) get loops with a constant
+ * stride, which vectorise; a runtime stride would copy one float at a time. */
+static inline void copy_strided(float *restrict dst, const float *restrict src, int64_t n, int64_t stride)
+{
+    if (stride == 1)
+        for (int64_t j = 0; j < n; j++) dst[j] = src[j];
+    else if (stride == 2)
+        for (int64_t j = 0; j < n; j++) dst[j] = src[2 * j];
+    else
+        for (int64_t j = 0; j < n; j++) dst[j] = src[j * stride];
+}
+
+/* Stride-2 3x3 depthwise input: the padded plane (PH x PW, PW = 2*OW + 1) as its even columns
+ * (PH rows of OW + 1) followed by its odd columns (PH rows of OW), see dw3x3s2_body. Only image
+ * cells are written: the zero border, set once, is the same for every channel. */
+static void dw_split_s2(const cpu_conv_geom *g, const float *plane, int64_t PH, int64_t PW,
+                        float *pad)
+{
+    const int64_t PE = (PW + 1) / 2, PO = PW / 2;
+    float *E = pad, *O = pad + PH * PE;
+    for (int64_t iy = 0; iy < g->H; iy++) {
+        const int64_t py = iy + g->pt;
+        if (py >= PH) break;
+        const float *src = plane + iy * g->W;
+        float *e = E + py * PE, *o = O + py * PO;
+        /* padded column p = ix + pl: even p -> e[p / 2], odd p -> o[p / 2]; j ranges keep
+         * 0 <= ix < W and p < PW, with no branch in the (stride-2, vectorisable) loops. */
+        const int64_t pend = g->W + g->pl < PW ? g->W + g->pl : PW;
+        const int64_t je = (g->pl + 1) / 2, jo = g->pl / 2;
+        copy_strided(e + je, src + 2 * je - g->pl, (pend + 1) / 2 - je, 2);
+        copy_strided(o + jo, src + 2 * jo + 1 - g->pl, pend / 2 - jo, 2);
+    }
+}
+
 static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
                     float *y, const cpu_epi *epi, float *pad)
 {
@@ -108,8 +176,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     /* The border of the padded plane is the same for every channel: zero it once. */
     memset(pad, 0, (size_t)(PH * PW) * sizeof(float));
     const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
-    const int fast = g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->dh == 1 &&
-                     g->dw == 1;
+    const int k3 = g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1;
+    const int fast = k3 && g->sh == 1 && g->sw == 1, s2 = k3 && g->sh == 2 && g->sw == 2;
     const int64_t OHW = g->OH * g->OW;
     cpu_dw_args a;
     a.H = g->H;
@@ -130,12 +198,15 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     for (int64_t n = 0; n < g->N; n++) {
         for (int64_t c = 0; c < g->C; c++) {
             const float *plane = x + (n * g->C + c) * g->H * g->W;
-            if (px1 > px0) {
+            if (s2) {
+                dw_split_s2(g, plane, PH, PW, pad);
+            } else if (px1 > px0) {
+                /* An inline loop, not memcpy: rows of small planes (24 floats) cost more in
+                 * the call than in the copy. */
                 for (int64_t iy = 0; iy < g->H; iy++) {
                     const int64_t py = iy + g->pt;
                     if (py >= PH) break;
-                    memcpy(pad + py * PW + px0, plane + iy * g->W,
-                           (size_t)(px1 - px0) * sizeof(float));
+                    copy_strided(pad + py * PW + px0, plane + iy * g->W, px1 - px0, 1);
                 }
             }
             a.in = plane;
@@ -146,6 +217,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
             a.res = (epi && epi->res) ? epi->res + (n * g->M + c) * OHW : NULL;
             if (fast)
                 isa->dw3x3s1(&a);
+            else if (s2)
+                isa->dw3x3s2(&a);
             else
                 dw_generic(&a);
         }
@@ -160,7 +233,7 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
  * phase (the padded image itself). The PW - OW junk columns per row are dropped when the result is
  * copied out; a residual and the clamp after it are applied in that copy. */
 static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-                      float *y, const cpu_epi *epi, float *scratch)
+                      const float *wp, float *y, const cpu_epi *epi, float *scratch)
 {
     int64_t PH, PW;
     wide_dims(g, &PH, &PW);
@@ -217,17 +290,16 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
                             if (iy >= g->H) break;
                             const float *src = xg + c * HW + iy * g->W + ix0;
                             float *dst = plane + i * PW + j0;
-                            if (sw == 1)
-                                memcpy(dst, src, (size_t)(j1 - j0) * sizeof(float));
-                            else
-                                for (int64_t j = 0; j < j1 - j0; j++) dst[j] = src[j * sw];
+                            copy_strided(dst, src, j1 - j0, sw);
                         }
                     }
                 }
             cpu_epi eg = e;
             if (e.row_scale) eg.row_scale = e.row_scale + gi * Mg;
             if (e.row_bias) eg.row_bias = e.row_bias + gi * Mg;
-            cpu_sgemm(isa, Mg, NW, Kg, w + gi * Mg * Kg, Kg, 1, &b, cw, NW, &eg, gs);
+            int64_t ars, acs;
+            const float *a = group_a(isa, w, wp, gi, Mg, Kg, &ars, &acs);
+            cpu_sgemm(isa, Mg, NW, Kg, a, ars, acs, &b, cw, NW, &eg, gs);
             float *yg = y + (n * g->M + gi * Mg) * OHW;
             const float *rg = late ? epi->res + (n * g->M + gi * Mg) * OHW : NULL;
             for (int64_t m = 0; m < Mg; m++)
@@ -242,7 +314,7 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
                             dst[ox] = v > hi ? hi : v;
                         }
                     } else {
-                        memcpy(dst, src, (size_t)g->OW * sizeof(float));
+                        copy_strided(dst, src, g->OW, 1); /* rows of 24-56 floats: no call */
                     }
                 }
         }
@@ -250,7 +322,7 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
 }
 
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-              float *y, const cpu_epi *epi, float *scratch)
+              const float *wp, float *y, const cpu_epi *epi, float *scratch)
 {
     const int kind = cpu_conv_kind(g);
     if (kind == CPU_CONV_DW) {
@@ -258,11 +330,11 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
         return;
     }
     if (kind == CPU_CONV_WINO) {
-        cpu_conv_wino(isa, g, x, w, y, epi, scratch);
+        cpu_conv_wino(isa, g, x, w, wp, y, epi, scratch);
         return;
     }
     if (kind == CPU_CONV_WIDE) {
-        conv_wide(isa, g, x, w, y, epi, scratch);
+        conv_wide(isa, g, x, w, wp, y, epi, scratch);
         return;
     }
     const int64_t HW = g->H * g->W, OHW = g->OH * g->OW;
@@ -291,7 +363,9 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
             b.img = xn;
             b.boff = boff;
             e.res = resn;
-            cpu_sgemm(isa, g->M, HW, g->C, w, g->C, 1, &b, yn, HW, &e, scratch + a16(2 * g->C));
+            int64_t ars, acs;
+            const float *a = group_a(isa, w, wp, 0, g->M, g->C, &ars, &acs);
+            cpu_sgemm(isa, g->M, HW, g->C, a, ars, acs, &b, yn, HW, &e, scratch + a16(2 * g->C));
             continue;
         }
         for (int64_t gi = 0; gi < g->group; gi++) {
@@ -333,8 +407,9 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
             if (epi && epi->row_scale) eg.row_scale = epi->row_scale + gi * Mg;
             if (epi && epi->row_bias) eg.row_bias = epi->row_bias + gi * Mg;
             eg.res = resn ? resn + gi * Mg * OHW : NULL;
-            cpu_sgemm(isa, Mg, OHW, Kg, w + gi * Mg * Kg, Kg, 1, &b, yn + gi * Mg * OHW, OHW, &eg,
-                      gs);
+            int64_t ars, acs;
+            const float *a = group_a(isa, w, wp, gi, Mg, Kg, &ars, &acs);
+            cpu_sgemm(isa, Mg, OHW, Kg, a, ars, acs, &b, yn + gi * Mg * OHW, OHW, &eg, gs);
         }
     }
 }

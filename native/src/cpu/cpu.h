@@ -66,6 +66,7 @@ typedef struct cpu_isa {
     cpu_ukernel_fn ukernel;
     cpu_sgemm_fn sgemm;   /* the GEMM driver compiled for this ISA (see cpu_sgemm) */
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
+    cpu_dw_fn dw3x3s2;    /* 3x3, stride 2, dilation 1, over even/odd column planes (conv.c) */
 } cpu_isa;
 
 /* Picks the best kernel set the running CPU supports (rt_cpu_features, cpuinfo.h);
@@ -98,7 +99,13 @@ typedef struct cpu_bsrc {
 
 /* Scratch floats needed by cpu_sgemm for these sizes. */
 size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K);
-/* A[i][k] = a[i*ars + k*acs]. scratch: cpu_sgemm_scratch() floats, 64-byte aligned. */
+/* A[i][k] = a[i*ars + k*acs], or, with acs == CPU_A_PACKED, `a` is already in the packed form
+ * cpu_sgemm_pack_a writes (prepared weights: the packing moves out of every run). scratch:
+ * cpu_sgemm_scratch() floats, 64-byte aligned. */
+#define CPU_A_PACKED 0
+size_t cpu_sgemm_packed_a_floats(const cpu_isa *isa, int64_t M, int64_t K);
+void cpu_sgemm_pack_a(const cpu_isa *isa, const float *a, int64_t ars, int64_t acs, int64_t M,
+                      int64_t K, float *dst);
 void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
                int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
                float *scratch);
@@ -121,13 +128,23 @@ enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2, CPU_CONV_WIDE = 3, 
 /* Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, no dilation, group 1, >= 16 channels. */
 int cpu_wino_ok(const cpu_conv_geom *g);
 size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
+/* wp: NULL, or w prepared by cpu_wino_prepare (the transformed, packed kernels U). */
 void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-                   float *y, const cpu_epi *epi, float *scratch);
+                   const float *wp, float *y, const cpu_epi *epi, float *scratch);
+size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
+/* Returns 0, or -1 when out of memory. */
+int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst);
 int cpu_conv_kind(const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
-/* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW. */
+/* Prepared weights (weights_prepare): floats of w's prepared form for this geometry (0: the path
+ * reads w as it is, e.g. depthwise), and the transform raw w -> prepared (0, or -1 when out of
+ * memory). A pure function of w: the packed layout is the kernels' business. */
+size_t cpu_conv_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
+int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst);
+/* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW.
+ * wp: NULL (w is packed/transformed on this call) or w's prepared form. */
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-              float *y, const cpu_epi *epi, float *scratch);
+              const float *wp, float *y, const cpu_epi *epi, float *scratch);
 
 /* ---- Other ops (ops.c) ---------------------------------------------------------------------- */
 enum { CPU_BIN_ADD, CPU_BIN_SUB, CPU_BIN_MUL, CPU_BIN_DIV };
@@ -160,9 +177,42 @@ void cpu_softmax(const float *x, float *y, int64_t outer, int64_t n, int64_t inn
 void cpu_reduce_mean(const float *x, float *y, int nd, const int64_t *shape, uint32_t mask);
 void cpu_concat(int n_in, const float *const *xs, const int64_t *inner, int64_t outer, float *y);
 
+/* ---- profiler and intermediate dumps (profile.c) ------------------------------------------- */
+/* Options backend.profile / profile_runs / profile_skip / dump / dump_at; see profile.c. */
+typedef struct cpu_debug cpu_debug;
+typedef struct cpu_step_info {
+    const char *node;   /* the step's first node (owned by the graph) */
+    char op[96];        /* "Conv+BatchNormalization+Clip": the ops fused into the step */
+    char shapes[200];   /* "1x32x56x56 -> 1x192x56x56" */
+} cpu_step_info;
+typedef struct cpu_prof_event {
+    int64_t t0, t1;     /* CLOCK_MONOTONIC ns */
+    int tid;            /* context id */
+} cpu_prof_event;
+int64_t cpu_now_ns(void);
+cpu_debug *cpu_debug_new(int n_steps, const char *isa);
+cpu_step_info *cpu_debug_info(cpu_debug *d); /* n_steps entries for the plan to fill */
+int cpu_debug_key(const char *key);          /* one of the options above (without "backend.") */
+int cpu_debug_set(cpu_debug *d, const char *key, const char *value, char *err, size_t errlen);
+int cpu_debug_ctx_id(cpu_debug *d);          /* at ctx_create; allocates the event buffer once */
+uint64_t cpu_debug_next(cpu_debug *d);       /* this inference's number (0, 1, ...) */
+int cpu_debug_dump_due(const cpu_debug *d, uint64_t seq);
+/* n_steps step events then the run's envelope, or NULL if inference `seq` is not recorded. */
+cpu_prof_event *cpu_prof_slot(cpu_debug *d, uint64_t seq);
+void cpu_prof_done(cpu_debug *d);            /* a recorded run finished; the last one writes */
+void cpu_debug_free(cpu_debug *d);           /* writes a profile cut short */
+typedef struct cpu_dump cpu_dump;
+cpu_dump *cpu_dump_begin(const cpu_debug *d, uint64_t seq);
+void cpu_dump_value(cpu_dump *w, const char *node, const char *op, const char *value,
+                    const float *x, const int64_t *shape, int ndim, size_t numel);
+void cpu_dump_end(cpu_dump *w);
+
 /* ---- introspection for tests (backend.c) ---------------------------------------------------- */
 int cpu_plan_steps(const void *plan);          /* steps after fusion / aliasing */
 size_t cpu_plan_arena_bytes(const void *plan); /* activation arena of one context */
 const char *cpu_plan_isa(const void *plan);
+/* 1 if prepared handles a and b share step `step`'s prepared buffer, 0 if not, -1 if a step has
+ * none. */
+int cpu_prepared_shares(const void *plan, const void *a, const void *b, int step);
 
 #endif

@@ -144,8 +144,18 @@ static void uk_portable(int64_t kc, const float *a, const float *b, float *c, in
 }
 #endif
 
-/* Depthwise 3x3 stride 1 over a padded plane, written for the auto-vectoriser (one output row at
- * a time, no reductions); instantiated per ISA below so each copy vectorises to its width. */
+/* Depthwise 3x3 stride 1 over a padded plane, written for the auto-vectoriser and instantiated
+ * per ISA below so each copy vectorises to its width. Two output rows per pass, like the
+ * AVX-512 kernel: their six kernel taps on input rows r1 and r2 share the loads (12 loads per 18
+ * multiply-adds instead of 18), no reductions, the epilogue (BN, residual, clamp) in the loop. */
+static inline __attribute__((always_inline)) float dw_clamp(float v, float lo, float hi)
+{
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+#define DW_S1_ROW(ra, rb, rc)                                                                      \
+    (w0 * ra[x] + w1 * ra[x + 1] + w2 * ra[x + 2] + w3 * rb[x] + w4 * rb[x + 1] +                 \
+     w5 * rb[x + 2] + w6 * rc[x] + w7 * rc[x + 1] + w8 * rc[x + 2])
 static inline __attribute__((always_inline)) void dw3x3s1_body(const cpu_dw_args *a)
 {
     const int64_t OH = a->OH, OW = a->OW;
@@ -153,35 +163,69 @@ static inline __attribute__((always_inline)) void dw3x3s1_body(const cpu_dw_args
     const float w0 = a->w[0], w1 = a->w[1], w2 = a->w[2], w3 = a->w[3], w4 = a->w[4],
                 w5 = a->w[5], w6 = a->w[6], w7 = a->w[7], w8 = a->w[8];
     const float s = a->scale, bb = a->bias, lo = a->lo, hi = a->hi;
-    for (int64_t oy = 0; oy < OH; oy++) {
-        const float *restrict r0 = a->pad + oy * PW;
-        const float *restrict r1 = r0 + PW;
-        const float *restrict r2 = r1 + PW;
-        float *restrict o = a->out + oy * OW;
+    int64_t oy = 0;
+    for (; oy + 1 < OH; oy += 2) {
+        const float *restrict r0 = a->pad + oy * PW, *restrict r1 = r0 + PW;
+        const float *restrict r2 = r1 + PW, *restrict r3 = r2 + PW;
+        float *restrict o0 = a->out + oy * OW, *restrict o1 = o0 + OW;
         if (a->res) {
-            const float *restrict rr = a->res + oy * OW;
+            const float *restrict q0 = a->res + oy * OW, *restrict q1 = q0 + OW;
             for (int64_t x = 0; x < OW; x++) {
-                float v = w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] +
-                          w4 * r1[x + 1] + w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] +
-                          w8 * r2[x + 2];
-                v = v * s + bb + rr[x];
-                v = v < lo ? lo : v;
-                o[x] = v > hi ? hi : v;
+                o0[x] = dw_clamp(DW_S1_ROW(r0, r1, r2) * s + bb + q0[x], lo, hi);
+                o1[x] = dw_clamp(DW_S1_ROW(r1, r2, r3) * s + bb + q1[x], lo, hi);
             }
         } else {
             for (int64_t x = 0; x < OW; x++) {
-                float v = w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] +
-                          w4 * r1[x + 1] + w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] +
-                          w8 * r2[x + 2];
-                v = v * s + bb;
-                v = v < lo ? lo : v;
-                o[x] = v > hi ? hi : v;
+                o0[x] = dw_clamp(DW_S1_ROW(r0, r1, r2) * s + bb, lo, hi);
+                o1[x] = dw_clamp(DW_S1_ROW(r1, r2, r3) * s + bb, lo, hi);
             }
         }
     }
+    for (; oy < OH; oy++) { /* an odd last row */
+        const float *restrict r0 = a->pad + oy * PW, *restrict r1 = r0 + PW, *restrict r2 = r1 + PW;
+        float *restrict o = a->out + oy * OW;
+        const float *restrict q = a->res ? a->res + oy * OW : NULL;
+        for (int64_t x = 0; x < OW; x++)
+            o[x] = dw_clamp(DW_S1_ROW(r0, r1, r2) * s + bb + (q ? q[x] : 0.0f), lo, hi);
+    }
 }
+#undef DW_S1_ROW
 
 static void dw3x3s1_portable(const cpu_dw_args *a) { dw3x3s1_body(a); }
+
+/* Depthwise 3x3 stride 2 over the padded plane split into its even and odd columns (conv.c:
+ * E[r][j] = Xpad[r][2j], OW + 1 per row, then O[r][j] = Xpad[r][2j+1], OW per row, for all
+ * 2*OH + 1 rows), so output x reads E[x], O[x], E[x+1]: unit-stride loads, which the
+ * auto-vectoriser turns into full-width FMAs (a stride-2 gather does not vectorise). */
+static inline __attribute__((always_inline)) void dw3x3s2_body(const cpu_dw_args *a)
+{
+    const int64_t OH = a->OH, OW = a->OW, PE = OW + 1, PO = OW;
+    const float *E = a->pad, *O = a->pad + (2 * OH + 1) * PE;
+    const float w0 = a->w[0], w1 = a->w[1], w2 = a->w[2], w3 = a->w[3], w4 = a->w[4],
+                w5 = a->w[5], w6 = a->w[6], w7 = a->w[7], w8 = a->w[8];
+    const float s = a->scale, bb = a->bias, lo = a->lo, hi = a->hi;
+    for (int64_t oy = 0; oy < OH; oy++) {
+        const float *restrict e0 = E + 2 * oy * PE, *restrict e1 = e0 + PE, *restrict e2 = e1 + PE;
+        const float *restrict o0 = O + 2 * oy * PO, *restrict o1 = o0 + PO, *restrict o2 = o1 + PO;
+        const float *restrict rr = a->res ? a->res + oy * OW : NULL;
+        float *restrict o = a->out + oy * OW;
+#define DW_S2_SUM                                                                                  \
+    (w0 * e0[x] + w1 * o0[x] + w2 * e0[x + 1] + w3 * e1[x] + w4 * o1[x] + w5 * e1[x + 1] +        \
+     w6 * e2[x] + w7 * o2[x] + w8 * e2[x + 1])
+        if (rr) {
+            for (int64_t x = 0; x < OW; x++) {
+                o[x] = dw_clamp(DW_S2_SUM * s + bb + rr[x], lo, hi);
+            }
+        } else {
+            for (int64_t x = 0; x < OW; x++) {
+                o[x] = dw_clamp(DW_S2_SUM * s + bb, lo, hi);
+            }
+        }
+#undef DW_S2_SUM
+    }
+}
+
+static void dw3x3s2_portable(const cpu_dw_args *a) { dw3x3s2_body(a); }
 
 
 /* ---- x86-64 micro-kernels ------------------------------------------------------------------ */
@@ -259,10 +303,13 @@ __attribute__((target("avx512f"))) static void uk_avx512_ind(int64_t kc, const f
     uk_avx512_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 
-/* AVX2+FMA 6x16: 12 ymm accumulators. */
+/* AVX2+FMA 6x16: 12 ymm accumulators. `rows` (a constant in every instantiation) <= 6 rows of
+ * C are computed and stored; the A panel keeps its 6-row layout. Like MLAS's FMA3 kernel, the M
+ * edge then costs only its own rows: 6 does not divide the usual channel counts (32 = 5*6 + 2),
+ * and a zero-padded full tile wasted up to a third of an edge tile's FMAs. */
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
-uk_avx2_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, float *c,
-             int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
+uk_avx2_impl(const int rows, int64_t kc, const float *a, const float *b, const int64_t *boff,
+             float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
              const float *res, int64_t ldr, float lo, float hi)
 {
     /* lo/hi go through memory: kept in xmm registers across the loop they would push one of the
@@ -277,7 +324,7 @@ uk_avx2_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, fl
         const float *bk = boff ? b + boff[k] : b + 16 * k;
         const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
 #define FMA(i)                                                                                     \
-    {                                                                                              \
+    if ((i) < rows) {                                                                              \
         const __m256 ai = _mm256_broadcast_ss(a + i);                                              \
         c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                                \
         c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                                                \
@@ -289,7 +336,7 @@ uk_avx2_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, fl
     const __m256 vlo = _mm256_set1_ps(lohi[0]), vhi = _mm256_set1_ps(lohi[1]);
     const __m256 cb0 = _mm256_loadu_ps(cb), cb1 = _mm256_loadu_ps(cb + 8);
 #define OUT(i)                                                                                     \
-    {                                                                                              \
+    if ((i) < rows) {                                                                              \
         float *ci = c + (i) * ldc;                                                                 \
         if (flags & CPU_UK_LOAD) {                                                                 \
             c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(ci));                                 \
@@ -319,7 +366,7 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float 
                                                          const float *res, int64_t ldr, float lo,
                                                          float hi)
 {
-    uk_avx2_impl(kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+    uk_avx2_impl(6, kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 __attribute__((target("avx2,fma"))) static void uk_avx2_ind(int64_t kc, const float *a,
                                                              const float *b, const int64_t *boff,
@@ -328,7 +375,23 @@ __attribute__((target("avx2,fma"))) static void uk_avx2_ind(int64_t kc, const fl
                                                              const float *cb, const float *res,
                                                              int64_t ldr, float lo, float hi)
 {
-    uk_avx2_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+    uk_avx2_impl(6, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+}
+/* Fewer than 6 rows (the M edge), B packed (boff NULL) or in place. */
+__attribute__((target("avx2,fma"))) static void uk_avx2_rows(int rows, int64_t kc, const float *a,
+                                                              const float *b, const int64_t *boff,
+                                                              float *c, int64_t ldc, int flags,
+                                                              const float *rs, const float *rb,
+                                                              const float *cb, const float *res,
+                                                              int64_t ldr, float lo, float hi)
+{
+    switch (rows) {
+    case 1: uk_avx2_impl(1, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    case 2: uk_avx2_impl(2, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    case 3: uk_avx2_impl(3, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    case 4: uk_avx2_impl(4, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    default: uk_avx2_impl(5, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+    }
 }
 
 /* AVX-512 depthwise 3x3 stride 1, two output rows per pass (four input rows loaded once for
@@ -403,6 +466,14 @@ __attribute__((target("avx2,fma"))) static void dw3x3s1_avx2(const cpu_dw_args *
 {
     dw3x3s1_body(a);
 }
+__attribute__((target("avx2,fma"))) static void dw3x3s2_avx2(const cpu_dw_args *a)
+{
+    dw3x3s2_body(a);
+}
+__attribute__((target("avx512f"))) static void dw3x3s2_avx512(const cpu_dw_args *a)
+{
+    dw3x3s2_body(a);
+}
 #endif /* CPU_HAVE_X86 */
 
 /* ---- packing --------------------------------------------------------------------------------- */
@@ -429,7 +500,7 @@ static int64_t pick_nc(int64_t kc, int64_t N, int nr)
 size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K)
 {
     int64_t kc = pick_kc(K), nc = pick_nc(kc, N, isa->nr);
-    return (size_t)(round_up(M, isa->mr) * K + kc * nc) + 32;
+    return (size_t)(round_up(M, isa->mr) * K + kc * nc + 2 * round_up(M, isa->mr)) + 32;
 }
 
 static inline __attribute__((always_inline)) void pack_a(const float *a, int64_t ars, int64_t acs, int64_t M, int64_t K, int mr,
@@ -577,12 +648,20 @@ static inline __attribute__((always_inline)) void pack_b_wide(const cpu_bsrc *s,
 
 /* ---- driver ---------------------------------------------------------------------------------- */
 
+/* A micro-kernel for the first `rows` (< MR) rows of a tile, B packed (boff NULL) or in place. */
+typedef void (*cpu_ukrows_fn)(int rows, int64_t kc, const float *a, const float *b,
+                              const int64_t *boff, float *c, int64_t ldc, int flags, const float *rs,
+                              const float *rb, const float *cb, const float *res, int64_t ldr,
+                              float lo, float hi);
+
 /* The driver body, inlined into one function per ISA so the packers vectorise to its width and
- * the micro-kernel call is direct. */
+ * the micro-kernel call is direct. ukrows (may be NULL) runs M-edge tiles of full panels in
+ * place; without it they run the full kernel on a local tile. */
 static inline __attribute__((always_inline)) void
 sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t acs,
            const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch,
-           const int mr, const int nr, cpu_ukernel_fn ukernel, cpu_ukind_fn ukind)
+           const int mr, const int nr, cpu_ukernel_fn ukernel, cpu_ukind_fn ukind,
+           cpu_ukrows_fn ukrows)
 {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -592,13 +671,22 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
         return;
     }
     const int64_t kcb = pick_kc(K), ncb = pick_nc(kcb, N, nr);
-    float *pa = scratch;
-    float *pb = pa + round_up(M, mr) * K;
-    pack_a(a, ars, acs, M, K, mr, pa);
+    const float *pa = a; /* acs == CPU_A_PACKED: prepared by cpu_sgemm_pack_a, off the hot path */
+    float *pb = scratch + round_up(M, mr) * K;
+    if (acs != CPU_A_PACKED) {
+        pack_a(a, ars, acs, M, K, mr, scratch);
+        pa = scratch;
+    }
     const int direct = ukind && bsrc->is_conv == 2;
+    /* Row scale / bias padded to whole M tiles, once per call rather than once per tile. */
+    float *rs_all = pb + kcb * ncb, *rb_all = rs_all + round_up(M, mr);
+    for (int64_t i = 0; i < round_up(M, mr); i++) {
+        rs_all[i] = (i < M && epi && epi->row_scale) ? epi->row_scale[i] : 1.0f;
+        rb_all[i] = (i < M && epi && epi->row_bias) ? epi->row_bias[i] : 0.0f;
+    }
 
     float ones[CPU_MAX_MR], zeros[CPU_MAX_NR];
-    float rs[CPU_MAX_MR], rb[CPU_MAX_MR], cbt[CPU_MAX_NR];
+    float cbt[CPU_MAX_NR];
     float tile[CPU_MAX_MR * CPU_MAX_NR], rtile[CPU_MAX_MR * CPU_MAX_NR];
     for (int i = 0; i < CPU_MAX_MR; i++) ones[i] = 1.0f;
     for (int j = 0; j < CPU_MAX_NR; j++) zeros[j] = 0.0f;
@@ -624,15 +712,8 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                 for (int64_t ir = 0; ir < M; ir += mr) {
                     const int64_t mi = M - ir < mr ? M - ir : mr;
                     const float *ap = pa + ir * K + pc * mr;
-                    const float *rsp = ones, *rbp = zeros;
-                    if (flags & CPU_UK_EPI) {
-                        for (int i = 0; i < mr; i++) {
-                            rs[i] = (i < mi && epi && epi->row_scale) ? epi->row_scale[ir + i] : 1.0f;
-                            rb[i] = (i < mi && epi && epi->row_bias) ? epi->row_bias[ir + i] : 0.0f;
-                        }
-                        rsp = rs;
-                        rbp = rb;
-                    }
+                    const int epi_now = flags & CPU_UK_EPI;
+                    const float *rsp = epi_now ? rs_all + ir : ones, *rbp = epi_now ? rb_all + ir : zeros;
                     const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
                     float *cp = c + ir * ldc + n0;
                     if (mi == mr && nw == nr) {
@@ -640,9 +721,14 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                               res ? epi->ldr : 0, lo, hi);
                         continue;
                     }
-                    /* Edge: pack this panel (no reads past the last column) and use the packed
-                     * kernel on a local tile. */
-                    if (!packed) {
+                    if (ukrows && nw == nr) {
+                        ukrows((int)mi, kc, ap, bp, boff, cp, ldc, flags, rsp, rbp, cbp, res,
+                               res ? epi->ldr : 0, lo, hi);
+                        continue;
+                    }
+                    /* Edge: a local tile; the last partial panel is packed first (no reads past
+                     * the last column), a full panel with fewer rows is still read in place. */
+                    if (nw < nr && !packed) {
                         pack_b_wide(bsrc, pc, kc, n0, nw, nr, pb);
                         packed = 1;
                     }
@@ -655,8 +741,12 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                                 rtile[i * nr + j] =
                                     (i < mi && j < nw) ? res[i * epi->ldr + j] : 0.0f;
                     }
-                    ukernel(kc, ap, pb, tile, nr, flags, rsp, rbp, cbp, res ? rtile : NULL, nr, lo,
-                            hi);
+                    if (nw == nr)
+                        ukind(kc, ap, bp, boff, tile, nr, flags, rsp, rbp, cbp, res ? rtile : NULL,
+                              nr, lo, hi);
+                    else
+                        ukernel(kc, ap, pb, tile, nr, flags, rsp, rbp, cbp, res ? rtile : NULL, nr,
+                                lo, hi);
                     for (int64_t i = 0; i < mi; i++)
                         for (int64_t j = 0; j < nw; j++) cp[i * ldc + j] = tile[i * nr + j];
                 }
@@ -681,15 +771,8 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
             for (int64_t ir = 0; ir < M; ir += mr) {
                 const int64_t mi = M - ir < mr ? M - ir : mr;
                 const float *ap = pa + ir * K + pc * mr;
-                const float *rsp = ones, *rbp = zeros;
-                if (flags & CPU_UK_EPI) {
-                    for (int i = 0; i < mr; i++) {
-                        rs[i] = (i < mi && epi && epi->row_scale) ? epi->row_scale[ir + i] : 1.0f;
-                        rb[i] = (i < mi && epi && epi->row_bias) ? epi->row_bias[ir + i] : 0.0f;
-                    }
-                    rsp = rs;
-                    rbp = rb;
-                }
+                const int epi_now = flags & CPU_UK_EPI;
+                const float *rsp = epi_now ? rs_all + ir : ones, *rbp = epi_now ? rb_all + ir : zeros;
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     const int64_t n0 = jc + jr;
                     const int64_t nw = nc - jr < nr ? nc - jr : nr;
@@ -697,10 +780,14 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                     const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
                     const float *cbp = zeros;
                     float *cp = c + ir * ldc + n0;
-                    if (mi == mr && nw == nr) {
+                    if (nw == nr && (mi == mr || ukrows)) {
                         if (epi && epi->col_bias) cbp = epi->col_bias + n0;
-                        ukernel(kc, ap, bp, cp, ldc, flags, rsp, rbp, cbp, res,
-                                     res ? epi->ldr : 0, lo, hi);
+                        if (mi == mr)
+                            ukernel(kc, ap, bp, cp, ldc, flags, rsp, rbp, cbp, res,
+                                    res ? epi->ldr : 0, lo, hi);
+                        else
+                            ukrows((int)mi, kc, ap, bp, NULL, cp, ldc, flags, rsp, rbp, cbp, res,
+                                   res ? epi->ldr : 0, lo, hi);
                         continue;
                     }
                     /* Edge tile: run the kernel on a full tile in local memory. */
@@ -734,18 +821,29 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
 
 static void sgemm_portable(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, UK_PORTABLE_IND);
+    sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, UK_PORTABLE_IND, NULL);
 }
 #if defined(CPU_HAVE_X86)
 __attribute__((target("avx512f"))) static void sgemm_avx512(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, uk_avx512_ind);
+    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, uk_avx512_ind, NULL);
 }
 __attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, uk_avx2_ind);
+    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, uk_avx2_ind, uk_avx2_rows);
 }
 #endif
+
+size_t cpu_sgemm_packed_a_floats(const cpu_isa *isa, int64_t M, int64_t K)
+{
+    return (size_t)(round_up(M, isa->mr) * K);
+}
+
+void cpu_sgemm_pack_a(const cpu_isa *isa, const float *a, int64_t ars, int64_t acs, int64_t M,
+                      int64_t K, float *dst)
+{
+    pack_a(a, ars, acs, M, K, isa->mr, dst);
+}
 
 void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
                int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
@@ -811,12 +909,13 @@ static const cpu_isa isa_portable = {
 #else
     "generic",
 #endif
-    P_MR, P_NR, uk_portable, sgemm_portable, dw3x3s1_portable};
+    P_MR, P_NR, uk_portable, sgemm_portable, dw3x3s1_portable, dw3x3s2_portable};
 const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
 
 #if defined(CPU_HAVE_X86)
-static const cpu_isa isa_avx512 = {"avx512f", 8, 32, uk_avx512, sgemm_avx512, dw3x3s1_avx512};
-static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, sgemm_avx2, dw3x3s1_avx2};
+static const cpu_isa isa_avx512 = {"avx512f", 8, 32, uk_avx512, sgemm_avx512, dw3x3s1_avx512,
+                                   dw3x3s2_avx512};
+static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, sgemm_avx2, dw3x3s1_avx2, dw3x3s2_avx2};
 const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
 const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
 #endif

@@ -4,9 +4,9 @@
  * Each 2x2 output tile comes from a 4x4 input tile: Y = A^T [ (G g G^T) . (B^T d B) ] A, so the
  * 9 multiply-adds per output pixel and input channel become 16 per 4 pixels (2.25x fewer). The
  * products summed over channels are 16 GEMMs, U[e] (M x C) x V[e] (C x tiles), on the packed
- * SGEMM (B read in place where the ISA's kernel can). The weight transform U = G g G^T is redone
- * on every run (the weights may have changed; it costs ~40 flops per (m, c) against the conv's
- * 9 per pixel). The transforms only add, subtract and halve, so results stay within float
+ * SGEMM (B read in place where the ISA's kernel can). The weight transform U = G g G^T, packed
+ * for the SGEMM, is done once per weight set (cpu_wino_prepare, called from weights_prepare); a
+ * call without prepared weights still does it inline. The transforms only add, subtract and halve, so results stay within float
  * rounding of the direct conv (the tests hold it to the same tolerance).
  *
  * Layout: tiles are numbered t = ty*TWp + tx with TWp = TW + 1 (one junk tile per tile row), and
@@ -17,6 +17,7 @@
  */
 #include "cpu.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static int64_t a16(int64_t x) { return (x + 15) / 16 * 16; }
@@ -244,21 +245,60 @@ __attribute__((target("avx2,fma"))) static void out_store_avx2(OUT_ARGS)
 }
 #endif
 
-void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
-                   float *y, const cpu_epi *epi, float *scratch)
+typedef void (*wt_xform_fn)(WT_ARGS);
+
+static wt_xform_fn wt_xform_for(const cpu_isa *isa)
 {
-    void (*wt_x)(WT_ARGS) = wt_xform_portable;
+#if defined(CPU_HAVE_X86)
+    if (isa == cpu_isa_avx512()) return wt_xform_avx512;
+    if (isa == cpu_isa_avx2()) return wt_xform_avx2;
+#endif
+    (void)isa;
+    return wt_xform_portable;
+}
+
+/* U[e] = (G g G^T)[e] for every (m, c): M x C matrices es_u apart. wt: 9*C floats of scratch. */
+static void wino_weights(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *U,
+                         int64_t es_u, float *wt)
+{
+    const wt_xform_fn wt_x = wt_xform_for(isa);
+    const int64_t C = g->C;
+    for (int64_t m = 0; m < g->M; m++) {
+        for (int64_t c = 0; c < C; c++)
+            for (int j = 0; j < 9; j++) wt[j * C + c] = w[(m * C + c) * 9 + j];
+        wt_x(wt, C, U, es_u, m);
+    }
+}
+
+size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g)
+{
+    return 16 * cpu_sgemm_packed_a_floats(isa, g->M, g->C);
+}
+
+int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst)
+{
+    const wgeo o = wino_geo(g);
+    float *U = malloc((size_t)(16 * o.es_u + a16(9 * g->C)) * sizeof(float));
+    if (!U) return -1;
+    wino_weights(isa, g, w, U, o.es_u, U + 16 * o.es_u);
+    const size_t pa = cpu_sgemm_packed_a_floats(isa, g->M, g->C);
+    for (int e = 0; e < 16; e++) cpu_sgemm_pack_a(isa, U + e * o.es_u, g->C, 1, g->M, g->C, dst + e * pa);
+    free(U);
+    return 0;
+}
+
+void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
+                   const float *wp, float *y, const cpu_epi *epi, float *scratch)
+{
     void (*in_x)(const float *, const wgeo *, float *, int64_t) = in_xform_portable;
     void (*out_x)(const float *, const wgeo *, int64_t, float, float, float *) = out_xform_portable;
     void (*out_st)(OUT_ARGS) = out_store_portable;
 #if defined(CPU_HAVE_X86)
     if (isa == cpu_isa_avx512()) {
-        wt_x = wt_xform_avx512;
         in_x = in_xform_avx512;
         out_x = out_xform_avx512;
         out_st = out_store_avx512;
     } else if (isa == cpu_isa_avx2()) {
-        wt_x = wt_xform_avx2;
         in_x = in_xform_avx2;
         out_x = out_xform_avx2;
         out_st = out_store_avx2;
@@ -275,11 +315,8 @@ void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, c
     int64_t *boff = (int64_t *)(void *)(yb + 4 * a16(o.Tp));
     float *gs = yb + 4 * a16(o.Tp) + a16(2 * C);
 
-    for (int64_t m = 0; m < M; m++) {
-        for (int64_t c = 0; c < C; c++)
-            for (int j = 0; j < 9; j++) wt[j * C + c] = w[(m * C + c) * 9 + j];
-        wt_x(wt, C, U, o.es_u, m);
-    }
+    const size_t pa = cpu_sgemm_packed_a_floats(isa, M, C);
+    if (!wp) wino_weights(isa, g, w, U, o.es_u, wt);
     const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
     const int64_t HW = g->H * g->W, OHW = g->OH * g->OW, THall = (g->OH + 1) / 2;
     memset(P, 0, (size_t)(4 * PP) * sizeof(float));
@@ -327,7 +364,11 @@ void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, c
                 b.is_conv = 2; /* row k of V[e] at V[e] + k*Tp: read in place where possible */
                 b.img = V + e * ob.es_v;
                 b.boff = boff;
-                cpu_sgemm(isa, M, Tp, C, U + e * ob.es_u, C, 1, &b, Mo + e * ob.es_m, Tp, NULL, gs);
+                if (wp)
+                    cpu_sgemm(isa, M, Tp, C, wp + e * pa, 0, CPU_A_PACKED, &b, Mo + e * ob.es_m, Tp,
+                              NULL, gs);
+                else
+                    cpu_sgemm(isa, M, Tp, C, U + e * ob.es_u, C, 1, &b, Mo + e * ob.es_m, Tp, NULL, gs);
             }
             for (int64_t m = 0; m < M; m++) {
                 const float s = (epi && epi->row_scale) ? epi->row_scale[m] : 1.0f;

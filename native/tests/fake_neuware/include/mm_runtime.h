@@ -1,0 +1,2 @@
+/* mm_runtime.h — test-only FAKE Neuware header for the compile-only check: forwards to the declaration header. */
+#include "mm_decl_compile_check.h"
