@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: setup demo test test-all test-native test-asan test-tsan test-python clean
+.PHONY: setup demo test test-all test-native test-asan test-tsan test-python fuzz soak lsan clean
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,20 @@ test-tsan:
 
 test-python:
 	$(PY) -m pytest -q -m "not edge and not slow" tests
+
+# Long runs (not in test-all): the property tests at 20,000 examples each plus the slow fuzzing
+# tests; the soak for 30 minutes; the native refit loop under LeakSanitizer.
+fuzz:
+	HYPOTHESIS_PROFILE=long REFITD_LONG=1 $(PY) -m pytest -q tests/test_properties.py tests/test_hostile_corpus.py
+	REFITD_LONG=1 $(PY) -m pytest -q -m slow tests/test_package.py
+
+soak:
+	$(PY) bench/soak.py --minutes 30
+
+lsan:
+	cmake -S native -B build/asan -DCMAKE_BUILD_TYPE=Debug -DREFIT_SANITIZE=address,undefined >/dev/null
+	cmake --build build/asan -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 REFIT_STRESS_INFERENCES=200000 build/asan/test_refit_stress
 
 clean:
 	rm -rf build dist

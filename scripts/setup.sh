@@ -31,6 +31,8 @@ done
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# systemd-analyze (verify, security --offline), systemd-sysusers/-tmpfiles: tests/test_systemd.py
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   echo "setup: installing ${need_apt[*]}" >&2

@@ -197,6 +197,15 @@ def fail_replace(monkeypatch, suffix: str) -> list:
     return calls
 
 
+@pytest.fixture
+def state():
+    """A short state directory under /tmp (Unix socket paths stay under 107 bytes), removed after."""
+    from daemon_helpers import rmtree, short_dir
+    d = short_dir()
+    yield d
+    rmtree(d)
+
+
 # ---- no silent skips ----------------------------------------------------------------------
 # A skip is not a pass: a fresh machine that lacks a tool would otherwise go green without
 # running the tests that need it. Long runs (marked slow) are deselected unless REFITD_LONG=1,

@@ -35,14 +35,18 @@ def write_chain_package(path: str, fp: str, version: int, changed: Optional[List
 
 def device_config(state: str, model: str, broker_url: str, fleet: str, dev: str,
                   group: Optional[str] = None, protocol: str = "5",
-                  health: Optional[Dict[str, Any]] = None, rate: float = 20.0, **mqtt: Any) -> str:
+                  health: Optional[Dict[str, Any]] = None, rate: float = 20.0,
+                  security: Any = False, **mqtt: Any) -> str:
     m = {"enabled": True, "broker": broker_url, "fleet": fleet, "client_id": dev,
          "protocol": protocol, "status_period": 2.0, "request_timeout": 3.0, "backoff_max": 2.0}
     if group:
         m["group"] = group
     m.update(mqtt)
+    # The transport tests push unsigned packages: signatures over MQTT (on by default with
+    # mqtt.enabled) are tested on their own, so these devices opt out explicitly.
     cfg = base_config(state, model=model, mqtt=m, watch={"path": None},
-                      source={"type": "synthetic", "fill": "ones", "rate": rate})
+                      source={"type": "synthetic", "fill": "ones", "rate": rate},
+                      security={"require_signature": security})
     if health is not None:
         cfg["health"] = health
     return write_config(state, cfg)

@@ -87,8 +87,13 @@ CASES = [
     ("mqtt.protocol", "4", 'mqtt.protocol: must be "5" or "3.1.1"'),
     ("mqtt.chunk_size", 10, "mqtt.chunk_size: must be an integer from 4096"),
     ("mqtt.brokr", "x", "mqtt.brokr: unknown key"),
-    ("security.require_signature", True, "security.require_signature: signature checks are not available yet"),
-    ("security.trusted_keys", "k.pem", 'security.trusted_keys: must be a list of paths, got "k.pem"'),
+    ("security.require_signature", True, "security.trusted_keys: signatures are required on cli, file, mqtt but no key is trusted"),
+    ("security.require_signature", ["ftp"], "security.require_signature: must be true, false, null or a list of channels (cli, file, mqtt)"),
+    ("security.trusted_keys", "k.pem", 'security.trusted_keys: must map key ids to public keys (ed25519:<base64>), got "k.pem"'),
+    ("security.trusted_keys", {"abc": "ed25519:" + "A" * 43 + "="}, "security.trusted_keys.abc: this key's id is "),
+    ("security.trusted_keys", {"abc": "rsa:xyz"}, "security.trusted_keys.abc: a public key must look like ed25519:<base64 of 32 bytes>"),
+    ("security.threshold", 0, "security.threshold: must be an integer >= 1, got 0"),
+    ("security.command_window", 0, "security.command_window: must be a number > 0, got 0"),
     ("sourse", {"type": "synthetic"}, 'sourse: unknown section (did you mean "source"?)'),
 ]
 

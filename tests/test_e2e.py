@@ -58,7 +58,9 @@ def test_apply_cli_and_file_drop_versions_rollback_restart(state):
         os.rename(os.path.join(state, ".v2"), os.path.join(cfg["watch"]["path"], "v2.safetensors"))
         wait_until(lambda: d.status()["serving"]["version"] == 2, what="v2 via file drop")
         assert _y(d) == (18.0, 2)
-        assert os.path.exists(os.path.join(cfg["watch"]["path"], "applied", "v2.safetensors.reason"))
+        # the file moves aside after it serves (and after the listeners ran)
+        wait_until(lambda: os.path.exists(os.path.join(cfg["watch"]["path"], "applied", "v2.safetensors.reason")),
+                   what="v2's reason file in applied/")
         vs = json.loads(d.cli("versions", "--json").stdout)
         assert [v["version"] for v in vs["versions"]] == [0, 1, 2]
         assert vs["current"] == 2

@@ -84,7 +84,7 @@ t_check=$(elapsed "$t2")
 # 4. the rest: installer, unit, config, docs, manifest
 install -m 0755 toolchain/install.sh "$STAGE/install.sh"
 mkdir -p "$STAGE/systemd" "$STAGE/config" "$STAGE/doc"
-install -m 0644 systemd/*.service "$STAGE/systemd/"
+install -m 0644 systemd/*.service systemd/*.conf "$STAGE/systemd/"
 if [ -f config/refitd.yaml ]; then
   install -m 0644 config/refitd.yaml "$STAGE/config/refitd.yaml"
 else

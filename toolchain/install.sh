@@ -235,6 +235,17 @@ if [ "$DO_SYSTEMD" = 1 ]; then
       "$here/systemd/refitd.service" | mlu_devices >"$UNITDIR/refitd.service.tmp"
   chmod 0644 "$UNITDIR/refitd.service.tmp"
   mv -f "$UNITDIR/refitd.service.tmp" "$UNITDIR/refitd.service"
+  # The user and directories for systemd-sysusers / systemd-tmpfiles (the real unit dir only).
+  if [ "$UNITDIR" = /etc/systemd/system ]; then
+    for kind in sysusers tmpfiles; do
+      [ -f "$here/systemd/refitd.$kind.conf" ] || continue
+      mkdir -p "/usr/lib/$kind.d"
+      sed -e "s|/var/lib/refitd|$STATEDIR|g" -e "s|/etc/refitd|$CONFDIR|g" \
+          -e "s|\brefitd refitd\b|$SVC_USER $SVC_GROUP|" -e "s|^u refitd |u $SVC_USER |" \
+          "$here/systemd/refitd.$kind.conf" >"/usr/lib/$kind.d/refitd.conf"
+      chmod 0644 "/usr/lib/$kind.d/refitd.conf"
+    done
+  fi
   # systemctl only for the real unit directory of a running systemd (never for scratch installs).
   if [ "$UNITDIR" = /etc/systemd/system ] && command -v systemctl >/dev/null 2>&1 \
      && [ -d /run/systemd/system ]; then

@@ -16,6 +16,10 @@
     refitd rollout PACKAGE --fleet F --canary G --max-failures K --broker URL
     refitd serve --dir PACKAGES --broker URL   weight server (replicas share via $share)
     refitd fleet status --fleet F --broker URL [--json]
+    refitd verify-store [--store DIR] [--json]   check every stored version's blobs (read-only)
+    refitd keygen -o KEY                    an ed25519 key pair for signing (KEY, KEY.pub)
+    refitd sign PACKAGE --key KEY           write PACKAGE.sig; refitd verify PACKAGE checks it
+    refitd sign-command rollback --to V --key KEY -o FILE   a signed command (rollback --sig FILE)
 
 Client commands find the control socket from --socket, $REFITD_SOCKET, --config, then
 /etc/refitd/refitd.yaml, then the demo config's socket (under $XDG_STATE_HOME/refitd).
@@ -272,6 +276,12 @@ def cmd_rollback(args) -> int:
     req: Dict[str, Any] = {"cmd": "rollback"}
     if args.to is not None:
         req["to"] = args.to
+    if args.sig:  # a signed rollback command (refitd sign-command), where signatures are required
+        try:
+            with open(args.sig, encoding="utf-8") as f:
+                req["sig"] = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError("cannot read %s: %s" % (args.sig, getattr(e, "strerror", None) or e))
     resp = request(args, req, timeout=args.timeout)
     return _report_outcome(args, resp, "rollback")
 
@@ -493,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = client("rollback", "serve a stored version again (default: the one before current)")
     sp.add_argument("--to", type=int, metavar="V", help="the stored version to serve (see refitd versions)")
+    sp.add_argument("--sig", metavar="FILE",
+                    help="the command's signature envelope, from refitd sign-command")
     sp.add_argument("--json", action="store_true", help=JSON_HELP)
     sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the outcome (default 600)")
     sp.set_defaults(fn=cmd_rollback)
@@ -567,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .fleet.commands import add_parsers
     add_parsers(sub)
+    from .cli_trust import add_commands  # verify-store, keygen, sign, verify, sign-command
+    add_commands(command, JSON_HELP)
     return p
 
 

@@ -22,7 +22,7 @@ Sections (see ``config/refitd.yaml`` for the annotated example and docs/daemon.m
   log       format text | json, level
   metrics   listen (loopback "127.0.0.1:PORT", or null)
   mqtt      the fleet channel: broker, fleet, group, TLS, credentials, ... (refitd.fleet.settings)
-  security  reserved (accepted and validated minimally; comes with the security issue)
+  security  require_signature, trusted_keys, threshold, fleet/group, command_window, state_dir
 
 Relative paths are resolved against the directory of the config file. Every section is optional
 except ``model``; ``demo_config(state_dir)`` builds the configuration ``refitd run`` uses when
@@ -172,6 +172,8 @@ class StoreConfig:
 @section
 class WatchConfig:
     path: Optional[str] = _f(None, k_path, "file-drop directory; null disables the channel", nullable=True)
+    keep: int = _f(100, k_int(0), "packages kept in each of applied/ and rejected/ (oldest go first)")
+    keep_bytes: int = _f(1 << 30, k_int(0), "bytes kept in each of applied/ and rejected/ (oldest go first)")
     signature_settle: float = _f(0.0, k_float(0.0, 60.0), "seconds a package without NAME.sig waits for one that arrives late")
 
 
@@ -215,11 +217,48 @@ class MetricsConfig:
     listen: Optional[Tuple[str, int]] = _f(None, k_listen, "loopback host:port of the Prometheus endpoint; null = off", nullable=True)
 
 
+def _k_channels(v, path, ctx):
+    """``require_signature``: true (every channel), false (none) or a list of channel names."""
+    from .trust import CHANNELS
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, list) and all(isinstance(c, str) and c in CHANNELS for c in v):
+        return list(v)
+    ctx.add(path, "must be true, false, null or a list of channels (%s), got %s"
+            % (", ".join(CHANNELS), _show(v)))
+    return _BAD
+
+
+def _k_public_keys(v, path, ctx):
+    """``trusted_keys``: key id -> "ed25519:<base64>", each id checked against its key."""
+    if not isinstance(v, dict):
+        ctx.add(path, "must map key ids to public keys (ed25519:<base64>), got %s" % _show(v))
+        return _BAD
+    from .signing import SignatureError, parse_public_key
+    out = {}
+    for kid, text in v.items():
+        try:
+            got, _ = parse_public_key(text)
+        except SignatureError as e:
+            ctx.add(path + (str(kid),), str(e))
+            continue
+        if got != kid:
+            ctx.add(path + (str(kid),), "this key's id is %s (refitd keygen prints it)" % got)
+            continue
+        out[kid] = text.strip()
+    return out
+
+
 @section
 class SecurityConfig:
-    """Reserved for the security issue: accepted, checked minimally, not used yet."""
-    require_signature: bool = _f(False, k_bool, "reserved: signed packages are not enforced yet")
-    trusted_keys: List[str] = _f(factory=list, kind=_k_path_list, doc="public key files")
+    """Signatures and the defences built on them (docs/security.md)."""
+    require_signature: Optional[Any] = _f(None, _k_channels, "channels that accept only signed packages and commands: null = mqtt when enabled, true = all, false = none, or a list of cli, file, mqtt", nullable=True)
+    trusted_keys: Dict[str, str] = _f(factory=dict, kind=_k_public_keys, doc="key id -> ed25519:<base64> public key; remove a key to revoke it")
+    threshold: int = _f(1, k_int(1), "distinct trusted keys that must sign a package or command")
+    fleet: Optional[str] = _f(None, k_str, "this box's fleet: a package signed for another fleet is refused", nullable=True)
+    group: Optional[str] = _f(None, k_str, "this box's group: a package signed for another group is refused", nullable=True)
+    command_window: float = _f(300.0, k_float(0.0, exclusive_min=True), "seconds a signed command is valid around its issue time (nonces are kept this long)")
+    state_dir: Optional[str] = _f(None, k_path, "where the version floor and command nonces persist; null = trust/ beside store.path", nullable=True)
 
 
 @dataclass
@@ -338,8 +377,16 @@ def parse_config(raw: Any, origin: Optional[str] = None,
             ctx.add(("health", "window", "range_min"), "must be <= range_max")
     if sink is not None and sink.type == "mqtt" and mqtt is not None and not mqtt.enabled:
         ctx.add(("sink", "type"), "mqtt needs mqtt.enabled: true (results go over the fleet channel)")
-    if security is not None and security.require_signature:
-        ctx.add(("security", "require_signature"), "signature checks are not available yet (coming with the security issue); set false")
+    if security is not None:
+        from .trust import required_channels
+        mqtt_ok = not any(p.path.startswith("mqtt") for p in ctx.problems)  # no cascade
+        need = required_channels(security.require_signature, bool(mqtt is not None and mqtt.enabled))
+        if need and not security.trusted_keys and (mqtt_ok or need != ["mqtt"]):
+            ctx.add(("security", "trusted_keys"), "signatures are required on %s but no key is trusted"
+                    % ", ".join(need))
+        elif security.threshold > max(1, len(security.trusted_keys)):
+            ctx.add(("security", "threshold"), "is %d but only %d keys are trusted"
+                    % (security.threshold, len(security.trusted_keys)))
     paths: Dict[str, str] = {}
     for key, obj, attr in (("store.path", store, "path"), ("watch.path", watch, "path"),
                            ("control.socket", control, "socket"),

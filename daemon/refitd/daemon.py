@@ -52,6 +52,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.engine = None
         self.store = None
+        self.trust = None
         self.pipeline = None
         self.runner = None
         self.channels: List[Any] = []
@@ -97,6 +98,7 @@ class Daemon:
             self.pipeline = Pipeline(self.engine, self.store, cfg, self.events)
         except Exception as e:  # a health check that does not fit the model, ...
             raise StartupError("cannot set up the update pipeline: %s" % _first_line(e))
+        self._open_trust()
         # Serve the store's committed current before any worker starts (the pipeline seeds an
         # empty store with the model file's weights and falls back past a corrupt version).
         try:
@@ -104,6 +106,10 @@ class Daemon:
         except (StoreError, OSError) as e:
             raise StartupError("cannot serve from the store: %s" % _first_line(e))
         self.events.emit("store.serving", version=version, current=self.store.current())
+        if self.store.read_only:
+            self.events.emit("store.read_only", path=self.store.path, reason=self.store.read_only,
+                             detail="serving version %d; updates, pins and rollbacks are refused"
+                             % version)
 
         from .runner import Runner
         try:
@@ -114,6 +120,20 @@ class Daemon:
         self.runner.add_observer(self.pipeline.observe)
         # One listener remembers the last update, whichever channel (or the window) made it.
         self.pipeline.listeners.append(self._record)
+
+    def _open_trust(self) -> None:
+        """The verifier on every delivery's raw bytes, the persisted version floor (never below
+        what the store has committed) and its listener (trust.py, docs/security.md)."""
+        from .signing import SignatureError
+        from .trust import Trust
+        try:
+            self.trust = Trust.from_config(self.cfg, self.engine.fingerprint, self.events,
+                                           floor_at_least=self.store.highest())
+        except SignatureError as e:
+            raise StartupError("cannot set up signature checks: %s" % _first_line(e))
+        self.pipeline.verifier = self.trust.verify
+        self.pipeline.floor = self.trust.floor_value
+        self.pipeline.listeners.append(self.trust.on_outcome)
 
     def start_services(self) -> None:
         cfg = self.cfg
@@ -176,7 +196,23 @@ class Daemon:
             "watch": self.cfg.watch.path,
             "config": self.config_path,
             "updates": self.updates.snapshot() if self.updates else {},
+            "degraded": self.degraded(),
+            "trust": self.trust.describe() if self.trust is not None else None,
         }
+        return out
+
+    def degraded(self) -> List[str]:
+        """One line per reason the daemon serves but cannot do all it should (empty: healthy)."""
+        out = []
+        if self.store is not None and self.store.read_only:
+            out.append("store %s is read-only (%s): serving version %s, updates are refused"
+                       % (self.store.path, self.store.read_only, self.store.current()))
+        if self.trust is not None and self.trust.degraded:
+            out.append(self.trust.degraded)
+        if self.runner is not None:
+            dead = self.runner.dead()
+            if dead:
+                out.append("inference workers %s have died" % ",".join(map(str, dead)))
         return out
 
     def versions(self) -> Dict[str, Any]:
@@ -209,6 +245,7 @@ class Daemon:
     def reload(self) -> Dict[str, Any]:
         """Re-reads the config file; applies what is safe to change live, reports the rest."""
         with self._reload_lock:
+            self._reopen_sink()
             if not self.config_path:
                 msg = "no config file to reload (running the built-in demo config)"
                 self.events.emit("daemon.reload_partial", reason=msg)
@@ -260,6 +297,17 @@ class Daemon:
                              needs_restart=",".join(unchanged) or None)
             self.notifier.ready(self._status_line())
             return {"changed": changed, "needs_restart": unchanged}
+
+    def _reopen_sink(self) -> None:
+        # logrotate renames the results file and sends SIGHUP: write on into a new one
+        reopen = getattr(self.runner.sink, "reopen", None) if self.runner else None
+        if reopen is None:
+            return
+        try:
+            reopen()
+            self.events.emit("sink.reopened", path=getattr(self.cfg.sink, "path", None))
+        except OSError as e:
+            self.events.emit("sink.error", error="cannot reopen: %s" % _first_line(e))
 
     def _reconfigure_pipeline(self, new: _config.Config) -> None:
         """Swaps the pipeline's shadow checks, watch window and size cap for the new config's,

@@ -5,15 +5,22 @@ A writer drops a file safely by writing ``x.part`` / ``.x`` / ``x.tmp`` and rena
 names are never taken. A handled file moves into a subfolder (``applied/``, ``rejected/``,
 ``done/``, ``failed/``) under a free name, its companions (``.sig``) beside it, and its
 ``.reason`` is written atomically: whole or absent.
+
+Retention (``prune``): an unattended box must not keep every package it was ever sent (one
+update a second is ~220 MB/h; one 100 MB update a day ~36 GB a year, on the store's disk). An
+entry is a file plus its companions (``.sig``, ``.reason``); entries go whole, oldest first (by
+the file's mtime: when it was moved there).
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Tuple
 
-from .atomic import write_atomic
+from .atomic import TMP_PREFIX, write_atomic
 
-__all__ = ["complete_name", "move_aside"]
+__all__ = ["complete_name", "move_aside", "prune", "remove_leftovers"]
+
+_COMPANIONS = (".sig", ".reason")
 
 TEMP_SUFFIXES = (".part", ".tmp")
 
@@ -34,9 +41,15 @@ def move_aside(folder: str, sub: str, name: str, reason: Optional[str] = None,
     while os.path.lexists(os.path.join(dest_dir, dest_name)):
         dest_name = "%s.%d" % (name, i)
         i += 1
-    # The reason first: whoever sees the file in its new place finds its reason beside it.
+    # The reason first: whoever sees the file in its new place finds its reason beside it. On a
+    # full disk the file still moves (a rename needs no space) and the error is raised after, so
+    # the drop folder does not take the same file again and again.
+    failed: Optional[OSError] = None
     if reason is not None:
-        write_atomic(os.path.join(dest_dir, dest_name + ".reason"), [(reason.rstrip("\n") + "\n").encode()])
+        try:
+            write_atomic(os.path.join(dest_dir, dest_name + ".reason"), [(reason.rstrip("\n") + "\n").encode()])
+        except OSError as e:  # write_atomic removed its temp file
+            failed = e
     for suffix in companions:
         src = os.path.join(folder, name + suffix)
         if os.path.exists(src):
@@ -48,4 +61,68 @@ def move_aside(folder: str, sub: str, name: str, reason: Optional[str] = None,
         os.replace(os.path.join(folder, name), os.path.join(dest_dir, dest_name))
     except FileNotFoundError:
         pass
+    if failed is not None:
+        raise failed
     return dest_name
+
+
+def remove_leftovers(d: str) -> List[str]:
+    """Removes the temp files of reason files a crash interrupted (``.tmp-*``; ``.*.reason.part``
+    from before the atomic writer). Returns their paths."""
+    out = []
+    for name in os.listdir(d):
+        if name.startswith(TMP_PREFIX) or (name.startswith(".") and name.endswith(".reason.part")):
+            try:
+                os.unlink(os.path.join(d, name))
+                out.append(os.path.join(d, name))
+            except OSError:
+                pass
+    return out
+
+
+def _entries(d: str) -> List[Tuple[float, str, int]]:
+    """(mtime, name, bytes incl. companions) for every handled file in ``d``, oldest first."""
+    names = set(os.listdir(d))
+    out = []
+    for name in names:
+        if name.startswith(".") or name.endswith(_COMPANIONS):
+            continue
+        try:
+            st = os.lstat(os.path.join(d, name))
+        except FileNotFoundError:
+            continue
+        size = st.st_size
+        for ext in _COMPANIONS:
+            if name + ext in names:
+                try:
+                    size += os.lstat(os.path.join(d, name + ext)).st_size
+                except FileNotFoundError:
+                    pass
+        out.append((st.st_mtime, name, size))
+    out.sort()
+    return out
+
+
+def prune(d: str, keep: int, keep_bytes: int) -> List[str]:
+    """Removes the oldest entries of ``d`` until at most ``keep`` remain and they hold at most
+    ``keep_bytes`` (the newest always stays, however large: it explains the last outcome).
+    Returns the names removed."""
+    entries = _entries(d)
+    total = sum(e[2] for e in entries)
+    gone = []
+    while entries:
+        over_count = len(entries) > keep
+        over_bytes = total > keep_bytes and len(entries) > 1
+        if not (over_count or over_bytes):
+            break
+        _, name, size = entries.pop(0)
+        for n in (name,) + tuple(name + ext for ext in _COMPANIONS):
+            try:
+                os.unlink(os.path.join(d, n))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return gone  # an unwritable folder: tried again after the next drop
+        total -= size
+        gone.append(name)
+    return gone

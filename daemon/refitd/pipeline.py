@@ -152,6 +152,9 @@ class Pipeline:
             allow_nonfinite = bool(_get(opts, "allow_nonfinite", False)) if opts is not None else False
         self.allow_nonfinite = allow_nonfinite
         self.verifier: Verifier = verifier or no_verifier
+        #: the persisted version floor (trust.Trust.floor_value): a package at or below it is
+        #: refused on every channel, even when the store was recovered or re-seeded below it
+        self.floor: Callable[[], Optional[int]] = lambda: None
         self._lock = threading.Lock()
         self._hasher: Optional[ThreadPoolExecutor] = None
         self._seen: Dict[Any, Outcome] = {}  # (channel, delivery id) -> its outcome, oldest first
@@ -223,7 +226,7 @@ class Pipeline:
                 except Exception as e:  # StoreError (corrupt blob), RefitError
                     errors.append(_one_line(e))
                     continue
-                if v != cur:
+                if v != cur and not self.store.read_only:  # read-only: serve it, record nothing
                     self.store.commit(v, event="recovered", source="start", lost=cur,
                                       reason=errors[0])
                     self.events.emit("store.recovered", version=v, lost=cur, reason=errors[0])
@@ -253,6 +256,21 @@ class Pipeline:
                 self._seen[key] = out
                 while len(self._seen) > _SEEN_IDS:
                     self._seen.pop(next(iter(self._seen)))
+            return out
+
+    def refuse(self, d: Delivery, stage: str, reason: str) -> Outcome:
+        """Reports a delivery its channel could not hand over whole (a signature file too large
+        or unreadable) like any rejection: one event, the listeners (status), the same Outcome."""
+        with self._lock:
+            out = Outcome(False, None, reason, stage, 0.0, self.store.current())
+            self.events.emit("update.rejected", version=None, source=d.source, path=d.name,
+                             stage=stage, reason=reason, seconds=0.0)
+            for listener in list(self.listeners):
+                try:
+                    listener(d, out)
+                except Exception as e:
+                    self.events.emit("pipeline.error", error="listener: " + _one_line(e))
+            self.last = out
             return out
 
     def _run(self, d: Delivery) -> Outcome:
@@ -351,6 +369,11 @@ class Pipeline:
                 why = ("package version %d is not newer than version %d, the highest applied "
                        "(serving %s; use rollback for older versions)" % (pkg.version, high, cur))
             raise _Reject("version", why)
+        floor = self.floor()
+        if floor is not None and pkg.version <= floor:
+            raise _Reject("version", "package version %d is not above the version floor %d (the "
+                          "highest ever accepted; older versions come back only by rollback)"
+                          % (pkg.version, floor))
         if pkg.base is not None and not store.has(pkg.base):
             raise _Reject("version", "package base version %d is not in the store (stored: %s)"
                           % (pkg.base, ", ".join(map(str, store.versions())) or "none"))

@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .dropfolder import complete_name, move_aside
+from .faults import worker_fault
 from .plugins import plugin, plugins
 from .schema import (_BAD, section, _did_you_mean, _f, _is_int, _show, k_choice, k_float, k_int, k_mode,
                      k_path, k_socket_path)
@@ -183,6 +184,7 @@ class StdoutSinkConfig:
 class JsonlSinkConfig:
     path: str = _f(kind=k_path, doc="file results are appended to, one JSON object per line")
     every: float = _f(0.0, k_float(0.0), "write at most one result per this many seconds; 0 = every result")
+    max_bytes: int = _f(64 << 20, k_int(0), "at this size the file becomes <path>.1 (one older kept); 0 = no cap")
     type: str = "jsonl"
 
 
@@ -602,16 +604,43 @@ class JsonlSink(Sink):
     def __init__(self, cfg, events):
         super().__init__(cfg, events)
         os.makedirs(os.path.dirname(cfg.path) or ".", exist_ok=True)
-        self._f = open(cfg.path, "a", encoding="utf-8", buffering=1)
+        #: at this size the file becomes ``<path>.1`` (one older generation kept), so an
+        #: unattended box cannot fill its disk with results; 0 = no cap (logrotate's job)
+        self.max_bytes = int(getattr(cfg, "max_bytes", 0) or 0)
         self._wlock = threading.Lock()
+        self._f = self._open()
+
+    def _open(self):
+        f = open(self.cfg.path, "a", encoding="utf-8", buffering=1)
+        self._size = f.tell()
+        return f
+
+    def reopen(self) -> None:
+        """Closes and reopens the file by its path (SIGHUP): after logrotate renamed it, the
+        results go to a new file rather than on into the renamed one."""
+        with self._wlock:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+                self._f = self._open()
+
+    def _rotate(self) -> None:
+        self._f.close()
+        self._f = None
+        os.replace(self.cfg.path, self.cfg.path + ".1")
+        self._f = self._open()
 
     def put(self, res: Result) -> None:
         if not self._due(res):
             return
         line = json.dumps(_record(res), separators=(",", ":"))
         with self._wlock:
-            if self._f is not None:
-                self._f.write(line + "\n")
+            if self._f is None:
+                return
+            if self.max_bytes and self._size + len(line) + 1 > self.max_bytes and self._size:
+                self._rotate()
+            self._f.write(line + "\n")
+            self._size += len(line) + 1  # ASCII: json.dumps escapes the rest
 
     def close(self) -> None:
         with self._wlock:
@@ -692,6 +721,7 @@ class Runner:
     def _work(self, index: int) -> None:
         engine, source, sink, stats = self.engine, self.source, self.sink, self.stats
         beats = self._beats
+        fault = worker_fault()  # None unless a REFITD_TEST_ONLY_ variable is set (faults.py)
         while not self._halt.is_set():
             beats[index] = time.monotonic()
             item = source.get(0.2)
@@ -700,6 +730,8 @@ class Runner:
                     break
                 continue
             t0 = time.perf_counter()
+            if fault is not None:
+                fault()
             try:
                 outputs, version = engine.infer(item.inputs)
                 error = None
@@ -731,8 +763,18 @@ class Runner:
         systemd restarts a wedged process. An idle source does not count: ``get`` returns
         every 0.2 s."""
         now = time.monotonic()
-        return [i for i, (t, b) in enumerate(zip(self._workers, self._beats))
-                if t.is_alive() and now - b > max_age]
+        stuck = [i for i, (t, b) in enumerate(zip(self._workers, self._beats))
+                 if t.is_alive() and now - b > max_age]
+        # A dead worker serves nothing either: a daemon whose workers all died must not keep
+        # telling systemd it is fine.
+        return sorted(set(stuck) | set(self.dead()))
+
+    def dead(self) -> List[int]:
+        """Workers whose thread ended although nobody stopped the runner or its source (an
+        exception escaped the loop's own handling)."""
+        if self._halt.is_set() or self.source.drained():
+            return []
+        return [i for i, t in enumerate(self._workers) if not t.is_alive()]
 
     def stop(self, drain: bool = True, timeout: float = 10.0) -> bool:
         """Returns True if every worker finished within ``timeout``."""

@@ -53,6 +53,11 @@ class StoreError(Exception):
     """A store operation failed; ``str(e)`` is one line naming the version/tensor/blob."""
 
 
+def _unwritable(e: OSError) -> bool:
+    """The error of writing to a read-only filesystem or a directory we may not write."""
+    return e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -65,6 +70,20 @@ def _as_bytes_view(arr: np.ndarray) -> np.ndarray:
 def tensor_sha256(arr: np.ndarray) -> str:
     """sha256 (hex) of a tensor's bytes in C order: the blob name."""
     return hashlib.sha256(_as_bytes_view(arr)).hexdigest()
+
+
+def _on_read_only_fs(path: str) -> bool:
+    return bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+
+
+def _hash_file(path: str) -> Tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
 
 
 def committed_model(path: str) -> Optional[Tuple[int, str]]:
@@ -107,10 +126,16 @@ class Store:
     #: writes ~2 MiB a year, and its disk must not fill up with the log of it
     HISTORY_MAX = 1 << 20
 
-    def __init__(self, path: str, keep: int = 5, durable: bool = True, lock: bool = True):
+    def __init__(self, path: str, keep: int = 5, durable: bool = True, lock: bool = True,
+                 read_only: bool = False):
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise StoreError("store keep must be an integer >= 1, got %r" % (keep,))
         self.path = os.path.abspath(os.fspath(path))
+        #: why the store cannot be written (None: writable). Set by ``read_only=True`` (an
+        #: offline check that must change nothing) or on open when the directory turns out
+        #: read-only: then the committed version still serves and every write is refused with
+        #: this reason rather than failing half-way.
+        self.read_only: Optional[str] = "opened read-only" if read_only else None
         self.keep = keep
         self.durable = durable
         self._mu = threading.RLock()
@@ -123,13 +148,22 @@ class Store:
         self.recovered: List[str] = []
         #: problems after a commit point that did not undo it (history line lost, ...)
         self.warnings: List[str] = []
-        try:
-            for d in (self.path, self._p("blobs"), self._p("versions")):
-                os.makedirs(d, exist_ok=True)
-        except OSError as e:
-            raise StoreError("cannot create store directory %s: %s" % (self.path, e.strerror)) from None
+        if not read_only:
+            try:
+                for d in (self.path, self._p("blobs"), self._p("versions")):
+                    os.makedirs(d, exist_ok=True)
+            except OSError as e:
+                if not (_unwritable(e) and os.path.isdir(self._p("versions"))):
+                    raise StoreError("cannot create store directory %s: %s"
+                                     % (self.path, e.strerror)) from None
+                self.read_only = e.strerror
+        elif not os.path.isdir(self._p("versions")):
+            raise StoreError("%s is not a refitd store (no versions/ directory)" % self.path)
         if lock:
             self._take_lock()
+        if self.read_only is None and not all(os.access(d, os.W_OK) for d in (
+                self.path, self._p("blobs"), self._p("versions"))):
+            self.read_only = os.strerror(errno.EROFS if _on_read_only_fs(self.path) else errno.EACCES)
         try:
             self._recover()
         except BaseException:
@@ -145,7 +179,19 @@ class Store:
         return self._p("blobs", sha[:2], sha)
 
     def _take_lock(self) -> None:
-        fd = os.open(self._p("lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        # Read-only descriptor: flock does not need write access, and a descriptor open for
+        # writing would keep the filesystem from being remounted read-only under us (EBUSY).
+        cloexec = getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self._p("lock"), os.O_RDONLY | os.O_CREAT | cloexec, 0o644)
+        except OSError as e:
+            if not _unwritable(e):
+                raise
+            self.read_only = self.read_only or e.strerror
+            try:
+                fd = os.open(self._p("lock"), os.O_RDONLY | cloexec)
+            except FileNotFoundError:  # never opened by a daemon: nobody to keep out
+                return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -185,15 +231,18 @@ class Store:
     # ---- recovery (open) ----------------------------------------------------------------
 
     def _recover(self) -> None:
+        # Read-only, every repair below is only reported ("would ...") and done in memory: what
+        # serves is still exactly what a writable open would serve.
         # 1. temp files of interrupted writes
         for d in [self.path, self._p("versions"), self._p("blobs")] + self._blob_dirs():
             for name in os.listdir(d):
                 if name.startswith(TMP_PREFIX):
-                    os.unlink(os.path.join(d, name))
-                    self.recovered.append("removed %s (interrupted write)" % os.path.join(
-                        os.path.relpath(d, self.path), name))
+                    self._unlink(os.path.join(d, name))
+                    self.recovered.append("%s %s (interrupted write)" % (
+                        self._did("removed"), os.path.join(os.path.relpath(d, self.path), name)))
         # 2. a torn last history line
-        self._repair_history()
+        if not self.read_only:
+            self._repair_history()
         # 3. the commit point
         cur = self._read_current()
         if cur is not None:
@@ -209,7 +258,7 @@ class Store:
             if self._highest is None or v > self._highest:
                 self._unlink(path)
                 self.recovered.append(
-                    "discarded version %d: written but never committed (interrupted update)" % v)
+                    "%s version %d: written but never committed (interrupted update)" % (self._did("discarded"), v))
                 continue
             try:
                 with open(path, "rb") as f:
@@ -217,17 +266,17 @@ class Store:
                 self._check_manifest(v, man)
             except (OSError, ValueError, StoreError) as e:
                 self._unlink(path)
-                self.recovered.append("discarded version %d: unreadable manifest (%s)" % (v, e))
+                self.recovered.append("%s version %d: unreadable manifest (%s)" % (self._did("discarded"), v, e))
                 continue
             missing = self._missing_blobs(man)
             if missing:
                 self._unlink(path)
                 self.recovered.append(
-                    "discarded version %d: blob %s of tensor %s is missing or has the wrong size"
-                    % (v, missing[1][:12], json.dumps(missing[0])))
+                    "%s version %d: blob %s of tensor %s is missing or has the wrong size"
+                    % (self._did("discarded"), v, missing[1][:12], json.dumps(missing[0])))
                 continue
             self._manifests[v] = man
-        if self._manifests or self._current is not None:
+        if (self._manifests or self._current is not None) and not self.read_only:
             self._fsync_dir(self._p("versions"))
         # 5. a current that no longer stands (should not happen: it is only ever written after
         #    its manifest; it can if blobs were deleted or corrupted behind our back)
@@ -244,18 +293,21 @@ class Store:
                 self._unlink(self._p("current"))
             else:
                 self._current = new
-                self._write_json(self._p("current"), {"format": FORMAT, "version": new,
-                                                      "highest": self._highest})
-                self._append_history({"event": "recovered", "version": new, "from": lost})
+                if not self.read_only:
+                    self._write_json(self._p("current"), {"format": FORMAT, "version": new,
+                                                          "highest": self._highest})
+                    self._append_history({"event": "recovered", "version": new, "from": lost})
                 self.recovered.append("current version %d is unusable; serving version %d instead"
                                       % (lost, new))
         if self._pins - set(self._manifests):
             self._pins &= set(self._manifests)
-            self._write_json(self._p("pins.json"), sorted(self._pins))
+            if not self.read_only:
+                self._write_json(self._p("pins.json"), sorted(self._pins))
         # 6. blobs no manifest references (leftovers of an interrupted update or gc)
-        freed = self._collect_blobs()
-        if freed[0]:
-            self.recovered.append("removed %d unreferenced blobs (%d bytes)" % freed)
+        if not self.read_only:
+            freed = self._collect_blobs()
+            if freed[0]:
+                self.recovered.append("removed %d unreferenced blobs (%d bytes)" % freed)
 
     def _blob_dirs(self) -> List[str]:
         b = self._p("blobs")
@@ -263,9 +315,28 @@ class Store:
                 if os.path.isdir(os.path.join(b, n))]
 
     def _unlink(self, path: str) -> None:
+        if self.read_only:  # recovery on a read-only store only reports what it would remove
+            return
         try:
             os.unlink(path)
         except FileNotFoundError:
+            pass
+
+    def _did(self, verb: str) -> str:
+        return "would have " + verb if self.read_only else verb
+
+    def _writable(self, what: str) -> None:
+        """Refuses a write up front on a read-only store, naming the operation and why."""
+        if self.read_only:
+            raise StoreError("cannot %s: the store %s is read-only (%s)"
+                             % (what, self.path, self.read_only))
+
+    def _cleanup(self, path: str) -> None:
+        """Best-effort removal after a failed write: the filesystem that failed the write (full,
+        turned read-only) may fail this too, and that must not mask the first error."""
+        try:
+            os.unlink(path)
+        except OSError:
             pass
 
     def _read_current(self) -> Optional[Tuple[int, int]]:
@@ -414,6 +485,37 @@ class Store:
                              % (sha[:12], where, len(data), shape, dtype, n * dt.itemsize))
         return np.frombuffer(data, dtype=dt).reshape(tuple(shape))
 
+    def verify(self) -> Tuple[List[str], List[str]]:
+        """Checks every stored version's blobs against their sha256 and size, reading only.
+        Returns ``(problems, notes)``, one line each: problems are damage (a blob missing or
+        corrupt, a manifest unreadable, current unusable); notes are leftovers a writable open
+        tidies away (temp files, a version written but never committed)."""
+        problems: List[str] = []
+        notes: List[str] = []
+        for line in self.recovered:
+            (notes if "interrupted" in line else problems).append(line)
+        with self._mu:
+            mans = sorted(self._manifests.items())
+        for v, man in mans:
+            for name, t in sorted(man["tensors"].items()):
+                try:
+                    got, n = _hash_file(self._blob_path(t["sha256"]))
+                except FileNotFoundError:
+                    problems.append("version %d: blob %s of tensor %s is missing"
+                                    % (v, t["sha256"][:12], json.dumps(name)))
+                    continue
+                except OSError as e:
+                    problems.append("version %d: blob %s of tensor %s is unreadable: %s"
+                                    % (v, t["sha256"][:12], json.dumps(name), e.strerror))
+                    continue
+                if got != t["sha256"]:
+                    problems.append("version %d: blob %s of tensor %s is corrupt: its sha256 is %s"
+                                    % (v, t["sha256"][:12], json.dumps(name), got[:12]))
+                elif n != t["nbytes"]:
+                    problems.append("version %d: blob %s of tensor %s has %d bytes, the manifest "
+                                    "says %d" % (v, t["sha256"][:12], json.dumps(name), n, t["nbytes"]))
+        return problems, notes
+
     @property
     def history(self) -> List[Dict[str, Any]]:
         """The history log (the rotated generation, then the live one), oldest first (a torn
@@ -455,6 +557,7 @@ class Store:
         the full set). Hashes every tensor. Raises ``StoreError`` if ``version`` is already
         stored or ``base`` is not."""
         with self._mu:
+            self._writable("store version %d" % version)
             if version in self._manifests:
                 raise StoreError("version %d is already in the store" % version)
             if base is None:
@@ -503,6 +606,7 @@ class Store:
         On failure whatever was written is removed again."""
         with self._mu:
             v = pending.version
+            self._writable("store version %d" % v)
             if v in self._manifests:
                 raise StoreError("version %d is already in the store" % v)
             written: List[str] = []
@@ -525,8 +629,8 @@ class Store:
             except OSError as e:
                 # leave the store as it was: no blob, no manifest, no new directory
                 for p in written:
-                    self._unlink(p)
-                self._unlink(self._p("versions", "%d.json" % v))
+                    self._cleanup(p)
+                self._cleanup(self._p("versions", "%d.json" % v))
                 for d in made:
                     try:
                         os.rmdir(d)
@@ -541,6 +645,7 @@ class Store:
         """Moves ``current`` to ``version`` (the commit point; crash-safe) and appends
         ``event`` to the history. ``highest`` never goes down."""
         with self._mu:
+            self._writable("move current to version %d" % version)
             if version not in self._manifests:
                 raise StoreError("version %d is not in the store (stored: %s)"
                                  % (version, self._list_str()))
@@ -615,9 +720,9 @@ class Store:
                                  % (version, self._list_str()))
             if version in self._pins:
                 return False
-            self._write_json(self._p("pins.json"), sorted(self._pins | {version}))
+            self._write_pins(sorted(self._pins | {version}), "pin version %d" % version)
             self._pins.add(version)
-            self._append_history({"event": "pinned", "version": version})
+            self._history_quiet({"event": "pinned", "version": version})
             return True
 
     def unpin(self, version: int) -> bool:
@@ -629,14 +734,29 @@ class Store:
                     raise StoreError("version %d is not in the store (stored: %s)"
                                      % (version, self._list_str()))
                 return False
-            self._write_json(self._p("pins.json"), sorted(self._pins - {version}))
+            self._write_pins(sorted(self._pins - {version}), "unpin version %d" % version)
             self._pins.discard(version)
-            self._append_history({"event": "unpinned", "version": version})
+            self._history_quiet({"event": "unpinned", "version": version})
             return True
+
+    def _write_pins(self, pins: List[int], what: str) -> None:
+        self._writable(what)
+        try:
+            self._write_json(self._p("pins.json"), pins)
+        except OSError as e:  # full or turned read-only: pins.json is unchanged (atomic write)
+            raise StoreError("cannot %s: %s (pins.json unchanged)" % (what, e.strerror or e)) from None
+
+    def _history_quiet(self, rec: Dict[str, Any]) -> None:
+        # after the change is durable, a lost log line must not report it as failed
+        try:
+            self._append_history(rec)
+        except OSError as e:
+            self.warnings.append("history line not written: %s" % (e.strerror or e))
 
     def record(self, event: str, **fields: Any) -> None:
         """Appends an event to history.jsonl (O_APPEND, fsync)."""
         with self._mu:
+            self._writable("record %s" % event)
             rec = {"event": event}
             rec.update(fields)
             self._append_history(rec)
@@ -680,6 +800,8 @@ class Store:
         """Applies retention, then deletes blobs no remaining manifest references. Manifests go
         first (a crash in between leaves only unreferenced blobs, collected on the next open)."""
         with self._mu:
+            if self.read_only:
+                return {"pruned": [], "blobs": 0, "bytes": 0}
             keep = set(self.retained())
             drop = [v for v in sorted(self._manifests)
                     if v not in keep and (self._highest is not None and v <= self._highest)]

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..control import AlreadyRunning, ControlError, ControlServer
-from ..delivery import PIN, ROLLBACK, UNPIN, Delivery, read_signature
+from ..delivery import MAX_SIGNATURE_BYTES, PIN, ROLLBACK, UNPIN, Delivery, read_signature
 from ..package import PackageError, signature_path
 from ..pipeline import UNCHANGED_STAGE
 from ..tensorwire import WireError, from_json, to_json
@@ -31,6 +31,17 @@ def _version_arg(req: Dict[str, Any], key: str, required: bool = True) -> Option
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ControlError("%s must be a version number (an integer >= 0), got %r" % (key, v))
     return v
+
+
+def _sig(req: Dict[str, Any]) -> Optional[bytes]:
+    """A command's signature envelope (``"sig"``: its JSON text), when the request has one."""
+    sig = req.get("sig")
+    if sig is None:
+        return None
+    if not isinstance(sig, str) or len(sig) > MAX_SIGNATURE_BYTES:
+        raise ControlError("sig must be the signature envelope's JSON text (at most %d bytes)"
+                           % MAX_SIGNATURE_BYTES)
+    return sig.encode("utf-8")
 
 
 @register("control")
@@ -58,7 +69,7 @@ class ControlChannel(Channel):
             "status": lambda req: s.status(),
             "versions": lambda req: s.versions(),
             "apply": self._apply,
-            "rollback": lambda req: self._command(ROLLBACK, to=_version_arg(req, "to", required=False)),
+            "rollback": lambda req: self._command(ROLLBACK, _sig(req), to=_version_arg(req, "to", required=False)),
             "pin": lambda req: self._pin(PIN, req),
             "unpin": lambda req: self._pin(UNPIN, req),
             "infer": self._infer,
@@ -100,25 +111,26 @@ class ControlChannel(Channel):
         if len(fds) > 2:
             raise ControlError("apply takes the package and at most one signature descriptor, got %d" % len(fds))
         origin = self.origin(where=path)
+        if not fds and not os.path.isabs(path):
+            raise ControlError("apply needs an absolute path (the daemon's working directory is not yours)")
+        d = Delivery.of_fd(fds[0], origin) if fds else Delivery.of_path(path, origin)
         try:
             if fds:
                 sig = read_signature(path + ".sig", fd=fds[1]) if len(fds) == 2 else None
-                d = Delivery.of_fd(fds[0], origin, sig)
             else:
-                if not os.path.isabs(path):
-                    raise ControlError("apply needs an absolute path (the daemon's working directory is not yours)")
                 sp = signature_path(path)
-                d = Delivery.of_path(path, origin, read_signature(sp) if os.path.isfile(sp) else None)
-        except PackageError as e:
-            raise ControlError(e.reason) from None
+                sig = read_signature(sp) if os.path.isfile(sp) else None
+        except PackageError as e:  # reported like any rejection (status, events)
+            return self._answer(self.pipeline.refuse(d, "signature", e.reason))
+        d.signature = sig
         return self._answer(self._run(d))
 
-    def _command(self, command: str, **args: Any) -> Dict[str, Any]:
-        return self._answer(self._run(Delivery.of_command(command, self.origin(), **args)))
+    def _command(self, command: str, sig: Optional[bytes], **args: Any) -> Dict[str, Any]:
+        return self._answer(self._run(Delivery.of_command(command, self.origin(), sig, **args)))
 
     def _pin(self, command: str, req: Dict[str, Any]) -> Dict[str, Any]:
         v = _version_arg(req, "version")
-        o = self._run(Delivery.of_command(command, self.origin(), version=v))
+        o = self._run(Delivery.of_command(command, self.origin(), _sig(req), version=v))
         if not o.ok:
             raise ControlError(o.reason)
         return {"version": v, "pinned": self.pipeline.store.pins(), "changed": o.stage != UNCHANGED_STAGE}

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 from watchdog.events import FileSystemEventHandler
 
 from ..delivery import Delivery, read_signature
-from ..dropfolder import complete_name, move_aside
+from ..dropfolder import complete_name, move_aside, prune, remove_leftovers
 from ..package import SIGNATURE_SUFFIX, PackageError
 from ..pipeline import ALREADY_SERVING_STAGE, already_serving_text
 from .base import Channel, register
@@ -92,9 +92,12 @@ class DropWatcher(Channel):
     order = 10
 
     def __init__(self, path: str, pipeline, events, on_outcome: Optional[Callable] = None,
-                 settle: float = 0.0, gate=None):
+                 settle: float = 0.0, gate=None, keep: int = 100, keep_bytes: int = 1 << 30):
         super().__init__(pipeline, events, gate)
         self.path = os.path.abspath(path)
+        #: retention of applied/ and rejected/ (each): at most ``keep`` packages holding at
+        #: most ``keep_bytes``, the oldest removed first (dropfolder.prune)
+        self.keep, self.keep_bytes = keep, keep_bytes
         self.on_outcome = on_outcome
         self.settle = float(settle)
         self._q: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -110,7 +113,7 @@ class DropWatcher(Channel):
         if not cfg.watch.path:
             return None
         return cls(cfg.watch.path, ctx.pipeline, ctx.events, settle=cfg.watch.signature_settle,
-                   gate=ctx.gate)
+                   gate=ctx.gate, keep=cfg.watch.keep, keep_bytes=cfg.watch.keep_bytes)
 
     def describe(self) -> str:
         return "watch %s" % self.path
@@ -118,6 +121,8 @@ class DropWatcher(Channel):
     def start(self) -> None:
         for d in (self.path, os.path.join(self.path, APPLIED), os.path.join(self.path, REJECTED)):
             os.makedirs(d, exist_ok=True)
+            for leftover in remove_leftovers(d):  # a crash while writing a .reason
+                self.events.emit("watch.cleaned", path=leftover)
         self._observer = _make_observer()
         # Recursive, although only top-level files are taken: moving a taken file into applied/
         # or rejected/ must be seen as a move *within* the watched tree. Watched non-recursively
@@ -180,7 +185,8 @@ class DropWatcher(Channel):
         try:
             signature = self._signature(name)
         except PackageError as e:  # a .sig that cannot be read: the package is refused
-            self._finish(name, False, "rejected at signature: %s" % e.reason)
+            d = Delivery.of_path(path, self.origin(where=path))
+            self.report(d, self.pipeline.refuse(d, "signature", e.reason))
             return
         self.deliver(Delivery.of_path(path, self.origin(where=path), signature))
 
@@ -201,12 +207,21 @@ class DropWatcher(Channel):
             text = "applied as version %s in %.3f s" % (outcome.version, outcome.seconds)
         else:
             text = "rejected%s: %s" % (" at %s" % outcome.stage if outcome.stage else "", outcome.reason)
+        # status.last_update already has the outcome (a pipeline listener); moving the file
+        # aside cannot fail in a way that loses it (_finish reports a full disk and goes on)
         self._finish(name, bool(outcome.ok), text)
         if self.on_outcome is not None:
             self.on_outcome(name, outcome)
 
     def _finish(self, name: str, ok: bool, text: str) -> None:
-        move_aside(self.path, APPLIED if ok else REJECTED, name, text, companions=(SIGNATURE_SUFFIX,))
+        sub = APPLIED if ok else REJECTED
+        try:
+            move_aside(self.path, sub, name, text, companions=(SIGNATURE_SUFFIX,))
+        except OSError as e:  # the .reason on a full disk: its temp file is already gone
+            self.events.emit("watch.error", file=name, error="cannot write the reason of %s: %s"
+                             % (name, e.strerror or e))
+        for gone in prune(os.path.join(self.path, sub), self.keep, self.keep_bytes):
+            self.events.emit("watch.pruned", file=gone, folder=sub)
 
     def stop(self) -> None:
         self._stop.set()

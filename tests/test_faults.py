@@ -1,0 +1,87 @@
+"""Faults on real processes and files: a hung engine (test-only fault, faults.py) and dead workers
+stop the watchdog pings, and a supervisor with systemd's WatchdogSec= semantics over the real
+sd_notify datagram protocol restarts the daemon, which comes back on the committed version; a
+full disk while staging rejects the update with one line, serving continues, and the store
+opens after a restart. (Under a real systemd: this machine's PID 1 is not systemd, so the
+supervisor stands in for it; docs/reliability.md.)"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from daemon_helpers import DaemonProc, base_config, env, seed_package, wait_until, write_config
+from fs_faults import fill, tmpfs
+from supervisor import Supervisor
+
+from refitd.control import DaemonUnreachable, call
+
+
+def _status(sock):
+    try:
+        st = call(sock, {"cmd": "status"}, timeout=2)
+        return st if st.get("ok") else None
+    except (DaemonUnreachable, OSError):
+        return None
+
+
+def _supervised(state, fault_var, watchdog_sec=2.0):
+    """v1 applied and committed by a plain run first, then the supervised run with the fault."""
+    cfg = base_config(state)
+    path = write_config(state, cfg)
+    d = DaemonProc(path, cfg["control"]["socket"]).start()
+    try:
+        fp = d.status()["serving"]["fingerprint"]
+        assert d.cli("apply", seed_package(os.path.join(state, "v1"), 1, 1, fp)).returncode == 0
+    finally:
+        assert d.stop() == 0
+    sup = Supervisor([sys.executable, "-m", "refitd", "run", "--config", path], env(), watchdog_sec,
+                     os.path.join(state, "notify"), os.path.join(state, "log"),
+                     first_env={fault_var: "50"})
+    return sup.start(), cfg
+
+
+@pytest.mark.parametrize("fault", ["REFITD_TEST_ONLY_HANG_ENGINE_AFTER",
+                                   "REFITD_TEST_ONLY_KILL_WORKERS_AFTER"])
+def test_wedged_or_dead_workers_stop_pings_and_the_supervisor_restarts(state, fault):
+    sup, cfg = _supervised(state, fault)
+    sock = cfg["control"]["socket"]
+    try:
+        wait_until(lambda: sup.count("watchdog-timeout") >= 1, timeout=60, what="the watchdog timeout")
+        t_timeout = [e[0] for e in sup.events if e[1] == "watchdog-timeout"][0]
+        alive = [e[0] for e in sup.events if e[1] in ("ready", "ping") and e[0] < t_timeout]
+        assert t_timeout - alive[-1] > sup.watchdog_sec  # the pings stopped (not merely slowed)
+        wait_until(lambda: sup.starts == 2 and sup.count("ready") >= 2, timeout=60, what="the restart")
+        st = wait_until(lambda: _status(sock), timeout=30, what="status after restart")
+        assert st["serving"]["version"] == 1 and st["degraded"] == []
+        n = sup.count("ping")
+        wait_until(lambda: sup.count("ping") >= n + 2, timeout=30, what="pings after restart")
+        assert sup.count("watchdog-timeout") == 1 and sup.starts == 2
+    finally:
+        sup.stop()
+
+
+def test_disk_full_while_staging(state):
+    store_dir = os.path.join(state, "store")
+    with tmpfs(store_dir, size="512k"):
+        cfg = base_config(state)
+        d = DaemonProc(write_config(state, cfg), cfg["control"]["socket"]).start()
+        try:
+            fp = d.status()["serving"]["fingerprint"]
+            assert d.cli("apply", seed_package(os.path.join(state, "v1"), 1, 1, fp)).returncode == 0
+            fill(store_dir)
+            r = d.cli("apply", seed_package(os.path.join(state, "v2"), 2, 2, fp))
+            assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert "No space left on device" in r.stderr and "internal" not in r.stderr, r.stderr
+            last = d.status()["last_update"]
+            assert last["stage"] == "store" and d.status()["serving"]["version"] == 1
+        finally:
+            assert d.stop() == 0
+        d.start()  # the store opens on the full disk and serves what was committed
+        try:
+            assert d.status()["serving"]["version"] == 1
+            os.unlink(os.path.join(store_dir, "filler"))
+            assert d.cli("apply", seed_package(os.path.join(state, "v3"), 3, 3, fp)).returncode == 0
+        finally:
+            assert d.stop() == 0
