@@ -105,6 +105,8 @@ fresh_state() {
   cp -r tests examples pyproject.toml "$ROOT$W/src/"
   mkdir -p "$ROOT$W/src/native" && cp -r native/include native/tests "$ROOT$W/src/native/"
   mkdir -p "$ROOT$W/ctests" && cp "$CROSS_BUILD"/test_* "$ROOT$W/ctests/"
+  # test_strategies loads the TEST-ONLY plugin backends from its own directory
+  cp "$CROSS_BUILD"/librefit_backend_testplug*.so "$ROOT$W/ctests/"
   mkdir -p "$ROOT$W/testwheels" && cp "$EDGE_TW"/*.whl "$ROOT$W/testwheels/"
   rm -f "$ROOT$W"/testwheels/numpy-*.whl   # numpy comes from the installed refitd venv
   ls "$ROOT$W"
