@@ -43,10 +43,11 @@ def device_config(state: str, model: str, broker_url: str, fleet: str, dev: str,
         m["group"] = group
     m.update(mqtt)
     # The transport tests push unsigned packages: signatures over MQTT (on by default with
-    # mqtt.enabled) are tested on their own, so these devices opt out explicitly.
+    # mqtt.enabled) are tested on their own (a whole security section as ``security``), so
+    # these devices opt out explicitly.
+    sec = security if isinstance(security, dict) else {"require_signature": security}
     cfg = base_config(state, model=model, mqtt=m, watch={"path": None},
-                      source={"type": "synthetic", "fill": "ones", "rate": rate},
-                      security={"require_signature": security})
+                      source={"type": "synthetic", "fill": "ones", "rate": rate}, security=sec)
     if health is not None:
         cfg["health"] = health
     return write_config(state, cfg)

@@ -43,6 +43,14 @@ def test_manifest_round_trip_and_desired(tmp_path):
     s = M.parse_desired(json.dumps(d).encode())
     assert s["package"]["sha256"] == m.package_sha256 and s["target"] == {"fleet": "site1", "group": "g1"}
     assert M.parse_desired(b"") is None  # a cleared retained message
+    assert s["signature"] is None
+    env = b'{"signed": {}, "signatures": []}\n'  # carried as the exact bytes, base64
+    s = M.parse_desired(json.dumps(M.desired(m, 1, FP, "site1", signature=env)).encode())
+    assert s["signature"] == env and M.signature_id(env) != M.signature_id(None)
+    for bad, why in ((12, "must be base64"), ("***", "not base64")):
+        d = dict(M.desired(m, 1, FP, "site1"), signature=bad)
+        with pytest.raises(M.ManifestError, match=why):
+            M.parse_desired(json.dumps(d).encode())
 
 
 @pytest.mark.parametrize("mutate,why", [

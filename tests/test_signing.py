@@ -107,6 +107,25 @@ def test_trust_checks_length_hash_model_target_and_floor(tmp_path):
     t.verify(data, _pkg_sig(data, k, version=6), _apply(data, None))
 
 
+def test_announced_package_is_checked_like_its_bytes(tmp_path):
+    """What the MQTT device checks before fetching: the same refusals on sha256 + size alone."""
+    import hashlib
+    k = generate_key()
+    t = _trust(tmp_path, k, required=("mqtt",), fleet="north")
+    data = b"0123456789"
+    sha = hashlib.sha256(data).hexdigest()
+    assert t.check_announced(_pkg_sig(data, k), sha, 10, "mqtt")["length"] == 10
+    assert t.check_announced(None, sha, 10, "file") is None
+    t.floor.raise_to(5)
+    for sig, size, match in ((None, 10, "unsigned package: the mqtt channel requires"),
+                             (_pkg_sig(data, k, version=6, fleet="south"), 10, 'signed for fleet "south"'),
+                             (_pkg_sig(data, k, version=5), 10, "not above the version floor 5"),
+                             (_pkg_sig(data, k, version=6), 1 << 40, "signature says 10"),
+                             (_pkg_sig(data, generate_key(), version=6), 10, "not trusted")):
+        with pytest.raises(SignatureError, match=match):
+            t.check_announced(sig, sha, size, "mqtt")
+
+
 def test_floor_persists_and_only_rises(tmp_path):
     f = Floor(str(tmp_path))
     assert f.value is None

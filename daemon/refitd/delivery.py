@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Optional, Union
 from .package import PackageError, read_capped
 
 __all__ = ["Delivery", "Origin", "Verifier", "no_verifier", "canonical_command",
-           "read_signature", "APPLY", "ROLLBACK", "PIN", "UNPIN", "COMMANDS",
+           "read_signature", "command_signature", "APPLY", "ROLLBACK", "PIN", "UNPIN", "COMMANDS",
            "MAX_SIGNATURE_BYTES"]
 
 APPLY, ROLLBACK, PIN, UNPIN = "apply", "rollback", "pin", "unpin"
@@ -78,6 +78,19 @@ def read_signature(path: Optional[str] = None, fd: Optional[int] = None) -> byte
         return bytes(read_capped(path or "signature", MAX_SIGNATURE_BYTES, what="signature", fd=fd))
     except PackageError as e:
         raise PackageError(e.reason, stage="signature") from None
+
+
+def command_signature(req: Dict[str, Any]) -> Optional[bytes]:
+    """A command request's signature envelope (``"sig"``: its JSON text, as ``refitd
+    sign-command`` prints it), when it has one; the same on the control socket and the MQTT
+    cmd topic. ValueError (one line) if it is not a string of at most ``MAX_SIGNATURE_BYTES``."""
+    sig = req.get("sig")
+    if sig is None:
+        return None
+    if not isinstance(sig, str) or len(sig) > MAX_SIGNATURE_BYTES:
+        raise ValueError("sig must be the signature envelope's JSON text (at most %d bytes)"
+                         % MAX_SIGNATURE_BYTES)
+    return sig.encode("utf-8")
 
 
 @dataclass

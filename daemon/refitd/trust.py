@@ -236,16 +236,30 @@ class Trust:
         """The ``Delivery`` verifier: raises ``TrustError`` (one line) to refuse."""
         channel = delivery.origin.channel
         if signature is None:
-            if channel in self.required:
-                raise TrustError("unsigned %s: the %s channel requires a signature "
-                                 "(security.require_signature)"
-                                 % ("package" if delivery.command == APPLY else delivery.command + " command",
-                                    channel))
+            self._unsigned("package" if delivery.command == APPLY else delivery.command + " command",
+                           channel)
             return
         if delivery.command == APPLY:
             self._verify_package(data, signature)
         else:
             self._verify_command(delivery, signature)
+
+    def check_announced(self, signature: Optional[bytes], sha256: str, length: int,
+                        channel: str) -> Optional[Dict[str, Any]]:
+        """The same package checks as ``verify``, on what a channel announces before it fetches
+        a byte (the MQTT desired state: the package's sha256 and size): refuses (``TrustError``)
+        unsigned where required, untrusted, expired, other model or target, at or below the
+        floor. Returns the verified ``signed`` part (None: unsigned and not required), whose
+        ``length`` bounds the download. The delivered bytes are verified again by ``verify``."""
+        if signature is None:
+            self._unsigned("package", channel)
+            return None
+        return self._check_claims(signature, sha256, length)
+
+    def _unsigned(self, what: str, channel: str) -> None:
+        if channel in self.required:
+            raise TrustError("unsigned %s: the %s channel requires a signature "
+                             "(security.require_signature)" % (what, channel))
 
     # -- checks --
 
@@ -260,14 +274,16 @@ class Trust:
                                  % (key, json.dumps(want)[:40], key, json.dumps(mine)))
 
     def _verify_package(self, data: Any, signature: bytes) -> None:
+        self._check_claims(signature, hashlib.sha256(data).hexdigest(), len(memoryview(data).cast("B")))
+
+    def _check_claims(self, signature: bytes, got: str, n: int) -> Dict[str, Any]:
+        """``signature`` verified for a package of ``n`` bytes with sha256 ``got``."""
         signed = verify_envelope(signature, self.keys, PACKAGE_TYPE)
-        n = len(memoryview(data).cast("B"))
         for key, kind in (("length", int), ("version", int), ("sha256", str), ("model", str)):
             if not isinstance(signed.get(key), kind) or isinstance(signed.get(key), bool):
                 raise TrustError("signed package metadata lacks %s" % key)
         if n != signed["length"]:
             raise TrustError("package is %d bytes, the signature says %d" % (n, signed["length"]))
-        got = hashlib.sha256(data).hexdigest()
         if got != signed["sha256"]:
             raise TrustError("package sha256 %s does not match the signed %s"
                              % (got[:12], str(signed["sha256"])[:12]))
@@ -280,6 +296,7 @@ class Trust:
             raise TrustError("signed version %d is not above the version floor %d (the highest "
                              "ever accepted; older versions come back only by rollback)"
                              % (signed["version"], floor))
+        return signed
 
     def _verify_command(self, d: Delivery, signature: bytes) -> None:
         signed = verify_envelope(signature, self.keys, COMMAND_TYPE)

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..control import AlreadyRunning, ControlError, ControlServer
-from ..delivery import MAX_SIGNATURE_BYTES, PIN, ROLLBACK, UNPIN, Delivery, read_signature
+from ..delivery import PIN, ROLLBACK, UNPIN, Delivery, command_signature, read_signature
 from ..package import PackageError, signature_path
 from ..pipeline import UNCHANGED_STAGE
 from ..tensorwire import WireError, from_json, to_json
@@ -35,13 +35,10 @@ def _version_arg(req: Dict[str, Any], key: str, required: bool = True) -> Option
 
 def _sig(req: Dict[str, Any]) -> Optional[bytes]:
     """A command's signature envelope (``"sig"``: its JSON text), when the request has one."""
-    sig = req.get("sig")
-    if sig is None:
-        return None
-    if not isinstance(sig, str) or len(sig) > MAX_SIGNATURE_BYTES:
-        raise ControlError("sig must be the signature envelope's JSON text (at most %d bytes)"
-                           % MAX_SIGNATURE_BYTES)
-    return sig.encode("utf-8")
+    try:
+        return command_signature(req)
+    except ValueError as e:
+        raise ControlError(str(e)) from None
 
 
 @register("control")

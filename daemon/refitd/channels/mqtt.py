@@ -1,16 +1,19 @@
 """The MQTT channel: the fleet device (refitd.fleet.device) on the channel base.
 
 What arrives over MQTT becomes a ``Delivery`` like on every channel: a rebuilt package (its
-sha256 already matched the manifest's) as a path delivery, ``where`` the desired topic; a cmd
-message's rollback/pin/unpin as a command delivery whose ``payload`` is the message as received
-(what the trust layer's signature will cover). paho is imported only when the channel starts.
+sha256 already matched the manifest's) as a path delivery, ``where`` the desired topic, its
+``signature`` the envelope the desired state carried; a cmd message's rollback/pin/unpin as a
+command delivery whose ``payload`` is the message as received and ``signature`` its ``sig``.
+The trust layer (trust.py) checks both in the pipeline; ``check_announced`` lets the device run
+the same package checks on the desired state before it fetches anything. paho is imported only
+when the channel starts.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Dict, Optional
 
-from ..delivery import PIN, ROLLBACK, UNPIN, Delivery
+from ..delivery import PIN, ROLLBACK, UNPIN, Delivery, command_signature
 from .base import Channel, Stopping, register
 
 __all__ = ["MqttChannel"]
@@ -50,6 +53,15 @@ class MqttChannel(Channel):
     def status(self) -> Dict[str, Any]:
         return self.services.status()
 
+    def check_announced(self, signature: Optional[bytes], sha256: str, size: int) -> Optional[Dict[str, Any]]:
+        """The trust policy's verdict on a desired state, before any chunk is fetched: the
+        verified ``signed`` part, or None when unsigned and not required (trust.TrustError to
+        refuse). No trust policy (a daemon without one): nothing to check."""
+        trust = getattr(self.services, "trust", None)
+        if trust is None:
+            return None
+        return trust.check_announced(signature, sha256, size, self.origin().channel)
+
     def start(self) -> None:
         """The broker being down is no start-up error: the channel reconnects on its own."""
         from ..fleet.device import FALSE, FleetDevice
@@ -76,8 +88,9 @@ class MqttChannel(Channel):
         if self.device is not None:
             self.device.stop()  # online=false before the clean disconnect
 
-    def apply_path(self, path: str, where: Optional[str] = None) -> Any:
-        return self.deliver(Delivery.of_path(path, self.origin(where=where)))
+    def apply_path(self, path: str, where: Optional[str] = None,
+                   signature: Optional[bytes] = None) -> Any:
+        return self.deliver(Delivery.of_path(path, self.origin(where=where), signature))
 
     def command(self, req: Dict[str, Any], payload: Optional[bytes] = None) -> Dict[str, Any]:
         """rollback / pin / unpin from the cmd topic; the answer for cmd/response."""
@@ -90,7 +103,11 @@ class MqttChannel(Channel):
                 return {"ok": False, "error": "%s must be a version number (an integer >= 0), got %r" % (key, v)}
             args[key] = v
         try:
-            o = self.deliver(Delivery.of_command(cmd, self.origin(where="cmd"), payload=payload, **args))
+            sig = command_signature(req)
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        try:
+            o = self.deliver(Delivery.of_command(cmd, self.origin(where="cmd"), sig, payload=payload, **args))
         except Stopping as e:
             return {"ok": False, "error": str(e)}
         resp = {"ok": bool(o.ok), "version": o.version, "stage": o.stage,

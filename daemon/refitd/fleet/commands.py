@@ -49,6 +49,8 @@ def add_parsers(sub: Any) -> None:
         sp.add_argument("--no-serve", action="store_true", help="publish only; `refitd serve` replicas answer")
         sp.add_argument("--max-bytes-per-s", type=float, default=0.0, help="cap on chunk bytes sent (0: none)")
         sp.add_argument("--json", action="store_true", help="the devices' outcomes as one JSON object")
+        sp.add_argument("--sig", metavar="FILE", help="the package's signature envelope (default "
+                                                      "PACKAGE.sig when it exists; refitd sign writes it)")
         add_broker_args(sp)
 
     sp = command(sub, "push", "publish a package as the fleet's (or a group's) desired state and serve it",

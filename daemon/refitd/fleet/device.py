@@ -34,11 +34,12 @@ def _dumps(obj: Any) -> bytes:
 class FleetDevice:
     """``host`` is the daemon side (the MQTT channel, channels/mqtt.py): ``.pipeline``,
     ``.store``, ``.engine``, ``.events``, ``status()`` (the control socket's status dict),
-    ``command(req, payload)`` (rollback/pin/unpin as deliveries) and ``apply_path(path, where)``
-    (a rebuilt package as a delivery)."""
+    ``command(req, payload)`` (rollback/pin/unpin as deliveries, ``req["sig"]`` their
+    signature), ``check_announced(signature, sha256, size)`` (the trust policy on a desired
+    state) and ``apply_path(path, where, signature)`` (a rebuilt package as a delivery)."""
 
     def __init__(self, settings: Any, link: Link, host: Any, partial_dir: str,
-                 deliver: Optional[Callable[[str, str], Any]] = None):
+                 deliver: Optional[Callable[[str, str, Optional[bytes]], Any]] = None):
         self.s = settings
         self.link = link
         self.host = host
@@ -189,6 +190,10 @@ class FleetDevice:
             self.transfer = None
         if pkg in self.outcomes and self.outcomes[pkg].get("version") == d["version"]:
             return  # already tried: applied, rejected or rolled back -- never twice
+        why = self._refused(d)
+        if why is not None:  # before any chunk is asked for: nothing unsigned or untrusted is fetched
+            self._finish(d, False, "signature", why, remember=False)
+            return
         v = d["version"]
         eng = self.host.engine
         if d["model"] != eng.fingerprint:
@@ -214,6 +219,27 @@ class FleetDevice:
             return
         self.state = "downloading"
         self._event("update.started", version=v, package=pkg, via="mqtt")
+
+    def _refused(self, d: Dict[str, Any]) -> Optional[str]:
+        """Why the trust policy refuses desired state ``d`` (None: go ahead). The package checks
+        are trust.py's (``host.check_announced``: signature, expiry, model, target, floor, the
+        signed sha256 and size against the announced ones); here only what is MQTT's own: the
+        desired version is the signed one, the manifest is bounded by the signed size."""
+        from ..signing import SignatureError
+        try:
+            signed = self.host.check_announced(d.get("signature"), d["package"]["sha256"],
+                                               d["package"]["size"])
+        except SignatureError as e:
+            return str(e)
+        if signed is None:
+            return None
+        if signed["version"] != d["version"]:
+            return "desired version %d, the signature is for version %d" % (d["version"], signed["version"])
+        limit = _manifest.max_manifest_bytes(signed["length"])
+        if d["manifest"]["size"] > limit:
+            return ("desired manifest of %d bytes, more than the %d a signed package of %d bytes "
+                    "can need" % (d["manifest"]["size"], limit, signed["length"]))
+        return None
 
     def _desired_topic(self) -> str:
         if self.desired["group"] is not None:
@@ -254,7 +280,8 @@ class FleetDevice:
             self.transfer = None
             self._finish(d, False, "transfer", str(e), transfer=tr)
             return
-        o = self.deliver(path, self._desired_topic())
+        # the envelope goes with the bytes: the pipeline's verifier checks it again over them
+        o = self.deliver(path, self._desired_topic(), d.get("signature"))
         self.transfer = None
         self._finish(d, bool(o.ok), o.stage, o.reason, transfer=tr)
         # after the outcome is out: right after the store's fsyncs these unlinks can take
@@ -262,13 +289,18 @@ class FleetDevice:
         tr.cleanup()
 
     def _finish(self, d: Dict[str, Any], ok: bool, stage: str, reason: Optional[str],
-                quiet: bool = False, transfer: Optional[Transfer] = None) -> None:
+                quiet: bool = False, transfer: Optional[Transfer] = None,
+                remember: bool = True) -> None:
+        """``remember=False`` for a refused signature: anyone can announce a package's hash
+        unsigned, which must not stop the properly signed announcement of it later."""
         outcome = "applied" if ok else "rejected"
         rec = {"version": d["version"], "outcome": outcome, "stage": stage, "reason": reason,
-               "package": d["package"]["sha256"], "at": time.time()}
+               "package": d["package"]["sha256"], "at": time.time(),
+               "signature": _manifest.signature_id(d.get("signature"))}
         if transfer is not None:
             rec["received"] = transfer.counters.received
-        self._save_outcome(d["package"]["sha256"], rec)
+        if remember:
+            self._save_outcome(d["package"]["sha256"], rec)
         self.last_update = rec
         self.state = "serving" if ok else "rejected"
         if not quiet:
@@ -289,7 +321,7 @@ class FleetDevice:
             return
         cmd = req.get("cmd")
         rid = req.get("id")
-        # "sig" is carried for the trust layer, which verifies it before anything runs
+        # "sig" goes with the command delivery: the trust layer verifies it before anything runs
         if cmd == "refresh":
             self._publish_status(force=True)
             resp = {"ok": True}

@@ -2,8 +2,10 @@
 
 The *desired* message (retained on ``.../desired``) is small: its ``signed`` part names the
 package (sha256 and size), version, model fingerprint, base, target (fleet, group), expiry and the
-transfer manifest (sha256 and size); ``signature`` is carried through untouched for the trust
-layer, which signs ``canonical(signed)``.
+transfer manifest (sha256 and size). ``signature`` is the package's signature envelope (the
+``PACKAGE.sig`` file ``refitd sign`` writes, base64 of its exact bytes, or null): it signs the
+package's sha256 and length, version, model, target and expiry, which the device checks against
+``signed`` before fetching anything (docs/mqtt.md, docs/security.md).
 
 The *transfer manifest* (fetched from a weight server like any other object, verified by its
 sha256 from the desired message) holds the package's safetensors header verbatim (so the
@@ -22,11 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ..package import parse_package_bytes
+from ..signing import MAX_ENVELOPE_BYTES
 
 FORMAT = 1
 DEFAULT_CHUNK = 124 << 10  # a chunk plus its response header stays under a 128 KB publish limit
 MIN_CHUNK = 4 << 10
-MAX_DESIRED_BYTES = 16 << 10
+MAX_SIGNATURE_B64 = 4 * -(-MAX_ENVELOPE_BYTES // 3)
+MAX_DESIRED_BYTES = (16 << 10) + MAX_SIGNATURE_B64
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FP = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -138,13 +142,16 @@ def parse(raw: bytes) -> Manifest:
 
 
 def desired(m: Manifest, version: int, model: str, fleet: str, group: Optional[str] = None,
-            base: Optional[int] = None, expires: Optional[str] = None) -> Dict[str, Any]:
-    """The retained desired-state message for manifest ``m``."""
+            base: Optional[int] = None, expires: Optional[str] = None,
+            signature: Optional[bytes] = None) -> Dict[str, Any]:
+    """The retained desired-state message for manifest ``m`` (``signature``: the envelope's
+    bytes, carried as base64)."""
     signed = {"package": {"sha256": m.package_sha256, "size": m.package_size},
               "manifest": {"sha256": m.sha256, "size": len(m.raw)},
               "version": version, "model": model, "base": base,
               "target": {"fleet": fleet, "group": group}, "expires": expires, "issued": _now()}
-    return {"signed": signed, "signature": None}
+    sig = base64.b64encode(signature).decode("ascii") if signature is not None else None
+    return {"signed": signed, "signature": sig}
 
 
 def parse_desired(payload: bytes) -> Optional[Dict[str, Any]]:
@@ -173,8 +180,35 @@ def parse_desired(payload: bytes) -> Optional[Dict[str, Any]]:
     if exp is not None and (not isinstance(exp, str) or exp < _now()):
         raise ManifestError("desired state expired at %s" % exp)
     out = dict(s)
-    out["signature"] = obj.get("signature")
+    out["signature"] = _signature(obj.get("signature"))
     return out
+
+
+def _signature(v: Any) -> Optional[bytes]:
+    """The envelope's bytes from the desired message's base64 ``signature`` (None: unsigned)."""
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) > MAX_SIGNATURE_B64:
+        raise ManifestError("desired signature must be base64 of the envelope, at most %d characters"
+                            % MAX_SIGNATURE_B64)
+    try:
+        return base64.b64decode(v, validate=True)
+    except (ValueError, TypeError):
+        raise ManifestError("desired signature is not base64") from None
+
+
+def signature_id(signature: Optional[bytes]) -> Optional[str]:
+    """A short name of a desired state's signature envelope (None: unsigned), so a refusal of
+    one announcement of a package is not mistaken for the outcome of another."""
+    return hashlib.sha256(signature).hexdigest()[:16] if signature is not None else None
+
+
+def max_manifest_bytes(package_size: int) -> int:
+    """A bound on the transfer manifest of a package of ``package_size`` bytes (its header in
+    base64 and a 64-hex hash per chunk of at least ``MIN_CHUNK`` are each far below the package
+    itself): what a device fetches beyond the signed length, so a signed desired state cannot
+    announce an endless manifest."""
+    return (64 << 10) + 2 * package_size
 
 
 def _sha(v: Any, what: str) -> str:

@@ -13,7 +13,8 @@ import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional
 
-from ..package import DEFAULT_MAX_PACKAGE_BYTES, PackageError, parse_package_bytes, read_capped
+from ..package import (DEFAULT_MAX_PACKAGE_BYTES, PackageError, parse_package_bytes, read_capped,
+                       signature_path)
 from . import manifest as _manifest
 from . import topics
 from .link import Link, LinkError, LinkOptions
@@ -103,7 +104,9 @@ def device_state(d: Dict[str, Any], want: Optional[Dict[str, Any]] = None) -> Di
     if want is not None:
         pkg, v = want["package"]["sha256"], want["version"]
         tr = st.get("transfer")
-        if last.get("package") == pkg and last.get("outcome") in OUTCOMES:
+        if last.get("package") == pkg and last.get("outcome") in OUTCOMES and (
+                last.get("stage") != "signature" or last.get("signature") == want.get("_signature")):
+            # a refused signature is about that announcement only (_signature: the one pushed)
             row["state"] = last["outcome"]
         elif st.get("serving_version") == v and st.get("desired_version") == v:
             row["state"] = "applied"
@@ -208,6 +211,26 @@ def load_package(path: str) -> Any:
         raise OperatorError("%s: %s" % (path, e)) from None
 
 
+def load_signature(args: Any, sha256: str) -> Optional[bytes]:
+    """``--sig FILE``, else ``PACKAGE.sig`` when it exists (``refitd sign`` writes it), else
+    None (unsigned: devices that require signatures refuse it). Refused here when it plainly
+    signs other bytes; the devices check the rest (keys, expiry, target, floor)."""
+    from ..delivery import read_signature
+    path = args.sig or signature_path(args.package)
+    if args.sig is None and not os.path.isfile(path):
+        return None
+    try:
+        sig = read_signature(path)
+        signed = json.loads(sig.decode("utf-8")).get("signed", {})
+    except PackageError as e:
+        raise OperatorError("%s: %s" % (path, e.reason)) from None
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        raise OperatorError("%s is not a signature envelope (refitd sign writes one)" % path) from None
+    if not isinstance(signed, dict) or signed.get("sha256") != sha256:
+        raise OperatorError("%s signs other bytes than %s" % (path, args.package))
+    return sig
+
+
 def publish_desired(link: Link, fleet: str, group: Optional[str], doc: Optional[Dict[str, Any]]) -> None:
     """Retained desired state (``None`` clears it), published again on every reconnect while
     this command runs: a broker restarted without persistence must not forget it."""
@@ -259,13 +282,14 @@ def _targets(args: Any) -> List[str]:
 
 def _start_push(args: Any, role: str):
     data, pkg = load_package(args.package)
+    sig = load_signature(args, pkg.sha256)
     link = connect(args, role)
     server = WeightServer(link, chunk_size=args.chunk_size, shared=not args.no_share,
                           max_rate=args.max_bytes_per_s, serve=not args.no_serve)
     m = server.add(os.path.abspath(args.package), data)
     view = FleetView(link, args.fleet, _targets(args))
     settle(link, view, server)
-    return link, server, view, m, pkg
+    return link, server, view, m, pkg, sig
 
 
 def _summary(rows: List[Dict[str, Any]]) -> str:
@@ -282,16 +306,18 @@ def cmd_push(args: Any) -> int:
                 topics.check_segment(name, v)
             except ValueError as e:
                 raise OperatorError(str(e), 2) from None
-    link, server, view, m, pkg = _start_push(args, "push")
+    link, server, view, m, pkg, sig = _start_push(args, "push")
     try:
-        want = _manifest.desired(m, pkg.version, pkg.model, args.fleet, args.group, base=pkg.base)
+        want = _manifest.desired(m, pkg.version, pkg.model, args.fleet, args.group, base=pkg.base,
+                                 signature=sig)
         publish_desired(link, args.fleet, args.group, want)
+        watch = dict(want["signed"], _signature=_manifest.signature_id(sig))
         progress = Progress(enabled=not args.json)
         if not args.json:
             print("pushing version %d (package %s, %d bytes, %d tensors) to %s%s"
                   % (pkg.version, m.package_sha256[:12], m.package_size, len(m.tensors),
                      args.fleet, "/" + args.group if args.group else ""))
-        rows = wait_outcomes(link, view, server, want["signed"], _targets(args), args.group,
+        rows = wait_outcomes(link, view, server, watch, _targets(args), args.group,
                              time.monotonic() + args.timeout, progress)
         if args.json:
             print(json.dumps({"version": pkg.version, "package": m.package_sha256, "devices": rows,
@@ -307,12 +333,14 @@ def cmd_push(args: Any) -> int:
 
 
 def cmd_rollout(args: Any) -> int:
-    link, server, view, m, pkg = _start_push(args, "rollout")
+    link, server, view, m, pkg, sig = _start_push(args, "rollout")
     try:
         progress = Progress(enabled=not args.json)
-        want = _manifest.desired(m, pkg.version, pkg.model, args.fleet, args.canary, base=pkg.base)
+        want = _manifest.desired(m, pkg.version, pkg.model, args.fleet, args.canary, base=pkg.base,
+                                 signature=sig)
         publish_desired(link, args.fleet, args.canary, want)
-        signed = dict(want["signed"], _healthy=True)  # canaries must pass their watch window
+        # canaries must pass their watch window
+        signed = dict(want["signed"], _healthy=True, _signature=_manifest.signature_id(sig))
         canary = wait_outcomes(link, view, server, signed, _targets(args), args.canary,
                                time.monotonic() + args.timeout, progress, stop_after=args.max_failures)
         failed = [r for r in canary if r["state"] not in ("applied", "offline")]
@@ -325,9 +353,10 @@ def cmd_rollout(args: Any) -> int:
                 why += " (canaries restored to the fleet's desired version)"
             print("rollout of version %d stopped at the canaries: %s" % (pkg.version, why))
             return 1
-        fleet_want = _manifest.desired(m, pkg.version, pkg.model, args.fleet, None, base=pkg.base)
+        fleet_want = _manifest.desired(m, pkg.version, pkg.model, args.fleet, None, base=pkg.base,
+                                       signature=sig)
         publish_desired(link, args.fleet, None, fleet_want)
-        rows = wait_outcomes(link, view, server, fleet_want["signed"], [], None,
+        rows = wait_outcomes(link, view, server, dict(fleet_want["signed"], _signature=_manifest.signature_id(sig)), [], None,
                              time.monotonic() + args.timeout, progress, stop_after=args.max_failures)
         failed = [r for r in rows if r["state"] not in ("applied", "offline")]
         print("rollout of version %d: canaries %s; fleet %s" % (pkg.version, _summary(canary), _summary(rows)))
