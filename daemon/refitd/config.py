@@ -93,18 +93,6 @@ def _k_input_shape(v, path, ctx):
     return out
 
 
-def _k_path_list(v, path, ctx):
-    if not isinstance(v, list):
-        ctx.add(path, "must be a list of paths, got %s" % _show(v))
-        return _BAD
-    out = []
-    for i, item in enumerate(v):
-        p = k_path(item, path + ("[%d]" % i,), ctx)
-        if p is not _BAD:
-            out.append(p)
-    return out
-
-
 # ---- sections --------------------------------------------------------------------------------
 
 @section

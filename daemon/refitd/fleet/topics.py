@@ -80,8 +80,3 @@ def all_devices(fleet: str, leaf: str) -> str:
     """Operator-side wildcard over a fleet's devices (the devices themselves subscribe only to
     exact topics)."""
     return device(fleet, "+", leaf)
-
-
-def device_of(topic: str) -> str:
-    """The device id in a ``refitd/<fleet>/devices/<id>/...`` topic."""
-    return topic.split("/")[3]
