@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..atomic import write_atomic
 from . import manifest as _manifest
@@ -190,7 +190,7 @@ class FleetDevice:
             self.transfer = None
         if pkg in self.outcomes and self.outcomes[pkg].get("version") == d["version"]:
             return  # already tried: applied, rejected or rolled back -- never twice
-        why = self._refused(d)
+        why, layout = self._refused(d)
         if why is not None:  # before any chunk is asked for: nothing unsigned or untrusted is fetched
             self._finish(d, False, "signature", why, remember=False)
             return
@@ -212,7 +212,7 @@ class FleetDevice:
         try:
             self.transfer = Transfer(os.path.join(self.partial), self.host.store, d, self._send,
                                      piece=self._piece(), max_in_flight=self.s.max_in_flight,
-                                     timeout=self.s.request_timeout,
+                                     timeout=self.s.request_timeout, layout=layout,
                                      on_reject=lambda why: self._event("update.chunk_rejected", version=v, reason=why))
         except _manifest.ManifestError as e:
             self._finish(d, False, "manifest", str(e))
@@ -220,26 +220,32 @@ class FleetDevice:
         self.state = "downloading"
         self._event("update.started", version=v, package=pkg, via="mqtt")
 
-    def _refused(self, d: Dict[str, Any]) -> Optional[str]:
-        """Why the trust policy refuses desired state ``d`` (None: go ahead). The package checks
-        are trust.py's (``host.check_announced``: signature, expiry, model, target, floor, the
-        signed sha256 and size against the announced ones); here only what is MQTT's own: the
-        desired version is the signed one, the manifest is bounded by the signed size."""
+    def _refused(self, d: Dict[str, Any]) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+        """Why the trust policy refuses desired state ``d`` (None: go ahead), and the signed
+        layout the transfer's manifest must match (None: unsigned and not required). The package
+        checks are trust.py's (``host.check_announced``: signature, expiry, model, target, floor,
+        the signed sha256 and size against the announced ones); here only what is MQTT's own:
+        the desired version is the signed one, the signature signs the layout (so every tensor
+        fetched is checked against a signed hash), the manifest is bounded by the signed size."""
         from ..signing import SignatureError
         try:
             signed = self.host.check_announced(d.get("signature"), d["package"]["sha256"],
                                                d["package"]["size"])
         except SignatureError as e:
-            return str(e)
+            return str(e), None
         if signed is None:
-            return None
+            return None, None
         if signed["version"] != d["version"]:
-            return "desired version %d, the signature is for version %d" % (d["version"], signed["version"])
+            return ("desired version %d, the signature is for version %d"
+                    % (d["version"], signed["version"])), None
+        if not isinstance(signed.get("layout"), dict):
+            return ("the signature does not sign the package's layout, which the MQTT transfer "
+                    "checks every tensor against (sign it again with refitd sign)"), None
         limit = _manifest.max_manifest_bytes(signed["length"])
         if d["manifest"]["size"] > limit:
             return ("desired manifest of %d bytes, more than the %d a signed package of %d bytes "
-                    "can need" % (d["manifest"]["size"], limit, signed["length"]))
-        return None
+                    "can need" % (d["manifest"]["size"], limit, signed["length"])), None
+        return None, signed["layout"]
 
     def _desired_topic(self) -> str:
         if self.desired["group"] is not None:
