@@ -36,7 +36,7 @@ class FleetDevice:
     ``.store``, ``.engine``, ``.events``, ``status()`` (the control socket's status dict),
     ``command(req, payload)`` (rollback/pin/unpin as deliveries, ``req["sig"]`` their
     signature), ``check_announced(signature, sha256, size)`` (the trust policy on a desired
-    state) and ``apply_path(path, where, signature)`` (a rebuilt package as a delivery)."""
+    state), ``trust_floor()`` (the version floor, or None) and ``apply_path(path, where, signature)`` (a rebuilt package as a delivery)."""
 
     def __init__(self, settings: Any, link: Link, host: Any, partial_dir: str,
                  deliver: Optional[Callable[[str, str, Optional[bytes]], Any]] = None):
@@ -157,8 +157,13 @@ class FleetDevice:
                 self._event("update.chunk_rejected", reason=str(e))
                 return
             self.received_total += len(data)
-            if self.transfer is not None:
-                self.transfer.on_response(head, data)
+            tr = self.transfer
+            if tr is not None:
+                try:
+                    tr.on_response(head, data)
+                except _manifest.ManifestError as e:  # the fetched manifest: refused whole
+                    self.transfer = None
+                    self._finish(tr.desired, False, "manifest", str(e))
         elif t == topics.fleet_desired(self.fleet) or (
                 self.group and t == topics.group_desired(self.fleet, self.group)):
             which = "fleet" if t == topics.fleet_desired(self.fleet) else "group"
@@ -166,7 +171,7 @@ class FleetDevice:
                 self.desired[which] = _manifest.parse_desired(msg.payload)
             except _manifest.ManifestError as e:
                 self.desired[which] = None
-                self._event("update.rejected", stage="desired", reason=str(e))
+                self._refuse_message("desired", str(e))
                 return
             self._reconcile()
         elif t == topics.cmd(self.fleet, self.id):
@@ -175,13 +180,23 @@ class FleetDevice:
             self._on_up()
             self._publish_status(force=True)
 
+    def _refuse_message(self, stage: str, reason: str, event: str = "update.rejected",
+                        **fields: Any) -> None:
+        """A desired state or command refused as it arrived: in the events and the status (local
+        and on the broker), nothing else changes."""
+        self.last_update = {"version": fields.get("version"), "outcome": "rejected", "stage": stage,
+                            "reason": reason, "package": None, "at": time.time()}
+        self._event(event, stage=stage, reason=reason, **fields)
+        self._publish_status(force=True)
+
     def effective(self) -> Optional[Dict[str, Any]]:
         """The group's desired state when there is one, else the fleet's."""
         return self.desired["group"] or self.desired["fleet"]
 
     def _reconcile(self) -> None:
         d = self.effective()
-        if d is None:
+        if d is None:  # cleared: a transfer in progress is not wanted any more
+            self.transfer = None
             return
         pkg = d["package"]["sha256"]
         if self.transfer is not None and self.transfer.package_sha == pkg:
@@ -189,7 +204,13 @@ class FleetDevice:
         if self.transfer is not None:  # superseded: keep its chunks (blobs may recur)
             self.transfer = None
         if pkg in self.outcomes and self.outcomes[pkg].get("version") == d["version"]:
-            return  # already tried: applied, rejected or rolled back -- never twice
+            # already tried: applied, rejected or rolled back -- never twice; but an old
+            # version announced again (a replayed desired state) is refused aloud
+            floor = self.host.trust_floor()
+            why = self._refused(d)[0] if floor is not None and d["version"] < floor else None
+            if why is not None:
+                self._finish(d, False, "signature", why, remember=False)
+            return
         why, layout = self._refused(d)
         if why is not None:  # before any chunk is asked for: nothing unsigned or untrusted is fetched
             self._finish(d, False, "signature", why, remember=False)
@@ -324,6 +345,7 @@ class FleetDevice:
                 raise ValueError("not an object")
         except (UnicodeDecodeError, ValueError):
             self._respond({"ok": False, "error": "command is not a JSON object"})
+            self._refuse_message("command", "command is not a JSON object", "command.rejected")
             return
         cmd = req.get("cmd")
         rid = req.get("id")
@@ -339,6 +361,9 @@ class FleetDevice:
         resp["id"] = rid
         resp["cmd"] = cmd
         self._respond(resp)
+        if not resp.get("ok"):
+            self._refuse_message("command", resp.get("error") or "%s failed" % cmd, "command.rejected",
+                                 cmd=cmd if isinstance(cmd, str) else json.dumps(cmd)[:40])
         self._publish_status(force=True)
 
     def _respond(self, resp: Dict[str, Any]) -> None:
