@@ -24,11 +24,15 @@ STORE_SKIP = ("lock", "fleet")
 class Attacker:
     """The broker, the device and the keys (``keys[i]``: private key paths; ``kid``/``pub``)."""
 
-    def __init__(self, n_keys: int = 3, **mqtt: Any):
+    def __init__(self, n_keys: int = 3, model: Optional[str] = None, **mqtt: Any):
+        """``model``: the chain model (10 tensors of 256 KiB) unless given; ``mqtt``: more
+        settings for the device (``health``, mqtt keys)."""
         self.work = short_dir("sec")
-        from conftest import add_chain_model
-        self.model = add_chain_model(os.path.join(self.work, "chain.onnx"), N_TENSORS, SIZE)
-        self.fp = fingerprint(str(self.model))
+        if model is None:
+            from conftest import add_chain_model
+            model = str(add_chain_model(os.path.join(self.work, "chain.onnx"), N_TENSORS, SIZE))
+        self.model = model
+        self.fp = fingerprint(model)
         self.broker = Mosquitto(os.path.join(self.work, "broker"))
         os.makedirs(self.broker.workdir)
         self.broker.start()
@@ -61,7 +65,7 @@ class Attacker:
         sec = {"require_signature": ["mqtt"], "threshold": threshold, "fleet": FLEET,
                "trusted_keys": {self.kid[i]: self.pub[i] for i in trusted}}
         sec.update(security)
-        self.dev = Device(os.path.join(self.work, DEV), str(self.model), self.broker.url, FLEET, DEV,
+        self.dev = Device(os.path.join(self.work, DEV), self.model, self.broker.url, FLEET, DEV,
                           security=sec, **self.mqtt)
         self.dev.start()
         wait_until(lambda: (self.status_doc or {}).get("serving_version") is not None
@@ -170,9 +174,13 @@ class Attacker:
         self.client.publish(self.topic("cmd"), json.dumps(req).encode() if isinstance(req, dict) else req)
         return self.responses.get(timeout=30)
 
-    def serve_rogue(self, answer: Callable[[Dict[str, Any]], Optional[bytes]]) -> None:
+    def serve_rogue(self, answer: Optional[Callable[[Dict[str, Any]], Optional[bytes]]]) -> None:
         """Answers every chunk request with ``answer(request)`` (None: stay silent)."""
         self.rogue = answer
+
+    def serve_objects(self, objects: Dict[str, bytes]) -> None:
+        """A weight server for exactly these objects (by sha256), whatever they hold."""
+        self.serve_rogue(lambda r: objects[r["obj"]][r["off"]:r["off"] + r["n"]] if r["obj"] in objects else None)
 
     def sig_b64(self, pkg: str) -> str:
         return base64.b64encode(open(pkg + ".sig", "rb").read()).decode()

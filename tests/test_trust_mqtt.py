@@ -52,9 +52,9 @@ def _check_refused(att, deliver: Callable[[], Any], stage: str, words: str, even
     assert "\n" not in reason and ev.get("stage") == stage, ev
     assert any(e.get("reason") == reason for e in dev.mqtt_events(event)), "not in the local event log"
     if event == "update.chunk_rejected":  # the transfer goes on (fetching again): status says why
-        wait_until(lambda: ((_status(att)["channels"]["mqtt"].get("transfer") or {}).get("last_rejected")
-                            or "").find(words) >= 0, 30, what="the rejected chunk in refitd status")
-        wait_until(lambda: words in str(((att.status_doc or {}).get("transfer") or {}).get("last_rejected")),
+        last = _status(att)["channels"]["mqtt"]["last_rejected_chunk"]
+        assert words in last["reason"] and "\n" not in last["reason"], last  # (more may have come since)
+        wait_until(lambda: words in str(((att.status_doc or {}).get("last_rejected_chunk") or {}).get("reason")),
                    30, what="the rejected chunk on the status topic")
     else:
         last = _status(att)["channels"]["mqtt"]["last_update"]

@@ -64,7 +64,8 @@ class MqttChannel(Channel):
         return {"broker": self.s.url, "fleet": self.s.fleet, "connected": link.connected.is_set(),
                 "error": None if link.connected.is_set() else (link.error or "connecting"),
                 "connects": link.connects, "state": dev.state, "last_update": dev.last_update,
-                "transfer": dev.transfer.progress() if dev.transfer is not None else None}
+                "transfer": dev.transfer.progress() if dev.transfer is not None else None,
+                "last_rejected_chunk": dev.last_rejected_chunk}
 
     def trust_floor(self) -> Optional[int]:
         trust = getattr(self.services, "trust", None)

@@ -51,6 +51,7 @@ class FleetDevice:
         self.transfer: Optional[Transfer] = None
         self.state = "idle"
         self.last_update: Optional[Dict[str, Any]] = None
+        self.last_rejected_chunk: Optional[Dict[str, Any]] = None
         self.outcomes = self._load_outcomes()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -154,7 +155,7 @@ class FleetDevice:
             try:
                 head, data = wire.parse_response(msg.payload)
             except wire.WireError as e:
-                self._event("update.chunk_rejected", reason=str(e))
+                self._chunk_rejected(str(e))
                 return
             self.received_total += len(data)
             tr = self.transfer
@@ -179,6 +180,12 @@ class FleetDevice:
         elif t == topics.census(self.fleet):
             self._on_up()
             self._publish_status(force=True)
+
+    def _chunk_rejected(self, reason: str, **fields: Any) -> None:
+        """A response refused (malformed, or bytes that do not hash right): the transfer asks
+        again; the reason goes to the events and, as the last one, to the status."""
+        self.last_rejected_chunk = {"reason": reason, "at": time.time()}
+        self._event("update.chunk_rejected", reason=reason, **fields)
 
     def _refuse_message(self, stage: str, reason: str, event: str = "update.rejected",
                         **fields: Any) -> None:
@@ -234,7 +241,7 @@ class FleetDevice:
             self.transfer = Transfer(os.path.join(self.partial), self.host.store, d, self._send,
                                      piece=self._piece(), max_in_flight=self.s.max_in_flight,
                                      timeout=self.s.request_timeout, layout=layout,
-                                     on_reject=lambda why: self._event("update.chunk_rejected", version=v, reason=why))
+                                     on_reject=lambda why: self._chunk_rejected(why, version=v))
         except _manifest.ManifestError as e:
             self._finish(d, False, "manifest", str(e))
             return
@@ -396,6 +403,7 @@ class FleetDevice:
             "desired_version": d["version"] if d else None,
             "transfer": self.transfer.progress() if self.transfer else None,
             "received_bytes": self.received_total,
+            "last_rejected_chunk": self.last_rejected_chunk,
         }
         return doc
 

@@ -64,8 +64,7 @@ class Transfer:
         self.piece = piece
         self.max_in_flight = max_in_flight
         self.timeout = timeout
-        self._on_reject = on_reject or (lambda why: None)
-        self.last_rejected: Optional[str] = None  # why the last chunk was refused (for status)
+        self.on_reject = on_reject or (lambda why: None)
         self.counters = Counters()
         self.manifest: Optional[_manifest.Manifest] = None
         self.queue: Deque[_Want] = collections.deque()
@@ -154,12 +153,7 @@ class Transfer:
 
     def progress(self) -> Dict[str, int]:
         return {"bytes_done": self.done_bytes, "bytes_total": self.total,
-                "received": self.counters.received, "rejected_chunks": self.counters.rejected,
-                "last_rejected": self.last_rejected}
-
-    def on_reject(self, why: str) -> None:
-        self.last_rejected = why
-        self._on_reject(why)
+                "received": self.counters.received, "rejected_chunks": self.counters.rejected}
 
     # ---- network side -------------------------------------------------------------------
 
