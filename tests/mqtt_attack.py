@@ -65,13 +65,17 @@ class Attacker:
         sec = {"require_signature": ["mqtt"], "threshold": threshold, "fleet": FLEET,
                "trusted_keys": {self.kid[i]: self.pub[i] for i in trusted}}
         sec.update(security)
-        self.dev = Device(os.path.join(self.work, DEV), self.model, self.broker.url, FLEET, DEV,
+        self.dev = Device(self.dev_state(), self.model, self.broker.url, FLEET, DEV,
                           security=sec, **self.mqtt)
         self.dev.start()
         wait_until(lambda: (self.status_doc or {}).get("serving_version") is not None
                    and self.dev.status()["channels"]["mqtt"]["connected"], 60,
                    what="the device on the broker")
         return self.dev
+
+    def dev_state(self) -> str:
+        """The device's state directory (its store, partial area and trust state beside it)."""
+        return os.path.join(self.work, DEV)
 
     def stop(self) -> None:
         if self.dev is not None:

@@ -194,3 +194,30 @@ def test_removed_key_and_threshold_over_mqtt(att):
     row = att.push(att.package("two-of-two", floor + 1, 43, sign=(0, 1)))
     assert row["state"] == "applied", row
     att.dev.wait_version(floor + 1)
+
+
+def test_floor_survives_restart_and_a_deleted_store_over_mqtt(att):
+    """The floor the MQTT-delivered updates raised holds after a restart and after the store
+    is lost (re-seeded from the model file, the channel's record of past updates gone with it):
+    a signed push at or below it is refused, one above it applies."""
+    import shutil
+    floor = _status(att)["trust"]["floor"]
+    assert floor is not None and att.dev.serving() == floor
+    att.stop()
+    att.start(trusted=(0, 1))
+    assert _status(att)["trust"]["floor"] == floor
+    _check_refused(att, lambda: _push("after-restart", floor, 50, sign=(0,))(att),
+                   "signature", "not above the version floor %d" % floor)
+    att.stop()
+    shutil.rmtree(os.path.join(att.dev_state(), "store"))
+    att.start(trusted=(0, 1))
+    st = _status(att)
+    assert st["serving"]["version"] == 0 and st["store"]["versions"] == [0] and st["trust"]["floor"] == floor, st
+    _check_refused(att, lambda: att.publish_desired(next(  # the v1 announcement, replayed
+        p for p in att.desired_log if p and json.loads(p)["signed"]["version"] == 1)),
+        "signature", "not above the version floor %d" % floor)
+    _check_refused(att, lambda: _push("after-loss", floor - 1, 51, sign=(0,))(att),
+                   "signature", "not above the version floor %d" % floor)
+    row = att.push(att.package("above", floor + 1, 52, sign=(0,)))
+    assert row["state"] == "applied", row
+    assert _status(att)["trust"]["floor"] == floor + 1

@@ -401,6 +401,7 @@ class FleetDevice:
             "inferences_per_s": round(inf.get("per_second") or 0.0, 1),
             "p50_ms": inf.get("p50_ms"), "p99_ms": inf.get("p99_ms"),
             "desired_version": d["version"] if d else None,
+            "desired_package": d["package"]["sha256"] if d else None,
             "transfer": self.transfer.progress() if self.transfer else None,
             "received_bytes": self.received_total,
             "last_rejected_chunk": self.last_rejected_chunk,
