@@ -36,7 +36,8 @@ class FleetDevice:
     ``.store``, ``.engine``, ``.events``, ``status()`` (the control socket's status dict),
     ``command(req, payload)`` (rollback/pin/unpin as deliveries, ``req["sig"]`` their
     signature), ``check_announced(signature, sha256, size)`` (the trust policy on a desired
-    state), ``trust_floor()`` (the version floor, or None) and ``apply_path(path, where, signature)`` (a rebuilt package as a delivery)."""
+    state), ``trust_floor()`` (the version floor, or None) and ``apply_path(path, where,
+    signature)`` (a rebuilt package as a delivery)."""
 
     def __init__(self, settings: Any, link: Link, host: Any, partial_dir: str,
                  deliver: Optional[Callable[[str, str, Optional[bytes]], Any]] = None):
