@@ -84,7 +84,7 @@ def test_plugin_listed_loaded_and_refused(seed, plugins):
     assert infos["reference"].location == "built-in" and infos["reference"].error == ""
     assert infos["testplug"].location == str(plugins / "librefit_backend_testplug.so")
     assert infos["testplug"].error == ""
-    assert "backend API 1" in infos["testplug_badapi"].error and "needs 2" in infos["testplug_badapi"].error
+    assert "backend API 1" in infos["testplug_badapi"].error and "needs 3" in infos["testplug_badapi"].error
     assert "testplug" in E.backends() and "testplug_badapi" not in E.backends()
     with Engine.open(seed, backend="testplug") as eng:
         assert eng.backend == "testplug"

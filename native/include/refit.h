@@ -68,7 +68,7 @@ extern "C" {
 #endif
 
 /* Bumped on every incompatible change to this header. Python checks it at load. */
-#define REFIT_ABI_VERSION 2
+#define REFIT_ABI_VERSION 3
 
 typedef enum refit_status {
     REFIT_OK = 0,
@@ -218,6 +218,11 @@ typedef struct refit_engine_stats {
     uint64_t last_publish_ns;  /* pointer flip + waiting out the old set's readers, last one */
     uint64_t last_pause_ns;    /* quiesce: admission stopped -> resumed, last refit */
     uint64_t max_pause_ns;     /* quiesce: the longest such pause so far */
+    /* quiesce, the last pause broken down: waiting for the inferences in flight, the in-place
+     * refit (or the commit of prepared bytes), its verification (a read-back or the canary) */
+    uint64_t last_drain_ns;
+    uint64_t last_inplace_ns;
+    uint64_t last_verify_ns;
 } refit_engine_stats;
 REFIT_API REFIT_NODISCARD refit_status refit_engine_get_stats(refit_engine *engine,
                                                               refit_engine_stats *out);

@@ -1019,15 +1019,17 @@ static void inst_take(refit_engine *e, inst *in, const wset *s)
     }
 }
 
-/* Refits instance `in` (no run uses it) in place to set s and verifies it. On failure the
- * instance is stale: any subset of s may be in it. */
+/* Refits instance `in` (no run uses it) in place to set s and verifies it with the canary. On
+ * failure the instance is stale: any subset of s may be in it. */
 static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int check_finite)
 {
     const unsigned char *mask = fill_mask(e, in->blobs, in->stale, s);
     uint64_t t0 = now_ns();
     int rc = e->backend->weights_refit(e->plan, in->prepared, s->data, mask, tl_error, sizeof tl_error);
-    e->stats.last_prepare_ns = now_ns() - t0;
+    uint64_t t1 = now_ns();
     refit_status st = rc ? backend_failed(e, rc, "weights_refit") : canary_check(e, in->prepared, check_finite);
+    e->stats.last_prepare_ns = e->stats.last_inplace_ns = t1 - t0;
+    e->stats.last_verify_ns = now_ns() - t1;
     in->stale = st != REFIT_OK;
     if (!st)
         inst_take(e, in, s);
@@ -1073,17 +1075,80 @@ static void resume(refit_engine *e)
     pthread_mutex_unlock(&e->pause_lock);
 }
 
+/* "refit to version N failed (why); version M still serves, unchanged" around the failure in
+ * tl_error. */
+static refit_status failed_unchanged(refit_engine *e, refit_status st, const wset *s)
+{
+    char why[sizeof tl_error];
+    memcpy(why, tl_error, sizeof why);
+    return fail(st, "refit to version %llu failed (%s); version %llu still serves, unchanged",
+                (unsigned long long)s->version, why,
+                (unsigned long long)atomic_load(&e->current)->version);
+}
+
+/* quiesce with weights_commit, before the pause: prepares s as a second handle on top of the
+ * live instance (its transforms: BN folding, packing, Winograd) and verifies it with the canary,
+ * while inferences go on with the live one. Leaves e->mask = what differs. */
+static refit_status quiesce_stage(refit_engine *e, const inst *in, const wset *s, int check_finite,
+                                  void **staged)
+{
+    const unsigned char *mask = fill_mask(e, in->blobs, 0, s);
+    uint64_t t0 = now_ns();
+    int rc = e->backend->weights_prepare(e->plan, s->data, in->prepared, mask, staged, tl_error,
+                                         sizeof tl_error);
+    e->stats.last_prepare_ns = now_ns() - t0;
+    if (rc) {
+        *staged = NULL;
+        return backend_failed(e, rc, "weights_prepare");
+    }
+    refit_status st = canary_check(e, *staged, check_finite);
+    if (st) {
+        e->backend->weights_release(e->plan, *staged);
+        *staged = NULL;
+    }
+    return st;
+}
+
+/* quiesce with weights_commit, inside the pause: the in-place refit proper is a copy of the
+ * staged bytes (e->mask from quiesce_stage), verified by the backend's read-back. On failure the
+ * instance is stale. */
+static refit_status inst_commit(refit_engine *e, inst *in, const wset *s, const void *staged)
+{
+    uint64_t t0 = now_ns();
+    int rc = e->backend->weights_commit(e->plan, in->prepared, staged, e->mask, tl_error,
+                                        sizeof tl_error);
+    uint64_t t1 = now_ns();
+    refit_status st = rc ? backend_failed(e, rc, "weights_commit") : REFIT_OK;
+    if (!st && (rc = e->backend->weights_verify(e->plan, in->prepared, staged, e->mask, tl_error,
+                                                sizeof tl_error)))
+        st = backend_failed(e, rc, "the read-back (weights_verify)");
+    e->stats.last_inplace_ns = t1 - t0;
+    e->stats.last_verify_ns = now_ns() - t1;
+    in->stale = st != REFIT_OK;
+    if (!st)
+        inst_take(e, in, s);
+    return st;
+}
+
 /* quiesce: stop admitting inferences, drain those in flight, refit the one instance in place,
- * verify, publish, resume. On failure the instance is refitted back to the serving set and
- * verified before anything runs again. */
+ * verify, publish, resume. With weights_commit the transforms and the canary run before the
+ * pause (on a staged handle) and the pause holds only the copy and its read-back; a failure
+ * there leaves everything as it was, without a pause. On failure inside the pause the instance
+ * is refitted back to the serving set and verified before anything runs again. */
 static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
 {
     wset *cur = atomic_load(&e->current);
     inst *in = &e->insts[0];
+    void *staged = NULL;
+    refit_status st = REFIT_OK;
+    if (e->backend->weights_commit && !in->stale &&
+        (st = quiesce_stage(e, in, s, check_finite, &staged)))
+        return failed_unchanged(e, st, s);
     uint64_t t0 = now_ns();
     atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
     wait_for_readers(e, cur);
-    refit_status st = inst_refit(e, in, s, check_finite);
+    e->stats.last_drain_ns = now_ns() - t0;
+    st = staged ? inst_commit(e, in, s, staged) : inst_refit(e, in, s, check_finite);
     if (st) {
         char why[sizeof tl_error];
         memcpy(why, tl_error, sizeof why);
@@ -1107,6 +1172,8 @@ static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
     e->stats.last_pause_ns = pause;
     if (pause > e->stats.max_pause_ns)
         e->stats.max_pause_ns = pause;
+    if (staged) /* after the pause: freeing is no part of it */
+        e->backend->weights_release(e->plan, staged);
     return st;
 }
 
@@ -1157,13 +1224,8 @@ static refit_status commit(refit_engine *e, wset *s, int check_finite)
         else if (!(st = ab_stage(e, s, check_finite)))
             ab_flip(e, s);
     }
-    if (st && st != REFIT_ERR_CONFLICT && e->strategy != STRAT_QUIESCE) { /* quiesce says more */
-        char why[sizeof tl_error];
-        memcpy(why, tl_error, sizeof why);
-        fail(st, "refit to version %llu failed (%s); version %llu still serves, unchanged",
-             (unsigned long long)s->version, why,
-             (unsigned long long)atomic_load(&e->current)->version);
-    }
+    if (st && st != REFIT_ERR_CONFLICT && e->strategy != STRAT_QUIESCE) /* quiesce says more */
+        failed_unchanged(e, st, s);
     if (st) {
         wset_retire(e, s);
         e->stats.failed_refits++;
