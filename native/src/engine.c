@@ -1019,20 +1019,30 @@ static void inst_take(refit_engine *e, inst *in, const wset *s)
     }
 }
 
-/* Refits instance `in` (no run uses it) in place to set s and verifies it with the canary. On
- * failure the instance is stale: any subset of s may be in it. */
-static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int check_finite)
+/* Refits instance `in` (no run uses it) in place to set s, unverified. On failure the instance
+ * is stale: any subset of s may be in it. */
+static refit_status inst_write(refit_engine *e, inst *in, const wset *s)
 {
     const unsigned char *mask = fill_mask(e, in->blobs, in->stale, s);
     uint64_t t0 = now_ns();
     int rc = e->backend->weights_refit(e->plan, in->prepared, s->data, mask, tl_error, sizeof tl_error);
-    uint64_t t1 = now_ns();
-    refit_status st = rc ? backend_failed(e, rc, "weights_refit") : canary_check(e, in->prepared, check_finite);
-    e->stats.last_prepare_ns = e->stats.last_inplace_ns = t1 - t0;
-    e->stats.last_verify_ns = now_ns() - t1;
-    in->stale = st != REFIT_OK;
+    e->stats.last_prepare_ns = e->stats.last_inplace_ns = now_ns() - t0;
+    in->stale = rc != 0;
+    if (rc)
+        return backend_failed(e, rc, "weights_refit");
+    inst_take(e, in, s);
+    return REFIT_OK;
+}
+
+/* inst_write, then the canary. On failure the instance is stale. */
+static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int check_finite)
+{
+    refit_status st = inst_write(e, in, s);
+    uint64_t t0 = now_ns();
     if (!st)
-        inst_take(e, in, s);
+        st = canary_check(e, in->prepared, check_finite);
+    e->stats.last_verify_ns = now_ns() - t0;
+    in->stale = st != REFIT_OK;
     return st;
 }
 
@@ -1191,14 +1201,16 @@ static refit_status ab_stage(refit_engine *e, wset *s, int check_finite)
 
 /* ab, second half: flip the pointer workers use to s (on the idle instance), wait out the readers
  * of the old one, then bring that one up to date too (if that fails it is stale and the next
- * refit rewrites it whole; the published set is unaffected). */
+ * refit rewrites it whole; the published set is unaffected). No canary there: the instance
+ * serves again only after the next refit's ab_stage has verified it, and a second inference per
+ * refit on the refitting thread is CPU taken from the workers (bench/engine.py, latency). */
 static void ab_flip(refit_engine *e, wset *s)
 {
     publish_locked(e, s);
     e->live = !e->live;
     char keep[sizeof tl_error];
     memcpy(keep, tl_error, sizeof keep);
-    (void)inst_refit(e, &e->insts[!e->live], s, 0);
+    (void)inst_write(e, &e->insts[!e->live], s);
     memcpy(tl_error, keep, sizeof keep);
 }
 
