@@ -218,8 +218,9 @@ typedef struct refit_engine_stats {
     uint64_t last_publish_ns;  /* pointer flip + waiting out the old set's readers, last one */
     uint64_t last_pause_ns;    /* quiesce: admission stopped -> resumed, last refit */
     uint64_t max_pause_ns;     /* quiesce: the longest such pause so far */
-    /* quiesce, the last pause broken down: waiting for the inferences in flight, the in-place
-     * refit (or the commit of prepared bytes), its verification (a read-back or the canary) */
+    /* quiesce: the last pause's wait for the inferences in flight; quiesce and ab: the last
+     * in-place refit (or commit of staged bytes) and its verification (read-back or canary).
+     * Under quiesce the three make up the last pause, less the publish and the wake-up. */
     uint64_t last_drain_ns;
     uint64_t last_inplace_ns;
     uint64_t last_verify_ns;

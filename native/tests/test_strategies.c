@@ -92,6 +92,30 @@ static void exercise(const char *backend, const char *strategy)
     refit_engine_destroy(e);
 }
 
+/* Opens the seed model (option key=val when key is set) with a context, refits version 1
+ * (kernel all 1) and checks it serves 9. Returns 0, with nothing left open, if any step fails. */
+static int serving_v1(const char *backend, const char *strategy, const char *key, const char *val,
+                      refit_engine **e, refit_context **c)
+{
+    *e = NULL;
+    *c = NULL;
+    CHECK(open_seed(backend, strategy, key, val, e) == REFIT_OK, "%s/%s %s: open", backend, strategy,
+          key ? key : "");
+    if (!*e)
+        return 0;
+    float w[9];
+    uint64_t v = 0;
+    refit_tensor t = kernel_of(w, 1);
+    int ok = refit_context_create(*e, c) == REFIT_OK && refit_engine_refit(*e, &t, 1, 1, 0) == REFIT_OK &&
+             infer(*c, &v) == 9.0f && v == 1;
+    CHECK(ok, "%s/%s: version 1 serves 9", backend, strategy);
+    if (!ok) {
+        refit_context_destroy(*c);
+        refit_engine_destroy(*e);
+    }
+    return ok;
+}
+
 /* The plugin's injected failures (in-place refits; swap: prepare): the serving set and its
  * outputs must stay, verified where a refit was applied in place. */
 static void inplace_faults(const char *strategy, const char *fault)
@@ -101,17 +125,12 @@ static void inplace_faults(const char *strategy, const char *fault)
      * wrote the idle instance, #1, then brought the other up to date, #2); under swap it is
      * prepare #3 (the first was the open's). */
     const char *nth = strcmp(strategy, "quiesce") == 0 ? "2" : "3";
-    CHECK(open_seed("testplug", strategy, fault, nth, &e) == REFIT_OK, "%s %s: open", strategy, fault);
-    if (!e)
-        return;
     refit_context *c = NULL;
-    CHECK(refit_context_create(e, &c) == REFIT_OK, "context");
+    if (!serving_v1("testplug", strategy, fault, nth, &e, &c))
+        return;
     float w[9];
     uint64_t v = 0;
-    refit_tensor t = kernel_of(w, 1);
-    CHECK(refit_engine_refit(e, &t, 1, 1, 0) == REFIT_OK, "%s: first refit", strategy);
-    CHECK(infer(c, &v) == 9.0f && v == 1, "%s: serving version 1", strategy);
-    t = kernel_of(w, 5);
+    refit_tensor t = kernel_of(w, 5);
     refit_status st = refit_engine_refit(e, &t, 1, 2, 0);
     CHECK(st == REFIT_ERR_BACKEND, "%s %s: the faulty refit fails, got %s", strategy, fault,
           refit_status_string(st));
@@ -142,16 +161,12 @@ static void staging_faults(const char *backend, const char *fault, float bad_ker
 {
     refit_engine *e = NULL;
     /* testplug's prepare #1 is the open's, #2 the first refit's staging, #3 the second's. */
-    CHECK(open_seed(backend, "quiesce", fault, fault ? "3" : NULL, &e) == REFIT_OK, "%s: open", backend);
-    if (!e)
-        return;
     refit_context *c = NULL;
-    CHECK(refit_context_create(e, &c) == REFIT_OK, "context");
+    if (!serving_v1(backend, "quiesce", fault, fault ? "3" : NULL, &e, &c))
+        return;
     float w[9];
     uint64_t v = 0;
-    refit_tensor t = kernel_of(w, 1);
-    CHECK(refit_engine_refit(e, &t, 1, 1, 0) == REFIT_OK && infer(c, &v) == 9.0f && v == 1,
-          "%s staging: version 1 serves", backend);
+    refit_tensor t;
     refit_engine_stats before, after;
     CHECK(refit_engine_get_stats(e, &before) == REFIT_OK && before.last_pause_ns > 0,
           "%s staging: the refit paused once", backend);
