@@ -946,6 +946,10 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
     return REFIT_OK;
 }
 
+/* quiesce: how long the writer yields for the drain before it sleeps between checks, and how
+ * long a reader yields at the closed gate before it sleeps (wait_for_readers, wait_unpaused). */
+enum { QUIESCE_SPIN_NS = 5000000, READER_SPIN_NS = 100000 };
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -1047,14 +1051,18 @@ static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int che
 }
 
 /* Waits until no context computes with `old`. Caller holds refit_lock and has already swapped
- * `old` out of `current` or closed the quiesce gate (seq_cst), so no new reader can validate it. */
-static void wait_for_readers(refit_engine *e, const wset *old)
+ * `old` out of `current` or closed the quiesce gate (seq_cst), so no new reader can validate it.
+ * It yields for spin_ns (at least 64 times), then sleeps 20 us per check: quiesce spins, since
+ * the reader it waits for goes on to wait for the gate, and a sleep's timer slack (~50 us) would
+ * land in that reader's latency; publish sleeps, as nobody waits for it. */
+static void wait_for_readers(refit_engine *e, const wset *old, uint64_t spin_ns)
 {
+    const uint64_t until = spin_ns ? now_ns() + spin_ns : 0;
     pthread_mutex_lock(&e->ctx_lock);
     for (refit_context *c = e->contexts; c; c = c->next) {
         unsigned spins = 0;
         while (atomic_load_explicit(&c->hazard, memory_order_seq_cst) == old) {
-            if (++spins < 64) {
+            if (++spins < 64 || (until && now_ns() < until)) {
                 sched_yield();
             } else {
                 struct timespec ts = {0, 20000}; /* 20 us: readers of the old set are finishing */
@@ -1072,7 +1080,7 @@ static void publish_locked(refit_engine *e, wset *s)
     s->generation = e->next_generation++;
     wset *old = atomic_exchange_explicit(&e->current, s, memory_order_seq_cst);
     atomic_store_explicit(&e->version, s->version, memory_order_release);
-    wait_for_readers(e, old);
+    wait_for_readers(e, old, 0);
     e->stats.last_publish_ns = now_ns() - t0;
     wset_retire(e, old);
 }
@@ -1156,7 +1164,7 @@ static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
         return failed_unchanged(e, st, s);
     uint64_t t0 = now_ns();
     atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
-    wait_for_readers(e, cur);
+    wait_for_readers(e, cur, QUIESCE_SPIN_NS);
     e->stats.last_drain_ns = now_ns() - t0;
     st = staged ? inst_commit(e, in, s, staged) : inst_refit(e, in, s, check_finite);
     if (st) {
@@ -1496,10 +1504,15 @@ static refit_status run_with(refit_context *c, const wset *s, const void *const 
     return rc ? backend_failed(e, rc, "run") : REFIT_OK;
 }
 
-/* quiesce: wait while a refit holds the gate closed (readers sleep on a condition variable;
- * the writer broadcasts when it reopens). */
+/* quiesce: wait while a refit holds the gate closed. A staged commit keeps it closed for tens
+ * of microseconds once the drain is over, so a reader yields for up to READER_SPIN_NS first (a
+ * futex wake-up costs about as much as the commit); then it sleeps on a condition variable, which
+ * the writer broadcasts when it reopens. */
 static void wait_unpaused(refit_engine *e)
 {
+    const uint64_t until = now_ns() + READER_SPIN_NS;
+    while (atomic_load_explicit(&e->paused, memory_order_seq_cst) && now_ns() < until)
+        sched_yield();
     pthread_mutex_lock(&e->pause_lock);
     while (atomic_load_explicit(&e->paused, memory_order_seq_cst))
         pthread_cond_wait(&e->pause_cond, &e->pause_lock);
