@@ -19,9 +19,10 @@ inference latency with and without a concurrent refit loop. Prints ONE JSON obje
 3. Inference latency p50/p99 (ms) of the MobileNetV2 block on one thread, without and with another
    thread refitting the full weight set every 50 ms, for each refit strategy (swap, quiesce, ab;
    quiesce also reports its longest pause and the median pause broken down: drain, in-place
-   commit, verification). The two phases alternate in short slices, in ABBA order (quiet, busy,
-   busy, quiet, ...), so that background load and its drift are shared evenly; the same thread
-   infers in both.
+   commit, verification). The two phases alternate in 0.1 s slices (40 / 150 of each), in ABBA
+   order (quiet, busy, busy, quiet, ...), so that bursts of background load and its drift are
+   shared evenly; a quiet slice starts only once a refit begun in the busy one has returned; the
+   same thread infers in both.
 4. Backend API v2 (prepared weights):
    - publish latency of a staged set of ~1 MB and ~128 MB (the core's pointer flip + waiting out
      the old set's readers, from Engine.stats(); the Python call around it reported too);
@@ -177,7 +178,8 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
     feeds = models.random_inputs(model)
     eng = Engine.open(path, strategy=strategy)
     sets = [models.random_weights(model, seed) for seed in (3, 4)]
-    state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": [], "stats": []}
+    state = {"on": False, "stop": False, "running": False, "refits": 0, "version": 1, "refit_s": [],
+             "stats": []}
     cond = threading.Condition()
 
     def refitter():
@@ -193,12 +195,17 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
                 time.sleep(nxt - now)
                 continue
             nxt = max(nxt + period_s, now)
+            with cond:
+                state["running"] = True
             state["version"] += 1
             t = time.perf_counter()
             eng.refit(sets[state["version"] % 2], state["version"])
             state["refit_s"].append(time.perf_counter() - t)
             state["stats"].append(eng.stats())  # every strategy: the same work on this thread
             state["refits"] += 1
+            with cond:
+                state["running"] = False
+                cond.notify_all()
 
     th = threading.Thread(target=refitter, daemon=True)
     th.start()
@@ -214,6 +221,8 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
             with cond:
                 state["on"] = with_refits
                 cond.notify_all()
+                # A refit still running from a busy slice would count in the quiet one.
+                cond.wait_for(lambda: not state["running"])
             out = busy if with_refits else quiet
             end = time.perf_counter() + slice_s
             while time.perf_counter() < end:
@@ -593,7 +602,7 @@ def main() -> None:
                 "16MB": refit_cost(16, tmp, 3 if q else 9),
                 "128MB": refit_cost(128, tmp, 2 if q else 5),
             },
-            "latency": {s: latency(tmp, 8 if q else 10, 0.5 if q else 1.5, strategy=s)
+            "latency": {s: latency(tmp, 40 if q else 150, 0.1, strategy=s)
                         for s in ("swap", "quiesce", "ab")},
             "publish": {"1MB": publish_latency(1, tmp, 5 if q else 20),
                         "128MB": publish_latency(128, tmp, 3 if q else 8)},

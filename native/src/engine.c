@@ -232,7 +232,8 @@ struct refit_engine {
     /* quiesce admission gate: readers wait while `paused` is set */
     atomic_int paused;
     pthread_mutex_t pause_lock;
-    pthread_cond_t pause_cond;
+    pthread_cond_t pause_cond;    /* readers wait on it for the gate to reopen */
+    pthread_cond_t drain_cond;    /* the refit waits on it for the readers in flight to leave */
     /* refit_engine_stats, guarded by refit_lock */
     refit_engine_stats stats;
 };
@@ -418,6 +419,7 @@ static void engine_free(refit_engine *e)
     pthread_mutex_destroy(&e->ctx_lock);
     pthread_mutex_destroy(&e->pause_lock);
     pthread_cond_destroy(&e->pause_cond);
+    pthread_cond_destroy(&e->drain_cond);
     free(e);
 }
 
@@ -552,6 +554,7 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
     pthread_mutex_init(&e->ctx_lock, NULL);
     pthread_mutex_init(&e->pause_lock, NULL);
     pthread_cond_init(&e->pause_cond, NULL);
+    pthread_cond_init(&e->drain_cond, NULL);
     atomic_init(&e->paused, 0);
     atomic_init(&e->broken, 0);
     e->backend = be;
@@ -946,9 +949,18 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
     return REFIT_OK;
 }
 
-/* quiesce: how long the writer yields for the drain before it sleeps between checks, and how
- * long a reader yields at the closed gate before it sleeps (wait_for_readers, wait_unpaused). */
-enum { QUIESCE_SPIN_NS = 5000000, READER_SPIN_NS = 100000 };
+/* quiesce: how long a reader spins at the closed gate before it sleeps (wait_unpaused). */
+enum { READER_SPIN_NS = 50000 };
+
+/* A spin-wait hint: lets the sibling hyperthread run and saves power; never yields the CPU. */
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 static uint64_t now_ns(void)
 {
@@ -1051,18 +1063,14 @@ static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int che
 }
 
 /* Waits until no context computes with `old`. Caller holds refit_lock and has already swapped
- * `old` out of `current` or closed the quiesce gate (seq_cst), so no new reader can validate it.
- * It yields for spin_ns (at least 64 times), then sleeps 20 us per check: quiesce spins, since
- * the reader it waits for goes on to wait for the gate, and a sleep's timer slack (~50 us) would
- * land in that reader's latency; publish sleeps, as nobody waits for it. */
-static void wait_for_readers(refit_engine *e, const wset *old, uint64_t spin_ns)
+ * `old` out of `current` (seq_cst), so no new reader can validate it. */
+static void wait_for_readers(refit_engine *e, const wset *old)
 {
-    const uint64_t until = spin_ns ? now_ns() + spin_ns : 0;
     pthread_mutex_lock(&e->ctx_lock);
     for (refit_context *c = e->contexts; c; c = c->next) {
         unsigned spins = 0;
         while (atomic_load_explicit(&c->hazard, memory_order_seq_cst) == old) {
-            if (++spins < 64 || (until && now_ns() < until)) {
+            if (++spins < 64) {
                 sched_yield();
             } else {
                 struct timespec ts = {0, 20000}; /* 20 us: readers of the old set are finishing */
@@ -1073,6 +1081,21 @@ static void wait_for_readers(refit_engine *e, const wset *old, uint64_t spin_ns)
     pthread_mutex_unlock(&e->ctx_lock);
 }
 
+/* quiesce's drain: sleeps until no context computes with `old`. Caller holds refit_lock and has
+ * closed the gate (seq_cst); a reader that leaves (or backs off) while the gate is closed wakes
+ * it (reader_leave). Not a polling loop: the reader it waits for goes on to wait at the gate,
+ * so a sleep's timer slack or a yield to another process would land in that reader's latency. */
+static void drain_readers(refit_engine *e, const wset *old)
+{
+    pthread_mutex_lock(&e->ctx_lock);
+    pthread_mutex_lock(&e->pause_lock);
+    for (refit_context *c = e->contexts; c; c = c->next)
+        while (atomic_load_explicit(&c->hazard, memory_order_seq_cst) == old)
+            pthread_cond_wait(&e->drain_cond, &e->pause_lock);
+    pthread_mutex_unlock(&e->pause_lock);
+    pthread_mutex_unlock(&e->ctx_lock);
+}
+
 /* Publishes `s` (caller holds refit_lock) and frees the set it replaces. */
 static void publish_locked(refit_engine *e, wset *s)
 {
@@ -1080,7 +1103,7 @@ static void publish_locked(refit_engine *e, wset *s)
     s->generation = e->next_generation++;
     wset *old = atomic_exchange_explicit(&e->current, s, memory_order_seq_cst);
     atomic_store_explicit(&e->version, s->version, memory_order_release);
-    wait_for_readers(e, old, 0);
+    wait_for_readers(e, old);
     e->stats.last_publish_ns = now_ns() - t0;
     wset_retire(e, old);
 }
@@ -1164,7 +1187,7 @@ static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
         return failed_unchanged(e, st, s);
     uint64_t t0 = now_ns();
     atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
-    wait_for_readers(e, cur, QUIESCE_SPIN_NS);
+    drain_readers(e, cur);
     e->stats.last_drain_ns = now_ns() - t0;
     st = staged ? inst_commit(e, in, s, staged) : inst_refit(e, in, s, check_finite);
     if (st) {
@@ -1185,8 +1208,10 @@ static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
         atomic_store(&e->broken, 0);
         publish_locked(e, s); /* no reader holds cur: the gate is closed and they drained */
     }
-    resume(e);
+    /* The pause ends as the gate reopens: measured before the wake-up, which may hand this CPU
+     * to the woken reader for a whole inference before this thread runs on. */
     uint64_t pause = now_ns() - t0;
+    resume(e);
     e->stats.last_pause_ns = pause;
     if (pause > e->stats.max_pause_ns)
         e->stats.max_pause_ns = pause;
@@ -1504,19 +1529,34 @@ static refit_status run_with(refit_context *c, const wset *s, const void *const 
     return rc ? backend_failed(e, rc, "run") : REFIT_OK;
 }
 
-/* quiesce: wait while a refit holds the gate closed. A staged commit keeps it closed for tens
- * of microseconds once the drain is over, so a reader yields for up to READER_SPIN_NS first (a
- * futex wake-up costs about as much as the commit); then it sleeps on a condition variable, which
- * the writer broadcasts when it reopens. */
+/* quiesce: wait while a refit holds the gate closed. Once the drain is over a staged commit
+ * keeps it closed for microseconds, so a reader spins for up to READER_SPIN_NS first without
+ * giving up its CPU (a futex wake-up costs more than the commit; a sched_yield on a loaded box
+ * can hand the CPU to another process for milliseconds); then it sleeps on a condition
+ * variable, which the writer broadcasts when it reopens. */
 static void wait_unpaused(refit_engine *e)
 {
     const uint64_t until = now_ns() + READER_SPIN_NS;
     while (atomic_load_explicit(&e->paused, memory_order_seq_cst) && now_ns() < until)
-        sched_yield();
+        for (int i = 0; i < 64; i++)
+            cpu_relax();
     pthread_mutex_lock(&e->pause_lock);
     while (atomic_load_explicit(&e->paused, memory_order_seq_cst))
         pthread_cond_wait(&e->pause_cond, &e->pause_lock);
     pthread_mutex_unlock(&e->pause_lock);
+}
+
+/* Clears c's hazard; under quiesce, if the gate is closed, wakes the refit draining readers
+ * (seq_cst store then load against its store of `paused` then load of the hazards: either it
+ * sees the gate closed and wakes the drain, or the drain sees the slot clear). */
+static void reader_leave(refit_engine *e, refit_context *c, int gated)
+{
+    atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
+    if (gated && atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
+        pthread_mutex_lock(&e->pause_lock);
+        pthread_cond_broadcast(&e->drain_cond);
+        pthread_mutex_unlock(&e->pause_lock);
+    }
 }
 
 refit_status refit_context_run(refit_context *c, const void *const *inputs, const size_t *in_nbytes,
@@ -1544,7 +1584,7 @@ refit_status refit_context_run(refit_context *c, const void *const *inputs, cons
         if ((!gated || !atomic_load_explicit(&e->paused, memory_order_seq_cst)) &&
             atomic_load_explicit(&e->current, memory_order_seq_cst) == s)
             break;
-        atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
+        reader_leave(e, c, gated);
     }
     if (gated && atomic_load_explicit(&e->broken, memory_order_relaxed))
         st = fail(REFIT_ERR_BACKEND, "run: the last in-place refit failed and the serving weights "
@@ -1553,7 +1593,7 @@ refit_status refit_context_run(refit_context *c, const void *const *inputs, cons
         st = run_with(c, s, inputs, n_in, outputs, n_out);
     if (version)
         *version = s->version;
-    atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
+    reader_leave(e, c, gated);
     return st;
 }
 
