@@ -229,11 +229,16 @@ struct refit_engine {
     const refit_staged *ab_staged; /* ab: the staged set the idle instance holds, or NULL */
     void *canary_ctx;             /* backend context for the verifying inference */
     float **canary_in, **canary_out;
-    /* quiesce admission gate: readers wait while `paused` is set */
+    /* quiesce admission gate: readers wait while `paused` is set; `active` counts the readers
+     * past the gate (or checking it); the drain is over once paused is set and active is 0, and
+     * whoever sees that first (`claimed`) applies the pending commit (quiesce_apply) */
     atomic_int paused;
+    atomic_int active;
+    atomic_int claimed;
+    struct pending *pend;         /* the refit in the pause (written before `paused` is set) */
     pthread_mutex_t pause_lock;
     pthread_cond_t pause_cond;    /* readers wait on it for the gate to reopen */
-    pthread_cond_t drain_cond;    /* the refit waits on it for the readers in flight to leave */
+    pthread_cond_t drain_cond;    /* the refit waits on it for its pending commit to be applied */
     /* refit_engine_stats, guarded by refit_lock */
     refit_engine_stats stats;
 };
@@ -556,6 +561,8 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
     pthread_cond_init(&e->pause_cond, NULL);
     pthread_cond_init(&e->drain_cond, NULL);
     atomic_init(&e->paused, 0);
+    atomic_init(&e->active, 0);
+    atomic_init(&e->claimed, 1);
     atomic_init(&e->broken, 0);
     e->backend = be;
     e->allow_nonfinite = o.allow_nonfinite;
@@ -1081,28 +1088,101 @@ static void wait_for_readers(refit_engine *e, const wset *old)
     pthread_mutex_unlock(&e->ctx_lock);
 }
 
-/* quiesce's drain: sleeps until no context computes with `old`. Caller holds refit_lock and has
- * closed the gate (seq_cst); a reader that leaves (or backs off) while the gate is closed wakes
- * it (reader_leave). Not a polling loop: the reader it waits for goes on to wait at the gate,
- * so a sleep's timer slack or a yield to another process would land in that reader's latency. */
-static void drain_readers(refit_engine *e, const wset *old)
+/* Makes s current; returns the set it replaces. */
+static wset *swap_current(refit_engine *e, wset *s)
 {
-    pthread_mutex_lock(&e->ctx_lock);
-    pthread_mutex_lock(&e->pause_lock);
-    for (refit_context *c = e->contexts; c; c = c->next)
-        while (atomic_load_explicit(&c->hazard, memory_order_seq_cst) == old)
-            pthread_cond_wait(&e->drain_cond, &e->pause_lock);
-    pthread_mutex_unlock(&e->pause_lock);
-    pthread_mutex_unlock(&e->ctx_lock);
-}
-
-/* Publishes `s` (caller holds refit_lock) and frees the set it replaces. */
-static void publish_locked(refit_engine *e, wset *s)
-{
-    uint64_t t0 = now_ns();
     s->generation = e->next_generation++;
     wset *old = atomic_exchange_explicit(&e->current, s, memory_order_seq_cst);
     atomic_store_explicit(&e->version, s->version, memory_order_release);
+    return old;
+}
+
+/* quiesce: the refit inside a pause. The refitting thread fills it in and closes the gate;
+ * the drain's last reader (or the refitting thread, if none was in flight) applies it. */
+typedef struct pending {
+    inst *in;
+    wset *s;
+    const void *staged;   /* NULL: only report the drain (the refitting thread refits itself) */
+    refit_status st;
+    int done;             /* under pause_lock */
+    uint64_t drained_ns, inplace_ns, verify_ns, reopened_ns;
+    char err[sizeof tl_error];
+} pending;
+
+/* Applies e->pend: with a staged handle, the commit and its read-back, and if both succeed the
+ * publish and the reopening of the gate, all on the calling thread, so the pause does not wait for
+ * the refitting thread to be scheduled again (a reader that leaves on a loaded box had waited
+ * milliseconds at the gate for it). A failure keeps the gate closed: the refitting thread restores.
+ * Runs once per pause, by whoever claimed it: the weights_* calls stay one at a time per plan. */
+static void quiesce_apply(refit_engine *e)
+{
+    pending *p = e->pend;
+    p->drained_ns = now_ns();
+    if (p->staged) {
+        int rc = e->backend->weights_commit(e->plan, p->in->prepared, p->staged, e->mask, p->err,
+                                            sizeof p->err);
+        const char *what = "weights_commit";
+        uint64_t t1 = now_ns();
+        if (!rc && (rc = e->backend->weights_verify(e->plan, p->in->prepared, p->staged, e->mask,
+                                                    p->err, sizeof p->err)))
+            what = "the read-back (weights_verify)";
+        p->inplace_ns = t1 - p->drained_ns;
+        p->verify_ns = now_ns() - t1;
+        if (rc && !p->err[0])
+            snprintf(p->err, sizeof p->err, "backend '%s': %s failed with %s", e->backend->name, what,
+                     refit_status_string((refit_status)rc));
+        p->st = (refit_status)rc;
+        if (!rc) {
+            p->s->prepared = p->in->prepared;
+            p->s->owns_prepared = 0;
+            (void)swap_current(e, p->s); /* the old set has no reader: the refit retires it */
+        }
+    }
+    pthread_mutex_lock(&e->pause_lock);
+    if (p->staged && !p->st) {
+        p->reopened_ns = now_ns();
+        atomic_store_explicit(&e->paused, 0, memory_order_seq_cst);
+        pthread_cond_broadcast(&e->pause_cond);
+    }
+    p->done = 1;
+    pthread_cond_broadcast(&e->drain_cond);
+    pthread_mutex_unlock(&e->pause_lock);
+}
+
+/* Claims and applies the pending refit if the drain is over: the gate closed, then no reader past
+ * it (seq_cst, in that order: a reader that passes later sees the gate closed and backs off). */
+static void quiesce_help(refit_engine *e)
+{
+    if (atomic_load_explicit(&e->paused, memory_order_seq_cst) &&
+        atomic_load_explicit(&e->active, memory_order_seq_cst) == 0 &&
+        !atomic_exchange_explicit(&e->claimed, 1, memory_order_seq_cst))
+        quiesce_apply(e);
+}
+
+/* A reader leaves the gate (after its inference, or backing off from a closed gate). */
+static void gate_leave(refit_engine *e)
+{
+    if (atomic_fetch_sub_explicit(&e->active, 1, memory_order_seq_cst) == 1)
+        quiesce_help(e);
+}
+
+/* The refitting thread: closes the gate on pending p and sleeps until it is applied. */
+static void quiesce_pause(refit_engine *e, pending *p)
+{
+    e->pend = p;
+    atomic_store_explicit(&e->claimed, 0, memory_order_seq_cst);
+    atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
+    quiesce_help(e); /* no reader in flight: apply it here */
+    pthread_mutex_lock(&e->pause_lock);
+    while (!p->done)
+        pthread_cond_wait(&e->drain_cond, &e->pause_lock);
+    pthread_mutex_unlock(&e->pause_lock);
+}
+
+static void publish_locked(refit_engine *e, wset *s)
+{
+    uint64_t t0 = now_ns();
+    wset *old = swap_current(e, s);
     wait_for_readers(e, old);
     e->stats.last_publish_ns = now_ns() - t0;
     wset_retire(e, old);
@@ -1150,32 +1230,12 @@ static refit_status quiesce_stage(refit_engine *e, const inst *in, const wset *s
     return st;
 }
 
-/* quiesce with weights_commit, inside the pause: the in-place refit proper is a copy of the
- * staged bytes (e->mask from quiesce_stage), verified by the backend's read-back. On failure the
- * instance is stale. */
-static refit_status inst_commit(refit_engine *e, inst *in, const wset *s, const void *staged)
-{
-    uint64_t t0 = now_ns();
-    int rc = e->backend->weights_commit(e->plan, in->prepared, staged, e->mask, tl_error,
-                                        sizeof tl_error);
-    uint64_t t1 = now_ns();
-    refit_status st = rc ? backend_failed(e, rc, "weights_commit") : REFIT_OK;
-    if (!st && (rc = e->backend->weights_verify(e->plan, in->prepared, staged, e->mask, tl_error,
-                                                sizeof tl_error)))
-        st = backend_failed(e, rc, "the read-back (weights_verify)");
-    e->stats.last_inplace_ns = t1 - t0;
-    e->stats.last_verify_ns = now_ns() - t1;
-    in->stale = st != REFIT_OK;
-    if (!st)
-        inst_take(e, in, s);
-    return st;
-}
-
 /* quiesce: stop admitting inferences, drain those in flight, refit the one instance in place,
  * verify, publish, resume. With weights_commit the transforms and the canary run before the
- * pause (on a staged handle) and the pause holds only the copy and its read-back; a failure
- * there leaves everything as it was, without a pause. On failure inside the pause the instance
- * is refitted back to the serving set and verified before anything runs again. */
+ * pause (on a staged handle) and the pause holds only the copy and its read-back, applied by the
+ * drain's last reader (quiesce_apply); a failure before the pause leaves everything as it was,
+ * without a pause. On failure inside the pause the instance is refitted back to the serving set
+ * and verified before anything runs again. */
 static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
 {
     wset *cur = atomic_load(&e->current);
@@ -1185,11 +1245,25 @@ static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
     if (e->backend->weights_commit && !in->stale &&
         (st = quiesce_stage(e, in, s, check_finite, &staged)))
         return failed_unchanged(e, st, s);
+    pending p;
+    memset(&p, 0, sizeof p);
+    p.in = in;
+    p.s = s;
+    p.staged = staged;
     uint64_t t0 = now_ns();
-    atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
-    drain_readers(e, cur);
-    e->stats.last_drain_ns = now_ns() - t0;
-    st = staged ? inst_commit(e, in, s, staged) : inst_refit(e, in, s, check_finite);
+    quiesce_pause(e, &p);
+    e->stats.last_drain_ns = p.drained_ns - t0;
+    if (staged) {
+        st = p.st;
+        e->stats.last_inplace_ns = p.inplace_ns;
+        e->stats.last_verify_ns = p.verify_ns;
+        in->stale = st != REFIT_OK;
+        if (st)
+            memcpy(tl_error, p.err, sizeof tl_error);
+    } else {
+        st = inst_refit(e, in, s, check_finite);
+    }
+    uint64_t reopened = p.reopened_ns;
     if (st) {
         char why[sizeof tl_error];
         memcpy(why, tl_error, sizeof why);
@@ -1202,16 +1276,23 @@ static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
         else
             st = fail(st, "refit to version %llu failed in place (%s); version %llu restored and "
                       "verified", (unsigned long long)s->version, why, (unsigned long long)cur->version);
+    } else if (staged) { /* quiesce_apply published s and reopened the gate */
+        inst_take(e, in, s);
+        wait_for_readers(e, cur); /* none: it drained before s was published */
+        wset_retire(e, cur);
     } else {
         s->prepared = in->prepared;
         s->owns_prepared = 0;
         atomic_store(&e->broken, 0);
         publish_locked(e, s); /* no reader holds cur: the gate is closed and they drained */
     }
-    /* The pause ends as the gate reopens: measured before the wake-up, which may hand this CPU
-     * to the woken reader for a whole inference before this thread runs on. */
-    uint64_t pause = now_ns() - t0;
-    resume(e);
+    if (st || !staged) {
+        /* The pause ends as the gate reopens: measured before the wake-up, which may hand this
+         * CPU to the woken reader for a whole inference before this thread runs on. */
+        reopened = now_ns();
+        resume(e);
+    }
+    uint64_t pause = reopened - t0;
     e->stats.last_pause_ns = pause;
     if (pause > e->stats.max_pause_ns)
         e->stats.max_pause_ns = pause;
@@ -1546,19 +1627,6 @@ static void wait_unpaused(refit_engine *e)
     pthread_mutex_unlock(&e->pause_lock);
 }
 
-/* Clears c's hazard; under quiesce, if the gate is closed, wakes the refit draining readers
- * (seq_cst store then load against its store of `paused` then load of the hazards: either it
- * sees the gate closed and wakes the drain, or the drain sees the slot clear). */
-static void reader_leave(refit_engine *e, refit_context *c, int gated)
-{
-    atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
-    if (gated && atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
-        pthread_mutex_lock(&e->pause_lock);
-        pthread_cond_broadcast(&e->drain_cond);
-        pthread_mutex_unlock(&e->pause_lock);
-    }
-}
-
 refit_status refit_context_run(refit_context *c, const void *const *inputs, const size_t *in_nbytes,
                                size_t n_in, void *const *outputs, const size_t *out_nbytes,
                                size_t n_out, uint64_t *version)
@@ -1575,16 +1643,24 @@ refit_status refit_context_run(refit_context *c, const void *const *inputs, cons
     const int gated = e->strategy == STRAT_QUIESCE;
     wset *s;
     for (;;) {
-        if (gated && atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
-            wait_unpaused(e);
-            continue;
+        if (gated) { /* pass the gate: count in, then re-check it (quiesce_help's Dekker pair) */
+            if (atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
+                wait_unpaused(e);
+                continue;
+            }
+            atomic_fetch_add_explicit(&e->active, 1, memory_order_seq_cst);
+            if (atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
+                gate_leave(e);
+                continue;
+            }
         }
         s = atomic_load_explicit(&e->current, memory_order_seq_cst);
         atomic_store_explicit(&c->hazard, s, memory_order_seq_cst);
-        if ((!gated || !atomic_load_explicit(&e->paused, memory_order_seq_cst)) &&
-            atomic_load_explicit(&e->current, memory_order_seq_cst) == s)
+        if (atomic_load_explicit(&e->current, memory_order_seq_cst) == s)
             break;
-        reader_leave(e, c, gated);
+        atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
+        if (gated)
+            gate_leave(e);
     }
     if (gated && atomic_load_explicit(&e->broken, memory_order_relaxed))
         st = fail(REFIT_ERR_BACKEND, "run: the last in-place refit failed and the serving weights "
@@ -1593,7 +1669,9 @@ refit_status refit_context_run(refit_context *c, const void *const *inputs, cons
         st = run_with(c, s, inputs, n_in, outputs, n_out);
     if (version)
         *version = s->version;
-    reader_leave(e, c, gated);
+    atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
+    if (gated)
+        gate_leave(e); /* the drain's last reader applies the pending commit */
     return st;
 }
 
