@@ -52,7 +52,10 @@
  *   staged's prepared bytes of the weights marked in `changed` (no transform, no allocation
  *   where avoidable), and from then on refers to staged's raw set (same lifetime promise as for
  *   weights_refit). Never called while a run uses `live`; `staged` is left valid (the core
- *   releases it). It may fail part-way like weights_refit, with the same recovery.
+ *   releases it). It may fail part-way like weights_refit, with the same recovery. It and
+ *   weights_verify may run on a thread that runs inferences (the drain's last reader applies the
+ *   commit, so the pause does not wait for the refitting thread): still one weights_* call at a
+ *   time per plan, the refitting thread blocked meanwhile.
  * - weights_verify(plan, live, staged, changed): the read-back after a commit: 0 if `live` now
  *   holds exactly staged's prepared bytes for the weights marked in `changed`, else
  *   REFIT_ERR_BACKEND naming the first difference. Reads only; the core calls it with no run on
