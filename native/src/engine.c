@@ -231,10 +231,11 @@ struct refit_engine {
     float **canary_in, **canary_out;
     /* quiesce admission gate: readers wait while `paused` is set; `active` counts the readers
      * past the gate (or checking it); the drain is over once paused is set and active is 0, and
-     * whoever sees that first (`claimed`) applies the pending commit (quiesce_apply) */
+     * whoever claims it first (`claim`) applies the pending commit (quiesce_apply) */
     atomic_int paused;
     atomic_int active;
-    atomic_int claimed;
+    atomic_uint_fast64_t claim;   /* pause number << 1 | 1 once that pause's refit is claimed */
+    uint64_t pauses;              /* pauses so far (refit_lock) */
     struct pending *pend;         /* the refit in the pause (written before `paused` is set) */
     pthread_mutex_t pause_lock;
     pthread_cond_t pause_cond;    /* readers wait on it for the gate to reopen */
@@ -562,7 +563,7 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
     pthread_cond_init(&e->drain_cond, NULL);
     atomic_init(&e->paused, 0);
     atomic_init(&e->active, 0);
-    atomic_init(&e->claimed, 1);
+    atomic_init(&e->claim, 1); /* pause 0, claimed: nothing to apply */
     atomic_init(&e->broken, 0);
     e->backend = be;
     e->allow_nonfinite = o.allow_nonfinite;
@@ -1149,13 +1150,17 @@ static void quiesce_apply(refit_engine *e)
     pthread_mutex_unlock(&e->pause_lock);
 }
 
-/* Claims and applies the pending refit if the drain is over: the gate closed, then no reader past
- * it (seq_cst, in that order: a reader that passes later sees the gate closed and backs off). */
+/* Claims and applies the pending refit if the drain is over: the pause's unclaimed number, then
+ * the gate closed, then no reader past it (seq_cst, in that order: a reader that passes later
+ * sees the gate closed and backs off), then the claim of that same number. The number keeps a
+ * thread that saw one pause drained, and ran late, from claiming the next one. */
 static void quiesce_help(refit_engine *e)
 {
-    if (atomic_load_explicit(&e->paused, memory_order_seq_cst) &&
+    uint_fast64_t w = atomic_load_explicit(&e->claim, memory_order_seq_cst);
+    if (!(w & 1) && atomic_load_explicit(&e->paused, memory_order_seq_cst) &&
         atomic_load_explicit(&e->active, memory_order_seq_cst) == 0 &&
-        !atomic_exchange_explicit(&e->claimed, 1, memory_order_seq_cst))
+        atomic_compare_exchange_strong_explicit(&e->claim, &w, w | 1, memory_order_seq_cst,
+                                                memory_order_seq_cst))
         quiesce_apply(e);
 }
 
@@ -1170,7 +1175,7 @@ static void gate_leave(refit_engine *e)
 static void quiesce_pause(refit_engine *e, pending *p)
 {
     e->pend = p;
-    atomic_store_explicit(&e->claimed, 0, memory_order_seq_cst);
+    atomic_store_explicit(&e->claim, (uint_fast64_t)++e->pauses << 1, memory_order_seq_cst);
     atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
     quiesce_help(e); /* no reader in flight: apply it here */
     pthread_mutex_lock(&e->pause_lock);
