@@ -2,7 +2,7 @@
 inference latency with and without a concurrent refit loop. Prints ONE JSON object.
 
     python bench/engine.py            # full run (~4 min)
-    python bench/engine.py --quick    # short run (~1 min)
+    python bench/engine.py --quick    # short run (~1.5 min)
     python bench/engine.py --isa avx2 # force the reference backend's kernel set (x86-64)
     python bench/engine.py --cpu-only # only section 4 (~2 min; human-readable tables on stderr)
 
@@ -19,7 +19,7 @@ inference latency with and without a concurrent refit loop. Prints ONE JSON obje
 3. Inference latency p50/p99 (ms) of the MobileNetV2 block on one thread, without and with another
    thread refitting the full weight set every 50 ms, for each refit strategy (swap, quiesce, ab;
    quiesce also reports its longest pause and the median pause broken down: drain, in-place
-   commit, verification). The two phases alternate in 0.1 s slices (40 / 150 of each), in ABBA
+   commit, verification). The two phases alternate in 0.1 s slices (80 / 150 of each), in ABBA
    order (quiet, busy, busy, quiet, ...), so that bursts of background load and its drift are
    shared evenly; a quiet slice starts only once a refit begun in the busy one has returned; the
    same thread infers in both.
@@ -602,7 +602,7 @@ def main() -> None:
                 "16MB": refit_cost(16, tmp, 3 if q else 9),
                 "128MB": refit_cost(128, tmp, 2 if q else 5),
             },
-            "latency": {s: latency(tmp, 40 if q else 150, 0.1, strategy=s)
+            "latency": {s: latency(tmp, 80 if q else 150, 0.1, strategy=s)
                         for s in ("swap", "quiesce", "ab")},
             "publish": {"1MB": publish_latency(1, tmp, 5 if q else 20),
                         "128MB": publish_latency(128, tmp, 3 if q else 8)},
