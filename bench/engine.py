@@ -1,7 +1,7 @@
 """Engine benchmark: the reference CPU backend next to onnxruntime, refit cost next to memcpy, and
 inference latency with and without a concurrent refit loop. Prints ONE JSON object.
 
-    python bench/engine.py            # full run (~4 min)
+    python bench/engine.py            # full run (~5 min)
     python bench/engine.py --quick    # short run (~1.5 min)
     python bench/engine.py --isa avx2 # force the reference backend's kernel set (x86-64)
     python bench/engine.py --cpu-only # only section 4 (~2 min; human-readable tables on stderr)
