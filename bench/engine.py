@@ -1,8 +1,8 @@
 """Engine benchmark: the reference CPU backend next to onnxruntime, refit cost next to memcpy, and
 inference latency with and without a concurrent refit loop. Prints ONE JSON object.
 
-    python bench/engine.py            # full run (~4 min)
-    python bench/engine.py --quick    # short run (~1 min)
+    python bench/engine.py            # full run (~5 min)
+    python bench/engine.py --quick    # short run (~1.5 min)
     python bench/engine.py --isa avx2 # force the reference backend's kernel set (x86-64)
     python bench/engine.py --cpu-only # only section 4 (~2 min; human-readable tables on stderr)
 
@@ -18,8 +18,11 @@ inference latency with and without a concurrent refit loop. Prints ONE JSON obje
    preallocated one (``np.copyto``). Medians over repeats.
 3. Inference latency p50/p99 (ms) of the MobileNetV2 block on one thread, without and with another
    thread refitting the full weight set every 50 ms, for each refit strategy (swap, quiesce, ab;
-   quiesce also reports its longest pause). The two phases alternate in short slices so that
-   background load is shared evenly.
+   quiesce also reports its longest pause and the median pause broken down: drain, in-place
+   commit, verification). The two phases alternate in 0.1 s slices (80 / 150 of each), in ABBA
+   order (quiet, busy, busy, quiet, ...), so that bursts of background load and its drift are
+   shared evenly; a quiet slice starts only once a refit begun in the busy one has returned; the
+   same thread infers in both.
 4. Backend API v2 (prepared weights):
    - publish latency of a staged set of ~1 MB and ~128 MB (the core's pointer flip + waiting out
      the old set's readers, from Engine.stats(); the Python call around it reported too);
@@ -162,6 +165,12 @@ def refit_cost(total_mb, tmp, repeat):
     }
 
 
+def _slice_order(slices):
+    """Which slices run with refits: quiet, busy, busy, quiet, quiet, busy, ... (ABBA), so a load
+    drift over the run weighs on both phases alike (plain alternation always runs quiet first)."""
+    return [(s % 4) in (1, 2) for s in range(2 * slices)]
+
+
 def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
     model = models.mobilenetv2_block()
     path = os.path.join(tmp, "latency.onnx")
@@ -169,7 +178,8 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
     feeds = models.random_inputs(model)
     eng = Engine.open(path, strategy=strategy)
     sets = [models.random_weights(model, seed) for seed in (3, 4)]
-    state = {"on": False, "stop": False, "refits": 0, "version": 1, "refit_s": [], "pauses": []}
+    state = {"on": False, "stop": False, "running": False, "refits": 0, "version": 1, "refit_s": [],
+             "stats": []}
     cond = threading.Condition()
 
     def refitter():
@@ -185,26 +195,34 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
                 time.sleep(nxt - now)
                 continue
             nxt = max(nxt + period_s, now)
+            with cond:
+                state["running"] = True
             state["version"] += 1
             t = time.perf_counter()
             eng.refit(sets[state["version"] % 2], state["version"])
             state["refit_s"].append(time.perf_counter() - t)
-            if strategy == "quiesce":
-                state["pauses"].append(eng.stats()["last_pause_ns"] / 1e6)
+            state["stats"].append(eng.stats())  # every strategy: the same work on this thread
             state["refits"] += 1
+            with cond:
+                state["running"] = False
+                cond.notify_all()
 
     th = threading.Thread(target=refitter, daemon=True)
     th.start()
     quiet, busy = [], []
     versions_seen = set()
+    load_start = os.getloadavg()[0]
     try:
         for _ in range(50):
             eng.infer(feeds)
-        for s in range(2 * slices):
-            with_refits = s % 2 == 1
+        # One inference thread (this one) in both phases; the refitter thread exists in both and
+        # only works in the busy slices.
+        for with_refits in _slice_order(slices):
             with cond:
                 state["on"] = with_refits
                 cond.notify_all()
+                # A refit still running from a busy slice would count in the quiet one.
+                cond.wait_for(lambda: not state["running"])
             out = busy if with_refits else quiet
             end = time.perf_counter() + slice_s
             while time.perf_counter() < end:
@@ -224,18 +242,30 @@ def latency(tmp, slices, slice_s, period_s=0.05, strategy="swap"):
     def pct(xs, q):
         return round(float(np.percentile(np.array(xs) * 1e3, q)), 4)
 
+    def med_ms(key):
+        xs = [st[key] / 1e6 for st in state["stats"]]
+        return round(statistics.median(xs), 3) if xs else None
+
     res = {
         "model": "mobilenetv2_block",
         "strategy": strategy,
+        "loadavg_1min": [load_start, os.getloadavg()[0]],
         "longest_pause_ms": round(stats["max_pause_ns"] / 1e6, 3) if strategy == "quiesce" else None,
-        "median_pause_ms": round(statistics.median(state["pauses"]), 3) if state["pauses"] else None,
         "refit_period_ms": period_s * 1e3,
+        "slices": [slices, slice_s],
         "refits_done": state["refits"],
         "refit_median_ms": round(statistics.median(state["refit_s"]) * 1e3, 3) if state["refit_s"] else None,
         "versions_seen": len(versions_seen),
         "without_refits": {"n": len(quiet), "p50_ms": pct(quiet, 50), "p99_ms": pct(quiet, 99)},
         "with_refits": {"n": len(busy), "p50_ms": pct(busy, 50), "p99_ms": pct(busy, 99)},
     }
+    if strategy == "quiesce":
+        # Medians over the refits: the whole pause, waiting for the inference in flight (which
+        # runs on undisturbed), the in-place refit or commit, its verification, and what an
+        # inference arriving in the pause waits at most (the pause minus the drain).
+        res["median_pause_ms"] = {k: med_ms("last_%s_ns" % k) for k in ("pause", "drain", "inplace", "verify")}
+        felt = [(st["last_pause_ns"] - st["last_drain_ns"]) / 1e6 for st in state["stats"]]
+        res["median_pause_ms"]["after_drain"] = round(statistics.median(felt), 3) if felt else None
     res["p99_ratio"] = round(res["with_refits"]["p99_ms"] / res["without_refits"]["p99_ms"], 3)
     res["p50_ratio"] = round(res["with_refits"]["p50_ms"] / res["without_refits"]["p50_ms"], 3)
     return res
@@ -572,7 +602,7 @@ def main() -> None:
                 "16MB": refit_cost(16, tmp, 3 if q else 9),
                 "128MB": refit_cost(128, tmp, 2 if q else 5),
             },
-            "latency": {s: latency(tmp, 4 if q else 10, 0.5 if q else 1.5, strategy=s)
+            "latency": {s: latency(tmp, 80 if q else 150, 0.1, strategy=s)
                         for s in ("swap", "quiesce", "ab")},
             "publish": {"1MB": publish_latency(1, tmp, 5 if q else 20),
                         "128MB": publish_latency(128, tmp, 3 if q else 8)},

@@ -64,12 +64,13 @@ def test_strategy_refits_and_refusals(seed, plugins, backend, strategy):
 
 @pytest.mark.parametrize("strategy, nth, fault, words", [
     ("swap", 3, "fail_prepare", "injected failure"),
-    ("quiesce", 2, "fail_refit", "injected failure"), ("quiesce", 2, "corrupt_refit", "non-finite"),
+    ("quiesce", 2, "fail_refit", "injected failure"), ("quiesce", 2, "corrupt_refit", "read-back"),
+    ("quiesce", 3, "fail_prepare", "injected failure in weights_prepare"),
     ("ab", 3, "fail_refit", "injected failure"), ("ab", 3, "corrupt_refit", "non-finite")])
 def test_failing_refit_keeps_serving_version(seed, plugins, strategy, nth, fault, words):
     """The plugin's backend write for the second refit fails (swap: its prepare; quiesce, ab: the
-    in-place refit, part-way or silently writing NaN): the serving version and its output must be
-    exactly as before, and the next refit must serve."""
+    in-place refit, part-way or silently writing NaN; quiesce: also the staging before its pause):
+    the serving version and its output must be exactly as before, and the next refit must serve."""
     with Engine.open(seed, backend="testplug", strategy=strategy, backend_options={fault: nth}) as eng:
         eng.refit(_kernel(1), version=1)
         with pytest.raises(E.BackendError, match=words):
@@ -79,12 +80,28 @@ def test_failing_refit_keeps_serving_version(seed, plugins, strategy, nth, fault
         assert _y(eng) == (54.0, 3)
 
 
+@pytest.mark.parametrize("backend", ["reference", "testplug"])
+def test_quiesce_pause_holds_only_the_commit(seed, plugins, backend):
+    """quiesce stages and verifies before its pause: a set whose canary fails (finite weights, an
+    output that overflows) is refused with no pause, and a pause is reported broken down."""
+    with Engine.open(seed, backend=backend, strategy="quiesce") as eng:
+        eng.refit(_kernel(1), version=1)
+        before = eng.stats()
+        assert before["last_inplace_ns"] > 0 and before["last_pause_ns"] >= (
+            before["last_drain_ns"] + before["last_inplace_ns"] + before["last_verify_ns"])
+        with pytest.raises(E.BackendError, match="non-finite.*version 1 still serves, unchanged"):
+            eng.refit(_kernel(3e38), version=2)
+        after = eng.stats()
+        assert _y(eng) == (9.0, 1) and after["failed_refits"] == 1
+        assert (after["last_pause_ns"], after["max_pause_ns"]) == (before["last_pause_ns"], before["max_pause_ns"])
+
+
 def test_plugin_listed_loaded_and_refused(seed, plugins):
     infos = {b.name: b for b in E.backend_infos()}
     assert infos["reference"].location == "built-in" and infos["reference"].error == ""
     assert infos["testplug"].location == str(plugins / "librefit_backend_testplug.so")
     assert infos["testplug"].error == ""
-    assert "backend API 1" in infos["testplug_badapi"].error and "needs 2" in infos["testplug_badapi"].error
+    assert "backend API 1" in infos["testplug_badapi"].error and "needs 3" in infos["testplug_badapi"].error
     assert "testplug" in E.backends() and "testplug_badapi" not in E.backends()
     with Engine.open(seed, backend="testplug") as eng:
         assert eng.backend == "testplug"

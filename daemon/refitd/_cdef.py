@@ -82,6 +82,9 @@ typedef struct refit_engine_stats {
     uint64_t last_publish_ns;
     uint64_t last_pause_ns;
     uint64_t max_pause_ns;
+    uint64_t last_drain_ns;
+    uint64_t last_inplace_ns;
+    uint64_t last_verify_ns;
 } refit_engine_stats;
 refit_status refit_engine_get_stats(refit_engine *engine, refit_engine_stats *out);
 refit_status refit_engine_read_weight(refit_engine *engine, const char *name, void *dst, size_t nbytes, uint64_t *version);

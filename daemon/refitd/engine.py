@@ -21,7 +21,7 @@ from cffi import FFI
 
 from ._cdef import CDEF
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 LIBRARY_NAME = "librefit.so"
 
 ffi = FFI()
@@ -429,11 +429,12 @@ class Engine:
 
     def stats(self) -> Dict[str, object]:
         """What the refit strategy has done: refits, failed_refits, and the last prepare /
-        publish / pause times and the longest quiesce pause, in nanoseconds."""
+        publish / pause times and the longest quiesce pause, in nanoseconds; the last quiesce
+        pause broken down into drain, in-place refit (or commit) and verification."""
         out = ffi.new("refit_engine_stats *")
         _check(self._lib.refit_engine_get_stats(self._live(), out))
         fields = ("refits", "failed_refits", "last_prepare_ns", "last_publish_ns", "last_pause_ns",
-                  "max_pause_ns")
+                  "max_pause_ns", "last_drain_ns", "last_inplace_ns", "last_verify_ns")
         stats: Dict[str, object] = {f: int(getattr(out, f)) for f in fields}
         stats["strategy"] = ffi.string(out.strategy).decode()
         return stats

@@ -68,7 +68,7 @@ extern "C" {
 #endif
 
 /* Bumped on every incompatible change to this header. Python checks it at load. */
-#define REFIT_ABI_VERSION 2
+#define REFIT_ABI_VERSION 3
 
 typedef enum refit_status {
     REFIT_OK = 0,
@@ -218,6 +218,12 @@ typedef struct refit_engine_stats {
     uint64_t last_publish_ns;  /* pointer flip + waiting out the old set's readers, last one */
     uint64_t last_pause_ns;    /* quiesce: admission stopped -> resumed, last refit */
     uint64_t max_pause_ns;     /* quiesce: the longest such pause so far */
+    /* quiesce: the last pause's wait for the inferences in flight; quiesce and ab: the last
+     * in-place refit (or commit of staged bytes) and its verification (read-back or canary).
+     * Under quiesce the three make up the last pause, less the publish and the wake-up. */
+    uint64_t last_drain_ns;
+    uint64_t last_inplace_ns;
+    uint64_t last_verify_ns;
 } refit_engine_stats;
 REFIT_API REFIT_NODISCARD refit_status refit_engine_get_stats(refit_engine *engine,
                                                               refit_engine_stats *out);

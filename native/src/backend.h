@@ -1,5 +1,5 @@
 /*
- * backend.h — backend API v2: the interface between librefit's core and a backend (internal to
+ * backend.h — backend API v3: the interface between librefit's core and a backend (internal to
  * librefit, but also the header a plugin backend is compiled against, with graph.h).
  *
  * Conventions
@@ -44,12 +44,32 @@
  *   (same lifetime promise as for prepare, replacing the raw set the handle was prepared from).
  *   It may fail part-way, leaving any subset applied (as TensorRT and MagicMind may): the core
  *   then refits the handle back to its previous raw set and verifies it before serving again.
+ * - weights_commit(plan, live, staged, changed): optional, with weights_verify (both or neither;
+ *   needs RT_CAP_SETS and RT_CAP_INPLACE). The in-place refit split in two, so that the quiesce
+ *   strategy's pause holds only a copy: `staged` is a handle weights_prepare built, while runs
+ *   kept using `live`, from the new raw set with base = live and the same `changed` mask.
+ *   weights_commit rewrites `live` in place so it computes exactly as `staged` does, copying
+ *   staged's prepared bytes of the weights marked in `changed` (no transform, no allocation
+ *   where avoidable), and from then on refers to staged's raw set (same lifetime promise as for
+ *   weights_refit). Never called while a run uses `live`; `staged` is left valid (the core
+ *   releases it). It may fail part-way like weights_refit, with the same recovery. It and
+ *   weights_verify may run on a thread that runs inferences (the drain's last reader applies the
+ *   commit, so the pause does not wait for the refitting thread): still one weights_* call at a
+ *   time per plan, the refitting thread blocked meanwhile.
+ * - weights_verify(plan, live, staged, changed): the read-back after a commit: 0 if `live` now
+ *   holds exactly staged's prepared bytes for the weights marked in `changed`, else
+ *   REFIT_ERR_BACKEND naming the first difference. Reads only; the core calls it with no run on
+ *   `live`, right after weights_commit (a device backend copies its memory back to compare).
  * - run(plan, ctx, prepared, inputs, outputs): one inference. inputs[i] is graph input i, outputs[j]
  *   graph output j (float32, host, caller-owned, sized for the value).
  *
  * Capabilities (`caps`): RT_CAP_SETS if several prepared handles may be alive at once (needed by
  * the swap strategy and by shadow runs of staged sets); RT_CAP_INPLACE if weights_refit is set
  * (needed by quiesce and ab). The reference backend has both, so CI runs all three strategies.
+ *
+ * Versions: the core refuses any other api_version than RT_BACKEND_API_VERSION, so every change
+ * to this struct's layout bumps it (fields are only ever appended). v3 appended weights_commit and
+ * weights_verify (optional: NULL keeps quiesce's in-place refit and canary inside its pause).
  */
 #ifndef REFIT_BACKEND_H
 #define REFIT_BACKEND_H
@@ -60,7 +80,7 @@
 extern "C" { /* a plugin backend may be C++ (MagicMind's SDK is) */
 #endif
 
-#define RT_BACKEND_API_VERSION 2
+#define RT_BACKEND_API_VERSION 3
 
 /* The one symbol a plugin exports. */
 #define RT_BACKEND_ENTRY "refit_backend_entry"
@@ -97,6 +117,12 @@ typedef struct rt_backend {
 
     int (*run)(void *plan, void *ctx, const void *prepared, const float *const *inputs,
                float *const *outputs, char *err, size_t errlen);
+
+    /* v3, optional (both or neither): quiesce's stage-then-commit in-place refit. */
+    int (*weights_commit)(void *plan, void *live, const void *staged, const unsigned char *changed,
+                          char *err, size_t errlen);
+    int (*weights_verify)(void *plan, const void *live, const void *staged,
+                          const unsigned char *changed, char *err, size_t errlen);
 } rt_backend;
 
 /* The entry point's type: `const rt_backend *refit_backend_entry(void)`. */

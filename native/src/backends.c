@@ -178,9 +178,12 @@ static const rt_backend *load_plugin(found *f, char *err, size_t errlen)
     }
     if (!vt->name || strcmp(vt->name, f->name) || !vt->plan_create || !vt->plan_destroy ||
         !vt->ctx_create || !vt->ctx_destroy || !vt->weights_prepare || !vt->weights_release ||
-        !vt->run || ((vt->caps & RT_CAP_INPLACE) && !vt->weights_refit)) {
+        !vt->run || ((vt->caps & RT_CAP_INPLACE) && !vt->weights_refit) ||
+        !vt->weights_commit != !vt->weights_verify ||
+        (vt->weights_commit && (vt->caps & (RT_CAP_SETS | RT_CAP_INPLACE)) != (RT_CAP_SETS | RT_CAP_INPLACE))) {
         snprintf(err, errlen, "backend '%s': %s returns an incomplete vtable (name '%s', a NULL "
-                 "function or RT_CAP_INPLACE without weights_refit)", f->name, f->path,
+                 "function, RT_CAP_INPLACE without weights_refit, or weights_commit without "
+                 "weights_verify, RT_CAP_SETS and RT_CAP_INPLACE)", f->name, f->path,
                  vt->name ? vt->name : "(null)");
         return NULL;
     }

@@ -229,10 +229,17 @@ struct refit_engine {
     const refit_staged *ab_staged; /* ab: the staged set the idle instance holds, or NULL */
     void *canary_ctx;             /* backend context for the verifying inference */
     float **canary_in, **canary_out;
-    /* quiesce admission gate: readers wait while `paused` is set */
+    /* quiesce admission gate: readers wait while `paused` is set; `active` counts the readers
+     * past the gate (or checking it); the drain is over once paused is set and active is 0, and
+     * whoever claims it first (`claim`) applies the pending commit (quiesce_apply) */
     atomic_int paused;
+    atomic_int active;
+    atomic_uint_fast64_t claim;   /* pause number << 1 | 1 once that pause's refit is claimed */
+    uint64_t pauses;              /* pauses so far (refit_lock) */
+    struct pending *pend;         /* the refit in the pause (written before `paused` is set) */
     pthread_mutex_t pause_lock;
-    pthread_cond_t pause_cond;
+    pthread_cond_t pause_cond;    /* readers wait on it for the gate to reopen */
+    pthread_cond_t drain_cond;    /* the refit waits on it for its pending commit to be applied */
     /* refit_engine_stats, guarded by refit_lock */
     refit_engine_stats stats;
 };
@@ -418,6 +425,7 @@ static void engine_free(refit_engine *e)
     pthread_mutex_destroy(&e->ctx_lock);
     pthread_mutex_destroy(&e->pause_lock);
     pthread_cond_destroy(&e->pause_cond);
+    pthread_cond_destroy(&e->drain_cond);
     free(e);
 }
 
@@ -552,7 +560,10 @@ refit_status refit_engine_open_memory(const void *data, size_t size, const char 
     pthread_mutex_init(&e->ctx_lock, NULL);
     pthread_mutex_init(&e->pause_lock, NULL);
     pthread_cond_init(&e->pause_cond, NULL);
+    pthread_cond_init(&e->drain_cond, NULL);
     atomic_init(&e->paused, 0);
+    atomic_init(&e->active, 0);
+    atomic_init(&e->claim, 1); /* pause 0, claimed: nothing to apply */
     atomic_init(&e->broken, 0);
     e->backend = be;
     e->allow_nonfinite = o.allow_nonfinite;
@@ -946,6 +957,19 @@ static refit_status build_set(refit_engine *e, const wset *base, const refit_ten
     return REFIT_OK;
 }
 
+/* quiesce: how long a reader spins at the closed gate before it sleeps (wait_unpaused). */
+enum { READER_SPIN_NS = 50000 };
+
+/* A spin-wait hint: lets the sibling hyperthread run and saves power; never yields the CPU. */
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -1019,23 +1043,35 @@ static void inst_take(refit_engine *e, inst *in, const wset *s)
     }
 }
 
-/* Refits instance `in` (no run uses it) in place to set s and verifies it. On failure the
- * instance is stale: any subset of s may be in it. */
-static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int check_finite)
+/* Refits instance `in` (no run uses it) in place to set s, unverified. On failure the instance
+ * is stale: any subset of s may be in it. */
+static refit_status inst_write(refit_engine *e, inst *in, const wset *s)
 {
     const unsigned char *mask = fill_mask(e, in->blobs, in->stale, s);
     uint64_t t0 = now_ns();
     int rc = e->backend->weights_refit(e->plan, in->prepared, s->data, mask, tl_error, sizeof tl_error);
-    e->stats.last_prepare_ns = now_ns() - t0;
-    refit_status st = rc ? backend_failed(e, rc, "weights_refit") : canary_check(e, in->prepared, check_finite);
-    in->stale = st != REFIT_OK;
+    e->stats.last_prepare_ns = e->stats.last_inplace_ns = now_ns() - t0;
+    in->stale = rc != 0;
+    if (rc)
+        return backend_failed(e, rc, "weights_refit");
+    inst_take(e, in, s);
+    return REFIT_OK;
+}
+
+/* inst_write, then the canary. On failure the instance is stale. */
+static refit_status inst_refit(refit_engine *e, inst *in, const wset *s, int check_finite)
+{
+    refit_status st = inst_write(e, in, s);
+    uint64_t t0 = now_ns();
     if (!st)
-        inst_take(e, in, s);
+        st = canary_check(e, in->prepared, check_finite);
+    e->stats.last_verify_ns = now_ns() - t0;
+    in->stale = st != REFIT_OK;
     return st;
 }
 
 /* Waits until no context computes with `old`. Caller holds refit_lock and has already swapped
- * `old` out of `current` or closed the quiesce gate (seq_cst), so no new reader can validate it. */
+ * `old` out of `current` (seq_cst), so no new reader can validate it. */
 static void wait_for_readers(refit_engine *e, const wset *old)
 {
     pthread_mutex_lock(&e->ctx_lock);
@@ -1053,13 +1089,105 @@ static void wait_for_readers(refit_engine *e, const wset *old)
     pthread_mutex_unlock(&e->ctx_lock);
 }
 
-/* Publishes `s` (caller holds refit_lock) and frees the set it replaces. */
-static void publish_locked(refit_engine *e, wset *s)
+/* Makes s current; returns the set it replaces. */
+static wset *swap_current(refit_engine *e, wset *s)
 {
-    uint64_t t0 = now_ns();
     s->generation = e->next_generation++;
     wset *old = atomic_exchange_explicit(&e->current, s, memory_order_seq_cst);
     atomic_store_explicit(&e->version, s->version, memory_order_release);
+    return old;
+}
+
+/* quiesce: the refit inside a pause. The refitting thread fills it in and closes the gate;
+ * the drain's last reader (or the refitting thread, if none was in flight) applies it. */
+typedef struct pending {
+    inst *in;
+    wset *s;
+    const void *staged;   /* NULL: only report the drain (the refitting thread refits itself) */
+    refit_status st;
+    int done;             /* under pause_lock */
+    uint64_t drained_ns, inplace_ns, verify_ns, reopened_ns;
+    char err[sizeof tl_error];
+} pending;
+
+/* Applies e->pend: with a staged handle, the commit and its read-back, and if both succeed the
+ * publish and the reopening of the gate, all on the calling thread, so the pause does not wait for
+ * the refitting thread to be scheduled again (a reader that leaves on a loaded box had waited
+ * milliseconds at the gate for it). A failure keeps the gate closed: the refitting thread restores.
+ * Runs once per pause, by whoever claimed it: the weights_* calls stay one at a time per plan. */
+static void quiesce_apply(refit_engine *e)
+{
+    pending *p = e->pend;
+    p->drained_ns = now_ns();
+    if (p->staged) {
+        int rc = e->backend->weights_commit(e->plan, p->in->prepared, p->staged, e->mask, p->err,
+                                            sizeof p->err);
+        const char *what = "weights_commit";
+        uint64_t t1 = now_ns();
+        if (!rc && (rc = e->backend->weights_verify(e->plan, p->in->prepared, p->staged, e->mask,
+                                                    p->err, sizeof p->err)))
+            what = "the read-back (weights_verify)";
+        p->inplace_ns = t1 - p->drained_ns;
+        p->verify_ns = now_ns() - t1;
+        if (rc && !p->err[0])
+            snprintf(p->err, sizeof p->err, "backend '%s': %s failed with %s", e->backend->name, what,
+                     refit_status_string((refit_status)rc));
+        p->st = (refit_status)rc;
+        if (!rc) {
+            p->s->prepared = p->in->prepared;
+            p->s->owns_prepared = 0;
+            (void)swap_current(e, p->s); /* the old set has no reader: the refit retires it */
+        }
+    }
+    pthread_mutex_lock(&e->pause_lock);
+    if (p->staged && !p->st) {
+        p->reopened_ns = now_ns();
+        atomic_store_explicit(&e->paused, 0, memory_order_seq_cst);
+        pthread_cond_broadcast(&e->pause_cond);
+    }
+    p->done = 1;
+    pthread_cond_broadcast(&e->drain_cond);
+    pthread_mutex_unlock(&e->pause_lock);
+}
+
+/* Claims and applies the pending refit if the drain is over: the pause's unclaimed number, then
+ * the gate closed, then no reader past it (seq_cst, in that order: a reader that passes later
+ * sees the gate closed and backs off), then the claim of that same number. The number keeps a
+ * thread that saw one pause drained, and ran late, from claiming the next one. */
+static void quiesce_help(refit_engine *e)
+{
+    uint_fast64_t w = atomic_load_explicit(&e->claim, memory_order_seq_cst);
+    if (!(w & 1) && atomic_load_explicit(&e->paused, memory_order_seq_cst) &&
+        atomic_load_explicit(&e->active, memory_order_seq_cst) == 0 &&
+        atomic_compare_exchange_strong_explicit(&e->claim, &w, w | 1, memory_order_seq_cst,
+                                                memory_order_seq_cst))
+        quiesce_apply(e);
+}
+
+/* A reader leaves the gate (after its inference, or backing off from a closed gate). */
+static void gate_leave(refit_engine *e)
+{
+    if (atomic_fetch_sub_explicit(&e->active, 1, memory_order_seq_cst) == 1)
+        quiesce_help(e);
+}
+
+/* The refitting thread: closes the gate on pending p and sleeps until it is applied. */
+static void quiesce_pause(refit_engine *e, pending *p)
+{
+    e->pend = p;
+    atomic_store_explicit(&e->claim, (uint_fast64_t)++e->pauses << 1, memory_order_seq_cst);
+    atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
+    quiesce_help(e); /* no reader in flight: apply it here */
+    pthread_mutex_lock(&e->pause_lock);
+    while (!p->done)
+        pthread_cond_wait(&e->drain_cond, &e->pause_lock);
+    pthread_mutex_unlock(&e->pause_lock);
+}
+
+static void publish_locked(refit_engine *e, wset *s)
+{
+    uint64_t t0 = now_ns();
+    wset *old = swap_current(e, s);
     wait_for_readers(e, old);
     e->stats.last_publish_ns = now_ns() - t0;
     wset_retire(e, old);
@@ -1073,17 +1201,74 @@ static void resume(refit_engine *e)
     pthread_mutex_unlock(&e->pause_lock);
 }
 
+/* "refit to version N failed (why); version M still serves, unchanged" around the failure in
+ * tl_error. */
+static refit_status failed_unchanged(refit_engine *e, refit_status st, const wset *s)
+{
+    char why[sizeof tl_error];
+    memcpy(why, tl_error, sizeof why);
+    return fail(st, "refit to version %llu failed (%s); version %llu still serves, unchanged",
+                (unsigned long long)s->version, why,
+                (unsigned long long)atomic_load(&e->current)->version);
+}
+
+/* quiesce with weights_commit, before the pause: prepares s as a second handle on top of the
+ * live instance (its transforms: BN folding, packing, Winograd) and verifies it with the canary,
+ * while inferences go on with the live one. Leaves e->mask = what differs. */
+static refit_status quiesce_stage(refit_engine *e, const inst *in, const wset *s, int check_finite,
+                                  void **staged)
+{
+    const unsigned char *mask = fill_mask(e, in->blobs, 0, s);
+    uint64_t t0 = now_ns();
+    int rc = e->backend->weights_prepare(e->plan, s->data, in->prepared, mask, staged, tl_error,
+                                         sizeof tl_error);
+    e->stats.last_prepare_ns = now_ns() - t0;
+    if (rc) {
+        *staged = NULL;
+        return backend_failed(e, rc, "weights_prepare");
+    }
+    refit_status st = canary_check(e, *staged, check_finite);
+    if (st) {
+        e->backend->weights_release(e->plan, *staged);
+        *staged = NULL;
+    }
+    return st;
+}
+
 /* quiesce: stop admitting inferences, drain those in flight, refit the one instance in place,
- * verify, publish, resume. On failure the instance is refitted back to the serving set and
- * verified before anything runs again. */
+ * verify, publish, resume. With weights_commit the transforms and the canary run before the
+ * pause (on a staged handle) and the pause holds only the copy and its read-back, applied by the
+ * drain's last reader (quiesce_apply); a failure before the pause leaves everything as it was,
+ * without a pause. On failure inside the pause the instance is refitted back to the serving set
+ * and verified before anything runs again. */
 static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
 {
     wset *cur = atomic_load(&e->current);
     inst *in = &e->insts[0];
+    void *staged = NULL;
+    refit_status st = REFIT_OK;
+    if (e->backend->weights_commit && !in->stale &&
+        (st = quiesce_stage(e, in, s, check_finite, &staged)))
+        return failed_unchanged(e, st, s);
+    pending p;
+    memset(&p, 0, sizeof p);
+    p.in = in;
+    p.s = s;
+    p.staged = staged;
     uint64_t t0 = now_ns();
-    atomic_store_explicit(&e->paused, 1, memory_order_seq_cst);
-    wait_for_readers(e, cur);
-    refit_status st = inst_refit(e, in, s, check_finite);
+    quiesce_pause(e, &p);
+    e->stats.last_drain_ns = p.drained_ns - t0;
+    if (staged) {
+        st = p.st;
+        e->stats.last_inplace_ns = p.inplace_ns;
+        e->stats.last_verify_ns = p.verify_ns;
+        in->stale = st != REFIT_OK;
+        if (st)
+            memcpy(tl_error, p.err, sizeof tl_error);
+    } else {
+        st = inst_refit(e, in, s, check_finite);
+    }
+    uint64_t reopened = p.reopened_ns;
     if (st) {
         char why[sizeof tl_error];
         memcpy(why, tl_error, sizeof why);
@@ -1096,17 +1281,28 @@ static refit_status quiesce_commit(refit_engine *e, wset *s, int check_finite)
         else
             st = fail(st, "refit to version %llu failed in place (%s); version %llu restored and "
                       "verified", (unsigned long long)s->version, why, (unsigned long long)cur->version);
+    } else if (staged) { /* quiesce_apply published s and reopened the gate */
+        inst_take(e, in, s);
+        wait_for_readers(e, cur); /* none: it drained before s was published */
+        wset_retire(e, cur);
     } else {
         s->prepared = in->prepared;
         s->owns_prepared = 0;
         atomic_store(&e->broken, 0);
         publish_locked(e, s); /* no reader holds cur: the gate is closed and they drained */
     }
-    resume(e);
-    uint64_t pause = now_ns() - t0;
+    if (st || !staged) {
+        /* The pause ends as the gate reopens: measured before the wake-up, which may hand this
+         * CPU to the woken reader for a whole inference before this thread runs on. */
+        reopened = now_ns();
+        resume(e);
+    }
+    uint64_t pause = reopened - t0;
     e->stats.last_pause_ns = pause;
     if (pause > e->stats.max_pause_ns)
         e->stats.max_pause_ns = pause;
+    if (staged) /* after the pause: freeing is no part of it */
+        e->backend->weights_release(e->plan, staged);
     return st;
 }
 
@@ -1124,14 +1320,16 @@ static refit_status ab_stage(refit_engine *e, wset *s, int check_finite)
 
 /* ab, second half: flip the pointer workers use to s (on the idle instance), wait out the readers
  * of the old one, then bring that one up to date too (if that fails it is stale and the next
- * refit rewrites it whole; the published set is unaffected). */
+ * refit rewrites it whole; the published set is unaffected). No canary there: the instance
+ * serves again only after the next refit's ab_stage has verified it, and a second inference per
+ * refit on the refitting thread is CPU taken from the workers (bench/engine.py, latency). */
 static void ab_flip(refit_engine *e, wset *s)
 {
     publish_locked(e, s);
     e->live = !e->live;
     char keep[sizeof tl_error];
     memcpy(keep, tl_error, sizeof keep);
-    (void)inst_refit(e, &e->insts[!e->live], s, 0);
+    (void)inst_write(e, &e->insts[!e->live], s);
     memcpy(tl_error, keep, sizeof keep);
 }
 
@@ -1157,13 +1355,8 @@ static refit_status commit(refit_engine *e, wset *s, int check_finite)
         else if (!(st = ab_stage(e, s, check_finite)))
             ab_flip(e, s);
     }
-    if (st && st != REFIT_ERR_CONFLICT && e->strategy != STRAT_QUIESCE) { /* quiesce says more */
-        char why[sizeof tl_error];
-        memcpy(why, tl_error, sizeof why);
-        fail(st, "refit to version %llu failed (%s); version %llu still serves, unchanged",
-             (unsigned long long)s->version, why,
-             (unsigned long long)atomic_load(&e->current)->version);
-    }
+    if (st && st != REFIT_ERR_CONFLICT && e->strategy != STRAT_QUIESCE) /* quiesce says more */
+        failed_unchanged(e, st, s);
     if (st) {
         wset_retire(e, s);
         e->stats.failed_refits++;
@@ -1422,10 +1615,17 @@ static refit_status run_with(refit_context *c, const wset *s, const void *const 
     return rc ? backend_failed(e, rc, "run") : REFIT_OK;
 }
 
-/* quiesce: wait while a refit holds the gate closed (readers sleep on a condition variable;
- * the writer broadcasts when it reopens). */
+/* quiesce: wait while a refit holds the gate closed. Once the drain is over a staged commit
+ * keeps it closed for microseconds, so a reader spins for up to READER_SPIN_NS first without
+ * giving up its CPU (a futex wake-up costs more than the commit; a sched_yield on a loaded box
+ * can hand the CPU to another process for milliseconds); then it sleeps on a condition
+ * variable, which the writer broadcasts when it reopens. */
 static void wait_unpaused(refit_engine *e)
 {
+    const uint64_t until = now_ns() + READER_SPIN_NS;
+    while (atomic_load_explicit(&e->paused, memory_order_seq_cst) && now_ns() < until)
+        for (int i = 0; i < 64; i++)
+            cpu_relax();
     pthread_mutex_lock(&e->pause_lock);
     while (atomic_load_explicit(&e->paused, memory_order_seq_cst))
         pthread_cond_wait(&e->pause_cond, &e->pause_lock);
@@ -1448,16 +1648,24 @@ refit_status refit_context_run(refit_context *c, const void *const *inputs, cons
     const int gated = e->strategy == STRAT_QUIESCE;
     wset *s;
     for (;;) {
-        if (gated && atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
-            wait_unpaused(e);
-            continue;
+        if (gated) { /* pass the gate: count in, then re-check it (quiesce_help's Dekker pair) */
+            if (atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
+                wait_unpaused(e);
+                continue;
+            }
+            atomic_fetch_add_explicit(&e->active, 1, memory_order_seq_cst);
+            if (atomic_load_explicit(&e->paused, memory_order_seq_cst)) {
+                gate_leave(e);
+                continue;
+            }
         }
         s = atomic_load_explicit(&e->current, memory_order_seq_cst);
         atomic_store_explicit(&c->hazard, s, memory_order_seq_cst);
-        if ((!gated || !atomic_load_explicit(&e->paused, memory_order_seq_cst)) &&
-            atomic_load_explicit(&e->current, memory_order_seq_cst) == s)
+        if (atomic_load_explicit(&e->current, memory_order_seq_cst) == s)
             break;
         atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
+        if (gated)
+            gate_leave(e);
     }
     if (gated && atomic_load_explicit(&e->broken, memory_order_relaxed))
         st = fail(REFIT_ERR_BACKEND, "run: the last in-place refit failed and the serving weights "
@@ -1467,6 +1675,8 @@ refit_status refit_context_run(refit_context *c, const void *const *inputs, cons
     if (version)
         *version = s->version;
     atomic_store_explicit(&c->hazard, NULL, memory_order_seq_cst);
+    if (gated)
+        gate_leave(e); /* the drain's last reader applies the pending commit */
     return st;
 }
 

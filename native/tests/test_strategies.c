@@ -1,7 +1,8 @@
-/* test_strategies.c — backend API v2 from the outside: the refit strategies (swap, quiesce, ab)
+/* test_strategies.c — the backend API from the outside: the refit strategies (swap, quiesce, ab)
  * on the reference backend and on the test-only plugin backend (native/tests/plugin/testplug.c,
  * loaded through the plugin path: it sits next to this executable), failing refits under each
- * strategy (the serving version and its outputs stay), plugin loading and its refusals, engine
+ * strategy (the serving version and its outputs stay) — quiesce's staging before its pause
+ * included —, plugin loading and its refusals, engine
  * options passed to the backend, and destroying an engine before its contexts and staged sets. */
 #include <math.h>
 #include <stdio.h>
@@ -91,6 +92,30 @@ static void exercise(const char *backend, const char *strategy)
     refit_engine_destroy(e);
 }
 
+/* Opens the seed model (option key=val when key is set) with a context, refits version 1
+ * (kernel all 1) and checks it serves 9. Returns 0, with nothing left open, if any step fails. */
+static int serving_v1(const char *backend, const char *strategy, const char *key, const char *val,
+                      refit_engine **e, refit_context **c)
+{
+    *e = NULL;
+    *c = NULL;
+    CHECK(open_seed(backend, strategy, key, val, e) == REFIT_OK, "%s/%s %s: open", backend, strategy,
+          key ? key : "");
+    if (!*e)
+        return 0;
+    float w[9];
+    uint64_t v = 0;
+    refit_tensor t = kernel_of(w, 1);
+    int ok = refit_context_create(*e, c) == REFIT_OK && refit_engine_refit(*e, &t, 1, 1, 0) == REFIT_OK &&
+             infer(*c, &v) == 9.0f && v == 1;
+    CHECK(ok, "%s/%s: version 1 serves 9", backend, strategy);
+    if (!ok) {
+        refit_context_destroy(*c);
+        refit_engine_destroy(*e);
+    }
+    return ok;
+}
+
 /* The plugin's injected failures (in-place refits; swap: prepare): the serving set and its
  * outputs must stay, verified where a refit was applied in place. */
 static void inplace_faults(const char *strategy, const char *fault)
@@ -100,22 +125,20 @@ static void inplace_faults(const char *strategy, const char *fault)
      * wrote the idle instance, #1, then brought the other up to date, #2); under swap it is
      * prepare #3 (the first was the open's). */
     const char *nth = strcmp(strategy, "quiesce") == 0 ? "2" : "3";
-    CHECK(open_seed("testplug", strategy, fault, nth, &e) == REFIT_OK, "%s %s: open", strategy, fault);
-    if (!e)
-        return;
     refit_context *c = NULL;
-    CHECK(refit_context_create(e, &c) == REFIT_OK, "context");
+    if (!serving_v1("testplug", strategy, fault, nth, &e, &c))
+        return;
     float w[9];
     uint64_t v = 0;
-    refit_tensor t = kernel_of(w, 1);
-    CHECK(refit_engine_refit(e, &t, 1, 1, 0) == REFIT_OK, "%s: first refit", strategy);
-    CHECK(infer(c, &v) == 9.0f && v == 1, "%s: serving version 1", strategy);
-    t = kernel_of(w, 5);
+    refit_tensor t = kernel_of(w, 5);
     refit_status st = refit_engine_refit(e, &t, 1, 2, 0);
     CHECK(st == REFIT_ERR_BACKEND, "%s %s: the faulty refit fails, got %s", strategy, fault,
           refit_status_string(st));
-    CHECK(strstr(refit_last_error(), strcmp(fault, "backend.corrupt_refit") == 0 ? "non-finite"
-                                                                                  : "injected failure"),
+    /* A silent corruption: quiesce's read-back after the commit sees it, ab's canary. */
+    const char *cause = strcmp(fault, "backend.corrupt_refit") ? "injected failure"
+                        : strcmp(strategy, "quiesce") == 0    ? "read-back"
+                                                              : "non-finite";
+    CHECK(strstr(refit_last_error(), cause),
           "%s %s: the message names the cause: %s", strategy, fault, refit_last_error());
     float y = infer(c, &v);
     CHECK(y == 9.0f && v == 1 && refit_engine_version(e) == 1,
@@ -127,6 +150,46 @@ static void inplace_faults(const char *strategy, const char *fault)
     t = kernel_of(w, 6);
     CHECK(refit_engine_refit(e, &t, 1, 3, 0) == REFIT_OK && infer(c, &v) == 54.0f && v == 3,
           "%s %s: the next refit serves", strategy, fault);
+    refit_context_destroy(c);
+    refit_engine_destroy(e);
+}
+
+/* quiesce on a backend with weights_commit prepares and verifies the new set before its pause:
+ * a failure there (the prepare, or the canary on the staged handle: finite weights whose output
+ * overflows) refuses the refit without pausing, and the serving set and its outputs stay. */
+static void staging_faults(const char *backend, const char *fault, float bad_kernel)
+{
+    refit_engine *e = NULL;
+    /* testplug's prepare #1 is the open's, #2 the first refit's staging, #3 the second's. */
+    refit_context *c = NULL;
+    if (!serving_v1(backend, "quiesce", fault, fault ? "3" : NULL, &e, &c))
+        return;
+    float w[9];
+    uint64_t v = 0;
+    refit_tensor t;
+    refit_engine_stats before, after;
+    CHECK(refit_engine_get_stats(e, &before) == REFIT_OK && before.last_pause_ns > 0,
+          "%s staging: the refit paused once", backend);
+    t = kernel_of(w, bad_kernel);
+    refit_status st = refit_engine_refit(e, &t, 1, 2, 0);
+    const char *msg = refit_last_error();
+    CHECK(st == REFIT_ERR_BACKEND && strstr(msg, fault ? "injected failure" : "non-finite") &&
+              strstr(msg, "version 1 still serves, unchanged"),
+          "%s staging %s: refused before the pause, named: %s", backend, fault ? fault : "canary", msg);
+    float y = infer(c, &v);
+    CHECK(y == 9.0f && v == 1 && refit_engine_version(e) == 1,
+          "%s staging: still version 1 with its output 9, got %g v=%llu", backend, y, (unsigned long long)v);
+    CHECK(refit_engine_get_stats(e, &after) == REFIT_OK && after.failed_refits == 1 &&
+              after.last_pause_ns == before.last_pause_ns && after.max_pause_ns == before.max_pause_ns,
+          "%s staging: the refused refit took no pause", backend);
+    t = kernel_of(w, 6);
+    CHECK(refit_engine_refit(e, &t, 1, 3, 0) == REFIT_OK && infer(c, &v) == 54.0f && v == 3,
+          "%s staging: the next refit serves", backend);
+    CHECK(refit_engine_get_stats(e, &after) == REFIT_OK && after.last_inplace_ns > 0 &&
+              after.last_pause_ns >= after.last_drain_ns + after.last_inplace_ns + after.last_verify_ns,
+          "%s staging: the pause is broken down (drain %llu + commit %llu + read-back %llu <= %llu ns)",
+          backend, (unsigned long long)after.last_drain_ns, (unsigned long long)after.last_inplace_ns,
+          (unsigned long long)after.last_verify_ns, (unsigned long long)after.last_pause_ns);
     refit_context_destroy(c);
     refit_engine_destroy(e);
 }
@@ -150,7 +213,7 @@ static void plugins(void)
     CHECK(refit_backend_probe("testplug_badapi") == REFIT_ERR_NOT_FOUND, "wrong api_version refused");
     msg = refit_last_error();
     CHECK(strstr(msg, "librefit_backend_testplug_badapi.so") && strstr(msg, "backend API 1") &&
-              strstr(msg, "needs 2"),
+              strstr(msg, "needs 3"),
           "the wrong api_version's one line names the file and both versions: %s", msg);
     CHECK(open_seed("testplug_badapi", "swap", NULL, NULL, &e) == REFIT_ERR_NOT_FOUND && !e,
           "an engine on it is refused too");
@@ -210,6 +273,9 @@ int main(void)
         inplace_faults(STRATEGIES[i], "backend.fail_refit");
         inplace_faults(STRATEGIES[i], "backend.corrupt_refit");
     }
+    staging_faults("testplug", "backend.fail_prepare", 5);
+    staging_faults("testplug", NULL, 3e38f);
+    staging_faults("reference", NULL, 3e38f);
     plugins();
     options();
     return CHECK_SUMMARY("test_strategies");

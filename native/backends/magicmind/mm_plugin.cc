@@ -1,5 +1,5 @@
 /* mm_plugin.cc — librefit_backend_magicmind.so: the MagicMind backend behind librefit's backend
- * API v2 (native/src/backend.h). C++ inside; every entry point goes through guarded(), so no
+ * API v3 (native/src/backend.h). C++ inside; every entry point goes through guarded(), so no
  * exception crosses into librefit.
  *
  * librefit opens the *source* ONNX model (names, shapes and initial values of the weights, in
@@ -240,6 +240,8 @@ const rt_backend kVtable = {
     weights_release,
     weights_refit,
     run,
+    nullptr, // weights_commit: RT_CAP_SETS only (a staged handle is a second IEngine); quiesce
+    nullptr, // weights_verify   refits in place, and verifies with the canary, inside its pause
 };
 
 } // namespace

@@ -1374,6 +1374,53 @@ static int cpu_weights_refit(void *plan, void *prepared, const float *const *raw
     return 0;
 }
 
+/* quiesce's commit: live takes staged's raw pointers and, for every step whose weights changed,
+ * staged's prepared bytes, copied into live's own buffer (in place, as a device would); a buffer
+ * live shares with another handle is never written under it: live shares staged's instead. */
+static int cpu_weights_commit(void *plan, void *live, const void *staged, const unsigned char *changed,
+                              char *err, size_t errlen)
+{
+    const cpu_plan *p = plan;
+    cpu_wprep *q = live;
+    const cpu_wprep *n = staged;
+    (void)err;
+    (void)errlen;
+    for (int k = 0; k < p->g->n_weights; k++) q->w[k] = n->w[k];
+    for (int si = 0; si < p->n_steps; si++) {
+        const cpu_step *s = &p->steps[si];
+        cpu_pbuf *dst = q->buf[si], *src = n->buf[si];
+        if (!s->prep_floats || dst == src || !step_changed(p->g, s, changed)) continue;
+        if (dst->refs == 1) {
+            memcpy(dst->data, src->data, s->prep_floats * sizeof(float));
+        } else {
+            src->refs++;
+            pbuf_drop(dst);
+            q->buf[si] = src;
+        }
+    }
+    return 0;
+}
+
+/* The read-back after a commit: live must hold staged's raw pointers and prepared bytes. */
+static int cpu_weights_verify(void *plan, const void *live, const void *staged,
+                              const unsigned char *changed, char *err, size_t errlen)
+{
+    const cpu_plan *p = plan;
+    const cpu_wprep *q = live, *n = staged;
+    for (int k = 0; k < p->g->n_weights; k++)
+        if (q->w[k] != n->w[k])
+            return fail(err, errlen, REFIT_ERR_BACKEND, p->g, -1, "read-back: weight '%s' is not "
+                        "the committed one", p->g->values[p->g->weights[k]].name);
+    for (int si = 0; si < p->n_steps; si++) {
+        const cpu_step *s = &p->steps[si];
+        if (!s->prep_floats || !step_changed(p->g, s, changed)) continue;
+        if (memcmp(q->buf[si]->data, n->buf[si]->data, s->prep_floats * sizeof(float)))
+            return fail(err, errlen, REFIT_ERR_BACKEND, p->g, s->node, "read-back: the prepared "
+                        "weights differ from the committed ones");
+    }
+    return 0;
+}
+
 int cpu_plan_steps(const void *plan) { return ((const cpu_plan *)plan)->n_steps; }
 size_t cpu_plan_arena_bytes(const void *plan) { return ((const cpu_plan *)plan)->arena_bytes; }
 const char *cpu_plan_isa(const void *plan) { return ((const cpu_plan *)plan)->isa->name; }
@@ -1401,4 +1448,6 @@ const rt_backend rt_cpu_backend = {
     cpu_weights_release,
     cpu_weights_refit,
     cpu_run,
+    cpu_weights_commit,
+    cpu_weights_verify,
 };

@@ -4,13 +4,16 @@
  *
  * It stands in for a vendor runtime loaded through the plugin path: its "device memory" is its own
  * copy of every weight, written once per prepare (an upload) and rewritten in place by
- * weights_refit (a vendor runtime's refit). It runs one graph shape only: a single full-window
+ * weights_refit (a vendor runtime's refit) or, split in two, by weights_commit (a copy from a
+ * handle prepared beforehand) and weights_verify (the read-back). It runs one graph shape only: a single full-window
  * Conv (kernel as large as the input, no padding), y[m] = sum(W[m] * x) + B[m] — which is the seeds'
  * demo model. Faults, for the strategy tests:
- *   backend.fail_refit=N     the Nth in-place refit writes the first changed weight, then fails
- *                            (a vendor refit that applies a subset and reports an error);
+ *   backend.fail_refit=N     the Nth in-place refit (weights_refit or weights_commit) writes the
+ *                            first changed weight, then fails (a vendor refit that applies a
+ *                            subset and reports an error);
  *   backend.corrupt_refit=N  the Nth in-place refit writes NaN into it and reports success (a
- *                            silent failure only verification catches);
+ *                            silent failure only verification catches: the canary or the
+ *                            read-back);
  *   backend.fail_prepare=N   the Nth weights_prepare fails (a device out of memory: swap's path).
  * Built twice: as "testplug", and as "testplug_badapi" claiming api_version 1.
  */
@@ -152,26 +155,53 @@ static int weights_prepare(void *pl, const float *const *raw, const void *base,
     return 0;
 }
 
-static int weights_refit(void *pl, void *h, const float *const *raw, const unsigned char *changed,
-                         char *err, size_t n)
+/* The in-place refit of q from weight data w, b (either NULL: unchanged), with the faults. */
+static int write_in_place(plan *p, prepared *q, const float *w, const float *b, char *err, size_t n)
 {
-    plan *p = pl;
-    prepared *q = h;
     long nth = ++p->refits;
-    int wrote = 0;
-    if (is_changed(p, p->w, changed)) {
-        memcpy(q->w, source(p, p->w, raw), p->M * p->K * sizeof(float));
+    if (w) {
+        memcpy(q->w, w, p->M * p->K * sizeof(float));
         if (nth == p->corrupt_at)
             q->w[0] = NAN;
-        wrote = 1;
     }
-    if (nth == p->fail_at && wrote) {
+    if (nth == p->fail_at && w) {
         char why[64];
         snprintf(why, sizeof why, "%ld (after writing 1 weight)", nth);
         return err1(err, n, REFIT_ERR_BACKEND, "injected failure in in-place refit #", why);
     }
-    if (p->b >= 0 && is_changed(p, p->b, changed))
-        memcpy(q->b, source(p, p->b, raw), p->M * sizeof(float));
+    if (b)
+        memcpy(q->b, b, p->M * sizeof(float));
+    return 0;
+}
+
+static int weights_refit(void *pl, void *h, const float *const *raw, const unsigned char *changed,
+                         char *err, size_t n)
+{
+    plan *p = pl;
+    return write_in_place(p, h, is_changed(p, p->w, changed) ? source(p, p->w, raw) : NULL,
+                          p->b >= 0 && is_changed(p, p->b, changed) ? source(p, p->b, raw) : NULL,
+                          err, n);
+}
+
+static int weights_commit(void *pl, void *live, const void *staged, const unsigned char *changed,
+                          char *err, size_t n)
+{
+    plan *p = pl;
+    const prepared *s = staged;
+    return write_in_place(p, live, is_changed(p, p->w, changed) ? s->w : NULL,
+                          p->b >= 0 && is_changed(p, p->b, changed) ? s->b : NULL, err, n);
+}
+
+/* The read-back: the "device" copy against the staged one, bit for bit. */
+static int weights_verify(void *pl, const void *live, const void *staged, const unsigned char *changed,
+                          char *err, size_t n)
+{
+    const plan *p = pl;
+    const prepared *q = live, *s = staged;
+    (void)changed; /* everything is compared: unchanged weights are equal too */
+    if (memcmp(q->w, s->w, p->M * p->K * sizeof(float)) || memcmp(q->b, s->b, p->M * sizeof(float)))
+        return err1(err, n, REFIT_ERR_BACKEND, "read-back: the device weights differ from the "
+                    "committed ones", NULL);
     return 0;
 }
 
@@ -207,6 +237,8 @@ static const rt_backend vtable = {
     weights_release,
     weights_refit,
     run,
+    weights_commit,
+    weights_verify,
 };
 
 __attribute__((visibility("default"))) const rt_backend *refit_backend_entry(void) { return &vtable; }
