@@ -54,6 +54,22 @@ typedef struct cpu_dw_args {
     float *pad;           /* zero-padded plane, (OH-1)*sh+(kh-1)*dh+1 rows of (OW-1)*sw+(kw-1)*dw+1 */
 } cpu_dw_args;
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
+/* The 3x3 kernels (depthwise.c) pad (stride 1) or split (stride 2) a->in into a->pad themselves,
+ * writing only image cells: the zero border and CPU_DW_PAD_SLACK floats past the padded plane
+ * are the caller's (see cpu_conv_scratch). */
+#define CPU_DW_PAD_SLACK 32
+void cpu_dw3x3s1_portable(const cpu_dw_args *a);
+void cpu_dw3x3s2_portable(const cpu_dw_args *a);
+#if defined(__aarch64__)
+void cpu_dw3x3s1_neon(const cpu_dw_args *a);
+void cpu_dw3x3s2_neon(const cpu_dw_args *a);
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+void cpu_dw3x3s1_avx2(const cpu_dw_args *a);
+void cpu_dw3x3s2_avx2(const cpu_dw_args *a);
+void cpu_dw3x3s1_avx512(const cpu_dw_args *a);
+void cpu_dw3x3s2_avx512(const cpu_dw_args *a);
+#endif
 
 struct cpu_bsrc;
 typedef void (*cpu_sgemm_fn)(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,

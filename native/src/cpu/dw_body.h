@@ -1,0 +1,203 @@
+/*
+ * dw_body.h — the 3x3 depthwise kernels (stride 1 and 2), written once over a vector type and
+ * included by depthwise.c once per kernel set, with these defined:
+ *   DW_ATTR           function attribute (the target), DW_SFX(name) the per-set name
+ *   V, VL             vector type and its lanes
+ *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
+ *   MUL, ADD, MAX, MIN, FMA(a, b, c) = a*b + c (one rounding where the set has an FMA)
+ *   SPLIT2(p, e, o)   e / o = the even / odd floats of p[0 .. 2*VL)
+ * Each kernel pads (or splits) its plane itself into a->pad with full-width copies, then keeps
+ * the nine taps, pre-multiplied by the folded BN scale, in registers. Rows are done in whole
+ * vectors; a row that is not a multiple of VL ends with one more vector over its last VL outputs
+ * (recomputing a few, no masks or scalar tail), and a row narrower than VL goes through a local
+ * tile. The zero border of a->pad is the caller's (conv.c sets it once per call; the kernels
+ * write only image cells), and a->pad has DW_PAD_SLACK floats of slack for the local tile's
+ * reads past the last row.
+ */
+
+/* dst[0..n) = src[0..n) in vectors (the last one overlapping), scalars only below VL. Rows are
+ * 12-56 floats: the empty asm keeps compilers from making the loop a memmove call, which costs
+ * more than the copy. */
+DW_ATTR static inline void DW_SFX(dw_copy)(float *restrict dst, const float *restrict src,
+                                           int64_t n)
+{
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) {
+        ST(dst + j, LD(src + j));
+        __asm__ volatile("" ::: "memory");
+    }
+    if (j < n && n >= VL)
+        ST(dst + n - VL, LD(src + n - VL));
+    else
+        for (; j < n; j++) dst[j] = src[j];
+}
+
+typedef struct DW_SFX(dw_taps) {
+    V w[9], b, lo, hi;
+} DW_SFX(dw_taps);
+
+DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_taps) *t)
+{
+    for (int k = 0; k < 9; k++) t->w[k] = SET1(a->w[k] * a->scale);
+    t->b = SET1(a->bias);
+    t->lo = SET1(a->lo);
+    t->hi = SET1(a->hi);
+}
+
+/* bias + residual, clamp, store */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_out)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o)
+{
+    if (q) y = ADD(y, LD(q));
+    ST(o, MIN(MAX(y, t->lo), t->hi));
+}
+
+/* Outputs x .. x+VL-1 of output rows o0 (padded input rows r0..r2) and, if o1, o1 (r1..r3):
+ * the taps on rows r1 and r2 share their loads. q0/q1: residual rows or NULL. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, const float *r2,
+                   const float *r3, const float *q0, const float *q1, float *o0, float *o1)
+{
+    const V b0 = LD(r1), b1 = LD(r1 + 1), b2 = LD(r1 + 2);
+    const V c0 = LD(r2), c1 = LD(r2 + 1), c2 = LD(r2 + 2);
+    V p = FMA(t->w[0], LD(r0), t->b), q = MUL(t->w[3], b0), u = MUL(t->w[6], c0);
+    p = FMA(t->w[1], LD(r0 + 1), p);
+    q = FMA(t->w[4], b1, q);
+    u = FMA(t->w[7], c1, u);
+    p = FMA(t->w[2], LD(r0 + 2), p);
+    q = FMA(t->w[5], b2, q);
+    u = FMA(t->w[8], c2, u);
+    if (o1) {
+        V p2 = FMA(t->w[0], b0, t->b), q2 = MUL(t->w[3], c0), u2 = MUL(t->w[6], LD(r3));
+        p2 = FMA(t->w[1], b1, p2);
+        q2 = FMA(t->w[4], c1, q2);
+        u2 = FMA(t->w[7], LD(r3 + 1), u2);
+        p2 = FMA(t->w[2], b2, p2);
+        q2 = FMA(t->w[5], c2, q2);
+        u2 = FMA(t->w[8], LD(r3 + 2), u2);
+        DW_SFX(dw_out)(ADD(ADD(p2, q2), u2), t, q1, o1);
+    }
+    DW_SFX(dw_out)(ADD(ADD(p, q), u), t, q0, o0);
+}
+
+/* A row of OW < VL outputs: through local tiles (the residual too: its row may end the tensor). */
+#define DW_NARROW(STEP, OW, q0, q1, o0, o1, ...)                                                   \
+    do {                                                                                           \
+        float t0_[VL], t1_[VL], s0_[VL], s1_[VL];                                                  \
+        if (q0) memcpy(s0_, q0, (size_t)(OW) * sizeof(float));                                     \
+        if (q1) memcpy(s1_, q1, (size_t)(OW) * sizeof(float));                                     \
+        STEP(__VA_ARGS__, q0 ? s0_ : NULL, q1 ? s1_ : NULL, t0_, o1 ? t1_ : NULL);                \
+        memcpy(o0, t0_, (size_t)(OW) * sizeof(float));                                             \
+        if (o1) memcpy(o1, t1_, (size_t)(OW) * sizeof(float));                                     \
+    } while (0)
+
+/* Output rows oy (and oy + 1 if two) across the plane; `two` and `res` are constants at each
+ * call site, so every variant's loop is straight-line. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int two, int res)
+{
+    const int64_t OW = a->OW, PW = OW + 2;
+    const float *r0 = a->pad + oy * PW, *r1 = r0 + PW, *r2 = r1 + PW, *r3 = two ? r2 + PW : r2;
+    float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
+    const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
+    if (OW < VL) {
+        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3);
+        return;
+    }
+    for (int64_t x = 0;; x += VL) {
+        if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
+        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, res ? q0 + x : NULL,
+                           (res && two) ? q1 + x : NULL, o0 + x, two ? o1 + x : NULL);
+        if (x + VL >= OW) break;
+    }
+}
+
+DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
+{
+    const int64_t OH = a->OH, PW = a->OW + 2, PH = OH + 2;
+    const int64_t n = a->W < PW - a->pl ? a->W : PW - a->pl;
+    for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++)
+        DW_SFX(dw_copy)(a->pad + (iy + a->pt) * PW + a->pl, a->in + iy * a->W, n);
+    DW_SFX(dw_taps) t;
+    DW_SFX(dw_taps_of)(a, &t);
+    int64_t oy = 0;
+    if (a->res) {
+        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 1);
+        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 1);
+    } else {
+        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 0);
+        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 0);
+    }
+}
+
+/* Stride 2: input row iy into the even / odd column planes of the padded plane (padded column
+ * p = ix + pl goes to e[p/2] if p is even, else o[p/2]), p < PW. */
+DW_ATTR static inline void DW_SFX(dw_split)(const float *restrict src, int64_t W, int64_t pl,
+                                            int64_t PW, float *restrict e, float *restrict o)
+{
+    const int64_t n = W < PW - pl ? W : PW - pl; /* image columns that land in the plane */
+    float *d0 = (pl & 1) ? o + (pl - 1) / 2 : e + pl / 2; /* where X[2i] goes */
+    float *d1 = (pl & 1) ? e + (pl + 1) / 2 : o + pl / 2; /* where X[2i+1] goes */
+    int64_t i = 0;
+    for (; 2 * i + 2 * VL <= n; i += VL) {
+        V ev, od;
+        SPLIT2(src + 2 * i, ev, od);
+        ST(d0 + i, ev);
+        ST(d1 + i, od);
+    }
+    for (; 2 * i < n; i++) {
+        d0[i] = src[2 * i];
+        if (2 * i + 1 < n) d1[i] = src[2 * i + 1];
+    }
+}
+
+/* Outputs x .. x+VL-1 of one row: E[x], O[x], E[x+1] on padded rows 2oy .. 2oy+2 (O row r is
+ * E row r + eo). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_step)(const DW_SFX(dw_taps) *t, const float *e0, const float *e1, const float *e2,
+                   int64_t eo, const float *q0, const float *q1, float *o0, float *o1)
+{
+    (void)q1;
+    (void)o1;
+    V p = FMA(t->w[0], LD(e0), t->b), q = MUL(t->w[3], LD(e1)), u = MUL(t->w[6], LD(e2));
+    p = FMA(t->w[1], LD(e0 + eo), p);
+    q = FMA(t->w[4], LD(e1 + eo), q);
+    u = FMA(t->w[7], LD(e2 + eo), u);
+    p = FMA(t->w[2], LD(e0 + 1), p);
+    q = FMA(t->w[5], LD(e1 + 1), q);
+    u = FMA(t->w[8], LD(e2 + 1), u);
+    DW_SFX(dw_out)(ADD(ADD(p, q), u), t, q0, o0);
+}
+
+/* Over the even columns E (PH rows of OW + 1) then the odd columns O (PH rows of OW + 1, the
+ * last unused) of the padded plane, so output x reads E[x], O[x], E[x+1]: unit-stride loads. */
+DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
+{
+    const int64_t OH = a->OH, OW = a->OW, PE = OW + 1, PH = 2 * OH + 1, PW = 2 * OW + 1;
+    const int64_t eo = PH * PE;
+    for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++) {
+        float *e = a->pad + (iy + a->pt) * PE;
+        DW_SFX(dw_split)(a->in + iy * a->W, a->W, a->pl, PW, e, e + eo);
+    }
+    DW_SFX(dw_taps) t;
+    DW_SFX(dw_taps_of)(a, &t);
+    for (int64_t oy = 0; oy < OH; oy++) {
+        const float *e0 = a->pad + 2 * oy * PE, *e1 = e0 + PE, *e2 = e1 + PE;
+        float *o0 = a->out + oy * OW;
+        const float *q0 = a->res ? a->res + oy * OW : NULL;
+        if (OW < VL) {
+            const float *q1 = NULL;
+            float *o1 = NULL;
+            DW_NARROW(DW_SFX(dw_s2_step), OW, q0, q1, o0, o1, &t, e0, e1, e2, eo);
+            continue;
+        }
+        for (int64_t x = 0;; x += VL) {
+            if (x + VL > OW) x = OW - VL;
+            DW_SFX(dw_s2_step)(&t, e0 + x, e1 + x, e2 + x, eo, q0 ? q0 + x : NULL, NULL, o0 + x,
+                               NULL);
+            if (x + VL >= OW) break;
+        }
+    }
+}
+
+#undef DW_NARROW
