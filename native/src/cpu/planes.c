@@ -1,11 +1,13 @@
 /*
- * depthwise.c — the 3x3 depthwise conv kernels (stride 1 and 2) of each kernel set: the body in
- * dw_body.h is written once over a vector type and instantiated here per set (portable GCC
- * vectors, AVX2+FMA, AVX-512, NEON), so every set runs the same blocking. conv.c picks the
- * kernel (cpu_isa.dw3x3s1 / dw3x3s2) and owns the zero border of the padded plane.
+ * planes.c — per-plane vector kernels of each kernel set: the 3x3 depthwise convs (stride 1 and
+ * 2) and stride-2 max pooling. The body in planes_body.h is written once over a vector type and
+ * instantiated here per set (portable GCC vectors, AVX2+FMA, AVX-512, NEON), so every set runs
+ * the same blocking. conv.c / ops.c pick the kernel (cpu_isa.dw3x3s1 / dw3x3s2 / maxpool_s2);
+ * conv.c owns the zero border of the depthwise padded plane.
  */
 #include "cpu.h"
 
+#include <float.h>
 #include <string.h>
 
 #if defined(__aarch64__)
@@ -53,7 +55,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (e) = (dwv4){(p)[0], (p)[2], (p)[4], (p)[6]};                                              \
         (o) = (dwv4){(p)[1], (p)[3], (p)[5], (p)[7]};                                              \
     } while (0)
-#include "dw_body.h"
+#include "planes_body.h"
 #undef DW_SFX
 #undef DW_ATTR
 #undef V
@@ -87,7 +89,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (e) = t_.val[0];                                                                           \
         (o) = t_.val[1];                                                                           \
     } while (0)
-#include "dw_body.h"
+#include "planes_body.h"
 #undef DW_SFX
 #undef DW_ATTR
 #undef V
@@ -125,7 +127,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (o) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                             \
             _mm256_castps_pd(_mm256_shuffle_ps(v0_, v1_, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));       \
     } while (0)
-#include "dw_body.h"
+#include "planes_body.h"
 #undef DW_SFX
 #undef DW_ATTR
 #undef V
@@ -160,7 +162,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (e) = _mm512_permutex2var_ps(v0_, ie_, v1_);                                               \
         (o) = _mm512_permutex2var_ps(v0_, _mm512_add_epi32(ie_, _mm512_set1_epi32(1)), v1_);       \
     } while (0)
-#include "dw_body.h"
+#include "planes_body.h"
 #undef DW_SFX
 #undef DW_ATTR
 #undef V

@@ -1,6 +1,7 @@
 /*
- * dw_body.h — the 3x3 depthwise kernels (stride 1 and 2), written once over a vector type and
- * included by depthwise.c once per kernel set, with these defined:
+ * planes_body.h — per-plane vector kernels: the 3x3 depthwise convs (stride 1 and 2) and max
+ * pooling with stride 2 across columns, written once over a vector type and included by planes.c
+ * once per kernel set, with these defined:
  *   DW_ATTR           function attribute (the target), DW_SFX(name) the per-set name
  *   V, VL             vector type and its lanes
  *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
@@ -196,6 +197,104 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
             DW_SFX(dw_s2_step)(&t, e0 + x, e1 + x, e2 + x, eo, q0 ? q0 + x : NULL, NULL, o0 + x,
                                NULL);
             if (x + VL >= OW) break;
+        }
+    }
+}
+
+
+/* d[0..n) = max over the rows r[0 .. nr) (nr >= 1) in one pass, in vectors (the last one
+ * overlapping), scalars only below VL. */
+DW_ATTR static inline void DW_SFX(pool_rows_max)(float *restrict d, const float *const *r, int nr,
+                                                 int64_t n)
+{
+    int64_t j = 0;
+    if (n >= VL)
+        for (;; j += VL) {
+            if (j + VL > n) j = n - VL;
+            V v = LD(r[0] + j);
+            for (int t = 1; t < nr; t++) v = MAX(LD(r[t] + j), v);
+            ST(d + j, v);
+            if (j + VL >= n) return;
+        }
+    for (; j < n; j++) {
+        float v = r[0][j];
+        for (int t = 1; t < nr; t++) v = r[t][j] > v ? r[t][j] : v;
+        d[j] = v;
+    }
+}
+
+/* Outputs x .. x+VL-1 of a row from the row max q: max(q[2x], q[2x+1] (, q[2x+2])). */
+DW_ATTR static inline __attribute__((always_inline)) void DW_SFX(pool_s2_step)(const float *q,
+                                                                              int k3, float *o)
+{
+    V e, od, m;
+    SPLIT2(q, e, od);
+    m = MAX(e, od);
+    if (k3) {
+        V e1;
+        SPLIT2(q + 2, e1, od);
+        m = MAX(e1, m);
+    }
+    ST(o, m);
+}
+
+/* MaxPool with column stride 2, a window 2 or 3 columns and at most CPU_POOL_MAX_KH rows (no
+ * dilation), a chunk of
+ * planes at a time: first the max over each output row's window rows into rowm (rows of PW,
+ * -FLT_MAX where padded, see cpu_maxpool_scratch), then over each output's columns from the
+ * even / odd split of those rows. Two passes over the chunk rather than one per row: a row read
+ * right after its (overlapping) vector stores would stall on store-to-load forwarding. */
+DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, float *y, float *rowm)
+{
+    const int64_t OW = g->OW, OH = g->OH, PW = (OW - 1) * 2 + g->kw, NC = g->N * g->C;
+    const int64_t px0 = g->pl < PW ? g->pl : PW;
+    const int64_t px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
+    const int64_t nin = px1 > px0 ? px1 - px0 : 0;
+    const int64_t chunk = cpu_maxpool_chunk(g), rows = chunk * OH;
+    const int k3 = g->kw == 3;
+    for (int64_t r = 0; r < rows; r++) { /* borders: the same for every chunk */
+        for (int64_t px = 0; px < px0; px++) rowm[r * PW + px] = -FLT_MAX;
+        for (int64_t px = px0 + nin; px < PW; px++) rowm[r * PW + px] = -FLT_MAX;
+    }
+    for (int64_t px = rows * PW; px < rows * PW + CPU_POOL_SLACK; px++) rowm[px] = -FLT_MAX;
+    for (int64_t nc0 = 0; nc0 < NC; nc0 += chunk) {
+        const int64_t nk = NC - nc0 < chunk ? NC - nc0 : chunk;
+        for (int64_t k = 0; k < nk; k++) {
+            const float *p = x + (nc0 + k) * g->H * g->W;
+            for (int64_t oy = 0; oy < OH; oy++) {
+                float *rm = rowm + (k * OH + oy) * PW + px0;
+                const float *r[CPU_POOL_MAX_KH];
+                int nr = 0;
+                for (int64_t ky = 0; ky < g->kh; ky++) {
+                    const int64_t iy = oy * g->sh - g->pt + ky * g->dh;
+                    if (iy >= 0 && iy < g->H) r[nr++] = p + iy * g->W + (px0 - g->pl);
+                }
+                if (nr)
+                    DW_SFX(pool_rows_max)(rm, r, nr, nin);
+                else
+                    for (int64_t t = 0; t < nin; t++) rm[t] = -FLT_MAX;
+            }
+        }
+        /* Output rows are contiguous: a row narrower than VL is stored whole, its tail
+         * overwritten by the next row; the rows within VL of the tensor's end go through a local tile. */
+        float *o = y + nc0 * OH * OW, *const end = y + NC * OH * OW;
+        for (int64_t r = 0; r < nk * OH; r++, o += OW) {
+            const float *q = rowm + r * PW;
+            if (OW < VL) {
+                if (end - o >= VL) {
+                    DW_SFX(pool_s2_step)(q, k3, o);
+                } else {
+                    float t_[VL];
+                    DW_SFX(pool_s2_step)(q, k3, t_);
+                    for (int64_t ox = 0; ox < OW; ox++) o[ox] = t_[ox];
+                }
+                continue;
+            }
+            for (int64_t ox = 0;; ox += VL) {
+                if (ox + VL > OW) ox = OW - VL;
+                DW_SFX(pool_s2_step)(q + 2 * ox, k3, o + ox);
+                if (ox + VL >= OW) break;
+            }
         }
     }
 }
