@@ -375,6 +375,9 @@ static void test_conv(void)
         {2, 16, 10, 10, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},    /* 1x1, batch 2 */
         {1, 12, 17, 19, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 12},   /* depthwise fast */
         {1, 6, 8, 40, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6},       /* depthwise wide rows */
+        {1, 5, 7, 8, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 5},        /* depthwise, one AVX2 vector */
+        {1, 3, 6, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3},       /* depthwise, one AVX-512 vector */
+        {1, 4, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},        /* depthwise, narrower than a vector */
         {1, 64, 9, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* K = 576: two k blocks */
         {1, 3, 30, 30, 16, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1},     /* stem-like 7x7/2 */
         {1, 4, 64, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* many N blocks */
@@ -425,6 +428,8 @@ static void test_conv(void)
     test_conv_case(&pw, 1, 1 | 2, "1x1+BN+Add");
     test_conv_case(&dw, 0, 1 | 8, "dw+BN+Clip");
     test_conv_case(&dw, 1, 2 | 4, "dw+Add+Relu");
+    const conv_p dwr = {1, 8, 9, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8}; /* >= 1 AVX-512 vector */
+    test_conv_case(&dwr, 1, 1 | 2 | 8, "dw+BN+Add+Clip, rows read in place");
     test_conv_case(&dw2, 0, 1 | 4, "dw s2+BN+Relu");
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
     test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");

@@ -313,9 +313,6 @@ __attribute__((target("avx2,fma"))) static void uk_avx2_rows(int rows, int64_t k
     }
 }
 
-/* AVX-512 depthwise 3x3 stride 1, two output rows per pass (four input rows loaded once for
- * both): 16 outputs per step, FMAs on unaligned loads, the epilogue in registers, masked loads
- * and stores only for a row's last partial vector. */
 #endif /* CPU_HAVE_X86 */
 
 /* ---- packing --------------------------------------------------------------------------------- */

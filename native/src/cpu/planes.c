@@ -50,6 +50,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define FMA(a, b, c) ((a) * (b) + (c))
 #define MAX(a, b) dwp_max((a), (b))
 #define MIN(a, b) dwp_min((a), (b))
+#define DW_MASKED 0
 #define SPLIT2(p, e, o)                                                                            \
     do {                                                                                           \
         (e) = (dwv4){(p)[0], (p)[2], (p)[4], (p)[6]};                                              \
@@ -69,6 +70,9 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MAX
 #undef MIN
 #undef SPLIT2
+#undef DW_MASKED
+#undef MLD_FIRST0
+#undef MLD_LAST0
 
 #if defined(__aarch64__)
 #define DW_SFX(name) name##_neon
@@ -81,6 +85,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MUL(a, b) vmulq_f32((a), (b))
 #define ADD(a, b) vaddq_f32((a), (b))
 #define FMA(a, b, c) vfmaq_f32((c), (a), (b))
+#define DW_MASKED 0
 #define MAX(a, b) vmaxq_f32((a), (b))
 #define MIN(a, b) vminq_f32((a), (b))
 #define SPLIT2(p, e, o)                                                                            \
@@ -103,6 +108,9 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MAX
 #undef MIN
 #undef SPLIT2
+#undef DW_MASKED
+#undef MLD_FIRST0
+#undef MLD_LAST0
 #endif
 
 #if defined(CPU_HAVE_X86)
@@ -116,6 +124,9 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MUL(a, b) _mm256_mul_ps((a), (b))
 #define ADD(a, b) _mm256_add_ps((a), (b))
 #define FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define DW_MASKED 1
+#define MLD_FIRST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1))
+#define MLD_LAST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0))
 #define MAX(a, b) _mm256_max_ps((a), (b))
 #define MIN(a, b) _mm256_min_ps((a), (b))
 /* shuffle_ps picks (even, even) per 128-bit lane of (v0, v1); permute4x64 puts v0's pairs first */
@@ -141,6 +152,9 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MAX
 #undef MIN
 #undef SPLIT2
+#undef DW_MASKED
+#undef MLD_FIRST0
+#undef MLD_LAST0
 
 #define DW_SFX(name) name##_avx512
 #define DW_ATTR __attribute__((target("avx512f")))
@@ -152,6 +166,9 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MUL(a, b) _mm512_mul_ps((a), (b))
 #define ADD(a, b) _mm512_add_ps((a), (b))
 #define FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define DW_MASKED 1
+#define MLD_FIRST0(p) _mm512_maskz_loadu_ps((__mmask16)0xFFFE, (p))
+#define MLD_LAST0(p) _mm512_maskz_loadu_ps((__mmask16)0x7FFF, (p))
 #define MAX(a, b) _mm512_max_ps((a), (b))
 #define MIN(a, b) _mm512_min_ps((a), (b))
 #define SPLIT2(p, e, o)                                                                            \
@@ -176,4 +193,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MAX
 #undef MIN
 #undef SPLIT2
+#undef DW_MASKED
+#undef MLD_FIRST0
+#undef MLD_LAST0
 #endif

@@ -7,6 +7,8 @@
  *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
  *   MUL, ADD, MAX, MIN, FMA(a, b, c) = a*b + c (one rounding where the set has an FMA)
  *   SPLIT2(p, e, o)   e / o = the even / odd floats of p[0 .. 2*VL)
+ *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
+ *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
  * Each kernel pads (or splits) its plane itself into a->pad with full-width copies, then keeps
  * the nine taps, pre-multiplied by the folded BN scale, in registers. Rows are done in whole
  * vectors; a row that is not a multiple of VL ends with one more vector over its last VL outputs
@@ -53,29 +55,42 @@ DW_SFX(dw_out)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o)
     ST(o, MIN(MAX(y, t->lo), t->hi));
 }
 
-/* Outputs x .. x+VL-1 of output rows o0 (padded input rows r0..r2) and, if o1, o1 (r1..r3):
- * the taps on rows r1 and r2 share their loads. q0/q1: residual rows or NULL. */
+/* The three taps of one row at p, p + 1, p + 2; with DW_MASKED, edge bit 0 leaves lane 0 of the
+ * first and bit 1 the last lane of the third unread (zero): image rows read in place. */
+#if DW_MASKED
+#define DW_TAP3(p, edge, x0, x1, x2)                                                               \
+    const V x0 = ((edge) & 1) ? MLD_FIRST0(p) : LD(p), x1 = LD((p) + 1),                          \
+            x2 = ((edge) & 2) ? MLD_LAST0((p) + 2) : LD((p) + 2)
+#else
+#define DW_TAP3(p, edge, x0, x1, x2) const V x0 = LD(p), x1 = LD((p) + 1), x2 = LD((p) + 2)
+#endif
+
+/* Outputs x .. x+VL-1 of output rows o0 (input rows r0..r2, taps at r + 0, 1, 2) and, if o1, o1
+ * (r1..r3): the taps on rows r1 and r2 share their loads. q0/q1: residual rows or NULL. */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, const float *r2,
-                   const float *r3, const float *q0, const float *q1, float *o0, float *o1)
+                   const float *r3, int edge, const float *q0, const float *q1, float *o0,
+                   float *o1)
 {
-    const V b0 = LD(r1), b1 = LD(r1 + 1), b2 = LD(r1 + 2);
-    const V c0 = LD(r2), c1 = LD(r2 + 1), c2 = LD(r2 + 2);
-    V p = FMA(t->w[0], LD(r0), t->b), q = MUL(t->w[3], b0), u = MUL(t->w[6], c0);
-    p = FMA(t->w[1], LD(r0 + 1), p);
+    DW_TAP3(r0, edge, a0, a1, a2);
+    DW_TAP3(r1, edge, b0, b1, b2);
+    DW_TAP3(r2, edge, c0, c1, c2);
+    V p = FMA(t->w[0], a0, t->b), q = MUL(t->w[3], b0), u = MUL(t->w[6], c0);
+    p = FMA(t->w[1], a1, p);
     q = FMA(t->w[4], b1, q);
     u = FMA(t->w[7], c1, u);
-    p = FMA(t->w[2], LD(r0 + 2), p);
+    p = FMA(t->w[2], a2, p);
     q = FMA(t->w[5], b2, q);
     u = FMA(t->w[8], c2, u);
     if (o1) {
-        V p2 = FMA(t->w[0], b0, t->b), q2 = MUL(t->w[3], c0), u2 = MUL(t->w[6], LD(r3));
+        DW_TAP3(r3, edge, d0, d1, d2);
+        V p2 = FMA(t->w[0], b0, t->b), q2 = MUL(t->w[3], c0), u2 = MUL(t->w[6], d0);
         p2 = FMA(t->w[1], b1, p2);
         q2 = FMA(t->w[4], c1, q2);
-        u2 = FMA(t->w[7], LD(r3 + 1), u2);
+        u2 = FMA(t->w[7], d1, u2);
         p2 = FMA(t->w[2], b2, p2);
         q2 = FMA(t->w[5], c2, q2);
-        u2 = FMA(t->w[8], LD(r3 + 2), u2);
+        u2 = FMA(t->w[8], d2, u2);
         DW_SFX(dw_out)(ADD(ADD(p2, q2), u2), t, q1, o1);
     }
     DW_SFX(dw_out)(ADD(ADD(p, q), u), t, q0, o0);
@@ -102,26 +117,69 @@ DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, i
     float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
     if (OW < VL) {
-        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3);
+        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, 0);
         return;
     }
     for (int64_t x = 0;; x += VL) {
         if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
-        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, res ? q0 + x : NULL,
+        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, 0, res ? q0 + x : NULL,
                            (res && two) ? q1 + x : NULL, o0 + x, two ? o1 + x : NULL);
         if (x + VL >= OW) break;
     }
 }
 
+#if DW_MASKED
+/* "Same" padding (1 on each side, OW == W >= VL) read in place: rows outside the image are a
+ * zero row, the columns outside it the unread lanes of the first and last vector (DW_TAP3). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                           int64_t oy, int two, int res)
+{
+    const int64_t OW = a->OW, H = a->H;
+    const float *rr[4];
+    for (int i = 0; i < 4; i++) {
+        const int64_t iy = oy - 1 + i;
+        rr[i] = (iy >= 0 && iy < H) ? a->in + iy * OW : zero;
+    }
+    float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
+    const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
+#define DW_AT(x, edge)                                                                             \
+    DW_SFX(dw_s1_step)(t, rr[0] + (x) - 1, rr[1] + (x) - 1, rr[2] + (x) - 1, rr[3] + (x) - 1,     \
+                       edge, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL, o0 + (x),    \
+                       two ? o1 + (x) : NULL)
+    if (OW == VL) {
+        DW_AT(0, 3);
+        return;
+    }
+    DW_AT(0, 1);
+    for (int64_t x = VL; x + VL < OW; x += VL) DW_AT(x, 0);
+    DW_AT(OW - VL, 2);
+#undef DW_AT
+}
+#endif
+
 DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
 {
     const int64_t OH = a->OH, PW = a->OW + 2, PH = OH + 2;
-    const int64_t n = a->W < PW - a->pl ? a->W : PW - a->pl;
-    for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++)
-        DW_SFX(dw_copy)(a->pad + (iy + a->pt) * PW + a->pl, a->in + iy * a->W, n);
     DW_SFX(dw_taps) t;
     DW_SFX(dw_taps_of)(a, &t);
     int64_t oy = 0;
+#if DW_MASKED
+    if (a->pt == 1 && a->pl == 1 && a->OW == a->W && OH == a->H && a->W >= VL) {
+        const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
+        if (a->res) {
+            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 1);
+            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 1);
+        } else {
+            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 0);
+            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 0);
+        }
+        return;
+    }
+#endif
+    const int64_t n = a->W < PW - a->pl ? a->W : PW - a->pl;
+    for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++)
+        DW_SFX(dw_copy)(a->pad + (iy + a->pt) * PW + a->pl, a->in + iy * a->W, n);
     if (a->res) {
         for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 1);
         if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 1);
@@ -300,3 +358,4 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 }
 
 #undef DW_NARROW
+#undef DW_TAP3
