@@ -76,6 +76,7 @@ uk_neon_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, fl
 #define NDECL(i) float32x4_t c##i##0 = vdupq_n_f32(0.0f), c##i##1 = vdupq_n_f32(0.0f);
     NROWS8(NDECL)
 #undef NDECL
+#pragma GCC unroll 4 /* as the x86 kernels: fewer loop branches per FMA */
     for (int64_t k = 0; k < kc; k++) {
         const float *bk = boff ? b + boff[k] : b + P_NR * k;
         const float32x4_t b0 = vld1q_f32(bk), b1 = vld1q_f32(bk + 4);
@@ -163,6 +164,7 @@ uk_avx512_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, 
 #define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
     ROWS8(DECL)
 #undef DECL
+#pragma GCC unroll 4
     for (int64_t k = 0; k < kc; k++) {
         const float *bk = boff ? b + boff[k] : b + 32 * k;
         const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
@@ -239,6 +241,7 @@ uk_avx2_impl(const int rows, int64_t kc, const float *a, const float *b, const i
 #define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
     ROWS6(DECL)
 #undef DECL
+#pragma GCC unroll 4 /* 1x1 convs have K 16-192: 3-8 % faster than the rolled loop (AVX2) */
     for (int64_t k = 0; k < kc; k++) {
         const float *bk = boff ? b + boff[k] : b + 16 * k;
         const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
