@@ -51,6 +51,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MAX(a, b) dwp_max((a), (b))
 #define MIN(a, b) dwp_min((a), (b))
 #define DW_MASKED 0
+#define DW_ROWS4 1
 #define SPLIT2(p, e, o)                                                                            \
     do {                                                                                           \
         (e) = (dwv4){(p)[0], (p)[2], (p)[4], (p)[6]};                                              \
@@ -71,6 +72,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MIN
 #undef SPLIT2
 #undef DW_MASKED
+#undef DW_ROWS4
 #undef MLD_FIRST0
 #undef MLD_LAST0
 
@@ -86,6 +88,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define ADD(a, b) vaddq_f32((a), (b))
 #define FMA(a, b, c) vfmaq_f32((c), (a), (b))
 #define DW_MASKED 0
+#define DW_ROWS4 1
 #define MAX(a, b) vmaxq_f32((a), (b))
 #define MIN(a, b) vminq_f32((a), (b))
 #define SPLIT2(p, e, o)                                                                            \
@@ -109,6 +112,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MIN
 #undef SPLIT2
 #undef DW_MASKED
+#undef DW_ROWS4
 #undef MLD_FIRST0
 #undef MLD_LAST0
 #endif
@@ -125,6 +129,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define ADD(a, b) _mm256_add_ps((a), (b))
 #define FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define DW_MASKED 1
+#define DW_ROWS4 1
 #define MLD_FIRST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1))
 #define MLD_LAST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0))
 #define MAX(a, b) _mm256_max_ps((a), (b))
@@ -153,6 +158,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MIN
 #undef SPLIT2
 #undef DW_MASKED
+#undef DW_ROWS4
 #undef MLD_FIRST0
 #undef MLD_LAST0
 
@@ -167,6 +173,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define ADD(a, b) _mm512_add_ps((a), (b))
 #define FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define DW_MASKED 1
+#define DW_ROWS4 0
 #define MLD_FIRST0(p) _mm512_maskz_loadu_ps((__mmask16)0xFFFE, (p))
 #define MLD_LAST0(p) _mm512_maskz_loadu_ps((__mmask16)0x7FFF, (p))
 #define MAX(a, b) _mm512_max_ps((a), (b))
@@ -194,6 +201,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #undef MIN
 #undef SPLIT2
 #undef DW_MASKED
+#undef DW_ROWS4
 #undef MLD_FIRST0
 #undef MLD_LAST0
 #endif

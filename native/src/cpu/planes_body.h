@@ -7,6 +7,8 @@
  *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
  *   MUL, ADD, MAX, MIN, FMA(a, b, c) = a*b + c (one rounding where the set has an FMA)
  *   SPLIT2(p, e, o)   e / o = the even / odd floats of p[0 .. 2*VL)
+ *   DW_ROWS4          1: stride 1 runs four output rows per pass where it can (AVX2: 22 % faster
+ *                     than two; AVX-512 15 % slower, so it keeps two)
  *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
  *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
  * Each kernel pads (or splits) its plane itself into a->pad with full-width copies, then keeps
@@ -134,6 +136,74 @@ DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, i
     }
 }
 
+/* Four output rows from six input rows r[0..6) (taps at r + 0, 1, 2): each input row's three
+ * vectors feed the up to three outputs that use it, so 18 loads serve 36 FMAs (the two-row step:
+ * 12 for 18); one FMA chain per output from the bias. Outputs at o[i] + x, residual q[i] + x. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, int edge,
+                    const float *const *q, float *const *o)
+{
+    V p0, p1, p2, p3;
+    {
+        DW_TAP3(r[0] + x, edge, x0, x1, x2);
+        p0 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
+    }
+    {
+        DW_TAP3(r[1] + x, edge, x0, x1, x2);
+        p0 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p0)));
+        p1 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
+    }
+    {
+        DW_TAP3(r[2] + x, edge, x0, x1, x2);
+        p0 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p0)));
+        p1 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p1)));
+        p2 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
+    }
+    DW_SFX(dw_out)(p0, t, q[0] ? q[0] + x : NULL, o[0] + x);
+    {
+        DW_TAP3(r[3] + x, edge, x0, x1, x2);
+        p1 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p1)));
+        p2 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p2)));
+        p3 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
+    }
+    DW_SFX(dw_out)(p1, t, q[1] ? q[1] + x : NULL, o[1] + x);
+    {
+        DW_TAP3(r[4] + x, edge, x0, x1, x2);
+        p2 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p2)));
+        p3 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p3)));
+    }
+    DW_SFX(dw_out)(p2, t, q[2] ? q[2] + x : NULL, o[2] + x);
+    {
+        DW_TAP3(r[5] + x, edge, x0, x1, x2);
+        p3 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p3)));
+    }
+    DW_SFX(dw_out)(p3, t, q[3] ? q[3] + x : NULL, o[3] + x);
+}
+
+/* Output rows oy .. oy+3 over the padded plane (taps at pad row + x); OW < VL: as 2 x 2 rows. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int res)
+{
+    const int64_t OW = a->OW, PW = OW + 2;
+    if (OW < VL) {
+        DW_SFX(dw_s1_rows)(t, a, oy, 1, res);
+        DW_SFX(dw_s1_rows)(t, a, oy + 2, 1, res);
+        return;
+    }
+    const float *r[6], *q[4];
+    float *o[4];
+    for (int i = 0; i < 6; i++) r[i] = a->pad + (oy + i) * PW;
+    for (int i = 0; i < 4; i++) {
+        o[i] = a->out + (oy + i) * OW;
+        q[i] = res ? a->res + (oy + i) * OW : NULL;
+    }
+    for (int64_t x = 0;; x += VL) {
+        if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
+        DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
+        if (x + VL >= OW) break;
+    }
+}
+
 #if DW_MASKED
 /* "Same" padding (1 on each side, OW == W >= VL) read in place: rows outside the image are a
  * zero row, the columns outside it the unread lanes of the first and last vector (DW_TAP3). */
@@ -162,6 +232,31 @@ DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
     DW_AT(OW - VL, 2);
 #undef DW_AT
 }
+
+/* The same for output rows oy .. oy+3 (dw_s1_step4). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows4_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                            int64_t oy, int res)
+{
+    const int64_t OW = a->OW, H = a->H;
+    const float *r[6], *q[4];
+    float *o[4];
+    for (int i = 0; i < 6; i++) { /* r[i] - 1: column -1 is the unread lane of the first vector */
+        const int64_t iy = oy - 1 + i;
+        r[i] = ((iy >= 0 && iy < H) ? a->in + iy * OW : zero) - 1;
+    }
+    for (int i = 0; i < 4; i++) {
+        o[i] = a->out + (oy + i) * OW;
+        q[i] = res ? a->res + (oy + i) * OW : NULL;
+    }
+    if (OW == VL) {
+        DW_SFX(dw_s1_step4)(t, r, 0, 3, q, o);
+        return;
+    }
+    DW_SFX(dw_s1_step4)(t, r, 0, 1, q, o);
+    for (int64_t x = VL; x + VL < OW; x += VL) DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
+    DW_SFX(dw_s1_step4)(t, r, OW - VL, 2, q, o);
+}
 #endif
 
 DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
@@ -174,9 +269,11 @@ DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
     if (a->pt == 1 && a->pl == 1 && a->OW == a->W && OH == a->H && a->W >= VL) {
         const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
         if (a->res) {
+            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 1);
             for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 1);
             if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 1);
         } else {
+            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 0);
             for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 0);
             if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 0);
         }
@@ -187,9 +284,11 @@ DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
     for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++)
         DW_SFX(dw_copy)(a->pad + (iy + a->pt) * PW + a->pl, a->in + iy * a->W, n);
     if (a->res) {
+        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 1);
         for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 1);
         if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 1);
     } else {
+        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 0);
         for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 0);
         if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 0);
     }
