@@ -378,6 +378,7 @@ static void test_conv(void)
         {1, 5, 7, 8, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 5},        /* depthwise, one AVX2 vector */
         {1, 3, 6, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3},       /* depthwise, one AVX-512 vector */
         {1, 4, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},        /* depthwise, narrower than a vector */
+        {1, 4, 9, 40, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},       /* depthwise s2, rows of 20 */
         {1, 64, 9, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* K = 576: two k blocks */
         {1, 3, 30, 30, 16, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1},     /* stem-like 7x7/2 */
         {1, 4, 64, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* many N blocks */
@@ -431,6 +432,8 @@ static void test_conv(void)
     const conv_p dwr = {1, 8, 9, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8}; /* >= 1 AVX-512 vector */
     test_conv_case(&dwr, 1, 1 | 2 | 8, "dw+BN+Add+Clip, rows read in place");
     test_conv_case(&dw2, 0, 1 | 4, "dw s2+BN+Relu");
+    const conv_p dw2w = {1, 6, 12, 37, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6}; /* rows of 19 */
+    test_conv_case(&dw2w, 1, 1 | 2 | 4, "dw s2+BN+Add+Relu, two rows per pass");
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
     test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");
     test_conv_case(&c3, 0, 4, "3x3+Relu");

@@ -335,6 +335,34 @@ DW_SFX(dw_s2_step)(const DW_SFX(dw_taps) *t, const float *e0, const float *e1, c
     DW_SFX(dw_out)(p, t, q0, o0);
 }
 
+/* Two output rows (padded rows 2oy .. 2oy+4): the shared row 2oy+2 is loaded once. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64_t eo,
+                    const float *q0, const float *q1, float *o0, float *o1)
+{
+    const float *e1 = e0 + PE, *e2 = e1 + PE, *e3 = e2 + PE, *e4 = e3 + PE;
+    const V m0 = LD(e2), m1 = LD(e2 + eo), m2 = LD(e2 + 1);
+    V p = FMA(t->w[0], LD(e0), t->b), r = FMA(t->w[0], m0, t->b);
+    p = FMA(t->w[1], LD(e0 + eo), p);
+    r = FMA(t->w[1], m1, r);
+    p = FMA(t->w[2], LD(e0 + 1), p);
+    r = FMA(t->w[2], m2, r);
+    p = FMA(t->w[3], LD(e1), p);
+    r = FMA(t->w[3], LD(e3), r);
+    p = FMA(t->w[4], LD(e1 + eo), p);
+    r = FMA(t->w[4], LD(e3 + eo), r);
+    p = FMA(t->w[5], LD(e1 + 1), p);
+    r = FMA(t->w[5], LD(e3 + 1), r);
+    p = FMA(t->w[6], m0, p);
+    r = FMA(t->w[6], LD(e4), r);
+    p = FMA(t->w[7], m1, p);
+    r = FMA(t->w[7], LD(e4 + eo), r);
+    p = FMA(t->w[8], m2, p);
+    r = FMA(t->w[8], LD(e4 + 1), r);
+    DW_SFX(dw_out)(p, t, q0, o0);
+    DW_SFX(dw_out)(r, t, q1, o1);
+}
+
 /* Over the even columns E (PH rows of OW + 1) then the odd columns O (PH rows of OW + 1, the
  * last unused) of the padded plane, so output x reads E[x], O[x], E[x+1]: unit-stride loads. */
 DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
@@ -347,7 +375,20 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
     }
     DW_SFX(dw_taps) t;
     DW_SFX(dw_taps_of)(a, &t);
-    for (int64_t oy = 0; oy < OH; oy++) {
+    int64_t oy = 0;
+    if (OW >= VL)
+        for (; oy + 1 < OH; oy += 2) {
+            const float *e0 = a->pad + 2 * oy * PE;
+            float *o0 = a->out + oy * OW;
+            const float *q0 = a->res ? a->res + oy * OW : NULL;
+            for (int64_t x = 0;; x += VL) {
+                if (x + VL > OW) x = OW - VL;
+                DW_SFX(dw_s2_step2)(&t, e0 + x, PE, eo, q0 ? q0 + x : NULL,
+                                    q0 ? q0 + OW + x : NULL, o0 + x, o0 + OW + x);
+                if (x + VL >= OW) break;
+            }
+        }
+    for (; oy < OH; oy++) {
         const float *e0 = a->pad + 2 * oy * PE, *e1 = e0 + PE, *e2 = e1 + PE;
         float *o0 = a->out + oy * OW;
         const float *q0 = a->res ? a->res + oy * OW : NULL;
