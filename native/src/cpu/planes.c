@@ -57,24 +57,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (e) = (dwv4){(p)[0], (p)[2], (p)[4], (p)[6]};                                              \
         (o) = (dwv4){(p)[1], (p)[3], (p)[5], (p)[7]};                                              \
     } while (0)
-#include "planes_body.h"
-#undef DW_SFX
-#undef DW_ATTR
-#undef V
-#undef VL
-#undef LD
-#undef ST
-#undef SET1
-#undef MUL
-#undef ADD
-#undef FMA
-#undef MAX
-#undef MIN
-#undef SPLIT2
-#undef DW_MASKED
-#undef DW_ROWS4
-#undef MLD_FIRST0
-#undef MLD_LAST0
+#include "planes_body.h" /* which #undefs the parameters above */
 
 #if defined(__aarch64__)
 #define DW_SFX(name) name##_neon
@@ -97,24 +80,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (e) = t_.val[0];                                                                           \
         (o) = t_.val[1];                                                                           \
     } while (0)
-#include "planes_body.h"
-#undef DW_SFX
-#undef DW_ATTR
-#undef V
-#undef VL
-#undef LD
-#undef ST
-#undef SET1
-#undef MUL
-#undef ADD
-#undef FMA
-#undef MAX
-#undef MIN
-#undef SPLIT2
-#undef DW_MASKED
-#undef DW_ROWS4
-#undef MLD_FIRST0
-#undef MLD_LAST0
+#include "planes_body.h" /* which #undefs the parameters above */
 #endif
 
 #if defined(CPU_HAVE_X86)
@@ -143,24 +109,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (o) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                             \
             _mm256_castps_pd(_mm256_shuffle_ps(v0_, v1_, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));       \
     } while (0)
-#include "planes_body.h"
-#undef DW_SFX
-#undef DW_ATTR
-#undef V
-#undef VL
-#undef LD
-#undef ST
-#undef SET1
-#undef MUL
-#undef ADD
-#undef FMA
-#undef MAX
-#undef MIN
-#undef SPLIT2
-#undef DW_MASKED
-#undef DW_ROWS4
-#undef MLD_FIRST0
-#undef MLD_LAST0
+#include "planes_body.h" /* which #undefs the parameters above */
 
 #define DW_SFX(name) name##_avx512
 #define DW_ATTR __attribute__((target("avx512f")))
@@ -186,22 +135,5 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         (e) = _mm512_permutex2var_ps(v0_, ie_, v1_);                                               \
         (o) = _mm512_permutex2var_ps(v0_, _mm512_add_epi32(ie_, _mm512_set1_epi32(1)), v1_);       \
     } while (0)
-#include "planes_body.h"
-#undef DW_SFX
-#undef DW_ATTR
-#undef V
-#undef VL
-#undef LD
-#undef ST
-#undef SET1
-#undef MUL
-#undef ADD
-#undef FMA
-#undef MAX
-#undef MIN
-#undef SPLIT2
-#undef DW_MASKED
-#undef DW_ROWS4
-#undef MLD_FIRST0
-#undef MLD_LAST0
+#include "planes_body.h" /* which #undefs the parameters above */
 #endif

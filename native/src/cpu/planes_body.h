@@ -11,13 +11,15 @@
  *                     than two; AVX-512 15 % slower, so it keeps two)
  *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
  *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
- * Each kernel pads (or splits) its plane itself into a->pad with full-width copies, then keeps
- * the nine taps, pre-multiplied by the folded BN scale, in registers. Rows are done in whole
- * vectors; a row that is not a multiple of VL ends with one more vector over its last VL outputs
- * (recomputing a few, no masks or scalar tail), and a row narrower than VL goes through a local
- * tile. The zero border of a->pad is the caller's (conv.c sets it once per call; the kernels
- * write only image cells), and a->pad has DW_PAD_SLACK floats of slack for the local tile's
- * reads past the last row.
+ * (all #undef'd at the end of this file). The depthwise kernels read the image in place (stride
+ * 1, "same" padding, DW_MASKED) or pad / even-odd split their plane into a->pad with full-width
+ * copies, keep the nine taps, pre-multiplied by the folded BN scale, in registers and run one FMA
+ * chain per output from the BN bias, several output rows per pass sharing the input rows' loads.
+ * Rows are done in whole vectors; a row that is not a multiple of VL ends with one more vector
+ * over its last VL outputs (recomputing a few, no masks or scalar tail), and a row narrower than
+ * VL goes through a local tile. The zero border of a->pad is the caller's (conv.c sets it once
+ * per call; the kernels write only image cells), and a->pad has CPU_DW_PAD_SLACK floats of slack
+ * for the local tile's reads past the last row.
  */
 
 /* dst[0..n) = src[0..n) in vectors (the last one overlapping), scalars only below VL. Rows are
@@ -49,6 +51,13 @@ DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_ta
     t->hi = SET1(a->hi);
 }
 
+/* acc + the three taps of kernel row k on the vectors x0, x1, x2 (one FMA chain) */
+DW_ATTR static inline __attribute__((always_inline)) V
+DW_SFX(dw_krow)(const DW_SFX(dw_taps) *t, int k, V x0, V x1, V x2, V acc)
+{
+    return FMA(t->w[3 * k + 2], x2, FMA(t->w[3 * k + 1], x1, FMA(t->w[3 * k], x0, acc)));
+}
+
 /* bias + residual, clamp, store */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_out)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o)
@@ -76,32 +85,18 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
                    const float *r3, int edge, const float *q0, const float *q1, float *o0,
                    float *o1)
 {
+#define KROW DW_SFX(dw_krow)
     DW_TAP3(r0, edge, a0, a1, a2);
     DW_TAP3(r1, edge, b0, b1, b2);
     DW_TAP3(r2, edge, c0, c1, c2);
-    V p = FMA(t->w[0], a0, t->b);
-    V p2 = FMA(t->w[0], b0, t->b);
-    p = FMA(t->w[1], a1, p);
-    p2 = FMA(t->w[1], b1, p2);
-    p = FMA(t->w[2], a2, p);
-    p2 = FMA(t->w[2], b2, p2);
-    p = FMA(t->w[3], b0, p);
-    p2 = FMA(t->w[3], c0, p2);
-    p = FMA(t->w[4], b1, p);
-    p2 = FMA(t->w[4], c1, p2);
-    p = FMA(t->w[5], b2, p);
-    p2 = FMA(t->w[5], c2, p2);
-    p = FMA(t->w[6], c0, p);
-    p = FMA(t->w[7], c1, p);
-    p = FMA(t->w[8], c2, p);
+    const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
     if (o1) {
         DW_TAP3(r3, edge, d0, d1, d2);
-        p2 = FMA(t->w[6], d0, p2);
-        p2 = FMA(t->w[7], d1, p2);
-        p2 = FMA(t->w[8], d2, p2);
-        DW_SFX(dw_out)(p2, t, q1, o1);
+        DW_SFX(dw_out)(KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b))),
+                       t, q1, o1);
     }
     DW_SFX(dw_out)(p, t, q0, o0);
+#undef KROW
 }
 
 /* A row of OW < VL outputs: through local tiles (the residual too: its row may end the tensor). */
@@ -143,41 +138,16 @@ DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, int edge,
                     const float *const *q, float *const *o)
 {
-    V p0, p1, p2, p3;
-    {
-        DW_TAP3(r[0] + x, edge, x0, x1, x2);
-        p0 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
+    /* input row i feeds output rows i-2 .. i (kernel rows 2 .. 0); p[j] is output row j */
+    V p[4];
+    for (int i = 0; i < 6; i++) {
+        DW_TAP3(r[i] + x, edge, x0, x1, x2);
+        for (int j = i - 2; j <= i; j++) {
+            if (j < 0 || j > 3) continue;
+            p[j] = DW_SFX(dw_krow)(t, i - j, x0, x1, x2, i == j ? t->b : p[j]);
+        }
+        if (i >= 2) DW_SFX(dw_out)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x);
     }
-    {
-        DW_TAP3(r[1] + x, edge, x0, x1, x2);
-        p0 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p0)));
-        p1 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
-    }
-    {
-        DW_TAP3(r[2] + x, edge, x0, x1, x2);
-        p0 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p0)));
-        p1 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p1)));
-        p2 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
-    }
-    DW_SFX(dw_out)(p0, t, q[0] ? q[0] + x : NULL, o[0] + x);
-    {
-        DW_TAP3(r[3] + x, edge, x0, x1, x2);
-        p1 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p1)));
-        p2 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p2)));
-        p3 = FMA(t->w[2], x2, FMA(t->w[1], x1, FMA(t->w[0], x0, t->b)));
-    }
-    DW_SFX(dw_out)(p1, t, q[1] ? q[1] + x : NULL, o[1] + x);
-    {
-        DW_TAP3(r[4] + x, edge, x0, x1, x2);
-        p2 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p2)));
-        p3 = FMA(t->w[5], x2, FMA(t->w[4], x1, FMA(t->w[3], x0, p3)));
-    }
-    DW_SFX(dw_out)(p2, t, q[2] ? q[2] + x : NULL, o[2] + x);
-    {
-        DW_TAP3(r[5] + x, edge, x0, x1, x2);
-        p3 = FMA(t->w[8], x2, FMA(t->w[7], x1, FMA(t->w[6], x0, p3)));
-    }
-    DW_SFX(dw_out)(p3, t, q[3] ? q[3] + x : NULL, o[3] + x);
 }
 
 /* Output rows oy .. oy+3 over the padded plane (taps at pad row + x); OW < VL: as 2 x 2 rows. */
@@ -323,15 +293,9 @@ DW_SFX(dw_s2_step)(const DW_SFX(dw_taps) *t, const float *e0, const float *e1, c
 {
     (void)q1;
     (void)o1;
-    V p = FMA(t->w[0], LD(e0), t->b);
-    p = FMA(t->w[1], LD(e0 + eo), p);
-    p = FMA(t->w[2], LD(e0 + 1), p);
-    p = FMA(t->w[3], LD(e1), p);
-    p = FMA(t->w[4], LD(e1 + eo), p);
-    p = FMA(t->w[5], LD(e1 + 1), p);
-    p = FMA(t->w[6], LD(e2), p);
-    p = FMA(t->w[7], LD(e2 + eo), p);
-    p = FMA(t->w[8], LD(e2 + 1), p);
+    V p = DW_SFX(dw_krow)(t, 0, LD(e0), LD(e0 + eo), LD(e0 + 1), t->b);
+    p = DW_SFX(dw_krow)(t, 1, LD(e1), LD(e1 + eo), LD(e1 + 1), p);
+    p = DW_SFX(dw_krow)(t, 2, LD(e2), LD(e2 + eo), LD(e2 + 1), p);
     DW_SFX(dw_out)(p, t, q0, o0);
 }
 
@@ -342,23 +306,12 @@ DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64
 {
     const float *e1 = e0 + PE, *e2 = e1 + PE, *e3 = e2 + PE, *e4 = e3 + PE;
     const V m0 = LD(e2), m1 = LD(e2 + eo), m2 = LD(e2 + 1);
-    V p = FMA(t->w[0], LD(e0), t->b), r = FMA(t->w[0], m0, t->b);
-    p = FMA(t->w[1], LD(e0 + eo), p);
-    r = FMA(t->w[1], m1, r);
-    p = FMA(t->w[2], LD(e0 + 1), p);
-    r = FMA(t->w[2], m2, r);
-    p = FMA(t->w[3], LD(e1), p);
-    r = FMA(t->w[3], LD(e3), r);
-    p = FMA(t->w[4], LD(e1 + eo), p);
-    r = FMA(t->w[4], LD(e3 + eo), r);
-    p = FMA(t->w[5], LD(e1 + 1), p);
-    r = FMA(t->w[5], LD(e3 + 1), r);
-    p = FMA(t->w[6], m0, p);
-    r = FMA(t->w[6], LD(e4), r);
-    p = FMA(t->w[7], m1, p);
-    r = FMA(t->w[7], LD(e4 + eo), r);
-    p = FMA(t->w[8], m2, p);
-    r = FMA(t->w[8], LD(e4 + 1), r);
+    V p = DW_SFX(dw_krow)(t, 0, LD(e0), LD(e0 + eo), LD(e0 + 1), t->b);
+    V r = DW_SFX(dw_krow)(t, 0, m0, m1, m2, t->b);
+    p = DW_SFX(dw_krow)(t, 1, LD(e1), LD(e1 + eo), LD(e1 + 1), p);
+    r = DW_SFX(dw_krow)(t, 1, LD(e3), LD(e3 + eo), LD(e3 + 1), r);
+    p = DW_SFX(dw_krow)(t, 2, m0, m1, m2, p);
+    r = DW_SFX(dw_krow)(t, 2, LD(e4), LD(e4 + eo), LD(e4 + 1), r);
     DW_SFX(dw_out)(p, t, q0, o0);
     DW_SFX(dw_out)(r, t, q1, o1);
 }
@@ -507,3 +460,22 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 
 #undef DW_NARROW
 #undef DW_TAP3
+
+/* The parameters are the includer's, set anew for each kernel set. */
+#undef DW_SFX
+#undef DW_ATTR
+#undef V
+#undef VL
+#undef LD
+#undef ST
+#undef SET1
+#undef MUL
+#undef ADD
+#undef FMA
+#undef MAX
+#undef MIN
+#undef SPLIT2
+#undef DW_MASKED
+#undef DW_ROWS4
+#undef MLD_FIRST0
+#undef MLD_LAST0
