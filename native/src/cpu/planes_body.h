@@ -279,7 +279,15 @@ DW_ATTR static inline void DW_SFX(dw_split)(const float *restrict src, int64_t W
         ST(d0 + i, ev);
         ST(d1 + i, od);
     }
-    for (; 2 * i < n; i++) {
+    if (2 * i < n && i > 0) { /* one more pair of vectors over the last whole pairs, overlapping */
+        i = (n - 2 * VL) / 2;
+        V ev, od;
+        SPLIT2(src + 2 * i, ev, od);
+        ST(d0 + i, ev);
+        ST(d1 + i, od);
+        i += VL;
+    }
+    for (; 2 * i < n; i++) { /* rows under 2 VL; else at most the odd last column */
         d0[i] = src[2 * i];
         if (2 * i + 1 < n) d1[i] = src[2 * i + 1];
     }
