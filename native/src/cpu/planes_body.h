@@ -375,7 +375,17 @@ DW_ATTR static inline void DW_SFX(pool_rows_max)(float *restrict d, const float 
                                                  int64_t n)
 {
     int64_t j = 0;
-    if (n >= VL)
+    /* Windows of 2 and 3 rows (all the models') straight-line: a loop over the rows per vector
+     * ran at half the speed. */
+#define DW_POOL_ROWS(EXPR)                                                                         \
+    for (;; j += VL) {                                                                             \
+        if (j + VL > n) j = n - VL;                                                                \
+        ST(d + j, EXPR);                                                                           \
+        if (j + VL >= n) return;                                                                   \
+    }
+    if (n >= VL) {
+        if (nr == 2) DW_POOL_ROWS(MAX(LD(r[1] + j), LD(r[0] + j)))
+        if (nr == 3) DW_POOL_ROWS(MAX(LD(r[2] + j), MAX(LD(r[1] + j), LD(r[0] + j))))
         for (;; j += VL) {
             if (j + VL > n) j = n - VL;
             V v = LD(r[0] + j);
@@ -383,6 +393,8 @@ DW_ATTR static inline void DW_SFX(pool_rows_max)(float *restrict d, const float 
             ST(d + j, v);
             if (j + VL >= n) return;
         }
+    }
+#undef DW_POOL_ROWS
     for (; j < n; j++) {
         float v = r[0][j];
         for (int t = 1; t < nr; t++) v = r[t][j] > v ? r[t][j] : v;
