@@ -375,6 +375,10 @@ static void test_conv(void)
         {2, 16, 10, 10, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},    /* 1x1, batch 2 */
         {1, 12, 17, 19, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 12},   /* depthwise fast */
         {1, 6, 8, 40, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6},       /* depthwise wide rows */
+        {1, 5, 7, 8, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 5},        /* depthwise, one AVX2 vector */
+        {1, 3, 6, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3},       /* depthwise, one AVX-512 vector */
+        {1, 4, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},        /* depthwise, narrower than a vector */
+        {1, 4, 9, 40, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},       /* depthwise s2, rows of 20 */
         {1, 64, 9, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* K = 576: two k blocks */
         {1, 3, 30, 30, 16, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1},     /* stem-like 7x7/2 */
         {1, 4, 64, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},      /* many N blocks */
@@ -425,7 +429,11 @@ static void test_conv(void)
     test_conv_case(&pw, 1, 1 | 2, "1x1+BN+Add");
     test_conv_case(&dw, 0, 1 | 8, "dw+BN+Clip");
     test_conv_case(&dw, 1, 2 | 4, "dw+Add+Relu");
+    const conv_p dwr = {1, 8, 9, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8}; /* >= 1 AVX-512 vector */
+    test_conv_case(&dwr, 1, 1 | 2 | 8, "dw+BN+Add+Clip, rows read in place");
     test_conv_case(&dw2, 0, 1 | 4, "dw s2+BN+Relu");
+    const conv_p dw2w = {1, 6, 12, 37, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6}; /* rows of 19 */
+    test_conv_case(&dw2w, 1, 1 | 2 | 4, "dw s2+BN+Add+Relu, two rows per pass");
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
     test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");
     test_conv_case(&c3, 0, 4, "3x3+Relu");
@@ -768,80 +776,116 @@ static void test_unary(void)
     }
 }
 
-static void test_pool(void)
+typedef struct pool_p {
+    int maxp, N, C, H, W, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, cip, ceil_mode;
+} pool_p;
+
+static void test_pool_case(const pool_p *p)
 {
     char why[160];
-    for (int i = 0; i < 16; i++) {
-        const int maxp = i % 2 == 0;
-        const int N = rint_(1, 2), C = rint_(1, 4), kh = rint_(1, 4), kw = rint_(1, 4);
-        const int sh = rint_(1, 3), sw = rint_(1, 3), dh = maxp ? rint_(1, 2) : 1, dw = maxp ? rint_(1, 2) : 1;
-        const int pt = rint_(0, kh - 1), pl = rint_(0, kw - 1), pb = rint_(0, kh - 1), pr = rint_(0, kw - 1);
-        const int H = dh * (kh - 1) + 1 + rint_(0, 9), W = dw * (kw - 1) + 1 + rint_(0, 9);
-        const int cip = (i / 2) % 2, ceil_mode = i % 4 == 3;
-        int OH = (H + pt + pb - dh * (kh - 1) - 1), OW = (W + pl + pr - dw * (kw - 1) - 1);
-        OH = (ceil_mode ? (OH + sh - 1) / sh : OH / sh) + 1;
-        OW = (ceil_mode ? (OW + sw - 1) / sw : OW / sw) + 1;
-        /* ONNX: the last window must start inside the (left-padded) input. */
-        if (ceil_mode && (OH - 1) * sh >= H + pt) OH--;
-        if (ceil_mode && (OW - 1) * sw >= W + pl) OW--;
-        tg *t = tg_new();
-        const int x = tg_input(t, DIMS(N, C, H, W));
-        rt_attrs a = def_attrs();
-        a.kernel[0] = kh;
-        a.kernel[1] = kw;
-        a.strides[0] = sh;
-        a.strides[1] = sw;
-        a.dilations[0] = dh;
-        a.dilations[1] = dw;
-        a.pads[0] = pt;
-        a.pads[1] = pl;
-        a.pads[2] = pb;
-        a.pads[3] = pr;
-        a.count_include_pad = cip;
-        const int y = tg_node(t, maxp ? RT_OP_MAXPOOL : RT_OP_AVGPOOL, 1, &x, DIMS(N, C, OH, OW), &a);
-        tg_output(t, y);
-        runner r;
-        int rc = tg_plan(t, &r);
-        CHECK(rc == 0, "pool plan: %s", r.err);
-        if (!rc) {
-            const size_t n = (size_t)N * C * OH * OW;
-            double *ref = malloc(n * sizeof(double));
-            const float *px = vdata(t, x);
-            for (int nc = 0; nc < N * C; nc++)
-                for (int oy = 0; oy < OH; oy++)
-                    for (int ox = 0; ox < OW; ox++) {
-                        double acc = maxp ? -INFINITY : 0;
-                        int cnt = 0;
-                        for (int ky = 0; ky < kh; ky++)
-                            for (int kx = 0; kx < kw; kx++) {
-                                const int iy = oy * sh - pt + ky * dh, ix = ox * sw - pl + kx * dw;
-                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-                                const double v = px[(nc * H + iy) * W + ix];
-                                if (maxp) acc = v > acc ? v : acc;
-                                else acc += v;
-                                cnt++;
-                            }
-                        if (!maxp) {
-                            /* count_include_pad: window clipped to the padded extent */
-                            const int hs = oy * sh - pt, ws = ox * sw - pl;
-                            const int he = hs + kh < H + pb ? hs + kh : H + pb;
-                            const int we = ws + kw < W + pr ? ws + kw : W + pr;
-                            const int div = cip ? (he - hs) * (we - ws) : cnt;
-                            acc = div ? acc / div : 0;
+    const int maxp = p->maxp, N = p->N, C = p->C, H = p->H, W = p->W, kh = p->kh, kw = p->kw;
+    const int sh = p->sh, sw = p->sw, dh = p->dh, dw = p->dw, pt = p->pt, pl = p->pl, pb = p->pb;
+    const int pr = p->pr, cip = p->cip, ceil_mode = p->ceil_mode;
+    int OH = (H + pt + pb - dh * (kh - 1) - 1), OW = (W + pl + pr - dw * (kw - 1) - 1);
+    OH = (ceil_mode ? (OH + sh - 1) / sh : OH / sh) + 1;
+    OW = (ceil_mode ? (OW + sw - 1) / sw : OW / sw) + 1;
+    /* ONNX: the last window must start inside the (left-padded) input. */
+    if (ceil_mode && (OH - 1) * sh >= H + pt) OH--;
+    if (ceil_mode && (OW - 1) * sw >= W + pl) OW--;
+    tg *t = tg_new();
+    const int x = tg_input(t, DIMS(N, C, H, W));
+    rt_attrs a = def_attrs();
+    a.kernel[0] = kh;
+    a.kernel[1] = kw;
+    a.strides[0] = sh;
+    a.strides[1] = sw;
+    a.dilations[0] = dh;
+    a.dilations[1] = dw;
+    a.pads[0] = pt;
+    a.pads[1] = pl;
+    a.pads[2] = pb;
+    a.pads[3] = pr;
+    a.count_include_pad = cip;
+    const int y = tg_node(t, maxp ? RT_OP_MAXPOOL : RT_OP_AVGPOOL, 1, &x, DIMS(N, C, OH, OW), &a);
+    tg_output(t, y);
+    runner r;
+    int rc = tg_plan(t, &r);
+    CHECK(rc == 0, "pool plan: %s", r.err);
+    if (!rc) {
+        const size_t n = (size_t)N * C * OH * OW;
+        double *ref = malloc(n * sizeof(double));
+        const float *px = vdata(t, x);
+        for (int nc = 0; nc < N * C; nc++)
+            for (int oy = 0; oy < OH; oy++)
+                for (int ox = 0; ox < OW; ox++) {
+                    double acc = maxp ? -INFINITY : 0;
+                    int cnt = 0;
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) {
+                            const int iy = oy * sh - pt + ky * dh, ix = ox * sw - pl + kx * dw;
+                            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                            const double v = px[(nc * H + iy) * W + ix];
+                            if (maxp) acc = v > acc ? v : acc;
+                            else acc += v;
+                            cnt++;
                         }
-                        ref[(nc * OH + oy) * OW + ox] = acc;
+                    if (!maxp) {
+                        /* count_include_pad: window clipped to the padded extent */
+                        const int hs = oy * sh - pt, ws = ox * sw - pl;
+                        const int he = hs + kh < H + pb ? hs + kh : H + pb;
+                        const int we = ws + kw < W + pr ? ws + kw : W + pr;
+                        const int div = cip ? (he - hs) * (we - ws) : cnt;
+                        acc = div ? acc / div : 0;
                     }
-            float *out[1];
-            rc = tg_run(t, &r, out);
-            CHECK(rc == 0 && close_enough(out[0], ref, n, 1e-6, 1e-5, why, sizeof why),
-                  "%s k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d cip%d ceil%d: %s", maxp ? "maxpool" : "avgpool",
-                  kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, cip, ceil_mode, why);
-            free(out[0]);
-            free(ref);
-        }
-        tg_unplan(&r);
-        tg_free(t);
+                    ref[(nc * OH + oy) * OW + ox] = acc;
+                }
+        float *out[1];
+        rc = tg_run(t, &r, out);
+        CHECK(rc == 0 && close_enough(out[0], ref, n, 1e-6, 1e-5, why, sizeof why),
+              "%s %dx%dx%dx%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d cip%d ceil%d: %s",
+              maxp ? "maxpool" : "avgpool", N, C, H, W, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, cip,
+              ceil_mode, why);
+        free(out[0]);
+        free(ref);
     }
+    tg_unplan(&r);
+    tg_free(t);
+}
+
+static void test_pool(void)
+{
+    for (int i = 0; i < 16; i++) {
+        pool_p p;
+        p.maxp = i % 2 == 0;
+        p.N = rint_(1, 2);
+        p.C = rint_(1, 4);
+        p.kh = rint_(1, 4);
+        p.kw = rint_(1, 4);
+        p.sh = rint_(1, 3);
+        p.sw = rint_(1, 3);
+        p.dh = p.maxp ? rint_(1, 2) : 1;
+        p.dw = p.maxp ? rint_(1, 2) : 1;
+        p.pt = rint_(0, p.kh - 1);
+        p.pl = rint_(0, p.kw - 1);
+        p.pb = rint_(0, p.kh - 1);
+        p.pr = rint_(0, p.kw - 1);
+        p.H = p.dh * (p.kh - 1) + 1 + rint_(0, 9);
+        p.W = p.dw * (p.kw - 1) + 1 + rint_(0, 9);
+        p.cip = (i / 2) % 2;
+        p.ceil_mode = i % 4 == 3;
+        test_pool_case(&p);
+    }
+    /* The stride-2 MaxPool kernel (planes_body.h): rows wider than a vector with an overlapping
+     * last one, narrower than one at the tensor's end, padding, ceil mode, row stride 1. */
+    static const pool_p fixed[] = {
+        {1, 2, 5, 30, 33, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 0}, /* ResNet-stem-like */
+        {1, 1, 7, 12, 12, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* edge-CNN-like, 6 wide */
+        {1, 1, 3, 17, 40, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 1}, /* ceil mode */
+        {1, 1, 2, 9, 37, 2, 2, 2, 2, 1, 1, 0, 0, 0, 1, 0, 1}, /* odd width, end padding */
+        {1, 1, 2, 8, 20, 3, 3, 1, 2, 1, 1, 1, 1, 1, 1, 0, 0}, /* row stride 1 */
+        {1, 1, 33, 4, 70, 2, 3, 2, 2, 1, 1, 0, 1, 0, 1, 0, 0}, /* several chunks */
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) test_pool_case(&fixed[i]);
 }
 
 /* GlobalAveragePool -> Flatten (alias) -> Gemm; Reshape as a graph output (copy); Identity;

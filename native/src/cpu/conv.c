@@ -61,7 +61,7 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
     case CPU_CONV_DW: {
         int64_t PH, PW;
         dw_pad_dims(g, &PH, &PW);
-        return (size_t)(PH * PW) + 16;
+        return (size_t)(PH * (PW + 1)) + CPU_DW_PAD_SLACK; /* + 1: stride 2's odd-column plane */
     }
     default: {
         const int64_t Wp = (g->W + g->sw - 1) / g->sw;
@@ -146,35 +146,14 @@ static inline void copy_strided(float *restrict dst, const float *restrict src, 
         for (int64_t j = 0; j < n; j++) dst[j] = src[j * stride];
 }
 
-/* Stride-2 3x3 depthwise input: the padded plane (PH x PW, PW = 2*OW + 1) as its even columns
- * (PH rows of OW + 1) followed by its odd columns (PH rows of OW), see dw3x3s2_body. Only image
- * cells are written: the zero border, set once, is the same for every channel. */
-static void dw_split_s2(const cpu_conv_geom *g, const float *plane, int64_t PH, int64_t PW,
-                        float *pad)
-{
-    const int64_t PE = (PW + 1) / 2, PO = PW / 2;
-    float *E = pad, *O = pad + PH * PE;
-    for (int64_t iy = 0; iy < g->H; iy++) {
-        const int64_t py = iy + g->pt;
-        if (py >= PH) break;
-        const float *src = plane + iy * g->W;
-        float *e = E + py * PE, *o = O + py * PO;
-        /* padded column p = ix + pl: even p -> e[p / 2], odd p -> o[p / 2]; j ranges keep
-         * 0 <= ix < W and p < PW, with no branch in the (stride-2, vectorisable) loops. */
-        const int64_t pend = g->W + g->pl < PW ? g->W + g->pl : PW;
-        const int64_t je = (g->pl + 1) / 2, jo = g->pl / 2;
-        copy_strided(e + je, src + 2 * je - g->pl, (pend + 1) / 2 - je, 2);
-        copy_strided(o + jo, src + 2 * jo + 1 - g->pl, pend / 2 - jo, 2);
-    }
-}
-
 static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
                     float *y, const cpu_epi *epi, float *pad)
 {
     int64_t PH, PW;
     dw_pad_dims(g, &PH, &PW);
-    /* The border of the padded plane is the same for every channel: zero it once. */
-    memset(pad, 0, (size_t)(PH * PW) * sizeof(float));
+    /* The border of the padded plane is the same for every channel: zero it once (the 3x3
+     * kernels write only image cells). */
+    memset(pad, 0, ((size_t)(PH * (PW + 1)) + CPU_DW_PAD_SLACK) * sizeof(float));
     const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
     const int k3 = g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1;
     const int fast = k3 && g->sh == 1 && g->sw == 1, s2 = k3 && g->sh == 2 && g->sw == 2;
@@ -198,9 +177,7 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     for (int64_t n = 0; n < g->N; n++) {
         for (int64_t c = 0; c < g->C; c++) {
             const float *plane = x + (n * g->C + c) * g->H * g->W;
-            if (s2) {
-                dw_split_s2(g, plane, PH, PW, pad);
-            } else if (px1 > px0) {
+            if (!fast && !s2 && px1 > px0) {
                 /* An inline loop, not memcpy: rows of small planes (24 floats) cost more in
                  * the call than in the copy. */
                 for (int64_t iy = 0; iy < g->H; iy++) {

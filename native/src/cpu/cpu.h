@@ -54,6 +54,39 @@ typedef struct cpu_dw_args {
     float *pad;           /* zero-padded plane, (OH-1)*sh+(kh-1)*dh+1 rows of (OW-1)*sw+(kw-1)*dw+1 */
 } cpu_dw_args;
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
+struct cpu_pool_geom;
+/* The 3x3 kernels (planes.c) pad (stride 1) or split (stride 2) a->in into a->pad themselves,
+ * writing only image cells: the zero border and CPU_DW_PAD_SLACK floats past the padded plane
+ * are the caller's (see cpu_conv_scratch). */
+#define CPU_DW_PAD_SLACK 32
+/* MaxPool row buffer slack past its padded width: the stride-2 kernel reads 2 vectors + 2. */
+#define CPU_POOL_SLACK 48
+#define CPU_POOL_MAX_KH 16 /* window rows the stride-2 kernel takes (more: the general loop) */
+void cpu_dw3x3s1_portable(const cpu_dw_args *a);
+void cpu_dw3x3s2_portable(const cpu_dw_args *a);
+void cpu_maxpool_s2_portable(const struct cpu_pool_geom *g, const float *x, float *y,
+                             float *rowm);
+#if defined(__aarch64__)
+void cpu_dw3x3s1_neon(const cpu_dw_args *a);
+void cpu_dw3x3s2_neon(const cpu_dw_args *a);
+void cpu_maxpool_s2_neon(const struct cpu_pool_geom *g, const float *x, float *y,
+                         float *rowm);
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+void cpu_dw3x3s1_avx2(const cpu_dw_args *a);
+void cpu_dw3x3s2_avx2(const cpu_dw_args *a);
+void cpu_maxpool_s2_avx2(const struct cpu_pool_geom *g, const float *x, float *y,
+                         float *rowm);
+void cpu_dw3x3s1_avx512(const cpu_dw_args *a);
+void cpu_dw3x3s2_avx512(const cpu_dw_args *a);
+void cpu_maxpool_s2_avx512(const struct cpu_pool_geom *g, const float *x, float *y,
+                           float *rowm);
+#endif
+
+/* Max pooling of every plane (ops.c; the stride-2 kernels are in planes.c). scratch: one row of
+ * cpu_maxpool_scratch() floats. */
+typedef void (*cpu_pool_fn)(const struct cpu_pool_geom *g, const float *x, float *y,
+                            float *scratch);
 
 struct cpu_bsrc;
 typedef void (*cpu_sgemm_fn)(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
@@ -66,7 +99,8 @@ typedef struct cpu_isa {
     cpu_ukernel_fn ukernel;
     cpu_sgemm_fn sgemm;   /* the GEMM driver compiled for this ISA (see cpu_sgemm) */
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
-    cpu_dw_fn dw3x3s2;    /* 3x3, stride 2, dilation 1, over even/odd column planes (conv.c) */
+    cpu_dw_fn dw3x3s2;    /* 3x3, stride 2, dilation 1, over even/odd column planes */
+    cpu_pool_fn maxpool_s2; /* MaxPool, column stride 2, window 2 or 3 columns, no dilation */
 } cpu_isa;
 
 /* Picks the best kernel set the running CPU supports (rt_cpu_features, cpuinfo.h);
@@ -169,6 +203,7 @@ typedef struct cpu_pool_geom {
     int count_include_pad;
 } cpu_pool_geom;
 size_t cpu_maxpool_scratch(const cpu_pool_geom *g);
+int64_t cpu_maxpool_chunk(const cpu_pool_geom *g); /* planes per pass of the stride-2 kernel */
 void cpu_maxpool(const cpu_isa *isa, const cpu_pool_geom *g, const float *x, float *y,
                  float *scratch);
 void cpu_avgpool(const cpu_pool_geom *g, const float *x, float *y);

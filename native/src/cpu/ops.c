@@ -161,11 +161,22 @@ static void pool_row_dims(const cpu_pool_geom *g, int64_t *PW)
     *PW = (g->OW - 1) * g->sw + (g->kw - 1) * g->dw + 1;
 }
 
+/* Planes the stride-2 kernel takes per pass: ~16 KB of row maxima (L1), at least one plane. */
+int64_t cpu_maxpool_chunk(const cpu_pool_geom *g)
+{
+    int64_t PW;
+    pool_row_dims(g, &PW);
+    const int64_t per = g->OH * PW, nc = g->N * g->C;
+    const int64_t k = per > 0 ? 4096 / per : 1;
+    return k < 1 ? 1 : (k > nc ? nc : k);
+}
+
 size_t cpu_maxpool_scratch(const cpu_pool_geom *g)
 {
     int64_t PW;
     pool_row_dims(g, &PW);
-    return (size_t)PW + 16;
+    const int64_t rows = g->sw == 2 ? cpu_maxpool_chunk(g) * g->OH : 1;
+    return (size_t)(rows * PW) + CPU_POOL_SLACK;
 }
 
 static inline __attribute__((always_inline)) void maxpool_body(const cpu_pool_geom *g,
@@ -240,6 +251,10 @@ __attribute__((target("avx2,fma"))) static void maxpool_avx2(const cpu_pool_geom
 void cpu_maxpool(const cpu_isa *isa, const cpu_pool_geom *g, const float *x, float *y,
                  float *scratch)
 {
+    if (g->sw == 2 && (g->kw == 2 || g->kw == 3) && g->dw == 1 && g->kh <= CPU_POOL_MAX_KH) {
+        isa->maxpool_s2(g, x, y, scratch);
+        return;
+    }
 #if defined(CPU_HAVE_X86)
     if (isa == cpu_isa_avx512()) {
         maxpool_avx512(g, x, y, scratch);

@@ -1,0 +1,139 @@
+/*
+ * planes.c — per-plane vector kernels of each kernel set: the 3x3 depthwise convs (stride 1 and
+ * 2) and stride-2 max pooling. The body in planes_body.h is written once over a vector type and
+ * instantiated here per set (portable GCC vectors, AVX2+FMA, AVX-512, NEON), so every set runs
+ * the same blocking. conv.c / ops.c pick the kernel (cpu_isa.dw3x3s1 / dw3x3s2 / maxpool_s2);
+ * conv.c owns the zero border of the depthwise padded plane.
+ */
+#include "cpu.h"
+
+#include <float.h>
+#include <string.h>
+
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+#if defined(CPU_HAVE_X86)
+#include <immintrin.h>
+#endif
+
+#define DW_SFX(name) name##_portable
+#define DW_ATTR
+typedef float dwv4 __attribute__((vector_size(16)));
+typedef int32_t dwi4 __attribute__((vector_size(16)));
+static inline dwv4 dwp_ld(const float *p)
+{
+    dwv4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void dwp_st(float *p, dwv4 v) { memcpy(p, &v, sizeof v); }
+static inline dwv4 dwp_set1(float x) { return (dwv4){x, x, x, x}; }
+/* a if a >= b else b (b also where a is NaN, as maxps) */
+static inline dwv4 dwp_max(dwv4 a, dwv4 b)
+{
+    const dwi4 m = a > b;
+    return (dwv4)(((dwi4)a & m) | ((dwi4)b & ~m));
+}
+static inline dwv4 dwp_min(dwv4 a, dwv4 b)
+{
+    const dwi4 m = a < b;
+    return (dwv4)(((dwi4)a & m) | ((dwi4)b & ~m));
+}
+#define V dwv4
+#define VL 4
+#define LD(p) dwp_ld(p)
+#define ST(p, v) dwp_st((p), (v))
+#define SET1(x) dwp_set1(x)
+#define MUL(a, b) ((a) * (b))
+#define ADD(a, b) ((a) + (b))
+#define FMA(a, b, c) ((a) * (b) + (c))
+#define MAX(a, b) dwp_max((a), (b))
+#define MIN(a, b) dwp_min((a), (b))
+#define DW_MASKED 0
+#define DW_ROWS4 1
+#define SPLIT2(p, e, o)                                                                            \
+    do {                                                                                           \
+        (e) = (dwv4){(p)[0], (p)[2], (p)[4], (p)[6]};                                              \
+        (o) = (dwv4){(p)[1], (p)[3], (p)[5], (p)[7]};                                              \
+    } while (0)
+#include "planes_body.h" /* which #undefs the parameters above */
+
+#if defined(__aarch64__)
+#define DW_SFX(name) name##_neon
+#define DW_ATTR
+#define V float32x4_t
+#define VL 4
+#define LD(p) vld1q_f32(p)
+#define ST(p, v) vst1q_f32((p), (v))
+#define SET1(x) vdupq_n_f32(x)
+#define MUL(a, b) vmulq_f32((a), (b))
+#define ADD(a, b) vaddq_f32((a), (b))
+#define FMA(a, b, c) vfmaq_f32((c), (a), (b))
+#define DW_MASKED 0
+#define DW_ROWS4 1
+#define MAX(a, b) vmaxq_f32((a), (b))
+#define MIN(a, b) vminq_f32((a), (b))
+#define SPLIT2(p, e, o)                                                                            \
+    do {                                                                                           \
+        const float32x4x2_t t_ = vld2q_f32(p);                                                     \
+        (e) = t_.val[0];                                                                           \
+        (o) = t_.val[1];                                                                           \
+    } while (0)
+#include "planes_body.h" /* which #undefs the parameters above */
+#endif
+
+#if defined(CPU_HAVE_X86)
+#define DW_SFX(name) name##_avx2
+#define DW_ATTR __attribute__((target("avx2,fma")))
+#define V __m256
+#define VL 8
+#define LD(p) _mm256_loadu_ps(p)
+#define ST(p, v) _mm256_storeu_ps((p), (v))
+#define SET1(x) _mm256_set1_ps(x)
+#define MUL(a, b) _mm256_mul_ps((a), (b))
+#define ADD(a, b) _mm256_add_ps((a), (b))
+#define FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define DW_MASKED 1
+#define DW_ROWS4 1
+#define MLD_FIRST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1))
+#define MLD_LAST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0))
+#define MAX(a, b) _mm256_max_ps((a), (b))
+#define MIN(a, b) _mm256_min_ps((a), (b))
+/* shuffle_ps picks (even, even) per 128-bit lane of (v0, v1); permute4x64 puts v0's pairs first */
+#define SPLIT2(p, e, o)                                                                            \
+    do {                                                                                           \
+        const __m256 v0_ = _mm256_loadu_ps(p), v1_ = _mm256_loadu_ps((p) + 8);                     \
+        (e) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                             \
+            _mm256_castps_pd(_mm256_shuffle_ps(v0_, v1_, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));       \
+        (o) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                             \
+            _mm256_castps_pd(_mm256_shuffle_ps(v0_, v1_, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));       \
+    } while (0)
+#include "planes_body.h" /* which #undefs the parameters above */
+
+#define DW_SFX(name) name##_avx512
+#define DW_ATTR __attribute__((target("avx512f")))
+#define V __m512
+#define VL 16
+#define LD(p) _mm512_loadu_ps(p)
+#define ST(p, v) _mm512_storeu_ps((p), (v))
+#define SET1(x) _mm512_set1_ps(x)
+#define MUL(a, b) _mm512_mul_ps((a), (b))
+#define ADD(a, b) _mm512_add_ps((a), (b))
+#define FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define DW_MASKED 1
+#define DW_ROWS4 0
+#define MLD_FIRST0(p) _mm512_maskz_loadu_ps((__mmask16)0xFFFE, (p))
+#define MLD_LAST0(p) _mm512_maskz_loadu_ps((__mmask16)0x7FFF, (p))
+#define MAX(a, b) _mm512_max_ps((a), (b))
+#define MIN(a, b) _mm512_min_ps((a), (b))
+#define SPLIT2(p, e, o)                                                                            \
+    do {                                                                                           \
+        const __m512 v0_ = _mm512_loadu_ps(p), v1_ = _mm512_loadu_ps((p) + 16);                    \
+        const __m512i ie_ = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,  \
+                                              28, 30);                                             \
+        (e) = _mm512_permutex2var_ps(v0_, ie_, v1_);                                               \
+        (o) = _mm512_permutex2var_ps(v0_, _mm512_add_epi32(ie_, _mm512_set1_epi32(1)), v1_);       \
+    } while (0)
+#include "planes_body.h" /* which #undefs the parameters above */
+#endif

@@ -1,0 +1,501 @@
+/*
+ * planes_body.h — per-plane vector kernels: the 3x3 depthwise convs (stride 1 and 2) and max
+ * pooling with stride 2 across columns, written once over a vector type and included by planes.c
+ * once per kernel set, with these defined:
+ *   DW_ATTR           function attribute (the target), DW_SFX(name) the per-set name
+ *   V, VL             vector type and its lanes
+ *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
+ *   MUL, ADD, MAX, MIN, FMA(a, b, c) = a*b + c (one rounding where the set has an FMA)
+ *   SPLIT2(p, e, o)   e / o = the even / odd floats of p[0 .. 2*VL)
+ *   DW_ROWS4          1: stride 1 runs four output rows per pass where it can (AVX2: 22 % faster
+ *                     than two; AVX-512 15 % slower, so it keeps two)
+ *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
+ *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
+ * (all #undef'd at the end of this file). The depthwise kernels read the image in place (stride
+ * 1, "same" padding, DW_MASKED) or pad / even-odd split their plane into a->pad with full-width
+ * copies, keep the nine taps, pre-multiplied by the folded BN scale, in registers and run one FMA
+ * chain per output from the BN bias, several output rows per pass sharing the input rows' loads.
+ * Rows are done in whole vectors; a row that is not a multiple of VL ends with one more vector
+ * over its last VL outputs (recomputing a few, no masks or scalar tail), and a row narrower than
+ * VL goes through a local tile. The zero border of a->pad is the caller's (conv.c sets it once
+ * per call; the kernels write only image cells), and a->pad has CPU_DW_PAD_SLACK floats of slack
+ * for the local tile's reads past the last row.
+ */
+
+/* dst[0..n) = src[0..n) in vectors (the last one overlapping), scalars only below VL. Rows are
+ * 12-56 floats: the empty asm keeps compilers from making the loop a memmove call, which costs
+ * more than the copy. */
+DW_ATTR static inline void DW_SFX(dw_copy)(float *restrict dst, const float *restrict src,
+                                           int64_t n)
+{
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) {
+        ST(dst + j, LD(src + j));
+        __asm__ volatile("" ::: "memory");
+    }
+    if (j < n && n >= VL)
+        ST(dst + n - VL, LD(src + n - VL));
+    else
+        for (; j < n; j++) dst[j] = src[j];
+}
+
+typedef struct DW_SFX(dw_taps) {
+    V w[9], b, lo, hi;
+} DW_SFX(dw_taps);
+
+DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_taps) *t)
+{
+    for (int k = 0; k < 9; k++) t->w[k] = SET1(a->w[k] * a->scale);
+    t->b = SET1(a->bias);
+    t->lo = SET1(a->lo);
+    t->hi = SET1(a->hi);
+}
+
+/* acc + the three taps of kernel row k on the vectors x0, x1, x2 (one FMA chain) */
+DW_ATTR static inline __attribute__((always_inline)) V
+DW_SFX(dw_krow)(const DW_SFX(dw_taps) *t, int k, V x0, V x1, V x2, V acc)
+{
+    return FMA(t->w[3 * k + 2], x2, FMA(t->w[3 * k + 1], x1, FMA(t->w[3 * k], x0, acc)));
+}
+
+/* bias + residual, clamp, store */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_out)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o)
+{
+    if (q) y = ADD(y, LD(q));
+    ST(o, MIN(MAX(y, t->lo), t->hi));
+}
+
+/* The three taps of one row at p, p + 1, p + 2; with DW_MASKED, edge bit 0 leaves lane 0 of the
+ * first and bit 1 the last lane of the third unread (zero): image rows read in place. */
+#if DW_MASKED
+#define DW_TAP3(p, edge, x0, x1, x2)                                                               \
+    const V x0 = ((edge) & 1) ? MLD_FIRST0(p) : LD(p), x1 = LD((p) + 1),                          \
+            x2 = ((edge) & 2) ? MLD_LAST0((p) + 2) : LD((p) + 2)
+#else
+#define DW_TAP3(p, edge, x0, x1, x2) const V x0 = LD(p), x1 = LD((p) + 1), x2 = LD((p) + 2)
+#endif
+
+/* Outputs x .. x+VL-1 of output rows o0 (input rows r0..r2, taps at r + 0, 1, 2) and, if o1, o1
+ * (r1..r3): the taps on rows r1 and r2 share their loads. q0/q1: residual rows or NULL. One FMA
+ * chain per row from the bias: 9 % faster than three partial sums added at the end (fewer
+ * instructions; the two rows and the next vectors hide the chain's latency). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, const float *r2,
+                   const float *r3, int edge, const float *q0, const float *q1, float *o0,
+                   float *o1)
+{
+#define KROW DW_SFX(dw_krow)
+    DW_TAP3(r0, edge, a0, a1, a2);
+    DW_TAP3(r1, edge, b0, b1, b2);
+    DW_TAP3(r2, edge, c0, c1, c2);
+    const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
+    if (o1) {
+        DW_TAP3(r3, edge, d0, d1, d2);
+        DW_SFX(dw_out)(KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b))),
+                       t, q1, o1);
+    }
+    DW_SFX(dw_out)(p, t, q0, o0);
+#undef KROW
+}
+
+/* A row of OW < VL outputs: through local tiles (the residual too: its row may end the tensor). */
+#define DW_NARROW(STEP, OW, q0, q1, o0, o1, ...)                                                   \
+    do {                                                                                           \
+        float t0_[VL], t1_[VL], s0_[VL], s1_[VL];                                                  \
+        if (q0) memcpy(s0_, q0, (size_t)(OW) * sizeof(float));                                     \
+        if (q1) memcpy(s1_, q1, (size_t)(OW) * sizeof(float));                                     \
+        STEP(__VA_ARGS__, q0 ? s0_ : NULL, q1 ? s1_ : NULL, t0_, o1 ? t1_ : NULL);                \
+        memcpy(o0, t0_, (size_t)(OW) * sizeof(float));                                             \
+        if (o1) memcpy(o1, t1_, (size_t)(OW) * sizeof(float));                                     \
+    } while (0)
+
+/* Output rows oy (and oy + 1 if two) across the plane; `two` and `res` are constants at each
+ * call site, so every variant's loop is straight-line. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int two, int res)
+{
+    const int64_t OW = a->OW, PW = OW + 2;
+    const float *r0 = a->pad + oy * PW, *r1 = r0 + PW, *r2 = r1 + PW, *r3 = two ? r2 + PW : r2;
+    float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
+    const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
+    if (OW < VL) {
+        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, 0);
+        return;
+    }
+    for (int64_t x = 0;; x += VL) {
+        if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
+        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, 0, res ? q0 + x : NULL,
+                           (res && two) ? q1 + x : NULL, o0 + x, two ? o1 + x : NULL);
+        if (x + VL >= OW) break;
+    }
+}
+
+/* Four output rows from six input rows r[0..6) (taps at r + 0, 1, 2): each input row's three
+ * vectors feed the up to three outputs that use it, so 18 loads serve 36 FMAs (the two-row step:
+ * 12 for 18); one FMA chain per output from the bias. Outputs at o[i] + x, residual q[i] + x. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, int edge,
+                    const float *const *q, float *const *o)
+{
+    /* input row i feeds output rows i-2 .. i (kernel rows 2 .. 0); p[j] is output row j */
+    V p[4];
+    for (int i = 0; i < 6; i++) {
+        DW_TAP3(r[i] + x, edge, x0, x1, x2);
+        for (int j = i - 2; j <= i; j++) {
+            if (j < 0 || j > 3) continue;
+            p[j] = DW_SFX(dw_krow)(t, i - j, x0, x1, x2, i == j ? t->b : p[j]);
+        }
+        if (i >= 2) DW_SFX(dw_out)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x);
+    }
+}
+
+/* Output rows oy .. oy+3 over the padded plane (taps at pad row + x); OW < VL: as 2 x 2 rows. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int res)
+{
+    const int64_t OW = a->OW, PW = OW + 2;
+    if (OW < VL) {
+        DW_SFX(dw_s1_rows)(t, a, oy, 1, res);
+        DW_SFX(dw_s1_rows)(t, a, oy + 2, 1, res);
+        return;
+    }
+    const float *r[6], *q[4];
+    float *o[4];
+    for (int i = 0; i < 6; i++) r[i] = a->pad + (oy + i) * PW;
+    for (int i = 0; i < 4; i++) {
+        o[i] = a->out + (oy + i) * OW;
+        q[i] = res ? a->res + (oy + i) * OW : NULL;
+    }
+    for (int64_t x = 0;; x += VL) {
+        if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
+        DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
+        if (x + VL >= OW) break;
+    }
+}
+
+#if DW_MASKED
+/* "Same" padding (1 on each side, OW == W >= VL) read in place: rows outside the image are a
+ * zero row, the columns outside it the unread lanes of the first and last vector (DW_TAP3). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                           int64_t oy, int two, int res)
+{
+    const int64_t OW = a->OW, H = a->H;
+    const float *rr[4];
+    for (int i = 0; i < 4; i++) {
+        const int64_t iy = oy - 1 + i;
+        rr[i] = (iy >= 0 && iy < H) ? a->in + iy * OW : zero;
+    }
+    float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
+    const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
+#define DW_AT(x, edge)                                                                             \
+    DW_SFX(dw_s1_step)(t, rr[0] + (x) - 1, rr[1] + (x) - 1, rr[2] + (x) - 1, rr[3] + (x) - 1,     \
+                       edge, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL, o0 + (x),    \
+                       two ? o1 + (x) : NULL)
+    if (OW == VL) {
+        DW_AT(0, 3);
+        return;
+    }
+    DW_AT(0, 1);
+    for (int64_t x = VL; x + VL < OW; x += VL) DW_AT(x, 0);
+    DW_AT(OW - VL, 2);
+#undef DW_AT
+}
+
+/* The same for output rows oy .. oy+3 (dw_s1_step4). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1_rows4_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                            int64_t oy, int res)
+{
+    const int64_t OW = a->OW, H = a->H;
+    const float *r[6], *q[4];
+    float *o[4];
+    for (int i = 0; i < 6; i++) { /* r[i] - 1: column -1 is the unread lane of the first vector */
+        const int64_t iy = oy - 1 + i;
+        r[i] = ((iy >= 0 && iy < H) ? a->in + iy * OW : zero) - 1;
+    }
+    for (int i = 0; i < 4; i++) {
+        o[i] = a->out + (oy + i) * OW;
+        q[i] = res ? a->res + (oy + i) * OW : NULL;
+    }
+    if (OW == VL) {
+        DW_SFX(dw_s1_step4)(t, r, 0, 3, q, o);
+        return;
+    }
+    DW_SFX(dw_s1_step4)(t, r, 0, 1, q, o);
+    for (int64_t x = VL; x + VL < OW; x += VL) DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
+    DW_SFX(dw_s1_step4)(t, r, OW - VL, 2, q, o);
+}
+#endif
+
+DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
+{
+    const int64_t OH = a->OH, PW = a->OW + 2, PH = OH + 2;
+    DW_SFX(dw_taps) t;
+    DW_SFX(dw_taps_of)(a, &t);
+    int64_t oy = 0;
+#if DW_MASKED
+    if (a->pt == 1 && a->pl == 1 && a->OW == a->W && OH == a->H && a->W >= VL) {
+        const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
+        if (a->res) {
+            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 1);
+            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 1);
+            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 1);
+        } else {
+            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 0);
+            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 0);
+            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 0);
+        }
+        return;
+    }
+#endif
+    const int64_t n = a->W < PW - a->pl ? a->W : PW - a->pl;
+    for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++)
+        DW_SFX(dw_copy)(a->pad + (iy + a->pt) * PW + a->pl, a->in + iy * a->W, n);
+    if (a->res) {
+        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 1);
+        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 1);
+        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 1);
+    } else {
+        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 0);
+        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 0);
+        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 0);
+    }
+}
+
+/* Stride 2: input row iy into the even / odd column planes of the padded plane (padded column
+ * p = ix + pl goes to e[p/2] if p is even, else o[p/2]), p < PW. */
+DW_ATTR static inline void DW_SFX(dw_split)(const float *restrict src, int64_t W, int64_t pl,
+                                            int64_t PW, float *restrict e, float *restrict o)
+{
+    const int64_t n = W < PW - pl ? W : PW - pl; /* image columns that land in the plane */
+    float *d0 = (pl & 1) ? o + (pl - 1) / 2 : e + pl / 2; /* where X[2i] goes */
+    float *d1 = (pl & 1) ? e + (pl + 1) / 2 : o + pl / 2; /* where X[2i+1] goes */
+    int64_t i = 0;
+    for (; 2 * i + 2 * VL <= n; i += VL) {
+        V ev, od;
+        SPLIT2(src + 2 * i, ev, od);
+        ST(d0 + i, ev);
+        ST(d1 + i, od);
+    }
+    if (2 * i < n && i > 0) { /* one more pair of vectors over the last whole pairs, overlapping */
+        i = (n - 2 * VL) / 2;
+        V ev, od;
+        SPLIT2(src + 2 * i, ev, od);
+        ST(d0 + i, ev);
+        ST(d1 + i, od);
+        i += VL;
+    }
+    for (; 2 * i < n; i++) { /* rows under 2 VL; else at most the odd last column */
+        d0[i] = src[2 * i];
+        if (2 * i + 1 < n) d1[i] = src[2 * i + 1];
+    }
+}
+
+/* Outputs x .. x+VL-1 of one row: E[x], O[x], E[x+1] on padded rows 2oy .. 2oy+2 (O row r is
+ * E row r + eo). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_step)(const DW_SFX(dw_taps) *t, const float *e0, const float *e1, const float *e2,
+                   int64_t eo, const float *q0, const float *q1, float *o0, float *o1)
+{
+    (void)q1;
+    (void)o1;
+    V p = DW_SFX(dw_krow)(t, 0, LD(e0), LD(e0 + eo), LD(e0 + 1), t->b);
+    p = DW_SFX(dw_krow)(t, 1, LD(e1), LD(e1 + eo), LD(e1 + 1), p);
+    p = DW_SFX(dw_krow)(t, 2, LD(e2), LD(e2 + eo), LD(e2 + 1), p);
+    DW_SFX(dw_out)(p, t, q0, o0);
+}
+
+/* Two output rows (padded rows 2oy .. 2oy+4): the shared row 2oy+2 is loaded once. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64_t eo,
+                    const float *q0, const float *q1, float *o0, float *o1)
+{
+    const float *e1 = e0 + PE, *e2 = e1 + PE, *e3 = e2 + PE, *e4 = e3 + PE;
+    const V m0 = LD(e2), m1 = LD(e2 + eo), m2 = LD(e2 + 1);
+    V p = DW_SFX(dw_krow)(t, 0, LD(e0), LD(e0 + eo), LD(e0 + 1), t->b);
+    V r = DW_SFX(dw_krow)(t, 0, m0, m1, m2, t->b);
+    p = DW_SFX(dw_krow)(t, 1, LD(e1), LD(e1 + eo), LD(e1 + 1), p);
+    r = DW_SFX(dw_krow)(t, 1, LD(e3), LD(e3 + eo), LD(e3 + 1), r);
+    p = DW_SFX(dw_krow)(t, 2, m0, m1, m2, p);
+    r = DW_SFX(dw_krow)(t, 2, LD(e4), LD(e4 + eo), LD(e4 + 1), r);
+    DW_SFX(dw_out)(p, t, q0, o0);
+    DW_SFX(dw_out)(r, t, q1, o1);
+}
+
+/* Over the even columns E (PH rows of OW + 1) then the odd columns O (PH rows of OW + 1, the
+ * last unused) of the padded plane, so output x reads E[x], O[x], E[x+1]: unit-stride loads. */
+DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
+{
+    const int64_t OH = a->OH, OW = a->OW, PE = OW + 1, PH = 2 * OH + 1, PW = 2 * OW + 1;
+    const int64_t eo = PH * PE;
+    for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++) {
+        float *e = a->pad + (iy + a->pt) * PE;
+        DW_SFX(dw_split)(a->in + iy * a->W, a->W, a->pl, PW, e, e + eo);
+    }
+    DW_SFX(dw_taps) t;
+    DW_SFX(dw_taps_of)(a, &t);
+    int64_t oy = 0;
+    if (OW >= VL)
+        for (; oy + 1 < OH; oy += 2) {
+            const float *e0 = a->pad + 2 * oy * PE;
+            float *o0 = a->out + oy * OW;
+            const float *q0 = a->res ? a->res + oy * OW : NULL;
+            for (int64_t x = 0;; x += VL) {
+                if (x + VL > OW) x = OW - VL;
+                DW_SFX(dw_s2_step2)(&t, e0 + x, PE, eo, q0 ? q0 + x : NULL,
+                                    q0 ? q0 + OW + x : NULL, o0 + x, o0 + OW + x);
+                if (x + VL >= OW) break;
+            }
+        }
+    for (; oy < OH; oy++) {
+        const float *e0 = a->pad + 2 * oy * PE, *e1 = e0 + PE, *e2 = e1 + PE;
+        float *o0 = a->out + oy * OW;
+        const float *q0 = a->res ? a->res + oy * OW : NULL;
+        if (OW < VL) {
+            const float *q1 = NULL;
+            float *o1 = NULL;
+            DW_NARROW(DW_SFX(dw_s2_step), OW, q0, q1, o0, o1, &t, e0, e1, e2, eo);
+            continue;
+        }
+        for (int64_t x = 0;; x += VL) {
+            if (x + VL > OW) x = OW - VL;
+            DW_SFX(dw_s2_step)(&t, e0 + x, e1 + x, e2 + x, eo, q0 ? q0 + x : NULL, NULL, o0 + x,
+                               NULL);
+            if (x + VL >= OW) break;
+        }
+    }
+}
+
+
+/* d[0..n) = max over the rows r[0 .. nr) (nr >= 1) in one pass, in vectors (the last one
+ * overlapping), scalars only below VL. */
+DW_ATTR static inline void DW_SFX(pool_rows_max)(float *restrict d, const float *const *r, int nr,
+                                                 int64_t n)
+{
+    int64_t j = 0;
+    /* Windows of 2 and 3 rows (all the models') straight-line: a loop over the rows per vector
+     * ran at half the speed. */
+#define DW_POOL_ROWS(EXPR)                                                                         \
+    for (;; j += VL) {                                                                             \
+        if (j + VL > n) j = n - VL;                                                                \
+        ST(d + j, EXPR);                                                                           \
+        if (j + VL >= n) return;                                                                   \
+    }
+    if (n >= VL) {
+        if (nr == 2) DW_POOL_ROWS(MAX(LD(r[1] + j), LD(r[0] + j)))
+        if (nr == 3) DW_POOL_ROWS(MAX(LD(r[2] + j), MAX(LD(r[1] + j), LD(r[0] + j))))
+        for (;; j += VL) {
+            if (j + VL > n) j = n - VL;
+            V v = LD(r[0] + j);
+            for (int t = 1; t < nr; t++) v = MAX(LD(r[t] + j), v);
+            ST(d + j, v);
+            if (j + VL >= n) return;
+        }
+    }
+#undef DW_POOL_ROWS
+    for (; j < n; j++) {
+        float v = r[0][j];
+        for (int t = 1; t < nr; t++) v = r[t][j] > v ? r[t][j] : v;
+        d[j] = v;
+    }
+}
+
+/* Outputs x .. x+VL-1 of a row from the row max q: max(q[2x], q[2x+1] (, q[2x+2])). */
+DW_ATTR static inline __attribute__((always_inline)) void DW_SFX(pool_s2_step)(const float *q,
+                                                                              int k3, float *o)
+{
+    V e, od, m;
+    SPLIT2(q, e, od);
+    m = MAX(e, od);
+    if (k3) {
+        V e1;
+        SPLIT2(q + 2, e1, od);
+        m = MAX(e1, m);
+    }
+    ST(o, m);
+}
+
+/* MaxPool with column stride 2, a window 2 or 3 columns and at most CPU_POOL_MAX_KH rows (no
+ * dilation), a chunk of
+ * planes at a time: first the max over each output row's window rows into rowm (rows of PW,
+ * -FLT_MAX where padded, see cpu_maxpool_scratch), then over each output's columns from the
+ * even / odd split of those rows. Two passes over the chunk rather than one per row: a row read
+ * right after its (overlapping) vector stores would stall on store-to-load forwarding. */
+DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, float *y, float *rowm)
+{
+    const int64_t OW = g->OW, OH = g->OH, PW = (OW - 1) * 2 + g->kw, NC = g->N * g->C;
+    const int64_t px0 = g->pl < PW ? g->pl : PW;
+    const int64_t px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
+    const int64_t nin = px1 > px0 ? px1 - px0 : 0;
+    const int64_t chunk = cpu_maxpool_chunk(g), rows = chunk * OH;
+    const int k3 = g->kw == 3;
+    for (int64_t r = 0; r < rows; r++) { /* borders: the same for every chunk */
+        for (int64_t px = 0; px < px0; px++) rowm[r * PW + px] = -FLT_MAX;
+        for (int64_t px = px0 + nin; px < PW; px++) rowm[r * PW + px] = -FLT_MAX;
+    }
+    for (int64_t px = rows * PW; px < rows * PW + CPU_POOL_SLACK; px++) rowm[px] = -FLT_MAX;
+    for (int64_t nc0 = 0; nc0 < NC; nc0 += chunk) {
+        const int64_t nk = NC - nc0 < chunk ? NC - nc0 : chunk;
+        for (int64_t k = 0; k < nk; k++) {
+            const float *p = x + (nc0 + k) * g->H * g->W;
+            for (int64_t oy = 0; oy < OH; oy++) {
+                float *rm = rowm + (k * OH + oy) * PW + px0;
+                const float *r[CPU_POOL_MAX_KH];
+                int nr = 0;
+                for (int64_t ky = 0; ky < g->kh; ky++) {
+                    const int64_t iy = oy * g->sh - g->pt + ky * g->dh;
+                    if (iy >= 0 && iy < g->H) r[nr++] = p + iy * g->W + (px0 - g->pl);
+                }
+                if (nr)
+                    DW_SFX(pool_rows_max)(rm, r, nr, nin);
+                else
+                    for (int64_t t = 0; t < nin; t++) rm[t] = -FLT_MAX;
+            }
+        }
+        /* Output rows are contiguous: a row narrower than VL is stored whole, its tail
+         * overwritten by the next row; the rows within VL of the tensor's end go through a local tile. */
+        float *o = y + nc0 * OH * OW, *const end = y + NC * OH * OW;
+        for (int64_t r = 0; r < nk * OH; r++, o += OW) {
+            const float *q = rowm + r * PW;
+            if (OW < VL) {
+                if (end - o >= VL) {
+                    DW_SFX(pool_s2_step)(q, k3, o);
+                } else {
+                    float t_[VL];
+                    DW_SFX(pool_s2_step)(q, k3, t_);
+                    for (int64_t ox = 0; ox < OW; ox++) o[ox] = t_[ox];
+                }
+                continue;
+            }
+            for (int64_t ox = 0;; ox += VL) {
+                if (ox + VL > OW) ox = OW - VL;
+                DW_SFX(pool_s2_step)(q + 2 * ox, k3, o + ox);
+                if (ox + VL >= OW) break;
+            }
+        }
+    }
+}
+
+#undef DW_NARROW
+#undef DW_TAP3
+
+/* The parameters are the includer's, set anew for each kernel set. */
+#undef DW_SFX
+#undef DW_ATTR
+#undef V
+#undef VL
+#undef LD
+#undef ST
+#undef SET1
+#undef MUL
+#undef ADD
+#undef FMA
+#undef MAX
+#undef MIN
+#undef SPLIT2
+#undef DW_MASKED
+#undef DW_ROWS4
+#undef MLD_FIRST0
+#undef MLD_LAST0
