@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 
 from conftest import clip_scalar_model
-from daemon_helpers import DEMO_MODEL, fingerprint, run_cli
+from daemon_helpers import DEMO_MODEL, env, fingerprint, run_cli
 
 from refitd import cli
 
@@ -50,9 +52,13 @@ def test_version():
     r = run_cli("--version")
     assert r.returncode == 0, r.stderr
     from refitd import engine
+    # The backend list comes from a fresh process: this one may have loaded test plugins.
+    fresh = subprocess.run(
+        [sys.executable, "-c", "from refitd import engine; print(', '.join(engine.backends()))"],
+        capture_output=True, text=True, env=env(), check=True).stdout.strip()
     assert r.stdout == "refitd %s (librefit %s, ABI %d; backends: %s)\n" % (
         __import__("importlib.metadata").metadata.version("refitd"), engine.library_version(),
-        engine.ABI_VERSION, ", ".join(engine.backends()))
+        engine.ABI_VERSION, fresh)
     info = json.loads(run_cli("--version", "--json").stdout)
     assert info["abi"] == engine.ABI_VERSION and "reference" in info["backends"]
 
