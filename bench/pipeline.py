@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "daemon"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def baseline(data: bytes, repeat: int, directory: str) -> dict:
@@ -59,8 +71,9 @@ def baseline(data: bytes, repeat: int, directory: str) -> dict:
             "write_fsync_ms": 1e3 * statistics.median(wr)}
 
 
-def drop_to_serving(pipeline, eng, tmp: str, n: int, repeat: int, rng) -> list:
-    """Renames packages into a watched drop directory; seconds until each version serves."""
+def drop_to_serving(pipeline, eng, tmp: str, n: int, repeat: int, rng) -> tuple:
+    """Renames packages into a watched drop directory; (seconds until each version serves,
+    the pipeline's step timings of each of those deliveries)."""
     import io
 
     from refitd.log import Events
@@ -70,7 +83,7 @@ def drop_to_serving(pipeline, eng, tmp: str, n: int, repeat: int, rng) -> list:
     drop = os.path.join(tmp, "drop-%d" % n)
     watcher = DropWatcher(drop, pipeline, Events(fmt="json", stream=io.StringIO()))
     watcher.start()
-    out = []
+    out, steps = [], []
     try:
         for _ in range(repeat):
             v = eng.version + 1
@@ -84,9 +97,19 @@ def drop_to_serving(pipeline, eng, tmp: str, n: int, repeat: int, rng) -> list:
                     raise SystemExit("drop of version %d did not serve within 30 s" % v)
                 time.sleep(0.0002)
             out.append(time.perf_counter() - t)
+            while pipeline.last is None or pipeline.last.version != v:  # the delivery's end
+                time.sleep(0.0002)
+            steps.append(dict(pipeline.timings, channel=out[-1] - pipeline.last.seconds))
     finally:
         watcher.stop()
-    return out
+    return out, steps
+
+
+def breakdown(steps: list) -> dict:
+    """Median milliseconds of each pipeline step over the samples (``Pipeline.timings``; the
+    ``store.*`` steps run in the background, beside stage and shadow check)."""
+    names = [k for k in steps[0] if all(k in s for s in steps)]
+    return {k: round(1e3 * statistics.median(s[k] for s in steps), 2) for k in names}
 
 
 def main() -> None:
@@ -113,7 +136,7 @@ def main() -> None:
                 p = Pipeline(eng, st, None, None, checks=[{"type": "finite"}],
                              max_package_bytes=int(mib * (1 << 20)) + (1 << 20))
                 p.start()
-                times, total, pkg_bytes = [], [], 0
+                times, total, steps, pkg_bytes = [], [], [], 0
                 for v in range(1, args.repeat + 1):
                     w = rng.standard_normal(n).astype(np.float32)
                     path = write_package(os.path.join(tmp, "p.safetensors"), {"w0": w}, v,
@@ -123,11 +146,12 @@ def main() -> None:
                     out = p.apply(path)
                     total.append(time.perf_counter() - t)
                     assert out.ok, out
+                    steps.append(dict(p.timings))
                     dt = out.seconds  # file -> serving (publish returned)
                     got, version = eng.infer({"x": np.zeros(n, np.float32)})
                     assert version == v and np.array_equal(got["y"], w)
                     times.append(dt)
-                drops = drop_to_serving(p, eng, tmp, n, args.repeat, rng)
+                drops, drop_steps = drop_to_serving(p, eng, tmp, n, args.repeat, rng)
                 with open(path, "rb") as f:
                     data = f.read()
                 base = baseline(data, args.repeat, tmp)
@@ -148,10 +172,12 @@ def main() -> None:
                 "write_fsync_same_bytes_ms": round(base["write_fsync_ms"], 2),
                 "apply_over_sha256_memcpy": round(
                     statistics.median(times) * 1e3 / (base["sha256_ms"] + base["memcpy_ms"]), 2),
+                "apply_steps_ms": breakdown(steps),
+                "drop_steps_ms": breakdown(drop_steps),
             })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps({"bench": "pipeline-drop-to-serving", "repeat": args.repeat, "loadavg_1min": load,
-                      "cpus": os.cpu_count(),
+                      "cpus": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(),
                       "durable_store": True, "shadow_check": "finite",
                       "sizes": results}))
 

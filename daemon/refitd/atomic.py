@@ -3,7 +3,8 @@
 ``write_atomic(dest, chunks)``: a temp file in ``dest``'s directory (``TMP_PREFIX`` + name, so
 the store's recovery and the drop folders can recognise and ignore leftovers), write, fsync,
 rename over ``dest``, fsync of the directory (the rename itself durable). The store, the package
-writer, the drop folders and their ``.reason`` files all write through it.
+writer, the drop folders and their ``.reason`` files all write through it. ``write_temp`` is its
+first half (temp file, write, fsync) for a writer that learns the destination name later.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import threading
 from typing import Any, Iterable
 
-__all__ = ["write_atomic", "fsync_dir", "fsync_path", "TMP_PREFIX"]
+__all__ = ["write_atomic", "write_temp", "fsync_dir", "fsync_path", "TMP_PREFIX"]
 
 TMP_PREFIX = ".tmp-"
 _CHUNK = 8 << 20
@@ -32,15 +33,14 @@ def fsync_dir(path: str) -> None:
     fsync_path(path, directory=True)
 
 
-def write_atomic(dest: str, chunks: Iterable[Any], durable: bool = True, sync_dir: bool = True,
-                 mode: int = 0o644) -> None:
-    """Writes ``chunks`` (bytes-like) to ``dest`` atomically. ``durable=False`` skips the
-    fsyncs (tests, scratch stores); ``sync_dir=False`` leaves the directory fsync to a caller
-    that renames several files into one directory. ``mode`` is filtered by the umask."""
-    dest = os.fspath(dest)
-    d = os.path.dirname(os.path.abspath(dest))
-    tmp = os.path.join(d, "%s%s.%d.%d.%d" % (TMP_PREFIX, os.path.basename(dest), os.getpid(),
-                                             threading.get_ident(), next(_counter)))
+def write_temp(directory: str, name: str, chunks: Iterable[Any], durable: bool = True,
+               mode: int = 0o644) -> str:
+    """Writes ``chunks`` to a new temp file (``TMP_PREFIX`` + ``name`` + a unique tail) in
+    ``directory`` and fsyncs it (unless ``durable=False``); returns its path. The caller renames
+    it into place (``write_atomic``) or, when the destination is known only later (the store's
+    blobs, named by a hash still running), renames it then; on failure nothing is left."""
+    tmp = os.path.join(directory, "%s%s.%d.%d.%d" % (TMP_PREFIX, name, os.getpid(),
+                                                     threading.get_ident(), next(_counter)))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         try:
@@ -53,12 +53,31 @@ def write_atomic(dest: str, chunks: Iterable[Any], durable: bool = True, sync_di
                 os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_atomic(dest: str, chunks: Iterable[Any], durable: bool = True, sync_dir: bool = True,
+                 mode: int = 0o644) -> None:
+    """Writes ``chunks`` (bytes-like) to ``dest`` atomically. ``durable=False`` skips the
+    fsyncs (tests, scratch stores); ``sync_dir=False`` leaves the directory fsync to a caller
+    that renames several files into one directory. ``mode`` is filtered by the umask."""
+    dest = os.fspath(dest)
+    d = os.path.dirname(os.path.abspath(dest))
+    tmp = write_temp(d, os.path.basename(dest), chunks, durable, mode)
+    try:
         os.replace(tmp, dest)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         raise
     if durable and sync_dir:
         fsync_dir(d)

@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Union
 
-from .package import PackageError, read_capped
+from .package import PackageError, ReadBuffer, read_capped
 
 __all__ = ["Delivery", "Origin", "Verifier", "no_verifier", "canonical_command",
            "read_signature", "command_signature", "APPLY", "ROLLBACK", "PIN", "UNPIN", "COMMANDS",
@@ -143,9 +143,10 @@ class Delivery:
         """How messages and events name the package: its path, else where it came from."""
         return self.path or self.origin.where or ("<%s delivery>" % self.origin.channel)
 
-    def read(self, max_bytes: int) -> Buffer:
+    def read(self, max_bytes: int, into: Optional[ReadBuffer] = None) -> Buffer:
         """The package bytes, refused (``PackageError(stage="size")``) above ``max_bytes``
-        before any is read. Bytes already held are returned as they are (no copy)."""
+        before any is read. Bytes already held are returned as they are (no copy); a file is
+        read into ``into`` when given (the pipeline's buffer, kept between deliveries)."""
         if self.command != APPLY:
             return self.payload if self.payload is not None else canonical_command(self.command, self.args)
         if self.data is not None:
@@ -153,4 +154,4 @@ class Delivery:
             if n > max_bytes:
                 raise PackageError("package too large: %d bytes, limit %d" % (n, max_bytes), stage="size")
             return self.data
-        return read_capped(self.name, max_bytes, fd=self.fd)
+        return read_capped(self.name, max_bytes, fd=self.fd, into=into)

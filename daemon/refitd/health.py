@@ -101,6 +101,23 @@ def _first_index(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask.reshape(-1))[0])
 
 
+_FINITE_CHUNK = 1 << 16
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """``np.isfinite(a).all()`` in cache-sized pieces: no temporary as large as ``a`` (a fresh
+    64 MiB array costs more in page faults than the check itself)."""
+    flat = a.reshape(-1)
+    mask = np.empty(min(flat.size, _FINITE_CHUNK), dtype=bool)
+    for i in range(0, flat.size, _FINITE_CHUNK):
+        part = flat[i: i + _FINITE_CHUNK]
+        m = mask[: part.size]
+        np.isfinite(part, out=m)
+        if not m.all():
+            return False
+    return True
+
+
 def _fmt(x: float) -> str:
     return "%.7g" % float(x)
 
@@ -139,6 +156,7 @@ class Check:
         self.label, self.kind, self.inputs = label, kind, inputs
         self.expect = expect or {}
         self.rtol, self.atol, self.vmin, self.vmax = rtol, atol, vmin, vmax
+        self.outputs: Optional[Dict[str, np.ndarray]] = None  # reused by ShadowCheck.run
 
     def judge(self, outputs: Mapping[str, np.ndarray]) -> Optional[str]:
         """Why ``outputs`` fail this check, or None."""
@@ -168,8 +186,8 @@ class FiniteJudge(Check):
     def judge(self, outputs: Mapping[str, np.ndarray]) -> Optional[str]:
         for name, got in outputs.items():
             got = np.asarray(got)
-            fin = np.isfinite(got)
-            if not fin.all():
+            if not _all_finite(got):
+                fin = np.isfinite(got)
                 i = _first_index(~fin)
                 return ("%s: output %s has %d non-finite values (first %s at flat index %d)"
                         % (self.label, _q(name), int((~fin).sum()), _fmt(got.reshape(-1)[i]), i))
@@ -252,25 +270,17 @@ class ShadowCheck:
         return len(self.checks)
 
     def run(self, engine: Any, staged: Any) -> None:
-        """Runs every check on the staged weights; raises ``HealthError`` at the first failure."""
+        """Runs every check on the staged weights; raises ``HealthError`` at the first failure.
+        Each check keeps its output arrays for the next update (one update at a time)."""
         for check in self.checks:
             try:
-                outputs = engine.infer_staged(staged, check.inputs)
+                check.outputs = engine.infer_staged(staged, check.inputs, check.outputs)
             except Exception as e:  # EngineError: the staged set cannot even run
                 raise HealthError("%s: inference on the new weights failed: %s"
                                   % (check.label, str(e).splitlines()[0] if str(e) else e)) from None
-            why = check.judge(outputs)
+            why = check.judge(check.outputs)
             if why is not None:
                 raise HealthError(why)
-
-    def run_serving(self, engine: Any) -> Optional[str]:
-        """Runs the checks on the serving weights (for diagnostics); returns the failure or None."""
-        for check in self.checks:
-            outputs, _version = engine.infer(check.inputs)
-            why = check.judge(outputs)
-            if why is not None:
-                return why
-        return None
 
 
 class WatchWindow:

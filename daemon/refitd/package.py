@@ -52,6 +52,8 @@ __all__ = [
     "PackageError",
     "Package",
     "read_package",
+    "read_capped",
+    "ReadBuffer",
     "parse_package_bytes",
     "check_against_model",
     "check_finite",
@@ -476,10 +478,31 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None, sha256: Optiona
     )
 
 
-def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None) -> bytes:
+class ReadBuffer:
+    """Memory that ``read_capped`` reads into, kept from one read to the next by its owner (the
+    pipeline, which reads one package at a time under its lock and holds no view of the last
+    one when it reads the next). A fresh buffer is page-faulted in as the read fills it: 64 MiB
+    cost ~40 ms that way on the 2-core EPYC VM (docs/design.md, "Pipeline timing"), more than
+    the sha256 of the same bytes. The price is resident memory: the largest package read."""
+
+    def __init__(self) -> None:
+        self._buf: Optional[bytearray] = None
+
+    def take(self, n: int) -> memoryview:
+        """``n`` writable bytes; what an earlier ``take`` returned is overwritten."""
+        if self._buf is None or len(self._buf) < n:
+            self._buf = None  # the old one goes first: never both at once
+            self._buf = bytearray(n)
+        return memoryview(self._buf)[:n]
+
+
+def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None,
+                into: Optional[ReadBuffer] = None) -> Any:
     """Reads the file at ``path`` whole, refusing more than ``max_bytes`` before reading any.
     With ``fd`` (an open descriptor the caller keeps owning, e.g. one the CLI passed over the
-    control socket) that file is read from its start and ``path`` only names it in errors."""
+    control socket) that file is read from its start and ``path`` only names it in errors.
+    Returns a new ``bytearray``, or with ``into`` a memoryview of that buffer (valid until its
+    next ``take``)."""
     own = fd is None
     if own:
         try:
@@ -497,27 +520,28 @@ def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[i
             raise PackageError(
                 "%s too large: %d bytes, limit %d" % (what, st.st_size, max_bytes), stage="size"
             )
-        # One read straight into the bytes that are kept (no zero-filled buffer first), one
-        # spare byte to notice a file that grew meanwhile; positioned: a passed fd's offset is
-        # not ours. A short read (not from the page cache of a regular file) goes on in pieces.
+        # Read straight into the memory that is kept, one spare byte to notice a file that grew
+        # meanwhile; positioned: a passed fd's offset is not ours. A short read (not from the
+        # page cache of a regular file) goes on in pieces.
         want = st.st_size + 1
-        data = os.pread(fd, want, 0)
-        if 0 < len(data) < st.st_size:
-            parts = [data]
-            got = len(data)
-            while got < want:
-                chunk = os.pread(fd, want - got, got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            data = b"".join(parts)
-        if len(data) != st.st_size:
+        fresh = bytearray(want) if into is None else None
+        buf = memoryview(fresh) if fresh is not None else into.take(want)  # type: ignore[union-attr]
+        got = 0
+        while got < want:
+            n = os.preadv(fd, [buf[got:]], got)
+            if n == 0:
+                break
+            got += n
+        if got != st.st_size:
             raise PackageError(
-                "%s changed while being read: %d bytes, then %d" % (what, st.st_size, len(data)),
+                "%s changed while being read: %d bytes, then %d" % (what, st.st_size, got),
                 stage="size",
             )
-        return data  # immutable: the arrays built over it are read-only views
+        if fresh is None:
+            return buf[:got]
+        buf.release()
+        del fresh[got:]
+        return fresh  # nobody else holds it: the arrays built over it are read-only views
     except OSError as e:
         raise PackageError("cannot read %s %s: %s" % (what, path, e.strerror), stage="size") from None
     finally:
