@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,17 +32,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "daemon"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from hostinfo import cpu_model, kernel  # noqa: E402
 
 
 def baseline(data: bytes, repeat: int, directory: str) -> dict:
@@ -177,7 +168,7 @@ def main() -> None:
             })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps({"bench": "pipeline-drop-to-serving", "repeat": args.repeat, "loadavg_1min": load,
-                      "cpus": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(),
+                      "cpus": os.cpu_count(), "cpu": cpu_model(), "kernel": kernel(),
                       "durable_store": True, "shadow_check": "finite",
                       "sizes": results}))
 

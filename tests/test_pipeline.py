@@ -522,8 +522,9 @@ def test_real_config_dataclass(engine, store, tmp_path):
 
 # ---- kill -9 during apply ----------------------------------------------------------------
 
-_CHILD = textwrap.dedent("""
-    import sys, numpy as np
+# A child process with a pipeline on the store at %(store)r (its start-up version in v).
+_CHILD_HEAD = """
+    import os, sys, time, numpy as np
     sys.path.insert(0, %(daemon)r)
     from refitd.engine import Engine
     from refitd.store import Store
@@ -533,6 +534,9 @@ _CHILD = textwrap.dedent("""
     s = Store(%(store)r)
     p = Pipeline(eng, s, None, None)
     v = p.start()
+"""
+
+_CHILD = textwrap.dedent(_CHILD_HEAD + """
     print("ready", v, flush=True)
     while True:
         v += 1
@@ -575,17 +579,7 @@ def test_kill_9_during_apply_restarts_on_a_committed_verified_version(conv_model
 # The store write runs beside the engine stage and the shadow check (docs/design.md, "Pipeline
 # timing"): kill -9 at a known point inside that window, where blobs (or the whole manifest) of
 # the new version are on disk but current has not moved.
-_WINDOW_CHILD = textwrap.dedent("""
-    import os, sys, time, numpy as np
-    sys.path.insert(0, %(daemon)r)
-    from refitd.engine import Engine
-    from refitd.store import Store
-    from refitd.pipeline import Pipeline
-    from refitd.pack import write_package
-    eng = Engine.open(%(model)r)
-    s = Store(%(store)r)
-    p = Pipeline(eng, s, None, None)
-    v = p.start()
+_WINDOW_CHILD = textwrap.dedent(_CHILD_HEAD + """
     write_package(%(tmp)r + "/w1.safetensors", {"conv.weight": np.full((1, 1, 3, 3), 1.0, np.float32)}, 1,
                   eng.fingerprint)
     assert p.apply(%(tmp)r + "/w1.safetensors").ok
