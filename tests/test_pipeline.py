@@ -221,9 +221,11 @@ def test_shadow_check_spec_errors(engine):
         ShadowCheck([{"type": "golden", "expect": {"q": 1.0}}], engine)
     with pytest.raises(HealthError, match=r"input \"x\": shape \[2\], the model's is \[1, 1, 3, 3\]"):
         ShadowCheck([{"type": "finite", "inputs": {"x": [1.0, 2.0]}}], engine)
-    with pytest.raises(HealthError, match=r"health check 1 \(range\): give min, max or both"):
+    with pytest.raises(HealthError, match=r"health check 1 \(range\): a range check needs min, max or both"):
         ShadowCheck([{"type": "range"}], engine)
-    with pytest.raises(HealthError, match="unknown check type"):
+    # A spec given as a mapping is validated as the config file's checks are (health.check_config),
+    # with the config's messages.
+    with pytest.raises(HealthError, match=r'health check 1 \(vibes\): type: must be one of golden, finite, range, got "vibes"'):
         ShadowCheck([{"type": "vibes"}], engine)
 
 

@@ -56,7 +56,7 @@ from .schema import (SOCKET_PATH_MAX, ConfigError, Problem, _BAD, _Ctx, _build, 
                      _did_you_mean, _f, _is_int, _show, k_bool, k_choice, k_float,
                      k_backend_options, k_int, k_listen, k_mode, k_path, k_socket_path, k_str, k_str_map)
 from .plugins import config_types
-from .health import FiniteCheck, GoldenCheck, RangeCheck  # noqa: F401 (the check configs, re-exported)
+from .health import FiniteCheck, GoldenCheck, RangeCheck, check_config  # noqa: F401 (the check configs, re-exported)
 from .fleet.settings import MqttSettings as MqttConfig  # noqa: F401 (declared with the fleet channel)
 from .runner import (JsonlSinkConfig, NpyDirSourceConfig, SocketSourceConfig,  # noqa: F401
                      StdoutSinkConfig, SyntheticSourceConfig)
@@ -326,12 +326,7 @@ def _build_health(raw, ctx):
     else:
         for i, c in enumerate(checks_raw):
             cpath = path + ("checks", "[%d]" % i)
-            obj = _build_typed(CHECK_TYPES, c, cpath, ctx, None)
-            if isinstance(obj, RangeCheck) and obj.min is None and obj.max is None:
-                ctx.add(cpath, "a range check needs min, max or both")
-            elif isinstance(obj, RangeCheck) and obj.min is not None and obj.max is not None \
-                    and obj.min > obj.max:
-                ctx.add(cpath + ("min",), "must be <= max (%g > %g)" % (obj.min, obj.max))
+            obj = check_config(c, cpath, ctx)
             if obj is not None:
                 checks.append(obj)
     window = _build(WindowConfig, raw.get("window"), path + ("window",), ctx)
