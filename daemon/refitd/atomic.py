@@ -5,6 +5,8 @@ the store's recovery and the drop folders can recognise and ignore leftovers), w
 rename over ``dest``, fsync of the directory (the rename itself durable). The store, the package
 writer, the drop folders and their ``.reason`` files all write through it. ``write_temp`` is its
 first half (temp file, write, fsync) for a writer that learns the destination name later.
+``append_durable(path, data)`` is the other durable write: one record appended to a log (the
+store's history.jsonl), whole records only, via O_APPEND and fsync.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 import threading
 from typing import Any, Iterable
 
-__all__ = ["write_atomic", "write_temp", "fsync_dir", "fsync_path", "TMP_PREFIX"]
+__all__ = ["write_atomic", "write_temp", "append_durable", "fsync_dir", "fsync_path", "TMP_PREFIX"]
 
 TMP_PREFIX = ".tmp-"
 _CHUNK = 8 << 20
@@ -81,3 +83,19 @@ def write_atomic(dest: str, chunks: Iterable[Any], durable: bool = True, sync_di
         raise
     if durable and sync_dir:
         fsync_dir(d)
+
+
+def append_durable(path: str, data: bytes, durable: bool = True) -> None:
+    """Appends ``data`` (one record, ending in a newline) to ``path`` (created 0644) with one
+    O_APPEND write, then fsyncs it. A crash can leave a torn last record and nothing else; the
+    reader drops it (the store repairs it on open)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        mv = memoryview(data).cast("B")
+        off = 0
+        while off < len(mv):
+            off += os.write(fd, mv[off:])
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)

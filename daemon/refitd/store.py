@@ -40,7 +40,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
-from .atomic import TMP_PREFIX, fsync_dir, write_atomic, write_temp
+from .atomic import TMP_PREFIX, append_durable, fsync_dir, write_atomic, write_temp
 
 __all__ = ["Store", "StoreError", "Pending", "tensor_sha256", "FORMAT"]
 
@@ -830,14 +830,7 @@ class Store:
         line.update(rec)
         data = (json.dumps(line, sort_keys=True, default=str) + "\n").encode("utf-8")
         self._rotate_history()
-        fd = os.open(self._p("history.jsonl"),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            os.write(fd, data)
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_durable(self._p("history.jsonl"), data, durable=self.durable)
 
     def _rotate_history(self) -> None:
         """Keeps the log bounded: at HISTORY_MAX the live file replaces the older generation."""
