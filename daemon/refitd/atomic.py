@@ -13,13 +13,34 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 __all__ = ["write_atomic", "write_temp", "append_durable", "fsync_dir", "fsync_path", "TMP_PREFIX"]
 
 TMP_PREFIX = ".tmp-"
-_CHUNK = 8 << 20
+_CHUNK = 2 << 20
 _counter = itertools.count()
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
+
+
+def _writeback_starter() -> Optional[Callable[[int, int, int], Any]]:
+    """``fn(fd, offset, nbytes)`` that starts writing those dirty pages to disk without waiting
+    (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``), or None where libc lacks it. Started
+    chunk by chunk while the rest is still being written, the disk works beside the copy into
+    the page cache and the closing fsync waits for little more than the last chunk: 16 MiB
+    write + fsync took 11-14 ms without, ~7 ms with it on the 2-core EPYC VM (docs/design.md).
+    Durability still comes from the fsync alone."""
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return lambda fd, off, n: fn(fd, off, n, _SYNC_FILE_RANGE_WRITE)
+
+
+_start_writeback = _writeback_starter()
 
 
 def fsync_path(path: str, directory: bool = False) -> None:
@@ -46,11 +67,17 @@ def write_temp(directory: str, name: str, chunks: Iterable[Any], durable: bool =
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         try:
+            kick = _start_writeback if durable else None
+            pos = 0
             for chunk in chunks:
                 mv = memoryview(chunk).cast("B")
                 off = 0
                 while off < len(mv):
-                    off += os.write(fd, mv[off: off + _CHUNK])
+                    n = os.write(fd, mv[off: off + _CHUNK])
+                    if kick is not None and n >= _CHUNK:  # small files: the fsync alone
+                        kick(fd, pos, n)
+                    off += n
+                    pos += n
             if durable:
                 os.fsync(fd)
         finally:

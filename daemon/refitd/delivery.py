@@ -143,15 +143,18 @@ class Delivery:
         """How messages and events name the package: its path, else where it came from."""
         return self.path or self.origin.where or ("<%s delivery>" % self.origin.channel)
 
-    def read(self, max_bytes: int, into: Optional[ReadBuffer] = None) -> Buffer:
+    def read(self, max_bytes: int, into: Optional[ReadBuffer] = None, hasher: Any = None) -> Buffer:
         """The package bytes, refused (``PackageError(stage="size")``) above ``max_bytes``
         before any is read. Bytes already held are returned as they are (no copy); a file is
-        read into ``into`` when given (the pipeline's buffer, kept between deliveries)."""
+        read into ``into`` when given (the pipeline's buffer, kept between deliveries).
+        ``hasher`` (hashlib) is fed the package bytes as they are read (a file) or at once."""
         if self.command != APPLY:
             return self.payload if self.payload is not None else canonical_command(self.command, self.args)
         if self.data is not None:
             n = len(memoryview(self.data).cast("B"))
             if n > max_bytes:
                 raise PackageError("package too large: %d bytes, limit %d" % (n, max_bytes), stage="size")
+            if hasher is not None:
+                hasher.update(self.data)
             return self.data
-        return read_capped(self.name, max_bytes, fd=self.fd, into=into)
+        return read_capped(self.name, max_bytes, fd=self.fd, into=into, hasher=hasher)

@@ -40,9 +40,11 @@ import difflib
 import hashlib
 import json
 import os
+import queue
 import re
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -496,13 +498,45 @@ class ReadBuffer:
         return memoryview(self._buf)[:n]
 
 
+_HASH_PIECE = 4 << 20
+
+
+def _read_all(fd: int, buf: memoryview, hasher: Any) -> int:
+    """Reads ``fd`` from offset 0 into ``buf`` until it is full or the file ends; returns the
+    bytes read. With ``hasher`` (hashlib) they are hashed too: a large file piece by piece in a
+    helper thread while the next piece is read (pread and sha256 both release the GIL, so they
+    run on two cores and the read costs next to nothing beside the hash)."""
+    want, got = len(buf), 0
+    pieces: "queue.Queue[Optional[memoryview]]" = queue.Queue()
+    helper = None
+    if hasher is not None and want > 2 * _HASH_PIECE:
+        helper = threading.Thread(target=lambda: [hasher.update(p) for p in iter(pieces.get, None)],
+                                  name="refitd-read-hash", daemon=True)
+        helper.start()
+    try:
+        while got < want:
+            n = os.preadv(fd, [buf[got: got + _HASH_PIECE]], got)
+            if n == 0:
+                break
+            if helper is not None:
+                pieces.put(buf[got: got + n])
+            got += n
+    finally:
+        if helper is not None:
+            pieces.put(None)
+            helper.join()
+    if hasher is not None and helper is None:
+        hasher.update(buf[:got])
+    return got
+
+
 def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None,
-                into: Optional[ReadBuffer] = None) -> Any:
+                into: Optional[ReadBuffer] = None, hasher: Any = None) -> Any:
     """Reads the file at ``path`` whole, refusing more than ``max_bytes`` before reading any.
     With ``fd`` (an open descriptor the caller keeps owning, e.g. one the CLI passed over the
     control socket) that file is read from its start and ``path`` only names it in errors.
     Returns a new ``bytearray``, or with ``into`` a memoryview of that buffer (valid until its
-    next ``take``)."""
+    next ``take``). ``hasher`` (e.g. ``hashlib.sha256()``) is fed the bytes as they are read."""
     own = fd is None
     if own:
         try:
@@ -526,12 +560,7 @@ def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[i
         want = st.st_size + 1
         fresh = bytearray(want) if into is None else None
         buf = memoryview(fresh) if fresh is not None else into.take(want)  # type: ignore[union-attr]
-        got = 0
-        while got < want:
-            n = os.preadv(fd, [buf[got:]], got)
-            if n == 0:
-                break
-            got += n
+        got = _read_all(fd, buf, hasher)
         if got != st.st_size:
             raise PackageError(
                 "%s changed while being read: %d bytes, then %d" % (what, st.st_size, got),

@@ -348,13 +348,13 @@ class Pipeline:
         # size cap (checked on the open file before reading) -> signature over the raw bytes
         # -> parse: no parser sees a byte the verifier has not passed
         lap = self._lap = _Laps(self.timings)
+        identity = hashlib.sha256()  # the package identity: once, over the raw bytes, as read
         try:
-            data = d.read(self.max_package_bytes, into=self._buffer)
+            data = d.read(self.max_package_bytes, into=self._buffer, hasher=identity)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
-        lap("read")
-        d.sha256 = hashlib.sha256(data).hexdigest()  # the identity, once, over the raw bytes
-        lap("sha256")
+        d.sha256 = identity.hexdigest()
+        lap("read | sha256")
         self._verify(d, data)
         lap("verify")
         try:
