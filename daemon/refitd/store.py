@@ -681,8 +681,9 @@ class Store:
                         self._fsync_dir(self._p("blobs"))
                     dest = self._blob_path(sha)
                     if sha in spooled:
+                        # blobs/ itself is not synced for the temp name that left it: were that
+                        # lost in a crash, the stray .tmp- name is removed on the next open
                         os.replace(spooled.pop(sha), dest)
-                        dirs.add(self._p("blobs"))  # the temp file's entry left it
                     else:
                         self._write_atomic(dest, [_as_bytes_view(arr)], sync_dir=False)
                     written.append(dest)
