@@ -16,8 +16,8 @@ The package identity is the sha256 of the whole package file, the bytes exactly 
 the pipeline computes it in one pass over the raw bytes before any parser runs and hands it to
 the verifier as ``delivery.sha256`` (a signature signs it); the store records it as
 ``package_sha256``. The blob hashes (one per tensor, the store's addresses) are a second hash of
-the tensor bytes, which runs in the background while the engine stages and shadow-checks the
-new weights (docs/store.md, "Package identity").
+the tensor bytes, which runs in the background, with the store write, while the engine stages
+and shadow-checks the new weights (docs/store.md, "Package identity").
 
 The verifier is ``fn(data, signature, delivery)``; it raises to refuse (stage ``signature``,
 the exception's first line is the reason). ``data`` is the raw package bytes, or for a command

@@ -2,17 +2,21 @@
 ``Delivery`` (delivery.py) through ``Pipeline.deliver``; one lock serialises them. ``apply(path)``
 and ``rollback(to)`` are deliveries too.
 
-A package delivery: size cap (before reading) -> signature check on the raw bytes (the
-verifier hook; nothing has parsed them yet) -> parse -> model fingerprint, names, dtypes,
-shapes -> finite values -> version policy -> stage in the engine -> shadow check on the staged
-set -> write to the store (blobs, manifest) -> commit (``current`` moves) -> ``engine.publish``
--> event. Rollback, pin and unpin are command deliveries: the same lock, verifier and
-event/``Outcome`` reporting.
+A package delivery: size cap (before reading) -> read, hashed as it is read (the package
+identity) -> signature check on the raw bytes (the verifier hook; nothing has parsed them yet)
+-> parse -> model fingerprint, names, dtypes, shapes -> version policy -> stage in the engine
+(the one copy; finite values checked in it) -> shadow check on the staged set, while the store
+write (blob hashes | blob files written and fsynced, then the manifest) runs beside both ->
+commit (``current`` moves) once both succeeded -> ``engine.publish`` -> event. Rollback, pin and
+unpin are command deliveries: the same lock, verifier and event/``Outcome`` reporting.
+``timings`` holds the last package delivery's steps (bench/pipeline.py prints them).
 
 Ordering, and why (docs/store.md has the long form):
 
-* Everything that can reject an input runs before the store is touched, so a rejected package
-  leaves the store byte-for-byte unchanged (and the engine serving what it served).
+* Nothing a rejection could leave behind is committed: the store write that overlaps stage and
+  shadow check makes an uncommitted version (invisible after a restart, discarded on open), and
+  a rejection there waits for it and discards it, so a rejected package leaves the store
+  byte-for-byte unchanged (and the engine serving what it served).
 * The store commit comes *before* the engine publish. A restarted daemon serves the store's
   committed ``current``. Committing first means every version that ever produced a result is
   durable and is what a restart serves: a crash between commit and publish just completes the
