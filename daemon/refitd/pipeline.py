@@ -471,8 +471,9 @@ class Pipeline:
 
     def _stage_check_commit(self, version: int, delta: Dict[str, np.ndarray], cur: Optional[int],
                             pending: Optional[Future], event: str, fields: Dict[str, Any]) -> Any:
-        """stage -> shadow check -> store write (``pending``: the store.prepare running in the
-        background; None for a rollback, whose version is stored) -> commit -> publish."""
+        """stage -> shadow check, beside the store write (``pending``: ``_store_write`` running
+        in the background; None for a rollback, whose version is stored) -> commit once both
+        succeeded -> publish. A rejection discards what the store write wrote."""
         engine, store = self.engine, self.store
         lap = self._lap if pending is not None else _Laps({})
         try:
