@@ -33,6 +33,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # systemd-analyze (verify, security --offline), systemd-sysusers/-tmpfiles: tests/test_systemd.py
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# the hung-engine test boots a real systemd in a container (tests/nspawn.py)
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 if ((${#need_apt[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   echo "setup: installing ${need_apt[*]}" >&2

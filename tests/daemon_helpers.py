@@ -118,10 +118,11 @@ def verify_store_on_disk(store_dir: str) -> int:
 
 
 def tree_hash(path: str, skip=("lock",)) -> str:
-    """sha256 over every file name and content under ``path`` (to prove it unchanged)."""
+    """sha256 over every file name and content under ``path`` (to prove it unchanged), but for
+    the files and directories named in ``skip``."""
     h = hashlib.sha256()
     for root, dirs, files in os.walk(path):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d not in skip)  # a skipped name may be a directory
         for name in sorted(files):
             if name in skip:
                 continue

@@ -169,3 +169,112 @@ def config_documents() -> List[Tuple[str, str]]:
         ("security-unknown-key", "security: {require_signatures: true}\nstore: {path: /tmp/s}\ncontrol: {socket: /tmp/c.sock}"),
     ]
     return docs
+
+
+# ---- the MQTT channel's own inputs (tests/test_hostile_corpus.py::test_hostile_*_over_mqtt) ----
+
+def as_transfer(data: bytes) -> Tuple[bytes, Dict[str, bytes]]:
+    """Any bytes as a transfer manifest and its objects, so a device rebuilds exactly ``data``
+    and hands it to the pipeline (a weight server only offers what parses: these need a crafted
+    one): the first half as the "header", the rest as one tensor."""
+    import hashlib
+    from refitd.fleet import manifest as M
+    cut = len(data) // 2
+    blob = data[cut:]
+    cs = M.MIN_CHUNK
+    obj = {"format": M.FORMAT, "package": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)},
+           "header": base64.b64encode(data[:cut]).decode(), "chunk_size": cs,
+           "tensors": [{"name": "t", "offset": cut, "nbytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+                        "chunks": [hashlib.sha256(blob[o:o + cs]).hexdigest() for o in range(0, len(blob), cs)]}]}
+    raw = M.canonical(obj)
+    return raw, {hashlib.sha256(raw).hexdigest(): raw, hashlib.sha256(blob).hexdigest(): blob}
+
+
+def desired_doc(fp: str, fleet: str, package: Tuple[str, int], manifest: Tuple[str, int],
+                version: int = 10, signature: Any = None) -> Dict[str, Any]:
+    """A desired-state message as ``refitd push`` writes it (manifest.desired's shape)."""
+    return {"signed": {"package": {"sha256": package[0], "size": package[1]},
+                       "manifest": {"sha256": manifest[0], "size": manifest[1]},
+                       "version": version, "model": fp, "base": None,
+                       "target": {"fleet": fleet, "group": None}, "expires": None,
+                       "issued": "2026-01-01T00:00:00Z"},
+            "signature": signature}
+
+
+def desired_cases(fp: str, fleet: str) -> List[Tuple[str, bytes]]:
+    """Malformed desired-state messages (retained on .../desired): each refused at stage
+    ``desired`` or, well-formed but announcing the impossible, at ``signature``/``model``."""
+    sha = "ab" * 32
+    good = desired_doc(fp, fleet, (sha, 100), ("cd" * 32, 100))
+
+    def edit(fn: Callable[[Dict[str, Any]], Any]) -> bytes:
+        d = json.loads(json.dumps(good))
+        fn(d)
+        return json.dumps(d).encode()
+    s = lambda **kw: edit(lambda d: d["signed"].update(kw))  # noqa: E731
+    return [
+        ("desired-not-json", b"{not json"), ("desired-not-utf8", b'{"signed": "\xff"}'),
+        ("desired-list", b"[]"), ("desired-null", b"null"), ("desired-number", b"12"),
+        ("desired-no-signed", b'{"signature": null}'), ("desired-signed-string", b'{"signed": "x"}'),
+        ("desired-too-large", b'{"signed": {}, "pad": "' + b"x" * (200 << 10) + b'"}'),
+        ("desired-no-package", edit(lambda d: d["signed"].pop("package"))),
+        ("desired-package-list", s(package=[])),
+        ("desired-bad-sha", s(package={"sha256": "xyz", "size": 1})),
+        ("desired-upper-sha", s(package={"sha256": "AB" * 32, "size": 1})),
+        ("desired-negative-size", s(package={"sha256": sha, "size": -1})),
+        ("desired-size-float", s(package={"sha256": sha, "size": 1.5})),
+        ("desired-no-manifest", edit(lambda d: d["signed"].pop("manifest"))),
+        ("desired-manifest-bad-sha", s(manifest={"sha256": 7, "size": 1})),
+        ("desired-version-string", s(version="10")), ("desired-version-negative", s(version=-3)),
+        ("desired-version-bool", s(version=True)),
+        ("desired-model-garbage", s(model="resnet")), ("desired-model-int", s(model=5)),
+        ("desired-expired", s(expires="2001-01-01T00:00:00Z")), ("desired-expires-int", s(expires=5)),
+        ("desired-sig-int", edit(lambda d: d.update(signature=5))),
+        ("desired-sig-not-base64", edit(lambda d: d.update(signature="%%%"))),
+        ("desired-sig-huge", edit(lambda d: d.update(signature="A" * (100 << 10)))),
+        ("desired-sig-garbage-envelope", edit(lambda d: d.update(signature=base64.b64encode(b"junk").decode()))),
+        ("desired-other-model", s(model="sha256:" + "ee" * 32)),
+    ]
+
+
+def manifest_cases(fp: str) -> List[Tuple[str, Callable[[bytes, Dict[str, Any]], bytes]]]:
+    """Transfer manifests a rogue weight server serves for a desired state naming their sha256:
+    (id, edit(raw manifest of a real package, its object) -> the bytes served). Each refused at
+    stage ``manifest``."""
+    def j(fn: Callable[[Dict[str, Any]], Any]) -> Callable[[bytes, Dict[str, Any]], bytes]:
+        def make(raw: bytes, obj: Dict[str, Any]) -> bytes:
+            o = json.loads(json.dumps(obj))
+            fn(o)
+            return json.dumps(o).encode()
+        return make
+    t0 = lambda o: o["tensors"][0]  # noqa: E731
+    return [
+        ("manifest-not-json", lambda raw, obj: b"\x00garbage"), ("manifest-empty", lambda raw, obj: b""),
+        ("manifest-list", lambda raw, obj: b"[]"), ("manifest-not-utf8", lambda raw, obj: b'{"a": "\xff"}'),
+        ("manifest-format-2", j(lambda o: o.update(format=2))),
+        ("manifest-no-package", j(lambda o: o.pop("package"))),
+        ("manifest-chunk-tiny", j(lambda o: o.update(chunk_size=16))),
+        ("manifest-header-not-b64", j(lambda o: o.update(header="%%"))),
+        ("manifest-no-tensors", j(lambda o: o.update(tensors=[]))),
+        ("manifest-tensor-string", j(lambda o: o.update(tensors=["w"]))),
+        ("manifest-gap", j(lambda o: t0(o).update(offset=t0(o)["offset"] + 1))),
+        ("manifest-too-few-chunks", j(lambda o: t0(o).update(chunks=t0(o)["chunks"][:-1] or ["00" * 32] * 9))),
+        ("manifest-chunk-not-sha", j(lambda o: t0(o).update(chunks=["zz"] * len(t0(o)["chunks"])))),
+        ("manifest-short-total", j(lambda o: o["tensors"].pop())),
+        ("manifest-other-package", j(lambda o: o["package"].update(sha256="00" * 32))),
+        ("manifest-other-size", j(lambda o: o["package"].update(size=o["package"]["size"] + 1))),
+    ]
+
+
+def response_cases() -> List[Tuple[str, bytes]]:
+    """Malformed chunk responses published on a device's weights/response topic."""
+    import struct
+    from refitd.fleet import wire
+    hdr = lambda h: wire.MAGIC + struct.pack(">I", len(h)) + h  # noqa: E731
+    return [
+        ("response-empty", b""), ("response-garbage", os.urandom(64)), ("response-magic-only", b"RFC1"),
+        ("response-wrong-magic", b"RFC2" + b"\0" * 12), ("response-huge-header-len", b"RFC1\xff\xff\xff\xff"),
+        ("response-header-past-end", b"RFC1\x00\x00\x01\x00{}"), ("response-header-not-json", hdr(b"{nope")),
+        ("response-header-list", hdr(b"[1]")), ("response-no-corr", hdr(b'{"obj": "x", "off": 0, "n": 0}')),
+        ("response-n-lies", hdr(b'{"corr": "ab", "obj": "x", "off": 0, "n": 99}') + b"short"),
+    ]

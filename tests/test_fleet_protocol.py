@@ -225,3 +225,53 @@ def test_rebuild_with_a_lying_manifest_is_refused(tmp_path):
     run(tr, w)
     with pytest.raises(TransferError, match="does not match"):
         tr.rebuild()
+
+
+def test_chunks_that_match_a_lying_manifest_are_refused_per_tensor(tmp_path):
+    """Mix-and-match with a rogue manifest: the signed layout (tensor table) of version 5, but
+    the chunk hashes of version 6's bytes, whose chunks a rogue server sends. Every chunk passes
+    its (unsigned) chunk hash; each tensor, once whole, fails its signed sha256 and is dropped
+    and fetched again: version 6's bytes never reach a rebuild."""
+    store = Store(str(tmp_path / "store"))
+    pa, _ = package(tmp_path, 5)
+    pb, _ = package(tmp_path, 6)
+    server, ma = served(pa)
+    _, mb = served(pb)
+    obj = json.loads(ma.raw)
+    for t, tb in zip(obj["tensors"], mb.tensors):
+        t["chunks"] = tb.chunks
+    lying = M.parse(M.canonical(obj))
+    M.check_layout(lying, M.layout(ma))  # the table it shows is the signed one
+    server.objects[lying.sha256] = lying.raw
+    for t, tb in zip(ma.tensors, mb.tensors):  # the rogue server: version 6's bytes for each blob
+        server.objects[t.sha256] = server.objects[tb.sha256] if tb.sha256 in server.objects else \
+            open(pb, "rb").read()[tb.offset:tb.offset + tb.nbytes]
+    d = M.parse_desired(json.dumps(M.desired(lying, 5, FP, "f")).encode())
+    rejected = []
+    w = Wire(server.objects)
+    tr = Transfer(str(tmp_path / "partial"), store, d, w.send, piece=16 << 10,
+                  on_reject=rejected.append, layout=M.layout(ma))
+    for _ in range(40):
+        tr.pump(now=1e9)
+        while w.answers:
+            tr.on_response(*w.answers.pop(0))
+    assert not tr.complete
+    per_tensor = [r for r in rejected if "its chunks do not make its sha256" in r]
+    assert len(per_tensor) >= len(ma.tensors), rejected[:3]
+    assert all("\n" not in r for r in rejected)
+    assert tr.done_bytes < ma.package_size - len(ma.header)
+
+
+
+def test_a_manifest_not_matching_the_signed_layout_is_refused_before_any_chunk(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    pa, _ = package(tmp_path, 5)
+    pb, _ = package(tmp_path, 6)
+    server, ma = served(pa)
+    _, mb = served(pb)
+    d = M.parse_desired(json.dumps(M.desired(ma, 5, FP, "f")).encode())
+    w = Wire(server.objects)
+    tr = Transfer(str(tmp_path / "partial"), store, d, w.send, piece=16 << 10, layout=M.layout(mb))
+    with pytest.raises(M.ManifestError, match="not the signed package's"):
+        run(tr, w)
+    assert {a[0] for a in w.asked} == {ma.sha256}  # the manifest only: no chunk was asked for

@@ -163,3 +163,128 @@ def test_hostile_config_documents(tmp_path):
             C.load_config(str(path))
         report = e.value.report()
         assert report.strip() and "Traceback" not in report, (cid, report)
+
+
+# ---- the same corpus through MQTT -----------------------------------------------------------
+# One device daemon on a real mosquitto (tests/mqtt_attack.py), signatures optional on mqtt so
+# hostile bytes reach the parser: packages and signatures announced in desired states and served
+# by a crafted weight server (a real one offers only what parses), malformed desired states,
+# manifests, chunk responses and commands published to the device's topics.
+
+def _mqtt_cases():
+    """(id, kind, payload) for everything the MQTT channel takes in."""
+    from hostile import desired_cases, manifest_cases, response_cases
+    from mqtt_attack import FLEET
+    out = [(cid, "package", (data, None)) for cid, data in PACKAGES]
+    out += [(cid, "package", (data, sig)) for cid, data, sig in SIGNATURES]
+    out += [(cid, "desired", raw) for cid, raw in desired_cases(_fp(), FLEET)]
+    out += [(cid, "manifest", edit) for cid, edit in manifest_cases(_fp())]
+    out += [(cid, "response", raw) for cid, raw in response_cases()]
+    out += [("cmd-" + cid, "command", line) for cid, line in LINES]
+    return out
+
+
+MQTT_CASES = _mqtt_cases()
+#: the default run replays every 4th input of each kind (and at least one); REFITD_LONG=1 all
+MQTT_SAMPLE = [c for kind in dict.fromkeys(k for _i, k, _p in MQTT_CASES)
+               for c in [c for c in MQTT_CASES if c[1] == kind][::4]]
+
+
+def test_mqtt_corpus_counts():
+    assert len(MQTT_CASES) >= 200, len(MQTT_CASES)
+    assert len({c[0] for c in MQTT_CASES}) == len(MQTT_CASES)
+    assert {c[1] for c in MQTT_SAMPLE} == {c[1] for c in MQTT_CASES}
+
+
+@pytest.fixture(scope="module")
+def mbox():
+    from mqtt_attack import Attacker
+    from daemon_helpers import DEMO_MODEL
+    att = Attacker(n_keys=1, model=DEMO_MODEL, health={"checks": GOLDEN})
+    try:
+        att.start(trusted=(), require_signature=False,
+                  trusted_keys={keyid_of(KEY.public_key()): public_key_text(KEY)})
+        for v in (1, 2, 3):
+            r = call(att.dev.socket, {"cmd": "apply", "path": seed_package(os.path.join(att.work, "v%d" % v), v, v, _fp())})
+            assert r["ok"], r
+        yield att
+        assert att.dev.proc.poll() is None, "the daemon died during the corpus:\n" + att.dev.log()
+    finally:
+        att.close()
+
+
+def _mqtt_last(att):
+    return att.dev.status()["channels"]["mqtt"]
+
+
+def _via_mqtt(att, cid, kind, payload):
+    """Sends one input; returns the refusal as the device's status shows it."""
+    import base64
+    import hashlib
+    from hostile import as_transfer, desired_doc
+    from mqtt_attack import FLEET
+    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    before = _mqtt_last(att)
+    key = "last_update"
+    if kind == "package":
+        data, sig = payload
+        raw, objs = as_transfer(data)
+        att.serve_objects(objs)
+        att.publish_desired(desired_doc(_fp(), FLEET, (sha(data), len(data)), (sha(raw), len(raw)),
+                                        signature=base64.b64encode(sig).decode() if sig is not None else None))
+    elif kind == "desired":
+        att.publish_desired(payload)
+    elif kind == "manifest":
+        from refitd.fleet import manifest as M
+        good = M.build(_package_bytes(11))
+        served = payload(good.raw, json.loads(good.raw))
+        fake = os.urandom(32).hex()  # a package never tried before: the outcome is this manifest's
+        att.serve_objects({sha(served): served})
+        att.publish_desired(desired_doc(_fp(), FLEET, (fake, good.package_size), (sha(served), len(served)),
+                                        version=11))
+    elif kind == "response":
+        key = "last_rejected_chunk"
+        att.client.publish(att.topic("weights/response"), payload)
+    else:
+        resp = att.command(payload)
+        assert resp["ok"] is False and resp["error"] and "\n" not in resp["error"], (cid, resp)
+    return wait_until(lambda: (lambda m: m[key] if m[key] != before[key] else None)(_mqtt_last(att)),
+                      timeout=30, what="the device's refusal of %s" % cid), key
+
+
+def _replay_over_mqtt(att, cases):
+    from mqtt_attack import STORE_SKIP
+    before = tree_hash(os.path.join(att.dev.state_dir, "store"), skip=STORE_SKIP)
+    reasons = {}
+    for cid, kind, payload in cases:
+        n = len(att.events)
+        try:
+            last, key = _via_mqtt(att, cid, kind, payload)
+        finally:
+            att.serve_rogue(None)
+        reason = last["reason"]
+        assert reason and "\n" not in reason and not reason.startswith("internal"), (cid, last)
+        if key == "last_update":
+            assert last["outcome"] == "rejected" and last["stage"] not in (None, "internal", "done"), (cid, last)
+        event = {"last_update": ("update.rejected", "command.rejected"), "last_rejected_chunk": ("update.chunk_rejected",)}[key]
+        wait_until(lambda: [e for e in att.events[n:] if e["event"] in event and e["reason"] == reason], 30,
+                   what="%s's refusal on the events topic" % cid)
+        local = [e for e in att.dev.events() if e.get("event") in ["mqtt." + x for x in event]]
+        assert local and local[-1]["reason"] == reason, (cid, local[-1:])
+        reasons[cid] = reason
+        if kind == "package" and payload[1] is None:  # the bytes got through to the pipeline
+            assert last["stage"] not in ("desired", "manifest", "transfer", "signature"), (cid, last)
+        st = att.dev.status()
+        assert st["serving"]["version"] == 3 and st["store"]["current"] == 3, cid
+    assert tree_hash(os.path.join(att.dev.state_dir, "store"), skip=STORE_SKIP) == before
+    assert len(set(reasons.values())) >= 0.6 * len(reasons), sorted(set(reasons.values()))[:20]
+    att.publish_desired(b"")
+
+
+def test_hostile_corpus_sample_over_mqtt(mbox):
+    _replay_over_mqtt(mbox, MQTT_SAMPLE)
+
+
+@pytest.mark.slow
+def test_hostile_corpus_whole_over_mqtt(mbox):
+    _replay_over_mqtt(mbox, [c for c in MQTT_CASES if c not in MQTT_SAMPLE])

@@ -18,7 +18,7 @@ from refitd.control import ControlServer
 from refitd.package import PackageError, parse_package_bytes
 from refitd.signing import PACKAGE_TYPE, SignatureError, TrustedKeys, dump_envelope, generate_key, \
     keyid_of, public_key_text, sign_envelope, verify_envelope
-from refitd.trust import ChunkCheck, TrustError, package_claims
+from refitd.trust import package_claims
 
 settings.register_profile("ci", max_examples=150, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -96,28 +96,68 @@ def test_any_change_to_signed_metadata_is_refused(key, value):
     _one_line(e.value)
 
 
-DATA_A, DATA_B = os.urandom(1000), os.urandom(1000)
-CHUNKED = package_claims(DATA_A, 4, FP, time.time() + 3600, chunk_size=128)
-CHUNKS_A = [DATA_A[i:i + 128] for i in range(0, 1000, 128)]
-CHUNKS_B = [DATA_B[i:i + 128] for i in range(0, 1000, 128)]
+def _chain_packages():
+    """Packages of version 4 (the signed one) and 5 (the same tensors, other values) and their
+    transfer manifests at the smallest chunk size: three chunks per tensor."""
+    import tempfile
+    from refitd.fleet import manifest as M
+    from refitd.pack import write_package
+    d = tempfile.mkdtemp(prefix="refitd-prop-")
+    out = []
+    for v in (4, 5):
+        w = {"w%d" % i: np.full(2500 + i, float(v * 10 + i), np.float32) for i in range(3)}
+        p = write_package(os.path.join(d, "v%d.safetensors" % v), w, version=v, model=FP)
+        data = open(p, "rb").read()
+        out.append((p, data, M.build(data, M.MIN_CHUNK)))
+    return d, out
 
 
-@given(st.lists(st.tuples(st.integers(-2, 9), st.sampled_from(["a", "b", "junk"])), max_size=30))
-def test_chunk_reassembly_takes_only_the_signed_chunks(sends):
-    c = ChunkCheck(CHUNKED)
-    for index, which in sends:
-        chunk = {"a": CHUNKS_A, "b": CHUNKS_B}.get(which)
-        data = chunk[index] if chunk is not None and 0 <= index < len(chunk) else b"x" * 128
-        try:
-            c.add(index, data)
-        except TrustError as e:
-            _one_line(e)
-            assert not (which == "a" and 0 <= index < 8)  # the signed chunk is never refused
-    if c.complete():
-        assert c.data() == DATA_A  # whatever the order and the noise: exactly the signed bytes
-    else:
-        with pytest.raises(TrustError):
-            c.data()
+PROP_DIR, ((PATH_A, DATA_A, MAN_A), (_PATH_B, DATA_B, MAN_B)) = _chain_packages()
+
+
+@given(st.lists(st.sampled_from(["a", "b", "junk", "long", "short"]), max_size=40))
+def test_chunk_reassembly_takes_only_the_signed_chunks(answers):
+    """The MQTT transfer under a signed layout, answered with any mix of the right chunk, the
+    same chunk of another version (mix-and-match), junk, and more or fewer bytes than asked
+    (endless data): it holds only chunks that hash right, and what it rebuilds is exactly the
+    signed package."""
+    import tempfile
+    from refitd.fleet import manifest as M, wire
+    from refitd.fleet.transfer import Transfer
+    from refitd.store import Store
+    src = {"a": {t.sha256: DATA_A[t.offset:t.offset + t.nbytes] for t in MAN_A.tensors},
+           "b": {t.name: DATA_B[t.offset:t.offset + t.nbytes] for t in MAN_B.tensors}}
+    src["a"][MAN_A.sha256] = MAN_A.raw
+    names = {t.sha256: t.name for t in MAN_A.tensors}
+    d = M.parse_desired(json.dumps(M.desired(MAN_A, 4, FP, "f")).encode())
+    work = tempfile.mkdtemp(dir=PROP_DIR)
+    sent = []
+    tr = Transfer(os.path.join(work, "partial"), Store(os.path.join(work, "store")), d,
+                  lambda obj, off, n, corr: sent.append((obj, off, n, corr)), piece=M.MIN_CHUNK,
+                  layout=M.layout(MAN_A))
+    plan = list(answers)
+    for _ in range(2000):
+        if tr.complete:
+            break
+        tr.pump(now=1e9)
+        while sent:
+            obj, off, n, corr = sent.pop(0)
+            kind = plan.pop(0) if plan else "a"
+            good = src["a"][obj][off:off + n]
+            data = {"a": good, "junk": os.urandom(n), "long": good + b"x", "short": good[:-1],
+                    "b": src["b"].get(names.get(obj), b"")[off:off + n] or good}[kind]
+            tr.on_response(*wire.parse_response(wire.response(corr, obj, off, data)))
+    assert tr.complete
+    assert open(tr.rebuild(), "rb").read() == DATA_A
+
+
+def test_a_manifest_of_another_version_is_refused_against_the_signed_layout():
+    from refitd.fleet import manifest as M
+    M.check_layout(MAN_A, M.layout(MAN_A))
+    with pytest.raises(M.ManifestError) as e:
+        M.check_layout(MAN_B, M.layout(MAN_A))
+    assert "not the signed package's" in str(e.value)
+    _one_line(e.value)
 
 
 def _server():

@@ -12,7 +12,7 @@ from refitd.delivery import Delivery, Origin
 from refitd.signing import (COMMAND_TYPE, PACKAGE_TYPE, SignatureError, TrustedKeys, canonical,
                             dump_envelope, generate_key, keyid_of, parse_public_key,
                             public_key_text, sign_envelope, verify_envelope)
-from refitd.trust import Floor, NonceBook, Trust, command_claims, package_claims, signed_limits
+from refitd.trust import Floor, NonceBook, Trust, command_claims, package_claims
 
 FP = "sha256:" + "ab" * 32
 
@@ -163,9 +163,19 @@ def test_nonces_expire_after_the_window(tmp_path):
     assert not again.seen("a" * 16) and again.seen("b" * 16)
 
 
-def test_signed_limits_give_length_and_chunk_hashes():
-    k = generate_key()
-    data = os.urandom(1000)
-    env = json.loads(_pkg_sig(data, k, chunk_size=256))
-    lim = signed_limits(env["signed"])
-    assert lim["length"] == 1000 and lim["chunk_size"] == 256 and len(lim["chunk_sha256"]) == 4
+def test_sign_signs_the_package_layout(tmp_path):
+    """`refitd sign` signs the header and tensor table (the MQTT transfer checks every tensor
+    against them), the same whatever chunk size a weight server later picks."""
+    from daemon_helpers import run_cli, seed_package
+    from refitd.fleet import manifest as M
+    from refitd.signing import write_key_pair
+    key = str(tmp_path / "k")
+    write_key_pair(key, generate_key())
+    pkg = seed_package(str(tmp_path / "w.safetensors"), 2.0, 2, FP)
+    r = run_cli("sign", pkg, "--key", key)
+    assert r.returncode == 0, r.stderr
+    signed = json.loads(open(pkg + ".sig", "rb").read())["signed"]
+    data = open(pkg, "rb").read()
+    for cs in (M.MIN_CHUNK, M.DEFAULT_CHUNK):
+        assert signed["layout"] == M.layout(M.build(data, cs))
+

@@ -158,6 +158,14 @@ def format_status(st: Dict[str, Any]) -> str:
         lines.append("updates      " + "  ".join("%s %d" % (k, v) for k, v in sorted(up.items())))
     if st.get("watch"):
         lines.append("file drop    %s" % st["watch"])
+    mq = (st.get("channels") or {}).get("mqtt")
+    if mq:
+        link = "connected" if mq.get("connected") else "DISCONNECTED: %s" % mq.get("error")
+        lines.append("mqtt         broker %s: %s; state %s" % (mq.get("broker"), link, mq.get("state")))
+        mu = mq.get("last_update")
+        if mu and mu.get("outcome") != "applied":
+            lines.append("mqtt update  version %s %s at %s: %s" % (
+                mu.get("version"), mu.get("outcome"), mu.get("stage"), mu.get("reason")))
     return "\n".join(lines)
 
 

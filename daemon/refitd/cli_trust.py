@@ -123,8 +123,9 @@ def cmd_sign(args) -> int:
                 env = json.loads(f.read().decode("utf-8"))
             env = sign_envelope(env["signed"], keys, env)
         else:
+            from .fleet.manifest import build, layout
             claims = package_claims(data, pkg.version, pkg.model, _expiry(args.expires),
-                                    args.fleet, args.group, args.chunk_size)
+                                    args.fleet, args.group, layout(build(data)))
             env = sign_envelope(claims, keys)
     except (OSError, ValueError, KeyError, SignatureError) as e:
         raise _cli_error("cannot sign %s: %s" % (args.package, getattr(e, "strerror", None) or e))
@@ -231,7 +232,6 @@ def add_commands(command: Any, json_help: str) -> None:
     sp.add_argument("--expires", default="30d", help="30d, 12h, or a UTC time 2027-01-31T00:00:00Z (default 30d)")
     sp.add_argument("--fleet", help="only boxes of this fleet accept it")
     sp.add_argument("--group", help="only boxes of this group accept it")
-    sp.add_argument("--chunk-size", type=int, help="also sign the sha256 of every chunk of this many bytes")
     sp.add_argument("--add", action="store_true", help="add signatures to the existing PACKAGE.sig")
     sp.add_argument("-o", "--output", help="signature file (default PACKAGE.sig)")
     sp.add_argument("--json", action="store_true", help=json_help)

@@ -196,6 +196,8 @@ class Daemon:
             "updates": self.updates.snapshot() if self.updates else {},
             "degraded": self.degraded(),
             "trust": self.trust.describe() if self.trust is not None else None,
+            "channels": {ch.name: st for ch, st in ((c, c.state()) for c in self.channels)
+                         if st is not None},
         }
         return out
 

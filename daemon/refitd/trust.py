@@ -35,8 +35,8 @@ from .delivery import APPLY, Delivery
 from .signing import (COMMAND_TYPE, PACKAGE_TYPE, SPEC_VERSION, SignatureError, TrustedKeys,
                       format_time, parse_time, verify_envelope)
 
-__all__ = ["Trust", "Floor", "NonceBook", "TrustError", "ChunkCheck", "package_claims", "command_claims",
-           "CHANNELS", "signed_limits"]
+__all__ = ["Trust", "Floor", "NonceBook", "TrustError", "package_claims", "command_claims",
+           "CHANNELS"]
 
 CHANNELS = ("cli", "file", "mqtt")
 _COMMAND_ARGS = {"rollback": ("to",), "pin": ("version",), "unpin": ("version",)}
@@ -51,24 +51,19 @@ class TrustError(SignatureError):
 
 def package_claims(data: bytes, version: int, model: str, expires: float,
                    fleet: Optional[str] = None, group: Optional[str] = None,
-                   chunk_size: Optional[int] = None,
-                   tensors: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+                   layout: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The ``signed`` part of a package's envelope: the bytes' sha256 and length, the version
-    and model, the target, the expiry, and (``chunk_size``) the sha256 of every chunk of that
-    size, so a receiver can check each chunk as it arrives (mix-and-match)."""
+    and model, the target, the expiry, and (``layout``, fleet.manifest.layout: ``refitd sign``
+    always adds it) the sha256 of the header and of the tensor table, so the MQTT transfer
+    checks every tensor against signed hashes before it rebuilds the package (mix-and-match)."""
     out: Dict[str, Any] = {
         "_type": PACKAGE_TYPE, "spec_version": SPEC_VERSION,
         "sha256": hashlib.sha256(data).hexdigest(), "length": len(data),
         "version": int(version), "model": model, "expires": format_time(expires),
         "target": {k: v for k, v in (("fleet", fleet), ("group", group)) if v is not None},
     }
-    if chunk_size:
-        mv = memoryview(data)
-        out["chunks"] = {"size": int(chunk_size),
-                         "sha256": [hashlib.sha256(mv[i:i + chunk_size]).hexdigest()
-                                    for i in range(0, len(data), chunk_size)]}
-    if tensors:
-        out["tensors"] = dict(tensors)
+    if layout:
+        out["layout"] = dict(layout)
     return out
 
 
@@ -84,15 +79,6 @@ def command_claims(command: str, args: Mapping[str, Any], nonce: Optional[str] =
         "nonce": nonce or os.urandom(16).hex(),
         "target": {k: v for k, v in (("fleet", fleet), ("group", group)) if v is not None},
     }
-
-
-def signed_limits(signed: Mapping[str, Any]) -> Dict[str, Any]:
-    """What a receiver enforces while the package streams in, from a verified envelope:
-    ``length`` (never read more: endless data) and ``chunk_size``/``chunk_sha256`` (check each
-    chunk on arrival: mix-and-match)."""
-    chunks = signed.get("chunks") or {}
-    return {"length": signed["length"], "sha256": signed["sha256"],
-            "chunk_size": chunks.get("size"), "chunk_sha256": list(chunks.get("sha256") or [])}
 
 
 # ---- persisted state -----------------------------------------------------------------------
@@ -328,53 +314,3 @@ class Trust:
             self.nonces.remember(nonce, min(parse_time(signed["expires"], "expires"), issued + self.window) + self.window)
         except OSError as e:  # without the record a replay could not be refused: refuse now
             raise TrustError("cannot record the command's nonce: %s" % (e.strerror or e)) from None
-
-
-class ChunkCheck:
-    """Reassembles a package sent in chunks under a verified envelope's limits (for the MQTT
-    channel): a chunk is taken only if its index exists, its length is the signed chunk size
-    (the last one the remainder) and its sha256 is the signed one, so at most the signed length
-    is ever held (endless data) and a chunk of another package or version never gets in
-    (mix-and-match). ``data()`` returns the whole, checked once more against the signed sha256."""
-
-    def __init__(self, signed: Mapping[str, Any]):
-        lim = signed_limits(signed)
-        size, hashes = lim["chunk_size"], lim["chunk_sha256"]
-        if not isinstance(size, int) or size < 1 or not hashes:
-            raise TrustError("the signed manifest carries no chunk hashes")
-        length = lim["length"]
-        if len(hashes) != -(-length // size):
-            raise TrustError("the signed manifest has %d chunk hashes for %d bytes in chunks of %d"
-                             % (len(hashes), length, size))
-        self.length, self.size, self.hashes, self.sha256 = length, size, hashes, lim["sha256"]
-        self._chunks: Dict[int, bytes] = {}
-
-    def expected_length(self, index: int) -> int:
-        return min(self.size, self.length - index * self.size)
-
-    def add(self, index: Any, chunk: Any) -> bool:
-        """Takes chunk ``index``; returns True once every chunk is in. TrustError if refused."""
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.hashes):
-            raise TrustError("chunk index %r outside 0..%d" % (index, len(self.hashes) - 1))
-        b = bytes(chunk)
-        want = self.expected_length(index)
-        if len(b) != want:
-            raise TrustError("chunk %d is %d bytes, the manifest says %d" % (index, len(b), want))
-        got = hashlib.sha256(b).hexdigest()
-        if got != self.hashes[index]:
-            raise TrustError("chunk %d has sha256 %s, the manifest says %s"
-                             % (index, got[:12], str(self.hashes[index])[:12]))
-        self._chunks[index] = b
-        return self.complete()
-
-    def complete(self) -> bool:
-        return len(self._chunks) == len(self.hashes)
-
-    def data(self) -> bytes:
-        if not self.complete():
-            missing = [i for i in range(len(self.hashes)) if i not in self._chunks]
-            raise TrustError("chunks missing: %s" % ", ".join(map(str, missing[:8])))
-        out = b"".join(self._chunks[i] for i in range(len(self.hashes)))
-        if hashlib.sha256(out).hexdigest() != self.sha256:
-            raise TrustError("reassembled package does not match the signed sha256")
-        return out

@@ -19,7 +19,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 from ..delivery import Delivery, Origin
 from ..plugins import plugin, plugins
@@ -111,6 +111,11 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None:
         """Stops taking deliveries; one in progress finishes."""
+
+    def state(self) -> Optional[Dict[str, Any]]:
+        """What ``refitd status`` shows of this channel under ``channels`` (None: nothing beyond
+        the daemon's own fields)."""
+        return None
 
     def origin(self, where: Optional[str] = None, peer: Optional[str] = None,
                id: Optional[str] = None) -> Origin:

@@ -53,6 +53,24 @@ class MqttChannel(Channel):
     def status(self) -> Dict[str, Any]:
         return self.services.status()
 
+    def state(self) -> Optional[Dict[str, Any]]:
+        """The broker link (connected, or why not) and the device's last update: refusals made
+        before any chunk is fetched (the signature on a desired state) never reach the pipeline,
+        so this is where ``refitd status`` shows them."""
+        dev = self.device
+        if dev is None:
+            return {"broker": self.s.url, "connected": False, "error": "not started"}
+        link = dev.link
+        return {"broker": self.s.url, "fleet": self.s.fleet, "connected": link.connected.is_set(),
+                "error": None if link.connected.is_set() else (link.error or "connecting"),
+                "connects": link.connects, "state": dev.state, "last_update": dev.last_update,
+                "transfer": dev.transfer.progress() if dev.transfer is not None else None,
+                "last_rejected_chunk": dev.last_rejected_chunk}
+
+    def trust_floor(self) -> Optional[int]:
+        trust = getattr(self.services, "trust", None)
+        return trust.floor_value() if trust is not None else None
+
     def check_announced(self, signature: Optional[bytes], sha256: str, size: int) -> Optional[Dict[str, Any]]:
         """The trust policy's verdict on a desired state, before any chunk is fetched: the
         verified ``signed`` part, or None when unsigned and not required (trust.TrustError to

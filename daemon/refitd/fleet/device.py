@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..atomic import write_atomic
 from . import manifest as _manifest
@@ -36,7 +36,8 @@ class FleetDevice:
     ``.store``, ``.engine``, ``.events``, ``status()`` (the control socket's status dict),
     ``command(req, payload)`` (rollback/pin/unpin as deliveries, ``req["sig"]`` their
     signature), ``check_announced(signature, sha256, size)`` (the trust policy on a desired
-    state) and ``apply_path(path, where, signature)`` (a rebuilt package as a delivery)."""
+    state), ``trust_floor()`` (the version floor, or None) and ``apply_path(path, where,
+    signature)`` (a rebuilt package as a delivery)."""
 
     def __init__(self, settings: Any, link: Link, host: Any, partial_dir: str,
                  deliver: Optional[Callable[[str, str, Optional[bytes]], Any]] = None):
@@ -51,6 +52,7 @@ class FleetDevice:
         self.transfer: Optional[Transfer] = None
         self.state = "idle"
         self.last_update: Optional[Dict[str, Any]] = None
+        self.last_rejected_chunk: Optional[Dict[str, Any]] = None
         self.outcomes = self._load_outcomes()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -154,11 +156,16 @@ class FleetDevice:
             try:
                 head, data = wire.parse_response(msg.payload)
             except wire.WireError as e:
-                self._event("update.chunk_rejected", reason=str(e))
+                self._chunk_rejected(str(e))
                 return
             self.received_total += len(data)
-            if self.transfer is not None:
-                self.transfer.on_response(head, data)
+            tr = self.transfer
+            if tr is not None:
+                try:
+                    tr.on_response(head, data)
+                except _manifest.ManifestError as e:  # the fetched manifest: refused whole
+                    self.transfer = None
+                    self._finish(tr.desired, False, "manifest", str(e))
         elif t == topics.fleet_desired(self.fleet) or (
                 self.group and t == topics.group_desired(self.fleet, self.group)):
             which = "fleet" if t == topics.fleet_desired(self.fleet) else "group"
@@ -166,7 +173,7 @@ class FleetDevice:
                 self.desired[which] = _manifest.parse_desired(msg.payload)
             except _manifest.ManifestError as e:
                 self.desired[which] = None
-                self._event("update.rejected", stage="desired", reason=str(e))
+                self._refuse_message("desired", str(e))
                 return
             self._reconcile()
         elif t == topics.cmd(self.fleet, self.id):
@@ -175,13 +182,29 @@ class FleetDevice:
             self._on_up()
             self._publish_status(force=True)
 
+    def _chunk_rejected(self, reason: str, **fields: Any) -> None:
+        """A response refused (malformed, or bytes that do not hash right): the transfer asks
+        again; the reason goes to the events and, as the last one, to the status."""
+        self.last_rejected_chunk = {"reason": reason, "at": time.time()}
+        self._event("update.chunk_rejected", reason=reason, **fields)
+
+    def _refuse_message(self, stage: str, reason: str, event: str = "update.rejected",
+                        **fields: Any) -> None:
+        """A desired state or command refused as it arrived: in the events and the status (local
+        and on the broker), nothing else changes."""
+        self.last_update = {"version": fields.get("version"), "outcome": "rejected", "stage": stage,
+                            "reason": reason, "package": None, "at": time.time()}
+        self._event(event, stage=stage, reason=reason, **fields)
+        self._publish_status(force=True)
+
     def effective(self) -> Optional[Dict[str, Any]]:
         """The group's desired state when there is one, else the fleet's."""
         return self.desired["group"] or self.desired["fleet"]
 
     def _reconcile(self) -> None:
         d = self.effective()
-        if d is None:
+        if d is None:  # cleared: a transfer in progress is not wanted any more
+            self.transfer = None
             return
         pkg = d["package"]["sha256"]
         if self.transfer is not None and self.transfer.package_sha == pkg:
@@ -189,8 +212,14 @@ class FleetDevice:
         if self.transfer is not None:  # superseded: keep its chunks (blobs may recur)
             self.transfer = None
         if pkg in self.outcomes and self.outcomes[pkg].get("version") == d["version"]:
-            return  # already tried: applied, rejected or rolled back -- never twice
-        why = self._refused(d)
+            # already tried: applied, rejected or rolled back -- never twice; but an old
+            # version announced again (a replayed desired state) is refused aloud
+            floor = self.host.trust_floor()
+            why = self._refused(d)[0] if floor is not None and d["version"] < floor else None
+            if why is not None:
+                self._finish(d, False, "signature", why, remember=False)
+            return
+        why, layout = self._refused(d)
         if why is not None:  # before any chunk is asked for: nothing unsigned or untrusted is fetched
             self._finish(d, False, "signature", why, remember=False)
             return
@@ -212,34 +241,40 @@ class FleetDevice:
         try:
             self.transfer = Transfer(os.path.join(self.partial), self.host.store, d, self._send,
                                      piece=self._piece(), max_in_flight=self.s.max_in_flight,
-                                     timeout=self.s.request_timeout,
-                                     on_reject=lambda why: self._event("update.chunk_rejected", version=v, reason=why))
+                                     timeout=self.s.request_timeout, layout=layout,
+                                     on_reject=lambda why: self._chunk_rejected(why, version=v))
         except _manifest.ManifestError as e:
             self._finish(d, False, "manifest", str(e))
             return
         self.state = "downloading"
         self._event("update.started", version=v, package=pkg, via="mqtt")
 
-    def _refused(self, d: Dict[str, Any]) -> Optional[str]:
-        """Why the trust policy refuses desired state ``d`` (None: go ahead). The package checks
-        are trust.py's (``host.check_announced``: signature, expiry, model, target, floor, the
-        signed sha256 and size against the announced ones); here only what is MQTT's own: the
-        desired version is the signed one, the manifest is bounded by the signed size."""
+    def _refused(self, d: Dict[str, Any]) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+        """Why the trust policy refuses desired state ``d`` (None: go ahead), and the signed
+        layout the transfer's manifest must match (None: unsigned and not required). The package
+        checks are trust.py's (``host.check_announced``: signature, expiry, model, target, floor,
+        the signed sha256 and size against the announced ones); here only what is MQTT's own:
+        the desired version is the signed one, the signature signs the layout (so every tensor
+        fetched is checked against a signed hash), the manifest is bounded by the signed size."""
         from ..signing import SignatureError
         try:
             signed = self.host.check_announced(d.get("signature"), d["package"]["sha256"],
                                                d["package"]["size"])
         except SignatureError as e:
-            return str(e)
+            return str(e), None
         if signed is None:
-            return None
+            return None, None
         if signed["version"] != d["version"]:
-            return "desired version %d, the signature is for version %d" % (d["version"], signed["version"])
+            return ("desired version %d, the signature is for version %d"
+                    % (d["version"], signed["version"])), None
+        if not isinstance(signed.get("layout"), dict):
+            return ("the signature does not sign the package's layout, which the MQTT transfer "
+                    "checks every tensor against (sign it again with refitd sign)"), None
         limit = _manifest.max_manifest_bytes(signed["length"])
         if d["manifest"]["size"] > limit:
             return ("desired manifest of %d bytes, more than the %d a signed package of %d bytes "
-                    "can need" % (d["manifest"]["size"], limit, signed["length"]))
-        return None
+                    "can need" % (d["manifest"]["size"], limit, signed["length"])), None
+        return None, signed["layout"]
 
     def _desired_topic(self) -> str:
         if self.desired["group"] is not None:
@@ -318,6 +353,7 @@ class FleetDevice:
                 raise ValueError("not an object")
         except (UnicodeDecodeError, ValueError):
             self._respond({"ok": False, "error": "command is not a JSON object"})
+            self._refuse_message("command", "command is not a JSON object", "command.rejected")
             return
         cmd = req.get("cmd")
         rid = req.get("id")
@@ -333,6 +369,9 @@ class FleetDevice:
         resp["id"] = rid
         resp["cmd"] = cmd
         self._respond(resp)
+        if not resp.get("ok"):
+            self._refuse_message("command", resp.get("error") or "%s failed" % cmd, "command.rejected",
+                                 cmd=cmd if isinstance(cmd, str) else json.dumps(cmd)[:40])
         self._publish_status(force=True)
 
     def _respond(self, resp: Dict[str, Any]) -> None:
@@ -363,8 +402,10 @@ class FleetDevice:
             "inferences_per_s": round(inf.get("per_second") or 0.0, 1),
             "p50_ms": inf.get("p50_ms"), "p99_ms": inf.get("p99_ms"),
             "desired_version": d["version"] if d else None,
+            "desired_package": d["package"]["sha256"] if d else None,
             "transfer": self.transfer.progress() if self.transfer else None,
             "received_bytes": self.received_total,
+            "last_rejected_chunk": self.last_rejected_chunk,
         }
         return doc
 

@@ -203,6 +203,29 @@ def signature_id(signature: Optional[bytes]) -> Optional[str]:
     return hashlib.sha256(signature).hexdigest()[:16] if signature is not None else None
 
 
+def layout(m: Manifest) -> Dict[str, Any]:
+    """What ``refitd sign`` signs of a package's layout (the ``layout`` claim): the sha256 of
+    its header and of its tensor table (name, offset, size and sha256 of every tensor, in file
+    order). Independent of the chunk size (a weight server picks that to fit its broker), so
+    one signature serves every transfer; a manifest whose table matches it authenticates every
+    tensor hash the transfer checks before the package is rebuilt (mix-and-match)."""
+    table = [[t.name, t.offset, t.nbytes, t.sha256] for t in m.tensors]
+    return {"header_sha256": hashlib.sha256(m.header).hexdigest(),
+            "tensors_sha256": hashlib.sha256(canonical(table)).hexdigest(),
+            "tensors": len(m.tensors)}
+
+
+def check_layout(m: Manifest, signed: Any) -> None:
+    """Refuses (``ManifestError``) a manifest whose header or tensor table is not the signed
+    package's: the tensor hashes it names would not be the signed ones."""
+    mine = layout(m)
+    if not isinstance(signed, dict) or any(signed.get(k) != v for k, v in mine.items()):
+        raise ManifestError("manifest's header or tensor table is not the signed package's "
+                            "(%d tensors, table %s; signed %s): a manifest of another package or version"
+                            % (mine["tensors"], mine["tensors_sha256"][:12],
+                               str(signed.get("tensors_sha256") if isinstance(signed, dict) else None)[:12]))
+
+
 def max_manifest_bytes(package_size: int) -> int:
     """A bound on the transfer manifest of a package of ``package_size`` bytes (its header in
     base64 and a 64-hex hash per chunk of at least ``MIN_CHUNK`` are each far below the package

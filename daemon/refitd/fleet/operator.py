@@ -108,7 +108,10 @@ def device_state(d: Dict[str, Any], want: Optional[Dict[str, Any]] = None) -> Di
                 last.get("stage") != "signature" or last.get("signature") == want.get("_signature")):
             # a refused signature is about that announcement only (_signature: the one pushed)
             row["state"] = last["outcome"]
-        elif st.get("serving_version") == v and st.get("desired_version") == v:
+        elif (st.get("serving_version") == v and st.get("desired_version") == v
+              and st.get("desired_package", pkg) == pkg):
+            # (only once the device has seen this package's announcement: other bytes under the
+            # same version number are the device's to judge, a stale status is not "applied")
             row["state"] = "applied"
         elif tr and st.get("desired_version") == v:
             row["state"] = "downloading"

@@ -50,8 +50,12 @@ class Counters:
 class Transfer:
     def __init__(self, partial: str, store: Any, desired: Dict[str, Any],
                  send: Callable[[str, int, int, str], None], piece: int, max_in_flight: int = 8,
-                 timeout: float = 10.0, on_reject: Optional[Callable[[str], None]] = None):
+                 timeout: float = 10.0, on_reject: Optional[Callable[[str], None]] = None,
+                 layout: Optional[Dict[str, Any]] = None):
+        """``layout``: the signed package's (the envelope's ``layout`` claim); the manifest must
+        match it, so every tensor hash checked here is a signed one."""
         self.partial = partial
+        self.layout = layout
         self.store = store
         self.desired = desired
         self.package_sha = desired["package"]["sha256"]
@@ -66,6 +70,7 @@ class Transfer:
         self.queue: Deque[_Want] = collections.deque()
         self.in_flight: Dict[str, Tuple[_Want, float]] = {}
         self._bufs: Dict[Tuple[str, int], Dict[int, bytes]] = {}
+        self._missing: Dict[str, set] = {}  # blob sha256 -> chunk indices not yet on disk
         self._last_answer = 0.0
         self.total = 0  # bytes this box must fetch (blobs it lacks)
         self.done_bytes = 0
@@ -100,6 +105,8 @@ class Transfer:
                 "manifest is for package %s (%d bytes), desired names %s (%d bytes)"
                 % (m.package_sha256[:12], m.package_size, self.package_sha[:12],
                    self.desired["package"]["size"]))
+        if self.layout is not None:
+            _manifest.check_layout(m, self.layout)
         self.manifest = m
         seen = set()
         for t in m.tensors:
@@ -107,12 +114,16 @@ class Transfer:
                 continue
             seen.add(t.sha256)
             self.total += t.nbytes
+            missing = self._missing[t.sha256] = set()
             for i, want in enumerate(t.chunks):
                 r = m.chunk_range(t, i)
                 if self._chunk_ok(t.sha256, i, want):
                     self.done_bytes += len(r)
                 else:
+                    missing.add(i)
                     self._plan_object(t.sha256, i, len(r), base=r.start)
+            if not missing:
+                self._check_tensor(t)
 
     def _plan_object(self, obj: str, index: int, n: int, base: int = 0) -> None:
         for o in range(0, max(n, 1), self.piece):
@@ -250,6 +261,31 @@ class Transfer:
             return
         self._write(self.chunk_path(w.obj, w.index), data)
         self.done_bytes += len(data)
+        missing = self._missing[t.sha256]
+        missing.discard(w.index)
+        if not missing:
+            self._check_tensor(t)
+
+    def _check_tensor(self, t: _manifest.Tensor) -> None:
+        """Once a tensor's chunks are all in: its bytes against its sha256 (a signed one when the
+        manifest matched the signed layout), before any rebuild. Chunks that each matched the
+        manifest's chunk hashes but not the tensor's (a manifest lying about chunks) are
+        dropped and fetched again."""
+        h = hashlib.sha256()
+        for i in range(len(t.chunks)):
+            with open(self.chunk_path(t.sha256, i), "rb") as f:
+                h.update(f.read())
+        if h.hexdigest() == t.sha256:
+            return
+        self.counters.rejected += 1
+        self.on_reject("tensor %s: its chunks do not make its sha256 %s; fetching it again"
+                       % (t.name, t.sha256[:12]))
+        for i in range(len(t.chunks)):
+            _unlink(self.chunk_path(t.sha256, i))
+            r = self.manifest.chunk_range(t, i)
+            self.done_bytes -= len(r)
+            self._missing[t.sha256].add(i)
+            self._plan_object(t.sha256, i, len(r), base=r.start)
 
     def _write(self, path: str, data: bytes) -> None:
         # a chunk whose rename is lost in a power cut is just fetched again: no directory fsync
