@@ -63,17 +63,7 @@ import onnxruntime as ort  # noqa: E402
 
 import models  # noqa: E402
 from refitd.engine import Engine  # noqa: E402
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+from hostinfo import cpu_model  # noqa: E402
 
 
 def _window_rate(fn, seconds):
@@ -588,7 +578,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "loadavg_1min_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "onnxruntime": ort.__version__,
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "kernel": platform.release(),
             "goals": {"ratio": ">= 0.8", "refit_over_memcpy": "<= 1.2", "p99_ratio": "<= 1.1",
                       "publish_us": "<= 20, 1 MB == 128 MB within noise"},

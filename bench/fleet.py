@@ -20,21 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "daemon")]
 
 from brokers import Mosquitto  # noqa: E402
+from hostinfo import cpu_model  # noqa: E402
 from daemon_helpers import fingerprint, rmtree, short_dir  # noqa: E402
 from fleet_helpers import Device, TestClient, cli  # noqa: E402
 
 N_T, SIZE = 10, 209715  # 10 x 0.8 MiB = 8 MiB of float32
 FLEET = "bench"
-
-
-def cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def weights(version, changed=None, base=0):
@@ -160,7 +151,7 @@ def main():
                            version=2, model=fp)
         res = [phase(args, watch, devs, v1, 1, N_T * SIZE * 4),
                phase(args, watch, devs, v2, 2, SIZE * 4)]
-        out = {"bench": "fleet", "devices": args.devices, "cpu": cpu(), "cores": os.cpu_count(),
+        out = {"bench": "fleet", "devices": args.devices, "cpu": cpu_model(), "cores": os.cpu_count(),
                "kernel": platform.release(), "broker": "mosquitto (loopback)",
                "full": res[0], "partial": res[1], "png": plot(args.png, res)}
         print(json.dumps(out))

@@ -92,8 +92,8 @@ def _sign(path: str, key: Any, version: int, fp: str) -> None:
 
 
 def _cpu() -> str:
-    from engine import _cpu_model  # bench/engine.py: the one /proc/cpuinfo reader of the benches
-    return _cpu_model() or "unknown"
+    from hostinfo import cpu_model  # bench/hostinfo.py: the one /proc/cpuinfo reader of the benches
+    return cpu_model() or "unknown"
 
 
 def soak(seconds: float, interval: float, warmup: float, state: str,

@@ -221,9 +221,11 @@ def test_shadow_check_spec_errors(engine):
         ShadowCheck([{"type": "golden", "expect": {"q": 1.0}}], engine)
     with pytest.raises(HealthError, match=r"input \"x\": shape \[2\], the model's is \[1, 1, 3, 3\]"):
         ShadowCheck([{"type": "finite", "inputs": {"x": [1.0, 2.0]}}], engine)
-    with pytest.raises(HealthError, match=r"health check 1 \(range\): give min, max or both"):
+    with pytest.raises(HealthError, match=r"health check 1 \(range\): a range check needs min, max or both"):
         ShadowCheck([{"type": "range"}], engine)
-    with pytest.raises(HealthError, match="unknown check type"):
+    # A spec given as a mapping is validated as the config file's checks are (health.check_config),
+    # with the config's messages.
+    with pytest.raises(HealthError, match=r'health check 1 \(vibes\): type: must be one of golden, finite, range, got "vibes"'):
         ShadowCheck([{"type": "vibes"}], engine)
 
 
@@ -522,8 +524,9 @@ def test_real_config_dataclass(engine, store, tmp_path):
 
 # ---- kill -9 during apply ----------------------------------------------------------------
 
-_CHILD = textwrap.dedent("""
-    import sys, numpy as np
+# A child process with a pipeline on the store at %(store)r (its start-up version in v).
+_CHILD_HEAD = """
+    import os, sys, time, numpy as np
     sys.path.insert(0, %(daemon)r)
     from refitd.engine import Engine
     from refitd.store import Store
@@ -533,6 +536,9 @@ _CHILD = textwrap.dedent("""
     s = Store(%(store)r)
     p = Pipeline(eng, s, None, None)
     v = p.start()
+"""
+
+_CHILD = textwrap.dedent(_CHILD_HEAD + """
     print("ready", v, flush=True)
     while True:
         v += 1
@@ -570,6 +576,59 @@ def test_kill_9_during_apply_restarts_on_a_committed_verified_version(conv_model
                 assert not [f for f in files if f.startswith(".tmp-")]
             served.append(v)
     assert served == sorted(served) and served[-1] > 0
+
+
+# The store write runs beside the engine stage and the shadow check (docs/design.md, "Pipeline
+# timing"): kill -9 at a known point inside that window, where blobs (or the whole manifest) of
+# the new version are on disk but current has not moved.
+_WINDOW_CHILD = textwrap.dedent(_CHILD_HEAD + """
+    write_package(%(tmp)r + "/w1.safetensors", {"conv.weight": np.full((1, 1, 3, 3), 1.0, np.float32)}, 1,
+                  eng.fingerprint)
+    assert p.apply(%(tmp)r + "/w1.safetensors").ok
+    def hold(where):
+        print(where, flush=True)
+        time.sleep(60)
+    if %(point)r == "spooled":  # blob temp files written and fsynced, nothing placed
+        write = s.write
+        s.write = lambda *a, **k: (hold("spooled"), write(*a, **k))[1]
+    else:  # blobs placed and the manifest written (uncommitted) while the stage is still on
+        stage = eng.stage
+        def staged_then_hold(*a, **k):
+            st = stage(*a, **k)
+            while not os.path.exists(os.path.join(%(store)r, "versions", "2.json")):
+                time.sleep(0.001)
+            hold("written")
+        eng.stage = staged_then_hold
+    write_package(%(tmp)r + "/w2.safetensors", {"conv.weight": np.full((1, 1, 3, 3), 2.0, np.float32)}, 2,
+                  eng.fingerprint)
+    p.apply(%(tmp)r + "/w2.safetensors")
+""")
+
+
+@pytest.mark.parametrize("point", ["spooled", "written"])
+def test_kill_9_inside_the_overlapped_store_write_leaves_the_committed_version(conv_model_path, tmp_path, point):
+    root = str(tmp_path / "store")
+    script = _WINDOW_CHILD % {"daemon": str(ROOT / "daemon"), "model": str(conv_model_path),
+                              "store": root, "tmp": str(tmp_path), "point": point}
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=dict(os.environ))
+    try:
+        line = child.stdout.readline().decode().strip()
+        assert line == point, child.stderr.read().decode()
+        leftovers = [f for _, _, files in os.walk(root) for f in files if f.startswith(".tmp-")]
+        assert bool(leftovers) == (point == "spooled")  # the window is the one we meant
+        assert os.path.exists(os.path.join(root, "versions", "2.json")) == (point == "written")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with Engine.open(conv_model_path) as eng, Store(root) as s:
+        assert Pipeline(eng, s, None, None).start() == 1
+        assert s.current() == 1 and s.versions() == [0, 1] and y_of(eng) == (9.0, 1)
+        for v in s.versions():
+            s.load(v)  # every blob of every stored version verifies
+        assert not [f for _, _, files in os.walk(root) for f in files if f.startswith(".tmp-")]
+        assert any("interrupted" in note for note in s.recovered)
+        assert s.disk_usage()["blobs"] == 2  # version 2's blob went with its manifest
 
 
 def test_reconfigure_swaps_checks_cap_and_window(engine, store, tmp_path):

@@ -143,6 +143,22 @@ def test_bad_options_refused_naming_the_key(key, value, words, tmp_path):
         assert w in msg
 
 
+def test_a_backend_option_given_both_typed_and_passed_through_is_refused(tmp_path):
+    from refitd import config
+
+    raw = {"model": {"path": "m.onnx", "options": {"profile": "prof"},
+                     "backend_options": {"profile_runs": 5, "isa": "generic"}},
+           "store": {"path": str(tmp_path / "s")}, "control": {"socket": str(tmp_path / "c.sock")}}
+    with pytest.raises(config.ConfigError) as e:
+        config.parse_config(raw)
+    assert "model.backend_options.profile_runs: is also set by model.options (profile); give it once" in str(e.value)
+    raw["model"]["backend_options"] = {"isa": "generic"}
+    kw = config.parse_config(raw).model.engine_args()
+    assert kw["backend_options"] == {"isa": "generic", "profile": "prof", "profile_runs": "100",
+                                     "profile_skip": "0"}
+    assert not any(k.startswith("backend.") for k in kw)  # one way to the backend: its options
+
+
 def test_daemon_config_profile_and_dump_reach_the_engine(tmp_path):
     from refitd import config
 
@@ -152,9 +168,10 @@ def test_daemon_config_profile_and_dump_reach_the_engine(tmp_path):
         "model:\n  path: %s\n  options:\n    profile: prof\n    profile_runs: 2\n"
         "    dump: dump\n    dump_at: 0\nstore:\n  path: store\ncontrol:\n  socket: ctl.sock\n" % path)
     cfg = config.load_config(str(cfg_path))
-    kw = cfg.model.options.engine_kwargs()
-    assert kw["backend.profile"] == str(tmp_path / "prof") and kw["backend.profile_runs"] == 2
-    assert kw["backend.dump"] == str(tmp_path / "dump") and kw["backend.dump_at"] == 0
+    kw = cfg.model.engine_args()  # the typed keys travel as the backend options they name
+    opts = kw["backend_options"]
+    assert opts["profile"] == str(tmp_path / "prof") and opts["profile_runs"] == "2"
+    assert opts["dump"] == str(tmp_path / "dump") and opts["dump_at"] == "0"
     with Engine.open(path, **kw) as eng:
         for _ in range(3):
             eng.infer(models.random_inputs(model))

@@ -56,7 +56,7 @@ from .schema import (SOCKET_PATH_MAX, ConfigError, Problem, _BAD, _Ctx, _build, 
                      _did_you_mean, _f, _is_int, _show, k_bool, k_choice, k_float,
                      k_backend_options, k_int, k_listen, k_mode, k_path, k_socket_path, k_str, k_str_map)
 from .plugins import config_types
-from .health import FiniteCheck, GoldenCheck, RangeCheck  # noqa: F401 (the check configs, re-exported)
+from .health import FiniteCheck, GoldenCheck, RangeCheck, check_config  # noqa: F401 (the check configs, re-exported)
 from .fleet.settings import MqttSettings as MqttConfig  # noqa: F401 (declared with the fleet channel)
 from .runner import (JsonlSinkConfig, NpyDirSourceConfig, SocketSourceConfig,  # noqa: F401
                      StdoutSinkConfig, SyntheticSourceConfig)
@@ -103,7 +103,9 @@ class ModelOptions:
     allow_nonfinite: bool = _f(False, k_bool, "accept NaN/Inf in refits")
     initial_version: int = _f(0, k_int(0), "version number of the weights inside the model file")
     strategy: Optional[str] = _f(None, k_choice("swap", "quiesce", "ab"), "refit strategy (docs/engine.md); null = the backend's default", nullable=True)
-    # Reference backend debugging (docs/cpu-backend.md): passed as backend.<key>.
+    # Reference backend debugging (docs/cpu-backend.md): typed, validated spellings of the
+    # backend options of the same names (model.backend_options is the one way they reach the
+    # backend: backend_options() below).
     profile: Optional[str] = _f(None, k_path, "directory for a per-op profile (trace.json, summary.txt)", nullable=True)
     profile_runs: int = _f(100, k_int(1), "inferences the profile records")
     profile_skip: int = _f(0, k_int(0), "inferences before the profile starts")
@@ -115,16 +117,21 @@ class ModelOptions:
                               "initial_version": self.initial_version}
         if self.strategy is not None:
             kw["strategy"] = self.strategy
-        if self.profile is not None:
-            kw.update({"backend.profile": self.profile, "backend.profile_runs": self.profile_runs,
-                       "backend.profile_skip": self.profile_skip})
-        if self.dump is not None:
-            kw.update({"backend.dump": self.dump, "backend.dump_at": self.dump_at})
         if self.refittable is not None:
             kw["refittable"] = list(self.refittable)
         if self.input_shape is not None:
             kw["input_shape"] = {k: tuple(v) for k, v in self.input_shape.items()}
         return kw
+
+    def backend_options(self) -> Dict[str, str]:
+        """The profile/dump keys that are set, as the backend options they stand for."""
+        out: Dict[str, str] = {}
+        if self.profile is not None:
+            out.update(profile=self.profile, profile_runs=str(self.profile_runs),
+                       profile_skip=str(self.profile_skip))
+        if self.dump is not None:
+            out.update(dump=self.dump, dump_at=str(self.dump_at))
+        return out
 
 
 @section
@@ -136,6 +143,15 @@ class ModelConfig:
                                          doc="options of the backend (backend.<key>), e.g. magicmind's model, device_ids")
     name_map: Dict[str, str] = _f(factory=dict, kind=k_str_map,
                                   doc="package tensor name -> engine weight name")
+
+    def engine_args(self) -> Dict[str, Any]:
+        """``Engine.open(self.path, **engine_args())``: the backend, its options (the typed
+        model.options profile/dump keys merged into model.backend_options; ``load`` refuses a
+        key given both ways) and the engine options."""
+        kw = self.options.engine_kwargs()
+        kw["backend"] = self.backend
+        kw["backend_options"] = dict(self.options.backend_options(), **self.backend_options)
+        return kw
 
 
 @section
@@ -310,12 +326,7 @@ def _build_health(raw, ctx):
     else:
         for i, c in enumerate(checks_raw):
             cpath = path + ("checks", "[%d]" % i)
-            obj = _build_typed(CHECK_TYPES, c, cpath, ctx, None)
-            if isinstance(obj, RangeCheck) and obj.min is None and obj.max is None:
-                ctx.add(cpath, "a range check needs min, max or both")
-            elif isinstance(obj, RangeCheck) and obj.min is not None and obj.max is not None \
-                    and obj.min > obj.max:
-                ctx.add(cpath + ("min",), "must be <= max (%g > %g)" % (obj.min, obj.max))
+            obj = check_config(c, cpath, ctx)
             if obj is not None:
                 checks.append(obj)
     window = _build(WindowConfig, raw.get("window"), path + ("window",), ctx)
@@ -359,6 +370,10 @@ def parse_config(raw: Any, origin: Optional[str] = None,
     security = _build(SecurityConfig, raw.get("security"), ("security",), ctx)
 
     # Cross-field rules, checked after each section parsed.
+    if model is not None:
+        for key in sorted(set(model.options.backend_options()) & set(model.backend_options)):
+            ctx.add(("model", "backend_options", key), "is also set by model.options (%s); give "
+                    "it once" % ("profile" if key.startswith("profile") else "dump"))
     if health is not None:
         w = health.window
         if w.range_min is not None and w.range_max is not None and w.range_min > w.range_max:

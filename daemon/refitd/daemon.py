@@ -80,9 +80,7 @@ class Daemon:
         self.events.subscribe(self.updates)
 
         try:
-            self.engine = Engine.open(cfg.model.path, backend=cfg.model.backend,
-                                      backend_options=cfg.model.backend_options,
-                                      **cfg.model.options.engine_kwargs())
+            self.engine = Engine.open(cfg.model.path, **cfg.model.engine_args())
         except EngineError as e:
             raise StartupError("cannot open the model %s on backend %s: %s"
                                % (cfg.model.path, cfg.model.backend, _first_line(e)))

@@ -16,8 +16,8 @@ The package identity is the sha256 of the whole package file, the bytes exactly 
 the pipeline computes it in one pass over the raw bytes before any parser runs and hands it to
 the verifier as ``delivery.sha256`` (a signature signs it); the store records it as
 ``package_sha256``. The blob hashes (one per tensor, the store's addresses) are a second hash of
-the tensor bytes, which runs in the background while the engine stages and shadow-checks the
-new weights (docs/store.md, "Package identity").
+the tensor bytes, which runs in the background, with the store write, while the engine stages
+and shadow-checks the new weights (docs/store.md, "Package identity").
 
 The verifier is ``fn(data, signature, delivery)``; it raises to refuse (stage ``signature``,
 the exception's first line is the reason). ``data`` is the raw package bytes, or for a command
@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Union
 
-from .package import PackageError, read_capped
+from .package import PackageError, ReadBuffer, read_capped
 
 __all__ = ["Delivery", "Origin", "Verifier", "no_verifier", "canonical_command",
            "read_signature", "command_signature", "APPLY", "ROLLBACK", "PIN", "UNPIN", "COMMANDS",
@@ -143,14 +143,18 @@ class Delivery:
         """How messages and events name the package: its path, else where it came from."""
         return self.path or self.origin.where or ("<%s delivery>" % self.origin.channel)
 
-    def read(self, max_bytes: int) -> Buffer:
+    def read(self, max_bytes: int, into: Optional[ReadBuffer] = None, hasher: Any = None) -> Buffer:
         """The package bytes, refused (``PackageError(stage="size")``) above ``max_bytes``
-        before any is read. Bytes already held are returned as they are (no copy)."""
+        before any is read. Bytes already held are returned as they are (no copy); a file is
+        read into ``into`` when given (the pipeline's buffer, kept between deliveries).
+        ``hasher`` (hashlib) is fed the package bytes as they are read (a file) or at once."""
         if self.command != APPLY:
             return self.payload if self.payload is not None else canonical_command(self.command, self.args)
         if self.data is not None:
             n = len(memoryview(self.data).cast("B"))
             if n > max_bytes:
                 raise PackageError("package too large: %d bytes, limit %d" % (n, max_bytes), stage="size")
+            if hasher is not None:
+                hasher.update(self.data)
             return self.data
-        return read_capped(self.name, max_bytes, fd=self.fd)
+        return read_capped(self.name, max_bytes, fd=self.fd, into=into, hasher=hasher)

@@ -14,11 +14,12 @@ the file's mtime: when it was moved there).
 from __future__ import annotations
 
 import os
-from typing import Iterable, List, Optional, Tuple
+import threading
+from typing import Iterable, List, Optional, Set, Tuple
 
 from .atomic import TMP_PREFIX, write_atomic
 
-__all__ = ["complete_name", "move_aside", "prune", "remove_leftovers"]
+__all__ = ["complete_name", "move_aside", "prune", "remove_leftovers", "Claims"]
 
 _COMPANIONS = (".sig", ".reason")
 
@@ -28,6 +29,27 @@ TEMP_SUFFIXES = (".part", ".tmp")
 def complete_name(name: str) -> bool:
     """Whether ``name`` is a finished file (not a dot file, not a temp name)."""
     return bool(name) and not (name.startswith(".") or name.endswith(TEMP_SUFFIXES))
+
+
+class Claims:
+    """The names in a drop folder that are taken and not finished yet, so a file noticed again
+    meanwhile (a second inotify event, the next scan) is not taken twice. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._names: Set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, name: str) -> bool:
+        """True (and ``name`` is now taken) unless it was taken already."""
+        with self._lock:
+            if name in self._names:
+                return False
+            self._names.add(name)
+            return True
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._names.discard(name)
 
 
 def move_aside(folder: str, sub: str, name: str, reason: Optional[str] = None,

@@ -308,7 +308,7 @@ class Context:
             ffi.release(self._handle)
             self._handle = None
 
-    def _bind(self, inputs: Dict[str, np.ndarray]):
+    def _bind(self, inputs: Dict[str, np.ndarray], out: Optional[Dict[str, np.ndarray]] = None):
         if self._handle is None:
             raise EngineError("inference on a closed engine", "REFIT_ERR_INVALID_ARG")
         if not isinstance(inputs, dict):
@@ -329,7 +329,9 @@ class Context:
             self._in_ptrs[i] = ffi.from_buffer(a)
         outputs = {}
         for j, spec in enumerate(self._outputs):
-            o = np.empty(spec.shape, dtype=np.float32)
+            o = out.get(spec.name) if out else None
+            if o is None or o.shape != spec.shape or o.dtype != np.float32 or not o.flags.c_contiguous:
+                o = np.empty(spec.shape, dtype=np.float32)
             outputs[spec.name] = o
             self._out_ptrs[j] = ffi.from_buffer(o, require_writable=True)
         return keep, outputs
@@ -342,10 +344,11 @@ class Context:
         del keep
         return outputs, int(self._version[0])
 
-    def infer_staged(self, staged: Staged, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def infer_staged(self, staged: Staged, inputs: Dict[str, np.ndarray],
+                     out: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
         if staged._handle is None:
             raise EngineError("the staged weight set is closed or published", "REFIT_ERR_INVALID_ARG")
-        keep, outputs = self._bind(inputs)
+        keep, outputs = self._bind(inputs, out)
         lib = self._lib
         _check(lib.refit_context_run_staged(self._handle, staged._handle, self._in_ptrs, self._in_sizes,
                                             len(self._inputs), self._out_ptrs, self._out_sizes,
@@ -460,8 +463,12 @@ class Engine:
         """Runs one inference; returns the outputs and the weight version they were computed with."""
         return self.context().infer(inputs)
 
-    def infer_staged(self, staged: Staged, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        return self.context().infer_staged(staged, inputs)
+    def infer_staged(self, staged: Staged, inputs: Dict[str, np.ndarray],
+                     out: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """One inference on a staged (unpublished) set. ``out``: output arrays to write into
+        (float32, C order, the model's shapes; others are ignored and allocated), so a caller
+        that runs often (the shadow check) does not page-fault fresh outputs every time."""
+        return self.context().infer_staged(staged, inputs, out)
 
     # -- refit
     def _flags(self, allow_nonfinite: Optional[bool]) -> int:

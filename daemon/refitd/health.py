@@ -37,8 +37,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .plugins import plugin, plugins
-from .schema import _f, k_float, k_tensor_map, section
+from .plugins import config_types, plugin, plugins
+from .schema import _Ctx, _build_typed, _f, k_float, k_tensor_map, section
 
 __all__ = ["HealthError", "ShadowCheck", "Check", "WatchWindow", "resolve_tensor",
            "GoldenCheck", "FiniteCheck", "RangeCheck"]
@@ -101,6 +101,23 @@ def _first_index(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask.reshape(-1))[0])
 
 
+_FINITE_CHUNK = 1 << 16
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """``np.isfinite(a).all()`` in cache-sized pieces: no temporary as large as ``a`` (a fresh
+    64 MiB array costs more in page faults than the check itself)."""
+    flat = a.reshape(-1)
+    mask = np.empty(min(flat.size, _FINITE_CHUNK), dtype=bool)
+    for i in range(0, flat.size, _FINITE_CHUNK):
+        part = flat[i: i + _FINITE_CHUNK]
+        m = mask[: part.size]
+        np.isfinite(part, out=m)
+        if not m.all():
+            return False
+    return True
+
+
 def _fmt(x: float) -> str:
     return "%.7g" % float(x)
 
@@ -109,8 +126,8 @@ def _fmt(x: float) -> str:
 
 @section
 class GoldenCheck:
-    inputs: Dict[str, Any] = _f(kind=k_tensor_map, doc="model input name -> tensor")
     expect: Dict[str, Any] = _f(kind=k_tensor_map, doc="model output name -> expected tensor")
+    inputs: Optional[Dict[str, Any]] = _f(None, k_tensor_map, "model input name -> tensor; default: ones", nullable=True)
     atol: float = _f(1e-5, k_float(0.0), "absolute tolerance")
     rtol: float = _f(1e-4, k_float(0.0), "relative tolerance")
     type: str = "golden"
@@ -130,15 +147,32 @@ class RangeCheck:
     type: str = "range"
 
 
-class Check:
-    """One resolved shadow check; a plugin subclass judges the outputs."""
+def check_config(raw: Any, path: Tuple[str, ...], ctx: Any) -> Any:
+    """One shadow check's config validated into its typed class (``GoldenCheck``, ...), every
+    problem added to ``ctx`` (schema._Ctx) under ``path``; None if unusable. The one validation
+    of a check: config.py for the config file, ``ShadowCheck`` for a spec given as a mapping."""
+    obj = _build_typed(config_types("check"), raw, path, ctx, None)
+    if isinstance(obj, GoldenCheck) and not obj.expect:
+        ctx.add(path + ("expect",), "names no output (a golden check compares at least one)")
+    elif isinstance(obj, RangeCheck) and obj.min is None and obj.max is None:
+        ctx.add(path, "a range check needs min, max or both")
+    elif isinstance(obj, RangeCheck) and obj.min is not None and obj.max is not None \
+            and obj.min > obj.max:
+        ctx.add(path + ("min",), "must be <= max (%g > %g)" % (obj.min, obj.max))
+    return obj
 
-    def __init__(self, label: str, kind: str, inputs: Dict[str, np.ndarray],
-                 expect: Optional[Dict[str, np.ndarray]] = None, rtol: float = 1e-4,
-                 atol: float = 1e-5, vmin: Optional[float] = None, vmax: Optional[float] = None):
-        self.label, self.kind, self.inputs = label, kind, inputs
+
+class Check:
+    """One resolved shadow check; a plugin subclass judges the outputs. ``config``: its typed
+    config (``GoldenCheck``, ``FiniteCheck``, ``RangeCheck``), whose fields carry the defaults."""
+
+    def __init__(self, label: str, config: Any, inputs: Dict[str, np.ndarray],
+                 expect: Optional[Dict[str, np.ndarray]] = None):
+        self.label, self.kind, self.inputs = label, config.type, inputs
         self.expect = expect or {}
-        self.rtol, self.atol, self.vmin, self.vmax = rtol, atol, vmin, vmax
+        self.rtol, self.atol = getattr(config, "rtol", None), getattr(config, "atol", None)
+        self.vmin, self.vmax = getattr(config, "min", None), getattr(config, "max", None)
+        self.outputs: Optional[Dict[str, np.ndarray]] = None  # reused by ShadowCheck.run
 
     def judge(self, outputs: Mapping[str, np.ndarray]) -> Optional[str]:
         """Why ``outputs`` fail this check, or None."""
@@ -168,8 +202,8 @@ class FiniteJudge(Check):
     def judge(self, outputs: Mapping[str, np.ndarray]) -> Optional[str]:
         for name, got in outputs.items():
             got = np.asarray(got)
-            fin = np.isfinite(got)
-            if not fin.all():
+            if not _all_finite(got):
+                fin = np.isfinite(got)
                 i = _first_index(~fin)
                 return ("%s: output %s has %d non-finite values (first %s at flat index %d)"
                         % (self.label, _q(name), int((~fin).sum()), _fmt(got.reshape(-1)[i]), i))
@@ -212,13 +246,14 @@ class ShadowCheck:
         kinds = plugins("check")
         self.checks: List[Check] = []
         for i, spec in enumerate(specs or []):
-            kind = _get(spec, "type", "golden")
-            label = "health check %d (%s)" % (i + 1, kind)
-            judge = kinds.get(kind)
-            if judge is None:
-                raise HealthError("%s: unknown check type %s (%s)"
-                                  % (label, _q(str(kind)), ", ".join(kinds)))
-            given = _get(spec, "inputs") or {}
+            label = "health check %d (%s)" % (i + 1, _get(spec, "type", "?"))
+            if isinstance(spec, Mapping):  # not from the config file: validated the same way
+                ctx = _Ctx()
+                spec = check_config(dict(spec), (), ctx)
+                if ctx.problems:
+                    p = ctx.problems[0]
+                    raise HealthError("%s: %s%s" % (label, p.path + ": " if p.path else "", p.message))
+            given = spec.inputs or {}
             unknown = sorted(set(given) - set(ins))
             if unknown:
                 raise HealthError("%s: %s is not an input of the model (inputs: %s)"
@@ -228,49 +263,29 @@ class ShadowCheck:
                 what = "%s: input %s" % (label, _q(name))
                 inputs[name] = resolve_tensor(given.get(name, 1.0), s.shape, what, base_dir)
             expect = {}
-            if kind == "golden":
-                want = _get(spec, "expect") or {}
-                if not want:
-                    raise HealthError("%s: expect names no output" % label)
-                for name, t in want.items():
-                    if name not in outs:
-                        raise HealthError("%s: %s is not an output of the model (outputs: %s)"
-                                          % (label, _q(name), ", ".join(outs)))
-                    expect[name] = resolve_tensor(t, outs[name].shape,
-                                                  "%s: expected %s" % (label, _q(name)), base_dir)
-            vmin, vmax = _get(spec, "min"), _get(spec, "max")
-            if kind == "range" and vmin is None and vmax is None:
-                raise HealthError("%s: give min, max or both" % label)
-            if vmin is not None and vmax is not None and vmin > vmax:
-                raise HealthError("%s: min %s is above max %s" % (label, vmin, vmax))
-            self.checks.append(judge(label, kind, inputs, expect,
-                                     rtol=float(_get(spec, "rtol", 1e-4)),
-                                     atol=float(_get(spec, "atol", 1e-5)),
-                                     vmin=vmin, vmax=vmax))
+            for name, t in (getattr(spec, "expect", None) or {}).items():
+                if name not in outs:
+                    raise HealthError("%s: %s is not an output of the model (outputs: %s)"
+                                      % (label, _q(name), ", ".join(outs)))
+                expect[name] = resolve_tensor(t, outs[name].shape,
+                                              "%s: expected %s" % (label, _q(name)), base_dir)
+            self.checks.append(kinds[spec.type](label, spec, inputs, expect))
 
     def __len__(self) -> int:
         return len(self.checks)
 
     def run(self, engine: Any, staged: Any) -> None:
-        """Runs every check on the staged weights; raises ``HealthError`` at the first failure."""
+        """Runs every check on the staged weights; raises ``HealthError`` at the first failure.
+        Each check keeps its output arrays for the next update (one update at a time)."""
         for check in self.checks:
             try:
-                outputs = engine.infer_staged(staged, check.inputs)
+                check.outputs = engine.infer_staged(staged, check.inputs, check.outputs)
             except Exception as e:  # EngineError: the staged set cannot even run
                 raise HealthError("%s: inference on the new weights failed: %s"
                                   % (check.label, str(e).splitlines()[0] if str(e) else e)) from None
-            why = check.judge(outputs)
+            why = check.judge(check.outputs)
             if why is not None:
                 raise HealthError(why)
-
-    def run_serving(self, engine: Any) -> Optional[str]:
-        """Runs the checks on the serving weights (for diagnostics); returns the failure or None."""
-        for check in self.checks:
-            outputs, _version = engine.infer(check.inputs)
-            why = check.judge(outputs)
-            if why is not None:
-                return why
-        return None
 
 
 class WatchWindow:

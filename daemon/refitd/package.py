@@ -40,9 +40,11 @@ import difflib
 import hashlib
 import json
 import os
+import queue
 import re
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -52,6 +54,8 @@ __all__ = [
     "PackageError",
     "Package",
     "read_package",
+    "read_capped",
+    "ReadBuffer",
     "parse_package_bytes",
     "check_against_model",
     "check_finite",
@@ -476,10 +480,63 @@ def parse_package_bytes(data: bytes, path: Optional[str] = None, sha256: Optiona
     )
 
 
-def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None) -> bytes:
+class ReadBuffer:
+    """Memory that ``read_capped`` reads into, kept from one read to the next by its owner (the
+    pipeline, which reads one package at a time under its lock and holds no view of the last
+    one when it reads the next). A fresh buffer is page-faulted in as the read fills it: 64 MiB
+    cost ~40 ms that way on the 2-core EPYC VM (docs/design.md, "Pipeline timing"), more than
+    the sha256 of the same bytes. The price is resident memory: the largest package read."""
+
+    def __init__(self) -> None:
+        self._buf: Optional[bytearray] = None
+
+    def take(self, n: int) -> memoryview:
+        """``n`` writable bytes; what an earlier ``take`` returned is overwritten."""
+        if self._buf is None or len(self._buf) < n:
+            self._buf = None  # the old one goes first: never both at once
+            self._buf = bytearray(n)
+        return memoryview(self._buf)[:n]
+
+
+_HASH_PIECE = 4 << 20
+
+
+def _read_all(fd: int, buf: memoryview, hasher: Any) -> int:
+    """Reads ``fd`` from offset 0 into ``buf`` until it is full or the file ends; returns the
+    bytes read. With ``hasher`` (hashlib) they are hashed too: a large file piece by piece in a
+    helper thread while the next piece is read (pread and sha256 both release the GIL, so they
+    run on two cores and the read costs next to nothing beside the hash)."""
+    want, got = len(buf), 0
+    pieces: "queue.Queue[Optional[memoryview]]" = queue.Queue()
+    helper = None
+    if hasher is not None and want > 2 * _HASH_PIECE:
+        helper = threading.Thread(target=lambda: [hasher.update(p) for p in iter(pieces.get, None)],
+                                  name="refitd-read-hash", daemon=True)
+        helper.start()
+    try:
+        while got < want:
+            n = os.preadv(fd, [buf[got: got + _HASH_PIECE]], got)
+            if n == 0:
+                break
+            if helper is not None:
+                pieces.put(buf[got: got + n])
+            got += n
+    finally:
+        if helper is not None:
+            pieces.put(None)
+            helper.join()
+    if hasher is not None and helper is None:
+        hasher.update(buf[:got])
+    return got
+
+
+def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[int] = None,
+                into: Optional[ReadBuffer] = None, hasher: Any = None) -> Any:
     """Reads the file at ``path`` whole, refusing more than ``max_bytes`` before reading any.
     With ``fd`` (an open descriptor the caller keeps owning, e.g. one the CLI passed over the
-    control socket) that file is read from its start and ``path`` only names it in errors."""
+    control socket) that file is read from its start and ``path`` only names it in errors.
+    Returns a new ``bytearray``, or with ``into`` a memoryview of that buffer (valid until its
+    next ``take``). ``hasher`` (e.g. ``hashlib.sha256()``) is fed the bytes as they are read."""
     own = fd is None
     if own:
         try:
@@ -497,27 +554,23 @@ def read_capped(path: str, max_bytes: int, what: str = "package", fd: Optional[i
             raise PackageError(
                 "%s too large: %d bytes, limit %d" % (what, st.st_size, max_bytes), stage="size"
             )
-        # One read straight into the bytes that are kept (no zero-filled buffer first), one
-        # spare byte to notice a file that grew meanwhile; positioned: a passed fd's offset is
-        # not ours. A short read (not from the page cache of a regular file) goes on in pieces.
+        # Read straight into the memory that is kept, one spare byte to notice a file that grew
+        # meanwhile; positioned: a passed fd's offset is not ours. A short read (not from the
+        # page cache of a regular file) goes on in pieces.
         want = st.st_size + 1
-        data = os.pread(fd, want, 0)
-        if 0 < len(data) < st.st_size:
-            parts = [data]
-            got = len(data)
-            while got < want:
-                chunk = os.pread(fd, want - got, got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            data = b"".join(parts)
-        if len(data) != st.st_size:
+        fresh = bytearray(want) if into is None else None
+        buf = memoryview(fresh) if fresh is not None else into.take(want)  # type: ignore[union-attr]
+        got = _read_all(fd, buf, hasher)
+        if got != st.st_size:
             raise PackageError(
-                "%s changed while being read: %d bytes, then %d" % (what, st.st_size, len(data)),
+                "%s changed while being read: %d bytes, then %d" % (what, st.st_size, got),
                 stage="size",
             )
-        return data  # immutable: the arrays built over it are read-only views
+        if fresh is None:
+            return buf[:got]
+        buf.release()
+        del fresh[got:]
+        return fresh  # nobody else holds it: the arrays built over it are read-only views
     except OSError as e:
         raise PackageError("cannot read %s %s: %s" % (what, path, e.strerror), stage="size") from None
     finally:

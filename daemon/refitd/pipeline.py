@@ -2,17 +2,21 @@
 ``Delivery`` (delivery.py) through ``Pipeline.deliver``; one lock serialises them. ``apply(path)``
 and ``rollback(to)`` are deliveries too.
 
-A package delivery: size cap (before reading) -> signature check on the raw bytes (the
-verifier hook; nothing has parsed them yet) -> parse -> model fingerprint, names, dtypes,
-shapes -> finite values -> version policy -> stage in the engine -> shadow check on the staged
-set -> write to the store (blobs, manifest) -> commit (``current`` moves) -> ``engine.publish``
--> event. Rollback, pin and unpin are command deliveries: the same lock, verifier and
-event/``Outcome`` reporting.
+A package delivery: size cap (before reading) -> read, hashed as it is read (the package
+identity) -> signature check on the raw bytes (the verifier hook; nothing has parsed them yet)
+-> parse -> model fingerprint, names, dtypes, shapes -> version policy -> stage in the engine
+(the one copy; finite values checked in it) -> shadow check on the staged set, while the store
+write (blob hashes | blob files written and fsynced, then the manifest) runs beside both ->
+commit (``current`` moves) once both succeeded -> ``engine.publish`` -> event. Rollback, pin and
+unpin are command deliveries: the same lock, verifier and event/``Outcome`` reporting.
+``timings`` holds the last package delivery's steps (bench/pipeline.py prints them).
 
 Ordering, and why (docs/store.md has the long form):
 
-* Everything that can reject an input runs before the store is touched, so a rejected package
-  leaves the store byte-for-byte unchanged (and the engine serving what it served).
+* Nothing a rejection could leave behind is committed: the store write that overlaps stage and
+  shadow check makes an uncommitted version (invisible after a restart, discarded on open), and
+  a rejection there waits for it and discards it, so a rejected package leaves the store
+  byte-for-byte unchanged (and the engine serving what it served).
 * The store commit comes *before* the engine publish. A restarted daemon serves the store's
   committed ``current``. Committing first means every version that ever produced a result is
   durable and is what a restart serves: a crash between commit and publish just completes the
@@ -46,8 +50,8 @@ import numpy as np
 from .health import HealthError, ShadowCheck, WatchWindow, _get
 from .delivery import (APPLY, PIN, ROLLBACK, Delivery, Origin, Verifier, no_verifier,
                        read_signature)
-from .package import (DEFAULT_MAX_PACKAGE_BYTES, Package, PackageError, check_against_model,
-                      check_finite, parse_package_bytes, signature_path)
+from .package import (DEFAULT_MAX_PACKAGE_BYTES, Package, PackageError, ReadBuffer,
+                      check_against_model, check_finite, parse_package_bytes, signature_path)
 from .store import Store, StoreError
 
 __all__ = ["Pipeline", "Outcome", "NullEvents", "ALREADY_SERVING_STAGE", "UNCHANGED_STAGE",
@@ -98,6 +102,19 @@ def _as_reject(e: BaseException) -> "_Reject":
 def _one_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
+
+
+class _Laps:
+    """``lap(name)`` records the seconds since the previous lap into ``timings`` (cleared)."""
+
+    def __init__(self, timings: Dict[str, float]):
+        timings.clear()
+        self.timings, self.t = timings, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        t = time.perf_counter()
+        self.timings[name] = t - self.t
+        self.t = t
 
 
 def _short(fp: str) -> str:
@@ -156,7 +173,11 @@ class Pipeline:
         #: refused on every channel, even when the store was recovered or re-seeded below it
         self.floor: Callable[[], Optional[int]] = lambda: None
         self._lock = threading.Lock()
-        self._hasher: Optional[ThreadPoolExecutor] = None
+        self._writer: Optional[ThreadPoolExecutor] = None  # the store write beside the stage
+        self._buffer = ReadBuffer()  # packages are read into it (no page faults per delivery)
+        #: the last package delivery's steps, in order: name -> seconds (``Timings``)
+        self.timings: Dict[str, float] = {}
+        self._lap = _Laps({})
         self._seen: Dict[Any, Outcome] = {}  # (channel, delivery id) -> its outcome, oldest first
         #: ``fn(delivery, outcome)`` after every delivery, under the lock (the daemon's status)
         self.listeners: List[Callable[[Delivery, Outcome], None]] = []
@@ -330,16 +351,21 @@ class Pipeline:
     def _apply_locked(self, d: Delivery):
         # size cap (checked on the open file before reading) -> signature over the raw bytes
         # -> parse: no parser sees a byte the verifier has not passed
+        lap = self._lap = _Laps(self.timings)
+        identity = hashlib.sha256()  # the package identity: once, over the raw bytes, as read
         try:
-            data = d.read(self.max_package_bytes)
+            data = d.read(self.max_package_bytes, into=self._buffer, hasher=identity)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
-        d.sha256 = hashlib.sha256(data).hexdigest()  # the identity, once, over the raw bytes
+        d.sha256 = identity.hexdigest()
+        lap("read | sha256")
         self._verify(d, data)
+        lap("verify")
         try:
             pkg = parse_package_bytes(data, path=d.path or d.origin.where, sha256=d.sha256)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
+        lap("parse")
         try:
             return self._apply_package(pkg, d.source)
         except _Reject as r:
@@ -350,7 +376,7 @@ class Pipeline:
         engine, store = self.engine, self.store
         try:
             check_against_model(pkg, engine)
-            if not self.allow_nonfinite:
+            if not self.allow_nonfinite and not self._stage_checks_finite():
                 check_finite(pkg.tensors)
         except PackageError as e:
             raise _Reject(e.stage, e.reason) from None
@@ -389,9 +415,11 @@ class Pipeline:
             raise _Reject("model", "package leaves weight %s without a value (no base holds it)"
                           % json.dumps(missing[0]) if missing else "package and model weights differ")
         delta = self._delta(target, pkg.tensors)
-        # The blob hashes (the store's addresses) run in the background while the engine stages
-        # and shadow-checks: hashlib, the copy and the inference all release the GIL.
-        pending = self._hashing().submit(store.prepare, pkg.version, pkg.tensors, base=pkg.base, meta=meta)
+        self._lap("check")
+        # The store write (blob hashes, blob files written and fsynced, manifest) runs in the
+        # background while the engine stages and shadow-checks: hashlib, file writes, the copy
+        # and the inference all release the GIL. Only the commit waits for both.
+        pending = self._writing().submit(self._store_write, pkg.version, pkg.tensors, pkg.base, meta)
         written = self._stage_check_commit(pkg.version, delta, cur, pending=pending,
                                            event="applied", fields={"source": source,
                                                                     "package_sha256": pkg.sha256})
@@ -400,10 +428,27 @@ class Pipeline:
                              "bytes": pkg.nbytes, "new_blob_bytes": written.new_bytes,
                              "pruned": gc}
 
-    def _hashing(self) -> ThreadPoolExecutor:
-        if self._hasher is None:
-            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="refitd-hash")
-        return self._hasher
+    def _writing(self) -> ThreadPoolExecutor:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="refitd-store")
+        return self._writer
+
+    def _store_write(self, version: int, tensors: Dict[str, np.ndarray], base: Optional[int],
+                     meta: Dict[str, Any]) -> Any:
+        """The background half of an apply: the version written (not committed). Its own
+        steps go to ``timings`` as ``store.*`` (they overlap stage and shadow check)."""
+        t0 = time.perf_counter()
+        pending, spooled = self.store.spool(version, tensors, base=base, meta=meta)
+        t1 = time.perf_counter()
+        self.store.write(pending, spooled)
+        self.timings["store.blobs (hash | write+fsync)"] = t1 - t0
+        self.timings["store.place+manifest"] = time.perf_counter() - t1
+        return pending
+
+    def _stage_checks_finite(self) -> bool:
+        """Whether ``engine.stage`` refuses non-finite values itself: librefit checks them in
+        the stage copy, the one pass it makes over the bytes anyway (docs/design.md)."""
+        return getattr(self.engine, "allow_nonfinite", True) is False
 
     def _delta(self, target: Dict[str, Any], given: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The tensors to stage on the serving set: every tensor ``given`` (the package: staged
@@ -426,20 +471,26 @@ class Pipeline:
 
     def _stage_check_commit(self, version: int, delta: Dict[str, np.ndarray], cur: Optional[int],
                             pending: Optional[Future], event: str, fields: Dict[str, Any]) -> Any:
-        """stage -> shadow check -> store write (``pending``: the store.prepare running in the
-        background; None for a rollback, whose version is stored) -> commit -> publish."""
+        """stage -> shadow check, beside the store write (``pending``: ``_store_write`` running
+        in the background; None for a rollback, whose version is stored) -> commit once both
+        succeeded -> publish. A rejection discards what the store write wrote."""
         engine, store = self.engine, self.store
+        lap = self._lap if pending is not None else _Laps({})
         try:
             try:
                 staged = engine.stage(delta, version, allow_nonfinite=self.allow_nonfinite)
             except Exception as e:  # RefitError and friends
+                self._finite_reject(e, delta)
                 raise _Reject("stage", _one_line(e)) from None
+            lap("stage (copy + finite)")
             try:
                 try:
                     self.health.run(engine, staged)
                 except HealthError as e:
                     raise _Reject("health", _one_line(e)) from None
-                written = self._write(pending)
+                lap("shadow check")
+                written = self._written(pending)
+                lap("wait for the store write")
                 high = store.highest()
                 try:
                     store.commit(version, event=event, **fields)
@@ -450,28 +501,49 @@ class Pipeline:
                 warnings = getattr(store, "warnings", None)
                 while warnings:
                     self.events.emit("store.warning", warning=warnings.pop(0))
+                lap("commit")
                 try:
                     engine.publish(staged)
                 except Exception as e:
                     self._quiet(store.revert, version, cur, high, reason=_one_line(e))
                     raise _Reject("publish", _one_line(e)) from None
                 self._served_at = time.perf_counter()
+                lap("publish")
                 return written
             finally:
                 staged.close()
-        finally:
-            if pending is not None:
-                wait([pending])  # never leave the hashing running into the next delivery
+        except BaseException:
+            self._undo_write(pending, version)
+            raise
 
-    def _write(self, pending: Optional[Future]) -> Any:
+    def _finite_reject(self, e: Exception, delta: Dict[str, np.ndarray]) -> None:
+        """A stage that refused non-finite values is a ``finite`` rejection, with the message
+        ``check_finite`` gives (its pass runs only here, on the refused tensors)."""
+        if getattr(e, "status", None) != "REFIT_ERR_NONFINITE":
+            return
+        try:
+            check_finite(delta)
+        except PackageError as pe:
+            raise _Reject("finite", pe.reason) from None
+
+    def _written(self, pending: Optional[Future]) -> Any:
         if pending is None:
             return None
         try:
-            prepared = pending.result()
-            self.store.write(prepared)
-            return prepared
+            return pending.result()
         except StoreError as e:
             raise _Reject("store", _one_line(e)) from None
+
+    def _undo_write(self, pending: Optional[Future], version: int) -> None:
+        """A rejection after the background write started: wait for it (it never runs into the
+        next delivery) and discard what it wrote, so the store is as it was. Not after the
+        commit point: a publish failure is undone by ``store.revert``."""
+        if pending is None:
+            return
+        wait([pending])
+        if pending.exception() is None and self.store.has(version) and self.store.current() != version \
+                and (self.store.highest() is None or version > self.store.highest()):
+            self._quiet(self.store.discard, version)
 
     def _quiet(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
         try:
@@ -562,7 +634,7 @@ class Pipeline:
             raise _Reject("model", "stored version %d is for model %s, the engine serves %s"
                           % (to, _short(str(man.get("model"))), _short(self.engine.fingerprint)))
         delta = self._delta(man["tensors"], {})
-        if not self.allow_nonfinite:
+        if not self.allow_nonfinite and not self._stage_checks_finite():
             try:
                 check_finite(delta)
             except PackageError as e:

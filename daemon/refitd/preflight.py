@@ -178,8 +178,7 @@ def _check_model(c: _Checker, cfg: Config) -> Optional[dict]:
     from .engine import Engine
     from .health import ShadowCheck
     try:
-        eng = Engine.open(cfg.model.path, backend=cfg.model.backend, backend_options=cfg.model.backend_options,
-                          **cfg.model.options.engine_kwargs())
+        eng = Engine.open(cfg.model.path, **cfg.model.engine_args())
     except Exception as e:  # EngineError, LibraryError: the line the daemon would fail with
         c.add("model.path", "the engine cannot open %s on backend %s: %s"
               % (cfg.model.path, cfg.model.backend, _first_line(e)))

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .dropfolder import complete_name, move_aside
+from .dropfolder import Claims, complete_name, move_aside
 from .faults import worker_fault
 from .plugins import plugin, plugins
 from .schema import (_BAD, section, _did_you_mean, _f, _is_int, _show, k_choice, k_float, k_int, k_mode,
@@ -303,8 +303,7 @@ class NpyDirSource(QueuedSource):
 
     def __init__(self, cfg, engine, events):
         super().__init__(cfg, engine, events, maxsize=256)
-        self._seen: set = set()
-        self._seen_lock = threading.Lock()
+        self._seen = Claims()  # queued for inference and not finished yet
         self._settling: Dict[str, tuple] = {}  # name -> (size, mtime_ns) at the last scan
         self._thread: Optional[threading.Thread] = None
         self._specs = engine.inputs()
@@ -325,8 +324,7 @@ class NpyDirSource(QueuedSource):
         except OSError as e:
             self.events.emit("runner.error", source="npy-dir", file=name, error=str(e))
         finally:
-            with self._seen_lock:
-                self._seen.discard(name)
+            self._seen.release(name)
 
     def _load(self, path: str) -> Dict[str, np.ndarray]:
         if path.endswith(".npz"):
@@ -365,10 +363,8 @@ class NpyDirSource(QueuedSource):
                 if self._stop.is_set():
                     break
                 name = e.name
-                with self._seen_lock:
-                    if name in self._seen:
-                        continue
-                    self._seen.add(name)
+                if not self._seen.claim(name):
+                    continue
                 path = e.path
                 try:
                     inputs = self._load(path)
@@ -388,8 +384,7 @@ class NpyDirSource(QueuedSource):
                     except queue.Full:
                         continue
                 else:
-                    with self._seen_lock:
-                        self._seen.discard(name)
+                    self._seen.release(name)
             self._stop.wait(self.cfg.poll)
 
 

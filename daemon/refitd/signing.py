@@ -66,7 +66,8 @@ def _check_canonical(obj: Any, where: str = "signed") -> None:
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise SignatureError("%s: keys must be strings" % where)
-            _check_canonical(v, "%s.%s" % (where, k))
+            # a key that is not plain text is quoted, so the message stays one line
+            _check_canonical(v, "%s.%s" % (where, k if k.isprintable() else json.dumps(k)))
         return
     raise SignatureError("%s: %s cannot be signed" % (where, type(obj).__name__))
 

@@ -34,12 +34,13 @@ import json
 import os
 import re
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
-from .atomic import TMP_PREFIX, fsync_dir, write_atomic
+from .atomic import TMP_PREFIX, append_durable, fsync_dir, write_atomic, write_temp
 
 __all__ = ["Store", "StoreError", "Pending", "tensor_sha256", "FORMAT"]
 
@@ -144,6 +145,7 @@ class Store:
         self._current: Optional[int] = None
         self._highest: Optional[int] = None
         self._pins: Set[int] = set()
+        self._hasher: Optional[ThreadPoolExecutor] = None  # spool's blob hashes (lazily)
         #: one line per thing ``open`` discarded or repaired (the daemon logs them)
         self.recovered: List[str] = []
         #: problems after a commit point that did not undo it (history line lost, ...)
@@ -204,6 +206,9 @@ class Store:
     def close(self) -> None:
         """Releases the store lock. Idempotent."""
         with self._mu:
+            if self._hasher is not None:
+                self._hasher.shutdown(wait=True)
+                self._hasher = None
             if self._lock_fd is not None:
                 try:
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -551,11 +556,14 @@ class Store:
     # ---- writing ------------------------------------------------------------------------
 
     def prepare(self, version: int, tensors: Mapping[str, np.ndarray], base: Optional[int] = None,
-                meta: Optional[Mapping[str, Any]] = None) -> Pending:
+                meta: Optional[Mapping[str, Any]] = None,
+                hashes: Optional[Mapping[str, str]] = None) -> Pending:
         """Computes (in memory only) the manifest of ``version``: ``tensors`` applied on ``base``
         (default: the current version; nothing if the store is empty, then ``tensors`` must be
-        the full set). Hashes every tensor. Raises ``StoreError`` if ``version`` is already
-        stored or ``base`` is not."""
+        the full set). Hashes every tensor not in ``hashes`` (name -> hex sha256 of its bytes,
+        computed from these very arrays in this process: ``spool``; a content-addressed store may
+        trust that, and hashing again would be a second pass over every byte). Raises
+        ``StoreError`` if ``version`` is already stored or ``base`` is not."""
         with self._mu:
             self._writable("store version %d" % version)
             if version in self._manifests:
@@ -574,7 +582,7 @@ class Store:
                 if a.dtype.name not in _DTYPES:
                     raise StoreError("tensor %s: dtype %s cannot be stored" % (json.dumps(name),
                                                                                a.dtype.name))
-                sha = tensor_sha256(a)
+                sha = hashes[name] if hashes and name in hashes else tensor_sha256(a)
                 entry = {"sha256": sha, "dtype": a.dtype.name, "shape": [int(d) for d in a.shape],
                          "nbytes": int(a.nbytes)}
                 if entries.get(name) != entry:
@@ -596,14 +604,66 @@ class Store:
             return Pending(version=int(version), manifest=man, new_blobs=new_blobs,
                            changed=sorted(changed))
 
+    def spool(self, version: int, tensors: Mapping[str, np.ndarray], base: Optional[int] = None,
+              meta: Optional[Mapping[str, Any]] = None) -> Tuple[Pending, Dict[str, str]]:
+        """``prepare`` with the bytes written meanwhile, so the hash and the write overlap: each
+        tensor goes to a temp file in blobs/ (write, fsync) in the calling thread while its
+        sha256 runs in the store's hash thread (hashlib and file writes release the GIL).
+        Returns the ``Pending`` and the temp files of its new blobs for ``write(pending,
+        spooled)``; the temp files of tensors the store holds already are removed (written for
+        nothing: a tensor is not known to be unchanged before its hash is). Nothing is visible
+        until ``write``; a crash leaves only ``.tmp-*`` files, which opening the store removes.
+        A write failure raises ``StoreError`` with ``write``'s message, leaving nothing."""
+        self._writable("store version %d" % version)
+        arrays = {name: np.asarray(a) for name, a in tensors.items()}
+        for name, a in arrays.items():
+            if a.dtype.name not in _DTYPES:
+                raise StoreError("tensor %s: dtype %s cannot be stored" % (json.dumps(name), a.dtype.name))
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="refitd-blobhash")
+        hashing: Dict[str, Future] = {n: self._hasher.submit(tensor_sha256, a) for n, a in arrays.items()}
+        temps: Dict[str, str] = {}
+        try:
+            try:
+                for name, a in arrays.items():
+                    temps[name] = write_temp(self._p("blobs"), "blob", [_as_bytes_view(a)],
+                                             durable=self.durable)
+            except OSError as e:
+                raise StoreError("cannot write version %d to the store: %s"
+                                 % (version, e.strerror or e)) from None
+            hashes = {n: f.result() for n, f in hashing.items()}
+            pending = self.prepare(version, arrays, base, meta, hashes=hashes)
+        except BaseException:
+            wait(list(hashing.values()))
+            for tmp in temps.values():
+                self._cleanup(tmp)
+            raise
+        spooled: Dict[str, str] = {}
+        for name, tmp in temps.items():
+            sha = hashes[name]
+            if sha in pending.new_blobs and sha not in spooled:
+                spooled[sha] = tmp
+            else:
+                self._cleanup(tmp)
+        return pending, spooled
+
     def _blob_ok(self, sha: str, nbytes: int) -> bool:
         return self.has_blob(sha, nbytes)
 
-    def write(self, pending: Pending) -> Dict[str, Any]:
-        """Makes ``pending`` durable: every new blob (temp, fsync, rename), the fsync of each
+    def write(self, pending: Pending, spooled: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+        """Makes ``pending`` durable: every new blob (temp, fsync, rename; ``spooled``: sha256 ->
+        its temp file ``spool`` wrote and fsynced already, renamed here), the fsync of each
         blob directory touched, then the manifest (temp, fsync, rename, fsync of versions/).
         Does not move ``current``: until ``commit`` the version is invisible after a restart.
-        On failure whatever was written is removed again."""
+        On failure whatever was written is removed again (the spooled temp files too)."""
+        spooled = dict(spooled or {})
+        try:
+            return self._write(pending, spooled)
+        finally:
+            for tmp in spooled.values():  # not renamed: a failure, or a blob stored meanwhile
+                self._cleanup(tmp)
+
+    def _write(self, pending: Pending, spooled: Dict[str, str]) -> Dict[str, Any]:
         with self._mu:
             v = pending.version
             self._writable("store version %d" % v)
@@ -620,7 +680,12 @@ class Store:
                         made.append(d)
                         self._fsync_dir(self._p("blobs"))
                     dest = self._blob_path(sha)
-                    self._write_atomic(dest, [_as_bytes_view(arr)], sync_dir=False)
+                    if sha in spooled:
+                        # blobs/ itself is not synced for the temp name that left it: were that
+                        # lost in a crash, the stray .tmp- name is removed on the next open
+                        os.replace(spooled.pop(sha), dest)
+                    else:
+                        self._write_atomic(dest, [_as_bytes_view(arr)], sync_dir=False)
                     written.append(dest)
                     dirs.add(d)
                 for d in sorted(dirs):
@@ -708,8 +773,8 @@ class Store:
 
     def put(self, version: int, tensors: Mapping[str, np.ndarray], base: Optional[int] = None,
             meta: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-        """``prepare`` + ``write``: stores a version (not yet current). Returns its manifest."""
-        return self.write(self.prepare(version, tensors, base, meta))
+        """``spool`` + ``write``: stores a version (not yet current). Returns its manifest."""
+        return self.write(*self.spool(version, tensors, base, meta))
 
     def pin(self, version: int) -> bool:
         """Keeps ``version`` through retention until unpinned. Idempotent, as ``unpin`` is:
@@ -766,14 +831,7 @@ class Store:
         line.update(rec)
         data = (json.dumps(line, sort_keys=True, default=str) + "\n").encode("utf-8")
         self._rotate_history()
-        fd = os.open(self._p("history.jsonl"),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            os.write(fd, data)
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_durable(self._p("history.jsonl"), data, durable=self.durable)
 
     def _rotate_history(self) -> None:
         """Keeps the log bounded: at HISTORY_MAX the live file replaces the older generation."""

@@ -226,7 +226,7 @@ class Trust:
                            channel)
             return
         if delivery.command == APPLY:
-            self._verify_package(data, signature)
+            self._verify_package(data, signature, delivery.sha256)
         else:
             self._verify_command(delivery, signature)
 
@@ -259,8 +259,10 @@ class Trust:
                 raise TrustError("signed for %s %s, this box is in %s %s"
                                  % (key, json.dumps(want)[:40], key, json.dumps(mine)))
 
-    def _verify_package(self, data: Any, signature: bytes) -> None:
-        self._check_claims(signature, hashlib.sha256(data).hexdigest(), len(memoryview(data).cast("B")))
+    def _verify_package(self, data: Any, signature: bytes, sha256: Optional[str] = None) -> None:
+        # sha256: the pipeline's one pass over these bytes (Delivery.sha256), not hashed again
+        got = sha256 or hashlib.sha256(data).hexdigest()
+        self._check_claims(signature, got, len(memoryview(data).cast("B")))
 
     def _check_claims(self, signature: bytes, got: str, n: int) -> Dict[str, Any]:
         """``signature`` verified for a package of ``n`` bytes with sha256 ``got``."""

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 from watchdog.events import FileSystemEventHandler
 
 from ..delivery import Delivery, read_signature
-from ..dropfolder import complete_name, move_aside, prune, remove_leftovers
+from ..dropfolder import Claims, complete_name, move_aside, prune, remove_leftovers
 from ..package import SIGNATURE_SUFFIX, PackageError
 from ..pipeline import ALREADY_SERVING_STAGE, already_serving_text
 from .base import Channel, register
@@ -101,8 +101,7 @@ class DropWatcher(Channel):
         self.on_outcome = on_outcome
         self.settle = float(settle)
         self._q: "queue.Queue[Optional[str]]" = queue.Queue()
-        self._pending: set = set()
-        self._lock = threading.Lock()
+        self._pending = Claims()  # offered and not yet handled
         self._observer = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -151,10 +150,8 @@ class DropWatcher(Channel):
     def offer(self, name: str) -> int:
         if not takeable(name):
             return 0
-        with self._lock:
-            if name in self._pending:
-                return 0
-            self._pending.add(name)
+        if not self._pending.claim(name):
+            return 0
         self._q.put(name)
         return 1
 
@@ -168,8 +165,7 @@ class DropWatcher(Channel):
             except Exception as e:  # never let one file stop the channel
                 self.events.emit("watch.error", file=name, error="%s: %s" % (type(e).__name__, e))
             finally:
-                with self._lock:
-                    self._pending.discard(name)
+                self._pending.release(name)
 
     def _take(self, name: str) -> None:
         path = os.path.join(self.path, name)
