@@ -70,11 +70,15 @@ def layout(work: str, config_text: str, watchdog_sec: float, fault: Optional[Dic
     shutil.copy(os.path.join(ROOT, "systemd", "refitd.tmpfiles.conf"), d["tmpfiles"])
     python = os.path.join(ROOT, ".venv", "bin", "python")
     os.makedirs(os.path.join(units, "refitd.service.d"), exist_ok=True)
-    home = ""
+    # The checkout (its venv and librefit) may sit under /tmp, which PrivateTmp=yes replaces, or
+    # in a home directory, which ProtectHome=yes hides: bind it (and the venv's interpreter) back
+    # read-only, and keep the rest of the sandbox as shipped.
+    home = "BindReadOnlyPaths=%s\n" % ROOT
     if interpreter_home().startswith(("/root/", "/home/")):
-        # the venv's interpreter lives in a home directory, which ProtectHome=yes hides: an
-        # empty home with just the interpreter in it keeps the sandbox's intent
-        home = "ProtectHome=tmpfs\nBindReadOnlyPaths=%s\n" % interpreter_home()
+        # an empty home with just the interpreter in it keeps ProtectHome's intent
+        home += "ProtectHome=tmpfs\nBindReadOnlyPaths=%s\n" % interpreter_home()
+    elif ROOT.startswith(("/root/", "/home/")):
+        home += "ProtectHome=tmpfs\n"
     with open(os.path.join(units, "refitd.service.d", "test.conf"), "w") as f:
         f.write("[Service]\nExecStart=\nExecStart=%s -m refitd run --config /etc/refitd/refitd.yaml\n"
                 "WatchdogSec=%gs\nRestartSec=500ms\n%s"

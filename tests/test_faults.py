@@ -185,7 +185,8 @@ def test_hung_engine_is_restarted_by_a_real_systemd_watchdog(state):
     log = open(os.path.join(work, "boot.log"), errors="replace").read()[-4000:]
     journal = nspawn.read(dirs, "journal.txt")
     assert r.returncode == 0, log
-    assert nspawn.read(dirs, "apply.txt").startswith("applied version 1"), nspawn.read(dirs, "apply.txt")
+    assert nspawn.read(dirs, "apply.txt").startswith("applied version 1"), (
+        nspawn.read(dirs, "apply.txt"), journal[-3000:], log)
     show = nspawn.show(dirs)
     assert show.get("NRestarts") == "1" and show.get("ActiveState") == "active", (show, journal[:3000], log)
     assert show.get("WatchdogUSec") == "3s", show
