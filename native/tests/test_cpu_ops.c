@@ -434,6 +434,20 @@ static void test_conv(void)
     test_conv_case(&dw2, 0, 1 | 4, "dw s2+BN+Relu");
     const conv_p dw2w = {1, 6, 12, 37, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6}; /* rows of 19 */
     test_conv_case(&dw2w, 1, 1 | 2 | 4, "dw s2+BN+Add+Relu, two rows per pass");
+    /* Stride 2 read in place (pl 1, W == 2 OW >= 2 VL): one AVX2 vector, AVX2 with an
+     * overlapping last vector (AVX-512: the split path), one AVX-512 vector, several; odd H and
+     * top pad 0 (rows outside the image below it). */
+    const conv_p dw2p[] = {
+        {1, 5, 16, 16, 5, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 5},
+        {1, 4, 11, 24, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},
+        {1, 3, 32, 32, 3, 3, 3, 2, 2, 1, 1, 0, 1, 2, 1, 3},
+        {2, 4, 13, 48, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},
+        {1, 3, 9, 56, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 3},
+    };
+    for (size_t i = 0; i < sizeof dw2p / sizeof dw2p[0]; i++) {
+        snprintf(label, sizeof label, "dw s2 in place %zu", i);
+        test_conv_case(&dw2p[i], (int)(i & 1), (i & 1) ? 1 | 2 | 4 : 1 | 8, label);
+    }
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
     test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");
     test_conv_case(&c3, 0, 4, "3x3+Relu");

@@ -324,19 +324,92 @@ DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64
     DW_SFX(dw_out)(r, t, q1, o1);
 }
 
+#if DW_MASKED
+/* Stride 2 read in place, no split pass: the taps at columns 2x, 2x+1, 2x+2 of the row at p
+ * (p = image row - 1, column -1 being the left pad) come from two pairs of loads, at p and
+ * p + 2, each deinterleaved in registers by S2_EVEN / S2_ODD. Those pick within 128-bit lanes
+ * (one cheap shuffle each, no lane crossing), so the three tap vectors, and every output computed
+ * from them, hold outputs x.. in one fixed lane order that S2_UNPERM undoes once per output
+ * vector. edge bit 0: lane 0 of the first load is column -1 (unread, zero); bit 1: the last lane
+ * of the second load at p + 2 is one past the row (unread; S2_EVEN does not use it). */
+#define DW_S2TAP(p, edge, x0, x1, x2)                                                              \
+    V x0, x1, x2;                                                                                  \
+    do {                                                                                           \
+        const V v0_ = ((edge) & 1) ? MLD_FIRST0(p) : LD(p), v1_ = LD((p) + VL);                    \
+        const V w0_ = LD((p) + 2), w1_ = ((edge) & 2) ? MLD_LAST0((p) + VL + 2) : LD((p) + VL + 2); \
+        x0 = S2_EVEN(v0_, v1_);                                                                    \
+        x1 = S2_ODD(v0_, v1_);                                                                     \
+        x2 = S2_EVEN(w0_, w1_);                                                                    \
+    } while (0)
+
+/* Outputs x .. x+VL-1 of output row o0 from rows r[0..3) and, if o1, of o1 from r[2..5) (the
+ * shared row's taps computed once); taps of row r[i] at r[i] + 2x. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_step_inplace)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, int edge,
+                           const float *q0, const float *q1, float *o0, float *o1)
+{
+#define KROW DW_SFX(dw_krow)
+    DW_S2TAP(r[0] + 2 * x, edge, a0, a1, a2);
+    DW_S2TAP(r[1] + 2 * x, edge, b0, b1, b2);
+    DW_S2TAP(r[2] + 2 * x, edge, c0, c1, c2);
+    const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
+    if (o1) {
+        DW_S2TAP(r[3] + 2 * x, edge, d0, d1, d2);
+        DW_S2TAP(r[4] + 2 * x, edge, e0, e1, e2);
+        const V s = KROW(t, 2, e0, e1, e2, KROW(t, 1, d0, d1, d2, KROW(t, 0, c0, c1, c2, t->b)));
+        DW_SFX(dw_out)(S2_UNPERM(s), t, q1 ? q1 + x : NULL, o1 + x);
+    }
+    DW_SFX(dw_out)(S2_UNPERM(p), t, q0 ? q0 + x : NULL, o0 + x);
+#undef KROW
+}
+
+/* Output rows oy (and oy + 1 if two) of a plane with pl == 1, W == 2 OW >= 2 VL (so no column
+ * right of the image is read): rows outside the image are `zero`. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                           int64_t oy, int two)
+{
+    const int64_t OW = a->OW, W = a->W;
+    const float *r[5];
+    for (int i = 0; i < (two ? 5 : 3); i++) {
+        const int64_t iy = 2 * oy - a->pt + i;
+        r[i] = ((iy >= 0 && iy < a->H) ? a->in + iy * W : zero) - 1;
+    }
+    float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
+    const float *q0 = a->res ? a->res + oy * OW : NULL, *q1 = (a->res && two) ? q0 + OW : NULL;
+    if (OW == VL) {
+        DW_SFX(dw_s2_step_inplace)(t, r, 0, 3, q0, q1, o0, o1);
+        return;
+    }
+    DW_SFX(dw_s2_step_inplace)(t, r, 0, 1, q0, q1, o0, o1);
+    for (int64_t x = VL; x + VL < OW; x += VL)
+        DW_SFX(dw_s2_step_inplace)(t, r, x, 0, q0, q1, o0, o1);
+    DW_SFX(dw_s2_step_inplace)(t, r, OW - VL, 2, q0, q1, o0, o1);
+}
+#undef DW_S2TAP
+#endif
+
 /* Over the even columns E (PH rows of OW + 1) then the odd columns O (PH rows of OW + 1, the
  * last unused) of the padded plane, so output x reads E[x], O[x], E[x+1]: unit-stride loads. */
 DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
 {
     const int64_t OH = a->OH, OW = a->OW, PE = OW + 1, PH = 2 * OH + 1, PW = 2 * OW + 1;
     const int64_t eo = PH * PE;
+    DW_SFX(dw_taps) t;
+    DW_SFX(dw_taps_of)(a, &t);
+    int64_t oy = 0;
+#if DW_MASKED
+    if (a->pl == 1 && a->W == 2 * OW && OW >= VL) {
+        const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
+        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, oy, 1);
+        if (oy < OH) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, oy, 0);
+        return;
+    }
+#endif
     for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++) {
         float *e = a->pad + (iy + a->pt) * PE;
         DW_SFX(dw_split)(a->in + iy * a->W, a->W, a->pl, PW, e, e + eo);
     }
-    DW_SFX(dw_taps) t;
-    DW_SFX(dw_taps_of)(a, &t);
-    int64_t oy = 0;
     if (OW >= VL)
         for (; oy + 1 < OH; oy += 2) {
             const float *e0 = a->pad + 2 * oy * PE;
@@ -499,3 +572,6 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef DW_ROWS4
 #undef MLD_FIRST0
 #undef MLD_LAST0
+#undef S2_EVEN
+#undef S2_ODD
+#undef S2_UNPERM
