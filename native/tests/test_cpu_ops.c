@@ -448,6 +448,23 @@ static void test_conv(void)
         snprintf(label, sizeof label, "dw s2 in place %zu", i);
         test_conv_case(&dw2p[i], (int)(i & 1), (i & 1) ? 1 | 2 | 4 : 1 | 8, label);
     }
+    /* Dense 3x3/2 with few input channels read in place (pl 1, W == 2 OW >= 2 VL, M % 4 == 0):
+     * one AVX2 vector (AVX-512: the wide GEMM), two, three with an overlapping last, the stem's
+     * 48 columns, four overlapping; C 1..4, top pad 0, odd H, batch 2; M % 4 != 0 falls back. */
+    const conv_p c3s2[] = {
+        {1, 3, 16, 16, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {2, 1, 9, 32, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 2, 12, 40, 12, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 1},
+        {1, 3, 23, 96, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 4, 10, 56, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 1},
+        {1, 3, 16, 32, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+    };
+    for (size_t i = 0; i < sizeof c3s2 / sizeof c3s2[0]; i++) {
+        snprintf(label, sizeof label, "3x3/2 small C %zu", i);
+        test_conv_case(&c3s2[i], (int)(i & 1), (i & 1) ? 1 | 2 | 4 : 1 | 8, label);
+    }
+    test_conv_case(&c3s2[3], 0, 4, "3x3/2 small C, Relu only");
+    test_conv_case(&c3s2[2], 1, 0, "3x3/2 small C, no epilogue");
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
     test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");
     test_conv_case(&c3, 0, 4, "3x3+Relu");
