@@ -1,8 +1,8 @@
 /*
  * planes.c — per-plane vector kernels of each kernel set: the 3x3 depthwise convs (stride 1 and
- * 2) and stride-2 max pooling. The body in planes_body.h is written once over a vector type and
+ * 2), stride-2 max pooling and (AVX2 / AVX-512) the 3x3/2 conv with few input channels. The body in planes_body.h is written once over a vector type and
  * instantiated here per set (portable GCC vectors, AVX2+FMA, AVX-512, NEON), so every set runs
- * the same blocking. conv.c / ops.c pick the kernel (cpu_isa.dw3x3s1 / dw3x3s2 / maxpool_s2);
+ * the same blocking. conv.c / ops.c pick the kernel (cpu_isa.dw3x3s1 / dw3x3s2 / maxpool_s2 / conv3x3s2);
  * conv.c owns the zero border of the depthwise padded plane.
  */
 #include "cpu.h"

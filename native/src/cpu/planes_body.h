@@ -11,6 +11,9 @@
  *                     than two; AVX-512 15 % slower, so it keeps two)
  *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
  *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
+ *                     and, with S2_EVEN(v0, v1) / S2_ODD(v0, v1) (the even / odd floats of
+ *                     v0:v1 within 128-bit lanes) and S2_UNPERM(y) (their lane order back to
+ *                     columns), so do stride 2 and the 3x3/2 conv with few input channels
  * (all #undef'd at the end of this file). The depthwise kernels read the image in place (stride
  * 1, "same" padding, DW_MASKED) or pad / even-odd split their plane into a->pad with full-width
  * copies, keep the nine taps, pre-multiplied by the folded BN scale, in registers and run one FMA
