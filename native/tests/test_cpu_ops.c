@@ -366,6 +366,16 @@ static void test_conv_case(const conv_p *p, int bias, int fuse, const char *labe
     tg_free(t);
 }
 
+/* Each case of a list, alternately with BN + Clip and with bias, BN, Add and Relu. */
+static void test_conv_list(const conv_p *ps, size_t n, const char *what)
+{
+    char label[48];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(label, sizeof label, "%s %zu", what, i);
+        test_conv_case(&ps[i], (int)(i & 1), (i & 1) ? 1 | 2 | 4 : 1 | 8, label);
+    }
+}
+
 static void test_conv(void)
 {
     /* Fixed shapes hitting each path: 1x1 GEMM, depthwise 3x3 fast path, im2col GEMM with K
@@ -434,6 +444,31 @@ static void test_conv(void)
     test_conv_case(&dw2, 0, 1 | 4, "dw s2+BN+Relu");
     const conv_p dw2w = {1, 6, 12, 37, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6}; /* rows of 19 */
     test_conv_case(&dw2w, 1, 1 | 2 | 4, "dw s2+BN+Add+Relu, two rows per pass");
+    /* Stride 2 read in place (pl 1, W == 2 OW >= 2 VL): one AVX2 vector, AVX2 with an
+     * overlapping last vector (AVX-512: the split path), one AVX-512 vector, several; odd H and
+     * top pad 0 (rows outside the image below it). */
+    const conv_p dw2p[] = {
+        {1, 5, 16, 16, 5, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 5},
+        {1, 4, 11, 24, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},
+        {1, 3, 32, 32, 3, 3, 3, 2, 2, 1, 1, 0, 1, 2, 1, 3},
+        {2, 4, 13, 48, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},
+        {1, 3, 9, 56, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 3},
+    };
+    test_conv_list(dw2p, sizeof dw2p / sizeof dw2p[0], "dw s2 in place");
+    /* Dense 3x3/2 with few input channels read in place (pl 1, W == 2 OW >= 2 VL, M % 4 == 0):
+     * one AVX2 vector (AVX-512: the wide GEMM), two, three with an overlapping last, the stem's
+     * 48 columns, four overlapping; C 1..4, top pad 0, odd H, batch 2; M % 4 != 0 falls back. */
+    const conv_p c3s2[] = {
+        {1, 3, 16, 16, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {2, 1, 9, 32, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 2, 12, 40, 12, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 1},
+        {1, 3, 23, 96, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 4, 10, 56, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 1},
+        {1, 3, 16, 32, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+    };
+    test_conv_list(c3s2, sizeof c3s2 / sizeof c3s2[0], "3x3/2 small C");
+    test_conv_case(&c3s2[3], 0, 4, "3x3/2 small C, Relu only");
+    test_conv_case(&c3s2[2], 1, 0, "3x3/2 small C, no epilogue");
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
     test_conv_case(&c3, 1, 1 | 2 | 4, "3x3+BN+Add+Relu");
     test_conv_case(&c3, 0, 4, "3x3+Relu");

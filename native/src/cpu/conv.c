@@ -298,6 +298,41 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
     }
 }
 
+/* A first layer (3x3/2, few input channels, "same" left padding) directly, where the set has the
+ * kernel: it reads the image in place, so it needs neither the wide path's phase planes nor its
+ * copy-out (a third of that path's time on the edge CNN's stem). 0 if it does not apply. */
+static int conv_c3s2(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
+                     float *y, const cpu_epi *epi, float *scratch)
+{
+    if (!isa->conv3x3s2 || g->group != 1 || g->kh != 3 || g->kw != 3 || g->sh != 2 || g->sw != 2 ||
+        g->dh != 1 || g->dw != 1 || g->pl != 1 || g->C > CPU_C3S2_MAX_C || g->W != 2 * g->OW)
+        return 0;
+    cpu_c3s2_args a;
+    memset(&a, 0, sizeof a);
+    a.C = g->C;
+    a.H = g->H;
+    a.W = g->W;
+    a.pt = g->pt;
+    a.w = w;
+    a.M = g->M;
+    a.OH = g->OH;
+    a.OW = g->OW;
+    a.scale = epi ? epi->row_scale : NULL;
+    a.bias = epi ? epi->row_bias : NULL;
+    a.lo = epi ? epi->lo : -__builtin_inff();
+    a.hi = epi ? epi->hi : __builtin_inff();
+    /* the wide path's scratch (its phase planes, >= 6 W floats here) holds a zero row + slack */
+    memset(scratch, 0, (size_t)(g->W + 32) * sizeof(float));
+    a.zero = scratch;
+    for (int64_t n = 0; n < g->N; n++) {
+        a.in = x + n * g->C * g->H * g->W;
+        a.out = y + n * g->M * g->OH * g->OW;
+        a.res = (epi && epi->res) ? epi->res + n * g->M * g->OH * g->OW : NULL;
+        if (!isa->conv3x3s2(&a)) return 0; /* geometry only: n == 0, nothing written */
+    }
+    return 1;
+}
+
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
               const float *wp, float *y, const cpu_epi *epi, float *scratch)
 {
@@ -311,7 +346,7 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
         return;
     }
     if (kind == CPU_CONV_WIDE) {
-        conv_wide(isa, g, x, w, wp, y, epi, scratch);
+        if (!conv_c3s2(isa, g, x, w, y, epi, scratch)) conv_wide(isa, g, x, w, wp, y, epi, scratch);
         return;
     }
     const int64_t HW = g->H * g->W, OHW = g->OH * g->OW;

@@ -54,6 +54,22 @@ typedef struct cpu_dw_args {
     float *pad;           /* zero-padded plane, (OH-1)*sh+(kh-1)*dh+1 rows of (OW-1)*sw+(kw-1)*dw+1 */
 } cpu_dw_args;
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
+/* A dense 3x3 stride-2 conv with few input channels (a first layer), pl == 1 and W == 2 OW, for
+ * the sets with masked loads (planes.c): out = clamp(acc * scale + bias (+ res)). */
+typedef struct cpu_c3s2_args {
+    const float *in;         /* C x H x W */
+    int64_t C, H, W, pt;
+    const float *w;          /* M x C x 3 x 3 */
+    int64_t M, OH, OW;
+    const float *scale, *bias; /* per output channel, or NULL (1, 0) */
+    const float *res;        /* M x OH x OW or NULL */
+    float lo, hi;
+    float *out;              /* M x OH x OW */
+    const float *zero;       /* >= W + 32 zero floats: rows outside the image */
+} cpu_c3s2_args;
+/* 1 if done; 0 if the geometry is not the kernel's (the caller takes another path) */
+typedef int (*cpu_c3s2_fn)(const cpu_c3s2_args *a);
+#define CPU_C3S2_MAX_C 4
 struct cpu_pool_geom;
 /* The 3x3 kernels (planes.c) pad (stride 1) or split (stride 2) a->in into a->pad themselves,
  * writing only image cells: the zero border and CPU_DW_PAD_SLACK floats past the padded plane
@@ -75,10 +91,12 @@ void cpu_maxpool_s2_neon(const struct cpu_pool_geom *g, const float *x, float *y
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 void cpu_dw3x3s1_avx2(const cpu_dw_args *a);
 void cpu_dw3x3s2_avx2(const cpu_dw_args *a);
+int cpu_conv3x3s2_avx2(const cpu_c3s2_args *a);
 void cpu_maxpool_s2_avx2(const struct cpu_pool_geom *g, const float *x, float *y,
                          float *rowm);
 void cpu_dw3x3s1_avx512(const cpu_dw_args *a);
 void cpu_dw3x3s2_avx512(const cpu_dw_args *a);
+int cpu_conv3x3s2_avx512(const cpu_c3s2_args *a);
 void cpu_maxpool_s2_avx512(const struct cpu_pool_geom *g, const float *x, float *y,
                            float *rowm);
 #endif
@@ -101,6 +119,7 @@ typedef struct cpu_isa {
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
     cpu_dw_fn dw3x3s2;    /* 3x3, stride 2, dilation 1, over even/odd column planes */
     cpu_pool_fn maxpool_s2; /* MaxPool, column stride 2, window 2 or 3 columns, no dilation */
+    cpu_c3s2_fn conv3x3s2; /* dense 3x3/2 with C <= CPU_C3S2_MAX_C, or NULL (the wide GEMM) */
 } cpu_isa;
 
 /* Picks the best kernel set the running CPU supports (rt_cpu_features, cpuinfo.h);

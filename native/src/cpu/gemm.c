@@ -753,19 +753,19 @@ static const cpu_isa isa_portable = {
 #endif
     #if defined(__aarch64__)
     P_MR, P_NR, uk_portable, sgemm_portable, cpu_dw3x3s1_neon, cpu_dw3x3s2_neon,
-    cpu_maxpool_s2_neon};
+    cpu_maxpool_s2_neon, NULL};
 #else
     P_MR, P_NR, uk_portable, sgemm_portable, cpu_dw3x3s1_portable,
-    cpu_dw3x3s2_portable, cpu_maxpool_s2_portable};
+    cpu_dw3x3s2_portable, cpu_maxpool_s2_portable, NULL};
 #endif
 const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
 
 #if defined(CPU_HAVE_X86)
 static const cpu_isa isa_avx512 = {"avx512f",          8,  32, uk_avx512, sgemm_avx512,
                                    cpu_dw3x3s1_avx512, cpu_dw3x3s2_avx512,
-                                   cpu_maxpool_s2_avx512};
+                                   cpu_maxpool_s2_avx512, cpu_conv3x3s2_avx512};
 static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, sgemm_avx2, cpu_dw3x3s1_avx2,
-                                 cpu_dw3x3s2_avx2, cpu_maxpool_s2_avx2};
+                                 cpu_dw3x3s2_avx2, cpu_maxpool_s2_avx2, cpu_conv3x3s2_avx2};
 const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
 const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
 #endif

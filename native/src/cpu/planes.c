@@ -1,8 +1,8 @@
 /*
  * planes.c — per-plane vector kernels of each kernel set: the 3x3 depthwise convs (stride 1 and
- * 2) and stride-2 max pooling. The body in planes_body.h is written once over a vector type and
+ * 2), stride-2 max pooling and (AVX2 / AVX-512) the 3x3/2 conv with few input channels. The body in planes_body.h is written once over a vector type and
  * instantiated here per set (portable GCC vectors, AVX2+FMA, AVX-512, NEON), so every set runs
- * the same blocking. conv.c / ops.c pick the kernel (cpu_isa.dw3x3s1 / dw3x3s2 / maxpool_s2);
+ * the same blocking. conv.c / ops.c pick the kernel (cpu_isa.dw3x3s1 / dw3x3s2 / maxpool_s2 / conv3x3s2);
  * conv.c owns the zero border of the depthwise padded plane.
  */
 #include "cpu.h"
@@ -98,6 +98,10 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define DW_ROWS4 1
 #define MLD_FIRST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1))
 #define MLD_LAST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0))
+/* evens / odds of (v0, v1) per 128-bit lane: outputs in the order 0 1 4 5 2 3 6 7 */
+#define S2_EVEN(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(2, 0, 2, 0))
+#define S2_ODD(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(3, 1, 3, 1))
+#define S2_UNPERM(y) _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(y), 0xD8))
 #define MAX(a, b) _mm256_max_ps((a), (b))
 #define MIN(a, b) _mm256_min_ps((a), (b))
 /* shuffle_ps picks (even, even) per 128-bit lane of (v0, v1); permute4x64 puts v0's pairs first */
@@ -125,6 +129,12 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define DW_ROWS4 0
 #define MLD_FIRST0(p) _mm512_maskz_loadu_ps((__mmask16)0xFFFE, (p))
 #define MLD_LAST0(p) _mm512_maskz_loadu_ps((__mmask16)0x7FFF, (p))
+/* per 128-bit lane: outputs 0 1 8 9 | 2 3 10 11 | 4 5 12 13 | 6 7 14 15 */
+#define S2_EVEN(v0, v1) _mm512_shuffle_ps((v0), (v1), _MM_SHUFFLE(2, 0, 2, 0))
+#define S2_ODD(v0, v1) _mm512_shuffle_ps((v0), (v1), _MM_SHUFFLE(3, 1, 3, 1))
+#define S2_UNPERM(y)                                                                               \
+    _mm512_castpd_ps(                                                                              \
+        _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_castps_pd(y)))
 #define MAX(a, b) _mm512_max_ps((a), (b))
 #define MIN(a, b) _mm512_min_ps((a), (b))
 #define SPLIT2(p, e, o)                                                                            \

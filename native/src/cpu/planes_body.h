@@ -11,6 +11,9 @@
  *                     than two; AVX-512 15 % slower, so it keeps two)
  *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
  *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
+ *                     and, with S2_EVEN(v0, v1) / S2_ODD(v0, v1) (the even / odd floats of
+ *                     v0:v1 within 128-bit lanes) and S2_UNPERM(y) (their lane order back to
+ *                     columns), so do stride 2 and the 3x3/2 conv with few input channels
  * (all #undef'd at the end of this file). The depthwise kernels read the image in place (stride
  * 1, "same" padding, DW_MASKED) or pad / even-odd split their plane into a->pad with full-width
  * copies, keep the nine taps, pre-multiplied by the folded BN scale, in registers and run one FMA
@@ -324,19 +327,196 @@ DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64
     DW_SFX(dw_out)(r, t, q1, o1);
 }
 
+#if DW_MASKED
+/* Stride 2 read in place, no split pass: the taps at columns 2x, 2x+1, 2x+2 of the row at p
+ * (p = image row - 1, column -1 being the left pad) come from two pairs of loads, at p and
+ * p + 2, each deinterleaved in registers by S2_EVEN / S2_ODD. Those pick within 128-bit lanes
+ * (one cheap shuffle each, no lane crossing), so the three tap vectors, and every output computed
+ * from them, hold outputs x.. in one fixed lane order that S2_UNPERM undoes once per output
+ * vector. edge bit 0: lane 0 of the first load is column -1 (unread, zero); bit 1: the last lane
+ * of the second load at p + 2 is one past the row (unread; S2_EVEN does not use it). */
+#define DW_S2TAP(p, edge, x0, x1, x2)                                                              \
+    V x0, x1, x2;                                                                                  \
+    do {                                                                                           \
+        const V v0_ = ((edge) & 1) ? MLD_FIRST0(p) : LD(p), v1_ = LD((p) + VL);                    \
+        const V w0_ = LD((p) + 2), w1_ = ((edge) & 2) ? MLD_LAST0((p) + VL + 2) : LD((p) + VL + 2); \
+        x0 = S2_EVEN(v0_, v1_);                                                                    \
+        x1 = S2_ODD(v0_, v1_);                                                                     \
+        x2 = S2_EVEN(w0_, w1_);                                                                    \
+    } while (0)
+
+/* Outputs x .. x+VL-1 of output row o0 from rows r[0..3) and, if o1, of o1 from r[2..5) (the
+ * shared row's taps computed once); taps of row r[i] at r[i] + 2x. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_step_inplace)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, int edge,
+                           const float *q0, const float *q1, float *o0, float *o1)
+{
+#define KROW DW_SFX(dw_krow)
+    DW_S2TAP(r[0] + 2 * x, edge, a0, a1, a2);
+    DW_S2TAP(r[1] + 2 * x, edge, b0, b1, b2);
+    DW_S2TAP(r[2] + 2 * x, edge, c0, c1, c2);
+    const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
+    if (o1) {
+        DW_S2TAP(r[3] + 2 * x, edge, d0, d1, d2);
+        DW_S2TAP(r[4] + 2 * x, edge, e0, e1, e2);
+        const V s = KROW(t, 2, e0, e1, e2, KROW(t, 1, d0, d1, d2, KROW(t, 0, c0, c1, c2, t->b)));
+        DW_SFX(dw_out)(S2_UNPERM(s), t, q1 ? q1 + x : NULL, o1 + x);
+    }
+    DW_SFX(dw_out)(S2_UNPERM(p), t, q0 ? q0 + x : NULL, o0 + x);
+#undef KROW
+}
+
+/* Output rows oy (and oy + 1 if two) of a plane with pl == 1, W == 2 OW >= 2 VL (so no column
+ * right of the image is read): rows outside the image are `zero`. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                           int64_t oy, int two)
+{
+    const int64_t OW = a->OW, W = a->W;
+    const float *r[5];
+    for (int i = 0; i < (two ? 5 : 3); i++) {
+        const int64_t iy = 2 * oy - a->pt + i;
+        r[i] = ((iy >= 0 && iy < a->H) ? a->in + iy * W : zero) - 1;
+    }
+    float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
+    const float *q0 = a->res ? a->res + oy * OW : NULL, *q1 = (a->res && two) ? q0 + OW : NULL;
+    if (OW == VL) {
+        DW_SFX(dw_s2_step_inplace)(t, r, 0, 3, q0, q1, o0, o1);
+        return;
+    }
+    DW_SFX(dw_s2_step_inplace)(t, r, 0, 1, q0, q1, o0, o1);
+    for (int64_t x = VL; x + VL < OW; x += VL)
+        DW_SFX(dw_s2_step_inplace)(t, r, x, 0, q0, q1, o0, o1);
+    DW_SFX(dw_s2_step_inplace)(t, r, OW - VL, 2, q0, q1, o0, o1);
+}
+
+/* Dense 3x3/2 conv, few input channels: C3_NC output channels (from m) at columns xa (and xb if
+ * two) of output row oy, the input rows r[c * 3 + ky] (image row - 1) read in place with the taps
+ * of DW_S2TAP (edges ea, eb); C3_NC * (1 + two) accumulators, each tap vector used for C3_NC
+ * FMAs, each broadcast weight for 1 + two. */
+#define C3_NC 4
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, int64_t m, int64_t oy,
+                  int64_t xa, int ea, int two, int64_t xb, int eb)
+{
+    V acc[C3_NC][2];
+    for (int j = 0; j < C3_NC; j++) acc[j][0] = acc[j][1] = SET1(0.0f);
+    const int64_t C = a->C;
+    const float *wm = a->w + m * C * 9;
+    /* Taps 0 and 1 (columns 2x, 2x+1) first, then tap 2: 8 accumulators, 4 taps and one
+     * broadcast weight live at once fit AVX2's 16 registers (all 6 taps at once spilled). */
+    for (int64_t c = 0; c < C; c++)
+        for (int ky = 0; ky < 3; ky++) {
+            const float *p = r[c * 3 + ky] + 2 * xa, *pb = r[c * 3 + ky] + 2 * xb;
+            const float *wk = wm + c * 9 + ky * 3;
+            {
+                const V l0 = (ea & 1) ? MLD_FIRST0(p) : LD(p), l1 = LD(p + VL);
+                const V u0 = S2_EVEN(l0, l1), u1 = S2_ODD(l0, l1);
+                V v0 = u0, v1 = u1;
+                if (two) {
+                    const V k0 = (eb & 1) ? MLD_FIRST0(pb) : LD(pb), k1 = LD(pb + VL);
+                    v0 = S2_EVEN(k0, k1);
+                    v1 = S2_ODD(k0, k1);
+                }
+                for (int j = 0; j < C3_NC; j++) {
+                    const V w0 = SET1(wk[j * C * 9]);
+                    acc[j][0] = FMA(w0, u0, acc[j][0]);
+                    if (two) acc[j][1] = FMA(w0, v0, acc[j][1]);
+                    const V w1 = SET1(wk[j * C * 9 + 1]);
+                    acc[j][0] = FMA(w1, u1, acc[j][0]);
+                    if (two) acc[j][1] = FMA(w1, v1, acc[j][1]);
+                }
+            }
+            {
+                const V l0 = LD(p + 2), l1 = (ea & 2) ? MLD_LAST0(p + VL + 2) : LD(p + VL + 2);
+                const V u2 = S2_EVEN(l0, l1);
+                V v2 = u2;
+                if (two) {
+                    const V k0 = LD(pb + 2), k1 = (eb & 2) ? MLD_LAST0(pb + VL + 2) : LD(pb + VL + 2);
+                    v2 = S2_EVEN(k0, k1);
+                }
+                for (int j = 0; j < C3_NC; j++) {
+                    const V w2 = SET1(wk[j * C * 9 + 2]);
+                    acc[j][0] = FMA(w2, u2, acc[j][0]);
+                    if (two) acc[j][1] = FMA(w2, v2, acc[j][1]);
+                }
+            }
+        }
+    const V lo = SET1(a->lo), hi = SET1(a->hi);
+    for (int j = 0; j < C3_NC; j++) {
+        const V sc = SET1(a->scale ? a->scale[m + j] : 1.0f);
+        const V bi = SET1(a->bias ? a->bias[m + j] : 0.0f);
+        const int64_t row = (m + j) * a->OH * a->OW + oy * a->OW;
+        for (int h = 0; h <= two; h++) {
+            const int64_t off = row + (h ? xb : xa);
+            V y = S2_UNPERM(FMA(acc[j][h], sc, bi));
+            if (a->res) y = ADD(y, LD(a->res + off));
+            ST(a->out + off, MIN(MAX(y, lo), hi));
+        }
+    }
+}
+
+DW_ATTR int DW_SFX(cpu_conv3x3s2)(const cpu_c3s2_args *a)
+{
+    const int64_t OW = a->OW, W = a->W;
+    if (OW < VL || W != 2 * OW || a->C > CPU_C3S2_MAX_C || a->M % C3_NC) return 0;
+    /* vectors per row at i * VL, the last at OW - VL (overlapping); in pairs, a single last */
+    const int64_t nv = (OW + VL - 1) / VL;
+#define C3_X(i) ((i) == nv - 1 ? OW - VL : (i) * VL)
+    for (int64_t oy = 0; oy < a->OH; oy++) {
+        const float *r[3 * CPU_C3S2_MAX_C];
+        for (int64_t c = 0; c < a->C; c++)
+            for (int ky = 0; ky < 3; ky++) {
+                const int64_t iy = 2 * oy - a->pt + ky;
+                r[c * 3 + ky] =
+                    ((iy >= 0 && iy < a->H) ? a->in + (c * a->H + iy) * W : a->zero) - 1;
+            }
+        for (int64_t m = 0; m < a->M; m += C3_NC) {
+            if (nv == 1) {
+                DW_SFX(c3s2_step)(a, r, m, oy, 0, 3, 0, 0, 0);
+                continue;
+            }
+            int64_t i = 0;
+            if (nv == 2)
+                DW_SFX(c3s2_step)(a, r, m, oy, 0, 1, 1, OW - VL, 2);
+            else
+                DW_SFX(c3s2_step)(a, r, m, oy, 0, 1, 1, VL, 0);
+            for (i = 2; i + 2 < nv; i += 2)
+                DW_SFX(c3s2_step)(a, r, m, oy, C3_X(i), 0, 1, C3_X(i + 1), 0);
+            if (i + 2 == nv)
+                DW_SFX(c3s2_step)(a, r, m, oy, C3_X(i), 0, 1, OW - VL, 2);
+            else if (i + 1 == nv)
+                DW_SFX(c3s2_step)(a, r, m, oy, OW - VL, 2, 0, 0, 0);
+        }
+    }
+#undef C3_X
+    return 1;
+}
+#undef C3_NC
+#undef DW_S2TAP
+#endif
+
 /* Over the even columns E (PH rows of OW + 1) then the odd columns O (PH rows of OW + 1, the
  * last unused) of the padded plane, so output x reads E[x], O[x], E[x+1]: unit-stride loads. */
 DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
 {
     const int64_t OH = a->OH, OW = a->OW, PE = OW + 1, PH = 2 * OH + 1, PW = 2 * OW + 1;
     const int64_t eo = PH * PE;
+    DW_SFX(dw_taps) t;
+    DW_SFX(dw_taps_of)(a, &t);
+    int64_t oy = 0;
+#if DW_MASKED
+    if (a->pl == 1 && a->W == 2 * OW && OW >= VL) {
+        const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
+        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, oy, 1);
+        if (oy < OH) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, oy, 0);
+        return;
+    }
+#endif
     for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++) {
         float *e = a->pad + (iy + a->pt) * PE;
         DW_SFX(dw_split)(a->in + iy * a->W, a->W, a->pl, PW, e, e + eo);
     }
-    DW_SFX(dw_taps) t;
-    DW_SFX(dw_taps_of)(a, &t);
-    int64_t oy = 0;
     if (OW >= VL)
         for (; oy + 1 < OH; oy += 2) {
             const float *e0 = a->pad + 2 * oy * PE;
@@ -499,3 +679,6 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef DW_ROWS4
 #undef MLD_FIRST0
 #undef MLD_LAST0
+#undef S2_EVEN
+#undef S2_ODD
+#undef S2_UNPERM
