@@ -1304,7 +1304,12 @@ static int step_prepare(const cpu_plan *p, const float *const *w, const cpu_step
         cpu_bn_fold(s->conv.M, vptr(&e, bn->in[1]), vptr(&e, bn->in[2]), vptr(&e, bn->in[3]),
                     vptr(&e, bn->in[4]), bn->a.epsilon, bias, dst, dst + s->conv.M);
     }
-    return s->wp_floats ? cpu_conv_prepare(p->isa, &s->conv, vptr(&e, s->in_val[1]), dst + s->param_floats) : 0;
+    /* The folded BN scale goes into the prepared weights too (cpu_conv_prepare): a BN-only
+     * change marks the step changed (step_changed), so both are recomputed together. */
+    const float *scale = s->bn_node >= 0 ? dst : NULL;
+    return s->wp_floats ? cpu_conv_prepare(p->isa, &s->conv, vptr(&e, s->in_val[1]), scale,
+                                           dst + s->param_floats)
+                        : 0;
 }
 
 static void cpu_weights_release(void *plan, void *prepared)

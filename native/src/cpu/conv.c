@@ -85,15 +85,17 @@ size_t cpu_conv_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g)
     }
 }
 
-int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst)
+int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
+                     const float *row_scale, float *dst)
 {
     const int kind = cpu_conv_kind(g);
     if (kind == CPU_CONV_DW) return 0;
-    if (kind == CPU_CONV_WINO) return cpu_wino_prepare(isa, g, w, dst);
+    if (kind == CPU_CONV_WINO) return cpu_wino_prepare(isa, g, w, row_scale, dst);
     const int64_t Mg = g->M / g->group, Kg = (g->C / g->group) * g->kh * g->kw;
     const size_t per = cpu_sgemm_packed_a_floats(isa, Mg, Kg);
     for (int64_t gi = 0; gi < g->group; gi++)
-        cpu_sgemm_pack_a(isa, w + gi * Mg * Kg, Kg, 1, Mg, Kg, dst + (size_t)gi * per);
+        cpu_sgemm_pack_a(isa, w + gi * Mg * Kg, Kg, 1, Mg, Kg, row_scale ? row_scale + gi * Mg : NULL,
+                         dst + (size_t)gi * per);
     return 0;
 }
 
@@ -236,7 +238,7 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
     cpu_epi e;
     memset(&e, 0, sizeof e);
     if (epi) {
-        e.row_scale = epi->row_scale;
+        e.row_scale = wp ? NULL : epi->row_scale; /* in wp (cpu_conv_prepare) */
         e.row_bias = epi->row_bias;
     }
     const int late = epi && epi->res; /* residual, then clamp, in the copy-out */
@@ -361,6 +363,7 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
     }
     e.col_bias = NULL;
     e.ldr = OHW;
+    if (wp) e.row_scale = NULL; /* in wp (cpu_conv_prepare) */
     for (int64_t n = 0; n < g->N; n++) {
         const float *xn = x + n * g->C * HW;
         float *yn = y + n * g->M * OHW;
@@ -416,7 +419,7 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
                 gs = scratch + a16(Cg * g->H * sw * Wp);
             }
             cpu_epi eg = e;
-            if (epi && epi->row_scale) eg.row_scale = epi->row_scale + gi * Mg;
+            if (e.row_scale) eg.row_scale = e.row_scale + gi * Mg;
             if (epi && epi->row_bias) eg.row_bias = epi->row_bias + gi * Mg;
             eg.res = resn ? resn + gi * Mg * OHW : NULL;
             int64_t ars, acs;

@@ -153,12 +153,15 @@ typedef struct cpu_bsrc {
 /* Scratch floats needed by cpu_sgemm for these sizes. */
 size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K);
 /* A[i][k] = a[i*ars + k*acs], or, with acs == CPU_A_PACKED, `a` is already in the packed form
- * cpu_sgemm_pack_a writes (prepared weights: the packing moves out of every run). scratch:
- * cpu_sgemm_scratch() floats, 64-byte aligned. */
+ * cpu_sgemm_pack_a writes (prepared weights: the packing moves out of every run). A row scale
+ * (row_scale, may be NULL) is multiplied into the packed rows, as cpu_sgemm does with
+ * epi->row_scale when it packs A itself: pass the scale there and not in epi with a packed A,
+ * so the epilogue needs no multiply (a packed A with epi->row_scale still works, on the slower
+ * full epilogue). scratch: cpu_sgemm_scratch() floats, 64-byte aligned. */
 #define CPU_A_PACKED 0
 size_t cpu_sgemm_packed_a_floats(const cpu_isa *isa, int64_t M, int64_t K);
 void cpu_sgemm_pack_a(const cpu_isa *isa, const float *a, int64_t ars, int64_t acs, int64_t M,
-                      int64_t K, float *dst);
+                      int64_t K, const float *row_scale, float *dst);
 void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
                int64_t acs, const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi,
                float *scratch);
@@ -186,16 +189,21 @@ void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, c
                    const float *wp, float *y, const cpu_epi *epi, float *scratch);
 size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
 /* Returns 0, or -1 when out of memory. */
-int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst);
+int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
+                     const float *row_scale, float *dst);
 int cpu_conv_kind(const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
 /* Prepared weights (weights_prepare): floats of w's prepared form for this geometry (0: the path
  * reads w as it is, e.g. depthwise), and the transform raw w -> prepared (0, or -1 when out of
- * memory). A pure function of w: the packed layout is the kernels' business. */
+ * memory). A pure function of w and the per-output-channel scale (folded BatchNorm, or NULL),
+ * which the prepared form carries (multiplied into the packed rows; Winograd's U is linear in
+ * w): the packed layout is the kernels' business. */
 size_t cpu_conv_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
-int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst);
+int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
+                     const float *row_scale, float *dst);
 /* epi.row_scale/row_bias index output channels (M entries); epi.res is N x M x OH x OW.
- * wp: NULL (w is packed/transformed on this call) or w's prepared form. */
+ * wp: NULL (w is packed/transformed on this call) or w's prepared form, prepared with
+ * epi.row_scale (paths that read wp take the scale from there, those that read w from epi). */
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
               const float *wp, float *y, const cpu_epi *epi, float *scratch);
 

@@ -2,18 +2,21 @@
  * gemm.c — packed, register-blocked SGEMM for the reference CPU backend.
  *
  * C[M x N] = epi(A[M x K] * B[K x N]), C row-major. A (weights for conv, activations for Gemm) is
- * packed whole into MR-row panels ([tile][k][MR]) on every call (weights may have changed). B
- * comes from a strided matrix, an implicit im2col view of an image (the packer *is* im2col, no
- * im2col matrix is materialised), or rows at img + boff[k] (wide conv, 1x1 conv, Winograd) which
- * the AVX-512 kernel reads in place without packing. Packed-B loop order is BLIS's jc / pc / ir /
- * jr: one A micro-panel (MR x kc) stays in L1 while the B block streams from L2; in-place B runs
- * every M tile over one NR panel while its rows are in L1. The micro-kernel keeps the MR x NR tile
- * in registers and applies the epilogue (folded BatchNorm scale and bias, Gemm bias, residual,
- * Relu/Clip) before the single store of the tile.
+ * packed whole into MR-row panels ([tile][k][MR]) on every call (weights may have changed), or
+ * once per weight set (cpu_sgemm_pack_a, prepared weights); either way a per-row scale of the
+ * epilogue is multiplied into the packed rows, so the kernels never see it. B comes from a
+ * strided matrix, an implicit im2col view of an image (the packer *is* im2col, no im2col matrix
+ * is materialised), or rows at img + boff[k] (wide conv, 1x1 conv, Winograd) which the AVX-512
+ * kernel reads in place without packing. Packed-B loop order is BLIS's jc / pc / ir / jr: one A
+ * micro-panel (MR x kc) stays in L1 while the B block streams from L2; in-place B runs every M
+ * tile over one NR panel while its rows are in L1. The micro-kernel keeps the MR x NR tile in
+ * registers, starting from the row bias (or from C for a later K block), and applies the rest of
+ * the epilogue (residual, Relu/Clip) before the single store of the tile.
  *
  * Micro-kernels: AVX-512 8x32 and AVX2+FMA 6x16 (x86-64, per-function target attributes, chosen
- * at plan time), NEON 8x8 on aarch64 and a GCC-vector-extension 4x8 everywhere else. The driver
- * is instantiated once per ISA so its packers vectorise to that width.
+ * at plan time), NEON 8x8 on aarch64 and a GCC-vector-extension 4x8 everywhere else, each
+ * compiled once per epilogue shape (epi_shape). The driver is instantiated once per ISA and shape
+ * so its packers vectorise to that width and the micro-kernel call is direct.
  */
 #include "cpu.h"
 #include "cpuinfo.h"
@@ -34,31 +37,50 @@
 #define KC_MAX 640
 #define B_BLOCK_FLOATS (128 * 1024) /* 512 KB of packed B per block: half of L2 */
 
+/* Epilogue shapes, one instantiation of every kernel each, chosen once per GEMM call. EPI_FULL
+ * (a row scale that is not in the packed A, or a column bias): the accumulators start from zero
+ * and the epilogue is acc * rs + rb + cb (+ res), max lo, min hi. Every other shape starts the
+ * accumulators from the row bias, so only (+ res) and the clamp are left: EPI_NONE none of it,
+ * EPI_LO the max (Relu), EPI_LOHI max and min (Clip). On K = 16 (the edge CNN's pw0) the full
+ * epilogue was 4 FP ops per accumulator against 16 FMAs. */
+enum { EPI_FULL, EPI_NONE, EPI_LO, EPI_LOHI };
+#define EPI_HAS_LO(S) ((S) == EPI_FULL || (S) == EPI_LO || (S) == EPI_LOHI)
+#define EPI_HAS_HI(S) ((S) == EPI_FULL || (S) == EPI_LOHI)
+
+/* The shape of a call's epilogue; `acs` as cpu_sgemm's (a packed A carries no row scale of epi:
+ * a scale there is applied by the kernel). */
+static int epi_shape(const cpu_epi *epi, int64_t acs)
+{
+    if (!epi) return EPI_NONE;
+    if ((epi->row_scale && acs == CPU_A_PACKED) || epi->col_bias) return EPI_FULL;
+    if (epi->hi < __builtin_inff()) return EPI_LOHI;
+    return epi->lo > -__builtin_inff() ? EPI_LO : EPI_NONE;
+}
+
 /* ---- portable micro-kernels ---------------------------------------------------------------- */
 
-/* Scalar epilogue over a tile held in t[MR][NR]: shared by the portable kernels. */
-static inline void epi_store(const float *t, int mr, int nr, float *c, int64_t ldc, int flags,
-                             const float *rs, const float *rb, const float *cb, const float *res,
-                             int64_t ldr, float lo, float hi)
+/* Scalar epilogue of shape S over a tile held in t[MR][NR] (started from C or the row bias):
+ * shared by the portable kernels. */
+static inline __attribute__((always_inline)) void
+epi_store(const int S, const float *t, int mr, int nr, float *c, int64_t ldc, int flags,
+          const float *rs, const float *rb, const float *cb, const float *res, int64_t ldr,
+          float lo, float hi)
 {
     for (int i = 0; i < mr; i++) {
         float *ci = c + i * ldc;
         const float *ti = t + i * nr;
-        if (flags & CPU_UK_LOAD) {
-            for (int j = 0; j < nr; j++) ci[j] += ti[j];
-        } else {
+        if (!(flags & CPU_UK_EPI)) {
             for (int j = 0; j < nr; j++) ci[j] = ti[j];
+            continue;
         }
-        if (flags & CPU_UK_EPI) {
-            const float s = rs[i], b = rb[i];
-            const float *ri = res ? res + i * ldr : NULL;
-            for (int j = 0; j < nr; j++) {
-                float y = ci[j] * s + b + cb[j];
-                if (ri) y += ri[j];
-                y = y < lo ? lo : y;
-                y = y > hi ? hi : y;
-                ci[j] = y;
-            }
+        const float *ri = res ? res + i * ldr : NULL;
+        for (int j = 0; j < nr; j++) {
+            float y = ti[j];
+            if (S == EPI_FULL) y = y * rs[i] + rb[i] + cb[j];
+            if (ri) y += ri[j];
+            if (EPI_HAS_LO(S)) y = y < lo ? lo : y;
+            if (EPI_HAS_HI(S)) y = y > hi ? hi : y;
+            ci[j] = y;
         }
     }
 }
@@ -68,12 +90,19 @@ static inline void epi_store(const float *t, int mr, int nr, float *c, int64_t l
 #define P_MR 8
 #define P_NR 8
 static inline __attribute__((always_inline)) void
-uk_neon_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, float *c,
-             int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
+uk_neon_impl(const int S, int64_t kc, const float *a, const float *b, const int64_t *boff,
+             float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
              const float *res, int64_t ldr, float lo, float hi)
 {
 #define NROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#define NDECL(i) float32x4_t c##i##0 = vdupq_n_f32(0.0f), c##i##1 = vdupq_n_f32(0.0f);
+#define NDECL(i)                                                                                   \
+    float32x4_t c##i##0, c##i##1;                                                                  \
+    if (flags & CPU_UK_LOAD) {                                                                     \
+        c##i##0 = vld1q_f32(c + (i) * ldc);                                                        \
+        c##i##1 = vld1q_f32(c + (i) * ldc + 4);                                                    \
+    } else {                                                                                       \
+        c##i##0 = c##i##1 = vdupq_n_f32(S != EPI_FULL ? rb[i] : 0.0f);                             \
+    }
     NROWS8(NDECL)
 #undef NDECL
 #pragma GCC unroll 4 /* as the x86 kernels: fewer loop branches per FMA */
@@ -96,34 +125,43 @@ uk_neon_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, fl
     NROWS8(NST)
 #undef NST
 #undef NROWS8
-    epi_store(t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+    epi_store(S, t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
-static void uk_portable(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
-                        int flags, const float *rs, const float *rb, const float *cb,
-                        const float *res, int64_t ldr, float lo, float hi)
-{
-    uk_neon_impl(kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
-}
-static void uk_portable_ind(int64_t kc, const float *a, const float *b, const int64_t *boff,
-                            float *c, int64_t ldc, int flags, const float *rs, const float *rb,
-                            const float *cb, const float *res, int64_t ldr, float lo, float hi)
-{
-    uk_neon_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
-}
-#define UK_PORTABLE_IND uk_portable_ind
+#define PORTABLE_SHAPE(sfx, S)                                                                     \
+    static void uk_portable##sfx(int64_t kc, const float *a, const float *b, float *c,            \
+                                 int64_t ldc, int flags, const float *rs, const float *rb,         \
+                                 const float *cb, const float *res, int64_t ldr, float lo,         \
+                                 float hi)                                                         \
+    {                                                                                              \
+        uk_neon_impl(S, kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);              \
+    }                                                                                              \
+    static void uk_portable_ind##sfx(int64_t kc, const float *a, const float *b,                  \
+                                     const int64_t *boff, float *c, int64_t ldc, int flags,        \
+                                     const float *rs, const float *rb, const float *cb,            \
+                                     const float *res, int64_t ldr, float lo, float hi)            \
+    {                                                                                              \
+        uk_neon_impl(S, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);              \
+    }
+#define KS_PORTABLE(sfx) uk_portable##sfx, uk_portable_ind##sfx, NULL
 #else
 /* GCC vector extensions, 4x8: compiles to SSE on plain x86-64 and to whatever 16-byte vectors
  * other targets have. */
 #define P_MR 4
 #define P_NR 8
-#define UK_PORTABLE_IND NULL
 typedef float v4f __attribute__((vector_size(16)));
-static void uk_portable(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
-                        int flags, const float *rs, const float *rb, const float *cb,
-                        const float *res, int64_t ldr, float lo, float hi)
+static inline __attribute__((always_inline)) void
+uk_vec_impl(const int S, int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+            int flags, const float *rs, const float *rb, const float *cb, const float *res,
+            int64_t ldr, float lo, float hi)
 {
     v4f acc[P_MR][2];
-    for (int i = 0; i < P_MR; i++) acc[i][0] = acc[i][1] = (v4f){0, 0, 0, 0};
+    for (int i = 0; i < P_MR; i++) { /* from C (a later K block), the row bias or 0 (EPI_FULL) */
+        float r[P_NR];
+        for (int j = 0; j < P_NR; j++)
+            r[j] = (flags & CPU_UK_LOAD) ? c[i * ldc + j] : (S != EPI_FULL ? rb[i] : 0.0f);
+        memcpy(&acc[i][0], r, sizeof acc[i][0]);
+        memcpy(&acc[i][1], r + 4, sizeof acc[i][1]);
+    }
     for (int64_t k = 0; k < kc; k++) {
         v4f b0, b1;
         memcpy(&b0, b, sizeof b0);
@@ -141,12 +179,23 @@ static void uk_portable(int64_t kc, const float *a, const float *b, float *c, in
         memcpy(t + i * P_NR, &acc[i][0], sizeof acc[i][0]);
         memcpy(t + i * P_NR + 4, &acc[i][1], sizeof acc[i][1]);
     }
-    epi_store(t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
+    epi_store(S, t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
+#define PORTABLE_SHAPE(sfx, S)                                                                     \
+    static void uk_portable##sfx(int64_t kc, const float *a, const float *b, float *c,            \
+                                 int64_t ldc, int flags, const float *rs, const float *rb,         \
+                                 const float *cb, const float *res, int64_t ldr, float lo,         \
+                                 float hi)                                                         \
+    {                                                                                              \
+        uk_vec_impl(S, kc, a, b, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);                     \
+    }
+#define KS_PORTABLE(sfx) uk_portable##sfx, NULL, NULL
 #endif
-
-
-
+PORTABLE_SHAPE(_full, EPI_FULL)
+PORTABLE_SHAPE(_none, EPI_NONE)
+PORTABLE_SHAPE(_lo, EPI_LO)
+PORTABLE_SHAPE(_lohi, EPI_LOHI)
+#undef PORTABLE_SHAPE
 
 /* ---- x86-64 micro-kernels ------------------------------------------------------------------ */
 #if defined(CPU_HAVE_X86)
@@ -154,14 +203,31 @@ static void uk_portable(int64_t kc, const float *a, const float *b, float *c, in
 #define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
 
+/* The kernel signatures, for the per-shape wrappers below. */
+#define UK_PARAMS                                                                                  \
+    int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int flags, const float *rs, \
+        const float *rb, const float *cb, const float *res, int64_t ldr, float lo, float hi
+#define UK_IND_PARAMS                                                                              \
+    int64_t kc, const float *a, const float *b, const int64_t *boff, float *c, int64_t ldc,        \
+        int flags, const float *rs, const float *rb, const float *cb, const float *res,            \
+        int64_t ldr, float lo, float hi
+#define UK_TAIL c, ldc, flags, rs, rb, cb, res, ldr, lo, hi
+
 /* AVX-512 8x32: 16 zmm accumulators, 2 B loads and one broadcast per row and k. With boff, B row
  * k is read in place at b + boff[k] (the wide conv's image) instead of from a packed panel. */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
-uk_avx512_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, float *c,
-               int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
+uk_avx512_impl(const int S, int64_t kc, const float *a, const float *b, const int64_t *boff,
+               float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
                const float *res, int64_t ldr, float lo, float hi)
 {
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+#define DECL(i)                                                                                    \
+    __m512 c##i##0, c##i##1;                                                                       \
+    if (flags & CPU_UK_LOAD) {                                                                     \
+        c##i##0 = _mm512_loadu_ps(c + (i) * ldc);                                                  \
+        c##i##1 = _mm512_loadu_ps(c + (i) * ldc + 16);                                             \
+    } else {                                                                                       \
+        c##i##0 = c##i##1 = S != EPI_FULL ? _mm512_set1_ps(rb[i]) : _mm512_setzero_ps();           \
+    }
     ROWS8(DECL)
 #undef DECL
 #pragma GCC unroll 4
@@ -179,24 +245,27 @@ uk_avx512_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, 
         a += 8;
     }
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-    const __m512 cb0 = _mm512_loadu_ps(cb), cb1 = _mm512_loadu_ps(cb + 16);
 #define OUT(i)                                                                                     \
     {                                                                                              \
         float *ci = c + (i) * ldc;                                                                 \
-        if (flags & CPU_UK_LOAD) {                                                                 \
-            c##i##0 = _mm512_add_ps(c##i##0, _mm512_loadu_ps(ci));                                 \
-            c##i##1 = _mm512_add_ps(c##i##1, _mm512_loadu_ps(ci + 16));                            \
-        }                                                                                          \
         if (flags & CPU_UK_EPI) {                                                                  \
-            const __m512 s = _mm512_set1_ps(rs[i]), bi = _mm512_set1_ps(rb[i]);                    \
-            c##i##0 = _mm512_add_ps(_mm512_fmadd_ps(c##i##0, s, bi), cb0);                         \
-            c##i##1 = _mm512_add_ps(_mm512_fmadd_ps(c##i##1, s, bi), cb1);                         \
+            if (S == EPI_FULL) {                                                                   \
+                const __m512 s = _mm512_set1_ps(rs[i]), bi = _mm512_set1_ps(rb[i]);                \
+                c##i##0 = _mm512_add_ps(_mm512_fmadd_ps(c##i##0, s, bi), _mm512_loadu_ps(cb));     \
+                c##i##1 = _mm512_add_ps(_mm512_fmadd_ps(c##i##1, s, bi), _mm512_loadu_ps(cb + 16)); \
+            }                                                                                      \
             if (res) {                                                                             \
                 c##i##0 = _mm512_add_ps(c##i##0, _mm512_loadu_ps(res + (i) * ldr));                \
                 c##i##1 = _mm512_add_ps(c##i##1, _mm512_loadu_ps(res + (i) * ldr + 16));           \
             }                                                                                      \
-            c##i##0 = _mm512_min_ps(_mm512_max_ps(c##i##0, vlo), vhi);                             \
-            c##i##1 = _mm512_min_ps(_mm512_max_ps(c##i##1, vlo), vhi);                             \
+            if (EPI_HAS_LO(S)) {                                                                   \
+                c##i##0 = _mm512_max_ps(c##i##0, vlo);                                             \
+                c##i##1 = _mm512_max_ps(c##i##1, vlo);                                             \
+            }                                                                                      \
+            if (EPI_HAS_HI(S)) {                                                                   \
+                c##i##0 = _mm512_min_ps(c##i##0, vhi);                                             \
+                c##i##1 = _mm512_min_ps(c##i##1, vhi);                                             \
+            }                                                                                      \
         }                                                                                          \
         _mm512_storeu_ps(ci, c##i##0);                                                             \
         _mm512_storeu_ps(ci + 16, c##i##1);                                                        \
@@ -204,41 +273,46 @@ uk_avx512_impl(int64_t kc, const float *a, const float *b, const int64_t *boff, 
     ROWS8(OUT)
 #undef OUT
 }
-
-__attribute__((target("avx512f"))) static void uk_avx512(int64_t kc, const float *a,
-                                                          const float *b, float *c, int64_t ldc,
-                                                          int flags, const float *rs,
-                                                          const float *rb, const float *cb,
-                                                          const float *res, int64_t ldr, float lo,
-                                                          float hi)
-{
-    uk_avx512_impl(kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
-}
-__attribute__((target("avx512f"))) static void uk_avx512_ind(int64_t kc, const float *a,
-                                                              const float *b, const int64_t *boff,
-                                                              float *c, int64_t ldc, int flags,
-                                                              const float *rs, const float *rb,
-                                                              const float *cb, const float *res,
-                                                              int64_t ldr, float lo, float hi)
-{
-    uk_avx512_impl(kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
-}
+#define AVX512_SHAPE(sfx, S)                                                                       \
+    __attribute__((target("avx512f"))) static void uk_avx512##sfx(UK_PARAMS)                       \
+    {                                                                                              \
+        uk_avx512_impl(S, kc, a, b, NULL, UK_TAIL);                                                \
+    }                                                                                              \
+    __attribute__((target("avx512f"))) static void uk_avx512_ind##sfx(UK_IND_PARAMS)               \
+    {                                                                                              \
+        uk_avx512_impl(S, kc, a, b, boff, UK_TAIL);                                                \
+    }
+AVX512_SHAPE(_full, EPI_FULL)
+AVX512_SHAPE(_none, EPI_NONE)
+AVX512_SHAPE(_lo, EPI_LO)
+AVX512_SHAPE(_lohi, EPI_LOHI)
+#undef AVX512_SHAPE
+#define KS_AVX512(sfx) uk_avx512##sfx, uk_avx512_ind##sfx, NULL
 
 /* AVX2+FMA 6x16: 12 ymm accumulators. `rows` (a constant in every instantiation) <= 6 rows of
  * C are computed and stored; the A panel keeps its 6-row layout. Like MLAS's FMA3 kernel, the M
  * edge then costs only its own rows: 6 does not divide the usual channel counts (32 = 5*6 + 2),
  * and a zero-padded full tile wasted up to a third of an edge tile's FMAs. */
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
-uk_avx2_impl(const int rows, int64_t kc, const float *a, const float *b, const int64_t *boff,
-             float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
-             const float *res, int64_t ldr, float lo, float hi)
+uk_avx2_impl(const int rows, const int S, int64_t kc, const float *a, const float *b,
+             const int64_t *boff, float *c, int64_t ldc, int flags, const float *rs,
+             const float *rb, const float *cb, const float *res, int64_t ldr, float lo, float hi)
 {
     /* lo/hi go through memory: kept in xmm registers across the loop they would push one of the
      * 12 accumulators onto the stack (16 ymm registers: 12 + 2 B + 1 broadcast). */
     volatile float lohi[2];
     lohi[0] = lo;
     lohi[1] = hi;
-#define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
+#define DECL(i)                                                                                    \
+    __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();                           \
+    if ((i) < rows) {                                                                              \
+        if (flags & CPU_UK_LOAD) {                                                                 \
+            c##i##0 = _mm256_loadu_ps(c + (i) * ldc);                                              \
+            c##i##1 = _mm256_loadu_ps(c + (i) * ldc + 8);                                          \
+        } else if (S != EPI_FULL) {                                                                \
+            c##i##0 = c##i##1 = _mm256_broadcast_ss(rb + (i));                                     \
+        }                                                                                          \
+    }
     ROWS6(DECL)
 #undef DECL
 #pragma GCC unroll 4 /* 1x1 convs have K 16-192: 3-8 % faster than the rolled loop (AVX2) */
@@ -256,24 +330,27 @@ uk_avx2_impl(const int rows, int64_t kc, const float *a, const float *b, const i
         a += 6;
     }
     const __m256 vlo = _mm256_set1_ps(lohi[0]), vhi = _mm256_set1_ps(lohi[1]);
-    const __m256 cb0 = _mm256_loadu_ps(cb), cb1 = _mm256_loadu_ps(cb + 8);
 #define OUT(i)                                                                                     \
     if ((i) < rows) {                                                                              \
         float *ci = c + (i) * ldc;                                                                 \
-        if (flags & CPU_UK_LOAD) {                                                                 \
-            c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(ci));                                 \
-            c##i##1 = _mm256_add_ps(c##i##1, _mm256_loadu_ps(ci + 8));                             \
-        }                                                                                          \
         if (flags & CPU_UK_EPI) {                                                                  \
-            const __m256 s = _mm256_set1_ps(rs[i]), bi = _mm256_set1_ps(rb[i]);                    \
-            c##i##0 = _mm256_add_ps(_mm256_fmadd_ps(c##i##0, s, bi), cb0);                         \
-            c##i##1 = _mm256_add_ps(_mm256_fmadd_ps(c##i##1, s, bi), cb1);                         \
+            if (S == EPI_FULL) {                                                                   \
+                const __m256 s = _mm256_set1_ps(rs[i]), bi = _mm256_set1_ps(rb[i]);                \
+                c##i##0 = _mm256_add_ps(_mm256_fmadd_ps(c##i##0, s, bi), _mm256_loadu_ps(cb));     \
+                c##i##1 = _mm256_add_ps(_mm256_fmadd_ps(c##i##1, s, bi), _mm256_loadu_ps(cb + 8)); \
+            }                                                                                      \
             if (res) {                                                                             \
                 c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(res + (i) * ldr));                \
                 c##i##1 = _mm256_add_ps(c##i##1, _mm256_loadu_ps(res + (i) * ldr + 8));            \
             }                                                                                      \
-            c##i##0 = _mm256_min_ps(_mm256_max_ps(c##i##0, vlo), vhi);                             \
-            c##i##1 = _mm256_min_ps(_mm256_max_ps(c##i##1, vlo), vhi);                             \
+            if (EPI_HAS_LO(S)) {                                                                   \
+                c##i##0 = _mm256_max_ps(c##i##0, vlo);                                             \
+                c##i##1 = _mm256_max_ps(c##i##1, vlo);                                             \
+            }                                                                                      \
+            if (EPI_HAS_HI(S)) {                                                                   \
+                c##i##0 = _mm256_min_ps(c##i##0, vhi);                                             \
+                c##i##1 = _mm256_min_ps(c##i##1, vhi);                                             \
+            }                                                                                      \
         }                                                                                          \
         _mm256_storeu_ps(ci, c##i##0);                                                             \
         _mm256_storeu_ps(ci + 8, c##i##1);                                                         \
@@ -281,40 +358,33 @@ uk_avx2_impl(const int rows, int64_t kc, const float *a, const float *b, const i
     ROWS6(OUT)
 #undef OUT
 }
-__attribute__((target("avx2,fma"))) static void uk_avx2(int64_t kc, const float *a,
-                                                         const float *b, float *c, int64_t ldc,
-                                                         int flags, const float *rs,
-                                                         const float *rb, const float *cb,
-                                                         const float *res, int64_t ldr, float lo,
-                                                         float hi)
-{
-    uk_avx2_impl(6, kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
-}
-__attribute__((target("avx2,fma"))) static void uk_avx2_ind(int64_t kc, const float *a,
-                                                             const float *b, const int64_t *boff,
-                                                             float *c, int64_t ldc, int flags,
-                                                             const float *rs, const float *rb,
-                                                             const float *cb, const float *res,
-                                                             int64_t ldr, float lo, float hi)
-{
-    uk_avx2_impl(6, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
-}
-/* Fewer than 6 rows (the M edge), B packed (boff NULL) or in place. */
-__attribute__((target("avx2,fma"))) static void uk_avx2_rows(int rows, int64_t kc, const float *a,
-                                                              const float *b, const int64_t *boff,
-                                                              float *c, int64_t ldc, int flags,
-                                                              const float *rs, const float *rb,
-                                                              const float *cb, const float *res,
-                                                              int64_t ldr, float lo, float hi)
-{
-    switch (rows) {
-    case 1: uk_avx2_impl(1, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
-    case 2: uk_avx2_impl(2, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
-    case 3: uk_avx2_impl(3, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
-    case 4: uk_avx2_impl(4, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
-    default: uk_avx2_impl(5, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi); break;
+/* Per shape: the full tile, B packed and in place, and fewer than 6 rows (the M edge), B packed
+ * (boff NULL) or in place. */
+#define AVX2_SHAPE(sfx, S)                                                                         \
+    __attribute__((target("avx2,fma"))) static void uk_avx2##sfx(UK_PARAMS)                        \
+    {                                                                                              \
+        uk_avx2_impl(6, S, kc, a, b, NULL, UK_TAIL);                                               \
+    }                                                                                              \
+    __attribute__((target("avx2,fma"))) static void uk_avx2_ind##sfx(UK_IND_PARAMS)                \
+    {                                                                                              \
+        uk_avx2_impl(6, S, kc, a, b, boff, UK_TAIL);                                               \
+    }                                                                                              \
+    __attribute__((target("avx2,fma"))) static void uk_avx2_rows##sfx(int rows, UK_IND_PARAMS)     \
+    {                                                                                              \
+        switch (rows) {                                                                            \
+        case 1: uk_avx2_impl(1, S, kc, a, b, boff, UK_TAIL); break;                                \
+        case 2: uk_avx2_impl(2, S, kc, a, b, boff, UK_TAIL); break;                                \
+        case 3: uk_avx2_impl(3, S, kc, a, b, boff, UK_TAIL); break;                                \
+        case 4: uk_avx2_impl(4, S, kc, a, b, boff, UK_TAIL); break;                                \
+        default: uk_avx2_impl(5, S, kc, a, b, boff, UK_TAIL); break;                               \
+        }                                                                                          \
     }
-}
+AVX2_SHAPE(_full, EPI_FULL)
+AVX2_SHAPE(_none, EPI_NONE)
+AVX2_SHAPE(_lo, EPI_LO)
+AVX2_SHAPE(_lohi, EPI_LOHI)
+#undef AVX2_SHAPE
+#define KS_AVX2(sfx) uk_avx2##sfx, uk_avx2_ind##sfx, uk_avx2_rows##sfx
 
 #endif /* CPU_HAVE_X86 */
 
@@ -345,8 +415,10 @@ size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K)
     return (size_t)(round_up(M, isa->mr) * K + kc * nc + 2 * round_up(M, isa->mr)) + 32;
 }
 
-static inline __attribute__((always_inline)) void pack_a(const float *a, int64_t ars, int64_t acs, int64_t M, int64_t K, int mr,
-                   float *dst)
+/* A into MR-row panels, row i multiplied by rs[i] (rs NULL: by 1). */
+static inline __attribute__((always_inline)) void pack_a(const float *a, int64_t ars, int64_t acs,
+                                                         int64_t M, int64_t K, const float *rs,
+                                                         int mr, float *dst)
 {
     for (int64_t i0 = 0; i0 < M; i0 += mr) {
         const int64_t mi = M - i0 < mr ? M - i0 : mr;
@@ -354,13 +426,15 @@ static inline __attribute__((always_inline)) void pack_a(const float *a, int64_t
         if (acs == 1) {
             for (int64_t i = 0; i < mi; i++) {
                 const float *s = a + (i0 + i) * ars;
-                for (int64_t k = 0; k < K; k++) d[k * mr + i] = s[k];
+                const float sc = rs ? rs[i0 + i] : 1.0f;
+                for (int64_t k = 0; k < K; k++) d[k * mr + i] = s[k] * sc;
             }
             for (int64_t i = mi; i < mr; i++)
                 for (int64_t k = 0; k < K; k++) d[k * mr + i] = 0.0f;
         } else {
             for (int64_t k = 0; k < K; k++) {
-                for (int64_t i = 0; i < mi; i++) d[k * mr + i] = a[(i0 + i) * ars + k * acs];
+                for (int64_t i = 0; i < mi; i++)
+                    d[k * mr + i] = a[(i0 + i) * ars + k * acs] * (rs ? rs[i0 + i] : 1.0f);
                 for (int64_t i = mi; i < mr; i++) d[k * mr + i] = 0.0f;
             }
         }
@@ -513,24 +587,26 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
         return;
     }
     const int64_t kcb = pick_kc(K), ncb = pick_nc(kcb, N, nr);
-    const float *pa = a; /* acs == CPU_A_PACKED: prepared by cpu_sgemm_pack_a, off the hot path */
+    /* acs == CPU_A_PACKED: prepared by cpu_sgemm_pack_a, off the hot path; otherwise packed
+     * here with epi's row scale multiplied in (the kernels then start from the row bias). */
+    const float *pa = a;
     float *pb = scratch + round_up(M, mr) * K;
-    if (acs != CPU_A_PACKED) {
-        pack_a(a, ars, acs, M, K, mr, scratch);
+    const int scale_in_a = acs != CPU_A_PACKED;
+    if (scale_in_a) {
+        pack_a(a, ars, acs, M, K, epi ? epi->row_scale : NULL, mr, scratch);
         pa = scratch;
     }
     const int direct = ukind && bsrc->is_conv == 2;
     /* Row scale / bias padded to whole M tiles, once per call rather than once per tile. */
     float *rs_all = pb + kcb * ncb, *rb_all = rs_all + round_up(M, mr);
     for (int64_t i = 0; i < round_up(M, mr); i++) {
-        rs_all[i] = (i < M && epi && epi->row_scale) ? epi->row_scale[i] : 1.0f;
+        rs_all[i] = (i < M && epi && epi->row_scale && !scale_in_a) ? epi->row_scale[i] : 1.0f;
         rb_all[i] = (i < M && epi && epi->row_bias) ? epi->row_bias[i] : 0.0f;
     }
 
-    float ones[CPU_MAX_MR], zeros[CPU_MAX_NR];
+    float zeros[CPU_MAX_NR];
     float cbt[CPU_MAX_NR];
     float tile[CPU_MAX_MR * CPU_MAX_NR], rtile[CPU_MAX_MR * CPU_MAX_NR];
-    for (int i = 0; i < CPU_MAX_MR; i++) ones[i] = 1.0f;
     for (int j = 0; j < CPU_MAX_NR; j++) zeros[j] = 0.0f;
     memset(tile, 0, sizeof tile);
     const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
@@ -554,8 +630,7 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                 for (int64_t ir = 0; ir < M; ir += mr) {
                     const int64_t mi = M - ir < mr ? M - ir : mr;
                     const float *ap = pa + ir * K + pc * mr;
-                    const int epi_now = flags & CPU_UK_EPI;
-                    const float *rsp = epi_now ? rs_all + ir : ones, *rbp = epi_now ? rb_all + ir : zeros;
+                    const float *rsp = rs_all + ir, *rbp = rb_all + ir;
                     const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
                     float *cp = c + ir * ldc + n0;
                     if (mi == mr && nw == nr) {
@@ -613,8 +688,7 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
             for (int64_t ir = 0; ir < M; ir += mr) {
                 const int64_t mi = M - ir < mr ? M - ir : mr;
                 const float *ap = pa + ir * K + pc * mr;
-                const int epi_now = flags & CPU_UK_EPI;
-                const float *rsp = epi_now ? rs_all + ir : ones, *rbp = epi_now ? rb_all + ir : zeros;
+                const float *rsp = rs_all + ir, *rbp = rb_all + ir;
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     const int64_t n0 = jc + jr;
                     const int64_t nw = nc - jr < nr ? nc - jr : nr;
@@ -661,18 +735,24 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
         const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch
 #define SGEMM_PASS M, N, K, a, ars, acs, bsrc, c, ldc, epi, scratch
 
-static void sgemm_portable(SGEMM_ARGS)
-{
-    sgemm_body(SGEMM_PASS, P_MR, P_NR, uk_portable, UK_PORTABLE_IND, NULL);
-}
+/* The driver with the kernels (KS: full, in place, M-edge rows) of this call's epilogue shape. */
+#define SGEMM_BY_SHAPE(MR, NR, KS)                                                                 \
+    switch (epi_shape(epi, acs)) {                                                                 \
+    case EPI_NONE: sgemm_body(SGEMM_PASS, MR, NR, KS(_none)); break;                               \
+    case EPI_LO: sgemm_body(SGEMM_PASS, MR, NR, KS(_lo)); break;                                   \
+    case EPI_LOHI: sgemm_body(SGEMM_PASS, MR, NR, KS(_lohi)); break;                               \
+    default: sgemm_body(SGEMM_PASS, MR, NR, KS(_full)); break;                                     \
+    }
+
+static void sgemm_portable(SGEMM_ARGS) { SGEMM_BY_SHAPE(P_MR, P_NR, KS_PORTABLE) }
 #if defined(CPU_HAVE_X86)
 __attribute__((target("avx512f"))) static void sgemm_avx512(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 8, 32, uk_avx512, uk_avx512_ind, NULL);
+    SGEMM_BY_SHAPE(8, 32, KS_AVX512)
 }
 __attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
 {
-    sgemm_body(SGEMM_PASS, 6, 16, uk_avx2, uk_avx2_ind, uk_avx2_rows);
+    SGEMM_BY_SHAPE(6, 16, KS_AVX2)
 }
 #endif
 
@@ -682,9 +762,9 @@ size_t cpu_sgemm_packed_a_floats(const cpu_isa *isa, int64_t M, int64_t K)
 }
 
 void cpu_sgemm_pack_a(const cpu_isa *isa, const float *a, int64_t ars, int64_t acs, int64_t M,
-                      int64_t K, float *dst)
+                      int64_t K, const float *row_scale, float *dst)
 {
-    pack_a(a, ars, acs, M, K, isa->mr, dst);
+    pack_a(a, ars, acs, M, K, row_scale, isa->mr, dst);
 }
 
 void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
@@ -752,19 +832,19 @@ static const cpu_isa isa_portable = {
     "generic",
 #endif
     #if defined(__aarch64__)
-    P_MR, P_NR, uk_portable, sgemm_portable, cpu_dw3x3s1_neon, cpu_dw3x3s2_neon,
+    P_MR, P_NR, uk_portable_full, sgemm_portable, cpu_dw3x3s1_neon, cpu_dw3x3s2_neon,
     cpu_maxpool_s2_neon, NULL};
 #else
-    P_MR, P_NR, uk_portable, sgemm_portable, cpu_dw3x3s1_portable,
+    P_MR, P_NR, uk_portable_full, sgemm_portable, cpu_dw3x3s1_portable,
     cpu_dw3x3s2_portable, cpu_maxpool_s2_portable, NULL};
 #endif
 const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
 
 #if defined(CPU_HAVE_X86)
-static const cpu_isa isa_avx512 = {"avx512f",          8,  32, uk_avx512, sgemm_avx512,
+static const cpu_isa isa_avx512 = {"avx512f",          8,  32, uk_avx512_full, sgemm_avx512,
                                    cpu_dw3x3s1_avx512, cpu_dw3x3s2_avx512,
                                    cpu_maxpool_s2_avx512, cpu_conv3x3s2_avx512};
-static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2, sgemm_avx2, cpu_dw3x3s1_avx2,
+static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2_full, sgemm_avx2, cpu_dw3x3s1_avx2,
                                  cpu_dw3x3s2_avx2, cpu_maxpool_s2_avx2, cpu_conv3x3s2_avx2};
 const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
 const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }

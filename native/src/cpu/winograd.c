@@ -144,7 +144,7 @@ size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
         for (; t < Tp; t++) IN_XFORM_STEP(float, t);                                               \
     }
 
-/* Output transform, first half: A^T Mo A with scale/bias for every tile of channel m into
+/* Output transform, first half: A^T Mo A plus the bias (the scale is in U) for every tile of channel m into
  * yb[2r + c][t] (rows a16(Tp) apart). */
 #define OUT_XFORM_STEP(VT, t)                                                                      \
     do {                                                                                           \
@@ -154,18 +154,18 @@ size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
             sv[jj] = q[jj] + q[4 + jj] + q[8 + jj];                                                \
             dv[jj] = q[4 + jj] - q[8 + jj] - q[12 + jj];                                           \
         }                                                                                          \
-        r = (sv[0] + sv[1] + sv[2]) * s + b;                                                       \
+        r = (sv[0] + sv[1] + sv[2]) + b;                                                       \
         STV(yb + (t), r);                                                                          \
-        r = (sv[1] - sv[2] - sv[3]) * s + b;                                                       \
+        r = (sv[1] - sv[2] - sv[3]) + b;                                                       \
         STV(yb + ys + (t), r);                                                                     \
-        r = (dv[0] + dv[1] + dv[2]) * s + b;                                                       \
+        r = (dv[0] + dv[1] + dv[2]) + b;                                                       \
         STV(yb + 2 * ys + (t), r);                                                                 \
-        r = (dv[1] - dv[2] - dv[3]) * s + b;                                                       \
+        r = (dv[1] - dv[2] - dv[3]) + b;                                                       \
         STV(yb + 3 * ys + (t), r);                                                                 \
     } while (0)
 
 #define DEF_OUT_XFORM(NAME, ATTR, VT)                                                              \
-    ATTR static void NAME(const float *Mo, const wgeo *o, int64_t m, float s, float b, float *yb)  \
+    ATTR static void NAME(const float *Mo, const wgeo *o, int64_t m, float b, float *yb)           \
     {                                                                                              \
         const int64_t Tp = o->Tp, es = o->es_m, mT = m * Tp, ys = a16(Tp);                         \
         const int64_t VL = (int64_t)(sizeof(VT) / sizeof(float));                                  \
@@ -275,14 +275,16 @@ size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g)
     return 16 * cpu_sgemm_packed_a_floats(isa, g->M, g->C);
 }
 
-int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst)
+int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
+                     const float *row_scale, float *dst)
 {
     const wgeo o = wino_geo(g);
     float *U = malloc((size_t)(16 * o.es_u + a16(9 * g->C)) * sizeof(float));
     if (!U) return -1;
     wino_weights(isa, g, w, U, o.es_u, U + 16 * o.es_u);
     const size_t pa = cpu_sgemm_packed_a_floats(isa, g->M, g->C);
-    for (int e = 0; e < 16; e++) cpu_sgemm_pack_a(isa, U + e * o.es_u, g->C, 1, g->M, g->C, dst + e * pa);
+    for (int e = 0; e < 16; e++)
+        cpu_sgemm_pack_a(isa, U + e * o.es_u, g->C, 1, g->M, g->C, row_scale, dst + e * pa);
     free(U);
     return 0;
 }
@@ -291,7 +293,7 @@ void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, c
                    const float *wp, float *y, const cpu_epi *epi, float *scratch)
 {
     void (*in_x)(const float *, const wgeo *, float *, int64_t) = in_xform_portable;
-    void (*out_x)(const float *, const wgeo *, int64_t, float, float, float *) = out_xform_portable;
+    void (*out_x)(const float *, const wgeo *, int64_t, float, float *) = out_xform_portable;
     void (*out_st)(OUT_ARGS) = out_store_portable;
 #if defined(CPU_HAVE_X86)
     if (isa == cpu_isa_avx512()) {
@@ -318,6 +320,11 @@ void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, c
     const size_t pa = cpu_sgemm_packed_a_floats(isa, M, C);
     if (!wp) wino_weights(isa, g, w, U, o.es_u, wt);
     const float lo = epi ? epi->lo : -__builtin_inff(), hi = epi ? epi->hi : __builtin_inff();
+    cpu_epi uscale; /* U = G g G^T is linear in g: the BN scale goes into the GEMM's A */
+    memset(&uscale, 0, sizeof uscale);
+    uscale.row_scale = epi ? epi->row_scale : NULL;
+    uscale.lo = -__builtin_inff();
+    uscale.hi = __builtin_inff();
     const int64_t HW = g->H * g->W, OHW = g->OH * g->OW, THall = (g->OH + 1) / 2;
     memset(P, 0, (size_t)(4 * PP) * sizeof(float));
     for (int64_t n = 0; n < g->N; n++) {
@@ -367,14 +374,14 @@ void cpu_conv_wino(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, c
                 if (wp)
                     cpu_sgemm(isa, M, Tp, C, wp + e * pa, 0, CPU_A_PACKED, &b, Mo + e * ob.es_m, Tp,
                               NULL, gs);
-                else
-                    cpu_sgemm(isa, M, Tp, C, U + e * ob.es_u, C, 1, &b, Mo + e * ob.es_m, Tp, NULL, gs);
+                else /* the scale multiplied into the packed U, as cpu_wino_prepare does */
+                    cpu_sgemm(isa, M, Tp, C, U + e * ob.es_u, C, 1, &b, Mo + e * ob.es_m, Tp,
+                              &uscale, gs);
             }
             for (int64_t m = 0; m < M; m++) {
-                const float s = (epi && epi->row_scale) ? epi->row_scale[m] : 1.0f;
                 const float bb = (epi && epi->row_bias) ? epi->row_bias[m] : 0.0f;
                 const int64_t off = m * OHW + 2 * ty0 * g->OW;
-                out_x(Mo, &ob, m, s, bb, yb);
+                out_x(Mo, &ob, m, bb, yb);
                 out_st(&ob, yn + off, OHb, g->OW, resn ? resn + off : NULL, lo, hi, yb);
             }
         }
