@@ -289,95 +289,105 @@ AVX512_SHAPE(_lohi, EPI_LOHI)
 #undef AVX512_SHAPE
 #define KS_AVX512(sfx) uk_avx512##sfx, uk_avx512_ind##sfx, NULL
 
-/* AVX2+FMA 6x16: 12 ymm accumulators. `rows` (a constant in every instantiation) <= 6 rows of
- * C are computed and stored; the A panel keeps its 6-row layout. Like MLAS's FMA3 kernel, the M
- * edge then costs only its own rows: 6 does not divide the usual channel counts (32 = 5*6 + 2),
- * and a zero-padded full tile wasted up to a third of an edge tile's FMAs. */
+/* AVX2+FMA 6x16 and 4x24: 12 ymm accumulators, `rows` x `nv` vectors (constants in every
+ * instantiation). rows < 6 of the 6x16 tile are the M edge: only those rows of C are computed
+ * and stored, the A panel keeps its 6-row layout. Like MLAS's FMA3 kernel, the M edge then costs
+ * only its own rows; but it is latency-bound (2 rows: 4 FMA chains for 2 pipes x 4 cycles), so
+ * an M that is a multiple of 4 and not of 6 (16, 32, 64, 128: most channel counts) runs 4x24
+ * tiles instead (A in 4-row panels, sgemm_tile), which have no M edge. */
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
-uk_avx2_impl(const int rows, const int S, int64_t kc, const float *a, const float *b,
-             const int64_t *boff, float *c, int64_t ldc, int flags, const float *rs,
-             const float *rb, const float *cb, const float *res, int64_t ldr, float lo, float hi)
+uk_avx2_impl(const int rows, const int nv, const int S, int64_t kc, const float *a,
+             const float *b, const int64_t *boff, float *c, int64_t ldc, int flags,
+             const float *rs, const float *rb, const float *cb, const float *res, int64_t ldr,
+             float lo, float hi)
 {
+    const int mr = nv == 3 ? 4 : 6;
     /* lo/hi go through memory: kept in xmm registers across the loop they would push one of the
-     * 12 accumulators onto the stack (16 ymm registers: 12 + 2 B + 1 broadcast). */
+     * 12 accumulators onto the stack (16 ymm registers: 12 + 2-3 B + 1 broadcast). */
     volatile float lohi[2];
     lohi[0] = lo;
     lohi[1] = hi;
-#define DECL(i)                                                                                    \
-    __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();                           \
-    if ((i) < rows) {                                                                              \
-        if (flags & CPU_UK_LOAD) {                                                                 \
-            c##i##0 = _mm256_loadu_ps(c + (i) * ldc);                                              \
-            c##i##1 = _mm256_loadu_ps(c + (i) * ldc + 8);                                          \
-        } else if (S != EPI_FULL) {                                                                \
-            c##i##0 = c##i##1 = _mm256_broadcast_ss(rb + (i));                                     \
-        }                                                                                          \
+#define VECS(X, i) X(i, 0) X(i, 1) X(i, 2)
+#define INIT(i, v)                                                                                 \
+    __m256 c##i##v = _mm256_setzero_ps();                                                          \
+    if ((i) < rows && (v) < nv) {                                                                  \
+        if (flags & CPU_UK_LOAD)                                                                   \
+            c##i##v = _mm256_loadu_ps(c + (i) * ldc + 8 * (v));                                    \
+        else if (S != EPI_FULL)                                                                    \
+            c##i##v = _mm256_broadcast_ss(rb + (i));                                               \
     }
+#define DECL(i) VECS(INIT, i)
     ROWS6(DECL)
 #undef DECL
+#undef INIT
 #pragma GCC unroll 4 /* 1x1 convs have K 16-192: 3-8 % faster than the rolled loop (AVX2) */
     for (int64_t k = 0; k < kc; k++) {
-        const float *bk = boff ? b + boff[k] : b + 16 * k;
+        const float *bk = boff ? b + boff[k] : b + 8 * nv * k;
         const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
+        const __m256 b2 = nv == 3 ? _mm256_loadu_ps(bk + 16) : b1;
+#define FMAV(i, v)                                                                                 \
+    if ((v) < nv) c##i##v = _mm256_fmadd_ps(ai, b##v, c##i##v);
 #define FMA(i)                                                                                     \
     if ((i) < rows) {                                                                              \
         const __m256 ai = _mm256_broadcast_ss(a + i);                                              \
-        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                                \
-        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                                                \
+        VECS(FMAV, i)                                                                              \
     }
         ROWS6(FMA)
 #undef FMA
-        a += 6;
+#undef FMAV
+        a += mr;
     }
     const __m256 vlo = _mm256_set1_ps(lohi[0]), vhi = _mm256_set1_ps(lohi[1]);
+#define OUTV(i, v)                                                                                 \
+    if ((v) < nv) {                                                                                \
+        if (flags & CPU_UK_EPI) {                                                                  \
+            if (S == EPI_FULL)                                                                     \
+                c##i##v = _mm256_add_ps(_mm256_fmadd_ps(c##i##v, _mm256_set1_ps(rs[i]),           \
+                                                        _mm256_set1_ps(rb[i])),                    \
+                                        _mm256_loadu_ps(cb + 8 * (v)));                            \
+            if (res) c##i##v = _mm256_add_ps(c##i##v, _mm256_loadu_ps(res + (i) * ldr + 8 * (v))); \
+            if (EPI_HAS_LO(S)) c##i##v = _mm256_max_ps(c##i##v, vlo);                              \
+            if (EPI_HAS_HI(S)) c##i##v = _mm256_min_ps(c##i##v, vhi);                              \
+        }                                                                                          \
+        _mm256_storeu_ps(c + (i) * ldc + 8 * (v), c##i##v);                                        \
+    }
 #define OUT(i)                                                                                     \
     if ((i) < rows) {                                                                              \
-        float *ci = c + (i) * ldc;                                                                 \
-        if (flags & CPU_UK_EPI) {                                                                  \
-            if (S == EPI_FULL) {                                                                   \
-                const __m256 s = _mm256_set1_ps(rs[i]), bi = _mm256_set1_ps(rb[i]);                \
-                c##i##0 = _mm256_add_ps(_mm256_fmadd_ps(c##i##0, s, bi), _mm256_loadu_ps(cb));     \
-                c##i##1 = _mm256_add_ps(_mm256_fmadd_ps(c##i##1, s, bi), _mm256_loadu_ps(cb + 8)); \
-            }                                                                                      \
-            if (res) {                                                                             \
-                c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(res + (i) * ldr));                \
-                c##i##1 = _mm256_add_ps(c##i##1, _mm256_loadu_ps(res + (i) * ldr + 8));            \
-            }                                                                                      \
-            if (EPI_HAS_LO(S)) {                                                                   \
-                c##i##0 = _mm256_max_ps(c##i##0, vlo);                                             \
-                c##i##1 = _mm256_max_ps(c##i##1, vlo);                                             \
-            }                                                                                      \
-            if (EPI_HAS_HI(S)) {                                                                   \
-                c##i##0 = _mm256_min_ps(c##i##0, vhi);                                             \
-                c##i##1 = _mm256_min_ps(c##i##1, vhi);                                             \
-            }                                                                                      \
-        }                                                                                          \
-        _mm256_storeu_ps(ci, c##i##0);                                                             \
-        _mm256_storeu_ps(ci + 8, c##i##1);                                                         \
+        VECS(OUTV, i)                                                                              \
     }
     ROWS6(OUT)
 #undef OUT
+#undef OUTV
+#undef VECS
 }
-/* Per shape: the full tile, B packed and in place, and fewer than 6 rows (the M edge), B packed
- * (boff NULL) or in place. */
+/* Per shape: the full 6x16 tile, B packed and in place; fewer than 6 rows (the M edge), B packed
+ * (boff NULL) or in place; the 4x24 tile, B packed and in place. */
 #define AVX2_SHAPE(sfx, S)                                                                         \
     __attribute__((target("avx2,fma"))) static void uk_avx2##sfx(UK_PARAMS)                        \
     {                                                                                              \
-        uk_avx2_impl(6, S, kc, a, b, NULL, UK_TAIL);                                               \
+        uk_avx2_impl(6, 2, S, kc, a, b, NULL, UK_TAIL);                                            \
     }                                                                                              \
     __attribute__((target("avx2,fma"))) static void uk_avx2_ind##sfx(UK_IND_PARAMS)                \
     {                                                                                              \
-        uk_avx2_impl(6, S, kc, a, b, boff, UK_TAIL);                                               \
+        uk_avx2_impl(6, 2, S, kc, a, b, boff, UK_TAIL);                                            \
     }                                                                                              \
     __attribute__((target("avx2,fma"))) static void uk_avx2_rows##sfx(int rows, UK_IND_PARAMS)     \
     {                                                                                              \
         switch (rows) {                                                                            \
-        case 1: uk_avx2_impl(1, S, kc, a, b, boff, UK_TAIL); break;                                \
-        case 2: uk_avx2_impl(2, S, kc, a, b, boff, UK_TAIL); break;                                \
-        case 3: uk_avx2_impl(3, S, kc, a, b, boff, UK_TAIL); break;                                \
-        case 4: uk_avx2_impl(4, S, kc, a, b, boff, UK_TAIL); break;                                \
-        default: uk_avx2_impl(5, S, kc, a, b, boff, UK_TAIL); break;                               \
+        case 1: uk_avx2_impl(1, 2, S, kc, a, b, boff, UK_TAIL); break;                             \
+        case 2: uk_avx2_impl(2, 2, S, kc, a, b, boff, UK_TAIL); break;                             \
+        case 3: uk_avx2_impl(3, 2, S, kc, a, b, boff, UK_TAIL); break;                             \
+        case 4: uk_avx2_impl(4, 2, S, kc, a, b, boff, UK_TAIL); break;                             \
+        default: uk_avx2_impl(5, 2, S, kc, a, b, boff, UK_TAIL); break;                            \
         }                                                                                          \
+    }                                                                                              \
+    __attribute__((target("avx2,fma"))) static void uk_avx2_4x24##sfx(UK_PARAMS)                   \
+    {                                                                                              \
+        uk_avx2_impl(4, 3, S, kc, a, b, NULL, UK_TAIL);                                            \
+    }                                                                                              \
+    __attribute__((target("avx2,fma"))) static void uk_avx2_4x24_ind##sfx(UK_IND_PARAMS)           \
+    {                                                                                              \
+        uk_avx2_impl(4, 3, S, kc, a, b, boff, UK_TAIL);                                            \
     }
 AVX2_SHAPE(_full, EPI_FULL)
 AVX2_SHAPE(_none, EPI_NONE)
@@ -385,6 +395,7 @@ AVX2_SHAPE(_lo, EPI_LO)
 AVX2_SHAPE(_lohi, EPI_LOHI)
 #undef AVX2_SHAPE
 #define KS_AVX2(sfx) uk_avx2##sfx, uk_avx2_ind##sfx, uk_avx2_rows##sfx
+#define KS_AVX2_4X24(sfx) uk_avx2_4x24##sfx, uk_avx2_4x24_ind##sfx, NULL
 
 #endif /* CPU_HAVE_X86 */
 
@@ -409,10 +420,25 @@ static int64_t pick_nc(int64_t kc, int64_t N, int nr)
     return nc < nfull ? nc : nfull;
 }
 
+/* The register tile (MR x NR) cpu_sgemm runs for M rows with this kernel set (uk_avx2_impl). */
+static void sgemm_tile(const cpu_isa *isa, int64_t M, int *mr, int *nr)
+{
+    *mr = isa->mr;
+    *nr = isa->nr;
+#if defined(CPU_HAVE_X86)
+    if (isa == cpu_isa_avx2() && M % 6 && M % 4 == 0) {
+        *mr = 4;
+        *nr = 24;
+    }
+#endif
+}
+
 size_t cpu_sgemm_scratch(const cpu_isa *isa, int64_t M, int64_t N, int64_t K)
 {
-    int64_t kc = pick_kc(K), nc = pick_nc(kc, N, isa->nr);
-    return (size_t)(round_up(M, isa->mr) * K + kc * nc + 2 * round_up(M, isa->mr)) + 32;
+    int mr, nr;
+    sgemm_tile(isa, M, &mr, &nr);
+    int64_t kc = pick_kc(K), nc = pick_nc(kc, N, nr);
+    return (size_t)(round_up(M, mr) * K + kc * nc + 2 * round_up(M, mr)) + 32;
 }
 
 /* A into MR-row panels, row i multiplied by rs[i] (rs NULL: by 1). */
@@ -752,19 +778,27 @@ __attribute__((target("avx512f"))) static void sgemm_avx512(SGEMM_ARGS)
 }
 __attribute__((target("avx2,fma"))) static void sgemm_avx2(SGEMM_ARGS)
 {
-    SGEMM_BY_SHAPE(6, 16, KS_AVX2)
+    if (M % 6 && M % 4 == 0) {
+        SGEMM_BY_SHAPE(4, 24, KS_AVX2_4X24) /* as sgemm_tile */
+    } else {
+        SGEMM_BY_SHAPE(6, 16, KS_AVX2)
+    }
 }
 #endif
 
 size_t cpu_sgemm_packed_a_floats(const cpu_isa *isa, int64_t M, int64_t K)
 {
-    return (size_t)(round_up(M, isa->mr) * K);
+    int mr, nr;
+    sgemm_tile(isa, M, &mr, &nr);
+    return (size_t)(round_up(M, mr) * K);
 }
 
 void cpu_sgemm_pack_a(const cpu_isa *isa, const float *a, int64_t ars, int64_t acs, int64_t M,
                       int64_t K, const float *row_scale, float *dst)
 {
-    pack_a(a, ars, acs, M, K, row_scale, isa->mr, dst);
+    int mr, nr;
+    sgemm_tile(isa, M, &mr, &nr);
+    pack_a(a, ars, acs, M, K, row_scale, mr, dst);
 }
 
 void cpu_sgemm(const cpu_isa *isa, int64_t M, int64_t N, int64_t K, const float *a, int64_t ars,
