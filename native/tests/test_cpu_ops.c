@@ -376,6 +376,30 @@ static void test_conv_list(const conv_p *ps, size_t n, const char *what)
     }
 }
 
+/* Every epilogue shape the GEMM kernels are compiled for (gemm.c: none, Relu, Clip, each with and
+ * without a residual, the BN scale folded into the packed weights) on each AVX2 tile: M % 4 == 0
+ * and not % 6 (4x24), M % 6 == 0 (6x16), neither (6x16 + M-edge rows); N with and without an
+ * edge panel; K in one block and in two (later blocks start from C). */
+static void test_epilogue_shapes(void)
+{
+    const conv_p ps[] = {
+        {1, 16, 6, 8, 32, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 4x24, N 48: no N edge */
+        {1, 16, 5, 7, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 4x24, N 35: N edge */
+        {1, 24, 4, 12, 12, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},  /* 6x16 */
+        {1, 16, 5, 7, 14, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 6x16 + 2 edge rows */
+        {1, 700, 2, 12, 8, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},  /* 4x24, K in two blocks */
+        {1, 660, 3, 5, 9, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 6x16 + edge, two K blocks */
+        {1, 4, 7, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},     /* im2col, 4x24 */
+    };
+    const int fuses[] = {0, 4, 8, 1, 1 | 4, 1 | 8, 1 | 2, 1 | 2 | 4, 2 | 8};
+    char label[48];
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
+        for (size_t f = 0; f < sizeof fuses / sizeof fuses[0]; f++) {
+            snprintf(label, sizeof label, "epilogue shape %zu fuse %d", i, fuses[f]);
+            test_conv_case(&ps[i], (int)((i + f) & 1), fuses[f], label);
+        }
+}
+
 static void test_conv(void)
 {
     /* Fixed shapes hitting each path: 1x1 GEMM, depthwise 3x3 fast path, im2col GEMM with K
@@ -475,6 +499,7 @@ static void test_conv(void)
     const conv_p wg = {1, 16, 14, 13, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     test_conv_case(&wg, 0, 1 | 2 | 4, "winograd+BN+Add+Relu");
     test_conv_case(&wg, 1, 1 | 8, "winograd+BN+Clip");
+    test_epilogue_shapes();
 }
 
 /* Gemm with every transpose / C shape, alpha/beta, M == 1 (GEMV) and M > 1, + fused Relu. */
@@ -539,6 +564,67 @@ static void test_gemm(void)
         }
         tg_unplan(&r);
         tg_free(t);
+    }
+}
+
+/* cpu_sgemm with a packed A: the row scale multiplied in by cpu_sgemm_pack_a (the prepared
+ * weights' way) and, the fallback, left in epi (the full epilogue); each with a column bias and
+ * a clamp or none, for M on every tile kind. */
+static void test_sgemm_packed_scale(void)
+{
+    const cpu_isa *isa = cpu_isa_select();
+    const int Ms[] = {5, 8, 12, 32, 14};
+    char why[160];
+    for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+        const int M = Ms[mi], N = 29 + (int)mi * 7, K = 19;
+        float *a = malloc((size_t)M * K * sizeof(float)), *b = malloc((size_t)K * N * sizeof(float));
+        float *rs = malloc(M * sizeof(float)), *rb = malloc(M * sizeof(float));
+        float *cb = malloc(N * sizeof(float)), *c = malloc((size_t)M * N * sizeof(float));
+        float *pa = malloc(cpu_sgemm_packed_a_floats(isa, M, K) * sizeof(float));
+        float *scratch = malloc((cpu_sgemm_scratch(isa, M, N, K) + 16) * sizeof(float));
+        double *ref = malloc((size_t)M * N * sizeof(double));
+        rfill(a, (size_t)M * K);
+        rfill(b, (size_t)K * N);
+        rfill(rs, M);
+        rfill(rb, M);
+        rfill(cb, N);
+        for (int variant = 0; variant < 4; variant++) {
+            const int in_a = variant & 1, col = variant & 2;
+            const float lo = col ? -0.5f : -INFINITY, hi = col ? 0.5f : INFINITY;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++) s += (double)a[m * K + k] * b[k * N + n];
+                    s = s * rs[m] + rb[m] + (col ? cb[n] : 0.0);
+                    ref[m * N + n] = s < lo ? lo : (s > hi ? hi : s);
+                }
+            cpu_sgemm_pack_a(isa, a, K, 1, M, K, in_a ? rs : NULL, pa);
+            cpu_epi e;
+            memset(&e, 0, sizeof e);
+            e.row_scale = in_a ? NULL : rs;
+            e.row_bias = rb;
+            e.col_bias = col ? cb : NULL;
+            e.lo = lo;
+            e.hi = hi;
+            cpu_bsrc bs;
+            memset(&bs, 0, sizeof bs);
+            bs.b = b;
+            bs.rs = N;
+            bs.cs = 1;
+            cpu_sgemm(isa, M, N, K, pa, 0, CPU_A_PACKED, &bs, c, N, &e, scratch);
+            CHECK(close_enough(c, ref, (size_t)M * N, 1e-5 * K, 1e-4, why, sizeof why),
+                  "sgemm packed A, M%d N%d, scale in %s, col bias %d: %s", M, N,
+                  in_a ? "A" : "epi", col ? 1 : 0, why);
+        }
+        free(a);
+        free(b);
+        free(rs);
+        free(rb);
+        free(cb);
+        free(c);
+        free(pa);
+        free(scratch);
+        free(ref);
     }
 }
 
@@ -1287,6 +1373,58 @@ static void test_prepared_sharing(void)
     tg_free(t);
 }
 
+/* The BN scale lives in the conv step's prepared (packed) weights: a refit that changes only a
+ * BN tensor re-prepares the step (not shared with the base), in a new set and in place, and the
+ * conv computes with the new scale; the base set keeps the old one. */
+static void test_folded_scale_refit(void)
+{
+    tg *t = tg_new();
+    const conv_p p = {1, 16, 6, 10, 32, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1};
+    const int x = tg_input(t, DIMS(1, 16, 6, 10));
+    const int w = tg_weight(t, DIMS(32, 16, 1, 1));
+    int bn[4];
+    for (int k = 0; k < 4; k++) bn[k] = tg_weight(t, DIMS(32));
+    fill_bn_params(t, bn[0], bn[1], bn[2], bn[3]);
+    int ci[2] = {x, w};
+    const int cv = tg_node(t, RT_OP_CONV, 2, ci, DIMS(1, 32, 6, 10), NULL);
+    int bi[5] = {cv, bn[0], bn[1], bn[2], bn[3]};
+    rt_attrs ba = def_attrs();
+    ba.epsilon = 1e-3f;
+    const int y = tg_node(t, RT_OP_BATCHNORM, 5, bi, DIMS(1, 32, 6, 10), &ba);
+    tg_output(t, tg_node(t, RT_OP_RELU, 1, &y, DIMS(1, 32, 6, 10), NULL));
+    float gamma2[32], out[1920];
+    double ref[1920];
+    rfill(gamma2, 32);
+    void *plan = NULL, *ctx = NULL, *pa = NULL, *pb = NULL;
+    char err[128], why[160] = "";
+    CHECK(rt_cpu_backend.plan_create(&t->g, NULL, &plan, err, sizeof err) == 0 &&
+              rt_cpu_backend.ctx_create(plan, &ctx, err, sizeof err) == 0, "folded plan: %s", err);
+    CHECK(cpu_plan_steps(plan) == 1, "conv+BN+Relu is one step");
+    const float *wa[5] = {vdata(t, w), vdata(t, bn[0]), vdata(t, bn[1]), vdata(t, bn[2]), vdata(t, bn[3])};
+    const float *wb[5] = {wa[0], gamma2, wa[2], wa[3], wa[4]};
+    const unsigned char only_gamma[5] = {0, 1, 0, 0, 0};
+    CHECK(rt_cpu_backend.weights_prepare(plan, wa, NULL, NULL, &pa, err, sizeof err) == 0, "prepare a");
+    CHECK(rt_cpu_backend.weights_prepare(plan, wb, pa, only_gamma, &pb, err, sizeof err) == 0, "prepare b");
+    CHECK(cpu_prepared_shares(plan, pa, pb, 0) == 0, "a BN-only change re-prepares the conv step");
+    for (int k = 0; k < 3; k++) {
+        /* k 0: a (old gamma), 1: b (new gamma), 2: a refit in place with the new gamma */
+        if (k == 2)
+            CHECK(rt_cpu_backend.weights_refit(plan, pa, wb, only_gamma, err, sizeof err) == 0,
+                  "refit a in place: %s", err);
+        ref_conv(&p, vdata(t, x), wa[0], NULL, ref);
+        ref_bn(ref, 1, 32, 60, k ? gamma2 : wa[1], wa[2], wa[3], wa[4], 1e-3f);
+        ref_clamp(ref, 1920, 0, INFINITY);
+        CHECK(run_prepared(t, plan, ctx, k == 1 ? pb : pa, out) == 0 &&
+                  close_enough(out, ref, 1920, 1e-4, 1e-4, why, sizeof why),
+              "folded scale, set %d: %s", k, why);
+    }
+    rt_cpu_backend.weights_release(plan, pa);
+    rt_cpu_backend.weights_release(plan, pb);
+    rt_cpu_backend.ctx_destroy(ctx);
+    rt_cpu_backend.plan_destroy(plan);
+    tg_free(t);
+}
+
 static void test_refusals(void)
 {
     runner r;
@@ -1340,6 +1478,8 @@ static void run_all(void)
     test_memory_plan();
     test_threads();
     test_prepared_sharing();
+    test_folded_scale_refit();
+    test_sgemm_packed_scale();
     test_refusals();
 }
 
