@@ -10,8 +10,8 @@
  * kernel reads in place without packing. Packed-B loop order is BLIS's jc / pc / ir / jr: one A
  * micro-panel (MR x kc) stays in L1 while the B block streams from L2; in-place B runs every M
  * tile over one NR panel while its rows are in L1. The micro-kernel keeps the MR x NR tile in
- * registers, starting from the row bias (or from C for a later K block), and applies the rest of
- * the epilogue (residual, Relu/Clip) before the single store of the tile.
+ * registers, starting from the row bias (a later K block starts from 0 and adds C), and applies
+ * the rest of the epilogue (residual, Relu/Clip) before the single store of the tile.
  *
  * Micro-kernels: AVX-512 8x32 and AVX2+FMA 6x16 (x86-64, per-function target attributes, chosen
  * at plan time), NEON 8x8 on aarch64 and a GCC-vector-extension 4x8 everywhere else, each
@@ -59,7 +59,7 @@ static int epi_shape(const cpu_epi *epi, int64_t acs)
 
 /* ---- portable micro-kernels ---------------------------------------------------------------- */
 
-/* Scalar epilogue of shape S over a tile held in t[MR][NR] (started from C or the row bias):
+/* Scalar epilogue of shape S over a tile held in t[MR][NR] (C added first for a later K block):
  * shared by the portable kernels. */
 static inline __attribute__((always_inline)) void
 epi_store(const int S, const float *t, int mr, int nr, float *c, int64_t ldc, int flags,
@@ -69,13 +69,14 @@ epi_store(const int S, const float *t, int mr, int nr, float *c, int64_t ldc, in
     for (int i = 0; i < mr; i++) {
         float *ci = c + i * ldc;
         const float *ti = t + i * nr;
+        const int load = flags & CPU_UK_LOAD;
         if (!(flags & CPU_UK_EPI)) {
-            for (int j = 0; j < nr; j++) ci[j] = ti[j];
+            for (int j = 0; j < nr; j++) ci[j] = load ? ci[j] + ti[j] : ti[j];
             continue;
         }
         const float *ri = res ? res + i * ldr : NULL;
         for (int j = 0; j < nr; j++) {
-            float y = ti[j];
+            float y = load ? ci[j] + ti[j] : ti[j];
             if (S == EPI_FULL) y = y * rs[i] + rb[i] + cb[j];
             if (ri) y += ri[j];
             if (EPI_HAS_LO(S)) y = y < lo ? lo : y;
@@ -94,15 +95,9 @@ uk_neon_impl(const int S, int64_t kc, const float *a, const float *b, const int6
              float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
              const float *res, int64_t ldr, float lo, float hi)
 {
+    const int r0 = S != EPI_FULL && !(flags & CPU_UK_LOAD); /* start from the row bias */
 #define NROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#define NDECL(i)                                                                                   \
-    float32x4_t c##i##0, c##i##1;                                                                  \
-    if (flags & CPU_UK_LOAD) {                                                                     \
-        c##i##0 = vld1q_f32(c + (i) * ldc);                                                        \
-        c##i##1 = vld1q_f32(c + (i) * ldc + 4);                                                    \
-    } else {                                                                                       \
-        c##i##0 = c##i##1 = vdupq_n_f32(S != EPI_FULL ? rb[i] : 0.0f);                             \
-    }
+#define NDECL(i) float32x4_t c##i##0 = vdupq_n_f32(r0 ? rb[i] : 0.0f), c##i##1 = c##i##0;
     NROWS8(NDECL)
 #undef NDECL
 #pragma GCC unroll 4 /* as the x86 kernels: fewer loop branches per FMA */
@@ -155,12 +150,10 @@ uk_vec_impl(const int S, int64_t kc, const float *a, const float *b, float *c, i
             int64_t ldr, float lo, float hi)
 {
     v4f acc[P_MR][2];
-    for (int i = 0; i < P_MR; i++) { /* from C (a later K block), the row bias or 0 (EPI_FULL) */
-        float r[P_NR];
-        for (int j = 0; j < P_NR; j++)
-            r[j] = (flags & CPU_UK_LOAD) ? c[i * ldc + j] : (S != EPI_FULL ? rb[i] : 0.0f);
-        memcpy(&acc[i][0], r, sizeof acc[i][0]);
-        memcpy(&acc[i][1], r + 4, sizeof acc[i][1]);
+    const int r0 = S != EPI_FULL && !(flags & CPU_UK_LOAD); /* start from the row bias */
+    for (int i = 0; i < P_MR; i++) {
+        const float v = r0 ? rb[i] : 0.0f;
+        acc[i][0] = acc[i][1] = (v4f){v, v, v, v};
     }
     for (int64_t k = 0; k < kc; k++) {
         v4f b0, b1;
@@ -220,14 +213,8 @@ uk_avx512_impl(const int S, int64_t kc, const float *a, const float *b, const in
                float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
                const float *res, int64_t ldr, float lo, float hi)
 {
-#define DECL(i)                                                                                    \
-    __m512 c##i##0, c##i##1;                                                                       \
-    if (flags & CPU_UK_LOAD) {                                                                     \
-        c##i##0 = _mm512_loadu_ps(c + (i) * ldc);                                                  \
-        c##i##1 = _mm512_loadu_ps(c + (i) * ldc + 16);                                             \
-    } else {                                                                                       \
-        c##i##0 = c##i##1 = S != EPI_FULL ? _mm512_set1_ps(rb[i]) : _mm512_setzero_ps();           \
-    }
+    const int r0 = S != EPI_FULL && !(flags & CPU_UK_LOAD); /* start from the row bias */
+#define DECL(i) __m512 c##i##0 = r0 ? _mm512_set1_ps(rb[i]) : _mm512_setzero_ps(), c##i##1 = c##i##0;
     ROWS8(DECL)
 #undef DECL
 #pragma GCC unroll 4
@@ -248,6 +235,10 @@ uk_avx512_impl(const int S, int64_t kc, const float *a, const float *b, const in
 #define OUT(i)                                                                                     \
     {                                                                                              \
         float *ci = c + (i) * ldc;                                                                 \
+        if (flags & CPU_UK_LOAD) {                                                                 \
+            c##i##0 = _mm512_add_ps(c##i##0, _mm512_loadu_ps(ci));                                 \
+            c##i##1 = _mm512_add_ps(c##i##1, _mm512_loadu_ps(ci + 16));                            \
+        }                                                                                          \
         if (flags & CPU_UK_EPI) {                                                                  \
             if (S == EPI_FULL) {                                                                   \
                 const __m512 s = _mm512_set1_ps(rs[i]), bi = _mm512_set1_ps(rb[i]);                \
@@ -302,6 +293,7 @@ uk_avx2_impl(const int rows, const int nv, const int S, int64_t kc, const float 
              float lo, float hi)
 {
     const int mr = nv == 3 ? 4 : 6;
+    const int r0 = S != EPI_FULL && !(flags & CPU_UK_LOAD); /* start from the row bias */
     /* lo/hi go through memory: kept in xmm registers across the loop they would push one of the
      * 12 accumulators onto the stack (16 ymm registers: 12 + 2-3 B + 1 broadcast). */
     volatile float lohi[2];
@@ -310,12 +302,7 @@ uk_avx2_impl(const int rows, const int nv, const int S, int64_t kc, const float 
 #define VECS(X, i) X(i, 0) X(i, 1) X(i, 2)
 #define INIT(i, v)                                                                                 \
     __m256 c##i##v = _mm256_setzero_ps();                                                          \
-    if ((i) < rows && (v) < nv) {                                                                  \
-        if (flags & CPU_UK_LOAD)                                                                   \
-            c##i##v = _mm256_loadu_ps(c + (i) * ldc + 8 * (v));                                    \
-        else if (S != EPI_FULL)                                                                    \
-            c##i##v = _mm256_broadcast_ss(rb + (i));                                               \
-    }
+    if ((i) < rows && (v) < nv && r0) c##i##v = _mm256_broadcast_ss(rb + (i));
 #define DECL(i) VECS(INIT, i)
     ROWS6(DECL)
 #undef DECL
@@ -340,6 +327,7 @@ uk_avx2_impl(const int rows, const int nv, const int S, int64_t kc, const float 
     const __m256 vlo = _mm256_set1_ps(lohi[0]), vhi = _mm256_set1_ps(lohi[1]);
 #define OUTV(i, v)                                                                                 \
     if ((v) < nv) {                                                                                \
+        if (flags & CPU_UK_LOAD) c##i##v = _mm256_add_ps(c##i##v, _mm256_loadu_ps(ci + 8 * (v)));  \
         if (flags & CPU_UK_EPI) {                                                                  \
             if (S == EPI_FULL)                                                                     \
                 c##i##v = _mm256_add_ps(_mm256_fmadd_ps(c##i##v, _mm256_set1_ps(rs[i]),           \
@@ -349,10 +337,11 @@ uk_avx2_impl(const int rows, const int nv, const int S, int64_t kc, const float 
             if (EPI_HAS_LO(S)) c##i##v = _mm256_max_ps(c##i##v, vlo);                              \
             if (EPI_HAS_HI(S)) c##i##v = _mm256_min_ps(c##i##v, vhi);                              \
         }                                                                                          \
-        _mm256_storeu_ps(c + (i) * ldc + 8 * (v), c##i##v);                                        \
+        _mm256_storeu_ps(ci + 8 * (v), c##i##v);                                                   \
     }
 #define OUT(i)                                                                                     \
     if ((i) < rows) {                                                                              \
+        float *ci = c + (i) * ldc;                                                                 \
         VECS(OUTV, i)                                                                              \
     }
     ROWS6(OUT)
