@@ -59,6 +59,17 @@ static int epi_shape(const cpu_epi *epi, int64_t acs)
 
 /* ---- portable micro-kernels ---------------------------------------------------------------- */
 
+/* The kernel signatures, for the per-shape wrappers below. */
+#define UK_PARAMS                                                                                  \
+    int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int flags, const float *rs, \
+        const float *rb, const float *cb, const float *res, int64_t ldr, float lo, float hi
+#define UK_IND_PARAMS                                                                              \
+    int64_t kc, const float *a, const float *b, const int64_t *boff, float *c, int64_t ldc,        \
+        int flags, const float *rs, const float *rb, const float *cb, const float *res,            \
+        int64_t ldr, float lo, float hi
+#define UK_TAIL c, ldc, flags, rs, rb, cb, res, ldr, lo, hi
+
+
 /* Scalar epilogue of shape S over a tile held in t[MR][NR] (C added first for a later K block):
  * shared by the portable kernels. */
 static inline __attribute__((always_inline)) void
@@ -123,20 +134,8 @@ uk_neon_impl(const int S, int64_t kc, const float *a, const float *b, const int6
     epi_store(S, t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 #define PORTABLE_SHAPE(sfx, S)                                                                     \
-    static void uk_portable##sfx(int64_t kc, const float *a, const float *b, float *c,            \
-                                 int64_t ldc, int flags, const float *rs, const float *rb,         \
-                                 const float *cb, const float *res, int64_t ldr, float lo,         \
-                                 float hi)                                                         \
-    {                                                                                              \
-        uk_neon_impl(S, kc, a, b, NULL, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);              \
-    }                                                                                              \
-    static void uk_portable_ind##sfx(int64_t kc, const float *a, const float *b,                  \
-                                     const int64_t *boff, float *c, int64_t ldc, int flags,        \
-                                     const float *rs, const float *rb, const float *cb,            \
-                                     const float *res, int64_t ldr, float lo, float hi)            \
-    {                                                                                              \
-        uk_neon_impl(S, kc, a, b, boff, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);              \
-    }
+    static void uk_portable##sfx(UK_PARAMS) { uk_neon_impl(S, kc, a, b, NULL, UK_TAIL); }          \
+    static void uk_portable_ind##sfx(UK_IND_PARAMS) { uk_neon_impl(S, kc, a, b, boff, UK_TAIL); }
 #define KS_PORTABLE(sfx) uk_portable##sfx, uk_portable_ind##sfx, NULL
 #else
 /* GCC vector extensions, 4x8: compiles to SSE on plain x86-64 and to whatever 16-byte vectors
@@ -175,13 +174,7 @@ uk_vec_impl(const int S, int64_t kc, const float *a, const float *b, float *c, i
     epi_store(S, t, P_MR, P_NR, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);
 }
 #define PORTABLE_SHAPE(sfx, S)                                                                     \
-    static void uk_portable##sfx(int64_t kc, const float *a, const float *b, float *c,            \
-                                 int64_t ldc, int flags, const float *rs, const float *rb,         \
-                                 const float *cb, const float *res, int64_t ldr, float lo,         \
-                                 float hi)                                                         \
-    {                                                                                              \
-        uk_vec_impl(S, kc, a, b, c, ldc, flags, rs, rb, cb, res, ldr, lo, hi);                     \
-    }
+    static void uk_portable##sfx(UK_PARAMS) { uk_vec_impl(S, kc, a, b, UK_TAIL); }
 #define KS_PORTABLE(sfx) uk_portable##sfx, NULL, NULL
 #endif
 PORTABLE_SHAPE(_full, EPI_FULL)
@@ -195,16 +188,6 @@ PORTABLE_SHAPE(_lohi, EPI_LOHI)
 
 #define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
-
-/* The kernel signatures, for the per-shape wrappers below. */
-#define UK_PARAMS                                                                                  \
-    int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int flags, const float *rs, \
-        const float *rb, const float *cb, const float *res, int64_t ldr, float lo, float hi
-#define UK_IND_PARAMS                                                                              \
-    int64_t kc, const float *a, const float *b, const int64_t *boff, float *c, int64_t ldc,        \
-        int flags, const float *rs, const float *rb, const float *cb, const float *res,            \
-        int64_t ldr, float lo, float hi
-#define UK_TAIL c, ldc, flags, rs, rb, cb, res, ldr, lo, hi
 
 /* AVX-512 8x32: 16 zmm accumulators, 2 B loads and one broadcast per row and k. With boff, B row
  * k is read in place at b + boff[k] (the wide conv's image) instead of from a packed panel. */
