@@ -379,11 +379,13 @@ static void test_conv_list(const conv_p *ps, size_t n, const char *what)
 /* Every epilogue shape the GEMM kernels are compiled for (gemm.c: none, Relu, Clip, each with and
  * without a residual, the BN scale folded into the packed weights) on each AVX2 tile: M % 4 == 0
  * and not % 6 (4x24), M % 6 == 0 (6x16), neither (6x16 + M-edge rows); N with and without an
- * edge panel; K in one block and in two (later blocks start from C). */
+ * edge panel, and N % 32 == 16 (AVX-512's in-place half panel); K in one block and in two (later
+ * blocks add C). */
 static void test_epilogue_shapes(void)
 {
     const conv_p ps[] = {
-        {1, 16, 6, 8, 32, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 4x24, N 48: no N edge */
+        {1, 16, 6, 8, 32, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 4x24, N 48: no N edge; AVX-512 half panel */
+        {1, 24, 4, 12, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},  /* 4x24; AVX-512 2 tiles + half panel */
         {1, 16, 5, 7, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 4x24, N 35: N edge */
         {1, 24, 4, 12, 12, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},  /* 6x16 */
         {1, 16, 5, 7, 14, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},   /* 6x16 + 2 edge rows */

@@ -136,7 +136,7 @@ uk_neon_impl(const int S, int64_t kc, const float *a, const float *b, const int6
 #define PORTABLE_SHAPE(sfx, S)                                                                     \
     static void uk_portable##sfx(UK_PARAMS) { uk_neon_impl(S, kc, a, b, NULL, UK_TAIL); }          \
     static void uk_portable_ind##sfx(UK_IND_PARAMS) { uk_neon_impl(S, kc, a, b, boff, UK_TAIL); }
-#define KS_PORTABLE(sfx) uk_portable##sfx, uk_portable_ind##sfx, NULL
+#define KS_PORTABLE(sfx) uk_portable##sfx, uk_portable_ind##sfx, NULL, NULL
 #else
 /* GCC vector extensions, 4x8: compiles to SSE on plain x86-64 and to whatever 16-byte vectors
  * other targets have. */
@@ -175,7 +175,7 @@ uk_vec_impl(const int S, int64_t kc, const float *a, const float *b, float *c, i
 }
 #define PORTABLE_SHAPE(sfx, S)                                                                     \
     static void uk_portable##sfx(UK_PARAMS) { uk_vec_impl(S, kc, a, b, UK_TAIL); }
-#define KS_PORTABLE(sfx) uk_portable##sfx, NULL, NULL
+#define KS_PORTABLE(sfx) uk_portable##sfx, NULL, NULL, NULL
 #endif
 PORTABLE_SHAPE(_full, EPI_FULL)
 PORTABLE_SHAPE(_none, EPI_NONE)
@@ -192,7 +192,7 @@ PORTABLE_SHAPE(_lohi, EPI_LOHI)
 /* AVX-512 8x32: 16 zmm accumulators, 2 B loads and one broadcast per row and k. With boff, B row
  * k is read in place at b + boff[k] (the wide conv's image) instead of from a packed panel. */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
-uk_avx512_impl(const int S, int64_t kc, const float *a, const float *b, const int64_t *boff,
+uk_avx512_impl(const int nv, const int S, int64_t kc, const float *a, const float *b, const int64_t *boff,
                float *c, int64_t ldc, int flags, const float *rs, const float *rb, const float *cb,
                const float *res, int64_t ldr, float lo, float hi)
 {
@@ -203,65 +203,63 @@ uk_avx512_impl(const int S, int64_t kc, const float *a, const float *b, const in
 #pragma GCC unroll 4
     for (int64_t k = 0; k < kc; k++) {
         const float *bk = boff ? b + boff[k] : b + 32 * k;
-        const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
+        const __m512 b0 = _mm512_loadu_ps(bk), b1 = nv == 2 ? _mm512_loadu_ps(bk + 16) : b0;
 #define FMA(i)                                                                                     \
     {                                                                                              \
         const __m512 ai = _mm512_set1_ps(a[i]);                                                    \
         c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);                                                \
-        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);                                                \
+        if (nv == 2) c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);                                   \
     }
         ROWS8(FMA)
 #undef FMA
         a += 8;
     }
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+#define OUTV(i, v)                                                                                 \
+    if ((v) < nv) {                                                                                \
+        if (flags & CPU_UK_LOAD) c##i##v = _mm512_add_ps(c##i##v, _mm512_loadu_ps(ci + 16 * (v))); \
+        if (flags & CPU_UK_EPI) {                                                                  \
+            if (S == EPI_FULL)                                                                     \
+                c##i##v = _mm512_add_ps(_mm512_fmadd_ps(c##i##v, _mm512_set1_ps(rs[i]),           \
+                                                        _mm512_set1_ps(rb[i])),                    \
+                                        _mm512_loadu_ps(cb + 16 * (v)));                           \
+            if (res)                                                                               \
+                c##i##v = _mm512_add_ps(c##i##v, _mm512_loadu_ps(res + (i) * ldr + 16 * (v)));     \
+            if (EPI_HAS_LO(S)) c##i##v = _mm512_max_ps(c##i##v, vlo);                              \
+            if (EPI_HAS_HI(S)) c##i##v = _mm512_min_ps(c##i##v, vhi);                              \
+        }                                                                                          \
+        _mm512_storeu_ps(ci + 16 * (v), c##i##v);                                                  \
+    }
 #define OUT(i)                                                                                     \
     {                                                                                              \
         float *ci = c + (i) * ldc;                                                                 \
-        if (flags & CPU_UK_LOAD) {                                                                 \
-            c##i##0 = _mm512_add_ps(c##i##0, _mm512_loadu_ps(ci));                                 \
-            c##i##1 = _mm512_add_ps(c##i##1, _mm512_loadu_ps(ci + 16));                            \
-        }                                                                                          \
-        if (flags & CPU_UK_EPI) {                                                                  \
-            if (S == EPI_FULL) {                                                                   \
-                const __m512 s = _mm512_set1_ps(rs[i]), bi = _mm512_set1_ps(rb[i]);                \
-                c##i##0 = _mm512_add_ps(_mm512_fmadd_ps(c##i##0, s, bi), _mm512_loadu_ps(cb));     \
-                c##i##1 = _mm512_add_ps(_mm512_fmadd_ps(c##i##1, s, bi), _mm512_loadu_ps(cb + 16)); \
-            }                                                                                      \
-            if (res) {                                                                             \
-                c##i##0 = _mm512_add_ps(c##i##0, _mm512_loadu_ps(res + (i) * ldr));                \
-                c##i##1 = _mm512_add_ps(c##i##1, _mm512_loadu_ps(res + (i) * ldr + 16));           \
-            }                                                                                      \
-            if (EPI_HAS_LO(S)) {                                                                   \
-                c##i##0 = _mm512_max_ps(c##i##0, vlo);                                             \
-                c##i##1 = _mm512_max_ps(c##i##1, vlo);                                             \
-            }                                                                                      \
-            if (EPI_HAS_HI(S)) {                                                                   \
-                c##i##0 = _mm512_min_ps(c##i##0, vhi);                                             \
-                c##i##1 = _mm512_min_ps(c##i##1, vhi);                                             \
-            }                                                                                      \
-        }                                                                                          \
-        _mm512_storeu_ps(ci, c##i##0);                                                             \
-        _mm512_storeu_ps(ci + 16, c##i##1);                                                        \
+        OUTV(i, 0) OUTV(i, 1)                                                                      \
     }
     ROWS8(OUT)
 #undef OUT
+#undef OUTV
 }
+/* Per shape: 8x32, B packed and in place, and 8x16 in place (a last half panel, N % 32 == 16:
+ * read in place like the others instead of packed and computed on a local 8x32 tile). */
 #define AVX512_SHAPE(sfx, S)                                                                       \
     __attribute__((target("avx512f"))) static void uk_avx512##sfx(UK_PARAMS)                       \
     {                                                                                              \
-        uk_avx512_impl(S, kc, a, b, NULL, UK_TAIL);                                                \
+        uk_avx512_impl(2, S, kc, a, b, NULL, UK_TAIL);                                             \
     }                                                                                              \
     __attribute__((target("avx512f"))) static void uk_avx512_ind##sfx(UK_IND_PARAMS)               \
     {                                                                                              \
-        uk_avx512_impl(S, kc, a, b, boff, UK_TAIL);                                                \
+        uk_avx512_impl(2, S, kc, a, b, boff, UK_TAIL);                                             \
+    }                                                                                              \
+    __attribute__((target("avx512f"))) static void uk_avx512_half##sfx(UK_IND_PARAMS)              \
+    {                                                                                              \
+        uk_avx512_impl(1, S, kc, a, b, boff, UK_TAIL);                                             \
     }
 AVX512_SHAPE(_full, EPI_FULL)
 AVX512_SHAPE(_none, EPI_NONE)
 AVX512_SHAPE(_lo, EPI_LO)
 AVX512_SHAPE(_lohi, EPI_LOHI)
 #undef AVX512_SHAPE
-#define KS_AVX512(sfx) uk_avx512##sfx, uk_avx512_ind##sfx, NULL
+#define KS_AVX512(sfx) uk_avx512##sfx, uk_avx512_ind##sfx, NULL, uk_avx512_half##sfx
 
 /* AVX2+FMA 6x16 and 4x24: 12 ymm accumulators, `rows` x `nv` vectors (constants in every
  * instantiation). rows < 6 of the 6x16 tile are the M edge: only those rows of C are computed
@@ -366,8 +364,8 @@ AVX2_SHAPE(_none, EPI_NONE)
 AVX2_SHAPE(_lo, EPI_LO)
 AVX2_SHAPE(_lohi, EPI_LOHI)
 #undef AVX2_SHAPE
-#define KS_AVX2(sfx) uk_avx2##sfx, uk_avx2_ind##sfx, uk_avx2_rows##sfx
-#define KS_AVX2_4X24(sfx) uk_avx2_4x24##sfx, uk_avx2_4x24_ind##sfx, NULL
+#define KS_AVX2(sfx) uk_avx2##sfx, uk_avx2_ind##sfx, uk_avx2_rows##sfx, NULL
+#define KS_AVX2_4X24(sfx) uk_avx2_4x24##sfx, uk_avx2_4x24_ind##sfx, NULL, NULL
 
 #endif /* CPU_HAVE_X86 */
 
@@ -570,12 +568,13 @@ typedef void (*cpu_ukrows_fn)(int rows, int64_t kc, const float *a, const float 
 
 /* The driver body, inlined into one function per ISA so the packers vectorise to its width and
  * the micro-kernel call is direct. ukrows (may be NULL) runs M-edge tiles of full panels in
- * place; without it they run the full kernel on a local tile. */
+ * place; without it they run the full kernel on a local tile. ukhalf (may be NULL) runs full-M
+ * tiles of a last panel exactly NR/2 wide in place (B read in place only). */
 static inline __attribute__((always_inline)) void
 sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t acs,
            const cpu_bsrc *bsrc, float *c, int64_t ldc, const cpu_epi *epi, float *scratch,
            const int mr, const int nr, cpu_ukernel_fn ukernel, cpu_ukind_fn ukind,
-           cpu_ukrows_fn ukrows)
+           cpu_ukrows_fn ukrows, cpu_ukind_fn ukhalf)
 {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -631,6 +630,11 @@ sgemm_body(int64_t M, int64_t N, int64_t K, const float *a, int64_t ars, int64_t
                     const float *rsp = rs_all + ir, *rbp = rb_all + ir;
                     const float *res = (epi && epi->res) ? epi->res + ir * epi->ldr + n0 : NULL;
                     float *cp = c + ir * ldc + n0;
+                    if (ukhalf && mi == mr && 2 * nw == nr) { /* exactly half a panel: in place */
+                        ukhalf(kc, ap, bp, boff, cp, ldc, flags, rsp, rbp, cbp, res,
+                               res ? epi->ldr : 0, lo, hi);
+                        continue;
+                    }
                     if (mi == mr && nw == nr) {
                         ukind(kc, ap, bp, boff, cp, ldc, flags, rsp, rbp, cbp, res,
                               res ? epi->ldr : 0, lo, hi);
