@@ -455,9 +455,12 @@ static void test_conv(void)
         {1, 3, 9, 56, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 3},
     };
     test_conv_list(dw2p, sizeof dw2p / sizeof dw2p[0], "dw s2 in place");
-    /* Dense 3x3/2 with few input channels read in place (pl 1, W == 2 OW >= 2 VL, M % 4 == 0):
-     * one AVX2 vector (AVX-512: the wide GEMM), two, three with an overlapping last, the stem's
-     * 48 columns, four overlapping; C 1..4, top pad 0, odd H, batch 2; M % 4 != 0 falls back. */
+    /* Dense 3x3/2 with few input channels over its column split (pl 1, W == 2 OW >= 2 VL,
+     * M % 4 == 0): rows of one AVX2 vector (AVX-512: the wide GEMM), two, and 20 (one-vector
+     * steps, the last overlapping); then steps of 3 vectors: AVX2 exactly one (24), one and an
+     * overlapping one (28, 30), the stem's 48 (AVX-512: one step), 64 and 72 (AVX2 3 steps,
+     * AVX-512 one-vector steps / two 3-vector steps), 100; C 1..4, top pad 0, odd H, batch 2;
+     * M % 4 != 0 falls back. */
     const conv_p c3s2[] = {
         {1, 3, 16, 16, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
         {2, 1, 9, 32, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
@@ -465,6 +468,11 @@ static void test_conv(void)
         {1, 3, 23, 96, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
         {1, 4, 10, 56, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 1},
         {1, 3, 16, 32, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 1, 11, 48, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 2, 14, 60, 4, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 1},
+        {2, 3, 8, 128, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 4, 9, 144, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 3, 12, 200, 12, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 1},
     };
     test_conv_list(c3s2, sizeof c3s2 / sizeof c3s2[0], "3x3/2 small C");
     test_conv_case(&c3s2[3], 0, 4, "3x3/2 small C, Relu only");

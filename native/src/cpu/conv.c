@@ -55,8 +55,10 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
         wide_dims(g, &PH, &PW);
         const int64_t Cg = g->C / g->group, Mg = g->M / g->group;
         const int64_t Kg = Cg * g->kh * g->kw;
-        return (size_t)(a16(g->sh * g->sw * Cg * PH * PW) + a16(Mg * g->OH * PW) + a16(2 * Kg)) +
-               cpu_sgemm_scratch(isa, Mg, g->OH * PW, Kg);
+        const size_t wide = (size_t)(a16(g->sh * g->sw * Cg * PH * PW) + a16(Mg * g->OH * PW) +
+                                     a16(2 * Kg)) + cpu_sgemm_scratch(isa, Mg, g->OH * PW, Kg);
+        const size_t c3s2 = (size_t)CPU_C3S2_SCRATCH(g->C, g->H, g->M, g->OW); /* conv_c3s2, if it runs */
+        return wide > c3s2 ? wide : c3s2;
     }
     case CPU_CONV_DW: {
         int64_t PH, PW;
@@ -321,9 +323,7 @@ static int conv_c3s2(const cpu_isa *isa, const cpu_conv_geom *g, const float *x,
     a.bias = epi ? epi->row_bias : NULL;
     a.lo = epi ? epi->lo : -__builtin_inff();
     a.hi = epi ? epi->hi : __builtin_inff();
-    /* the wide path's scratch (its phase planes, >= 6 W floats here) holds a zero row + slack */
-    memset(scratch, 0, (size_t)(g->W + 32) * sizeof(float));
-    a.zero = scratch;
+    a.split = scratch; /* cpu_conv_scratch counts it */
     for (int64_t n = 0; n < g->N; n++) {
         a.in = x + n * g->C * g->H * g->W;
         a.out = y + n * g->M * g->OH * g->OW;

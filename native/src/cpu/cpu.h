@@ -55,7 +55,7 @@ typedef struct cpu_dw_args {
 } cpu_dw_args;
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
 /* A dense 3x3 stride-2 conv with few input channels (a first layer), pl == 1 and W == 2 OW, for
- * the sets with masked loads (planes.c): out = clamp(acc * scale + bias (+ res)). */
+ * the sets that define C3_NV (planes.c): out = clamp(acc * scale + bias (+ res)). */
 typedef struct cpu_c3s2_args {
     const float *in;         /* C x H x W */
     int64_t C, H, W, pt;
@@ -65,11 +65,14 @@ typedef struct cpu_c3s2_args {
     const float *res;        /* M x OH x OW or NULL */
     float lo, hi;
     float *out;              /* M x OH x OW */
-    const float *zero;       /* >= W + 32 zero floats: rows outside the image */
+    float *split;            /* CPU_C3S2_SCRATCH(C, H, M, OW) floats of scratch */
 } cpu_c3s2_args;
 /* 1 if done; 0 if the geometry is not the kernel's (the caller takes another path) */
 typedef int (*cpu_c3s2_fn)(const cpu_c3s2_args *a);
 #define CPU_C3S2_MAX_C 4
+/* scratch: each input row split into even / odd columns (2 OW + 1 floats), one zero row, the
+ * weights regrouped (M C 9) */
+#define CPU_C3S2_SCRATCH(C, H, M, OW) (((C) * (H) + 1) * (2 * (OW) + 1) + (M) * (C) * 9)
 struct cpu_pool_geom;
 /* The 3x3 kernels (planes.c) pad (stride 1) or split (stride 2) a->in into a->pad themselves,
  * writing only image cells: the zero border and CPU_DW_PAD_SLACK floats past the padded plane

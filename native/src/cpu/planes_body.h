@@ -390,110 +390,112 @@ DW_SFX(dw_s2_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
     DW_SFX(dw_s2_step_inplace)(t, r, OW - VL, 2, q0, q1, o0, o1);
 }
 
-/* Dense 3x3/2 conv, few input channels: C3_NC output channels (from m) at columns xa (and xb if
- * two) of output row oy, the input rows r[c * 3 + ky] (image row - 1) read in place with the taps
- * of DW_S2TAP (edges ea, eb); C3_NC * (1 + two) accumulators, each tap vector used for C3_NC
- * FMAs, each broadcast weight for 1 + two. */
+#undef DW_S2TAP
+#endif
+
+#ifdef C3_NV
+/* Dense 3x3/2 conv, few input channels (a first layer), pl == 1, W == 2 OW. The image is split
+ * once into per-row column planes (c3s2_split) so that output x's taps at image columns 2x-1,
+ * 2x, 2x+1 are O'[x], E[x], O'[x+1]: plain unit-stride loads, no shuffles between the FMAs.
+ * Each step computes C3_NC output channels x C3_NV vectors of columns (AVX2: 4 x 3 = 12
+ * accumulators + 3 taps + 1 broadcast weight = its 16 registers), each tap vector feeding C3_NC
+ * FMAs and each broadcast weight C3_NV. */
 #define C3_NC 4
-DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, int64_t m, int64_t oy,
-                  int64_t xa, int ea, int two, int64_t xb, int eb)
+
+/* Split row layout, RS = 2 OW + 1 floats: E[j] = X[2j] at [0, OW), O'[j] = X[2j-1] at
+ * [OW, 2 OW] with O'[0] = 0 (the left pad). */
+DW_ATTR static inline void DW_SFX(c3s2_split)(const float *restrict src, int64_t OW,
+                                              float *restrict d)
 {
-    V acc[C3_NC][2];
-    for (int j = 0; j < C3_NC; j++) acc[j][0] = acc[j][1] = SET1(0.0f);
-    const int64_t C = a->C;
-    const float *wm = a->w + m * C * 9;
-    /* Taps 0 and 1 (columns 2x, 2x+1) first, then tap 2: 8 accumulators, 4 taps and one
-     * broadcast weight live at once fit AVX2's 16 registers (all 6 taps at once spilled). */
-    for (int64_t c = 0; c < C; c++)
-        for (int ky = 0; ky < 3; ky++) {
-            const float *p = r[c * 3 + ky] + 2 * xa, *pb = r[c * 3 + ky] + 2 * xb;
-            const float *wk = wm + c * 9 + ky * 3;
-            {
-                const V l0 = (ea & 1) ? MLD_FIRST0(p) : LD(p), l1 = LD(p + VL);
-                const V u0 = S2_EVEN(l0, l1), u1 = S2_ODD(l0, l1);
-                V v0 = u0, v1 = u1;
-                if (two) {
-                    const V k0 = (eb & 1) ? MLD_FIRST0(pb) : LD(pb), k1 = LD(pb + VL);
-                    v0 = S2_EVEN(k0, k1);
-                    v1 = S2_ODD(k0, k1);
-                }
-                for (int j = 0; j < C3_NC; j++) {
-                    const V w0 = SET1(wk[j * C * 9]);
-                    acc[j][0] = FMA(w0, u0, acc[j][0]);
-                    if (two) acc[j][1] = FMA(w0, v0, acc[j][1]);
-                    const V w1 = SET1(wk[j * C * 9 + 1]);
-                    acc[j][0] = FMA(w1, u1, acc[j][0]);
-                    if (two) acc[j][1] = FMA(w1, v1, acc[j][1]);
-                }
-            }
-            {
-                const V l0 = LD(p + 2), l1 = (ea & 2) ? MLD_LAST0(p + VL + 2) : LD(p + VL + 2);
-                const V u2 = S2_EVEN(l0, l1);
-                V v2 = u2;
-                if (two) {
-                    const V k0 = LD(pb + 2), k1 = (eb & 2) ? MLD_LAST0(pb + VL + 2) : LD(pb + VL + 2);
-                    v2 = S2_EVEN(k0, k1);
-                }
-                for (int j = 0; j < C3_NC; j++) {
-                    const V w2 = SET1(wk[j * C * 9 + 2]);
-                    acc[j][0] = FMA(w2, u2, acc[j][0]);
-                    if (two) acc[j][1] = FMA(w2, v2, acc[j][1]);
-                }
+    float *e = d, *o = d + OW + 1; /* o[j] = O'[j + 1] = X[2j + 1] */
+    d[OW] = 0.0f;
+    for (int64_t i = 0;; i += VL) { /* OW >= VL: the last pair of vectors overlaps */
+        if (i + VL > OW) i = OW - VL;
+        V ev, od;
+        SPLIT2(src + 2 * i, ev, od);
+        ST(e + i, ev);
+        ST(o + i, od);
+        if (i + VL >= OW) break;
+    }
+}
+
+/* Output channels m .. m+C3_NC-1, columns x0 .. x0 + nv VL - 1 of output row oy (nv: C3_NV, or 1
+ * for rows narrower than C3_NV vectors; a constant at each call); r[c*3+ky]
+ * are the split input rows (a zero row outside the image), wq the group's weights as
+ * wq[(c*9 + ky*3 + kx) * C3_NC + j]: every load is a base plus a constant, so the loop needs no
+ * more general registers than it has (with a runtime stride per channel GCC spilled). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, const float *wq, int64_t m,
+                  int64_t oy, int64_t x0, const int nv)
+{
+    V acc[C3_NC][C3_NV];
+    for (int j = 0; j < C3_NC; j++)
+        for (int v = 0; v < nv; v++) acc[j][v] = SET1(0.0f);
+    const int64_t OW = a->OW;
+    for (int64_t ck = 0; ck < 3 * a->C; ck++, wq += 3 * C3_NC) {
+        const float *p = r[ck] + x0;
+#ifdef C3_ROW_FMAS
+        if (nv == C3_NV) {
+            C3_ROW_FMAS(acc, p, OW, wq);
+            continue;
+        }
+#endif
+        for (int kx = 0; kx < 3; kx++) {
+            const int64_t off = kx == 0 ? OW : (kx == 1 ? 0 : OW + 1);
+            V t[C3_NV];
+            for (int v = 0; v < nv; v++) t[v] = LD(p + off + v * VL);
+            for (int j = 0; j < C3_NC; j++) {
+                const V w = SET1(wq[kx * C3_NC + j]);
+                for (int v = 0; v < nv; v++) acc[j][v] = FMA(w, t[v], acc[j][v]);
             }
         }
+    }
     const V lo = SET1(a->lo), hi = SET1(a->hi);
     for (int j = 0; j < C3_NC; j++) {
         const V sc = SET1(a->scale ? a->scale[m + j] : 1.0f);
         const V bi = SET1(a->bias ? a->bias[m + j] : 0.0f);
-        const int64_t row = (m + j) * a->OH * a->OW + oy * a->OW;
-        for (int h = 0; h <= two; h++) {
-            const int64_t off = row + (h ? xb : xa);
-            V y = S2_UNPERM(FMA(acc[j][h], sc, bi));
-            if (a->res) y = ADD(y, LD(a->res + off));
-            ST(a->out + off, MIN(MAX(y, lo), hi));
+        const int64_t row = (m + j) * a->OH * OW + oy * OW + x0;
+        for (int v = 0; v < nv; v++) {
+            V y = FMA(acc[j][v], sc, bi);
+            if (a->res) y = ADD(y, LD(a->res + row + v * VL));
+            ST(a->out + row + v * VL, MIN(MAX(y, lo), hi));
         }
     }
 }
 
 DW_ATTR int DW_SFX(cpu_conv3x3s2)(const cpu_c3s2_args *a)
 {
-    const int64_t OW = a->OW, W = a->W;
-    if (OW < VL || W != 2 * OW || a->C > CPU_C3S2_MAX_C || a->M % C3_NC) return 0;
-    /* vectors per row at i * VL, the last at OW - VL (overlapping); in pairs, a single last */
-    const int64_t nv = (OW + VL - 1) / VL;
-#define C3_X(i) ((i) == nv - 1 ? OW - VL : (i) * VL)
+    const int64_t OW = a->OW, W = a->W, H = a->H, C = a->C, RS = 2 * OW + 1, K = C * 9;
+    if (OW < VL || W != 2 * OW || C > CPU_C3S2_MAX_C || a->M % C3_NC) return 0;
+    float *zero = a->split + C * H * RS, *wq = zero + RS;
+    for (int64_t i = 0; i < RS; i++) zero[i] = 0.0f;
+    for (int64_t cy = 0; cy < C * H; cy++) DW_SFX(c3s2_split)(a->in + cy * W, OW, a->split + cy * RS);
+    for (int64_t m = 0; m < a->M; m += C3_NC)
+        for (int64_t k = 0; k < K; k++)
+            for (int j = 0; j < C3_NC; j++) wq[(m * K) + k * C3_NC + j] = a->w[(m + j) * K + k];
+    /* steps of nv vectors at x0 = 0, nv VL, ..., the last at OW - nv VL (overlapping) */
+    const int nv = OW >= C3_NV * VL ? C3_NV : 1;
+    const int64_t step = nv * VL;
     for (int64_t oy = 0; oy < a->OH; oy++) {
         const float *r[3 * CPU_C3S2_MAX_C];
-        for (int64_t c = 0; c < a->C; c++)
+        for (int64_t c = 0; c < C; c++)
             for (int ky = 0; ky < 3; ky++) {
                 const int64_t iy = 2 * oy - a->pt + ky;
-                r[c * 3 + ky] =
-                    ((iy >= 0 && iy < a->H) ? a->in + (c * a->H + iy) * W : a->zero) - 1;
+                r[c * 3 + ky] = (iy >= 0 && iy < H) ? a->split + (c * H + iy) * RS : zero;
             }
-        for (int64_t m = 0; m < a->M; m += C3_NC) {
-            if (nv == 1) {
-                DW_SFX(c3s2_step)(a, r, m, oy, 0, 3, 0, 0, 0);
-                continue;
+        for (int64_t m = 0; m < a->M; m += C3_NC)
+            for (int64_t x0 = 0;; x0 += step) {
+                if (x0 + step > OW) x0 = OW - step;
+                if (nv == C3_NV)
+                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, C3_NV);
+                else
+                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, 1);
+                if (x0 + step >= OW) break;
             }
-            int64_t i = 0;
-            if (nv == 2)
-                DW_SFX(c3s2_step)(a, r, m, oy, 0, 1, 1, OW - VL, 2);
-            else
-                DW_SFX(c3s2_step)(a, r, m, oy, 0, 1, 1, VL, 0);
-            for (i = 2; i + 2 < nv; i += 2)
-                DW_SFX(c3s2_step)(a, r, m, oy, C3_X(i), 0, 1, C3_X(i + 1), 0);
-            if (i + 2 == nv)
-                DW_SFX(c3s2_step)(a, r, m, oy, C3_X(i), 0, 1, OW - VL, 2);
-            else if (i + 1 == nv)
-                DW_SFX(c3s2_step)(a, r, m, oy, OW - VL, 2, 0, 0, 0);
-        }
     }
-#undef C3_X
     return 1;
 }
 #undef C3_NC
-#undef DW_S2TAP
 #endif
 
 /* Over the even columns E (PH rows of OW + 1) then the odd columns O (PH rows of OW + 1, the
@@ -682,3 +684,5 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef S2_EVEN
 #undef S2_ODD
 #undef S2_UNPERM
+#undef C3_NV
+#undef C3_ROW_FMAS
