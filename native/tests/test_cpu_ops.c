@@ -927,6 +927,13 @@ static void test_pool(void)
         {1, 1, 2, 9, 37, 2, 2, 2, 2, 1, 1, 0, 0, 0, 1, 0, 1}, /* odd width, end padding */
         {1, 1, 2, 8, 20, 3, 3, 1, 2, 1, 1, 1, 1, 1, 1, 0, 0}, /* row stride 1 */
         {1, 1, 33, 4, 70, 2, 3, 2, 2, 1, 1, 0, 1, 0, 1, 0, 0}, /* several chunks */
+        /* rows narrower than a vector, no column padding: straight from the input rows */
+        {1, 2, 5, 9, 13, 3, 3, 2, 2, 1, 1, 1, 0, 1, 0, 0, 0}, /* 3 wide, odd W, row padding */
+        {1, 1, 3, 7, 9, 2, 2, 2, 2, 2, 1, 0, 0, 0, 0, 0, 0}, /* row dilation */
+        {1, 2, 3, 6, 30, 2, 3, 1, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* OW 14: AVX2 rows, AVX-512 direct */
+        {1, 1, 1, 4, 5, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* one output row of 2 */
+        {1, 3, 64, 12, 12, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* the edge CNN's, 64 planes */
+        {1, 1, 2, 8, 16, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* OW 8: AVX2 one vector */
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) test_pool_case(&fixed[i]);
 }

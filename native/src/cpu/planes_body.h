@@ -6,7 +6,7 @@
  *   V, VL             vector type and its lanes
  *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
  *   MUL, ADD, MAX, MIN, FMA(a, b, c) = a*b + c (one rounding where the set has an FMA)
- *   SPLIT2(p, e, o)   e / o = the even / odd floats of p[0 .. 2*VL)
+ *   SPLIT2V(v0, v1, e, o)  e / o = the even / odd floats of v0:v1 (SPLIT2(p, e, o): of p[0 .. 2*VL))
  *   DW_ROWS4          1: stride 1 runs four output rows per pass where it can (AVX2: 22 % faster
  *                     than two; AVX-512 15 % slower, so it keeps two)
  *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
@@ -24,6 +24,8 @@
  * per call; the kernels write only image cells), and a->pad has CPU_DW_PAD_SLACK floats of slack
  * for the local tile's reads past the last row.
  */
+
+#define SPLIT2(p, e, o) SPLIT2V(LD(p), LD((p) + VL), e, o)
 
 /* dst[0..n) = src[0..n) in vectors (the last one overlapping), scalars only below VL. Rows are
  * 12-56 floats: the empty asm keeps compilers from making the loop a memmove call, which costs
@@ -599,6 +601,80 @@ DW_ATTR static inline __attribute__((always_inline)) void DW_SFX(pool_s2_step)(c
     ST(o, m);
 }
 
+/* Outputs 0 .. VL-1 of a row straight from the window's input rows r[0 .. nr) (nr a constant
+ * at the call where it can be): the max down the rows over two vectors (and, kw 3, the two at
+ * + 2), then across each output's columns from their even / odd split, all in registers. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(pool_direct_step)(const float *const *r, const int nr, const int k3, float *o)
+{
+    V a = LD(r[0]), b = LD(r[0] + VL), c = a, d = b, e, od;
+    if (k3) {
+        c = LD(r[0] + 2);
+        d = LD(r[0] + 2 + VL);
+    }
+    for (int t = 1; t < nr; t++) {
+        a = MAX(LD(r[t]), a);
+        b = MAX(LD(r[t] + VL), b);
+        if (k3) {
+            c = MAX(LD(r[t] + 2), c);
+            d = MAX(LD(r[t] + 2 + VL), d);
+        }
+    }
+    SPLIT2V(a, b, e, od);
+    V m = MAX(e, od);
+    if (k3) {
+        SPLIT2V(c, d, e, od);
+        m = MAX(e, m);
+    }
+    ST(o, m);
+}
+
+/* Stride-2 MaxPool over rows narrower than a vector (OW < VL) with no column padding: each output
+ * row straight from its input rows, one vector stored over the OW outputs (the next row's store
+ * overwrites the rest; output rows are contiguous), no row buffer. Reads run up to 2 VL + 2 floats
+ * from a row's start, into the rows after it; the rows that would read or write past the tensor
+ * go through local tiles. 128x12x12 2x2/2 (the edge CNN): the row-buffer path's two passes cost
+ * more in per-row overhead than the maxima themselves. */
+DW_ATTR static void DW_SFX(maxpool_s2_narrow)(const cpu_pool_geom *g, const float *x, float *y)
+{
+    const int64_t OW = g->OW, OH = g->OH, W = g->W, NC = g->N * g->C, TW = 2 * VL + 4;
+    const float *const xend = x + NC * g->H * W;
+    float *const yend = y + NC * OH * OW;
+    const int k3 = g->kw == 3;
+    float tile[CPU_POOL_MAX_KH][2 * VL + 4], to[VL];
+    for (int64_t i = 0; i < CPU_POOL_MAX_KH; i++)
+        for (int64_t j = 0; j < TW; j++) tile[i][j] = -FLT_MAX;
+    for (int64_t nc = 0; nc < NC; nc++) {
+        const float *p = x + nc * g->H * W;
+        for (int64_t oy = 0; oy < OH; oy++) {
+            const float *r[CPU_POOL_MAX_KH];
+            int nr = 0;
+            for (int64_t ky = 0; ky < g->kh; ky++) {
+                const int64_t iy = oy * g->sh - g->pt + ky * g->dh;
+                if (iy >= 0 && iy < g->H) r[nr++] = p + iy * W;
+            }
+            float *o = y + (nc * OH + oy) * OW;
+            if (!nr) {
+                for (int64_t ox = 0; ox < OW; ox++) o[ox] = -FLT_MAX;
+                continue;
+            }
+            if (r[nr - 1] + TW > xend) /* W <= 2 VL here: a row fits a tile row */
+                for (int t = 0; t < nr; t++) {
+                    memcpy(tile[t], r[t], (size_t)W * sizeof(float));
+                    r[t] = tile[t];
+                }
+            float *d = o + VL > yend ? to : o;
+            if (nr == 2)
+                DW_SFX(pool_direct_step)(r, 2, k3, d);
+            else if (nr == 3)
+                DW_SFX(pool_direct_step)(r, 3, k3, d);
+            else
+                DW_SFX(pool_direct_step)(r, nr, k3, d);
+            if (d == to) memcpy(o, to, (size_t)OW * sizeof(float));
+        }
+    }
+}
+
 /* MaxPool with column stride 2, a window 2 or 3 columns and at most CPU_POOL_MAX_KH rows (no
  * dilation), a chunk of
  * planes at a time: first the max over each output row's window rows into rowm (rows of PW,
@@ -608,6 +684,10 @@ DW_ATTR static inline __attribute__((always_inline)) void DW_SFX(pool_s2_step)(c
 DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, float *y, float *rowm)
 {
     const int64_t OW = g->OW, OH = g->OH, PW = (OW - 1) * 2 + g->kw, NC = g->N * g->C;
+    if (OW < VL && g->pl == 0 && PW <= g->W && g->W <= 2 * VL) { /* narrow, no column padding */
+        DW_SFX(maxpool_s2_narrow)(g, x, y);
+        return;
+    }
     const int64_t px0 = g->pl < PW ? g->pl : PW;
     const int64_t px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
     const int64_t nin = px1 > px0 ? px1 - px0 : 0;
@@ -677,6 +757,7 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef MAX
 #undef MIN
 #undef SPLIT2
+#undef SPLIT2V
 #undef DW_MASKED
 #undef DW_ROWS4
 #undef MLD_FIRST0
