@@ -63,7 +63,8 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
     case CPU_CONV_DW: {
         int64_t PH, PW;
         dw_pad_dims(g, &PH, &PW);
-        return (size_t)(PH * (PW + 1)) + CPU_DW_PAD_SLACK; /* + 1: stride 2's odd-column plane */
+        /* + 1: stride 2's odd-column plane */
+        return (size_t)(PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W));
     }
     default: {
         const int64_t Wp = (g->W + g->sw - 1) / g->sw;
@@ -155,7 +156,7 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     dw_pad_dims(g, &PH, &PW);
     /* The border of the padded plane is the same for every channel: zero it once (the 3x3
      * kernels write only image cells). */
-    memset(pad, 0, ((size_t)(PH * (PW + 1)) + CPU_DW_PAD_SLACK) * sizeof(float));
+    memset(pad, 0, (size_t)(PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W)) * sizeof(float));
     const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
     const int k3 = g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1;
     const int fast = k3 && g->sh == 1 && g->sw == 1, s2 = k3 && g->sh == 2 && g->sw == 2;
@@ -176,6 +177,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     a.lo = epi ? epi->lo : -__builtin_inff();
     a.hi = epi ? epi->hi : __builtin_inff();
     a.pad = pad;
+    a.in_lo = x;
+    a.in_hi = x + g->N * g->C * g->H * g->W;
     for (int64_t n = 0; n < g->N; n++) {
         for (int64_t c = 0; c < g->C; c++) {
             const float *plane = x + (n * g->C + c) * g->H * g->W;

@@ -43,6 +43,7 @@ typedef void (*cpu_ukind_fn)(int64_t kc, const float *a, const float *b, const i
 /* Depthwise conv over one channel plane (see conv.c). */
 typedef struct cpu_dw_args {
     const float *in;      /* H x W plane */
+    const float *in_lo, *in_hi; /* the input tensor around it: [in_lo, in_hi) may be read */
     int64_t H, W;
     const float *w;       /* kh x kw */
     int64_t kh, kw, sh, sw, dh, dw, pt, pl;
@@ -78,6 +79,9 @@ struct cpu_pool_geom;
  * writing only image cells: the zero border and CPU_DW_PAD_SLACK floats past the padded plane
  * are the caller's (see cpu_conv_scratch). */
 #define CPU_DW_PAD_SLACK 32
+/* and after that, for stride 2 read in place, room for copies of the two rows at the input
+ * tensor's ends (their neighbouring floats are read; see dw_s2_rows_inplace) */
+#define CPU_DW_EDGE_FLOATS(W) (2 * (W) + 96)
 /* MaxPool row buffer slack past its padded width: the stride-2 kernel reads 2 vectors + 2. */
 #define CPU_POOL_SLACK 48
 #define CPU_POOL_MAX_KH 16 /* window rows the stride-2 kernel takes (more: the general loop) */

@@ -126,6 +126,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
     } while (0)
 #define MLD_FIRST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1))
 #define MLD_LAST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0))
+#define ZERO_LANE0(v) _mm256_blend_ps((v), _mm256_setzero_ps(), 1)
 /* evens / odds of (v0, v1) per 128-bit lane: outputs in the order 0 1 4 5 2 3 6 7 */
 #define S2_EVEN(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(2, 0, 2, 0))
 #define S2_ODD(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(3, 1, 3, 1))
@@ -158,6 +159,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define C3_NV 3
 #define MLD_FIRST0(p) _mm512_maskz_loadu_ps((__mmask16)0xFFFE, (p))
 #define MLD_LAST0(p) _mm512_maskz_loadu_ps((__mmask16)0x7FFF, (p))
+#define ZERO_LANE0(v) _mm512_maskz_mov_ps((__mmask16)0xFFFE, (v))
 /* per 128-bit lane: outputs 0 1 8 9 | 2 3 10 11 | 4 5 12 13 | 6 7 14 15 */
 #define S2_EVEN(v0, v1) _mm512_shuffle_ps((v0), (v1), _MM_SHUFFLE(2, 0, 2, 0))
 #define S2_ODD(v0, v1) _mm512_shuffle_ps((v0), (v1), _MM_SHUFFLE(3, 1, 3, 1))
