@@ -475,6 +475,25 @@ static void test_conv(void)
         {1, 3, 12, 200, 12, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 1},
     };
     test_conv_list(c3s2, sizeof c3s2 / sizeof c3s2[0], "3x3/2 small C");
+    {
+        /* The direct path is a plan-time choice per kernel set (the profiler's Conv[direct]),
+         * with nothing prepared and only its own scratch; other geometries stay wide. */
+        const cpu_isa *isa = cpu_isa_select();
+        cpu_conv_geom st = {1, 3, 96, 96, 16, 48, 48, 3, 3, 2, 2, 1, 1, 1, 1, 1};
+        const int direct = isa->conv3x3s2 != NULL;
+        CHECK(cpu_conv_path(isa, &st) == (direct ? CPU_CONV_C3S2 : CPU_CONV_WIDE),
+              "stem path %d (kernel set %s)", cpu_conv_path(isa, &st), isa->name);
+        CHECK(!direct || (cpu_conv_prepared_floats(isa, &st) == 0 &&
+                          cpu_conv_scratch(isa, &st) == (size_t)CPU_C3S2_SCRATCH(3, 96, 16, 48)),
+              "stem direct: prepared %zu, scratch %zu", cpu_conv_prepared_floats(isa, &st),
+              cpu_conv_scratch(isa, &st));
+        st.M = 6; /* M % 4 */
+        CHECK(cpu_conv_path(isa, &st) == CPU_CONV_WIDE && cpu_conv_prepared_floats(isa, &st) > 0,
+              "stem M 6: path %d", cpu_conv_path(isa, &st));
+        st.M = 16;
+        st.C = 5; /* > CPU_C3S2_MAX_C */
+        CHECK(cpu_conv_path(isa, &st) == CPU_CONV_WIDE, "stem C 5: path %d", cpu_conv_path(isa, &st));
+    }
     test_conv_case(&c3s2[3], 0, 4, "3x3/2 small C, Relu only");
     test_conv_case(&c3s2[2], 1, 0, "3x3/2 small C, no epilogue");
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");

@@ -68,7 +68,8 @@ typedef struct cpu_c3s2_args {
     float *out;              /* M x OH x OW */
     float *split;            /* CPU_C3S2_SCRATCH(C, H, M, OW) floats of scratch */
 } cpu_c3s2_args;
-/* 1 if done; 0 if the geometry is not the kernel's (the caller takes another path) */
+/* 1 if done; 0 if the geometry is not the kernel's (the caller takes another path). With
+ * out == NULL only that answer (cpu_conv_path, at plan time). */
 typedef int (*cpu_c3s2_fn)(const cpu_c3s2_args *a);
 #define CPU_C3S2_MAX_C 4
 /* scratch: each input row split into even / odd columns (2 OW + 1 floats), one zero row, the
@@ -184,7 +185,14 @@ typedef struct cpu_conv_geom {
     int64_t kh, kw, sh, sw, dh, dw, pt, pl, group;
 } cpu_conv_geom;
 
-enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2, CPU_CONV_WIDE = 3, CPU_CONV_WINO = 4 };
+enum {
+    CPU_CONV_GEMM = 0,
+    CPU_CONV_1X1 = 1,
+    CPU_CONV_DW = 2,
+    CPU_CONV_WIDE = 3,
+    CPU_CONV_WINO = 4,
+    CPU_CONV_C3S2 = 5 /* a wide conv the set's direct small-C 3x3/2 kernel takes (cpu_conv_path) */
+};
 /* Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, no dilation, group 1, >= 16 channels. */
 int cpu_wino_ok(const cpu_conv_geom *g);
 size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
@@ -195,6 +203,8 @@ size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
 /* Returns 0, or -1 when out of memory. */
 int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w, float *dst);
 int cpu_conv_kind(const cpu_conv_geom *g);
+/* The path cpu_conv runs for this kernel set: cpu_conv_kind, or CPU_CONV_C3S2. */
+int cpu_conv_path(const cpu_isa *isa, const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
 /* Prepared weights (weights_prepare): floats of w's prepared form for this geometry (0: the path
  * reads w as it is, e.g. depthwise), and the transform raw w -> prepared (0, or -1 when out of

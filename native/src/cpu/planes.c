@@ -52,10 +52,12 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MIN(a, b) dwp_min((a), (b))
 #define DW_MASKED 0
 #define DW_ROWS4 1
+/* (element-wise: GCC's __builtin_shuffle and clang's __builtin_shufflevector differ) */
 #define SPLIT2V(v0, v1, e, o)                                                                      \
     do {                                                                                           \
-        (e) = __builtin_shuffle((v0), (v1), (dwi4){0, 2, 4, 6});                                   \
-        (o) = __builtin_shuffle((v0), (v1), (dwi4){1, 3, 5, 7});                                   \
+        const dwv4 a_ = (v0), b_ = (v1);                                                           \
+        (e) = (dwv4){a_[0], a_[2], b_[0], b_[2]};                                                  \
+        (o) = (dwv4){a_[1], a_[3], b_[1], b_[3]};                                                  \
     } while (0)
 #include "planes_body.h" /* which #undefs the parameters above */
 
