@@ -13,7 +13,8 @@
  *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
  *                     and, with S2_EVEN(v0, v1) / S2_ODD(v0, v1) (the even / odd floats of
  *                     v0:v1 within 128-bit lanes), S2_UNPERM(y) (their lane order back to
- *                     columns) and ZERO_LANE0(v) (v with lane 0 zero), so does stride 2
+ *                     columns) and S2_FIRST(p) / S2_LAST(p) (as MLD_FIRST0 / MLD_LAST0 but
+ *                     free to read the unused float), so does stride 2
  * (all #undef'd at the end of this file). The depthwise kernels read the image in place (stride
  * 1, "same" padding, DW_MASKED) or pad / even-odd split their plane into a->pad with full-width
  * copies, keep the nine taps, pre-multiplied by the folded BN scale, in registers and run one FMA
@@ -347,16 +348,17 @@ DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64
  * p + 2, each deinterleaved in registers by S2_EVEN / S2_ODD. Those pick within 128-bit lanes
  * (one cheap shuffle each, no lane crossing), so the three tap vectors, and every output computed
  * from them, hold outputs x.. in one fixed lane order that S2_UNPERM undoes once per output
- * vector. The loads read column -1 and column W of each row (the neighbouring row or plane, or
- * a copy of the row where that would be outside the input tensor, see dw_s2_rows_inplace): edge
- * bit 0 zeroes lane 0 of the first load (column -1, the left pad) by a blend; bit 1 marks the
- * last vector, whose load at p + 2 ends one past the row (S2_EVEN does not use that lane).
- * Plain loads + the blend ran 13-17 % faster than masked loads (dw 32x48x48 / 64x24x24, AVX2). */
+ * vector. Edge bit 0: lane 0 of the first load is column -1 (the left pad, zero), S2_FIRST;
+ * bit 1: the last lane of the load at p + 2 is one past the row (S2_EVEN does not use it),
+ * S2_LAST. AVX2 reads those floats (the neighbouring row or plane, or a copy of the row where
+ * that would be outside the input tensor, see dw_s2_rows_inplace) and zeroes lane 0 by a blend:
+ * 13-17 % faster than its masked loads (dw 32x48x48 / 64x24x24); AVX-512's masked loads are
+ * cheaper than load + blend (dw 32x48x48: 9.7 against 10.6 us), so it keeps them. */
 #define DW_S2TAP(p, edge, x0, x1, x2)                                                              \
     V x0, x1, x2;                                                                                  \
     do {                                                                                           \
-        const V v0_ = ((edge) & 1) ? ZERO_LANE0(LD(p)) : LD(p), v1_ = LD((p) + VL);                \
-        const V w0_ = LD((p) + 2), w1_ = LD((p) + VL + 2);                                         \
+        const V v0_ = ((edge) & 1) ? S2_FIRST(p) : LD(p), v1_ = LD((p) + VL);                      \
+        const V w0_ = LD((p) + 2), w1_ = ((edge) & 2) ? S2_LAST((p) + VL + 2) : LD((p) + VL + 2); \
         x0 = S2_EVEN(v0_, v1_);                                                                    \
         x1 = S2_ODD(v0_, v1_);                                                                     \
         x2 = S2_EVEN(w0_, w1_);                                                                    \
@@ -804,7 +806,8 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef DW_ROWS4
 #undef MLD_FIRST0
 #undef MLD_LAST0
-#undef ZERO_LANE0
+#undef S2_FIRST
+#undef S2_LAST
 #undef S2_EVEN
 #undef S2_ODD
 #undef S2_UNPERM
