@@ -52,6 +52,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MIN(a, b) dwp_min((a), (b))
 #define DW_MASKED 0
 #define DW_ROWS4 1
+#define DW_LO_ONLY 0
 /* (element-wise: GCC's __builtin_shuffle and clang's __builtin_shufflevector differ) */
 #define SPLIT2V(v0, v1, e, o)                                                                      \
     do {                                                                                           \
@@ -74,6 +75,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define FMA(a, b, c) vfmaq_f32((c), (a), (b))
 #define DW_MASKED 0
 #define DW_ROWS4 1
+#define DW_LO_ONLY 0
 #define MAX(a, b) vmaxq_f32((a), (b))
 #define MIN(a, b) vminq_f32((a), (b))
 #define SPLIT2V(v0, v1, e, o)                                                                      \
@@ -98,6 +100,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define DW_MASKED 1
 #define DW_ROWS4 1
+#define DW_LO_ONLY 1
 #define C3_NV 3 /* 3x3/2 small-C conv: 4 channels x 3 vectors = 12 of the 16 registers */
 /* Its 36 FMAs per input row, by hand: 12 accumulators + 3 taps + 1 weight are all 16 registers,
  * and GCC's allocator spilled two accumulators per row and moved the rest around (stem 27.5
@@ -159,6 +162,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define DW_MASKED 1
 #define DW_ROWS4 0
+#define DW_LO_ONLY 0
 #define C3_NV 3
 #define MLD_FIRST0(p) _mm512_maskz_loadu_ps((__mmask16)0xFFFE, (p))
 #define MLD_LAST0(p) _mm512_maskz_loadu_ps((__mmask16)0x7FFF, (p))

@@ -1,6 +1,7 @@
 /*
- * planes_body.h — per-plane vector kernels: the 3x3 depthwise convs (stride 1 and 2) and max
- * pooling with stride 2 across columns, written once over a vector type and included by planes.c
+ * planes_body.h — per-plane vector kernels: the 3x3 depthwise convs (stride 1 and 2), max
+ * pooling with stride 2 across columns and the dense 3x3/2 conv with few input channels (a first
+ * layer), written once over a vector type and included by planes.c
  * once per kernel set, with these defined:
  *   DW_ATTR           function attribute (the target), DW_SFX(name) the per-set name
  *   V, VL             vector type and its lanes
@@ -9,12 +10,18 @@
  *   SPLIT2V(v0, v1, e, o)  e / o = the even / odd floats of v0:v1 (SPLIT2(p, e, o): of p[0 .. 2*VL))
  *   DW_ROWS4          1: stride 1 runs four output rows per pass where it can (AVX2: 22 % faster
  *                     than two; AVX-512 15 % slower, so it keeps two)
+ *   DW_LO_ONLY        1: the depthwise kernels skip the min where there is no upper clamp (Relu;
+ *                     AVX2, 16 registers: dw 16x48x48 7.6 -> 7.1 us, 32x48x48/2 9.6 -> 9.2 us;
+ *                     AVX-512 5 % slower on the first, so 0)
  *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
  *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
  *                     and, with S2_EVEN(v0, v1) / S2_ODD(v0, v1) (the even / odd floats of
  *                     v0:v1 within 128-bit lanes), S2_UNPERM(y) (their lane order back to
  *                     columns) and S2_FIRST(p) / S2_LAST(p) (as MLD_FIRST0 / MLD_LAST0 but
  *                     free to read the unused float), so does stride 2
+ *   C3_NV             (optional) vectors per step of the dense 3x3/2 conv with few input
+ *                     channels, cpu_conv3x3s2_*: only the sets that define it have that kernel;
+ *                     C3_ROW_FMAS(acc, p, OW, wq) (optional) its FMAs of one input row by hand
  * (all #undef'd at the end of this file). The depthwise kernels read the image in place (stride
  * 1, "same" padding, DW_MASKED) or pad / even-odd split their plane into a->pad with full-width
  * copies, keep the nine taps, pre-multiplied by the folded BN scale, in registers and run one FMA
@@ -110,10 +117,10 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
     const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
     if (o1) {
         DW_TAP3(r3, edge, d0, d1, d2);
-        DW_SFX(dw_out)(KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b))),
-                       t, q1, o1);
+        DW_SFX(dw_out_lo)(KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b))),
+                          t, q1, o1, (edge) & 8);
     }
-    DW_SFX(dw_out)(p, t, q0, o0);
+    DW_SFX(dw_out_lo)(p, t, q0, o0, (edge) & 8);
 #undef KROW
 }
 
@@ -128,22 +135,24 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
         if (o1) memcpy(o1, t1_, (size_t)(OW) * sizeof(float));                                     \
     } while (0)
 
-/* Output rows oy (and oy + 1 if two) across the plane; `two` and `res` are constants at each
- * call site, so every variant's loop is straight-line. */
+/* Output rows oy (and oy + 1 if two) across the plane; `two`, `res` and `lo` (8: no upper clamp,
+ * edge bit 3 of the steps) are constants at each call site, so every variant's loop is
+ * straight-line. */
 DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int two, int res)
+DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int two, int res,
+                   const int lo)
 {
     const int64_t OW = a->OW, PW = OW + 2;
     const float *r0 = a->pad + oy * PW, *r1 = r0 + PW, *r2 = r1 + PW, *r3 = two ? r2 + PW : r2;
     float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
     if (OW < VL) {
-        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, 0);
+        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, lo);
         return;
     }
     for (int64_t x = 0;; x += VL) {
         if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
-        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, 0, res ? q0 + x : NULL,
+        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, lo, res ? q0 + x : NULL,
                            (res && two) ? q1 + x : NULL, o0 + x, two ? o1 + x : NULL);
         if (x + VL >= OW) break;
     }
@@ -164,18 +173,20 @@ DW_SFX(dw_s1_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, 
             if (j < 0 || j > 3) continue;
             p[j] = DW_SFX(dw_krow)(t, i - j, x0, x1, x2, i == j ? t->b : p[j]);
         }
-        if (i >= 2) DW_SFX(dw_out)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x);
+        if (i >= 2)
+            DW_SFX(dw_out_lo)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x, edge & 8);
     }
 }
 
 /* Output rows oy .. oy+3 over the padded plane (taps at pad row + x); OW < VL: as 2 x 2 rows. */
 DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int res)
+DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int res,
+                    const int lo)
 {
     const int64_t OW = a->OW, PW = OW + 2;
     if (OW < VL) {
-        DW_SFX(dw_s1_rows)(t, a, oy, 1, res);
-        DW_SFX(dw_s1_rows)(t, a, oy + 2, 1, res);
+        DW_SFX(dw_s1_rows)(t, a, oy, 1, res, lo);
+        DW_SFX(dw_s1_rows)(t, a, oy + 2, 1, res, lo);
         return;
     }
     const float *r[6], *q[4];
@@ -187,7 +198,7 @@ DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, 
     }
     for (int64_t x = 0;; x += VL) {
         if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
-        DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
+        DW_SFX(dw_s1_step4)(t, r, x, lo, q, o);
         if (x + VL >= OW) break;
     }
 }
@@ -197,7 +208,7 @@ DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, 
  * zero row, the columns outside it the unread lanes of the first and last vector (DW_TAP3). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
-                           int64_t oy, int two, int res)
+                           int64_t oy, int two, int res, const int lo)
 {
     const int64_t OW = a->OW, H = a->H;
     const float *rr[4];
@@ -209,7 +220,8 @@ DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
 #define DW_AT(x, edge)                                                                             \
     DW_SFX(dw_s1_step)(t, rr[0] + (x) - 1, rr[1] + (x) - 1, rr[2] + (x) - 1, rr[3] + (x) - 1,     \
-                       edge, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL, o0 + (x),    \
+                       (edge) | lo, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL,      \
+                       o0 + (x),                                                                   \
                        two ? o1 + (x) : NULL)
     if (OW == VL) {
         DW_AT(0, 3);
@@ -224,7 +236,7 @@ DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
 /* The same for output rows oy .. oy+3 (dw_s1_step4). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_rows4_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
-                            int64_t oy, int res)
+                            int64_t oy, int res, const int lo)
 {
     const int64_t OW = a->OW, H = a->H;
     const float *r[6], *q[4];
@@ -238,12 +250,12 @@ DW_SFX(dw_s1_rows4_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, cons
         q[i] = res ? a->res + (oy + i) * OW : NULL;
     }
     if (OW == VL) {
-        DW_SFX(dw_s1_step4)(t, r, 0, 3, q, o);
+        DW_SFX(dw_s1_step4)(t, r, 0, 3 | lo, q, o);
         return;
     }
-    DW_SFX(dw_s1_step4)(t, r, 0, 1, q, o);
-    for (int64_t x = VL; x + VL < OW; x += VL) DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
-    DW_SFX(dw_s1_step4)(t, r, OW - VL, 2, q, o);
+    DW_SFX(dw_s1_step4)(t, r, 0, 1 | lo, q, o);
+    for (int64_t x = VL; x + VL < OW; x += VL) DW_SFX(dw_s1_step4)(t, r, x, lo, q, o);
+    DW_SFX(dw_s1_step4)(t, r, OW - VL, 2 | lo, q, o);
 }
 #endif
 
@@ -253,33 +265,38 @@ DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
     DW_SFX(dw_taps) t;
     DW_SFX(dw_taps_of)(a, &t);
     int64_t oy = 0;
+    /* lo: 8 where there is no upper clamp (Relu) and DW_LO_ONLY: the steps skip its min */
+#define DW_S1_ROWS(ROWS4, ROWS, res, lo, ...)                                                      \
+    do {                                                                                           \
+        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) ROWS4(&t, a, __VA_ARGS__ oy, res, lo);            \
+        for (; oy + 1 < OH; oy += 2) ROWS(&t, a, __VA_ARGS__ oy, 1, res, lo);                      \
+        if (oy < OH) ROWS(&t, a, __VA_ARGS__ oy, 0, res, lo);                                      \
+    } while (0)
+#define DW_S1_ALL(ROWS4, ROWS, ...)                                                                \
+    do {                                                                                           \
+        const int hi_ = !DW_LO_ONLY || a->hi != __builtin_inff();                                                 \
+        if (a->res && hi_)                                                                         \
+            DW_S1_ROWS(ROWS4, ROWS, 1, 0, __VA_ARGS__);                                            \
+        else if (a->res)                                                                           \
+            DW_S1_ROWS(ROWS4, ROWS, 1, 8, __VA_ARGS__);                                            \
+        else if (hi_)                                                                              \
+            DW_S1_ROWS(ROWS4, ROWS, 0, 0, __VA_ARGS__);                                            \
+        else                                                                                       \
+            DW_S1_ROWS(ROWS4, ROWS, 0, 8, __VA_ARGS__);                                            \
+    } while (0)
 #if DW_MASKED
     if (a->pt == 1 && a->pl == 1 && a->OW == a->W && OH == a->H && a->W >= VL) {
         const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
-        if (a->res) {
-            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 1);
-            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 1);
-            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 1);
-        } else {
-            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 0);
-            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 0);
-            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 0);
-        }
+        DW_S1_ALL(DW_SFX(dw_s1_rows4_inplace), DW_SFX(dw_s1_rows_inplace), zero, );
         return;
     }
 #endif
     const int64_t n = a->W < PW - a->pl ? a->W : PW - a->pl;
     for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++)
         DW_SFX(dw_copy)(a->pad + (iy + a->pt) * PW + a->pl, a->in + iy * a->W, n);
-    if (a->res) {
-        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 1);
-        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 1);
-        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 1);
-    } else {
-        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 0);
-        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 0);
-        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 0);
-    }
+    DW_S1_ALL(DW_SFX(dw_s1_rows4), DW_SFX(dw_s1_rows), );
+#undef DW_S1_ALL
+#undef DW_S1_ROWS
 }
 
 /* Stride 2: input row iy into the even / odd column planes of the padded plane (padded column
@@ -553,7 +570,7 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
         for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 1, lo_only); \
         if (oy < OH) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 0, lo_only);           \
     } while (0)
-        if (a->hi == __builtin_inff())
+        if (DW_LO_ONLY && a->hi == __builtin_inff())
             DW_S2_ALL(1);
         else
             DW_S2_ALL(0);
@@ -804,6 +821,7 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef SPLIT2V
 #undef DW_MASKED
 #undef DW_ROWS4
+#undef DW_LO_ONLY
 #undef MLD_FIRST0
 #undef MLD_LAST0
 #undef S2_FIRST
