@@ -160,7 +160,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     dw_pad_dims(g, &PH, &PW);
     /* The border of the padded plane is the same for every channel: zero it once (the 3x3
      * kernels write only image cells). */
-    memset(pad, 0, (size_t)(PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W)) * sizeof(float));
+    const size_t npad = (size_t)(PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W));
+    memset(pad, 0, npad * sizeof(float));
     const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
     const int k3 = g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1;
     const int fast = k3 && g->sh == 1 && g->sw == 1, s2 = k3 && g->sh == 2 && g->sw == 2;

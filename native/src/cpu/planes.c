@@ -104,30 +104,30 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define C3_NV 3 /* 3x3/2 small-C conv: 4 channels x 3 vectors = 12 of the 16 registers */
 /* Its 36 FMAs per input row, by hand: 12 accumulators + 3 taps + 1 weight are all 16 registers,
  * and GCC's allocator spilled two accumulators per row and moved the rest around (stem 27.5
- * against 22.2 us by hand). Taps at p + OW (O'[x]), p (E[x]), p + OW + 1 (O'[x+1]), each 3 vectors; weights
- * wq[kx * 4 + j]. */
+ * against 22.2 us by hand). Taps at p + OW (O'[x]), p (E[x]), p + OW + 1 (O'[x+1]), 3 vectors
+ * each; weights wq[kx * 4 + j]; ymm12-15 the taps and the broadcast weight. */
 #define C3_TAP3(P, O)                                                                              \
-    "vmovups " P "(%[p]" O "), %%ymm12\n\t"                                                       \
-    "vmovups 32+" P "(%[p]" O "), %%ymm13\n\t"                                                    \
+    "vmovups " P "(%[p]" O "), %%ymm12\n\t"                                                        \
+    "vmovups 32+" P "(%[p]" O "), %%ymm13\n\t"                                                     \
     "vmovups 64+" P "(%[p]" O "), %%ymm14\n\t"
 #define C3_W4(W, a0, a1, a2)                                                                       \
-    "vbroadcastss " W "(%[w]), %%ymm15\n\t"                                                       \
-    "vfmadd231ps %%ymm12, %%ymm15, %[" a0 "]\n\t"                                                   \
-    "vfmadd231ps %%ymm13, %%ymm15, %[" a1 "]\n\t"                                                   \
+    "vbroadcastss " W "(%[w]), %%ymm15\n\t"                                                        \
+    "vfmadd231ps %%ymm12, %%ymm15, %[" a0 "]\n\t"                                                  \
+    "vfmadd231ps %%ymm13, %%ymm15, %[" a1 "]\n\t"                                                  \
     "vfmadd231ps %%ymm14, %%ymm15, %[" a2 "]\n\t"
 #define C3_KX(P, O, W0, W1, W2, W3)                                                                \
-    C3_TAP3(P, O) C3_W4(W0, "a00", "a01", "a02") C3_W4(W1, "a10", "a11", "a12")                  \
+    C3_TAP3(P, O) C3_W4(W0, "a00", "a01", "a02") C3_W4(W1, "a10", "a11", "a12")                    \
         C3_W4(W2, "a20", "a21", "a22") C3_W4(W3, "a30", "a31", "a32")
 #define C3_ROW_FMAS(acc, p_, OW_, wq_)                                                             \
     do {                                                                                           \
-        __asm__(C3_KX("0", ",%[o]", "0", "4", "8", "12") C3_KX("0", "", "16", "20", "24", "28")     \
-                    C3_KX("4", ",%[o]", "32", "36", "40", "44")                                   \
-                : [a00] "+x"(acc[0][0]), [a01] "+x"(acc[0][1]), [a02] "+x"(acc[0][2]),          \
-                  [a10] "+x"(acc[1][0]), [a11] "+x"(acc[1][1]), [a12] "+x"(acc[1][2]),          \
-                  [a20] "+x"(acc[2][0]), [a21] "+x"(acc[2][1]), [a22] "+x"(acc[2][2]),          \
-                  [a30] "+x"(acc[3][0]), [a31] "+x"(acc[3][1]), [a32] "+x"(acc[3][2])           \
-                : [p] "r"(p_), [o] "r"((OW_) * 4), [w] "r"(wq_)                                   \
-                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");                  \
+        __asm__(C3_KX("0", ",%[o]", "0", "4", "8", "12") C3_KX("0", "", "16", "20", "24", "28")    \
+                    C3_KX("4", ",%[o]", "32", "36", "40", "44")                                    \
+                : [a00] "+x"(acc[0][0]), [a01] "+x"(acc[0][1]), [a02] "+x"(acc[0][2]),             \
+                  [a10] "+x"(acc[1][0]), [a11] "+x"(acc[1][1]), [a12] "+x"(acc[1][2]),             \
+                  [a20] "+x"(acc[2][0]), [a21] "+x"(acc[2][1]), [a22] "+x"(acc[2][2]),             \
+                  [a30] "+x"(acc[3][0]), [a31] "+x"(acc[3][1]), [a32] "+x"(acc[3][2])              \
+                : [p] "r"(p_), [o] "r"((OW_) * 4), [w] "r"(wq_)                                    \
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");                                   \
     } while (0)
 #define MLD_FIRST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1))
 #define MLD_LAST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0))

@@ -7,7 +7,8 @@
  *   V, VL             vector type and its lanes
  *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
  *   MUL, ADD, MAX, MIN, FMA(a, b, c) = a*b + c (one rounding where the set has an FMA)
- *   SPLIT2V(v0, v1, e, o)  e / o = the even / odd floats of v0:v1 (SPLIT2(p, e, o): of p[0 .. 2*VL))
+ *   SPLIT2V(v0, v1, e, o)  e / o = the even / odd floats of v0:v1 (SPLIT2(p, e, o), defined
+ *                     here: of p[0 .. 2*VL))
  *   DW_ROWS4          1: stride 1 runs four output rows per pass where it can (AVX2: 22 % faster
  *                     than two; AVX-512 15 % slower, so it keeps two)
  *   DW_LO_ONLY        1: the depthwise kernels skip the min where there is no upper clamp (Relu;
@@ -117,8 +118,8 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
     const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
     if (o1) {
         DW_TAP3(r3, edge, d0, d1, d2);
-        DW_SFX(dw_out_lo)(KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b))),
-                          t, q1, o1, (edge) & 8);
+        const V s = KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b)));
+        DW_SFX(dw_out_lo)(s, t, q1, o1, (edge) & 8);
     }
     DW_SFX(dw_out_lo)(p, t, q0, o0, (edge) & 8);
 #undef KROW
@@ -274,7 +275,7 @@ DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
     } while (0)
 #define DW_S1_ALL(ROWS4, ROWS, ...)                                                                \
     do {                                                                                           \
-        const int hi_ = !DW_LO_ONLY || a->hi != __builtin_inff();                                                 \
+        const int hi_ = !DW_LO_ONLY || a->hi != __builtin_inff();                                  \
         if (a->res && hi_)                                                                         \
             DW_S1_ROWS(ROWS4, ROWS, 1, 0, __VA_ARGS__);                                            \
         else if (a->res)                                                                           \
@@ -385,7 +386,8 @@ DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64
  * shared row's taps computed once); taps of row r[i] at r[i] + 2x. */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s2_step_inplace)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, int edge,
-                           const float *q0, const float *q1, float *o0, float *o1, const int lo_only)
+                           const float *q0, const float *q1, float *o0, float *o1,
+                           const int lo_only)
 {
 #define KROW DW_SFX(dw_krow)
     DW_S2TAP(r[0] + 2 * x, edge, a0, a1, a2);
@@ -511,7 +513,8 @@ DW_ATTR int DW_SFX(cpu_conv3x3s2)(const cpu_c3s2_args *a)
     if (!a->out) return 1;
     float *zero = a->split + C * H * RS, *wq = zero + RS;
     for (int64_t i = 0; i < RS; i++) zero[i] = 0.0f;
-    for (int64_t cy = 0; cy < C * H; cy++) DW_SFX(c3s2_split)(a->in + cy * W, OW, a->split + cy * RS);
+    for (int64_t cy = 0; cy < C * H; cy++)
+        DW_SFX(c3s2_split)(a->in + cy * W, OW, a->split + cy * RS);
     for (int64_t m = 0; m < a->M; m += C3_NC)
         for (int64_t k = 0; k < K; k++)
             for (int j = 0; j < C3_NC; j++) wq[(m * K) + k * C3_NC + j] = a->w[(m + j) * K + k];
@@ -567,8 +570,9 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
         /* Relu / no clamp without the upper bound's min: 3-5 % (dw 32x48x48, 64x24x24) */
 #define DW_S2_ALL(lo_only)                                                                         \
     do {                                                                                           \
-        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 1, lo_only); \
-        if (oy < OH) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 0, lo_only);           \
+        for (; oy + 1 < OH; oy += 2)                                                               \
+            DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 1, lo_only);                     \
+        if (oy < OH) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 0, lo_only);            \
     } while (0)
         if (DW_LO_ONLY && a->hi == __builtin_inff())
             DW_S2_ALL(1);
