@@ -481,9 +481,12 @@ static void test_conv(void)
         {1, 3, 9, 56, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 3},
     };
     test_conv_list(dw2p, sizeof dw2p / sizeof dw2p[0], "dw s2 in place");
-    /* Dense 3x3/2 with few input channels read in place (pl 1, W == 2 OW >= 2 VL, M % 4 == 0):
-     * one AVX2 vector (AVX-512: the wide GEMM), two, three with an overlapping last, the stem's
-     * 48 columns, four overlapping; C 1..4, top pad 0, odd H, batch 2; M % 4 != 0 falls back. */
+    /* Dense 3x3/2 with few input channels over its column split (pl 1, W == 2 OW >= 2 VL,
+     * M % 4 == 0): rows of one AVX2 vector (AVX-512: the wide GEMM), two, and 20 (one-vector
+     * steps, the last overlapping); then steps of 3 vectors: AVX2 exactly one (24), one and an
+     * overlapping one (28, 30), the stem's 48 (AVX-512: one step), 64 and 72 (AVX2 3 steps,
+     * AVX-512 one-vector steps / two 3-vector steps), 100; C 1..4, top pad 0, odd H, batch 2;
+     * M % 4 != 0 falls back. */
     const conv_p c3s2[] = {
         {1, 3, 16, 16, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
         {2, 1, 9, 32, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
@@ -491,8 +494,32 @@ static void test_conv(void)
         {1, 3, 23, 96, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
         {1, 4, 10, 56, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 1},
         {1, 3, 16, 32, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 1, 11, 48, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 2, 14, 60, 4, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 1},
+        {2, 3, 8, 128, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 4, 9, 144, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+        {1, 3, 12, 200, 12, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 1},
     };
     test_conv_list(c3s2, sizeof c3s2 / sizeof c3s2[0], "3x3/2 small C");
+    {
+        /* The direct path is a plan-time choice per kernel set (the profiler's Conv[direct]),
+         * with nothing prepared and only its own scratch; other geometries stay wide. */
+        const cpu_isa *isa = cpu_isa_select();
+        cpu_conv_geom st = {1, 3, 96, 96, 16, 48, 48, 3, 3, 2, 2, 1, 1, 1, 1, 1};
+        const int direct = isa->conv3x3s2 != NULL;
+        CHECK(cpu_conv_path(isa, &st) == (direct ? CPU_CONV_C3S2 : CPU_CONV_WIDE),
+              "stem path %d (kernel set %s)", cpu_conv_path(isa, &st), isa->name);
+        CHECK(!direct || (cpu_conv_prepared_floats(isa, &st) == 0 &&
+                          cpu_conv_scratch(isa, &st) == (size_t)CPU_C3S2_SCRATCH(3, 96, 16, 48)),
+              "stem direct: prepared %zu, scratch %zu", cpu_conv_prepared_floats(isa, &st),
+              cpu_conv_scratch(isa, &st));
+        st.M = 6; /* M % 4 */
+        CHECK(cpu_conv_path(isa, &st) == CPU_CONV_WIDE && cpu_conv_prepared_floats(isa, &st) > 0,
+              "stem M 6: path %d", cpu_conv_path(isa, &st));
+        st.M = 16;
+        st.C = 5; /* > CPU_C3S2_MAX_C */
+        CHECK(cpu_conv_path(isa, &st) == CPU_CONV_WIDE, "stem C 5: path %d", cpu_conv_path(isa, &st));
+    }
     test_conv_case(&c3s2[3], 0, 4, "3x3/2 small C, Relu only");
     test_conv_case(&c3s2[2], 1, 0, "3x3/2 small C, no epilogue");
     test_conv_case(&c3, 0, 1 | 4, "3x3+BN+Relu");
@@ -1007,6 +1034,13 @@ static void test_pool(void)
         {1, 1, 2, 9, 37, 2, 2, 2, 2, 1, 1, 0, 0, 0, 1, 0, 1}, /* odd width, end padding */
         {1, 1, 2, 8, 20, 3, 3, 1, 2, 1, 1, 1, 1, 1, 1, 0, 0}, /* row stride 1 */
         {1, 1, 33, 4, 70, 2, 3, 2, 2, 1, 1, 0, 1, 0, 1, 0, 0}, /* several chunks */
+        /* rows narrower than a vector, no column padding: straight from the input rows */
+        {1, 2, 5, 9, 13, 3, 3, 2, 2, 1, 1, 1, 0, 1, 0, 0, 0}, /* 3 wide, odd W, row padding */
+        {1, 1, 3, 7, 9, 2, 2, 2, 2, 2, 1, 0, 0, 0, 0, 0, 0}, /* row dilation */
+        {1, 2, 3, 6, 30, 2, 3, 1, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* OW 14: AVX2 rows, AVX-512 direct */
+        {1, 1, 1, 4, 5, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* one output row of 2 */
+        {1, 3, 64, 12, 12, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* the edge CNN's, 64 planes */
+        {1, 1, 2, 8, 16, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* OW 8: AVX2 one vector */
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) test_pool_case(&fixed[i]);
 }

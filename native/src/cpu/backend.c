@@ -927,12 +927,16 @@ static int cpu_plan_create(const rt_graph *g, const rt_backend_config *cfg, void
 static void cpu_plan_destroy(void *plan) { plan_free(plan); }
 
 /* "Conv+BatchNormalization+Clip", "1x32x56x56, 192x32x1x1 -> 1x192x56x56" for the profiler. */
-static void describe_step(const rt_graph *g, const cpu_step *s, cpu_step_info *in)
+static void describe_step(const rt_graph *g, const cpu_isa *isa, const cpu_step *s,
+                          cpu_step_info *in)
 {
     in->node = g->nodes[s->node].name;
-    static const char *const conv_kind[] = {"im2col", "1x1", "depthwise", "wide", "winograd"};
+    static const char *const conv_kind[] = {"im2col", "1x1",      "depthwise",
+                                            "wide",   "winograd", "direct"};
     int n = snprintf(in->op, sizeof in->op, "%s", op_name(g->nodes[s->node].op));
-    if (s->kind == ST_CONV) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "[%s]", conv_kind[cpu_conv_kind(&s->conv)]);
+    if (s->kind == ST_CONV)
+        n += snprintf(in->op + n, sizeof in->op - (size_t)n, "[%s]",
+                      conv_kind[cpu_conv_path(isa, &s->conv)]);
     if (s->bn_node >= 0) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "+BatchNormalization");
     if (s->res_val >= 0) n += snprintf(in->op + n, sizeof in->op - (size_t)n, "+Add");
     for (int i = 0; s->has_clamp && i < g->n_nodes; i++)
@@ -962,7 +966,8 @@ static int plan_debug_option(cpu_plan *p, const char *key, const char *value, ch
         if (!(p->dbg = cpu_debug_new(p->n_steps, p->isa->name)))
             return fail(err, errlen, REFIT_ERR_NOMEM, p->g, -1, "out of memory");
         cpu_step_info *info = cpu_debug_info(p->dbg);
-        for (int si = 0; si < p->n_steps; si++) describe_step(p->g, &p->steps[si], &info[si]);
+        for (int si = 0; si < p->n_steps; si++)
+            describe_step(p->g, p->isa, &p->steps[si], &info[si]);
     }
     return cpu_debug_set(p->dbg, key, value, err, errlen);
 }

@@ -6,7 +6,9 @@
  *   depthwise (group == C == M)         -> direct kernel per channel over a zero-padded copy of
  *                                          the plane (3x3/s1/d1 has a vectorised kernel per ISA);
  *   3x3 stride 1, >= 16 channels        -> Winograd F(2x2, 3x3) (winograd.c);
- *   junk columns <= 1/4 of a row        -> "wide" GEMM over polyphase planes (conv_wide);
+ *   junk columns <= 1/4 of a row        -> "wide" GEMM over polyphase planes (conv_wide), or,
+ *                                          3x3/2 with <= 4 input channels where the kernel set
+ *                                          has it, a direct kernel (conv_c3s2; cpu_conv_path);
  *   everything else                     -> implicit-im2col GEMM per group (the B packer reads the
  *                                          image directly, see gemm.c).
  * All paths apply the same epilogue (folded BatchNorm, residual, Relu/Clip) on the way out.
@@ -45,7 +47,7 @@ static void dw_pad_dims(const cpu_conv_geom *g, int64_t *PH, int64_t *PW)
 
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
 {
-    switch (cpu_conv_kind(g)) {
+    switch (cpu_conv_path(isa, g)) {
     case CPU_CONV_1X1:
         return (size_t)a16(2 * g->C) + cpu_sgemm_scratch(isa, g->M, g->H * g->W, g->C);
     case CPU_CONV_WINO:
@@ -58,10 +60,13 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
         return (size_t)(a16(g->sh * g->sw * Cg * PH * PW) + a16(Mg * g->OH * PW) + a16(2 * Kg)) +
                cpu_sgemm_scratch(isa, Mg, g->OH * PW, Kg);
     }
+    case CPU_CONV_C3S2:
+        return (size_t)CPU_C3S2_SCRATCH(g->C, g->H, g->M, g->OW);
     case CPU_CONV_DW: {
         int64_t PH, PW;
         dw_pad_dims(g, &PH, &PW);
-        return (size_t)(PH * (PW + 1)) + CPU_DW_PAD_SLACK; /* + 1: stride 2's odd-column plane */
+        /* + 1: stride 2's odd-column plane */
+        return (size_t)(PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W));
     }
     default: {
         const int64_t Wp = (g->W + g->sw - 1) / g->sw;
@@ -76,8 +81,9 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
  * weight set, group after group; Winograd's transformed kernels; depthwise reads w as it is. */
 size_t cpu_conv_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g)
 {
-    switch (cpu_conv_kind(g)) {
+    switch (cpu_conv_path(isa, g)) {
     case CPU_CONV_DW: return 0;
+    case CPU_CONV_C3S2: return 0; /* reads w as it is */
     case CPU_CONV_WINO: return cpu_wino_prepared_floats(isa, g);
     default:
         return (size_t)g->group *
@@ -90,6 +96,7 @@ int cpu_conv_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
 {
     const int kind = cpu_conv_kind(g);
     if (kind == CPU_CONV_DW) return 0;
+    if (cpu_conv_path(isa, g) == CPU_CONV_C3S2) return 0; /* nothing prepared */
     if (kind == CPU_CONV_WINO) return cpu_wino_prepare(isa, g, w, row_scale, dst);
     const int64_t Mg = g->M / g->group, Kg = (g->C / g->group) * g->kh * g->kw;
     const size_t per = cpu_sgemm_packed_a_floats(isa, Mg, Kg);
@@ -155,7 +162,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     dw_pad_dims(g, &PH, &PW);
     /* The border of the padded plane is the same for every channel: zero it once (the 3x3
      * kernels write only image cells). */
-    memset(pad, 0, ((size_t)(PH * (PW + 1)) + CPU_DW_PAD_SLACK) * sizeof(float));
+    const size_t npad = (size_t)(PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W));
+    memset(pad, 0, npad * sizeof(float));
     const int64_t px0 = g->pl, px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
     const int k3 = g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1;
     const int fast = k3 && g->sh == 1 && g->sw == 1, s2 = k3 && g->sh == 2 && g->sw == 2;
@@ -176,6 +184,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     a.lo = epi ? epi->lo : -__builtin_inff();
     a.hi = epi ? epi->hi : __builtin_inff();
     a.pad = pad;
+    a.in_lo = x;
+    a.in_hi = x + g->N * g->C * g->H * g->W;
     for (int64_t n = 0; n < g->N; n++) {
         for (int64_t c = 0; c < g->C; c++) {
             const float *plane = x + (n * g->C + c) * g->H * g->W;
@@ -301,8 +311,8 @@ static void conv_wide(const cpu_isa *isa, const cpu_conv_geom *g, const float *x
 }
 
 /* A first layer (3x3/2, few input channels, "same" left padding) directly, where the set has the
- * kernel: it reads the image in place, so it needs neither the wide path's phase planes nor its
- * copy-out (a third of that path's time on the edge CNN's stem). 0 if it does not apply. */
+ * kernel: it reads the image (split once into column planes), so it needs neither the wide
+ * path's phase planes nor its copy-out nor packed weights. out == NULL: whether it applies. */
 static int conv_c3s2(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
                      float *y, const cpu_epi *epi, float *scratch)
 {
@@ -319,20 +329,26 @@ static int conv_c3s2(const cpu_isa *isa, const cpu_conv_geom *g, const float *x,
     a.M = g->M;
     a.OH = g->OH;
     a.OW = g->OW;
+    if (!y) return isa->conv3x3s2(&a);
     a.scale = epi ? epi->row_scale : NULL;
     a.bias = epi ? epi->row_bias : NULL;
     a.lo = epi ? epi->lo : -__builtin_inff();
     a.hi = epi ? epi->hi : __builtin_inff();
-    /* the wide path's scratch (its phase planes, >= 6 W floats here) holds a zero row + slack */
-    memset(scratch, 0, (size_t)(g->W + 32) * sizeof(float));
-    a.zero = scratch;
+    a.split = scratch; /* cpu_conv_scratch counts it */
     for (int64_t n = 0; n < g->N; n++) {
         a.in = x + n * g->C * g->H * g->W;
         a.out = y + n * g->M * g->OH * g->OW;
         a.res = (epi && epi->res) ? epi->res + n * g->M * g->OH * g->OW : NULL;
-        if (!isa->conv3x3s2(&a)) return 0; /* geometry only: n == 0, nothing written */
+        isa->conv3x3s2(&a);
     }
     return 1;
+}
+
+int cpu_conv_path(const cpu_isa *isa, const cpu_conv_geom *g)
+{
+    const int kind = cpu_conv_kind(g);
+    return kind == CPU_CONV_WIDE && conv_c3s2(isa, g, NULL, NULL, NULL, NULL, NULL) ? CPU_CONV_C3S2
+                                                                                    : kind;
 }
 
 void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const float *w,
@@ -348,7 +364,10 @@ void cpu_conv(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, const 
         return;
     }
     if (kind == CPU_CONV_WIDE) {
-        if (!conv_c3s2(isa, g, x, w, y, epi, scratch)) conv_wide(isa, g, x, w, wp, y, epi, scratch);
+        if (cpu_conv_path(isa, g) == CPU_CONV_C3S2)
+            conv_c3s2(isa, g, x, w, y, epi, scratch);
+        else
+            conv_wide(isa, g, x, w, wp, y, epi, scratch);
         return;
     }
     const int64_t HW = g->H * g->W, OHW = g->OH * g->OW;

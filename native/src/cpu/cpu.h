@@ -43,6 +43,7 @@ typedef void (*cpu_ukind_fn)(int64_t kc, const float *a, const float *b, const i
 /* Depthwise conv over one channel plane (see conv.c). */
 typedef struct cpu_dw_args {
     const float *in;      /* H x W plane */
+    const float *in_lo, *in_hi; /* the input tensor around it: [in_lo, in_hi) may be read */
     int64_t H, W;
     const float *w;       /* kh x kw */
     int64_t kh, kw, sh, sw, dh, dw, pt, pl;
@@ -55,7 +56,7 @@ typedef struct cpu_dw_args {
 } cpu_dw_args;
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
 /* A dense 3x3 stride-2 conv with few input channels (a first layer), pl == 1 and W == 2 OW, for
- * the sets with masked loads (planes.c): out = clamp(acc * scale + bias (+ res)). */
+ * the sets that define C3_NV (planes.c): out = clamp(acc * scale + bias (+ res)). */
 typedef struct cpu_c3s2_args {
     const float *in;         /* C x H x W */
     int64_t C, H, W, pt;
@@ -65,16 +66,23 @@ typedef struct cpu_c3s2_args {
     const float *res;        /* M x OH x OW or NULL */
     float lo, hi;
     float *out;              /* M x OH x OW */
-    const float *zero;       /* >= W + 32 zero floats: rows outside the image */
+    float *split;            /* CPU_C3S2_SCRATCH(C, H, M, OW) floats of scratch */
 } cpu_c3s2_args;
-/* 1 if done; 0 if the geometry is not the kernel's (the caller takes another path) */
+/* 1 if done; 0 if the geometry is not the kernel's (the caller takes another path). With
+ * out == NULL only that answer (cpu_conv_path, at plan time). */
 typedef int (*cpu_c3s2_fn)(const cpu_c3s2_args *a);
 #define CPU_C3S2_MAX_C 4
+/* scratch: each input row split into even / odd columns (2 OW + 1 floats), one zero row, the
+ * weights regrouped (M C 9) */
+#define CPU_C3S2_SCRATCH(C, H, M, OW) (((C) * (H) + 1) * (2 * (OW) + 1) + (M) * (C) * 9)
 struct cpu_pool_geom;
 /* The 3x3 kernels (planes.c) pad (stride 1) or split (stride 2) a->in into a->pad themselves,
  * writing only image cells: the zero border and CPU_DW_PAD_SLACK floats past the padded plane
  * are the caller's (see cpu_conv_scratch). */
 #define CPU_DW_PAD_SLACK 32
+/* and after that, for stride 2 read in place, room for copies of the two rows at the input
+ * tensor's ends (their neighbouring floats are read; see dw_s2_rows_inplace) */
+#define CPU_DW_EDGE_FLOATS(W) (2 * (W) + 96)
 /* MaxPool row buffer slack past its padded width: the stride-2 kernel reads 2 vectors + 2. */
 #define CPU_POOL_SLACK 48
 #define CPU_POOL_MAX_KH 16 /* window rows the stride-2 kernel takes (more: the general loop) */
@@ -180,7 +188,14 @@ typedef struct cpu_conv_geom {
     int64_t kh, kw, sh, sw, dh, dw, pt, pl, group;
 } cpu_conv_geom;
 
-enum { CPU_CONV_GEMM = 0, CPU_CONV_1X1 = 1, CPU_CONV_DW = 2, CPU_CONV_WIDE = 3, CPU_CONV_WINO = 4 };
+enum {
+    CPU_CONV_GEMM = 0,
+    CPU_CONV_1X1 = 1,
+    CPU_CONV_DW = 2,
+    CPU_CONV_WIDE = 3,
+    CPU_CONV_WINO = 4,
+    CPU_CONV_C3S2 = 5 /* a wide conv the set's direct small-C 3x3/2 kernel takes (cpu_conv_path) */
+};
 /* Winograd F(2x2, 3x3) (winograd.c): 3x3, stride 1, no dilation, group 1, >= 16 channels. */
 int cpu_wino_ok(const cpu_conv_geom *g);
 size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
@@ -192,6 +207,8 @@ size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
 int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
                      const float *row_scale, float *dst);
 int cpu_conv_kind(const cpu_conv_geom *g);
+/* The path cpu_conv runs for this kernel set: cpu_conv_kind, or CPU_CONV_C3S2. */
+int cpu_conv_path(const cpu_isa *isa, const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
 /* Prepared weights (weights_prepare): floats of w's prepared form for this geometry (0: the path
  * reads w as it is, e.g. depthwise), and the transform raw w -> prepared (0, or -1 when out of

@@ -52,10 +52,13 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MIN(a, b) dwp_min((a), (b))
 #define DW_MASKED 0
 #define DW_ROWS4 1
-#define SPLIT2(p, e, o)                                                                            \
+#define DW_LO_ONLY 0
+/* (element-wise: GCC's __builtin_shuffle and clang's __builtin_shufflevector differ) */
+#define SPLIT2V(v0, v1, e, o)                                                                      \
     do {                                                                                           \
-        (e) = (dwv4){(p)[0], (p)[2], (p)[4], (p)[6]};                                              \
-        (o) = (dwv4){(p)[1], (p)[3], (p)[5], (p)[7]};                                              \
+        const dwv4 a_ = (v0), b_ = (v1);                                                           \
+        (e) = (dwv4){a_[0], a_[2], b_[0], b_[2]};                                                  \
+        (o) = (dwv4){a_[1], a_[3], b_[1], b_[3]};                                                  \
     } while (0)
 #include "planes_body.h" /* which #undefs the parameters above */
 
@@ -72,13 +75,14 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define FMA(a, b, c) vfmaq_f32((c), (a), (b))
 #define DW_MASKED 0
 #define DW_ROWS4 1
+#define DW_LO_ONLY 0
 #define MAX(a, b) vmaxq_f32((a), (b))
 #define MIN(a, b) vminq_f32((a), (b))
-#define SPLIT2(p, e, o)                                                                            \
+#define SPLIT2V(v0, v1, e, o)                                                                      \
     do {                                                                                           \
-        const float32x4x2_t t_ = vld2q_f32(p);                                                     \
-        (e) = t_.val[0];                                                                           \
-        (o) = t_.val[1];                                                                           \
+        const float32x4_t a_ = (v0), b_ = (v1);                                                    \
+        (e) = vuzp1q_f32(a_, b_);                                                                  \
+        (o) = vuzp2q_f32(a_, b_);                                                                  \
     } while (0)
 #include "planes_body.h" /* which #undefs the parameters above */
 #endif
@@ -96,8 +100,39 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define DW_MASKED 1
 #define DW_ROWS4 1
+#define DW_LO_ONLY 1
+#define C3_NV 3 /* 3x3/2 small-C conv: 4 channels x 3 vectors = 12 of the 16 registers */
+/* Its 36 FMAs per input row, by hand: 12 accumulators + 3 taps + 1 weight are all 16 registers,
+ * and GCC's allocator spilled two accumulators per row and moved the rest around (stem 27.5
+ * against 22.2 us by hand). Taps at p + OW (O'[x]), p (E[x]), p + OW + 1 (O'[x+1]), 3 vectors
+ * each; weights wq[kx * 4 + j]; ymm12-15 the taps and the broadcast weight. */
+#define C3_TAP3(P, O)                                                                              \
+    "vmovups " P "(%[p]" O "), %%ymm12\n\t"                                                        \
+    "vmovups 32+" P "(%[p]" O "), %%ymm13\n\t"                                                     \
+    "vmovups 64+" P "(%[p]" O "), %%ymm14\n\t"
+#define C3_W4(W, a0, a1, a2)                                                                       \
+    "vbroadcastss " W "(%[w]), %%ymm15\n\t"                                                        \
+    "vfmadd231ps %%ymm12, %%ymm15, %[" a0 "]\n\t"                                                  \
+    "vfmadd231ps %%ymm13, %%ymm15, %[" a1 "]\n\t"                                                  \
+    "vfmadd231ps %%ymm14, %%ymm15, %[" a2 "]\n\t"
+#define C3_KX(P, O, W0, W1, W2, W3)                                                                \
+    C3_TAP3(P, O) C3_W4(W0, "a00", "a01", "a02") C3_W4(W1, "a10", "a11", "a12")                    \
+        C3_W4(W2, "a20", "a21", "a22") C3_W4(W3, "a30", "a31", "a32")
+#define C3_ROW_FMAS(acc, p_, OW_, wq_)                                                             \
+    do {                                                                                           \
+        __asm__(C3_KX("0", ",%[o]", "0", "4", "8", "12") C3_KX("0", "", "16", "20", "24", "28")    \
+                    C3_KX("4", ",%[o]", "32", "36", "40", "44")                                    \
+                : [a00] "+x"(acc[0][0]), [a01] "+x"(acc[0][1]), [a02] "+x"(acc[0][2]),             \
+                  [a10] "+x"(acc[1][0]), [a11] "+x"(acc[1][1]), [a12] "+x"(acc[1][2]),             \
+                  [a20] "+x"(acc[2][0]), [a21] "+x"(acc[2][1]), [a22] "+x"(acc[2][2]),             \
+                  [a30] "+x"(acc[3][0]), [a31] "+x"(acc[3][1]), [a32] "+x"(acc[3][2])              \
+                : [p] "r"(p_), [o] "r"((OW_) * 4), [w] "r"(wq_)                                    \
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");                                   \
+    } while (0)
 #define MLD_FIRST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1))
 #define MLD_LAST0(p) _mm256_maskload_ps((p), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0))
+#define S2_FIRST(p) _mm256_blend_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), 1)
+#define S2_LAST(p) _mm256_loadu_ps(p)
 /* evens / odds of (v0, v1) per 128-bit lane: outputs in the order 0 1 4 5 2 3 6 7 */
 #define S2_EVEN(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(2, 0, 2, 0))
 #define S2_ODD(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(3, 1, 3, 1))
@@ -105,9 +140,9 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define MAX(a, b) _mm256_max_ps((a), (b))
 #define MIN(a, b) _mm256_min_ps((a), (b))
 /* shuffle_ps picks (even, even) per 128-bit lane of (v0, v1); permute4x64 puts v0's pairs first */
-#define SPLIT2(p, e, o)                                                                            \
+#define SPLIT2V(v0, v1, e, o)                                                                      \
     do {                                                                                           \
-        const __m256 v0_ = _mm256_loadu_ps(p), v1_ = _mm256_loadu_ps((p) + 8);                     \
+        const __m256 v0_ = (v0), v1_ = (v1);                                                       \
         (e) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                             \
             _mm256_castps_pd(_mm256_shuffle_ps(v0_, v1_, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));       \
         (o) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                             \
@@ -127,8 +162,12 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define DW_MASKED 1
 #define DW_ROWS4 0
+#define DW_LO_ONLY 0
+#define C3_NV 3
 #define MLD_FIRST0(p) _mm512_maskz_loadu_ps((__mmask16)0xFFFE, (p))
 #define MLD_LAST0(p) _mm512_maskz_loadu_ps((__mmask16)0x7FFF, (p))
+#define S2_FIRST(p) MLD_FIRST0(p)
+#define S2_LAST(p) MLD_LAST0(p)
 /* per 128-bit lane: outputs 0 1 8 9 | 2 3 10 11 | 4 5 12 13 | 6 7 14 15 */
 #define S2_EVEN(v0, v1) _mm512_shuffle_ps((v0), (v1), _MM_SHUFFLE(2, 0, 2, 0))
 #define S2_ODD(v0, v1) _mm512_shuffle_ps((v0), (v1), _MM_SHUFFLE(3, 1, 3, 1))
@@ -137,9 +176,9 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
         _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_castps_pd(y)))
 #define MAX(a, b) _mm512_max_ps((a), (b))
 #define MIN(a, b) _mm512_min_ps((a), (b))
-#define SPLIT2(p, e, o)                                                                            \
+#define SPLIT2V(v0, v1, e, o)                                                                      \
     do {                                                                                           \
-        const __m512 v0_ = _mm512_loadu_ps(p), v1_ = _mm512_loadu_ps((p) + 16);                    \
+        const __m512 v0_ = (v0), v1_ = (v1);                                                       \
         const __m512i ie_ = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,  \
                                               28, 30);                                             \
         (e) = _mm512_permutex2var_ps(v0_, ie_, v1_);                                               \

@@ -1,19 +1,28 @@
 /*
- * planes_body.h — per-plane vector kernels: the 3x3 depthwise convs (stride 1 and 2) and max
- * pooling with stride 2 across columns, written once over a vector type and included by planes.c
+ * planes_body.h — per-plane vector kernels: the 3x3 depthwise convs (stride 1 and 2), max
+ * pooling with stride 2 across columns and the dense 3x3/2 conv with few input channels (a first
+ * layer), written once over a vector type and included by planes.c
  * once per kernel set, with these defined:
  *   DW_ATTR           function attribute (the target), DW_SFX(name) the per-set name
  *   V, VL             vector type and its lanes
  *   LD(p), ST(p, v)   unaligned load / store;  SET1(x) broadcast
  *   MUL, ADD, MAX, MIN, FMA(a, b, c) = a*b + c (one rounding where the set has an FMA)
- *   SPLIT2(p, e, o)   e / o = the even / odd floats of p[0 .. 2*VL)
+ *   SPLIT2V(v0, v1, e, o)  e / o = the even / odd floats of v0:v1 (SPLIT2(p, e, o), defined
+ *                     here: of p[0 .. 2*VL))
  *   DW_ROWS4          1: stride 1 runs four output rows per pass where it can (AVX2: 22 % faster
  *                     than two; AVX-512 15 % slower, so it keeps two)
+ *   DW_LO_ONLY        1: the depthwise kernels skip the min where there is no upper clamp (Relu;
+ *                     AVX2, 16 registers: dw 16x48x48 7.6 -> 7.1 us, 32x48x48/2 9.6 -> 9.2 us;
+ *                     AVX-512 5 % slower on the first, so 0)
  *   DW_MASKED         1 if the set has masked loads MLD_FIRST0(p) / MLD_LAST0(p) (p[0..VL) with
  *                     lane 0 / lane VL-1 zero and not read): stride 1 then reads the image in place
  *                     and, with S2_EVEN(v0, v1) / S2_ODD(v0, v1) (the even / odd floats of
- *                     v0:v1 within 128-bit lanes) and S2_UNPERM(y) (their lane order back to
- *                     columns), so do stride 2 and the 3x3/2 conv with few input channels
+ *                     v0:v1 within 128-bit lanes), S2_UNPERM(y) (their lane order back to
+ *                     columns) and S2_FIRST(p) / S2_LAST(p) (as MLD_FIRST0 / MLD_LAST0 but
+ *                     free to read the unused float), so does stride 2
+ *   C3_NV             (optional) vectors per step of the dense 3x3/2 conv with few input
+ *                     channels, cpu_conv3x3s2_*: only the sets that define it have that kernel;
+ *                     C3_ROW_FMAS(acc, p, OW, wq) (optional) its FMAs of one input row by hand
  * (all #undef'd at the end of this file). The depthwise kernels read the image in place (stride
  * 1, "same" padding, DW_MASKED) or pad / even-odd split their plane into a->pad with full-width
  * copies, keep the nine taps, pre-multiplied by the folded BN scale, in registers and run one FMA
@@ -24,6 +33,8 @@
  * per call; the kernels write only image cells), and a->pad has CPU_DW_PAD_SLACK floats of slack
  * for the local tile's reads past the last row.
  */
+
+#define SPLIT2(p, e, o) SPLIT2V(LD(p), LD((p) + VL), e, o)
 
 /* dst[0..n) = src[0..n) in vectors (the last one overlapping), scalars only below VL. Rows are
  * 12-56 floats: the empty asm keeps compilers from making the loop a memmove call, which costs
@@ -69,6 +80,18 @@ DW_SFX(dw_out)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o)
     ST(o, MIN(MAX(y, t->lo), t->hi));
 }
 
+/* the same with no upper bound (Relu, or no clamp: lo = -inf) when lo_only, a constant */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_out_lo)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, const int lo_only)
+{
+    if (!lo_only) {
+        DW_SFX(dw_out)(y, t, q, o);
+        return;
+    }
+    if (q) y = ADD(y, LD(q));
+    ST(o, MAX(y, t->lo));
+}
+
 /* The three taps of one row at p, p + 1, p + 2; with DW_MASKED, edge bit 0 leaves lane 0 of the
  * first and bit 1 the last lane of the third unread (zero): image rows read in place. */
 #if DW_MASKED
@@ -95,10 +118,10 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
     const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
     if (o1) {
         DW_TAP3(r3, edge, d0, d1, d2);
-        DW_SFX(dw_out)(KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b))),
-                       t, q1, o1);
+        const V s = KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b)));
+        DW_SFX(dw_out_lo)(s, t, q1, o1, (edge) & 8);
     }
-    DW_SFX(dw_out)(p, t, q0, o0);
+    DW_SFX(dw_out_lo)(p, t, q0, o0, (edge) & 8);
 #undef KROW
 }
 
@@ -113,22 +136,24 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
         if (o1) memcpy(o1, t1_, (size_t)(OW) * sizeof(float));                                     \
     } while (0)
 
-/* Output rows oy (and oy + 1 if two) across the plane; `two` and `res` are constants at each
- * call site, so every variant's loop is straight-line. */
+/* Output rows oy (and oy + 1 if two) across the plane; `two`, `res` and `lo` (8: no upper clamp,
+ * edge bit 3 of the steps) are constants at each call site, so every variant's loop is
+ * straight-line. */
 DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int two, int res)
+DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int two, int res,
+                   const int lo)
 {
     const int64_t OW = a->OW, PW = OW + 2;
     const float *r0 = a->pad + oy * PW, *r1 = r0 + PW, *r2 = r1 + PW, *r3 = two ? r2 + PW : r2;
     float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
     if (OW < VL) {
-        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, 0);
+        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, lo);
         return;
     }
     for (int64_t x = 0;; x += VL) {
         if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
-        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, 0, res ? q0 + x : NULL,
+        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, lo, res ? q0 + x : NULL,
                            (res && two) ? q1 + x : NULL, o0 + x, two ? o1 + x : NULL);
         if (x + VL >= OW) break;
     }
@@ -149,18 +174,20 @@ DW_SFX(dw_s1_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, 
             if (j < 0 || j > 3) continue;
             p[j] = DW_SFX(dw_krow)(t, i - j, x0, x1, x2, i == j ? t->b : p[j]);
         }
-        if (i >= 2) DW_SFX(dw_out)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x);
+        if (i >= 2)
+            DW_SFX(dw_out_lo)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x, edge & 8);
     }
 }
 
 /* Output rows oy .. oy+3 over the padded plane (taps at pad row + x); OW < VL: as 2 x 2 rows. */
 DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int res)
+DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, int res,
+                    const int lo)
 {
     const int64_t OW = a->OW, PW = OW + 2;
     if (OW < VL) {
-        DW_SFX(dw_s1_rows)(t, a, oy, 1, res);
-        DW_SFX(dw_s1_rows)(t, a, oy + 2, 1, res);
+        DW_SFX(dw_s1_rows)(t, a, oy, 1, res, lo);
+        DW_SFX(dw_s1_rows)(t, a, oy + 2, 1, res, lo);
         return;
     }
     const float *r[6], *q[4];
@@ -172,7 +199,7 @@ DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, 
     }
     for (int64_t x = 0;; x += VL) {
         if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
-        DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
+        DW_SFX(dw_s1_step4)(t, r, x, lo, q, o);
         if (x + VL >= OW) break;
     }
 }
@@ -182,7 +209,7 @@ DW_SFX(dw_s1_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, 
  * zero row, the columns outside it the unread lanes of the first and last vector (DW_TAP3). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
-                           int64_t oy, int two, int res)
+                           int64_t oy, int two, int res, const int lo)
 {
     const int64_t OW = a->OW, H = a->H;
     const float *rr[4];
@@ -194,7 +221,8 @@ DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
 #define DW_AT(x, edge)                                                                             \
     DW_SFX(dw_s1_step)(t, rr[0] + (x) - 1, rr[1] + (x) - 1, rr[2] + (x) - 1, rr[3] + (x) - 1,     \
-                       edge, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL, o0 + (x),    \
+                       (edge) | lo, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL,      \
+                       o0 + (x),                                                                   \
                        two ? o1 + (x) : NULL)
     if (OW == VL) {
         DW_AT(0, 3);
@@ -209,7 +237,7 @@ DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
 /* The same for output rows oy .. oy+3 (dw_s1_step4). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_rows4_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
-                            int64_t oy, int res)
+                            int64_t oy, int res, const int lo)
 {
     const int64_t OW = a->OW, H = a->H;
     const float *r[6], *q[4];
@@ -223,12 +251,12 @@ DW_SFX(dw_s1_rows4_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, cons
         q[i] = res ? a->res + (oy + i) * OW : NULL;
     }
     if (OW == VL) {
-        DW_SFX(dw_s1_step4)(t, r, 0, 3, q, o);
+        DW_SFX(dw_s1_step4)(t, r, 0, 3 | lo, q, o);
         return;
     }
-    DW_SFX(dw_s1_step4)(t, r, 0, 1, q, o);
-    for (int64_t x = VL; x + VL < OW; x += VL) DW_SFX(dw_s1_step4)(t, r, x, 0, q, o);
-    DW_SFX(dw_s1_step4)(t, r, OW - VL, 2, q, o);
+    DW_SFX(dw_s1_step4)(t, r, 0, 1 | lo, q, o);
+    for (int64_t x = VL; x + VL < OW; x += VL) DW_SFX(dw_s1_step4)(t, r, x, lo, q, o);
+    DW_SFX(dw_s1_step4)(t, r, OW - VL, 2 | lo, q, o);
 }
 #endif
 
@@ -238,33 +266,38 @@ DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
     DW_SFX(dw_taps) t;
     DW_SFX(dw_taps_of)(a, &t);
     int64_t oy = 0;
+    /* lo: 8 where there is no upper clamp (Relu) and DW_LO_ONLY: the steps skip its min */
+#define DW_S1_ROWS(ROWS4, ROWS, res, lo, ...)                                                      \
+    do {                                                                                           \
+        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) ROWS4(&t, a, __VA_ARGS__ oy, res, lo);            \
+        for (; oy + 1 < OH; oy += 2) ROWS(&t, a, __VA_ARGS__ oy, 1, res, lo);                      \
+        if (oy < OH) ROWS(&t, a, __VA_ARGS__ oy, 0, res, lo);                                      \
+    } while (0)
+#define DW_S1_ALL(ROWS4, ROWS, ...)                                                                \
+    do {                                                                                           \
+        const int hi_ = !DW_LO_ONLY || a->hi != __builtin_inff();                                  \
+        if (a->res && hi_)                                                                         \
+            DW_S1_ROWS(ROWS4, ROWS, 1, 0, __VA_ARGS__);                                            \
+        else if (a->res)                                                                           \
+            DW_S1_ROWS(ROWS4, ROWS, 1, 8, __VA_ARGS__);                                            \
+        else if (hi_)                                                                              \
+            DW_S1_ROWS(ROWS4, ROWS, 0, 0, __VA_ARGS__);                                            \
+        else                                                                                       \
+            DW_S1_ROWS(ROWS4, ROWS, 0, 8, __VA_ARGS__);                                            \
+    } while (0)
 #if DW_MASKED
     if (a->pt == 1 && a->pl == 1 && a->OW == a->W && OH == a->H && a->W >= VL) {
         const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
-        if (a->res) {
-            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 1);
-            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 1);
-            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 1);
-        } else {
-            for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4_inplace)(&t, a, zero, oy, 0);
-            for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 1, 0);
-            if (oy < OH) DW_SFX(dw_s1_rows_inplace)(&t, a, zero, oy, 0, 0);
-        }
+        DW_S1_ALL(DW_SFX(dw_s1_rows4_inplace), DW_SFX(dw_s1_rows_inplace), zero, );
         return;
     }
 #endif
     const int64_t n = a->W < PW - a->pl ? a->W : PW - a->pl;
     for (int64_t iy = 0; iy < a->H && iy + a->pt < PH; iy++)
         DW_SFX(dw_copy)(a->pad + (iy + a->pt) * PW + a->pl, a->in + iy * a->W, n);
-    if (a->res) {
-        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 1);
-        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 1);
-        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 1);
-    } else {
-        for (; DW_ROWS4 && oy + 3 < OH; oy += 4) DW_SFX(dw_s1_rows4)(&t, a, oy, 0);
-        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s1_rows)(&t, a, oy, 1, 0);
-        if (oy < OH) DW_SFX(dw_s1_rows)(&t, a, oy, 0, 0);
-    }
+    DW_S1_ALL(DW_SFX(dw_s1_rows4), DW_SFX(dw_s1_rows), );
+#undef DW_S1_ALL
+#undef DW_S1_ROWS
 }
 
 /* Stride 2: input row iy into the even / odd column planes of the padded plane (padded column
@@ -333,13 +366,17 @@ DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64
  * p + 2, each deinterleaved in registers by S2_EVEN / S2_ODD. Those pick within 128-bit lanes
  * (one cheap shuffle each, no lane crossing), so the three tap vectors, and every output computed
  * from them, hold outputs x.. in one fixed lane order that S2_UNPERM undoes once per output
- * vector. edge bit 0: lane 0 of the first load is column -1 (unread, zero); bit 1: the last lane
- * of the second load at p + 2 is one past the row (unread; S2_EVEN does not use it). */
+ * vector. Edge bit 0: lane 0 of the first load is column -1 (the left pad, zero), S2_FIRST;
+ * bit 1: the last lane of the load at p + 2 is one past the row (S2_EVEN does not use it),
+ * S2_LAST. AVX2 reads those floats (the neighbouring row or plane, or a copy of the row where
+ * that would be outside the input tensor, see dw_s2_rows_inplace) and zeroes lane 0 by a blend:
+ * 13-17 % faster than its masked loads (dw 32x48x48 / 64x24x24); AVX-512's masked loads are
+ * cheaper than load + blend (dw 32x48x48: 9.7 against 10.6 us), so it keeps them. */
 #define DW_S2TAP(p, edge, x0, x1, x2)                                                              \
     V x0, x1, x2;                                                                                  \
     do {                                                                                           \
-        const V v0_ = ((edge) & 1) ? MLD_FIRST0(p) : LD(p), v1_ = LD((p) + VL);                    \
-        const V w0_ = LD((p) + 2), w1_ = ((edge) & 2) ? MLD_LAST0((p) + VL + 2) : LD((p) + VL + 2); \
+        const V v0_ = ((edge) & 1) ? S2_FIRST(p) : LD(p), v1_ = LD((p) + VL);                      \
+        const V w0_ = LD((p) + 2), w1_ = ((edge) & 2) ? S2_LAST((p) + VL + 2) : LD((p) + VL + 2); \
         x0 = S2_EVEN(v0_, v1_);                                                                    \
         x1 = S2_ODD(v0_, v1_);                                                                     \
         x2 = S2_EVEN(w0_, w1_);                                                                    \
@@ -349,7 +386,8 @@ DW_SFX(dw_s2_step2)(const DW_SFX(dw_taps) *t, const float *e0, int64_t PE, int64
  * shared row's taps computed once); taps of row r[i] at r[i] + 2x. */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s2_step_inplace)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, int edge,
-                           const float *q0, const float *q1, float *o0, float *o1)
+                           const float *q0, const float *q1, float *o0, float *o1,
+                           const int lo_only)
 {
 #define KROW DW_SFX(dw_krow)
     DW_S2TAP(r[0] + 2 * x, edge, a0, a1, a2);
@@ -360,140 +398,149 @@ DW_SFX(dw_s2_step_inplace)(const DW_SFX(dw_taps) *t, const float *const *r, int6
         DW_S2TAP(r[3] + 2 * x, edge, d0, d1, d2);
         DW_S2TAP(r[4] + 2 * x, edge, e0, e1, e2);
         const V s = KROW(t, 2, e0, e1, e2, KROW(t, 1, d0, d1, d2, KROW(t, 0, c0, c1, c2, t->b)));
-        DW_SFX(dw_out)(S2_UNPERM(s), t, q1 ? q1 + x : NULL, o1 + x);
+        DW_SFX(dw_out_lo)(S2_UNPERM(s), t, q1 ? q1 + x : NULL, o1 + x, lo_only);
     }
-    DW_SFX(dw_out)(S2_UNPERM(p), t, q0 ? q0 + x : NULL, o0 + x);
+    DW_SFX(dw_out_lo)(S2_UNPERM(p), t, q0 ? q0 + x : NULL, o0 + x, lo_only);
 #undef KROW
 }
 
-/* Output rows oy (and oy + 1 if two) of a plane with pl == 1, W == 2 OW >= 2 VL (so no column
- * right of the image is read): rows outside the image are `zero`. */
+/* Output rows oy (and oy + 1 if two) of a plane with pl == 1, W == 2 OW >= 2 VL, reading each
+ * row's columns -1 .. W: rows outside the image are `zero`; the first and last image rows are
+ * read at top / bot (copies where their neighbouring floats lie outside the input tensor). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s2_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
-                           int64_t oy, int two)
+                           const float *top, const float *bot, int64_t oy, int two,
+                           const int lo_only)
 {
     const int64_t OW = a->OW, W = a->W;
     const float *r[5];
     for (int i = 0; i < (two ? 5 : 3); i++) {
         const int64_t iy = 2 * oy - a->pt + i;
-        r[i] = ((iy >= 0 && iy < a->H) ? a->in + iy * W : zero) - 1;
+        const float *row = (iy > 0 && iy < a->H - 1) ? a->in + iy * W : zero;
+        if (iy == 0) row = top;
+        if (iy == a->H - 1) row = bot;
+        r[i] = row - 1;
     }
     float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
     const float *q0 = a->res ? a->res + oy * OW : NULL, *q1 = (a->res && two) ? q0 + OW : NULL;
     if (OW == VL) {
-        DW_SFX(dw_s2_step_inplace)(t, r, 0, 3, q0, q1, o0, o1);
+        DW_SFX(dw_s2_step_inplace)(t, r, 0, 3, q0, q1, o0, o1, lo_only);
         return;
     }
-    DW_SFX(dw_s2_step_inplace)(t, r, 0, 1, q0, q1, o0, o1);
+    DW_SFX(dw_s2_step_inplace)(t, r, 0, 1, q0, q1, o0, o1, lo_only);
     for (int64_t x = VL; x + VL < OW; x += VL)
-        DW_SFX(dw_s2_step_inplace)(t, r, x, 0, q0, q1, o0, o1);
-    DW_SFX(dw_s2_step_inplace)(t, r, OW - VL, 2, q0, q1, o0, o1);
+        DW_SFX(dw_s2_step_inplace)(t, r, x, 0, q0, q1, o0, o1, lo_only);
+    DW_SFX(dw_s2_step_inplace)(t, r, OW - VL, 2, q0, q1, o0, o1, lo_only);
 }
 
-/* Dense 3x3/2 conv, few input channels: C3_NC output channels (from m) at columns xa (and xb if
- * two) of output row oy, the input rows r[c * 3 + ky] (image row - 1) read in place with the taps
- * of DW_S2TAP (edges ea, eb); C3_NC * (1 + two) accumulators, each tap vector used for C3_NC
- * FMAs, each broadcast weight for 1 + two. */
+#undef DW_S2TAP
+#endif
+
+#ifdef C3_NV
+/* Dense 3x3/2 conv, few input channels (a first layer), pl == 1, W == 2 OW. The image is split
+ * once into per-row column planes (c3s2_split) so that output x's taps at image columns 2x-1,
+ * 2x, 2x+1 are O'[x], E[x], O'[x+1]: plain unit-stride loads, no shuffles between the FMAs.
+ * Each step computes C3_NC output channels x C3_NV vectors of columns (AVX2: 4 x 3 = 12
+ * accumulators + 3 taps + 1 broadcast weight = its 16 registers), each tap vector feeding C3_NC
+ * FMAs and each broadcast weight C3_NV. */
 #define C3_NC 4
-DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, int64_t m, int64_t oy,
-                  int64_t xa, int ea, int two, int64_t xb, int eb)
+
+/* Split row layout, RS = 2 OW + 1 floats: E[j] = X[2j] at [0, OW), O'[j] = X[2j-1] at
+ * [OW, 2 OW] with O'[0] = 0 (the left pad). */
+DW_ATTR static inline void DW_SFX(c3s2_split)(const float *restrict src, int64_t OW,
+                                              float *restrict d)
 {
-    V acc[C3_NC][2];
-    for (int j = 0; j < C3_NC; j++) acc[j][0] = acc[j][1] = SET1(0.0f);
-    const int64_t C = a->C;
-    const float *wm = a->w + m * C * 9;
-    /* Taps 0 and 1 (columns 2x, 2x+1) first, then tap 2: 8 accumulators, 4 taps and one
-     * broadcast weight live at once fit AVX2's 16 registers (all 6 taps at once spilled). */
-    for (int64_t c = 0; c < C; c++)
-        for (int ky = 0; ky < 3; ky++) {
-            const float *p = r[c * 3 + ky] + 2 * xa, *pb = r[c * 3 + ky] + 2 * xb;
-            const float *wk = wm + c * 9 + ky * 3;
-            {
-                const V l0 = (ea & 1) ? MLD_FIRST0(p) : LD(p), l1 = LD(p + VL);
-                const V u0 = S2_EVEN(l0, l1), u1 = S2_ODD(l0, l1);
-                V v0 = u0, v1 = u1;
-                if (two) {
-                    const V k0 = (eb & 1) ? MLD_FIRST0(pb) : LD(pb), k1 = LD(pb + VL);
-                    v0 = S2_EVEN(k0, k1);
-                    v1 = S2_ODD(k0, k1);
-                }
-                for (int j = 0; j < C3_NC; j++) {
-                    const V w0 = SET1(wk[j * C * 9]);
-                    acc[j][0] = FMA(w0, u0, acc[j][0]);
-                    if (two) acc[j][1] = FMA(w0, v0, acc[j][1]);
-                    const V w1 = SET1(wk[j * C * 9 + 1]);
-                    acc[j][0] = FMA(w1, u1, acc[j][0]);
-                    if (two) acc[j][1] = FMA(w1, v1, acc[j][1]);
-                }
-            }
-            {
-                const V l0 = LD(p + 2), l1 = (ea & 2) ? MLD_LAST0(p + VL + 2) : LD(p + VL + 2);
-                const V u2 = S2_EVEN(l0, l1);
-                V v2 = u2;
-                if (two) {
-                    const V k0 = LD(pb + 2), k1 = (eb & 2) ? MLD_LAST0(pb + VL + 2) : LD(pb + VL + 2);
-                    v2 = S2_EVEN(k0, k1);
-                }
-                for (int j = 0; j < C3_NC; j++) {
-                    const V w2 = SET1(wk[j * C * 9 + 2]);
-                    acc[j][0] = FMA(w2, u2, acc[j][0]);
-                    if (two) acc[j][1] = FMA(w2, v2, acc[j][1]);
-                }
+    float *e = d, *o = d + OW + 1; /* o[j] = O'[j + 1] = X[2j + 1] */
+    d[OW] = 0.0f;
+    for (int64_t i = 0;; i += VL) { /* OW >= VL: the last pair of vectors overlaps */
+        if (i + VL > OW) i = OW - VL;
+        V ev, od;
+        SPLIT2(src + 2 * i, ev, od);
+        ST(e + i, ev);
+        ST(o + i, od);
+        if (i + VL >= OW) break;
+    }
+}
+
+/* Output channels m .. m+C3_NC-1, columns x0 .. x0 + nv VL - 1 of output row oy (nv: C3_NV, or 1
+ * for rows narrower than C3_NV vectors; a constant at each call); r[c*3+ky]
+ * are the split input rows (a zero row outside the image), wq the group's weights as
+ * wq[(c*9 + ky*3 + kx) * C3_NC + j]: every load is a base plus a constant, so the loop needs no
+ * more general registers than it has (with a runtime stride per channel GCC spilled). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, const float *wq, int64_t m,
+                  int64_t oy, int64_t x0, const int nv)
+{
+    V acc[C3_NC][C3_NV];
+    for (int j = 0; j < C3_NC; j++)
+        for (int v = 0; v < nv; v++) acc[j][v] = SET1(0.0f);
+    const int64_t OW = a->OW;
+    for (int64_t ck = 0; ck < 3 * a->C; ck++, wq += 3 * C3_NC) {
+        const float *p = r[ck] + x0;
+#ifdef C3_ROW_FMAS
+        if (nv == C3_NV) {
+            C3_ROW_FMAS(acc, p, OW, wq);
+            continue;
+        }
+#endif
+        for (int kx = 0; kx < 3; kx++) {
+            const int64_t off = kx == 0 ? OW : (kx == 1 ? 0 : OW + 1);
+            V t[C3_NV];
+            for (int v = 0; v < nv; v++) t[v] = LD(p + off + v * VL);
+            for (int j = 0; j < C3_NC; j++) {
+                const V w = SET1(wq[kx * C3_NC + j]);
+                for (int v = 0; v < nv; v++) acc[j][v] = FMA(w, t[v], acc[j][v]);
             }
         }
+    }
     const V lo = SET1(a->lo), hi = SET1(a->hi);
     for (int j = 0; j < C3_NC; j++) {
         const V sc = SET1(a->scale ? a->scale[m + j] : 1.0f);
         const V bi = SET1(a->bias ? a->bias[m + j] : 0.0f);
-        const int64_t row = (m + j) * a->OH * a->OW + oy * a->OW;
-        for (int h = 0; h <= two; h++) {
-            const int64_t off = row + (h ? xb : xa);
-            V y = S2_UNPERM(FMA(acc[j][h], sc, bi));
-            if (a->res) y = ADD(y, LD(a->res + off));
-            ST(a->out + off, MIN(MAX(y, lo), hi));
+        const int64_t row = (m + j) * a->OH * OW + oy * OW + x0;
+        for (int v = 0; v < nv; v++) {
+            V y = FMA(acc[j][v], sc, bi);
+            if (a->res) y = ADD(y, LD(a->res + row + v * VL));
+            ST(a->out + row + v * VL, MIN(MAX(y, lo), hi));
         }
     }
 }
 
 DW_ATTR int DW_SFX(cpu_conv3x3s2)(const cpu_c3s2_args *a)
 {
-    const int64_t OW = a->OW, W = a->W;
-    if (OW < VL || W != 2 * OW || a->C > CPU_C3S2_MAX_C || a->M % C3_NC) return 0;
-    /* vectors per row at i * VL, the last at OW - VL (overlapping); in pairs, a single last */
-    const int64_t nv = (OW + VL - 1) / VL;
-#define C3_X(i) ((i) == nv - 1 ? OW - VL : (i) * VL)
+    const int64_t OW = a->OW, W = a->W, H = a->H, C = a->C, RS = 2 * OW + 1, K = C * 9;
+    if (OW < VL || W != 2 * OW || C > CPU_C3S2_MAX_C || a->M % C3_NC) return 0;
+    if (!a->out) return 1;
+    float *zero = a->split + C * H * RS, *wq = zero + RS;
+    for (int64_t i = 0; i < RS; i++) zero[i] = 0.0f;
+    for (int64_t cy = 0; cy < C * H; cy++)
+        DW_SFX(c3s2_split)(a->in + cy * W, OW, a->split + cy * RS);
+    for (int64_t m = 0; m < a->M; m += C3_NC)
+        for (int64_t k = 0; k < K; k++)
+            for (int j = 0; j < C3_NC; j++) wq[(m * K) + k * C3_NC + j] = a->w[(m + j) * K + k];
+    /* steps of nv vectors at x0 = 0, nv VL, ..., the last at OW - nv VL (overlapping) */
+    const int nv = OW >= C3_NV * VL ? C3_NV : 1;
+    const int64_t step = nv * VL;
     for (int64_t oy = 0; oy < a->OH; oy++) {
         const float *r[3 * CPU_C3S2_MAX_C];
-        for (int64_t c = 0; c < a->C; c++)
+        for (int64_t c = 0; c < C; c++)
             for (int ky = 0; ky < 3; ky++) {
                 const int64_t iy = 2 * oy - a->pt + ky;
-                r[c * 3 + ky] =
-                    ((iy >= 0 && iy < a->H) ? a->in + (c * a->H + iy) * W : a->zero) - 1;
+                r[c * 3 + ky] = (iy >= 0 && iy < H) ? a->split + (c * H + iy) * RS : zero;
             }
-        for (int64_t m = 0; m < a->M; m += C3_NC) {
-            if (nv == 1) {
-                DW_SFX(c3s2_step)(a, r, m, oy, 0, 3, 0, 0, 0);
-                continue;
+        for (int64_t m = 0; m < a->M; m += C3_NC)
+            for (int64_t x0 = 0;; x0 += step) {
+                if (x0 + step > OW) x0 = OW - step;
+                if (nv == C3_NV)
+                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, C3_NV);
+                else
+                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, 1);
+                if (x0 + step >= OW) break;
             }
-            int64_t i = 0;
-            if (nv == 2)
-                DW_SFX(c3s2_step)(a, r, m, oy, 0, 1, 1, OW - VL, 2);
-            else
-                DW_SFX(c3s2_step)(a, r, m, oy, 0, 1, 1, VL, 0);
-            for (i = 2; i + 2 < nv; i += 2)
-                DW_SFX(c3s2_step)(a, r, m, oy, C3_X(i), 0, 1, C3_X(i + 1), 0);
-            if (i + 2 == nv)
-                DW_SFX(c3s2_step)(a, r, m, oy, C3_X(i), 0, 1, OW - VL, 2);
-            else if (i + 1 == nv)
-                DW_SFX(c3s2_step)(a, r, m, oy, OW - VL, 2, 0, 0, 0);
-        }
     }
-#undef C3_X
     return 1;
 }
 #undef C3_NC
-#undef DW_S2TAP
 #endif
 
 /* Over the even columns E (PH rows of OW + 1) then the odd columns O (PH rows of OW + 1, the
@@ -508,8 +555,30 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
 #if DW_MASKED
     if (a->pl == 1 && a->W == 2 * OW && OW >= VL) {
         const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
-        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, oy, 1);
-        if (oy < OH) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, oy, 0);
+        /* the rows whose column -1 / W are outside the input tensor, copied (CPU_DW_EDGE_FLOATS) */
+        float *edge = a->pad + PH * (PW + 1) + CPU_DW_PAD_SLACK + 16;
+        const int64_t W = a->W;
+        const float *top = a->in, *bot = a->in + (a->H - 1) * W;
+        if (top - 1 < a->in_lo) {
+            memcpy(edge, top, (size_t)W * sizeof(float));
+            top = edge;
+        }
+        if (bot + W + 1 > a->in_hi) {
+            memcpy(edge + W + 32, bot, (size_t)W * sizeof(float));
+            bot = edge + W + 32;
+        }
+        /* Relu / no clamp without the upper bound's min: 3-5 % (dw 32x48x48, 64x24x24) */
+#define DW_S2_ALL(lo_only)                                                                         \
+    do {                                                                                           \
+        for (; oy + 1 < OH; oy += 2)                                                               \
+            DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 1, lo_only);                     \
+        if (oy < OH) DW_SFX(dw_s2_rows_inplace)(&t, a, zero, top, bot, oy, 0, lo_only);            \
+    } while (0)
+        if (DW_LO_ONLY && a->hi == __builtin_inff())
+            DW_S2_ALL(1);
+        else
+            DW_S2_ALL(0);
+#undef DW_S2_ALL
         return;
     }
 #endif
@@ -597,6 +666,80 @@ DW_ATTR static inline __attribute__((always_inline)) void DW_SFX(pool_s2_step)(c
     ST(o, m);
 }
 
+/* Outputs 0 .. VL-1 of a row straight from the window's input rows r[0 .. nr) (nr a constant
+ * at the call where it can be): the max down the rows over two vectors (and, kw 3, the two at
+ * + 2), then across each output's columns from their even / odd split, all in registers. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(pool_direct_step)(const float *const *r, const int nr, const int k3, float *o)
+{
+    V a = LD(r[0]), b = LD(r[0] + VL), c = a, d = b, e, od;
+    if (k3) {
+        c = LD(r[0] + 2);
+        d = LD(r[0] + 2 + VL);
+    }
+    for (int t = 1; t < nr; t++) {
+        a = MAX(LD(r[t]), a);
+        b = MAX(LD(r[t] + VL), b);
+        if (k3) {
+            c = MAX(LD(r[t] + 2), c);
+            d = MAX(LD(r[t] + 2 + VL), d);
+        }
+    }
+    SPLIT2V(a, b, e, od);
+    V m = MAX(e, od);
+    if (k3) {
+        SPLIT2V(c, d, e, od);
+        m = MAX(e, m);
+    }
+    ST(o, m);
+}
+
+/* Stride-2 MaxPool over rows narrower than a vector (OW < VL) with no column padding: each output
+ * row straight from its input rows, one vector stored over the OW outputs (the next row's store
+ * overwrites the rest; output rows are contiguous), no row buffer. Reads run up to 2 VL + 2 floats
+ * from a row's start, into the rows after it; the rows that would read or write past the tensor
+ * go through local tiles. 128x12x12 2x2/2 (the edge CNN): the row-buffer path's two passes cost
+ * more in per-row overhead than the maxima themselves. */
+DW_ATTR static void DW_SFX(maxpool_s2_narrow)(const cpu_pool_geom *g, const float *x, float *y)
+{
+    const int64_t OW = g->OW, OH = g->OH, W = g->W, NC = g->N * g->C, TW = 2 * VL + 4;
+    const float *const xend = x + NC * g->H * W;
+    float *const yend = y + NC * OH * OW;
+    const int k3 = g->kw == 3;
+    float tile[CPU_POOL_MAX_KH][2 * VL + 4], to[VL];
+    for (int64_t i = 0; i < CPU_POOL_MAX_KH; i++)
+        for (int64_t j = 0; j < TW; j++) tile[i][j] = -FLT_MAX;
+    for (int64_t nc = 0; nc < NC; nc++) {
+        const float *p = x + nc * g->H * W;
+        for (int64_t oy = 0; oy < OH; oy++) {
+            const float *r[CPU_POOL_MAX_KH];
+            int nr = 0;
+            for (int64_t ky = 0; ky < g->kh; ky++) {
+                const int64_t iy = oy * g->sh - g->pt + ky * g->dh;
+                if (iy >= 0 && iy < g->H) r[nr++] = p + iy * W;
+            }
+            float *o = y + (nc * OH + oy) * OW;
+            if (!nr) {
+                for (int64_t ox = 0; ox < OW; ox++) o[ox] = -FLT_MAX;
+                continue;
+            }
+            if (r[nr - 1] + TW > xend) /* W <= 2 VL here: a row fits a tile row */
+                for (int t = 0; t < nr; t++) {
+                    memcpy(tile[t], r[t], (size_t)W * sizeof(float));
+                    r[t] = tile[t];
+                }
+            float *d = o + VL > yend ? to : o;
+            if (nr == 2)
+                DW_SFX(pool_direct_step)(r, 2, k3, d);
+            else if (nr == 3)
+                DW_SFX(pool_direct_step)(r, 3, k3, d);
+            else
+                DW_SFX(pool_direct_step)(r, nr, k3, d);
+            if (d == to) memcpy(o, to, (size_t)OW * sizeof(float));
+        }
+    }
+}
+
 /* MaxPool with column stride 2, a window 2 or 3 columns and at most CPU_POOL_MAX_KH rows (no
  * dilation), a chunk of
  * planes at a time: first the max over each output row's window rows into rowm (rows of PW,
@@ -606,6 +749,10 @@ DW_ATTR static inline __attribute__((always_inline)) void DW_SFX(pool_s2_step)(c
 DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, float *y, float *rowm)
 {
     const int64_t OW = g->OW, OH = g->OH, PW = (OW - 1) * 2 + g->kw, NC = g->N * g->C;
+    if (OW < VL && g->pl == 0 && PW <= g->W && g->W <= 2 * VL) { /* narrow, no column padding */
+        DW_SFX(maxpool_s2_narrow)(g, x, y);
+        return;
+    }
     const int64_t px0 = g->pl < PW ? g->pl : PW;
     const int64_t px1 = (g->W + g->pl) < PW ? (g->W + g->pl) : PW;
     const int64_t nin = px1 > px0 ? px1 - px0 : 0;
@@ -675,10 +822,16 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef MAX
 #undef MIN
 #undef SPLIT2
+#undef SPLIT2V
 #undef DW_MASKED
 #undef DW_ROWS4
+#undef DW_LO_ONLY
 #undef MLD_FIRST0
 #undef MLD_LAST0
+#undef S2_FIRST
+#undef S2_LAST
 #undef S2_EVEN
 #undef S2_ODD
 #undef S2_UNPERM
+#undef C3_NV
+#undef C3_ROW_FMAS
