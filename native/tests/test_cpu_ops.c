@@ -467,18 +467,29 @@ static void test_conv(void)
     test_conv_case(&dw, 1, 2 | 4, "dw+Add+Relu");
     const conv_p dwr = {1, 8, 9, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8}; /* >= 1 AVX-512 vector */
     test_conv_case(&dwr, 1, 1 | 2 | 8, "dw+BN+Add+Clip, rows read in place");
+    /* rows of >= 2 AVX-512 vectors (narrower ones run the AVX2 kernels in the AVX-512 set):
+     * two exactly, and an overlapping last one */
+    const conv_p dww[] = {
+        {1, 4, 7, 32, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4},
+        {1, 3, 9, 45, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3},
+    };
+    test_conv_list(dww, sizeof dww / sizeof dww[0], "dw rows of >= 2 AVX-512 vectors");
     test_conv_case(&dw2, 0, 1 | 4, "dw s2+BN+Relu");
     const conv_p dw2w = {1, 6, 12, 37, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6}; /* rows of 19 */
     test_conv_case(&dw2w, 1, 1 | 2 | 4, "dw s2+BN+Add+Relu, two rows per pass");
     /* Stride 2 read in place (pl 1, W == 2 OW >= 2 VL): one AVX2 vector, AVX2 with an
-     * overlapping last vector (AVX-512: the split path), one AVX-512 vector, several; odd H and
-     * top pad 0 (rows outside the image below it). */
+     * overlapping last vector, one AVX-512 vector, several (the AVX-512 set runs the AVX2 kernel
+     * below OW 32: the last three are its own, two vectors, an overlapping last one, three); odd
+     * H and top pad 0 (rows outside the image below it). */
     const conv_p dw2p[] = {
         {1, 5, 16, 16, 5, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 5},
         {1, 4, 11, 24, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},
         {1, 3, 32, 32, 3, 3, 3, 2, 2, 1, 1, 0, 1, 2, 1, 3},
         {2, 4, 13, 48, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 4},
         {1, 3, 9, 56, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 1, 3},
+        {1, 3, 9, 64, 3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 3},
+        {1, 2, 10, 74, 2, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 2},
+        {1, 2, 7, 96, 2, 3, 3, 2, 2, 1, 1, 0, 1, 1, 1, 2},
     };
     test_conv_list(dw2p, sizeof dw2p / sizeof dw2p[0], "dw s2 in place");
     /* Dense 3x3/2 with few input channels over its column split (pl 1, W == 2 OW >= 2 VL,
@@ -1041,6 +1052,7 @@ static void test_pool(void)
         {1, 1, 1, 4, 5, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* one output row of 2 */
         {1, 3, 64, 12, 12, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* the edge CNN's, 64 planes */
         {1, 1, 2, 8, 16, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0}, /* OW 8: AVX2 one vector */
+        {1, 2, 3, 9, 112, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 0}, /* OW 56: the AVX-512 kernel */
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) test_pool_case(&fixed[i]);
 }

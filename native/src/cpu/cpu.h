@@ -107,6 +107,11 @@ void cpu_dw3x3s2_avx512(const cpu_dw_args *a);
 int cpu_conv3x3s2_avx512(const cpu_c3s2_args *a);
 void cpu_maxpool_s2_avx512(const struct cpu_pool_geom *g, const float *x, float *y,
                            float *rowm);
+/* the AVX-512 set's entries: the AVX-512 kernels, or the AVX2 ones on narrow rows (planes.c) */
+void cpu_dw3x3s1_avx512set(const cpu_dw_args *a);
+void cpu_dw3x3s2_avx512set(const cpu_dw_args *a);
+void cpu_maxpool_s2_avx512set(const struct cpu_pool_geom *g, const float *x, float *y,
+                              float *rowm);
 #endif
 
 /* Max pooling of every plane (ops.c; the stride-2 kernels are in planes.c). scratch: one row of
