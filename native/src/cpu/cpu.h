@@ -88,11 +88,13 @@ struct cpu_pool_geom;
 #define CPU_POOL_MAX_KH 16 /* window rows the stride-2 kernel takes (more: the general loop) */
 void cpu_dw3x3s1_portable(const cpu_dw_args *a);
 void cpu_dw3x3s2_portable(const cpu_dw_args *a);
+int cpu_conv3x3s2_portable(const cpu_c3s2_args *a);
 void cpu_maxpool_s2_portable(const struct cpu_pool_geom *g, const float *x, float *y,
                              float *rowm);
 #if defined(__aarch64__)
 void cpu_dw3x3s1_neon(const cpu_dw_args *a);
 void cpu_dw3x3s2_neon(const cpu_dw_args *a);
+int cpu_conv3x3s2_neon(const cpu_c3s2_args *a);
 void cpu_maxpool_s2_neon(const struct cpu_pool_geom *g, const float *x, float *y,
                          float *rowm);
 #endif

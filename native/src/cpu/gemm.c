@@ -843,10 +843,10 @@ static const cpu_isa isa_portable = {
 #endif
     #if defined(__aarch64__)
     P_MR, P_NR, uk_portable_full, sgemm_portable, cpu_dw3x3s1_neon, cpu_dw3x3s2_neon,
-    cpu_maxpool_s2_neon, NULL};
+    cpu_maxpool_s2_neon, cpu_conv3x3s2_neon};
 #else
     P_MR, P_NR, uk_portable_full, sgemm_portable, cpu_dw3x3s1_portable,
-    cpu_dw3x3s2_portable, cpu_maxpool_s2_portable, NULL};
+    cpu_dw3x3s2_portable, cpu_maxpool_s2_portable, cpu_conv3x3s2_portable};
 #endif
 const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
 

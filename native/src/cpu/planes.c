@@ -1,6 +1,6 @@
 /*
  * planes.c — per-plane vector kernels of each kernel set: the 3x3 depthwise convs (stride 1 and
- * 2), stride-2 max pooling and (AVX2 / AVX-512) the 3x3/2 conv with few input channels. The body in planes_body.h is written once over a vector type and
+ * 2), stride-2 max pooling and the 3x3/2 conv with few input channels. The body in planes_body.h is written once over a vector type and
  * instantiated here per set (portable GCC vectors, AVX2+FMA, AVX-512, NEON), so every set runs
  * the same blocking. conv.c / ops.c pick the kernel (cpu_isa.dw3x3s1 / dw3x3s2 / maxpool_s2 / conv3x3s2);
  * conv.c owns the zero border of the depthwise padded plane.
@@ -53,6 +53,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define DW_MASKED 0
 #define DW_ROWS4 1
 #define DW_LO_ONLY 0
+#define C3_NV 3
 /* (element-wise: GCC's __builtin_shuffle and clang's __builtin_shufflevector differ) */
 #define SPLIT2V(v0, v1, e, o)                                                                      \
     do {                                                                                           \
@@ -76,6 +77,7 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define DW_MASKED 0
 #define DW_ROWS4 1
 #define DW_LO_ONLY 0
+#define C3_NV 3 /* 12 accumulators + 3 taps + 1 weight of the 32 q registers */
 #define MAX(a, b) vmaxq_f32((a), (b))
 #define MIN(a, b) vminq_f32((a), (b))
 #define SPLIT2V(v0, v1, e, o)                                                                      \
