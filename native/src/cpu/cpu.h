@@ -129,7 +129,6 @@ typedef void (*cpu_sgemm_fn)(int64_t M, int64_t N, int64_t K, const float *a, in
 typedef struct cpu_isa {
     const char *name;     /* "avx512f", "avx2+fma", "neon", "generic" */
     int mr, nr;
-    cpu_ukernel_fn ukernel;
     cpu_sgemm_fn sgemm;   /* the GEMM driver compiled for this ISA (see cpu_sgemm) */
     cpu_dw_fn dw3x3s1;    /* 3x3, stride 1, dilation 1 */
     cpu_dw_fn dw3x3s2;    /* 3x3, stride 2, dilation 1, over even/odd column planes */

@@ -842,19 +842,19 @@ static const cpu_isa isa_portable = {
     "generic",
 #endif
     #if defined(__aarch64__)
-    P_MR, P_NR, uk_portable_full, sgemm_portable, cpu_dw3x3s1_neon, cpu_dw3x3s2_neon,
+    P_MR, P_NR, sgemm_portable, cpu_dw3x3s1_neon, cpu_dw3x3s2_neon,
     cpu_maxpool_s2_neon, cpu_conv3x3s2_neon};
 #else
-    P_MR, P_NR, uk_portable_full, sgemm_portable, cpu_dw3x3s1_portable,
+    P_MR, P_NR, sgemm_portable, cpu_dw3x3s1_portable,
     cpu_dw3x3s2_portable, cpu_maxpool_s2_portable, cpu_conv3x3s2_portable};
 #endif
 const cpu_isa *cpu_isa_portable(void) { return &isa_portable; }
 
 #if defined(CPU_HAVE_X86)
-static const cpu_isa isa_avx512 = {"avx512f",          8,  32, uk_avx512_full, sgemm_avx512,
+static const cpu_isa isa_avx512 = {"avx512f", 8, 32, sgemm_avx512,
                                    cpu_dw3x3s1_avx512set, cpu_dw3x3s2_avx512set,
                                    cpu_maxpool_s2_avx512set, cpu_conv3x3s2_avx512};
-static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, uk_avx2_full, sgemm_avx2, cpu_dw3x3s1_avx2,
+static const cpu_isa isa_avx2 = {"avx2+fma", 6, 16, sgemm_avx2, cpu_dw3x3s1_avx2,
                                  cpu_dw3x3s2_avx2, cpu_maxpool_s2_avx2, cpu_conv3x3s2_avx2};
 const cpu_isa *cpu_isa_avx512(void) { return &isa_avx512; }
 const cpu_isa *cpu_isa_avx2(void) { return &isa_avx2; }
