@@ -207,6 +207,28 @@ def test_back_to_back_drops_are_taken_at_once(s, tmp_path):
     wait_until(lambda: _files(os.path.join(s.drop, "applied")) == want, what="all five in applied/")
 
 
+def test_taken_files_leave_by_link_and_a_cut_off_move_is_finished_on_start(s, tmp_path):
+    """A handled file leaves the drop folder by link + unlink (no IN_MOVED_FROM for watchdog to
+    hold back): applied/ has the same inode the drop had. A move cut off between the two (the
+    file in both places, as after a kill -9) is finished at the next start, not taken again."""
+    s.start()
+    outside = str(tmp_path / "p1.safetensors")
+    seed_package(outside, 2, 1, s.fp)
+    ino = os.stat(outside).st_ino
+    os.rename(outside, os.path.join(s.drop, "v1.safetensors"))
+    wait_until(lambda: "v1.safetensors.reason" in _files(os.path.join(s.drop, "applied")), what="applied")
+    assert os.stat(os.path.join(s.drop, "applied", "v1.safetensors")).st_ino == ino
+    s.watcher.stop()
+    os.link(os.path.join(s.drop, "applied", "v1.safetensors"), os.path.join(s.drop, "v1.safetensors"))
+    n_outcomes = len(s.outcomes)
+    s.start()
+    assert "v1.safetensors" not in _files(s.drop)
+    assert '"watch.cleaned"' in s.log.getvalue() and "in/v1.safetensors" in s.log.getvalue()
+    time.sleep(0.3)  # nothing is offered: no second outcome, applied/ holds one copy
+    assert len(s.outcomes) == n_outcomes
+    assert _files(os.path.join(s.drop, "applied")) == ["v1.safetensors", "v1.safetensors.reason"]
+
+
 def test_a_late_sig_is_paired_within_the_settle_time(s, tmp_path):
     """NAME.sig copied in after NAME (within watch.signature_settle) travels in NAME's delivery
     and moves with it; a package whose .sig never comes is delivered unsigned after the wait."""

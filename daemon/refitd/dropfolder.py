@@ -10,6 +10,13 @@ Retention (``prune``): an unattended box must not keep every package it was ever
 update a second is ~220 MB/h; one 100 MB update a day ~36 GB a year, on the store's disk). An
 entry is a file plus its companions (``.sig``, ``.reason``); entries go whole, oldest first (by
 the file's mtime: when it was moved there).
+
+A handled file leaves the folder by a hard link into the subfolder and an unlink, not a rename:
+inotify reports a rename out of a watched directory as IN_MOVED_FROM, which watchdog holds back
+0.5 s waiting for its IN_MOVED_TO (and, racing its reader, sometimes even when the pair comes),
+and every later drop waits behind it. A link + unlink is IN_CREATE + IN_DELETE, delayed by
+nothing. A crash between the two leaves the file in both places; ``finish_moves`` ends the move
+on the next start.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from typing import Iterable, List, Optional, Set, Tuple
 
 from .atomic import TMP_PREFIX, write_atomic
 
-__all__ = ["complete_name", "move_aside", "prune", "remove_leftovers", "Claims"]
+__all__ = ["complete_name", "move_aside", "finish_moves", "prune", "remove_leftovers", "Claims"]
 
 _COMPANIONS = (".sig", ".reason")
 
@@ -76,16 +83,54 @@ def move_aside(folder: str, sub: str, name: str, reason: Optional[str] = None,
         src = os.path.join(folder, name + suffix)
         if os.path.exists(src):
             try:
-                os.replace(src, os.path.join(dest_dir, dest_name + suffix))
+                _move(src, os.path.join(dest_dir, dest_name + suffix))
             except OSError:
                 pass
     try:
-        os.replace(os.path.join(folder, name), os.path.join(dest_dir, dest_name))
+        _move(os.path.join(folder, name), os.path.join(dest_dir, dest_name))
     except FileNotFoundError:
         pass
     if failed is not None:
         raise failed
     return dest_name
+
+
+def _move(src: str, dst: str) -> None:
+    """``src`` to ``dst`` (same file system) by link + unlink; a rename where the file system
+    has no hard links or ``dst`` exists."""
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:
+        raise
+    except OSError:  # EPERM / ENOTSUP / EMLINK (vfat, some FUSE), EEXIST
+        os.replace(src, dst)
+        return
+    os.unlink(src)
+
+
+def finish_moves(folder: str, subs: Iterable[str]) -> List[str]:
+    """Unlinks the files of ``folder`` that are also in one of its ``subs`` (the same inode: a
+    move_aside cut off between its link and its unlink). Returns their names."""
+    handled = set()
+    for sub in subs:
+        try:
+            with os.scandir(os.path.join(folder, sub)) as it:
+                for e in it:
+                    st = e.stat(follow_symlinks=False)
+                    if st.st_nlink > 1:
+                        handled.add((st.st_dev, st.st_ino))
+        except FileNotFoundError:
+            continue
+    done = []
+    if not handled:
+        return done
+    with os.scandir(folder) as it:
+        for e in it:
+            st = e.stat(follow_symlinks=False)
+            if st.st_nlink > 1 and (st.st_dev, st.st_ino) in handled:
+                os.unlink(e.path)
+                done.append(e.name)
+    return done
 
 
 def remove_leftovers(d: str) -> List[str]:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 from watchdog.events import FileSystemEventHandler
 
 from ..delivery import Delivery, read_signature
-from ..dropfolder import Claims, complete_name, move_aside, prune, remove_leftovers
+from ..dropfolder import Claims, complete_name, finish_moves, move_aside, prune, remove_leftovers
 from ..package import SIGNATURE_SUFFIX, PackageError
 from ..pipeline import ALREADY_SERVING_STAGE, already_serving_text
 from .base import Channel, register
@@ -122,12 +122,12 @@ class DropWatcher(Channel):
             os.makedirs(d, exist_ok=True)
             for leftover in remove_leftovers(d):  # a crash while writing a .reason
                 self.events.emit("watch.cleaned", path=leftover)
+        for name in finish_moves(self.path, (APPLIED, REJECTED)):  # a crash while moving aside
+            self.events.emit("watch.cleaned", path=os.path.join(self.path, name))
         self._observer = _make_observer()
-        # Recursive, although only top-level files are taken: moving a taken file into applied/
-        # or rejected/ must be seen as a move *within* the watched tree. Watched non-recursively
-        # it is an unmatched "moved out", which watchdog holds back 0.5 s waiting for its pair —
-        # and every drop queued behind it waits too.
-        self._observer.schedule(_Handler(self), self.path, recursive=True)
+        # Only the top level: a taken file leaves it by link + unlink (dropfolder), so no
+        # "moved out" event stalls watchdog's queue, and applied/ and rejected/ are not watched.
+        self._observer.schedule(_Handler(self), self.path, recursive=False)
         self._observer.daemon = True
         self._observer.start()
         # Files dropped while we were down (after the observer is up, so nothing falls between).
