@@ -516,7 +516,7 @@ static void test_conv(void)
         /* The direct path is a plan-time choice per kernel set (the profiler's Conv[direct]),
          * with nothing prepared and only its own scratch; other geometries stay wide. */
         const cpu_isa *isa = cpu_isa_select();
-        cpu_conv_geom st = {1, 3, 96, 96, 16, 48, 48, 3, 3, 2, 2, 1, 1, 1, 1, 1};
+        cpu_conv_geom st = {1, 3, 96, 96, 16, 48, 48, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0};
         const int direct = isa->conv3x3s2 != NULL;
         CHECK(cpu_conv_path(isa, &st) == (direct ? CPU_CONV_C3S2 : CPU_CONV_WIDE),
               "stem path %d (kernel set %s)", cpu_conv_path(isa, &st), isa->name);
@@ -540,6 +540,149 @@ static void test_conv(void)
     test_conv_case(&wg, 0, 1 | 2 | 4, "winograd+BN+Add+Relu");
     test_conv_case(&wg, 1, 1 | 8, "winograd+BN+Clip");
     test_epilogue_shapes();
+}
+
+/* ---- the row-split layout between depthwise convs (cpu.h, backend.c plan_split) ----------- */
+
+/* A chain of convs, each + Relu (or Clip(0, 6)), from the string `layers`: 's' the small-C
+ * 3x3/2 first layer (C0 -> C), 'd' depthwise 3x3/1 "same", 'D' depthwise 3x3/2 (pads pt2, 1,
+ * 1, 1), 'p' 1x1 to the next entry of `widths`, 'o' the value so far also a graph output
+ * (nothing may see the layout, so the chain breaks there). Compared with the references layer
+ * by layer (each layer's input rounded to float, as the kernels read it); `want`: each conv
+ * step's CPU_SPLIT_* flags as digits, or NULL. */
+typedef struct split_p {
+    int N, C0, H, W; /* the input (with 's': C0 channels, else widths[0]) */
+    const char *layers;
+    int widths[8];
+    int clip, pt2;
+    const char *want;
+} split_p;
+
+static void test_split_chain(const split_p *sp, const char *label)
+{
+    tg *t = tg_new();
+    const int has_stem = sp->layers[0] == 's';
+    int C = has_stem ? sp->C0 : sp->widths[0], H = sp->H, W = sp->W, wi = has_stem ? 0 : 1;
+    const int x = tg_input(t, DIMS(sp->N, C, H, W));
+    int cur = x, n_conv = 0;
+    conv_p ps[16];
+    int wv[16];
+    for (const char *l = sp->layers; *l; l++) {
+        if (*l == 'o') {
+            tg_output(t, cur);
+            continue;
+        }
+        conv_p p = {sp->N, C, H, W, C, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, C};
+        if (*l == 's') p.M = sp->widths[0], p.sh = p.sw = 2, p.group = 1;
+        if (*l == 'D') p.sh = p.sw = 2, p.pt = sp->pt2;
+        if (*l == 'p') {
+            p.M = sp->widths[wi++];
+            p.kh = p.kw = 1;
+            p.pt = p.pl = p.pb = p.pr = 0;
+            p.group = 1;
+        }
+        const int OH = conv_oh(&p), OW = conv_ow(&p);
+        const int w = tg_weight(t, DIMS(p.M, p.C / p.group, p.kh, p.kw));
+        rt_attrs a = def_attrs();
+        a.kernel[0] = p.kh;
+        a.kernel[1] = p.kw;
+        a.strides[0] = p.sh;
+        a.strides[1] = p.sw;
+        a.pads[0] = p.pt;
+        a.pads[1] = p.pl;
+        a.pads[2] = p.pb;
+        a.pads[3] = p.pr;
+        a.group = p.group;
+        int ins[2] = {cur, w};
+        cur = tg_node(t, RT_OP_CONV, 2, ins, DIMS(p.N, p.M, OH, OW), &a);
+        if (sp->clip) {
+            rt_attrs ca = def_attrs();
+            ca.clip_min = 0.0f;
+            ca.clip_max = 6.0f;
+            cur = tg_node(t, RT_OP_CLIP, 1, &cur, DIMS(p.N, p.M, OH, OW), &ca);
+        } else {
+            cur = tg_node(t, RT_OP_RELU, 1, &cur, DIMS(p.N, p.M, OH, OW), NULL);
+        }
+        ps[n_conv] = p;
+        wv[n_conv++] = w;
+        C = p.M, H = OH, W = OW;
+    }
+    tg_output(t, cur);
+    runner r;
+    int rc = tg_plan(t, &r);
+    CHECK(rc == 0, "%s: plan: %s", label, r.err);
+    if (rc) {
+        tg_unplan(&r);
+        tg_free(t);
+        return;
+    }
+    char got[17] = "";
+    for (int i = 0; i < n_conv && i < 16; i++) got[i] = (char)('0' + cpu_plan_split(r.plan, i));
+    CHECK(!sp->want || strcmp(got, sp->want) == 0, "%s: split flags %s, expected %s", label, got,
+          sp->want);
+    /* at least the stride-2 convs read the layout wherever the plan allows it */
+    float *outs[8];
+    rc = tg_run(t, &r, outs);
+    CHECK(rc == 0, "%s: run: %s", label, r.err);
+    /* the reference, layer by layer */
+    size_t nx = (size_t)ps[0].N * ps[0].C * ps[0].H * ps[0].W;
+    float *in = malloc(nx * sizeof(float));
+    memcpy(in, vdata(t, x), nx * sizeof(float));
+    double *ref = NULL;
+    size_t ny = 0;
+    for (int i = 0; i < n_conv; i++) {
+        const conv_p *p = &ps[i];
+        ny = (size_t)p->N * p->M * conv_oh(p) * conv_ow(p);
+        free(ref);
+        ref = malloc(ny * sizeof(double));
+        ref_conv(p, in, vdata(t, wv[i]), NULL, ref);
+        ref_clamp(ref, ny, 0, sp->clip ? 6 : INFINITY);
+        free(in);
+        in = malloc(ny * sizeof(float));
+        for (size_t k = 0; k < ny; k++) in[k] = (float)ref[k];
+    }
+    char why[160] = "";
+    const int last = t->g.n_outputs - 1;
+    CHECK(rc == 0 && close_enough(outs[last], ref, ny, 1e-4, 1e-4, why, sizeof why),
+          "%s (%s, %dx%d): %s", label, sp->layers, sp->H, sp->W, why);
+    for (int j = 0; j < t->g.n_outputs; j++)
+        if (rc == 0) free(outs[j]);
+    free(in);
+    free(ref);
+    tg_unplan(&r);
+    tg_free(t);
+}
+
+static void test_split_layout(void)
+{
+    /* The edge CNN's shape of chain (first layer, then depthwise / pointwise pairs, stride 2
+     * every other): the split starts at the first layer's stores, the stride-1 depthwise convs
+     * read and write it, the first stride-2 one writes it on for the next pair. The flag
+     * string holds on every kernel set: the first layer's direct kernel takes 48 columns on all. */
+    const split_p cases[] = {
+        {1, 3, 14, 96, "sdpDpdpD", {8, 12, 12, 16}, 0, 1, "23030301"},
+        {1, 3, 11, 96, "sdpDpdpD", {8, 12, 12, 16}, 1, 0, "23030301"}, /* Clip; odd H; pt 0 */
+        /* no first layer: the stride-1 depthwise conv splits its plain input on the way out */
+        {2, 0, 9, 32, "dpD", {4, 8}, 0, 1, "201"},
+        /* a graph output in the chain: nothing is split */
+        {1, 0, 9, 32, "dpoD", {4, 8}, 0, 1, "000"},
+        /* a non-depthwise producer (a 1x1 conv of the graph input): nothing to split it */
+        {1, 0, 8, 32, "pD", {4, 8}, 0, 1, "00"},
+        /* rows of 16 (one AVX2 vector per half row), 20 (overlapping), 12 and 8 (under one
+         * AVX2 vector: the scalar / plain-then-split paths), 64 (AVX-512 vectors) */
+        {1, 0, 8, 16, "dpDpdpD", {4, 6, 6, 8}, 0, 1, NULL},
+        {1, 0, 9, 40, "dpDpdpD", {4, 6, 6, 8}, 1, 1, NULL},
+        {1, 0, 7, 12, "dpDpdpD", {3, 5, 5, 6}, 0, 1, NULL},
+        {1, 0, 6, 8, "dpD", {3, 5}, 1, 0, NULL},
+        {1, 0, 9, 64, "dpDpdpD", {3, 5, 5, 6}, 0, 1, NULL},
+        {1, 0, 10, 128, "dpDpdpD", {2, 3, 3, 4}, 1, 1, NULL},
+        {1, 3, 9, 36, "sdpD", {8, 8}, 0, 1, NULL},
+    };
+    char label[40];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(label, sizeof label, "split chain %zu", i);
+        test_split_chain(&cases[i], label);
+    }
 }
 
 /* Gemm with every transpose / C shape, alpha/beta, M == 1 (GEMV) and M > 1, + fused Relu. */
@@ -1516,6 +1659,7 @@ static void test_refusals(void)
 static void run_all(void)
 {
     test_conv();
+    test_split_layout();
     test_gemm();
     test_mlp();
     test_matmul();

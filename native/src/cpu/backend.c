@@ -644,6 +644,66 @@ static int step_reads(const cpu_step *s, int *out)
     return n;
 }
 
+/* A step that maps each pixel of its input to the same pixel of its output (a 1x1 conv, BN,
+ * Relu/Clip), so it runs unchanged over the row-split layout; a residual would be another
+ * tensor, in the plain layout. */
+static int layout_blind(const cpu_step *s)
+{
+    if (s->res_val >= 0) return 0;
+    if (s->kind == ST_CONV) return cpu_conv_kind(&s->conv) == CPU_CONV_1X1;
+    return s->kind == ST_BN || (s->kind == ST_CLAMP && s->n_in > 0);
+}
+
+/* Whether step q can write the row-split layout (cpu.h): the direct small-C 3x3/2 conv (a
+ * first layer) or a depthwise conv cpu_dw_split_ok takes, no residual, OW even. */
+static int split_writer(const cpu_isa *isa, const cpu_step *q)
+{
+    if (q->kind != ST_CONV || q->res_val >= 0 || q->conv.OW % 2) return 0;
+    if (cpu_conv_path(isa, &q->conv) == CPU_CONV_C3S2) return 1;
+    return cpu_dw_split_ok(&q->conv, q->conv.split | CPU_SPLIT_OUT);
+}
+
+/* Has value v (read by step `at`) written in the row-split layout: its producer, reached
+ * through layout-blind steps, each value on the way read by the next step alone and not a graph
+ * output (so nothing else sees the layout). A 3x3/1 depthwise producer that can read the layout
+ * writes it at no cost (no shuffles), so the split moves on to its own producer where it can:
+ * to a first layer whose stores absorb it, or to a stride-2 depthwise conv with fewer outputs.
+ * Returns 1 if v is written split. */
+static int split_from(const rt_graph *g, const plan_tmp *t, cpu_plan *p, int at, int v)
+{
+    for (;;) {
+        if (v < 0 || sole_consumer(g, t, v) < 0) return 0;
+        int pi = -1;
+        for (int k = at - 1; k >= 0 && pi < 0; k--)
+            if (p->steps[k].out_value == v) pi = k;
+        if (pi < 0) return 0;
+        cpu_step *q = &p->steps[pi];
+        if (split_writer(p->isa, q)) {
+            q->conv.split |= CPU_SPLIT_OUT;
+            if (q->conv.sh == 1 && cpu_dw_split_ok(&q->conv, CPU_SPLIT_IN | CPU_SPLIT_OUT) &&
+                split_from(g, t, p, pi, q->in_val[0]))
+                q->conv.split |= CPU_SPLIT_IN;
+            return 1;
+        }
+        if (!layout_blind(q)) return 0;
+        v = q->in_val[0];
+        at = pi;
+    }
+}
+
+/* The row-split layout into every 3x3/2 depthwise conv that can read it (its even / odd
+ * deinterleave, the costliest part of that kernel, then happens once, upstream, or not at all). */
+static void plan_split(const rt_graph *g, const plan_tmp *t, cpu_plan *p)
+{
+    for (int si = 0; si < p->n_steps; si++) {
+        cpu_step *s = &p->steps[si];
+        if (s->kind != ST_CONV || s->res_val >= 0 || s->conv.sh != 2 ||
+            !cpu_dw_split_ok(&s->conv, CPU_SPLIT_IN))
+            continue;
+        if (split_from(g, t, p, si, s->in_val[0])) s->conv.split |= CPU_SPLIT_IN;
+    }
+}
+
 /* The kernel set the engine asked for (backend.isa), checked against this CPU. */
 static int pick_isa(const char *name, const cpu_isa **isa, char *err, size_t errlen)
 {
@@ -799,6 +859,8 @@ static int plan_build(const rt_graph *g, const rt_backend_config *cfg, const cpu
         }
         p->n_steps++;
     }
+
+    if (!t.nofuse) plan_split(g, &t, p); /* a dump plan keeps every value plain */
 
     /* Storage: graph inputs/weights/consts in place, graph outputs in the caller's buffers,
      * aliases share their root, the rest in the arena. Liveness over step indices. */
@@ -1433,6 +1495,12 @@ static int cpu_weights_verify(void *plan, const void *live, const void *staged,
 
 int cpu_plan_steps(const void *plan) { return ((const cpu_plan *)plan)->n_steps; }
 size_t cpu_plan_arena_bytes(const void *plan) { return ((const cpu_plan *)plan)->arena_bytes; }
+int cpu_plan_split(const void *plan, int step)
+{
+    const cpu_plan *p = plan;
+    return step >= 0 && step < p->n_steps && p->steps[step].kind == ST_CONV ? p->steps[step].conv.split
+                                                                            : 0;
+}
 const char *cpu_plan_isa(const void *plan) { return ((const cpu_plan *)plan)->isa->name; }
 
 int cpu_prepared_shares(const void *plan, const void *a, const void *b, int step)

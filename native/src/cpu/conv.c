@@ -45,6 +45,25 @@ static void dw_pad_dims(const cpu_conv_geom *g, int64_t *PH, int64_t *PW)
     *PW = (g->OW - 1) * g->sw + (g->kw - 1) * g->dw + 1;
 }
 
+static int64_t dw_split_floats(const cpu_conv_geom *g)
+{
+    return g->H * g->W + g->OH * g->OW + CPU_DW_PAD_SLACK;
+}
+
+int cpu_dw_split_ok(const cpu_conv_geom *g, int split)
+{
+    if (cpu_conv_kind(g) != CPU_CONV_DW || g->kh != 3 || g->kw != 3 || g->dh != 1 || g->dw != 1)
+        return 0;
+    const int s1 = g->sh == 1 && g->sw == 1, s2 = g->sh == 2 && g->sw == 2;
+    const int same = g->pt == 1 && g->pl == 1 && g->OH == g->H && g->OW == g->W;
+    const int in_ok = (s2 && g->pl == 1 && g->W == 2 * g->OW) || (s1 && same && g->W % 2 == 0);
+    if (split & CPU_SPLIT_IN && !in_ok) return 0;
+    /* writing it: stride 1 (plain input or, "same", split), stride 2 only from a split input */
+    if (split & CPU_SPLIT_OUT)
+        return g->OW % 2 == 0 && (s1 || (s2 && (split & CPU_SPLIT_IN) && in_ok));
+    return 1;
+}
+
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
 {
     switch (cpu_conv_path(isa, g)) {
@@ -65,8 +84,9 @@ size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
     case CPU_CONV_DW: {
         int64_t PH, PW;
         dw_pad_dims(g, &PH, &PW);
-        /* + 1: stride 2's odd-column plane */
-        return (size_t)(PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W));
+        /* + 1: stride 2's odd-column plane; then the row-split layout's plane */
+        const int64_t npad = PH * (PW + 1) + CPU_DW_PAD_SLACK + CPU_DW_EDGE_FLOATS(g->W);
+        return (size_t)(g->split ? a16(npad) + dw_split_floats(g) : npad);
     }
     default: {
         const int64_t Wp = (g->W + g->sw - 1) / g->sw;
@@ -184,6 +204,8 @@ static void conv_dw(const cpu_isa *isa, const cpu_conv_geom *g, const float *x, 
     a.lo = epi ? epi->lo : -__builtin_inff();
     a.hi = epi ? epi->hi : __builtin_inff();
     a.pad = pad;
+    a.split = g->split;
+    a.tmp = pad + a16((int64_t)npad); /* cpu_conv_scratch: the split plane after the pad */
     a.in_lo = x;
     a.in_hi = x + g->N * g->C * g->H * g->W;
     for (int64_t n = 0; n < g->N; n++) {
@@ -335,6 +357,7 @@ static int conv_c3s2(const cpu_isa *isa, const cpu_conv_geom *g, const float *x,
     a.lo = epi ? epi->lo : -__builtin_inff();
     a.hi = epi ? epi->hi : __builtin_inff();
     a.split = scratch; /* cpu_conv_scratch counts it */
+    a.split_out = (g->split & CPU_SPLIT_OUT) != 0;
     for (int64_t n = 0; n < g->N; n++) {
         a.in = x + n * g->C * g->H * g->W;
         a.out = y + n * g->M * g->OH * g->OW;

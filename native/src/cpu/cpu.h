@@ -53,7 +53,17 @@ typedef struct cpu_dw_args {
     const float *res;     /* OH x OW or NULL */
     float lo, hi;
     float *pad;           /* zero-padded plane, (OH-1)*sh+(kh-1)*dh+1 rows of (OW-1)*sw+(kw-1)*dw+1 */
+    int split;            /* CPU_SPLIT_IN (3x3/2) / CPU_SPLIT_OUT (3x3/1), or 0 */
+    float *tmp;           /* with split: H*W + OH*OW + CPU_DW_PAD_SLACK floats of scratch */
 } cpu_dw_args;
+/* Row-split layout of a plane with even W: each row holds its W/2 even columns, then its W/2 odd
+ * ones. A 3x3/1 depthwise conv writes it (CPU_SPLIT_OUT) when its output reaches a 3x3/2
+ * depthwise conv through layout-blind steps only (1x1 convs, BatchNormalization, Relu/Clip:
+ * backend.c, plan_split), which reads it (CPU_SPLIT_IN) with unit-stride loads and no even/odd
+ * shuffles: the split costs one pass over the producer's channels instead of the deinterleave
+ * of every input row in the consumer, which has more channels and reads each row 1.5 times. */
+#define CPU_SPLIT_IN 1
+#define CPU_SPLIT_OUT 2
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);
 /* A dense 3x3 stride-2 conv with few input channels (a first layer), pl == 1 and W == 2 OW, for
  * the sets that define C3_NV (planes.c): out = clamp(acc * scale + bias (+ res)). */
@@ -67,6 +77,7 @@ typedef struct cpu_c3s2_args {
     float lo, hi;
     float *out;              /* M x OH x OW */
     float *split;            /* CPU_C3S2_SCRATCH(C, H, M, OW) floats of scratch */
+    int split_out;           /* out in the row-split layout (CPU_SPLIT_OUT; OW even) */
 } cpu_c3s2_args;
 /* 1 if done; 0 if the geometry is not the kernel's (the caller takes another path). With
  * out == NULL only that answer (cpu_conv_path, at plan time). */
@@ -192,6 +203,7 @@ typedef struct cpu_conv_geom {
     int64_t N, C, H, W;       /* input */
     int64_t M, OH, OW;        /* output channels, spatial */
     int64_t kh, kw, sh, sw, dh, dw, pt, pl, group;
+    int split;                /* depthwise: CPU_SPLIT_IN / CPU_SPLIT_OUT (cpu_dw_args), or 0 */
 } cpu_conv_geom;
 
 enum {
@@ -213,6 +225,10 @@ size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
 int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
                      const float *row_scale, float *dst);
 int cpu_conv_kind(const cpu_conv_geom *g);
+/* Whether a 3x3 depthwise conv can read (CPU_SPLIT_IN: stride 2 with pl == 1 and W == 2 OW, or
+ * stride 1 with "same" padding and even W, which then writes it too) and / or write
+ * (CPU_SPLIT_OUT: even OW; stride 1, or stride 2 reading it) the row-split layout. */
+int cpu_dw_split_ok(const cpu_conv_geom *g, int split);
 /* The path cpu_conv runs for this kernel set: cpu_conv_kind, or CPU_CONV_C3S2. */
 int cpu_conv_path(const cpu_isa *isa, const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);
@@ -295,6 +311,7 @@ void cpu_dump_end(cpu_dump *w);
 /* ---- introspection for tests (backend.c) ---------------------------------------------------- */
 int cpu_plan_steps(const void *plan);          /* steps after fusion / aliasing */
 size_t cpu_plan_arena_bytes(const void *plan); /* activation arena of one context */
+int cpu_plan_split(const void *plan, int step);  /* its conv's CPU_SPLIT_* flags (0 if none) */
 const char *cpu_plan_isa(const void *plan);
 /* 1 if prepared handles a and b share step `step`'s prepared buffer, 0 if not, -1 if a step has
  * none. */

@@ -40,6 +40,25 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
     const dwi4 m = a < b;
     return (dwv4)(((dwi4)a & m) | ((dwi4)b & ~m));
 }
+static inline dwv4 dwp_ldz0(const float *p)
+{
+    dwv4 v = dwp_ld(p);
+    v[0] = 0.0f;
+    return v;
+}
+static inline dwv4 dwp_ldzl(const float *p)
+{
+    dwv4 v = dwp_ld(p);
+    v[3] = 0.0f;
+    return v;
+}
+#define LDZ0(p) dwp_ldz0(p)
+#define LDZL(p) dwp_ldzl(p)
+#define ST_SPLIT(e, o, v)                                                                          \
+    do {                                                                                           \
+        const dwv4 v_ = (v);                                                                       \
+        (e)[0] = v_[0], (e)[1] = v_[2], (o)[0] = v_[1], (o)[1] = v_[3];                            \
+    } while (0)
 #define V dwv4
 #define VL 4
 #define LD(p) dwp_ld(p)
@@ -68,6 +87,14 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define DW_ATTR
 #define V float32x4_t
 #define VL 4
+#define LDZ0(p) vsetq_lane_f32(0.0f, vld1q_f32(p), 0)
+#define LDZL(p) vsetq_lane_f32(0.0f, vld1q_f32(p), 3)
+#define ST_SPLIT(e, o, v)                                                                          \
+    do {                                                                                           \
+        const float32x4_t v_ = (v);                                                                \
+        vst1_f32((e), vget_low_f32(vuzp1q_f32(v_, v_)));                                           \
+        vst1_f32((o), vget_low_f32(vuzp2q_f32(v_, v_)));                                           \
+    } while (0)
 #define LD(p) vld1q_f32(p)
 #define ST(p, v) vst1q_f32((p), (v))
 #define SET1(x) vdupq_n_f32(x)
@@ -139,6 +166,13 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define S2_EVEN(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(2, 0, 2, 0))
 #define S2_ODD(v0, v1) _mm256_shuffle_ps((v0), (v1), _MM_SHUFFLE(3, 1, 3, 1))
 #define S2_UNPERM(y) _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(y), 0xD8))
+#define ST_SPLIT(e, o, v)                                                                          \
+    do {                                                                                           \
+        const __m256 p_ =                                                                          \
+            _mm256_permutevar8x32_ps((v), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));              \
+        _mm_storeu_ps((e), _mm256_castps256_ps128(p_));                                            \
+        _mm_storeu_ps((o), _mm256_extractf128_ps(p_, 1));                                          \
+    } while (0)
 #define MAX(a, b) _mm256_max_ps((a), (b))
 #define MIN(a, b) _mm256_min_ps((a), (b))
 /* shuffle_ps picks (even, even) per 128-bit lane of (v0, v1); permute4x64 puts v0's pairs first */
@@ -176,6 +210,13 @@ static inline dwv4 dwp_min(dwv4 a, dwv4 b)
 #define S2_UNPERM(y)                                                                               \
     _mm512_castpd_ps(                                                                              \
         _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_castps_pd(y)))
+#define ST_SPLIT(e, o, v)                                                                          \
+    do {                                                                                           \
+        const __m512 p_ = _mm512_permutexvar_ps(                                                   \
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), (v));        \
+        _mm256_storeu_ps((e), _mm512_castps512_ps256(p_));                                         \
+        _mm256_storeu_ps((o), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p_), 1))); \
+    } while (0)
 #define MAX(a, b) _mm512_max_ps((a), (b))
 #define MIN(a, b) _mm512_min_ps((a), (b))
 #define SPLIT2V(v0, v1, e, o)                                                                      \

@@ -20,6 +20,8 @@
  *                     v0:v1 within 128-bit lanes), S2_UNPERM(y) (their lane order back to
  *                     columns) and S2_FIRST(p) / S2_LAST(p) (as MLD_FIRST0 / MLD_LAST0 but
  *                     free to read the unused float), so does stride 2
+ *   LDZ0(p), LDZL(p)  (sets without S2_FIRST / MLD_LAST0) p[0..VL) with lane 0 / VL-1 zero
+ *   ST_SPLIT(e, o, v) stores v's even lanes at e[0..VL/2), its odd ones at o[0..VL/2)
  *   C3_NV             (optional) vectors per step of the dense 3x3/2 conv with few input
  *                     channels, cpu_conv3x3s2_*: only the sets that define it have that kernel;
  *                     C3_ROW_FMAS(acc, p, OW, wq) (optional) its FMAs of one input row by hand
@@ -35,6 +37,12 @@
  */
 
 #define SPLIT2(p, e, o) SPLIT2V(LD(p), LD((p) + VL), e, o)
+#ifndef LDZ0 /* p[0..VL) with lane 0 zero (p[0] may be read): the masked sets' S2_FIRST */
+#define LDZ0(p) S2_FIRST(p)
+#endif
+#ifndef LDZL /* p[0..VL) with lane VL-1 zero */
+#define LDZL(p) MLD_LAST0(p)
+#endif
 
 /* dst[0..n) = src[0..n) in vectors (the last one overlapping), scalars only below VL. Rows are
  * 12-56 floats: the empty asm keeps compilers from making the loop a memmove call, which costs
@@ -53,8 +61,33 @@ DW_ATTR static inline void DW_SFX(dw_copy)(float *restrict dst, const float *res
         for (; j < n; j++) dst[j] = src[j];
 }
 
+/* rows x W (even) floats from src into the row-split layout at dst */
+DW_ATTR static void DW_SFX(dw_split_rows)(const float *restrict src, float *restrict dst,
+                                          int64_t rows, int64_t W)
+{
+    const int64_t h = W / 2;
+    for (int64_t y = 0; y < rows; y++, src += W, dst += W) {
+        if (h < VL) {
+            for (int64_t j = 0; j < h; j++) {
+                dst[j] = src[2 * j];
+                dst[h + j] = src[2 * j + 1];
+            }
+            continue;
+        }
+        for (int64_t i = 0;; i += VL) {
+            if (i + VL > h) i = h - VL; /* the last, overlapping pair */
+            V e, o;
+            SPLIT2(src + 2 * i, e, o);
+            ST(dst + i, e);
+            ST(dst + h + i, o);
+            if (i + VL >= h) break;
+        }
+    }
+}
+
 typedef struct DW_SFX(dw_taps) {
     V w[9], b, lo, hi;
+    int64_t so; /* stride 1 writing the row-split layout (CPU_SPLIT_OUT): OW / 2, else 0 */
 } DW_SFX(dw_taps);
 
 DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_taps) *t)
@@ -63,6 +96,7 @@ DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_ta
     t->b = SET1(a->bias);
     t->lo = SET1(a->lo);
     t->hi = SET1(a->hi);
+    t->so = 0;
 }
 
 /* acc + the three taps of kernel row k on the vectors x0, x1, x2 (one FMA chain) */
@@ -92,6 +126,21 @@ DW_SFX(dw_out_lo)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, const
     ST(o, MAX(y, t->lo));
 }
 
+/* Stride 1's output vector y at column x of the output row at o: at o + x, or, with mode bit 4
+ * (CPU_SPLIT_OUT, no residual; a constant like bit 3, no upper clamp), its even lanes at
+ * o + x/2 and its odd ones at o + so + x/2 (ST_SPLIT; x is even) */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_out_s1)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, int64_t x,
+                  const int mode)
+{
+    if (q) y = ADD(y, LD(q));
+    y = (mode & 8) ? MAX(y, t->lo) : MIN(MAX(y, t->lo), t->hi);
+    if (mode & 16)
+        ST_SPLIT(o + x / 2, o + t->so + x / 2, y);
+    else
+        ST(o + x, y);
+}
+
 /* The three taps of one row at p, p + 1, p + 2; with DW_MASKED, edge bit 0 leaves lane 0 of the
  * first and bit 1 the last lane of the third unread (zero): image rows read in place. */
 #if DW_MASKED
@@ -108,8 +157,8 @@ DW_SFX(dw_out_lo)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, const
  * instructions; the two rows and the next vectors hide the chain's latency). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, const float *r2,
-                   const float *r3, int edge, const float *q0, const float *q1, float *o0,
-                   float *o1)
+                   const float *r3, int edge, int64_t x, const float *q0, const float *q1,
+                   float *o0, float *o1)
 {
 #define KROW DW_SFX(dw_krow)
     DW_TAP3(r0, edge, a0, a1, a2);
@@ -119,9 +168,9 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
     if (o1) {
         DW_TAP3(r3, edge, d0, d1, d2);
         const V s = KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b)));
-        DW_SFX(dw_out_lo)(s, t, q1, o1, (edge) & 8);
+        DW_SFX(dw_out_s1)(s, t, q1, o1, x, (edge) & 24);
     }
-    DW_SFX(dw_out_lo)(p, t, q0, o0, (edge) & 8);
+    DW_SFX(dw_out_s1)(p, t, q0, o0, x, (edge) & 24);
 #undef KROW
 }
 
@@ -148,13 +197,13 @@ DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, i
     float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
     if (OW < VL) {
-        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, lo);
+        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, lo, 0);
         return;
     }
     for (int64_t x = 0;; x += VL) {
         if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
-        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, lo, res ? q0 + x : NULL,
-                           (res && two) ? q1 + x : NULL, o0 + x, two ? o1 + x : NULL);
+        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, lo, x, res ? q0 + x : NULL,
+                           (res && two) ? q1 + x : NULL, o0, two ? o1 : NULL);
         if (x + VL >= OW) break;
     }
 }
@@ -175,7 +224,7 @@ DW_SFX(dw_s1_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, 
             p[j] = DW_SFX(dw_krow)(t, i - j, x0, x1, x2, i == j ? t->b : p[j]);
         }
         if (i >= 2)
-            DW_SFX(dw_out_lo)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x, edge & 8);
+            DW_SFX(dw_out_s1)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2], x, edge & 24);
     }
 }
 
@@ -221,9 +270,8 @@ DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
 #define DW_AT(x, edge)                                                                             \
     DW_SFX(dw_s1_step)(t, rr[0] + (x) - 1, rr[1] + (x) - 1, rr[2] + (x) - 1, rr[3] + (x) - 1,     \
-                       (edge) | lo, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL,      \
-                       o0 + (x),                                                                   \
-                       two ? o1 + (x) : NULL)
+                       (edge) | lo, (x), res ? q0 + (x) : NULL,                                 \
+                       (res && two) ? q1 + (x) : NULL, o0, two ? o1 : NULL)
     if (OW == VL) {
         DW_AT(0, 3);
         return;
@@ -260,13 +308,115 @@ DW_SFX(dw_s1_rows4_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, cons
 }
 #endif
 
+/* Stride 1 from a row-split plane into a row-split plane ("same" padding, W even): output column
+ * 2k (E) has the taps O[k-1], E[k], O[k] and column 2k+1 (O) E[k], O[k], E[k+1], all plain
+ * loads: no shuffles, and four loads per input row for two output vectors. O[-1] and E[h] (the
+ * pads; in memory the row's last E and first O) are zeroed lanes (LDZ0 / LDZL). Rows outside
+ * the image are `zero` (W + VL zero floats). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1split_step)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t h, int64_t k,
+                        const int edge, float *o)
+{
+    V pe = t->b, po = t->b;
+    for (int i = 0; i < 3; i++) {
+        const float *e = r[i] + k, *od = r[i] + h + k;
+        const V om = (edge & 1) ? LDZ0(od - 1) : LD(od - 1), e0 = LD(e), o0 = LD(od);
+        const V e1 = (edge & 2) ? LDZL(e + 1) : LD(e + 1);
+        pe = DW_SFX(dw_krow)(t, i, om, e0, o0, pe);
+        po = DW_SFX(dw_krow)(t, i, e0, o0, e1, po);
+    }
+    if (edge & 8) {
+        ST(o + k, MAX(pe, t->lo));
+        ST(o + h + k, MAX(po, t->lo));
+    } else {
+        ST(o + k, MIN(MAX(pe, t->lo), t->hi));
+        ST(o + h + k, MIN(MAX(po, t->lo), t->hi));
+    }
+}
+
+/* The same plane by plane and column by column where the vectors do not fit (h < VL, or a
+ * residual, which is in the plain layout). */
+static void DW_SFX(dw_s1split_scalar)(const cpu_dw_args *a)
+{
+    const int64_t H = a->H, W = a->W, h = W / 2;
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++) {
+            float acc = 0.0f;
+            for (int ky = 0; ky < 3; ky++) {
+                const int64_t iy = y - 1 + ky;
+                if (iy < 0 || iy >= H) continue;
+                for (int kx = 0; kx < 3; kx++) {
+                    const int64_t ix = x - 1 + kx;
+                    if (ix < 0 || ix >= W) continue;
+                    acc += a->w[ky * 3 + kx] * a->in[iy * W + (ix & 1) * h + ix / 2];
+                }
+            }
+            float v = acc * a->scale + a->bias;
+            if (a->res) v += a->res[y * W + x];
+            v = v < a->lo ? a->lo : v;
+            v = v > a->hi ? a->hi : v;
+            a->out[y * W + (x & 1) * h + x / 2] = v;
+        }
+}
+
+DW_ATTR static void DW_SFX(dw_s1split)(const cpu_dw_args *a)
+{
+    const int64_t H = a->H, W = a->W, h = W / 2;
+    if (h < VL || a->res) {
+        DW_SFX(dw_s1split_scalar)(a);
+        return;
+    }
+    DW_SFX(dw_taps) t;
+    DW_SFX(dw_taps_of)(a, &t);
+    const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
+#define DW_S1S_ROW(lo)                                                                             \
+    do {                                                                                           \
+        if (h == VL) {                                                                             \
+            DW_SFX(dw_s1split_step)(&t, r, h, 0, 3 | (lo), o);                                     \
+            break;                                                                                 \
+        }                                                                                          \
+        DW_SFX(dw_s1split_step)(&t, r, h, 0, 1 | (lo), o);                                         \
+        for (int64_t k = VL; k + VL < h; k += VL) DW_SFX(dw_s1split_step)(&t, r, h, k, (lo), o);   \
+        DW_SFX(dw_s1split_step)(&t, r, h, h - VL, 2 | (lo), o);                                    \
+    } while (0)
+    const int lo_only = DW_LO_ONLY && a->hi == __builtin_inff();
+    for (int64_t y = 0; y < H; y++) {
+        const float *r[3];
+        for (int i = 0; i < 3; i++) {
+            const int64_t iy = y - 1 + i;
+            r[i] = (iy >= 0 && iy < H) ? a->in + iy * W : zero;
+        }
+        float *o = a->out + y * W;
+        if (lo_only)
+            DW_S1S_ROW(8);
+        else
+            DW_S1S_ROW(0);
+    }
+#undef DW_S1S_ROW
+}
+
 DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
 {
+    if (a->split & CPU_SPLIT_IN) { /* and out (cpu_dw_split_ok) */
+        DW_SFX(dw_s1split)(a);
+        return;
+    }
+    if ((a->split & CPU_SPLIT_OUT) && (a->OW < VL || a->res)) { /* plain into tmp, then split */
+        cpu_dw_args b = *a;
+        b.out = a->tmp;
+        b.split = 0;
+        DW_SFX(cpu_dw3x3s1)(&b);
+        DW_SFX(dw_split_rows)(a->tmp, a->out, a->OH, a->OW);
+        return;
+    }
     const int64_t OH = a->OH, PW = a->OW + 2, PH = OH + 2;
     DW_SFX(dw_taps) t;
     DW_SFX(dw_taps_of)(a, &t);
+    const int split = (a->split & CPU_SPLIT_OUT) ? 16 : 0; /* stored split (dw_out_s1) */
+    t.so = a->OW / 2;
     int64_t oy = 0;
-    /* lo: 8 where there is no upper clamp (Relu) and DW_LO_ONLY: the steps skip its min */
+    /* lo: 8 where there is no upper clamp (Relu) and DW_LO_ONLY: the steps skip its min; 16: the
+     * row-split store (dw_out_s1) */
 #define DW_S1_ROWS(ROWS4, ROWS, res, lo, ...)                                                      \
     do {                                                                                           \
         for (; DW_ROWS4 && oy + 3 < OH; oy += 4) ROWS4(&t, a, __VA_ARGS__ oy, res, lo);            \
@@ -276,7 +426,11 @@ DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
 #define DW_S1_ALL(ROWS4, ROWS, ...)                                                                \
     do {                                                                                           \
         const int hi_ = !DW_LO_ONLY || a->hi != __builtin_inff();                                  \
-        if (a->res && hi_)                                                                         \
+        if (split && hi_)                                                                          \
+            DW_S1_ROWS(ROWS4, ROWS, 0, 16, __VA_ARGS__);                                           \
+        else if (split)                                                                            \
+            DW_S1_ROWS(ROWS4, ROWS, 0, 24, __VA_ARGS__);                                           \
+        else if (a->res && hi_)                                                                         \
             DW_S1_ROWS(ROWS4, ROWS, 1, 0, __VA_ARGS__);                                            \
         else if (a->res)                                                                           \
             DW_S1_ROWS(ROWS4, ROWS, 1, 8, __VA_ARGS__);                                            \
@@ -436,6 +590,76 @@ DW_SFX(dw_s2_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
 #undef DW_S2TAP
 #endif
 
+/* ---- the row-split layout (CPU_SPLIT_IN / CPU_SPLIT_OUT, cpu.h) ---- */
+
+/* Outputs x .. x+VL-1 of output row o0 from the row-split rows r[0..3) and, if o1, of o1 from
+ * r[2..5): the taps at columns 2x-1, 2x, 2x+1 are O[x-1], E[x], O[x] (E = r, O = r + OW), plain
+ * loads; at x == 0 lane 0 of O[x-1] is the left pad, zeroed by LDZ0. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2split_step)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t OW, int64_t x,
+                        const int first, const float *q0, const float *q1, float *o0, float *o1,
+                        const int mode)
+{
+#define KROW DW_SFX(dw_krow)
+#define SPTAP(p, x0, x1, x2)                                                                       \
+    const V x0 = first ? LDZ0((p) + OW - 1) : LD((p) + OW + x - 1), x1 = LD((p) + x),             \
+            x2 = LD((p) + OW + x)
+    SPTAP(r[0], a0, a1, a2);
+    SPTAP(r[1], b0, b1, b2);
+    SPTAP(r[2], c0, c1, c2);
+    const V p = KROW(t, 2, c0, c1, c2, KROW(t, 1, b0, b1, b2, KROW(t, 0, a0, a1, a2, t->b)));
+    if (o1) {
+        SPTAP(r[3], d0, d1, d2);
+        SPTAP(r[4], e0, e1, e2);
+        const V s = KROW(t, 2, e0, e1, e2, KROW(t, 1, d0, d1, d2, KROW(t, 0, c0, c1, c2, t->b)));
+        DW_SFX(dw_out_s1)(s, t, q1 ? q1 + x : NULL, o1, x, mode);
+    }
+    DW_SFX(dw_out_s1)(p, t, q0 ? q0 + x : NULL, o0, x, mode);
+#undef SPTAP
+#undef KROW
+}
+
+/* Output rows oy (and oy + 1 if two) of a row-split plane, pl == 1, W == 2 OW >= 2 VL; rows
+ * outside the image are `zero` (2 OW + VL zero floats). */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s2split_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                        int64_t oy, int two, const int mode)
+{
+    const int64_t OW = a->OW, W = a->W;
+    const float *r[5];
+    for (int i = 0; i < (two ? 5 : 3); i++) {
+        const int64_t iy = 2 * oy - a->pt + i;
+        r[i] = (iy >= 0 && iy < a->H) ? a->in + iy * W : zero;
+    }
+    float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
+    const float *q0 = a->res ? a->res + oy * OW : NULL, *q1 = (a->res && two) ? q0 + OW : NULL;
+    DW_SFX(dw_s2split_step)(t, r, OW, 0, 1, q0, q1, o0, o1, mode);
+    for (int64_t x = VL; x < OW; x += VL) {
+        if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
+        DW_SFX(dw_s2split_step)(t, r, OW, x, 0, q0, q1, o0, o1, mode);
+    }
+}
+
+/* A row-split plane read by a stride-2 kernel: the plain one over the plane put back in a->tmp
+ * where the geometry is not dw_s2split_rows' (rows under VL outputs), its output split after
+ * where that is asked for too. */
+DW_ATTR static void DW_SFX(dw_s2_from_split)(const cpu_dw_args *a, void (*plain)(const cpu_dw_args *))
+{
+    const int64_t W = a->W, h = W / 2;
+    for (int64_t y = 0; y < a->H; y++)
+        for (int64_t j = 0; j < h; j++) {
+            a->tmp[y * W + 2 * j] = a->in[y * W + j];
+            a->tmp[y * W + 2 * j + 1] = a->in[y * W + h + j];
+        }
+    cpu_dw_args b = *a;
+    b.in = b.in_lo = a->tmp;
+    b.in_hi = a->tmp + a->H * W;
+    b.split = 0;
+    if (a->split & CPU_SPLIT_OUT) b.out = a->tmp + a->H * W; /* then split into out */
+    plain(&b);
+    if (a->split & CPU_SPLIT_OUT) DW_SFX(dw_split_rows)(b.out, a->out, a->OH, a->OW);
+}
+
 #ifdef C3_NV
 /* Dense 3x3/2 conv, few input channels (a first layer), pl == 1, W == 2 OW. The image is split
  * once into per-row column planes (c3s2_split) so that output x's taps at image columns 2x-1,
@@ -497,11 +721,16 @@ DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, const float *wq
     for (int j = 0; j < C3_NC; j++) {
         const V sc = SET1(a->scale ? a->scale[m + j] : 1.0f);
         const V bi = SET1(a->bias ? a->bias[m + j] : 0.0f);
-        const int64_t row = (m + j) * a->OH * OW + oy * OW + x0;
+        const int64_t row = (m + j) * a->OH * OW + oy * OW;
         for (int v = 0; v < nv; v++) {
+            const int64_t x = x0 + v * VL;
             V y = FMA(acc[j][v], sc, bi);
-            if (a->res) y = ADD(y, LD(a->res + row + v * VL));
-            ST(a->out + row + v * VL, MIN(MAX(y, lo), hi));
+            if (a->res) y = ADD(y, LD(a->res + row + x));
+            y = MIN(MAX(y, lo), hi);
+            if (a->split_out) /* the row-split layout (cpu.h): x is even */
+                ST_SPLIT(a->out + row + x / 2, a->out + row + OW / 2 + x / 2, y);
+            else
+                ST(a->out + row + x, y);
         }
     }
 }
@@ -552,6 +781,33 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
     DW_SFX(dw_taps) t;
     DW_SFX(dw_taps_of)(a, &t);
     int64_t oy = 0;
+    if (a->split & CPU_SPLIT_IN) {
+        if (!(a->pl == 1 && a->W == 2 * OW && OW >= VL)) {
+            DW_SFX(dw_s2_from_split)(a, DW_SFX(cpu_dw3x3s2));
+            return;
+        }
+        const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
+        t.so = OW / 2;
+        /* mode: 8 no upper clamp (DW_LO_ONLY), 16 the output row-split too (dw_out_s1) */
+#define DW_S2S_ALL(mode)                                                                           \
+    do {                                                                                           \
+        for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s2split_rows)(&t, a, zero, oy, 1, mode);            \
+        if (oy < OH) DW_SFX(dw_s2split_rows)(&t, a, zero, oy, 0, mode);                            \
+    } while (0)
+        const int lo_only = DW_LO_ONLY && a->hi == __builtin_inff();
+        if (a->split & CPU_SPLIT_OUT) {
+            if (lo_only)
+                DW_S2S_ALL(24);
+            else
+                DW_S2S_ALL(16);
+        } else if (lo_only) {
+            DW_S2S_ALL(8);
+        } else {
+            DW_S2S_ALL(0);
+        }
+#undef DW_S2S_ALL
+        return;
+    }
 #if DW_MASKED
     if (a->pl == 1 && a->W == 2 * OW && OW >= VL) {
         const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
@@ -835,3 +1091,6 @@ DW_ATTR void DW_SFX(cpu_maxpool_s2)(const cpu_pool_geom *g, const float *x, floa
 #undef S2_UNPERM
 #undef C3_NV
 #undef C3_ROW_FMAS
+#undef LDZ0
+#undef LDZL
+#undef ST_SPLIT
