@@ -34,6 +34,9 @@ _KIND_INPUT, _KIND_OUTPUT, _KIND_WEIGHT = 0, 1, 2
 _ALLOW_NONFINITE = 1
 
 
+_MISSING = object()  # an input name not in the feed dict
+
+
 class EngineError(Exception):
     """A librefit call failed. `status` is the C status name, `tensor` the tensor it names."""
 
@@ -308,20 +311,26 @@ class Context:
             ffi.release(self._handle)
             self._handle = None
 
+    def _check_names(self, inputs: Dict[str, np.ndarray]) -> None:
+        unknown = set(inputs) - set(self._input_index)
+        if unknown:
+            raise EngineError(f"input '{sorted(unknown)[0]}': not an input of this model (inputs: "
+                              f"{', '.join(self._input_index)})", "REFIT_ERR_NOT_FOUND", sorted(unknown)[0])
+
     def _bind(self, inputs: Dict[str, np.ndarray], out: Optional[Dict[str, np.ndarray]] = None):
         if self._handle is None:
             raise EngineError("inference on a closed engine", "REFIT_ERR_INVALID_ARG")
         if not isinstance(inputs, dict):
             raise EngineError("inputs must be a dict of name -> array", "REFIT_ERR_INVALID_ARG")
-        unknown = set(inputs) - set(self._input_index)
-        if unknown:
-            raise EngineError(f"input '{sorted(unknown)[0]}': not an input of this model (inputs: "
-                              f"{', '.join(self._input_index)})", "REFIT_ERR_NOT_FOUND", sorted(unknown)[0])
+        if len(inputs) != len(self._inputs):  # (the sets only then: this runs every inference)
+            self._check_names(inputs)
         keep = []
         for i, spec in enumerate(self._inputs):
-            if spec.name not in inputs:
+            x = inputs.get(spec.name, _MISSING)
+            if x is _MISSING:
+                self._check_names(inputs)
                 raise EngineError(f"input '{spec.name}': missing", "REFIT_ERR_INVALID_ARG", spec.name)
-            a = np.asarray(inputs[spec.name], dtype=np.float32, order="C")  # 0-d stays 0-d
+            a = np.asarray(x, dtype=np.float32, order="C")  # 0-d stays 0-d
             if a.shape != spec.shape:
                 raise ShapeError(f"input '{spec.name}': shape {list(a.shape)} does not match the "
                                  f"model's {list(spec.shape)}", "REFIT_ERR_SHAPE", spec.name)

@@ -549,7 +549,7 @@ static void test_conv(void)
  * 1, 1), 'p' 1x1 to the next entry of `widths`, 'o' the value so far also a graph output
  * (nothing may see the layout, so the chain breaks there). Compared with the references layer
  * by layer (each layer's input rounded to float, as the kernels read it); `want`: each conv
- * step's CPU_SPLIT_* flags as digits, or NULL. */
+ * step's CPU_SPLIT_* flags as digits ('?': depends on the kernel set), or NULL. */
 typedef struct split_p {
     int N, C0, H, W; /* the input (with 's': C0 channels, else widths[0]) */
     const char *layers;
@@ -617,10 +617,12 @@ static void test_split_chain(const split_p *sp, const char *label)
         return;
     }
     char got[17] = "";
-    for (int i = 0; i < n_conv && i < 16; i++) got[i] = (char)('0' + cpu_plan_split(r.plan, i));
-    CHECK(!sp->want || strcmp(got, sp->want) == 0, "%s: split flags %s, expected %s", label, got,
-          sp->want);
-    /* at least the stride-2 convs read the layout wherever the plan allows it */
+    int match = !sp->want || strlen(sp->want) == (size_t)n_conv;
+    for (int i = 0; i < n_conv && i < 16; i++) {
+        got[i] = (char)('0' + cpu_plan_split(r.plan, i));
+        if (sp->want && match && sp->want[i] != '?' && sp->want[i] != got[i]) match = 0;
+    }
+    CHECK(match, "%s: split flags %s, expected %s", label, got, sp->want);
     float *outs[8];
     rc = tg_run(t, &r, outs);
     CHECK(rc == 0, "%s: run: %s", label, r.err);
@@ -660,23 +662,22 @@ static void test_split_layout(void)
      * read and write it, the first stride-2 one writes it on for the next pair. The flag
      * string holds on every kernel set: the first layer's direct kernel takes 48 columns on all. */
     const split_p cases[] = {
-        {1, 3, 14, 96, "sdpDpdpD", {8, 12, 12, 16}, 0, 1, "23030301"},
-        {1, 3, 11, 96, "sdpDpdpD", {8, 12, 12, 16}, 1, 0, "23030301"}, /* Clip; odd H; pt 0 */
-        /* no first layer: the stride-1 depthwise conv splits its plain input on the way out */
-        {2, 0, 9, 32, "dpD", {4, 8}, 0, 1, "201"},
-        /* a graph output in the chain: nothing is split */
-        {1, 0, 9, 32, "dpoD", {4, 8}, 0, 1, "000"},
-        /* a non-depthwise producer (a 1x1 conv of the graph input): nothing to split it */
+        /* both pairs split on every set: stride-1 rows of 64 and 32 */
+        {1, 3, 10, 128, "sdpDpdpD", {8, 12, 12, 16}, 0, 1, "23030301"},
+        {2, 3, 9, 128, "sdpDpdpD", {4, 8, 8, 12}, 1, 0, "23030301"}, /* Clip; odd H; pt 0 */
+        /* the edge CNN's widths: rows of 24 in the second pair, split where that pays (the
+         * portable / NEON set's 4-float vectors; AVX2 would run 2 x 2 vectors for 3) */
+        {1, 3, 14, 96, "sdpDpdpD", {8, 12, 12, 16}, 0, 1, "230?0?0?"},
+        /* a graph output in the chain, no first layer, a 1x1 producer: nothing is split */
+        {1, 3, 9, 64, "sdpoD", {4, 8}, 0, 1, "0000"},
+        {2, 0, 9, 32, "dpD", {4, 8}, 0, 1, "000"},
         {1, 0, 8, 32, "pD", {4, 8}, 0, 1, "00"},
-        /* rows of 16 (one AVX2 vector per half row), 20 (overlapping), 12 and 8 (under one
-         * AVX2 vector: the scalar / plain-then-split paths), 64 (AVX-512 vectors) */
-        {1, 0, 8, 16, "dpDpdpD", {4, 6, 6, 8}, 0, 1, NULL},
-        {1, 0, 9, 40, "dpDpdpD", {4, 6, 6, 8}, 1, 1, NULL},
-        {1, 0, 7, 12, "dpDpdpD", {3, 5, 5, 6}, 0, 1, NULL},
-        {1, 0, 6, 8, "dpD", {3, 5}, 1, 0, NULL},
-        {1, 0, 9, 64, "dpDpdpD", {3, 5, 5, 6}, 0, 1, NULL},
-        {1, 0, 10, 128, "dpDpdpD", {2, 3, 3, 4}, 1, 1, NULL},
-        {1, 3, 9, 36, "sdpD", {8, 8}, 0, 1, NULL},
+        /* half rows of 22 (AVX2: an overlapping last vector), 8 (AVX2: one vector), 6 (AVX2:
+         * the scalar kernel, then stride-2 rows of 6 from the plain plane), 4 (portable: one) */
+        {1, 3, 9, 88, "sdpDpdpD", {4, 6, 6, 8}, 1, 1, NULL},
+        {1, 3, 8, 32, "sdpDpdpD", {4, 6, 6, 8}, 0, 1, NULL},
+        {1, 3, 7, 24, "sdpDpdpD", {4, 5, 5, 6}, 0, 1, NULL},
+        {1, 3, 6, 16, "sdpD", {4, 5}, 1, 0, NULL},
     };
     char label[40];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

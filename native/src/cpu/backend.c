@@ -654,21 +654,19 @@ static int layout_blind(const cpu_step *s)
     return s->kind == ST_BN || (s->kind == ST_CLAMP && s->n_in > 0);
 }
 
-/* Whether step q can write the row-split layout (cpu.h): the direct small-C 3x3/2 conv (a
- * first layer) or a depthwise conv cpu_dw_split_ok takes, no residual, OW even. */
-static int split_writer(const cpu_isa *isa, const cpu_step *q)
+/* Whether a 3x3/1 depthwise conv's row-split kernel (two half rows per row) costs no more vector
+ * steps than the plain one (rows of 24 on AVX2: 2 x 2 against 3). */
+static int split_halves_pay(const cpu_isa *isa, int64_t W)
 {
-    if (q->kind != ST_CONV || q->res_val >= 0 || q->conv.OW % 2) return 0;
-    if (cpu_conv_path(isa, &q->conv) == CPU_CONV_C3S2) return 1;
-    return cpu_dw_split_ok(&q->conv, q->conv.split | CPU_SPLIT_OUT);
+    const int64_t h = W / 2, vh = cpu_dw_vl(isa, h), vw = cpu_dw_vl(isa, W);
+    return 2 * ((h + vh - 1) / vh) * vh <= ((W + vw - 1) / vw) * vw;
 }
 
-/* Has value v (read by step `at`) written in the row-split layout: its producer, reached
+/* Has value v (read by step `at`) written in the row-split layout: by its producer, reached
  * through layout-blind steps, each value on the way read by the next step alone and not a graph
- * output (so nothing else sees the layout). A 3x3/1 depthwise producer that can read the layout
- * writes it at no cost (no shuffles), so the split moves on to its own producer where it can:
- * to a first layer whose stores absorb it, or to a stride-2 depthwise conv with fewer outputs.
- * Returns 1 if v is written split. */
+ * output (so nothing else sees the layout). Producers that write it at (almost) no cost: the
+ * small-C first layer (its stores), a 3x3/1 depthwise conv that reads it in turn (no shuffles
+ * at all), a 3x3/2 one that reads it (its stores). Returns 1 if v is written split. */
 static int split_from(const rt_graph *g, const plan_tmp *t, cpu_plan *p, int at, int v)
 {
     for (;;) {
@@ -678,12 +676,21 @@ static int split_from(const rt_graph *g, const plan_tmp *t, cpu_plan *p, int at,
             if (p->steps[k].out_value == v) pi = k;
         if (pi < 0) return 0;
         cpu_step *q = &p->steps[pi];
-        if (split_writer(p->isa, q)) {
-            q->conv.split |= CPU_SPLIT_OUT;
-            if (q->conv.sh == 1 && cpu_dw_split_ok(&q->conv, CPU_SPLIT_IN | CPU_SPLIT_OUT) &&
-                split_from(g, t, p, pi, q->in_val[0]))
-                q->conv.split |= CPU_SPLIT_IN;
-            return 1;
+        const cpu_conv_geom *c = &q->conv;
+        if (q->kind == ST_CONV && q->res_val < 0) {
+            if (cpu_conv_path(p->isa, c) == CPU_CONV_C3S2 && c->OW % 2 == 0) {
+                q->conv.split = CPU_SPLIT_OUT;
+                return 1;
+            }
+            if (c->sh == 2 && cpu_dw_split_ok(c, c->split | CPU_SPLIT_OUT)) {
+                q->conv.split |= CPU_SPLIT_OUT; /* a stride-2 reader marked before */
+                return 1;
+            }
+            if (c->sh == 1 && cpu_dw_split_ok(c, CPU_SPLIT_IN | CPU_SPLIT_OUT) &&
+                split_halves_pay(p->isa, c->W) && split_from(g, t, p, pi, q->in_val[0])) {
+                q->conv.split = CPU_SPLIT_IN | CPU_SPLIT_OUT;
+                return 1;
+            }
         }
         if (!layout_blind(q)) return 0;
         v = q->in_val[0];

@@ -57,11 +57,10 @@ int cpu_dw_split_ok(const cpu_conv_geom *g, int split)
     const int s1 = g->sh == 1 && g->sw == 1, s2 = g->sh == 2 && g->sw == 2;
     const int same = g->pt == 1 && g->pl == 1 && g->OH == g->H && g->OW == g->W;
     const int in_ok = (s2 && g->pl == 1 && g->W == 2 * g->OW) || (s1 && same && g->W % 2 == 0);
-    if (split & CPU_SPLIT_IN && !in_ok) return 0;
-    /* writing it: stride 1 (plain input or, "same", split), stride 2 only from a split input */
-    if (split & CPU_SPLIT_OUT)
-        return g->OW % 2 == 0 && (s1 || (s2 && (split & CPU_SPLIT_IN) && in_ok));
-    return 1;
+    if (!in_ok || !(split & CPU_SPLIT_IN)) return 0;
+    /* stride 1 reads and writes it; stride 2 may write it too */
+    if (s1) return split == (CPU_SPLIT_IN | CPU_SPLIT_OUT);
+    return !(split & CPU_SPLIT_OUT) || g->OW % 2 == 0;
 }
 
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g)

@@ -225,10 +225,12 @@ size_t cpu_wino_prepared_floats(const cpu_isa *isa, const cpu_conv_geom *g);
 int cpu_wino_prepare(const cpu_isa *isa, const cpu_conv_geom *g, const float *w,
                      const float *row_scale, float *dst);
 int cpu_conv_kind(const cpu_conv_geom *g);
-/* Whether a 3x3 depthwise conv can read (CPU_SPLIT_IN: stride 2 with pl == 1 and W == 2 OW, or
- * stride 1 with "same" padding and even W, which then writes it too) and / or write
- * (CPU_SPLIT_OUT: even OW; stride 1, or stride 2 reading it) the row-split layout. */
+/* Whether a 3x3 depthwise conv can take the row-split layout as `split` says: CPU_SPLIT_IN
+ * (stride 2, pl == 1 and W == 2 OW), + CPU_SPLIT_OUT (the same with even OW), or both (stride 1,
+ * "same" padding, even W). */
 int cpu_dw_split_ok(const cpu_conv_geom *g, int split);
+/* Floats per vector of the set's per-plane kernels over rows of n outputs (planes.c). */
+int cpu_dw_vl(const cpu_isa *isa, int64_t n);
 /* The path cpu_conv runs for this kernel set: cpu_conv_kind, or CPU_CONV_C3S2. */
 int cpu_conv_path(const cpu_isa *isa, const cpu_conv_geom *g);
 size_t cpu_conv_scratch(const cpu_isa *isa, const cpu_conv_geom *g);

@@ -168,8 +168,8 @@ static inline dwv4 dwp_ldzl(const float *p)
 #define S2_UNPERM(y) _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(y), 0xD8))
 #define ST_SPLIT(e, o, v)                                                                          \
     do {                                                                                           \
-        const __m256 p_ =                                                                          \
-            _mm256_permutevar8x32_ps((v), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));              \
+        const __m256 p_ = _mm256_castpd_ps(_mm256_permute4x64_pd(                                 \
+            _mm256_castps_pd(_mm256_permute_ps((v), _MM_SHUFFLE(3, 1, 2, 0))), 0xD8));             \
         _mm_storeu_ps((e), _mm256_castps256_ps128(p_));                                            \
         _mm_storeu_ps((o), _mm256_extractf128_ps(p_, 1));                                          \
     } while (0)
@@ -237,7 +237,8 @@ static inline dwv4 dwp_ldzl(const float *p)
 #define AVX512_NARROW(ow) ((ow) < 32)
 void cpu_dw3x3s1_avx512set(const cpu_dw_args *a)
 {
-    (AVX512_NARROW(a->OW) ? cpu_dw3x3s1_avx2 : cpu_dw3x3s1_avx512)(a);
+    const int64_t n = a->split ? a->OW / 2 : a->OW; /* row-split: half rows */
+    (AVX512_NARROW(n) ? cpu_dw3x3s1_avx2 : cpu_dw3x3s1_avx512)(a);
 }
 void cpu_dw3x3s2_avx512set(const cpu_dw_args *a)
 {
@@ -248,3 +249,14 @@ void cpu_maxpool_s2_avx512set(const struct cpu_pool_geom *g, const float *x, flo
     (AVX512_NARROW(g->OW) ? cpu_maxpool_s2_avx2 : cpu_maxpool_s2_avx512)(g, x, y, rowm);
 }
 #endif
+
+int cpu_dw_vl(const cpu_isa *isa, int64_t n)
+{
+#if defined(CPU_HAVE_X86)
+    if (isa == cpu_isa_avx512()) return AVX512_NARROW(n) ? 8 : 16;
+    if (isa == cpu_isa_avx2()) return 8;
+#endif
+    (void)isa;
+    (void)n;
+    return 4;
+}

@@ -87,7 +87,7 @@ DW_ATTR static void DW_SFX(dw_split_rows)(const float *restrict src, float *rest
 
 typedef struct DW_SFX(dw_taps) {
     V w[9], b, lo, hi;
-    int64_t so; /* stride 1 writing the row-split layout (CPU_SPLIT_OUT): OW / 2, else 0 */
+    int64_t so; /* stride 2 writing the row-split layout (CPU_SPLIT_OUT): OW / 2 */
 } DW_SFX(dw_taps);
 
 DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_taps) *t)
@@ -126,11 +126,11 @@ DW_SFX(dw_out_lo)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, const
     ST(o, MAX(y, t->lo));
 }
 
-/* Stride 1's output vector y at column x of the output row at o: at o + x, or, with mode bit 4
- * (CPU_SPLIT_OUT, no residual; a constant like bit 3, no upper clamp), its even lanes at
- * o + x/2 and its odd ones at o + so + x/2 (ST_SPLIT; x is even) */
+/* Output vector y at column x of the output row at o: at o + x, or, with mode bit 4 (a constant
+ * like bit 3, no upper clamp), in the row-split layout: its even lanes at o + x/2 and its odd
+ * ones at o + t->so + x/2 (ST_SPLIT; x is even) */
 DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(dw_out_s1)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, int64_t x,
+DW_SFX(dw_out_at)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, int64_t x,
                   const int mode)
 {
     if (q) y = ADD(y, LD(q));
@@ -157,8 +157,8 @@ DW_SFX(dw_out_s1)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, int64
  * instructions; the two rows and the next vectors hide the chain's latency). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, const float *r2,
-                   const float *r3, int edge, int64_t x, const float *q0, const float *q1,
-                   float *o0, float *o1)
+                   const float *r3, int edge, const float *q0, const float *q1, float *o0,
+                   float *o1)
 {
 #define KROW DW_SFX(dw_krow)
     DW_TAP3(r0, edge, a0, a1, a2);
@@ -168,9 +168,9 @@ DW_SFX(dw_s1_step)(const DW_SFX(dw_taps) *t, const float *r0, const float *r1, c
     if (o1) {
         DW_TAP3(r3, edge, d0, d1, d2);
         const V s = KROW(t, 2, d0, d1, d2, KROW(t, 1, c0, c1, c2, KROW(t, 0, b0, b1, b2, t->b)));
-        DW_SFX(dw_out_s1)(s, t, q1, o1, x, (edge) & 24);
+        DW_SFX(dw_out_lo)(s, t, q1, o1, (edge) & 8);
     }
-    DW_SFX(dw_out_s1)(p, t, q0, o0, x, (edge) & 24);
+    DW_SFX(dw_out_lo)(p, t, q0, o0, (edge) & 8);
 #undef KROW
 }
 
@@ -197,13 +197,13 @@ DW_SFX(dw_s1_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, int64_t oy, i
     float *o0 = a->out + oy * OW, *o1 = two ? o0 + OW : NULL;
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
     if (OW < VL) {
-        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, lo, 0);
+        DW_NARROW(DW_SFX(dw_s1_step), OW, q0, q1, o0, o1, t, r0, r1, r2, r3, lo);
         return;
     }
     for (int64_t x = 0;; x += VL) {
         if (x + VL > OW) x = OW - VL; /* the last, overlapping vector */
-        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, lo, x, res ? q0 + x : NULL,
-                           (res && two) ? q1 + x : NULL, o0, two ? o1 : NULL);
+        DW_SFX(dw_s1_step)(t, r0 + x, r1 + x, r2 + x, r3 + x, lo, res ? q0 + x : NULL,
+                           (res && two) ? q1 + x : NULL, o0 + x, two ? o1 + x : NULL);
         if (x + VL >= OW) break;
     }
 }
@@ -224,7 +224,7 @@ DW_SFX(dw_s1_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t x, 
             p[j] = DW_SFX(dw_krow)(t, i - j, x0, x1, x2, i == j ? t->b : p[j]);
         }
         if (i >= 2)
-            DW_SFX(dw_out_s1)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2], x, edge & 24);
+            DW_SFX(dw_out_lo)(p[i - 2], t, q[i - 2] ? q[i - 2] + x : NULL, o[i - 2] + x, edge & 8);
     }
 }
 
@@ -270,8 +270,9 @@ DW_SFX(dw_s1_rows_inplace)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const
     const float *q0 = res ? a->res + oy * OW : NULL, *q1 = (res && two) ? q0 + OW : NULL;
 #define DW_AT(x, edge)                                                                             \
     DW_SFX(dw_s1_step)(t, rr[0] + (x) - 1, rr[1] + (x) - 1, rr[2] + (x) - 1, rr[3] + (x) - 1,     \
-                       (edge) | lo, (x), res ? q0 + (x) : NULL,                                 \
-                       (res && two) ? q1 + (x) : NULL, o0, two ? o1 : NULL)
+                       (edge) | lo, res ? q0 + (x) : NULL, (res && two) ? q1 + (x) : NULL,      \
+                       o0 + (x),                                                                   \
+                       two ? o1 + (x) : NULL)
     if (OW == VL) {
         DW_AT(0, 3);
         return;
@@ -334,6 +335,66 @@ DW_SFX(dw_s1split_step)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t
     }
 }
 
+/* Four output rows (input rows r[0..6)) of one half of the row-split layout, columns k .. k+VL-1
+ * of it: the E half (odd 0: taps O[k-1], E[k], O[k]) or the O half (odd 1: E[k], O[k], E[k+1]),
+ * as dw_s1_step4 (each input row's taps feed the up to three outputs that use it); edge 1: lane
+ * 0 of the first tap is the left pad, 2: the last lane of the third the right pad; 8: lo only. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1split_step4)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t h, int64_t k,
+                         const int odd, const int edge, float *const *o)
+{
+    V p[4];
+    for (int i = 0; i < 6; i++) {
+        const float *q = r[i] + k;
+        V x0, x1, x2;
+        if (!odd) {
+            x0 = (edge & 1) ? LDZ0(q + h - 1) : LD(q + h - 1);
+            x1 = LD(q);
+            x2 = LD(q + h);
+        } else {
+            x0 = LD(q);
+            x1 = LD(q + h);
+            x2 = (edge & 2) ? LDZL(q + 1) : LD(q + 1);
+        }
+        for (int j = i - 2; j <= i; j++) {
+            if (j < 0 || j > 3) continue;
+            p[j] = DW_SFX(dw_krow)(t, i - j, x0, x1, x2, i == j ? t->b : p[j]);
+        }
+        if (i >= 2) {
+            const V y = (edge & 8) ? MAX(p[i - 2], t->lo) : MIN(MAX(p[i - 2], t->lo), t->hi);
+            ST(o[i - 2] + (odd ? h : 0) + k, y);
+        }
+    }
+}
+
+/* Output rows y .. y+3, both halves. */
+DW_ATTR static inline __attribute__((always_inline)) void
+DW_SFX(dw_s1split_rows4)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const float *zero,
+                         int64_t y, const int lo)
+{
+    const int64_t H = a->H, W = a->W, h = W / 2;
+    const float *r[6];
+    float *o[4];
+    for (int i = 0; i < 6; i++) {
+        const int64_t iy = y - 1 + i;
+        r[i] = (iy >= 0 && iy < H) ? a->in + iy * W : zero;
+    }
+    for (int i = 0; i < 4; i++) o[i] = a->out + (y + i) * W;
+    if (h == VL) {
+        DW_SFX(dw_s1split_step4)(t, r, h, 0, 0, 1 | lo, o);
+        DW_SFX(dw_s1split_step4)(t, r, h, 0, 1, 2 | lo, o);
+        return;
+    }
+    DW_SFX(dw_s1split_step4)(t, r, h, 0, 0, 1 | lo, o);
+    for (int64_t k = VL;; k += VL) {
+        if (k + VL > h) k = h - VL; /* the last, overlapping vector */
+        DW_SFX(dw_s1split_step4)(t, r, h, k, 0, lo, o);
+        if (k + VL >= h) break;
+    }
+    for (int64_t k = 0; k + VL < h; k += VL) DW_SFX(dw_s1split_step4)(t, r, h, k, 1, lo, o);
+    DW_SFX(dw_s1split_step4)(t, r, h, h - VL, 1, 2 | lo, o);
+}
+
 /* The same plane by plane and column by column where the vectors do not fit (h < VL, or a
  * residual, which is in the plain layout). */
 static void DW_SFX(dw_s1split_scalar)(const cpu_dw_args *a)
@@ -380,7 +441,14 @@ DW_ATTR static void DW_SFX(dw_s1split)(const cpu_dw_args *a)
         DW_SFX(dw_s1split_step)(&t, r, h, h - VL, 2 | (lo), o);                                    \
     } while (0)
     const int lo_only = DW_LO_ONLY && a->hi == __builtin_inff();
-    for (int64_t y = 0; y < H; y++) {
+    int64_t y = 0;
+    for (; y + 3 < H; y += 4) {
+        if (lo_only)
+            DW_SFX(dw_s1split_rows4)(&t, a, zero, y, 8);
+        else
+            DW_SFX(dw_s1split_rows4)(&t, a, zero, y, 0);
+    }
+    for (; y < H; y++) {
         const float *r[3];
         for (int i = 0; i < 3; i++) {
             const int64_t iy = y - 1 + i;
@@ -397,26 +465,15 @@ DW_ATTR static void DW_SFX(dw_s1split)(const cpu_dw_args *a)
 
 DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
 {
-    if (a->split & CPU_SPLIT_IN) { /* and out (cpu_dw_split_ok) */
+    if (a->split) { /* in and out (cpu_dw_split_ok) */
         DW_SFX(dw_s1split)(a);
-        return;
-    }
-    if ((a->split & CPU_SPLIT_OUT) && (a->OW < VL || a->res)) { /* plain into tmp, then split */
-        cpu_dw_args b = *a;
-        b.out = a->tmp;
-        b.split = 0;
-        DW_SFX(cpu_dw3x3s1)(&b);
-        DW_SFX(dw_split_rows)(a->tmp, a->out, a->OH, a->OW);
         return;
     }
     const int64_t OH = a->OH, PW = a->OW + 2, PH = OH + 2;
     DW_SFX(dw_taps) t;
     DW_SFX(dw_taps_of)(a, &t);
-    const int split = (a->split & CPU_SPLIT_OUT) ? 16 : 0; /* stored split (dw_out_s1) */
-    t.so = a->OW / 2;
     int64_t oy = 0;
-    /* lo: 8 where there is no upper clamp (Relu) and DW_LO_ONLY: the steps skip its min; 16: the
-     * row-split store (dw_out_s1) */
+    /* lo: 8 where there is no upper clamp (Relu) and DW_LO_ONLY: the steps skip its min */
 #define DW_S1_ROWS(ROWS4, ROWS, res, lo, ...)                                                      \
     do {                                                                                           \
         for (; DW_ROWS4 && oy + 3 < OH; oy += 4) ROWS4(&t, a, __VA_ARGS__ oy, res, lo);            \
@@ -426,11 +483,7 @@ DW_ATTR void DW_SFX(cpu_dw3x3s1)(const cpu_dw_args *a)
 #define DW_S1_ALL(ROWS4, ROWS, ...)                                                                \
     do {                                                                                           \
         const int hi_ = !DW_LO_ONLY || a->hi != __builtin_inff();                                  \
-        if (split && hi_)                                                                          \
-            DW_S1_ROWS(ROWS4, ROWS, 0, 16, __VA_ARGS__);                                           \
-        else if (split)                                                                            \
-            DW_S1_ROWS(ROWS4, ROWS, 0, 24, __VA_ARGS__);                                           \
-        else if (a->res && hi_)                                                                         \
+        if (a->res && hi_)                                                                         \
             DW_S1_ROWS(ROWS4, ROWS, 1, 0, __VA_ARGS__);                                            \
         else if (a->res)                                                                           \
             DW_S1_ROWS(ROWS4, ROWS, 1, 8, __VA_ARGS__);                                            \
@@ -612,9 +665,9 @@ DW_SFX(dw_s2split_step)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t
         SPTAP(r[3], d0, d1, d2);
         SPTAP(r[4], e0, e1, e2);
         const V s = KROW(t, 2, e0, e1, e2, KROW(t, 1, d0, d1, d2, KROW(t, 0, c0, c1, c2, t->b)));
-        DW_SFX(dw_out_s1)(s, t, q1 ? q1 + x : NULL, o1, x, mode);
+        DW_SFX(dw_out_at)(s, t, q1 ? q1 + x : NULL, o1, x, mode);
     }
-    DW_SFX(dw_out_s1)(p, t, q0 ? q0 + x : NULL, o0, x, mode);
+    DW_SFX(dw_out_at)(p, t, q0 ? q0 + x : NULL, o0, x, mode);
 #undef SPTAP
 #undef KROW
 }
@@ -693,11 +746,11 @@ DW_ATTR static inline void DW_SFX(c3s2_split)(const float *restrict src, int64_t
  * more general registers than it has (with a runtime stride per channel GCC spilled). */
 DW_ATTR static inline __attribute__((always_inline)) void
 DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, const float *wq, int64_t m,
-                  int64_t oy, int64_t x0, const int nv)
+                  int64_t oy, int64_t x0, const int nv, const int split)
 {
     V acc[C3_NC][C3_NV];
     for (int j = 0; j < C3_NC; j++)
-        for (int v = 0; v < nv; v++) acc[j][v] = SET1(0.0f);
+        for (int v = 0; v < nv; v++) acc[j][v] = SET1(a->bias ? a->bias[m + j] : 0.0f);
     const int64_t OW = a->OW;
     for (int64_t ck = 0; ck < 3 * a->C; ck++, wq += 3 * C3_NC) {
         const float *p = r[ck] + x0;
@@ -718,19 +771,31 @@ DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, const float *wq
         }
     }
     const V lo = SET1(a->lo), hi = SET1(a->hi);
+    /* the row-split layout (cpu.h) through a local tile: permuting the accumulators on the way
+     * out took registers the K loop needs (GCC then kept them in memory: stem 23 -> 30 us) */
+    float tile[split ? C3_NC * C3_NV * VL : 1];
     for (int j = 0; j < C3_NC; j++) {
-        const V sc = SET1(a->scale ? a->scale[m + j] : 1.0f);
-        const V bi = SET1(a->bias ? a->bias[m + j] : 0.0f);
-        const int64_t row = (m + j) * a->OH * OW + oy * OW;
+        const int64_t row = (m + j) * a->OH * OW + oy * OW + x0;
         for (int v = 0; v < nv; v++) {
+            V y = acc[j][v];
+            if (a->res) y = ADD(y, LD(a->res + row + v * VL));
+            ST(split ? tile + (j * C3_NV + v) * VL : a->out + row + v * VL, MIN(MAX(y, lo), hi));
+        }
+    }
+    for (int j = 0; split && j < C3_NC; j++) {
+        float *o = a->out + (m + j) * a->OH * OW + oy * OW;
+        const float *tj = tile + j * C3_NV * VL;
+        int v = 0;
+        for (; v + 1 < nv; v += 2) { /* x is even */
             const int64_t x = x0 + v * VL;
-            V y = FMA(acc[j][v], sc, bi);
-            if (a->res) y = ADD(y, LD(a->res + row + x));
-            y = MIN(MAX(y, lo), hi);
-            if (a->split_out) /* the row-split layout (cpu.h): x is even */
-                ST_SPLIT(a->out + row + x / 2, a->out + row + OW / 2 + x / 2, y);
-            else
-                ST(a->out + row + x, y);
+            V e, od;
+            SPLIT2(tj + v * VL, e, od);
+            ST(o + x / 2, e);
+            ST(o + OW / 2 + x / 2, od);
+        }
+        for (; v < nv; v++) {
+            const int64_t x = x0 + v * VL;
+            ST_SPLIT(o + x / 2, o + OW / 2 + x / 2, LD(tj + v * VL));
         }
     }
 }
@@ -746,7 +811,9 @@ DW_ATTR int DW_SFX(cpu_conv3x3s2)(const cpu_c3s2_args *a)
         DW_SFX(c3s2_split)(a->in + cy * W, OW, a->split + cy * RS);
     for (int64_t m = 0; m < a->M; m += C3_NC)
         for (int64_t k = 0; k < K; k++)
-            for (int j = 0; j < C3_NC; j++) wq[(m * K) + k * C3_NC + j] = a->w[(m + j) * K + k];
+            for (int j = 0; j < C3_NC; j++) /* the scale in the weights, the bias in the start */
+                wq[(m * K) + k * C3_NC + j] =
+                    a->w[(m + j) * K + k] * (a->scale ? a->scale[m + j] : 1.0f);
     /* steps of nv vectors at x0 = 0, nv VL, ..., the last at OW - nv VL (overlapping) */
     const int nv = OW >= C3_NV * VL ? C3_NV : 1;
     const int64_t step = nv * VL;
@@ -760,10 +827,12 @@ DW_ATTR int DW_SFX(cpu_conv3x3s2)(const cpu_c3s2_args *a)
         for (int64_t m = 0; m < a->M; m += C3_NC)
             for (int64_t x0 = 0;; x0 += step) {
                 if (x0 + step > OW) x0 = OW - step;
-                if (nv == C3_NV)
-                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, C3_NV);
+                if (nv == C3_NV && a->split_out)
+                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, C3_NV, 1);
+                else if (nv == C3_NV)
+                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, C3_NV, 0);
                 else
-                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, 1);
+                    DW_SFX(c3s2_step)(a, r, wq + m * K, m, oy, x0, 1, a->split_out);
                 if (x0 + step >= OW) break;
             }
     }
@@ -788,7 +857,7 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
         }
         const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
         t.so = OW / 2;
-        /* mode: 8 no upper clamp (DW_LO_ONLY), 16 the output row-split too (dw_out_s1) */
+        /* mode: 8 no upper clamp (DW_LO_ONLY), 16 the output row-split too (dw_out_at) */
 #define DW_S2S_ALL(mode)                                                                           \
     do {                                                                                           \
         for (; oy + 1 < OH; oy += 2) DW_SFX(dw_s2split_rows)(&t, a, zero, oy, 1, mode);            \
