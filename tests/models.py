@@ -178,6 +178,25 @@ def edge_cnn(seed: int = 6, hw: int = 96, classes: int = 10) -> onnx.ModelProto:
     return b.model("edge_cnn", [("x", (1, 3, hw, hw))], [("logits", (1, classes))])
 
 
+def tiny_yolo(seed: int = 7, hw: int = 128, anchors_x_classes: int = 18) -> onnx.ModelProto:
+    """A YOLOv3-tiny-like backbone and head (added after the CPU kernel work, to measure a model
+    none of it was tuned on): four (conv 3x3 + BN + LeakyRelu(0.1), MaxPool 2x2/2) stages
+    widening 3 -> 16 -> 32 -> 64 -> 128, a 1x1 conv (64) + BN + LeakyRelu, a 1x1 head conv with
+    bias. Input 1x3xhwxhw, output 1 x anchors_x_classes x hw/16 x hw/16."""
+    b = _Builder(seed)
+    x, c = "x", 3
+    for i, cout in enumerate([16, 32, 64, 128]):
+        x = b.bn(b.conv(x, c, cout, 3, pad=1, bias=False, prefix=f"c{i}"), cout, f"bn{i}")
+        x = b.node("LeakyRelu", [x], alpha=0.1)
+        x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+        c = cout
+    x = b.node("LeakyRelu", [b.bn(b.conv(x, c, 64, 1, bias=False, prefix="c4"), 64, "bn4")], alpha=0.1)
+    y = b.conv(x, 64, anchors_x_classes, 1, prefix="head")
+    _rename_output(b, y, "y")
+    side = hw // 16
+    return b.model("tiny_yolo", [("x", (1, 3, hw, hw))], [("y", (1, anchors_x_classes, side, side))])
+
+
 def gemm_stack(total_bytes: int, width: int = 1024, seed: int = 5) -> onnx.ModelProto:
     """A stack of Gemm (+Relu) layers whose weights total about `total_bytes` (refit benchmark)."""
     b = _Builder(seed)
@@ -246,6 +265,7 @@ ALL = {
     "mobilenetv2_block": mobilenetv2_block,
     "resnet_block": resnet_block,
     "edge_cnn": edge_cnn,
+    "tiny_yolo": tiny_yolo,
 }
 
 

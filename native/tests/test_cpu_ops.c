@@ -14,6 +14,7 @@
 #include "cpu/cpu.h"
 #include "refit.h"
 
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1004,6 +1005,51 @@ static void test_binary(void)
     }
 }
 
+/* Sigmoid and LeakyRelu over the whole float range (their vector loops and scalar tails):
+ * sigmoid within 1e-6 relative where the result is a normal float (absolute 1e-37 below), 0 and
+ * 1 at -inf / +inf, NaN kept; LeakyRelu exactly v >= 0 ? v : v * alpha. */
+static void test_activation_range(void)
+{
+    enum { N = 207 };
+    for (int kind = 0; kind < 2; kind++) {
+        tg *t = tg_new();
+        const int x = tg_input(t, DIMS(N));
+        rt_attrs a = def_attrs();
+        a.alpha = 0.1f;
+        tg_output(t, tg_node(t, kind ? RT_OP_LEAKYRELU : RT_OP_SIGMOID, 1, &x, DIMS(N), &a));
+        float *px = vdata(t, x);
+        for (int i = 0; i < N; i++) px[i] = -100.0f + 200.0f * (float)i / (N - 8);
+        px[N - 7] = NAN;
+        px[N - 6] = INFINITY;
+        px[N - 5] = -INFINITY;
+        px[N - 4] = -0.0f;
+        px[N - 3] = 1e-30f;
+        px[N - 2] = -87.0f;
+        px[N - 1] = -88.5f;
+        runner r;
+        int rc = tg_plan(t, &r);
+        float *out[1];
+        if (!rc) rc = tg_run(t, &r, out);
+        CHECK(rc == 0, "activation range %d: %s", kind, r.err);
+        for (int i = 0; rc == 0 && i < N; i++) {
+            const float v = px[i], got = out[0][i];
+            int good;
+            if (kind) {
+                const float want = v >= 0 ? v : v * 0.1f;
+                good = isnan(v) ? isnan(got) : memcmp(&got, &want, sizeof got) == 0;
+            } else {
+                const double want = 1.0 / (1.0 + exp(-(double)v));
+                good = isnan(v) ? isnan(got)
+                                : fabs(got - want) <= (want >= FLT_MIN ? 1e-6 * want : 1e-37);
+            }
+            CHECK(good, "%s(%g) = %.9g", kind ? "LeakyRelu" : "Sigmoid", (double)v, (double)got);
+        }
+        if (rc == 0) free(out[0]);
+        tg_unplan(&r);
+        tg_free(t);
+    }
+}
+
 /* Elementwise activations, standalone BN (3-D input) and Clip bounds read from weights. */
 static void test_unary(void)
 {
@@ -1666,6 +1712,7 @@ static void run_all(void)
     test_matmul();
     test_binary();
     test_unary();
+    test_activation_range();
     test_pool();
     test_shape_ops();
     test_memory_plan();

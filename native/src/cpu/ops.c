@@ -107,9 +107,55 @@ void cpu_clamp(const float *x, float *y, size_t n, float lo, float hi)
     }
 }
 
+typedef float ops_v4 __attribute__((vector_size(16)));
+typedef int32_t ops_i4 __attribute__((vector_size(16)));
+
+static inline ops_v4 ops_set1(float v) { return (ops_v4){v, v, v, v}; }
+static inline ops_v4 ops_sel(ops_i4 m, ops_v4 a, ops_v4 b)
+{
+    return (ops_v4)(((ops_i4)a & m) | ((ops_i4)b & ~m));
+}
+
+/* e^x for x <= 0 (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r,
+ * 2^n through the exponent bits; ~1 ulp), 0 below -87.33 (results under FLT_MIN, which 2^n
+ * cannot make, are flushed to zero). */
+static inline ops_v4 ops_exp_neg(ops_v4 x)
+{
+    const ops_i4 under = x < ops_set1(-87.33f);
+    x = ops_sel(under, ops_set1(-87.33f), x);
+    const ops_v4 fx = x * ops_set1(1.44269504088896341f) + ops_set1(0.5f);
+    ops_i4 n = __builtin_convertvector(fx, ops_i4);             /* toward zero, then */
+    n -= (ops_i4)(__builtin_convertvector(n, ops_v4) > fx) & 1; /* floor: n = round(x log2 e) */
+    const ops_v4 nf = __builtin_convertvector(n, ops_v4);
+    const ops_v4 r = x - nf * ops_set1(0.693359375f) + nf * ops_set1(2.12194440e-4f);
+    ops_v4 p = ops_set1(1.9875691500e-4f);
+    p = p * r + ops_set1(1.3981999507e-3f);
+    p = p * r + ops_set1(8.3334519073e-3f);
+    p = p * r + ops_set1(4.1665795894e-2f);
+    p = p * r + ops_set1(1.6666665459e-1f);
+    p = p * r + ops_set1(5.0000001201e-1f);
+    p = p * r * r + r + ops_set1(1.0f);
+    const ops_v4 e = p * (ops_v4)((n + 127) << 23);
+    return ops_sel(under, ops_set1(0.0f), e);
+}
+
 void cpu_sigmoid(const float *x, float *y, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    /* Four at a time (the scalar loop called expf per element and branched on the sign: 7 ns
+     * an element): e = e^-|x|, then 1 / (1 + e) for x >= 0 and e / (1 + e) below, both without
+     * cancellation. */
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        ops_v4 v;
+        memcpy(&v, x + i, sizeof v);
+        const ops_i4 neg = v < 0;
+        const ops_v4 a = ops_sel(neg, -v, v);
+        const ops_v4 e = ops_exp_neg(-a);
+        const ops_v4 s = ops_set1(1.0f) / (ops_set1(1.0f) + e);
+        const ops_v4 r = ops_sel(neg, e * s, s); /* NaN: NaN through every step */
+        memcpy(y + i, &r, sizeof r);
+    }
+    for (; i < n; i++) {
         const float v = x[i];
         if (v >= 0) {
             y[i] = 1.0f / (1.0f + expf(-v));
@@ -122,7 +168,18 @@ void cpu_sigmoid(const float *x, float *y, size_t n)
 
 void cpu_leakyrelu(const float *x, float *y, size_t n, float alpha)
 {
-    for (size_t i = 0; i < n; i++) y[i] = x[i] >= 0 ? x[i] : x[i] * alpha;
+    /* Four at a time, the product for every element and a bitwise select: as a scalar loop GCC
+     * kept a branch on each sign (it only multiplies where x < 0), which random signs
+     * mispredict half the time (16x128x128: 1255 us). */
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        ops_v4 v;
+        memcpy(&v, x + i, sizeof v);
+        const ops_i4 pos = v >= 0; /* NaN: not >= 0, so NaN * alpha, as the scalar tail */
+        const ops_v4 r = (ops_v4)(((ops_i4)v & pos) | ((ops_i4)(v * alpha) & ~pos));
+        memcpy(y + i, &r, sizeof r);
+    }
+    for (; i < n; i++) y[i] = x[i] >= 0 ? x[i] : x[i] * alpha;
 }
 
 void cpu_channel_affine(const float *x, float *y, int64_t N, int64_t C, int64_t S,
