@@ -281,16 +281,8 @@ static void fill_bn_params(tg *t, int g, int b, int m, int v)
     for (size_t i = 0; i < t->v[v].numel; i++) vv[i] = 0.2f + (float)(rnd() % 1000) / 500.0f;
 }
 
-/* One conv (+ optional BN, residual, clamp) graph vs the reference. fuse: bit 1 BN, bit 2
- * residual, bit 4 relu, bit 8 clip(0,6). */
-static void test_conv_case(const conv_p *p, int bias, int fuse, const char *label)
+static rt_attrs conv_attrs(const conv_p *p)
 {
-    tg *t = tg_new();
-    const int OH = conv_oh(p), OW = conv_ow(p);
-    const int x = tg_input(t, DIMS(p->N, p->C, p->H, p->W));
-    const int w = tg_weight(t, DIMS(p->M, p->C / p->group, p->kh, p->kw));
-    int ins[5] = {x, w, -1, -1, -1};
-    if (bias) ins[2] = tg_weight(t, DIMS(p->M));
     rt_attrs a = def_attrs();
     a.kernel[0] = p->kh;
     a.kernel[1] = p->kw;
@@ -303,6 +295,32 @@ static void test_conv_case(const conv_p *p, int bias, int fuse, const char *labe
     a.pads[2] = p->pb;
     a.pads[3] = p->pr;
     a.group = p->group;
+    return a;
+}
+
+/* tg_plan, checked; on failure the graph is freed and the status returned. */
+static int tg_plan_checked(tg *t, runner *r, const char *label)
+{
+    const int rc = tg_plan(t, r);
+    CHECK(rc == 0, "%s: plan: %s", label, r->err);
+    if (rc) {
+        tg_unplan(r);
+        tg_free(t);
+    }
+    return rc;
+}
+
+/* One conv (+ optional BN, residual, clamp) graph vs the reference. fuse: bit 1 BN, bit 2
+ * residual, bit 4 relu, bit 8 clip(0,6). */
+static void test_conv_case(const conv_p *p, int bias, int fuse, const char *label)
+{
+    tg *t = tg_new();
+    const int OH = conv_oh(p), OW = conv_ow(p);
+    const int x = tg_input(t, DIMS(p->N, p->C, p->H, p->W));
+    const int w = tg_weight(t, DIMS(p->M, p->C / p->group, p->kh, p->kw));
+    int ins[5] = {x, w, -1, -1, -1};
+    if (bias) ins[2] = tg_weight(t, DIMS(p->M));
+    rt_attrs a = conv_attrs(p);
     int cur = tg_node(t, RT_OP_CONV, bias ? 3 : 2, ins, DIMS(p->N, p->M, OH, OW), &a);
     int bn[4] = {-1, -1, -1, -1}, res = -1;
     if (fuse & 1) {
@@ -328,13 +346,8 @@ static void test_conv_case(const conv_p *p, int bias, int fuse, const char *labe
     tg_output(t, cur);
 
     runner r;
-    int rc = tg_plan(t, &r);
-    CHECK(rc == 0, "%s: plan: %s", label, r.err);
-    if (rc) {
-        tg_unplan(&r);
-        tg_free(t);
-        return;
-    }
+    if (tg_plan_checked(t, &r, label)) return;
+    int rc;
     if (fuse) CHECK(cpu_plan_steps(r.plan) == 1, "%s: expected 1 fused step, got %d", label, cpu_plan_steps(r.plan));
     const size_t ny = (size_t)p->N * p->M * OH * OW;
     double *ref = malloc(ny * sizeof(double));
@@ -584,16 +597,7 @@ static void test_split_chain(const split_p *sp, const char *label)
         }
         const int OH = conv_oh(&p), OW = conv_ow(&p);
         const int w = tg_weight(t, DIMS(p.M, p.C / p.group, p.kh, p.kw));
-        rt_attrs a = def_attrs();
-        a.kernel[0] = p.kh;
-        a.kernel[1] = p.kw;
-        a.strides[0] = p.sh;
-        a.strides[1] = p.sw;
-        a.pads[0] = p.pt;
-        a.pads[1] = p.pl;
-        a.pads[2] = p.pb;
-        a.pads[3] = p.pr;
-        a.group = p.group;
+        rt_attrs a = conv_attrs(&p);
         int ins[2] = {cur, w};
         cur = tg_node(t, RT_OP_CONV, 2, ins, DIMS(p.N, p.M, OH, OW), &a);
         if (sp->clip) {
@@ -610,13 +614,7 @@ static void test_split_chain(const split_p *sp, const char *label)
     }
     tg_output(t, cur);
     runner r;
-    int rc = tg_plan(t, &r);
-    CHECK(rc == 0, "%s: plan: %s", label, r.err);
-    if (rc) {
-        tg_unplan(&r);
-        tg_free(t);
-        return;
-    }
+    if (tg_plan_checked(t, &r, label)) return;
     char got[17] = "";
     int match = !sp->want || strlen(sp->want) == (size_t)n_conv;
     for (int i = 0; i < n_conv && i < 16; i++) {
@@ -625,7 +623,7 @@ static void test_split_chain(const split_p *sp, const char *label)
     }
     CHECK(match, "%s: split flags %s, expected %s", label, got, sp->want);
     float *outs[8];
-    rc = tg_run(t, &r, outs);
+    int rc = tg_run(t, &r, outs);
     CHECK(rc == 0, "%s: run: %s", label, r.err);
     /* the reference, layer by layer */
     size_t nx = (size_t)ps[0].N * ps[0].C * ps[0].H * ps[0].W;
