@@ -1505,8 +1505,8 @@ size_t cpu_plan_arena_bytes(const void *plan) { return ((const cpu_plan *)plan)-
 int cpu_plan_split(const void *plan, int step)
 {
     const cpu_plan *p = plan;
-    return step >= 0 && step < p->n_steps && p->steps[step].kind == ST_CONV ? p->steps[step].conv.split
-                                                                            : 0;
+    if (step < 0 || step >= p->n_steps || p->steps[step].kind != ST_CONV) return 0;
+    return p->steps[step].conv.split;
 }
 const char *cpu_plan_isa(const void *plan) { return ((const cpu_plan *)plan)->isa->name; }
 

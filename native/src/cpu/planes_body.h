@@ -696,7 +696,8 @@ DW_SFX(dw_s2split_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const fl
 /* A row-split plane read by a stride-2 kernel: the plain one over the plane put back in a->tmp
  * where the geometry is not dw_s2split_rows' (rows under VL outputs), its output split after
  * where that is asked for too. */
-DW_ATTR static void DW_SFX(dw_s2_from_split)(const cpu_dw_args *a, void (*plain)(const cpu_dw_args *))
+DW_ATTR static void DW_SFX(dw_s2_from_split)(const cpu_dw_args *a,
+                                             void (*plain)(const cpu_dw_args *))
 {
     const int64_t W = a->W, h = W / 2;
     for (int64_t y = 0; y < a->H; y++)
@@ -773,7 +774,7 @@ DW_SFX(c3s2_step)(const cpu_c3s2_args *a, const float *const *r, const float *wq
     const V lo = SET1(a->lo), hi = SET1(a->hi);
     /* the row-split layout (cpu.h) through a local tile: permuting the accumulators on the way
      * out took registers the K loop needs (GCC then kept them in memory: stem 23 -> 30 us) */
-    float tile[split ? C3_NC * C3_NV * VL : 1];
+    float tile[C3_NC * C3_NV * VL];
     for (int j = 0; j < C3_NC; j++) {
         const int64_t row = (m + j) * a->OH * OW + oy * OW + x0;
         for (int v = 0; v < nv; v++) {
