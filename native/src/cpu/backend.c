@@ -682,8 +682,10 @@ static int split_from(const rt_graph *g, const plan_tmp *t, cpu_plan *p, int at,
                 q->conv.split = CPU_SPLIT_OUT;
                 return 1;
             }
-            if (c->sh == 2 && cpu_dw_split_ok(c, c->split | CPU_SPLIT_OUT)) {
-                q->conv.split |= CPU_SPLIT_OUT; /* a stride-2 reader marked before */
+            /* a stride-2 reader marked before, on rows its vector path takes */
+            if (c->sh == 2 && cpu_dw_split_ok(c, c->split | CPU_SPLIT_OUT) &&
+                c->OW >= cpu_dw_vl(p->isa, c->OW)) {
+                q->conv.split |= CPU_SPLIT_OUT;
                 return 1;
             }
             if (c->sh == 1 && cpu_dw_split_ok(c, CPU_SPLIT_IN | CPU_SPLIT_OUT) &&

@@ -47,7 +47,7 @@ static void dw_pad_dims(const cpu_conv_geom *g, int64_t *PH, int64_t *PW)
 
 static int64_t dw_split_floats(const cpu_conv_geom *g)
 {
-    return g->H * g->W + g->OH * g->OW + CPU_DW_PAD_SLACK;
+    return g->H * g->W + CPU_DW_PAD_SLACK;
 }
 
 int cpu_dw_split_ok(const cpu_conv_geom *g, int split)

@@ -53,15 +53,13 @@ typedef struct cpu_dw_args {
     const float *res;     /* OH x OW or NULL */
     float lo, hi;
     float *pad;           /* zero-padded plane, (OH-1)*sh+(kh-1)*dh+1 rows of (OW-1)*sw+(kw-1)*dw+1 */
-    int split;            /* CPU_SPLIT_IN (3x3/2) / CPU_SPLIT_OUT (3x3/1), or 0 */
-    float *tmp;           /* with split: H*W + OH*OW + CPU_DW_PAD_SLACK floats of scratch */
+    int split;            /* CPU_SPLIT_IN / CPU_SPLIT_OUT (see cpu_dw_split_ok), or 0 */
+    float *tmp;           /* with split: H*W + CPU_DW_PAD_SLACK floats of scratch */
 } cpu_dw_args;
 /* Row-split layout of a plane with even W: each row holds its W/2 even columns, then its W/2 odd
- * ones. A 3x3/1 depthwise conv writes it (CPU_SPLIT_OUT) when its output reaches a 3x3/2
- * depthwise conv through layout-blind steps only (1x1 convs, BatchNormalization, Relu/Clip:
- * backend.c, plan_split), which reads it (CPU_SPLIT_IN) with unit-stride loads and no even/odd
- * shuffles: the split costs one pass over the producer's channels instead of the deinterleave
- * of every input row in the consumer, which has more channels and reads each row 1.5 times. */
+ * ones. A 3x3/2 depthwise conv reads it (CPU_SPLIT_IN) with unit-stride loads and no even/odd
+ * shuffles; the small-C first layer, a 3x3/1 depthwise conv reading it and a stride-2 reader
+ * write it (CPU_SPLIT_OUT), along chains of layout-blind steps only (backend.c, plan_split). */
 #define CPU_SPLIT_IN 1
 #define CPU_SPLIT_OUT 2
 typedef void (*cpu_dw_fn)(const cpu_dw_args *a);

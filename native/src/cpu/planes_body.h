@@ -61,33 +61,8 @@ DW_ATTR static inline void DW_SFX(dw_copy)(float *restrict dst, const float *res
         for (; j < n; j++) dst[j] = src[j];
 }
 
-/* rows x W (even) floats from src into the row-split layout at dst */
-DW_ATTR static void DW_SFX(dw_split_rows)(const float *restrict src, float *restrict dst,
-                                          int64_t rows, int64_t W)
-{
-    const int64_t h = W / 2;
-    for (int64_t y = 0; y < rows; y++, src += W, dst += W) {
-        if (h < VL) {
-            for (int64_t j = 0; j < h; j++) {
-                dst[j] = src[2 * j];
-                dst[h + j] = src[2 * j + 1];
-            }
-            continue;
-        }
-        for (int64_t i = 0;; i += VL) {
-            if (i + VL > h) i = h - VL; /* the last, overlapping pair */
-            V e, o;
-            SPLIT2(src + 2 * i, e, o);
-            ST(dst + i, e);
-            ST(dst + h + i, o);
-            if (i + VL >= h) break;
-        }
-    }
-}
-
 typedef struct DW_SFX(dw_taps) {
     V w[9], b, lo, hi;
-    int64_t so; /* stride 2 writing the row-split layout (CPU_SPLIT_OUT): OW / 2 */
 } DW_SFX(dw_taps);
 
 DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_taps) *t)
@@ -96,7 +71,6 @@ DW_ATTR static inline void DW_SFX(dw_taps_of)(const cpu_dw_args *a, DW_SFX(dw_ta
     t->b = SET1(a->bias);
     t->lo = SET1(a->lo);
     t->hi = SET1(a->hi);
-    t->so = 0;
 }
 
 /* acc + the three taps of kernel row k on the vectors x0, x1, x2 (one FMA chain) */
@@ -127,16 +101,16 @@ DW_SFX(dw_out_lo)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, const
 }
 
 /* Output vector y at column x of the output row at o: at o + x, or, with mode bit 4 (a constant
- * like bit 3, no upper clamp), in the row-split layout: its even lanes at o + x/2 and its odd
- * ones at o + t->so + x/2 (ST_SPLIT; x is even) */
+ * like bit 3, no upper clamp), in the row-split layout of a row of 2 h: its even lanes at
+ * o + x/2 and its odd ones at o + h + x/2 (ST_SPLIT; x is even) */
 DW_ATTR static inline __attribute__((always_inline)) void
-DW_SFX(dw_out_at)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, int64_t x,
+DW_SFX(dw_out_at)(V y, const DW_SFX(dw_taps) *t, const float *q, float *o, int64_t x, int64_t h,
                   const int mode)
 {
     if (q) y = ADD(y, LD(q));
     y = (mode & 8) ? MAX(y, t->lo) : MIN(MAX(y, t->lo), t->hi);
     if (mode & 16)
-        ST_SPLIT(o + x / 2, o + t->so + x / 2, y);
+        ST_SPLIT(o + x / 2, o + h + x / 2, y);
     else
         ST(o + x, y);
 }
@@ -665,9 +639,9 @@ DW_SFX(dw_s2split_step)(const DW_SFX(dw_taps) *t, const float *const *r, int64_t
         SPTAP(r[3], d0, d1, d2);
         SPTAP(r[4], e0, e1, e2);
         const V s = KROW(t, 2, e0, e1, e2, KROW(t, 1, d0, d1, d2, KROW(t, 0, c0, c1, c2, t->b)));
-        DW_SFX(dw_out_at)(s, t, q1 ? q1 + x : NULL, o1, x, mode);
+        DW_SFX(dw_out_at)(s, t, q1 ? q1 + x : NULL, o1, x, OW / 2, mode);
     }
-    DW_SFX(dw_out_at)(p, t, q0 ? q0 + x : NULL, o0, x, mode);
+    DW_SFX(dw_out_at)(p, t, q0 ? q0 + x : NULL, o0, x, OW / 2, mode);
 #undef SPTAP
 #undef KROW
 }
@@ -694,8 +668,8 @@ DW_SFX(dw_s2split_rows)(const DW_SFX(dw_taps) *t, const cpu_dw_args *a, const fl
 }
 
 /* A row-split plane read by a stride-2 kernel: the plain one over the plane put back in a->tmp
- * where the geometry is not dw_s2split_rows' (rows under VL outputs), its output split after
- * where that is asked for too. */
+ * where the geometry is not dw_s2split_rows' (rows under VL outputs; the plan never asks such a
+ * conv to write the layout, backend.c split_from). */
 DW_ATTR static void DW_SFX(dw_s2_from_split)(const cpu_dw_args *a,
                                              void (*plain)(const cpu_dw_args *))
 {
@@ -709,9 +683,7 @@ DW_ATTR static void DW_SFX(dw_s2_from_split)(const cpu_dw_args *a,
     b.in = b.in_lo = a->tmp;
     b.in_hi = a->tmp + a->H * W;
     b.split = 0;
-    if (a->split & CPU_SPLIT_OUT) b.out = a->tmp + a->H * W; /* then split into out */
     plain(&b);
-    if (a->split & CPU_SPLIT_OUT) DW_SFX(dw_split_rows)(b.out, a->out, a->OH, a->OW);
 }
 
 #ifdef C3_NV
@@ -857,7 +829,6 @@ DW_ATTR void DW_SFX(cpu_dw3x3s2)(const cpu_dw_args *a)
             return;
         }
         const float *zero = a->pad + VL; /* the zeroed pad, never written on this path */
-        t.so = OW / 2;
         /* mode: 8 no upper clamp (DW_LO_ONLY), 16 the output row-split too (dw_out_at) */
 #define DW_S2S_ALL(mode)                                                                           \
     do {                                                                                           \

@@ -144,8 +144,8 @@ size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
         for (; t < Tp; t++) IN_XFORM_STEP(float, t);                                               \
     }
 
-/* Output transform, first half: A^T Mo A plus the bias (the scale is in U) for every tile of channel m into
- * yb[2r + c][t] (rows a16(Tp) apart). */
+/* Output transform, first half: A^T Mo A plus the bias (the scale is in U) for every tile of
+ * channel m into yb[2r + c][t] (rows a16(Tp) apart). */
 #define OUT_XFORM_STEP(VT, t)                                                                      \
     do {                                                                                           \
         VT q[16], sv[4], dv[4], r;                                                                 \
@@ -154,13 +154,13 @@ size_t cpu_wino_scratch(const cpu_isa *isa, const cpu_conv_geom *g)
             sv[jj] = q[jj] + q[4 + jj] + q[8 + jj];                                                \
             dv[jj] = q[4 + jj] - q[8 + jj] - q[12 + jj];                                           \
         }                                                                                          \
-        r = (sv[0] + sv[1] + sv[2]) + b;                                                       \
+        r = (sv[0] + sv[1] + sv[2]) + b;                                                           \
         STV(yb + (t), r);                                                                          \
-        r = (sv[1] - sv[2] - sv[3]) + b;                                                       \
+        r = (sv[1] - sv[2] - sv[3]) + b;                                                           \
         STV(yb + ys + (t), r);                                                                     \
-        r = (dv[0] + dv[1] + dv[2]) + b;                                                       \
+        r = (dv[0] + dv[1] + dv[2]) + b;                                                           \
         STV(yb + 2 * ys + (t), r);                                                                 \
-        r = (dv[1] - dv[2] - dv[3]) + b;                                                       \
+        r = (dv[1] - dv[2] - dv[3]) + b;                                                           \
         STV(yb + 3 * ys + (t), r);                                                                 \
     } while (0)
 
